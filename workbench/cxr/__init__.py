@@ -1,0 +1,1 @@
+"""Chest X-ray data: phantom benchmark generator, MIMIC-CXR readers, report sections, labeller."""

@@ -202,7 +202,9 @@ def _to_table(cols_list: list[dict[str, list]], start: int) -> pa.Table:
     """Concatenate per-study metadata columns into one table in META_SCHEMA order."""
     keys = list(dict.fromkeys(k for c in cols_list for k in c))
     n = sum(len(c["study_id"]) for c in cols_list)
-    merged = {k: [v for c in cols_list for v in c.get(k, [None] * len(c["study_id"]))] for k in keys}
+    merged = {
+        k: [v for c in cols_list for v in c.get(k, [None] * len(c["study_id"]))] for k in keys
+    }
     merged["row"] = list(range(start, start + n))
     arrays, fields = [], []
     for field in META_SCHEMA:

@@ -1,0 +1,292 @@
+"""Segmentation samples, splits and the phantom benchmark's two tasks.
+
+A :class:`SegSample` is one image with K annotator masks (K = 1 for lungs, 4 for nodules and
+LIDC). Everything is held in memory as small numpy arrays: the datasets here are a few
+hundred images at 64-256 px. Loaders return ``list[SegSample]`` for one split;
+:func:`load_dataset` dispatches on a dataset name so the train/evaluate CLIs need one flag.
+
+Phantom layout (``/work/notes/contracts.md``): the frontal image is
+``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg`` and its masks are
+``masks/pXX/pSUBJECT/sSTUDY/<dicom_id>/<name>.png`` (0/255); ``phantom-studies.jsonl`` holds the
+split and subject attributes (sex, age) used for subgroup results.
+
+- ``phantom-lungs``: whole image resized to ``size``, target = left_lung | right_lung.
+- ``phantom-nodules``: a ``crop`` px window centred on the nodule (the LIDC-style task), resized
+  to ``size``, four targets ``nodule_annotator_0..3``; the ROI is the lung field in the crop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+AGE_EDGES = (40, 60, 80)
+"""Age-group boundaries in years: <40, 40-59, 60-79, 80+."""
+SPLITS = ("train", "validate", "test")
+
+
+class SegSample(NamedTuple):
+    image: np.ndarray
+    """[H, W] float32 in [0, 1]."""
+    masks: np.ndarray
+    """[K, H, W] uint8 class labels, one map per annotator."""
+    roi: np.ndarray | None
+    """[H, W] uint8 region of interest (1 inside) or None."""
+    meta: dict
+    """id, and where known subject_id, study_id, series_uid, sex ('F'|'M'), age, age_group."""
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or malformed; the message names it."""
+
+
+# ----------------------------------------------------------------------------- image helpers
+
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as float32 [H, W] in [0, 1].
+
+    8-bit files are divided by 255; 16-bit files (Montgomery's 12-bit PNGs) by their maximum,
+    since their bit depth is not recorded reliably.
+    """
+    try:
+        with Image.open(path) as im:
+            wide = im.mode in ("I", "I;16", "I;16B", "I;16L")
+            arr = np.asarray(im.convert("I") if wide else im.convert("L"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read image: {exc}") from None
+    if wide:
+        return arr / max(float(arr.max()), 1.0)
+    return arr / 255.0
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A 0/255 (or palette) mask file as bool [H, W]."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L")) > 127
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read mask: {exc}") from None
+
+
+def resize_image(image_HW: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a float image to ``size`` x ``size``."""
+    if image_HW.shape == (size, size):
+        return image_HW.astype(np.float32)
+    im = Image.fromarray(image_HW.astype(np.float32), mode="F")
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def resize_labels(labels_HW: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to ``size`` x ``size`` (uint8)."""
+    labels = labels_HW.astype(np.uint8)
+    if labels.shape == (size, size):
+        return labels
+    im = Image.fromarray(labels, mode="L")
+    return np.asarray(im.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
+
+
+def crop_around(arr_HW: np.ndarray, centre: tuple[int, int], crop: int) -> np.ndarray:
+    """A ``crop`` x ``crop`` window centred at ``centre`` (row, col), zero-padded at borders."""
+    r0, c0 = centre[0] - crop // 2, centre[1] - crop // 2
+    padded = np.pad(arr_HW, crop, mode="constant")
+    return padded[r0 + crop : r0 + 2 * crop, c0 + crop : c0 + 2 * crop]
+
+
+# ----------------------------------------------------------------------------- subgroups, splits
+
+
+def age_group(age: float | None, edges: tuple[int, ...] = AGE_EDGES) -> str | None:
+    """'<40', '40-59', '60-79', '80+' for the default edges; None when age is unknown."""
+    if age is None or not np.isfinite(age):
+        return None
+    if age < edges[0]:
+        return f"<{edges[0]}"
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        if lo <= age < hi:
+            return f"{lo}-{hi - 1}"
+    return f"{edges[-1]}+"
+
+
+def normalise_sex(value) -> str | None:
+    """'F' or 'M' from the spellings datasets use (F, female, Woman, 'M', male, ...)."""
+    if value is None:
+        return None
+    s = str(value).strip().lower()
+    if s in ("f", "female", "woman", "w"):
+        return "F"
+    if s in ("m", "male", "man"):
+        return "M"
+    return None
+
+
+def hash_split(
+    key: str, fractions: tuple[float, float, float] = (0.64, 0.16, 0.2), seed: int = 0
+) -> str:
+    """Deterministic train/validate/test assignment of a key (subject or series id)."""
+    u = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+    return (
+        SPLITS[0]
+        if u < fractions[0]
+        else SPLITS[1]
+        if u < fractions[0] + fractions[1]
+        else SPLITS[2]
+    )
+
+
+def with_subgroups(meta: dict) -> dict:
+    """Add ``age_group`` to a meta dict from its ``age``; normalise ``sex``."""
+    meta = dict(meta)
+    meta["sex"] = normalise_sex(meta.get("sex"))
+    meta["age_group"] = age_group(meta.get("age"))
+    return meta
+
+
+# ----------------------------------------------------------------------------- phantom
+
+
+def _phantom_records(root: Path) -> dict[int, dict]:
+    """study_id -> record from phantom-studies.jsonl (empty if the file is absent)."""
+    path = root / "phantom-studies.jsonl"
+    if not path.exists():
+        return {}
+    out = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[int(rec["study_id"])] = rec
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}:{i}: bad study record: {exc}") from None
+    return out
+
+
+def _subject_attr(rec: dict, key: str):
+    """``key`` from a study record, top level or in a nested subject/patient table."""
+    if key in rec:
+        return rec[key]
+    for nest in ("subject", "patient", "attributes", "subject_attributes"):
+        if isinstance(rec.get(nest), dict) and key in rec[nest]:
+            return rec[nest][key]
+    return None
+
+
+def _phantom_items(root: Path, split: str | None):
+    """Yield (mask_dir, image_path, meta) for each frontal image with masks in ``split``."""
+    if not (root / "masks").is_dir():
+        raise DataError(f"{root}: no masks/ folder; not a phantom dataset root")
+    records = _phantom_records(root)
+    for mask_dir in sorted((root / "masks").glob("p*/p*/s*/*")):
+        if not mask_dir.is_dir():
+            continue
+        study_dir = mask_dir.parent
+        subject, study = int(study_dir.parent.name[1:]), int(study_dir.name[1:])
+        rel = mask_dir.relative_to(root / "masks")
+        image = root / "files" / rel.parent / f"{mask_dir.name}.jpg"
+        rec = records.get(study, {})
+        rec_split = rec.get("split") or hash_split(str(subject))
+        if split is not None and rec_split != split:
+            continue
+        meta = {
+            "id": f"s{study}/{mask_dir.name}",
+            "subject_id": subject,
+            "study_id": study,
+            "sex": _subject_attr(rec, "sex"),
+            "age": _subject_attr(rec, "age"),
+        }
+        yield mask_dir, image, with_subgroups(meta)
+
+
+def load_phantom_lungs(root: Path, split: str | None = None, size: int = 128) -> list[SegSample]:
+    """Lung-field segmentation: one annotator, classes background / lung."""
+    samples = []
+    for mask_dir, image_path, meta in _phantom_items(Path(root), split):
+        image = read_grey(image_path)
+        lung = read_mask(mask_dir / "left_lung.png") | read_mask(mask_dir / "right_lung.png")
+        if lung.shape != image.shape:
+            raise DataError(f"{mask_dir}: mask {lung.shape} != image {image.shape}")
+        samples.append(
+            SegSample(resize_image(image, size), resize_labels(lung, size)[None], None, meta)
+        )
+    return samples
+
+
+def load_phantom_nodules(
+    root: Path, split: str | None = None, size: int = 128, crop: int = 128, annotators: int = 4
+) -> list[SegSample]:
+    """Nodule crops with ``annotators`` disagreeing masks (the LIDC-style task)."""
+    samples = []
+    for mask_dir, image_path, meta in _phantom_items(Path(root), split):
+        names = [mask_dir / f"nodule_annotator_{k}.png" for k in range(annotators)]
+        if not all(p.exists() for p in names):
+            continue  # no nodule in this study
+        image = read_grey(image_path)
+        masks = np.stack([read_mask(p) for p in names])
+        if masks.shape[1:] != image.shape:
+            raise DataError(f"{mask_dir}: masks {masks.shape[1:]} != image {image.shape}")
+        union = masks.any(0)
+        if not union.any():
+            continue
+        rows, cols = np.nonzero(union)
+        centre = (int(rows.mean().round()), int(cols.mean().round()))
+        lung = read_mask(mask_dir / "left_lung.png") | read_mask(mask_dir / "right_lung.png")
+        img = resize_image(crop_around(image, centre, crop), size)
+        m = np.stack([resize_labels(crop_around(mk, centre, crop), size) for mk in masks])
+        roi = resize_labels(crop_around(lung | union, centre, crop), size)
+        samples.append(SegSample(img, m, roi, meta))
+    return samples
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _loaders() -> dict[str, Callable[..., list[SegSample]]]:
+    from segmentation import readers
+
+    return {
+        "phantom-lungs": lambda root, split, size, crop: load_phantom_lungs(root, split, size),
+        "phantom-nodules": lambda root, split, size, crop: load_phantom_nodules(
+            root, split, size, crop
+        ),
+        "jsrt": lambda root, split, size, crop: readers.load_jsrt(root, split, size),
+        "montgomery": lambda root, split, size, crop: readers.load_montgomery(root, split, size),
+        "shenzhen": lambda root, split, size, crop: readers.load_shenzhen(root, split, size),
+        "lidc": lambda root, split, size, crop: readers.load_lidc(root, split, size),
+    }
+
+
+DATASETS = ("phantom-lungs", "phantom-nodules", "jsrt", "montgomery", "shenzhen", "lidc")
+
+
+def load_dataset(
+    name: str, root: Path, split: str | None = None, size: int = 128, crop: int = 128
+) -> list[SegSample]:
+    """Samples of dataset ``name`` (one of :data:`DATASETS`) for ``split`` (None: all)."""
+    loaders = _loaders()
+    if name not in loaders:
+        raise DataError(f"unknown dataset '{name}'; known: {sorted(loaders)}")
+    if not Path(root).exists():
+        raise DataError(f"{root}: dataset root does not exist")
+    samples = loaders[name](Path(root), split, size, crop)
+    log.info("%s %s: %d samples from %s", name, split or "all", len(samples), root)
+    return samples
+
+
+def stack(samples: list[SegSample]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Images [N, 1, H, W] float32, masks [N, K, H, W] uint8, roi [N, H, W] or None."""
+    if not samples:
+        raise DataError("no samples to stack (empty split?)")
+    images = np.stack([s.image for s in samples])[:, None].astype(np.float32)
+    masks = np.stack([s.masks for s in samples])
+    rois = None if samples[0].roi is None else np.stack([s.roi for s in samples])
+    return images, masks, rois

@@ -15,12 +15,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 BASE_SPECIALS: tuple[str, ...] = (UNK, BOS, EOS, PAD)
 IMAGE_TOKEN = "<image>"
+# Words keep their TRAILING whitespace ("effusion. "), unlike GPT-2/Llama which attach it in
+# front. A prompt that ends in a space ("... ASSISTANT: ") then tokenizes the same alone as
+# with the findings appended, so teacher-forced training, recording and generation all see
+# one token sequence (a leading-space scheme splits "ASSISTANT: There" differently from
+# "ASSISTANT: " + generated "There").
+WORD_PATTERN = r"\s+|\S+\s*"
 
 
 def maira2_added_tokens() -> tuple[str, ...]:
@@ -44,7 +59,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     if vocab_size < 300:
         raise ValueError(f"vocab_size={vocab_size}: byte-level BPE needs >= 256 + 4 base tokens")
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,0 +1,370 @@
+"""``python -m workbench.analyse``: one pass of an SAE over an activation store -> DuckDB.
+
+Reads the run's activation store, SAE, dataset labels and (optionally) model, and writes
+``features.duckdb`` and ``feature_acts.parquet`` beside them (schema: ``docs/schema.md``).
+
+The only pass over the activations encodes each batch, keeps its non-zero latents, feeds
+them to the streaming accumulators of :mod:`workbench.stats` and appends them to the
+Parquet. Everything that needs a feature's whole distribution or a join with the tokens
+(study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
+(:mod:`workbench.feature_tables`); concept AUROCs come from :mod:`workbench.concepts`,
+decoder geometry from :mod:`workbench.directions`. The database is built as a temporary
+file and swapped in atomically (:func:`workbench.db.rewrite`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from workbench import db
+from workbench import feature_tables as ft
+from workbench.analyse_inputs import (
+    AnalyseError,
+    Inputs,
+    load_unembedding,
+    open_inputs,
+    write_studies_and_labels,
+)
+from workbench.concepts import LabelMatrix, write_feature_concepts, write_recovery
+from workbench.config import parse_config, save_config, to_dict
+from workbench.directions import logit_effects, matryoshka_groups, nearest_neighbors
+from workbench.stats import FeatureAccumulator, FeatureSummary, kind_codes, sparsify
+
+log = logging.getLogger("workbench.analyse")
+
+ACTS_SCHEMA = pa.schema([("row", pa.int64()), ("feature", pa.int32()), ("value", pa.float32())])
+
+
+@dataclass
+class AnalyseConfig:
+    """Run an SAE over an activation store and write per-feature tables to features.duckdb."""
+
+    run: Path = Path("runs/demo")
+    """Run directory; features.duckdb and feature_acts.parquet are written here."""
+    store: Path | None = None
+    """Activation store (default: <run>/activations)."""
+    sae: Path | None = None
+    """SAE artefact, SAELens dir or dictionary_learning dir (default: <run>/sae)."""
+    data: Path | None = None
+    """Dataset root in MIMIC-CXR layout with label CSVs (default: <run>/phantom if present)."""
+    model: Path | None = None
+    """Model for logit effects (default: <run>/model if present; none: logit effects skipped)."""
+    batch_tokens: int = 4096
+    """Tokens encoded per batch."""
+    top_k: int = 20
+    """Top activating examples kept per feature."""
+    n_quantiles: int = 10
+    """Activation intervals sampled for quantile examples."""
+    per_quantile: int = 5
+    """Examples drawn from each interval."""
+    context: int = 5
+    """Tokens stored on each side of an example."""
+    bins_per_octave: int = 4
+    """Histogram resolution: log-spaced bins per doubling of the activation."""
+    n_neighbors: int = 10
+    """Nearest features (decoder cosine) stored per feature."""
+    n_logits: int = 10
+    """Promoted and suppressed tokens stored per feature."""
+    n_ngrams: int = 3
+    """Report n-grams stored per feature (and quoted in its statistical label)."""
+    label_min_auroc: float = 0.7
+    """A statistical label names the best concept only if its AUROC reaches this."""
+    recovery_threshold: float = 0.95
+    """AUROC at which a phantom concept counts as recovered by a feature."""
+    block: int = 1024
+    """Features per block for AUROC, neighbours and logit effects (bounds memory)."""
+    device: str = "auto"
+    """Torch device for encoding: auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    seed: int = 0
+    """Seed of the quantile example draw."""
+    report: bool = False
+    """Print the phantom recovery table (best feature per ground-truth concept)."""
+    reuse: bool = False
+    """Keep an existing features.duckdb instead of recomputing (e.g. with --report)."""
+
+    def validate(self) -> None:
+        for name in ("batch_tokens", "top_k", "n_quantiles", "per_quantile", "block"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("context", "n_neighbors", "n_logits", "n_ngrams"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
+    """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
+    device = _device(cfg.device)
+    sae = inp.sae.to(device)
+    acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave)
+    with pq.ParquetWriter(acts_path, ACTS_SCHEMA) as writer:
+        for i in range(inp.store.num_shards):
+            acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
+            rows = meta.column("row").to_numpy()
+            r0 = int(rows[0]) if len(rows) else 0
+            if len(rows) != acts_ND.shape[0] or not np.array_equal(rows, r0 + np.arange(len(rows))):
+                raise AnalyseError(f"{inp.store.path}: shard {i} rows are not dense/aligned")
+            codes = kind_codes(meta.column("kind").to_pylist(), f"{inp.store.path} shard {i}")
+            ft.insert_tokens(con, meta)
+            for b0 in range(0, acts_ND.shape[0], cfg.batch_tokens):
+                x_BD = acts_ND[b0 : b0 + cfg.batch_tokens].to(device, torch.float32)
+                lat_BF = sae.encode(x_BD)
+                if lat_BF.shape != (x_BD.shape[0], sae.d_sae):
+                    raise AnalyseError(f"SAE encode returned {tuple(lat_BF.shape)}")
+                sb = sparsify(lat_BF, r0 + b0)
+                sb = type(sb)(*(t.cpu() for t in sb))
+                acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
+                writer.write_table(
+                    pa.table(
+                        [sb.rows.numpy(), sb.feats.int().numpy(), sb.vals.numpy()],
+                        schema=ACTS_SCHEMA,
+                    )
+                )
+            log.info("shard %d/%d encoded (%d tokens)", i + 1, inp.store.num_shards, len(rows))
+    inp.sae.cpu()
+    return acc.summary()
+
+
+def write_feature_tables(con, inp: Inputs, s: FeatureSummary) -> None:
+    """``features``, ``feature_stats`` (with n_studies) and ``feature_histograms``."""
+    sae, F = inp.sae, inp.sae.d_sae
+    con.register(
+        "_features",
+        pa.table(
+            {
+                "feature": np.arange(F, dtype=np.int32),
+                "matryoshka_group": matryoshka_groups(tuple(sae.group_sizes), F),
+                "encoder_bias": sae.b_enc_F.detach().float().cpu().numpy(),
+                "decoder_norm": sae.W_dec_FD.detach().float().norm(dim=1).cpu().numpy(),
+            }
+        ),
+    )
+    con.execute("INSERT INTO features SELECT * FROM _features")
+    fires = s.n_fires.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = s.sum_by_kind / s.sum_act[:, None]
+        mean = np.where(fires > 0, s.sum_act / fires, np.nan)
+    frac[fires == 0] = np.nan
+    con.register(
+        "_stats",
+        pa.table(
+            {
+                "feature": np.arange(F, dtype=np.int32),
+                "n_fires": s.n_fires,
+                "frequency": fires / max(s.n_tokens, 1),
+                "mean_act": pa.array(mean, from_pandas=True),
+                "max_act": s.max_act,
+                "sum_act": s.sum_act,
+                **{
+                    f"frac_{k}": pa.array(frac[:, j], from_pandas=True)
+                    for j, k in enumerate(("image", "prompt", "report"))
+                },
+                "frac_other": pa.array(frac[:, 3] + frac[:, 4], from_pandas=True),
+            }
+        ),
+    )
+    con.execute(
+        "INSERT INTO feature_stats SELECT s.*, coalesce(n.n, 0), s.n_fires = 0 FROM _stats s "
+        "LEFT JOIN (SELECT feature, count(*)::INTEGER AS n FROM study_features GROUP BY 1) n "
+        "USING (feature) ORDER BY feature"
+    )
+    f_idx, b_idx = np.nonzero(s.hist)
+    con.register(
+        "_hist",
+        pa.table(
+            {
+                "feature": f_idx.astype(np.int32),
+                "bin": (b_idx + s.min_bin).astype(np.int32),
+                "bin_lo": s.bin_edges[b_idx],
+                "bin_hi": s.bin_edges[b_idx + 1],
+                "count": s.hist[f_idx, b_idx],
+            }
+        ),
+    )
+    con.execute("INSERT INTO feature_histograms SELECT * FROM _hist")
+    for name in ("_features", "_stats", "_hist"):
+        con.unregister(name)
+
+
+def write_directions(con, inp: Inputs, cfg: AnalyseConfig, notes: list[str]) -> None:
+    """``feature_neighbors`` and, when the model's unembedding is available, ``feature_logits``."""
+    W_dec = inp.sae.W_dec_FD.detach().float().cpu()
+    blocks = [("feature_neighbors", nearest_neighbors(W_dec, cfg.n_neighbors, cfg.block))]
+    unembed = load_unembedding(inp.model_path, notes) if cfg.n_logits > 0 else None
+    if unembed is not None:
+        blocks.append(("feature_logits", logit_effects(W_dec, unembed, cfg.n_logits, cfg.block)))
+    for name, tables in blocks:
+        for table in tables:
+            con.register("_blk", table)
+            con.execute(f"INSERT INTO {name} SELECT * FROM _blk")
+            con.unregister("_blk")
+
+
+def sae_fingerprint(sae) -> str:
+    """Short hash of the SAE's weights: decides whether labels of a previous run still apply."""
+    h = hashlib.sha1()
+    for t in (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, sae.threshold):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
+    """Copy other stages' rows (LLM labels, scores, steering) from the previous database.
+
+    Only while the SAE is the same one: labels of another SAE's features would be wrong.
+    """
+    if not old.exists():
+        return
+    con.execute(f"ATTACH {db._lit(str(old.resolve()))} AS old (READ_ONLY)")
+    try:
+        prev = con.execute(
+            "SELECT sae_fingerprint FROM old.runs WHERE stage = 'analyse' "
+            "ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+        n_old = con.execute(
+            "SELECT (SELECT count(*) FROM old.feature_labels WHERE method <> 'statistical')"
+            " + (SELECT count(*) FROM old.feature_scores)"
+            " + (SELECT count(*) FROM old.steering_results)"
+        ).fetchone()[0]
+        if prev is None or prev[0] != fingerprint:
+            if n_old:
+                notes.append(f"{n_old} label/score/steering rows of a different SAE dropped")
+            return
+        con.execute(
+            "INSERT INTO feature_labels SELECT * FROM old.feature_labels "
+            "WHERE method <> 'statistical'"
+        )
+        con.execute("INSERT INTO feature_scores SELECT * FROM old.feature_scores")
+        con.execute("INSERT INTO steering_results SELECT * FROM old.steering_results")
+        con.execute("INSERT INTO runs SELECT * FROM old.runs WHERE stage <> 'analyse'")
+        notes.append(f"{n_old} label/score/steering rows kept from the previous database")
+    finally:
+        con.execute("DETACH old")
+
+
+def _build(con, inp: Inputs, cfg: AnalyseConfig, acts_tmp: Path, notes: list[str]) -> LabelMatrix:
+    """Every analyse table, in dependency order, inside the writer connection ``con``."""
+    t0 = time.perf_counter()
+    summary = encode_pass(con, inp, cfg, acts_tmp)
+    log.info("encoding pass: %.1f s", time.perf_counter() - t0)
+    ft.build_study_features(con, acts_tmp)
+    write_feature_tables(con, inp, summary)
+    ft.stage_top_examples(con, summary.top_vals, summary.top_rows)
+    ft.stage_quantile_examples(con, acts_tmp, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
+    ft.build_examples(con, acts_tmp, cfg.context)
+    labels = write_studies_and_labels(con, inp.data_root, notes)
+    write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
+    write_recovery(con, cfg.recovery_threshold)
+    if cfg.n_ngrams:
+        ft.build_ngrams(con, acts_tmp, cfg.n_ngrams)
+    ft.build_statistical_labels(con, cfg.label_min_auroc)
+    write_directions(con, inp, cfg, notes)
+    log.info("all tables: %.1f s", time.perf_counter() - t0)
+    return labels
+
+
+def analyse(cfg: AnalyseConfig) -> Path:
+    """Analyse the run's SAE over its store; returns the path of ``features.duckdb``."""
+    cfg.validate()
+    path = db.db_path(cfg.run)
+    if cfg.reuse and path.exists():
+        log.info("%s exists and reuse=True: not recomputed", path)
+        return path
+    inp = open_inputs(cfg)
+    started = datetime.now(UTC).replace(tzinfo=None)
+    fingerprint = sae_fingerprint(inp.sae)
+    acts = path.parent / db.ACTS_NAME
+    acts_tmp = acts.with_name(acts.name + ".tmp")
+    notes: list[str] = []
+    try:
+        with db.rewrite(cfg.run, fresh=True) as con:
+            labels = _build(con, inp, cfg, acts_tmp, notes)
+            carry_over(con, path, fingerprint, notes)
+            con.execute(
+                "INSERT INTO runs VALUES (?, 'analyse', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    uuid.uuid4().hex,
+                    started,
+                    datetime.now(UTC).replace(tzinfo=None),
+                    json.dumps(to_dict(cfg)),
+                    str(inp.store.path),
+                    str(inp.sae_path),
+                    fingerprint,
+                    inp.store.hook_name,
+                    inp.store.n_tokens,
+                    len(labels.study_ids),
+                    inp.sae.d_sae,
+                    json.dumps(notes),
+                ],
+            )
+            db.create_indexes(con)
+            os.replace(acts_tmp, acts)
+    finally:
+        acts_tmp.unlink(missing_ok=True)
+    save_config(cfg, path.parent / "analyse-cfg.json")
+    for note in notes:
+        log.info("note: %s", note)
+    return path
+
+
+def recovery_report(run: Path) -> str:
+    """The phantom recovery table as text, with the verdict on the most common findings."""
+    con = db.connect(run)
+    try:
+        rows = con.execute(
+            "SELECT concept, category, n_pos, prevalence_rank, best_feature, auroc, recovered,"
+            " threshold FROM concept_recovery ORDER BY category DESC, prevalence_rank"
+        ).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        return "no phantom ground truth in this run: recovery not computed"
+    lines = [f"{'concept':<22} {'category':<8} {'n_pos':>6} {'feature':>8} {'AUROC':>6}  ok"]
+    for concept, cat, n_pos, _, feat, auc, ok, _ in rows:
+        feat_s = "-" if feat is None else str(feat)
+        auc_s = "-" if auc is None else f"{auc:.3f}"
+        lines.append(
+            f"{concept:<22} {cat:<8} {n_pos:>6} {feat_s:>8} {auc_s:>6}  {'yes' if ok else 'no'}"
+        )
+    thr = rows[0][7]
+    top = [r for r in rows if r[1] == "finding" and r[3] <= 8 and r[2] > 0]
+    hits = sum(1 for r in top if r[6])
+    lines.append(f"findings recovered (AUROC >= {thr:g}): {hits} of the {len(top)} most common")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(AnalyseConfig, argv, prog="python -m workbench.analyse")
+    try:
+        path = analyse(cfg)
+    except AnalyseError as exc:
+        log.error("%s", exc)
+        return 1
+    print(path)
+    if cfg.report:
+        print(recovery_report(cfg.run))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

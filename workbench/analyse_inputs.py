@@ -1,0 +1,212 @@
+"""What analyse reads: the store, the SAE, the dataset's studies and labels, the unembedding.
+
+Each input is checked before any work starts, and a mismatch is an :class:`AnalyseError`
+naming the file: an SAE whose ``d_in`` differs from the store's width, an SAE trained on
+another hook than the store's, an empty store. Labels missing for some studies are not an
+error: those studies are left out of the affected AUROCs and counted in the run's notes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.concepts import LabelMatrix, load_labels
+from workbench.directions import Unembedding
+from workbench.store import ActivationStore, StoreError
+
+if TYPE_CHECKING:
+    from workbench.analyse import AnalyseConfig
+
+log = logging.getLogger("workbench.analyse")
+
+
+class AnalyseError(ValueError):
+    """The inputs of analyse are missing or do not fit together."""
+
+
+class Inputs(NamedTuple):
+    store: ActivationStore
+    sae: object  # workbench.sae.MatryoshkaSAE
+    sae_path: Path
+    data_root: Path | None
+    model_path: Path | None
+
+
+def open_inputs(cfg: AnalyseConfig) -> Inputs:
+    """Resolve the run's default paths, open store and SAE, and check they fit together."""
+    from workbench.sae import load_sae
+
+    run = Path(cfg.run)
+    store_path = cfg.store or run / "activations"
+    sae_path = cfg.sae or run / "sae"
+    try:
+        store = ActivationStore(store_path)
+    except StoreError as exc:
+        raise AnalyseError(str(exc)) from None
+    if not sae_path.exists():
+        raise AnalyseError(f"{sae_path}: no SAE here (train one with train_sae)")
+    try:
+        sae = load_sae(sae_path)
+    except ValueError as exc:
+        raise AnalyseError(f"{sae_path}: cannot load SAE: {exc}") from None
+    if sae.d_in != store.d_model:
+        raise AnalyseError(
+            f"{sae_path}: SAE d_in={sae.d_in} but the store {store_path} has width "
+            f"d_model={store.d_model}"
+        )
+    if sae.hook_name is None:
+        log.warning("%s: SAE records no hook name; cannot check it against the store", sae_path)
+    elif sae.hook_name != store.hook_name:
+        raise AnalyseError(
+            f"{sae_path}: SAE was trained on {sae.hook_name} but the store {store_path} holds "
+            f"{store.hook_name}"
+        )
+    if store.n_tokens == 0:
+        raise AnalyseError(f"{store_path}: the activation store is empty (0 tokens)")
+    data = cfg.data if cfg.data is not None else run / "phantom"
+    if cfg.data is not None and not data.exists():
+        raise AnalyseError(f"{data}: dataset root not found")
+    model = cfg.model if cfg.model is not None else run / "model"
+    if cfg.model is not None and not model.exists():
+        raise AnalyseError(f"{model}: model not found")
+    return Inputs(
+        store, sae, sae_path, data if data.exists() else None, model if model.exists() else None
+    )
+
+
+def _study_rows(con) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    got = con.execute(
+        "SELECT study_id, any_value(subject_id), count(*) FROM tokens GROUP BY 1 ORDER BY 1"
+    ).fetchnumpy()
+    return tuple(np.asarray(v) for v in got.values())  # type: ignore[return-value]
+
+
+def _dataset_info(root: Path, study_ids: np.ndarray, notes: list[str]) -> tuple[dict, dict | None]:
+    """Per stored study: split, frontal path, report sections; and the CheXpert table."""
+    from workbench.cxr import mimic
+    from workbench.cxr.images import CXRDataError
+    from workbench.cxr.sections import read_report
+    from workbench.cxr.studies import FRONTAL_VIEWS, build_index, pick_view
+
+    index = build_index(root, labels="chexpert")
+    chexpert = index.labels if mimic.find_table(root, "chexpert") else None
+    info, no_report = {}, 0
+    for sid in map(int, study_ids):
+        metas = index.images.get(sid, [])
+        frontal = pick_view(metas, FRONTAL_VIEWS) if metas else None
+        rec = {
+            "split": index.split.get(sid),
+            "frontal_path": None,
+            "findings": None,
+            "impression": None,
+        }
+        if frontal is not None:
+            rec["frontal_path"] = str(
+                mimic.image_path(root, frontal.subject_id, sid, frontal.dicom_id)
+            )
+            try:
+                report = read_report(mimic.report_path(root, frontal.subject_id, sid))
+                rec["findings"], rec["impression"] = report.findings, report.impression
+            except CXRDataError:
+                no_report += 1
+        info[sid] = rec
+    if no_report:
+        notes.append(f"{no_report} stored studies have no readable report in {root}")
+    return info, chexpert
+
+
+def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> LabelMatrix:
+    """``studies``, ``study_labels`` and ``concepts`` for the studies in the store."""
+    sids, subjects, counts = _study_rows(con)
+    info, chexpert, phantom = {}, None, None
+    if data_root is None:
+        notes.append("no dataset root: no labels, concept AUROCs not computed")
+    else:
+        from workbench.cxr import mimic
+
+        if mimic.find_table(data_root, "metadata") is not None:
+            info, chexpert = _dataset_info(data_root, sids, notes)
+        phantom = data_root / "phantom-labels.csv"
+        phantom = phantom if phantom.exists() else None
+    labels = load_labels(sids, chexpert, phantom)
+    has = {
+        src: ~np.isnan(labels.values[:, [s == src for s in labels.sources]]).all(1)
+        if src in labels.sources
+        else np.zeros(len(sids), bool)
+        for src in ("chexpert", "phantom")
+    }
+    for src, ok in has.items():
+        if src in labels.sources and not ok.all():
+            notes.append(
+                f"{int((~ok).sum())} of {len(sids)} stored studies have no {src} "
+                "labels (left out of those AUROCs)"
+            )
+    con.register(
+        "_studies",
+        pa.table(
+            {
+                "study_id": sids,
+                "subject_id": subjects,
+                "split": [info.get(int(s), {}).get("split") for s in sids],
+                "n_tokens": counts.astype(np.int32),
+                "has_chexpert": has["chexpert"],
+                "has_phantom": has["phantom"],
+                **{
+                    k: [info.get(int(s), {}).get(k) for s in sids]
+                    for k in ("frontal_path", "findings", "impression")
+                },
+            }
+        ),
+    )
+    con.execute("INSERT INTO studies SELECT * FROM _studies")
+    con.unregister("_studies")
+    _write_label_tables(con, labels)
+    return labels
+
+
+def _write_label_tables(con, labels: LabelMatrix) -> None:
+    """``study_labels`` (long form, known values only) and ``concepts`` (counts)."""
+    s_idx, c_idx = np.nonzero(~np.isnan(labels.values))
+    con.register(
+        "_labels",
+        pa.table(
+            {
+                "study_id": labels.study_ids[s_idx],
+                "source": np.asarray(labels.sources, object)[c_idx],
+                "concept": np.asarray(labels.concepts, object)[c_idx],
+                "value": labels.values[s_idx, c_idx],
+            }
+        ),
+    )
+    con.execute("INSERT INTO study_labels SELECT * FROM _labels ORDER BY study_id")
+    counts = labels.counts()
+    con.register(
+        "_concepts",
+        pa.table(
+            {
+                "concept": list(labels.concepts),
+                "source": list(labels.sources),
+                **{k: v.astype(np.int32) for k, v in counts.items()},
+            }
+        ),
+    )
+    con.execute("INSERT INTO concepts SELECT * FROM _concepts")
+    for name in ("_labels", "_concepts"):
+        con.unregister(name)
+
+
+def load_unembedding(model_path: Path | None, notes: list[str]) -> Unembedding | None:
+    """The model's unembedding for logit effects, or None (with a note) when unavailable."""
+    if model_path is None:
+        notes.append("no model: logit effects skipped")
+        log.info("no model given or found: logit effects skipped")
+        return None
+    from workbench.models.registry import load_unembedding as registry_unembedding
+
+    W_U_DV, tokens = registry_unembedding(model_path)
+    return Unembedding(W_U_DV, list(tokens))

@@ -1,0 +1,231 @@
+"""Concept association: AUROC of each feature's study-level maximum against study labels.
+
+For feature f and concept c the score is the AUROC of ``max_act[study, f]`` (0 where f never
+fires in the study) as a classifier of the study's label, i.e. the Mann-Whitney U statistic
+``P(x_pos > x_neg) + 0.5 P(x_pos = x_neg)`` over labelled studies. Studies whose label is
+missing or uncertain (CheXpert -1) are left out of that concept's AUROC and counted; a
+concept without both a positive and a negative study gets NULL, never a made-up 0.5.
+
+The study-by-feature matrix is sparse (a feature fires in few studies), so :func:`auroc_sparse`
+works on the non-zero entries only: every silent study shares the lowest rank, and each
+positive that fires beats all silent negatives. Cost is O(nnz * concepts) per block.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class LabelMatrix(NamedTuple):
+    """Labels of the stored studies: ``values[i, j]`` for study ``study_ids[i]``, concept j.
+
+    1 = positive, 0 = negative, -1 = uncertain, NaN = missing.
+    """
+
+    study_ids: np.ndarray  # int64 [S]
+    concepts: tuple[str, ...]
+    sources: tuple[str, ...]  # per concept: 'chexpert' | 'phantom'
+    values: np.ndarray  # float64 [S, C]
+
+    def counts(self) -> dict[str, np.ndarray]:
+        """Per concept: positives, negatives, uncertain and missing among the studies."""
+        v = self.values
+        return {
+            "n_pos": (v == 1).sum(0),
+            "n_neg": (v == 0).sum(0),
+            "n_uncertain": (v == -1).sum(0),
+            "n_missing": np.isnan(v).sum(0),
+        }
+
+
+def auroc_sparse(
+    feats: np.ndarray,
+    study_idx: np.ndarray,
+    vals: np.ndarray,
+    labels: np.ndarray,
+    feature0: int,
+    n_features: int,
+) -> np.ndarray:
+    """AUROC [n_features, C] for features feature0..feature0+n_features-1.
+
+    ``feats``, ``study_idx``, ``vals``: the non-zero study maxima (any order) of these
+    features, ``study_idx`` indexing the rows of ``labels`` ([S, C]: 1/0, anything else is
+    left out). Returns NaN where a concept lacks positives or negatives.
+    """
+    pos_SC = (labels == 1).astype(np.float64)
+    neg_SC = (labels == 0).astype(np.float64)
+    P_C, N_C = pos_SC.sum(0), neg_SC.sum(0)
+    C = labels.shape[1]
+    f = np.asarray(feats, np.int64) - feature0
+    if f.size and (f.min() < 0 or f.max() >= n_features):
+        raise ValueError("auroc_sparse: feature index outside the block")
+    order = np.lexsort((vals, f))
+    f, s, v = f[order], np.asarray(study_idx)[order], np.asarray(vals)[order]
+    # tie groups: consecutive entries of the same feature with the same value
+    new = np.ones(f.size, bool)
+    new[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
+    starts = np.flatnonzero(new)
+    gp = np.add.reduceat(pos_SC[s], starts, axis=0) if f.size else np.zeros((0, C))
+    gn = np.add.reduceat(neg_SC[s], starts, axis=0) if f.size else np.zeros((0, C))
+    gf = f[starts]
+    # negatives strictly below each group within its feature: cumsum minus feature's base
+    cum = np.cumsum(gn, axis=0)
+    first_group = np.searchsorted(gf, np.arange(n_features))
+    base = np.vstack([np.zeros((1, C)), cum])[first_group]  # [F, C] negatives before feature
+    below = cum - gn - base[gf]
+    nz_pos = np.zeros((n_features, C))
+    nz_neg = np.zeros((n_features, C))
+    np.add.at(nz_pos, gf, gp)
+    np.add.at(nz_neg, gf, gn)
+    zero_neg = N_C - nz_neg  # silent negatives (activation 0)
+    zero_pos = P_C - nz_pos
+    U = np.zeros((n_features, C))
+    np.add.at(U, gf, gp * below + 0.5 * gp * gn)
+    U += nz_pos * zero_neg + 0.5 * zero_pos * zero_neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = U / (P_C * N_C)
+    auc[:, (P_C == 0) | (N_C == 0)] = np.nan
+    return auc
+
+
+def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> dict[int, dict[str, float]]:
+    """study_id -> {column: value} from a MIMIC-style label CSV (empty cell = missing)."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [c for c in (reader.fieldnames or []) if c not in ("subject_id", "study_id")]
+        if "study_id" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no study_id column")
+        if names is not None:
+            absent = [n for n in names if n not in fields]
+            if absent:
+                raise ValueError(f"{path}: missing label column(s) {absent}")
+            fields = list(names)
+        for line, rec in enumerate(reader, start=2):
+            try:
+                sid = int(rec["study_id"])
+                out[sid] = {
+                    c: float(rec[c]) if rec[c] not in ("", None) else np.nan for c in fields
+                }
+            except ValueError as exc:
+                raise ValueError(f"{path}:{line}: bad label value: {exc}") from None
+    return out
+
+
+def load_labels(
+    study_ids: np.ndarray,
+    chexpert: dict[int, dict[str, float | None]] | None,
+    phantom_csv: Path | None,
+) -> LabelMatrix:
+    """CheXpert labels and, if given, phantom ground truth for the stored studies.
+
+    ``chexpert`` is the study -> {label: 1/0/-1/None} table of
+    :func:`workbench.cxr.mimic.read_labels` (None: no CheXpert concepts);
+    ``phantom_csv`` is ``phantom-labels.csv`` with one 0/1 column per
+    :func:`workbench.cxr.findings.concept_names`. A study absent from a table gets NaN.
+    """
+    from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
+
+    study_ids = np.asarray(study_ids, np.int64)
+    tables: list[tuple[str, tuple[str, ...], dict]] = []
+    if chexpert is not None:
+        tables.append(("chexpert", CHEXPERT_LABELS, chexpert))
+    if phantom_csv is not None:
+        tables.append(("phantom", concept_names(), _read_csv_labels(phantom_csv, concept_names())))
+    cols, concepts, sources = [], [], []
+    for source, names, table in tables:
+        for name in names:
+            col = [(table.get(int(s)) or {}).get(name) for s in study_ids]
+            cols.append(np.array([np.nan if v is None else v for v in col], np.float64))
+            concepts.append(name)
+            sources.append(source)
+    values = np.stack(cols, axis=1) if cols else np.zeros((len(study_ids), 0))
+    return LabelMatrix(study_ids, tuple(concepts), tuple(sources), values)
+
+
+def concept_category(concept: str) -> str:
+    """'finding', 'device' or 'change' for a phantom concept name."""
+    from workbench.cxr.findings import DEVICES, FINDINGS
+
+    if concept in FINDINGS:
+        return "finding"
+    if concept in DEVICES:
+        return "device"
+    return "change"
+
+
+def write_feature_concepts(con, labels: LabelMatrix, d_sae: int, block: int, notes: list) -> None:
+    """``feature_concepts``: AUROC of every (feature, concept), ranked within each feature."""
+    import pyarrow as pa
+
+    C = len(labels.concepts)
+    if C == 0:
+        notes.append("no labels found: feature_concepts is empty")
+        return
+    order = np.argsort(labels.study_ids)
+    sorted_ids = labels.study_ids[order]
+    con.execute(
+        "CREATE TEMP TABLE _fc (feature INTEGER, concept VARCHAR, source VARCHAR, auroc DOUBLE)"
+    )
+    for f0 in range(0, d_sae, block):
+        n = min(block, d_sae - f0)
+        got = con.execute(
+            "SELECT feature, study_id, max_act FROM study_features "
+            "WHERE feature >= ? AND feature < ?",
+            [f0, f0 + n],
+        ).fetchnumpy()
+        s_idx = order[np.searchsorted(sorted_ids, np.asarray(got["study_id"]))]
+        auc = auroc_sparse(got["feature"], s_idx, got["max_act"], labels.values, f0, n)
+        con.register(
+            "_blk",
+            pa.table(
+                {
+                    "feature": np.repeat(np.arange(f0, f0 + n, dtype=np.int32), C),
+                    "concept": np.tile(np.asarray(labels.concepts, object), n),
+                    "source": np.tile(np.asarray(labels.sources, object), n),
+                    "auroc": pa.array(auc.reshape(-1), from_pandas=True),
+                }
+            ),
+        )
+        con.execute("INSERT INTO _fc SELECT * FROM _blk")
+        con.unregister("_blk")
+    con.execute(
+        "INSERT INTO feature_concepts SELECT *, row_number() OVER (PARTITION BY feature "
+        "ORDER BY auroc DESC NULLS LAST, concept)::INTEGER FROM _fc ORDER BY feature, 5"
+    )
+    con.execute("DROP TABLE _fc")
+
+
+def write_recovery(con, threshold: float) -> None:
+    """``concept_recovery``: for each phantom concept, the feature with the highest AUROC."""
+    import pyarrow as pa
+
+    names = [
+        r[0]
+        for r in con.execute("SELECT concept FROM concepts WHERE source = 'phantom'").fetchall()
+    ]
+    if not names:
+        return
+    con.register(
+        "_cat", pa.table({"concept": names, "category": [concept_category(c) for c in names]})
+    )
+    con.execute(
+        f"""INSERT INTO concept_recovery
+        WITH best AS (
+            SELECT concept, arg_max(feature, auroc) AS f, max(auroc) AS a
+            FROM feature_concepts WHERE source = 'phantom' AND auroc IS NOT NULL GROUP BY 1
+        )
+        SELECT c.concept, k.category, c.n_pos,
+               row_number() OVER (PARTITION BY k.category ORDER BY c.n_pos DESC, c.concept),
+               best.f, best.a, coalesce(best.a >= {threshold}, false), {threshold}
+        FROM concepts c JOIN _cat k USING (concept) LEFT JOIN best USING (concept)
+        WHERE c.source = 'phantom' ORDER BY k.category, 4"""
+    )
+    con.unregister("_cat")

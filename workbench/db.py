@@ -1,0 +1,439 @@
+"""``features.duckdb``: the schema in one place, readers' and writers' connections.
+
+Every table and column is declared once here, with its description. The DDL, the
+``COMMENT ON`` text a notebook sees in ``duckdb_columns()``, and the reference tables of
+``docs/schema.md`` (``python -m workbench.db --markdown``) all come from :data:`TABLES`.
+
+Readers (notebooks, the app) call :func:`connect`; it attaches the file read-only inside a
+private in-memory database, so every call sees the file as it is now (DuckDB's per-process
+instance cache would otherwise hand back a stale copy after a rewrite) and a temporary view
+``feature_acts`` reads the sparse activations Parquet stored beside the database.
+
+Writers never touch the live file: :func:`rewrite` builds ``features.duckdb.tmp`` (empty, or
+a copy of the current database) and ``os.replace``-s it over the original on success, under
+a lock file. A reader that is open meanwhile keeps its view of the old file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import duckdb
+
+DB_NAME = "features.duckdb"
+ACTS_NAME = "feature_acts.parquet"
+
+
+class Column(NamedTuple):
+    name: str
+    type: str
+    doc: str
+
+
+class Table(NamedTuple):
+    """A table: its columns, which stage writes it, and the columns to index."""
+
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    stage: str = "analyse"
+    index: tuple[str, ...] = ("feature",)
+
+
+def _t(name: str, doc: str, cols: list[tuple[str, str, str]], **kw) -> Table:
+    return Table(name, doc, tuple(Column(*c) for c in cols), **kw)
+
+
+_EXAMPLE_COLS = [
+    ("feature", "INTEGER", "SAE latent index."),
+    ("example_group", "VARCHAR", "'top' (the highest activations) or 'quantile'."),
+    (
+        "quantile",
+        "INTEGER",
+        "Quantile group 0..n-1 of the interval [0, max_act] (n-1 = highest); NULL for 'top'.",
+    ),
+    ("rank", "INTEGER", "Order within the group: by activation for 'top', random for 'quantile'."),
+    ("row", "BIGINT", "Global token row (joins `tokens.row` and `feature_acts.row`)."),
+    ("study_id", "BIGINT", "Study of the token."),
+    ("position", "INTEGER", "Position of the token in the model's input sequence."),
+    ("token", "VARCHAR", "Decoded token text."),
+    ("kind", "VARCHAR", "Token kind: image, prompt, report, generated or latent."),
+    ("section", "VARCHAR", "Report or prompt section of the token (NULL for image tokens)."),
+    ("activation", "REAL", "The feature's activation on this token."),
+    ("patch_row", "INTEGER", "Image patch row for image tokens (heatmap), else NULL."),
+    ("patch_col", "INTEGER", "Image patch column for image tokens, else NULL."),
+    ("context_tokens", "VARCHAR[]", "The token and up to `context` tokens each side (same study)."),
+    ("context_acts", "REAL[]", "The feature's activation on each context token (0 = silent)."),
+    ("center", "INTEGER", "0-based index of the example token inside the context lists."),
+]
+
+TABLES: tuple[Table, ...] = (
+    _t(
+        "runs",
+        "One row per stage execution that wrote this database.",
+        [
+            ("run_id", "VARCHAR", "Random id of the execution."),
+            ("stage", "VARCHAR", "Stage name: analyse, label, steer, ..."),
+            ("started_at", "TIMESTAMP", "UTC start time."),
+            ("finished_at", "TIMESTAMP", "UTC end time."),
+            ("config", "VARCHAR", "The resolved stage config as JSON."),
+            ("store_path", "VARCHAR", "Activation store read."),
+            ("sae_path", "VARCHAR", "SAE artefact read."),
+            (
+                "sae_fingerprint",
+                "VARCHAR",
+                "Hash of the SAE weights (labels are kept across "
+                "reruns of analyse only while it matches).",
+            ),
+            ("hook_name", "VARCHAR", "Hook of the activations, e.g. blocks.15.hook_resid_post."),
+            ("n_tokens", "BIGINT", "Tokens encoded."),
+            ("n_studies", "INTEGER", "Studies in the store."),
+            ("d_sae", "INTEGER", "Number of SAE features."),
+            ("notes", "VARCHAR", "Things the stage skipped or could not compute, as JSON list."),
+        ],
+        stage="any",
+        index=(),
+    ),
+    _t(
+        "studies",
+        "One row per study in the activation store.",
+        [
+            ("study_id", "BIGINT", "MIMIC-CXR study id."),
+            ("subject_id", "BIGINT", "MIMIC-CXR subject (patient) id."),
+            ("split", "VARCHAR", "train / validate / test (NULL when the dataset was not found)."),
+            ("n_tokens", "INTEGER", "Tokens of the study in the store."),
+            ("has_chexpert", "BOOLEAN", "CheXpert labels were found for the study."),
+            ("has_phantom", "BOOLEAN", "Phantom ground truth was found for the study."),
+            ("frontal_path", "VARCHAR", "Path of the frontal image (NULL when unknown)."),
+            ("findings", "VARCHAR", "FINDINGS section of the report."),
+            ("impression", "VARCHAR", "IMPRESSION section of the report."),
+        ],
+        index=(),
+    ),
+    _t(
+        "study_labels",
+        "Labels of each study in long form; a missing (study, concept) pair means unknown.",
+        [
+            ("study_id", "BIGINT", "Study."),
+            (
+                "source",
+                "VARCHAR",
+                "'chexpert' (the 14 CheXpert labels) or 'phantom' (ground truth).",
+            ),
+            ("concept", "VARCHAR", "Label name, e.g. 'Pleural Effusion' or 'pacemaker'."),
+            ("value", "DOUBLE", "1 positive, 0 negative, -1 uncertain (CheXpert)."),
+        ],
+        index=(),
+    ),
+    _t(
+        "concepts",
+        "Every concept scored against the features, with its label counts over stored studies.",
+        [
+            ("concept", "VARCHAR", "Label name."),
+            ("source", "VARCHAR", "'chexpert' or 'phantom'."),
+            ("n_pos", "INTEGER", "Studies labelled 1."),
+            ("n_neg", "INTEGER", "Studies labelled 0."),
+            ("n_uncertain", "INTEGER", "Studies labelled -1 (left out of the AUROC)."),
+            ("n_missing", "INTEGER", "Stored studies without this label (left out of the AUROC)."),
+        ],
+        index=(),
+    ),
+    _t(
+        "tokens",
+        "Token metadata of the activation store, one row per token.",
+        [
+            ("row", "BIGINT", "Global row 0..N-1, the key of the activation store."),
+            ("study_id", "BIGINT", "Study."),
+            ("subject_id", "BIGINT", "Subject."),
+            ("position", "INTEGER", "Position in the model's input sequence."),
+            ("token_id", "INTEGER", "Vocabulary id (image tokens: the image token id)."),
+            ("token", "VARCHAR", "Decoded token text."),
+            ("kind", "VARCHAR", "image, prompt, report, generated or latent."),
+            ("section", "VARCHAR", "Prompt/report section, e.g. findings, indication."),
+            ("patch_row", "INTEGER", "Image patch row for image tokens, else NULL."),
+            ("patch_col", "INTEGER", "Image patch column for image tokens, else NULL."),
+        ],
+        index=(),
+    ),
+    _t(
+        "features",
+        "One row per SAE feature: what the SAE itself says about it.",
+        [
+            ("feature", "INTEGER", "SAE latent index 0..d_sae-1."),
+            ("matryoshka_group", "INTEGER", "Index of the first nested prefix containing it."),
+            ("encoder_bias", "REAL", "b_enc of the feature."),
+            ("decoder_norm", "REAL", "L2 norm of the decoder row (1 for our SAEs)."),
+        ],
+    ),
+    _t(
+        "feature_stats",
+        "Activation statistics of each feature over every token of the store.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("n_fires", "BIGINT", "Tokens with a non-zero activation."),
+            ("frequency", "DOUBLE", "n_fires / number of tokens (density)."),
+            (
+                "mean_act",
+                "DOUBLE",
+                "Mean activation over the tokens where it fires (NULL if dead).",
+            ),
+            ("max_act", "DOUBLE", "Largest activation (0 if dead)."),
+            ("sum_act", "DOUBLE", "Total activation mass."),
+            ("frac_image", "DOUBLE", "Share of the mass on image tokens (NULL if dead)."),
+            ("frac_prompt", "DOUBLE", "Share of the mass on prompt tokens."),
+            ("frac_report", "DOUBLE", "Share of the mass on report tokens."),
+            ("frac_other", "DOUBLE", "Share on generated/latent tokens."),
+            ("n_studies", "INTEGER", "Studies in which it fires at least once."),
+            ("dead", "BOOLEAN", "Never fires."),
+        ],
+    ),
+    _t(
+        "feature_histograms",
+        "Histogram of each feature's non-zero activations on log-spaced bins (empty bins omitted).",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("bin", "INTEGER", "Bin b covers [2^(b/r), 2^((b+1)/r)), r = bins per octave."),
+            ("bin_lo", "DOUBLE", "Lower edge of the bin."),
+            ("bin_hi", "DOUBLE", "Upper edge of the bin."),
+            ("count", "BIGINT", "Tokens whose activation falls in the bin."),
+        ],
+    ),
+    _t(
+        "feature_examples",
+        "Dashboard examples: the top activating tokens and a random few from each quantile.",
+        _EXAMPLE_COLS,
+    ),
+    _t(
+        "study_features",
+        "Each feature's maximum activation per study (sparse: only studies where it fires).",
+        [
+            ("study_id", "BIGINT", "Study."),
+            ("feature", "INTEGER", "SAE latent index."),
+            ("max_act", "REAL", "Largest activation of the feature over the study's tokens."),
+            ("n_fires", "INTEGER", "Tokens of the study where it fires."),
+        ],
+    ),
+    _t(
+        "feature_concepts",
+        "AUROC of the study-level maximum activation for every (feature, concept).",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("concept", "VARCHAR", "Label name (see `concepts`)."),
+            ("source", "VARCHAR", "'chexpert' or 'phantom'."),
+            (
+                "auroc",
+                "DOUBLE",
+                "AUROC of study max activation vs label; NULL without both classes.",
+            ),
+            ("rank", "INTEGER", "1 = the feature's best concept (highest AUROC)."),
+        ],
+    ),
+    _t(
+        "concept_recovery",
+        "Phantom benchmark: the best feature for each ground-truth concept.",
+        [
+            ("concept", "VARCHAR", "Phantom concept (finding, device or change)."),
+            ("category", "VARCHAR", "finding, device or change."),
+            ("n_pos", "INTEGER", "Stored studies where the concept is present."),
+            ("prevalence_rank", "INTEGER", "1 = most common concept of its category."),
+            ("best_feature", "INTEGER", "Feature with the highest AUROC (NULL if not computable)."),
+            ("auroc", "DOUBLE", "Its AUROC."),
+            ("recovered", "BOOLEAN", "auroc >= threshold."),
+            ("threshold", "DOUBLE", "The threshold used."),
+        ],
+        index=(),
+    ),
+    _t(
+        "feature_logits",
+        "Tokens each decoder direction promotes / suppresses most through the unembedding.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("direction", "VARCHAR", "'promote' (largest W_dec W_U) or 'suppress' (smallest)."),
+            ("rank", "INTEGER", "1 = strongest."),
+            ("token_id", "INTEGER", "Vocabulary id."),
+            ("token", "VARCHAR", "Decoded token."),
+            ("effect", "REAL", "Logit effect W_dec[f] . W_U[:, token]."),
+        ],
+    ),
+    _t(
+        "feature_neighbors",
+        "Nearest features by cosine similarity of decoder directions.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("rank", "INTEGER", "1 = most similar."),
+            ("neighbor", "INTEGER", "The other feature."),
+            ("cosine", "REAL", "Cosine similarity of the two decoder rows."),
+        ],
+    ),
+    _t(
+        "feature_ngrams",
+        "Report n-grams around the tokens where a feature fires, by activation-weighted tf-idf.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("rank", "INTEGER", "1 = most characteristic."),
+            ("ngram", "VARCHAR", "The n-gram text (the firing token with the one before it)."),
+            ("score", "DOUBLE", "Sum of activations times log(report tokens / n-gram count)."),
+            ("n", "INTEGER", "Firing tokens with this n-gram."),
+        ],
+    ),
+    _t(
+        "feature_labels",
+        "Human-readable labels; method 'statistical' from analyse, others from `label`.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("method", "VARCHAR", "'statistical', 'llm', 'human', ..."),
+            ("label", "VARCHAR", "The label text."),
+            ("score", "DOUBLE", "Its confidence: AUROC of the best concept for 'statistical'."),
+            ("model", "VARCHAR", "Model that wrote it (NULL for 'statistical')."),
+            ("details", "VARCHAR", "JSON with anything else (concept, n-grams, prompt, ...)."),
+            ("created_at", "TIMESTAMP", "UTC time written."),
+        ],
+        stage="label",
+    ),
+    _t(
+        "feature_scores",
+        "Scores of labels, e.g. detection scoring of an LLM label on held-out examples.",
+        [
+            ("feature", "INTEGER", "SAE latent index."),
+            ("method", "VARCHAR", "Label method scored (matches feature_labels.method)."),
+            ("scorer", "VARCHAR", "'detection', 'fuzz', ..."),
+            ("metric", "VARCHAR", "'accuracy', 'f1', 'auroc', 'balanced_accuracy', ..."),
+            ("value", "DOUBLE", "The metric."),
+            ("n_examples", "INTEGER", "Examples scored."),
+            ("created_at", "TIMESTAMP", "UTC time written."),
+        ],
+        stage="label",
+    ),
+    _t(
+        "steering_results",
+        "Steering evaluations: generations with a feature's decoder direction added.",
+        [
+            ("feature", "INTEGER", "SAE latent index steered."),
+            ("strength", "DOUBLE", "Multiple of the direction added to the residual stream."),
+            ("study_id", "BIGINT", "Study whose image/prompt was used."),
+            ("concept", "VARCHAR", "Concept the steering aims at (NULL if none)."),
+            ("baseline_text", "VARCHAR", "Generated report without steering."),
+            ("steered_text", "VARCHAR", "Generated report with steering."),
+            ("baseline_mentions", "BOOLEAN", "Baseline report mentions the concept."),
+            ("steered_mentions", "BOOLEAN", "Steered report mentions the concept."),
+            ("details", "VARCHAR", "JSON with anything else (layer, positions, seed, ...)."),
+            ("created_at", "TIMESTAMP", "UTC time written."),
+        ],
+        stage="steer",
+    ),
+)
+
+TABLE = {t.name: t for t in TABLES}
+
+
+def create_schema(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | None = None) -> None:
+    """Create (if absent) the tables ``names`` (default: all), with column comments."""
+    for t in TABLES:
+        if names is not None and t.name not in names:
+            continue
+        cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {t.name} ({cols})")
+        con.execute(f"COMMENT ON TABLE {t.name} IS {_lit(t.doc)}")
+        for c in t.columns:
+            con.execute(f'COMMENT ON COLUMN {t.name}."{c.name}" IS {_lit(c.doc)}')
+
+
+def create_indexes(con: duckdb.DuckDBPyConnection) -> None:
+    """Index the tables on ``feature`` (after bulk loading; indexing first is slower)."""
+    for t in TABLES:
+        for col in t.index:
+            con.execute(f'CREATE INDEX IF NOT EXISTS {t.name}_{col}_idx ON {t.name} ("{col}")')
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def db_path(run: str | Path) -> Path:
+    """``features.duckdb`` of a run directory (or the path itself if it names a file)."""
+    run = Path(run)
+    return run if run.suffix == ".duckdb" else run / DB_NAME
+
+
+def connect(run: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open a run's ``features.duckdb`` for reading (notebooks, the app).
+
+    The connection sees the tables by their plain names plus a temporary view
+    ``feature_acts`` (row, feature, value) over the Parquet beside the database. Writers
+    must use :func:`rewrite`; ``read_only=False`` is refused to keep the live file safe.
+    """
+    if not read_only:
+        raise ValueError("connect() is read-only; write through workbench.db.rewrite(run)")
+    path = db_path(run).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no features database; run `python -m workbench.analyse`")
+    con = duckdb.connect()
+    con.execute(f"ATTACH {_lit(str(path))} AS features (READ_ONLY)")
+    con.execute("USE features")
+    acts = path.parent / ACTS_NAME
+    if acts.exists():
+        con.execute(
+            f"CREATE TEMP VIEW feature_acts AS SELECT * FROM read_parquet({_lit(str(acts))})"
+        )
+    return con
+
+
+@contextlib.contextmanager
+def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Yield a read-write connection on a private copy; replace the live file on success.
+
+    ``fresh=True`` starts from an empty database (analyse), otherwise from a copy of the
+    current one (label, steer append to it). A lock file serialises concurrent writers;
+    on an exception the copy is discarded and the live database is untouched.
+    """
+    path = db_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tmp.unlink(missing_ok=True)
+        if not fresh and path.exists():
+            shutil.copyfile(path, tmp)
+        con = duckdb.connect(str(tmp))
+        try:
+            create_schema(con)
+            yield con
+            con.execute("CHECKPOINT")
+        except BaseException:
+            con.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        con.close()
+        os.replace(tmp, path)
+
+
+def markdown() -> str:
+    """The reference part of ``docs/schema.md``: one table of columns per table."""
+    out = []
+    for t in TABLES:
+        out += [f"### `{t.name}`", "", f"{t.doc} Written by `{t.stage}`.", ""]
+        out += ["| column | type | meaning |", "|---|---|---|"]
+        out += [f"| `{c.name}` | {c.type} | {c.doc.replace('|', '/')} |" for c in t.columns]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.db --markdown`` prints the schema reference for docs/schema.md."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv != ["--markdown"]:
+        print("usage: python -m workbench.db --markdown", file=sys.stderr)
+        return 2
+    print(markdown(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""Streaming per-feature statistics over the sparse SAE activations of a store.
+
+:class:`FeatureAccumulator` sees each batch once, as the non-zero entries of the latents
+(``rows``, ``feats``, ``vals`` plus each entry's token-kind code) and keeps only arrays
+sized by the number of features: counts, sums per token kind, maxima, a log-spaced
+histogram and the top-k (value, row) pairs. Its memory is ``d_sae * (kinds + bins + 2k)``
+numbers whatever the number of tokens, which is what lets analysis run on a laptop.
+
+The histogram bins are fixed in advance on a log2 grid (``bins_per_octave`` bins per
+doubling, from 2^min_octave to 2^max_octave; values outside are clamped into the end bins),
+so that streaming never needs to know a feature's range; SAEDashboard's per-feature
+50-bin histogram (its ``feature_tables``/``acts_histogram`` component) can be re-binned from it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+# Token kinds of the store's ``kind`` column, in the order of the accumulator's columns.
+KINDS: tuple[str, ...] = ("image", "prompt", "report", "generated", "latent")
+KIND_CODE: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
+
+
+class SparseBatch(NamedTuple):
+    """Non-zero entries of a batch of latents, in row-major order."""
+
+    rows: torch.Tensor  # int64 global token rows
+    feats: torch.Tensor  # int64 feature indices
+    vals: torch.Tensor  # float32 activations (> 0)
+
+
+def sparsify(latents_BF: torch.Tensor, row0: int) -> SparseBatch:
+    """Non-zero entries of a dense latent batch whose first token has global row ``row0``."""
+    idx_N2 = latents_BF.nonzero()
+    vals = latents_BF[idx_N2[:, 0], idx_N2[:, 1]].float()
+    return SparseBatch(idx_N2[:, 0] + row0, idx_N2[:, 1], vals)
+
+
+class FeatureSummary(NamedTuple):
+    """Final statistics, numpy arrays indexed by feature (histogram: [F, n_bins])."""
+
+    n_tokens: int
+    n_fires: np.ndarray
+    sum_act: np.ndarray
+    sum_by_kind: np.ndarray  # [F, len(KINDS)]
+    max_act: np.ndarray
+    hist: np.ndarray  # [F, n_bins] counts
+    bin_edges: np.ndarray  # [n_bins + 1]
+    min_bin: int  # global index of histogram column 0: bin b covers [2^(b/r), 2^((b+1)/r))
+    top_vals: np.ndarray  # [F, k] descending; -inf where fewer than k firings
+    top_rows: np.ndarray  # [F, k]; -1 where empty
+
+
+class FeatureAccumulator:
+    """Accumulate frequency, mass per token kind, max, histogram and top-k per feature."""
+
+    def __init__(
+        self,
+        d_sae: int,
+        top_k: int = 20,
+        bins_per_octave: int = 4,
+        min_octave: int = -20,
+        max_octave: int = 20,
+    ) -> None:
+        if d_sae <= 0 or top_k <= 0 or bins_per_octave <= 0 or max_octave <= min_octave:
+            raise ValueError("d_sae, top_k, bins_per_octave must be > 0, max_octave > min_octave")
+        self.d_sae, self.top_k, self.r = d_sae, top_k, bins_per_octave
+        self.min_bin = min_octave * bins_per_octave
+        self.n_bins = (max_octave - min_octave) * bins_per_octave
+        self.n_tokens = 0
+        F, K = d_sae, len(KINDS)
+        self.n_fires = torch.zeros(F, dtype=torch.int64)
+        self.sum_by_kind = torch.zeros(F * K, dtype=torch.float64)
+        self.max_act = torch.zeros(F, dtype=torch.float32)
+        self.hist = torch.zeros(F * self.n_bins, dtype=torch.int64)
+        self.top_vals = torch.full((F, top_k), -float("inf"))
+        self.top_rows = torch.full((F, top_k), -1, dtype=torch.int64)
+
+    def bin_of(self, vals: torch.Tensor) -> torch.Tensor:
+        """Histogram bin (0-based, clamped) of positive activations."""
+        b = torch.floor(torch.log2(vals.double()) * self.r).long() - self.min_bin
+        return b.clamp_(0, self.n_bins - 1)
+
+    def update(self, batch: SparseBatch, kind_codes: torch.Tensor, n_tokens: int) -> None:
+        """Add one batch: its non-zero entries and the kind code of each entry's token."""
+        self.n_tokens += n_tokens
+        if batch.vals.numel() == 0:
+            return
+        if bool((batch.vals < 0).any()) or not bool(torch.isfinite(batch.vals).all()):
+            raise ValueError("SAE latents must be finite and non-negative (got NaN/inf/negative)")
+        F, K = self.d_sae, len(KINDS)
+        f = batch.feats
+        self.n_fires += torch.bincount(f, minlength=F)
+        self.sum_by_kind += torch.bincount(f * K + kind_codes, batch.vals.double(), F * K)
+        self.max_act.scatter_reduce_(0, f, batch.vals, reduce="amax")
+        self.hist += torch.bincount(
+            f * self.n_bins + self.bin_of(batch.vals), minlength=F * self.n_bins
+        )
+        self._merge_top(batch)
+
+    def _merge_top(self, batch: SparseBatch) -> None:
+        """Merge the batch's best ``top_k`` entries per feature into the running top-k."""
+        k = self.top_k
+        # sort entries by (feature asc, value desc); rank = position within its feature run
+        order = torch.argsort(batch.vals, descending=True, stable=True)
+        order = order[torch.argsort(batch.feats[order], stable=True)]
+        f, v, r = batch.feats[order], batch.vals[order], batch.rows[order]
+        starts = torch.searchsorted(f, f, right=False)
+        rank = torch.arange(f.numel()) - starts
+        keep = rank < k
+        touched, slot = torch.unique(f[keep], return_inverse=True)
+        cand_v = torch.full((touched.numel(), k), -float("inf"))
+        cand_r = torch.full((touched.numel(), k), -1, dtype=torch.int64)
+        cand_v[slot, rank[keep]] = v[keep]
+        cand_r[slot, rank[keep]] = r[keep]
+        all_v = torch.cat([self.top_vals[touched], cand_v], dim=1)
+        all_r = torch.cat([self.top_rows[touched], cand_r], dim=1)
+        best_v, idx = torch.topk(all_v, k, dim=1)
+        self.top_vals[touched] = best_v
+        self.top_rows[touched] = torch.gather(all_r, 1, idx)
+
+    def bin_edges(self) -> np.ndarray:
+        """Edges of the histogram bins: 2^((min_bin + i) / r), i = 0..n_bins."""
+        return np.exp2((self.min_bin + np.arange(self.n_bins + 1)) / self.r)
+
+    def summary(self) -> FeatureSummary:
+        """The accumulated statistics as numpy arrays."""
+        sbk = self.sum_by_kind.view(self.d_sae, len(KINDS)).numpy()
+        return FeatureSummary(
+            n_tokens=self.n_tokens,
+            n_fires=self.n_fires.numpy(),
+            sum_act=sbk.sum(axis=1),
+            sum_by_kind=sbk,
+            max_act=self.max_act.numpy().astype(np.float64),
+            hist=self.hist.view(self.d_sae, self.n_bins).numpy(),
+            bin_edges=self.bin_edges(),
+            min_bin=self.min_bin,
+            top_vals=self.top_vals.numpy(),
+            top_rows=self.top_rows.numpy(),
+        )
+
+
+def kind_codes(kinds: list[str] | np.ndarray, source: str = "store metadata") -> torch.Tensor:
+    """Map the store's ``kind`` strings to :data:`KIND_CODE` codes, refusing unknown kinds."""
+    uniq, inv = np.unique(np.asarray(kinds, dtype=object).astype(str), return_inverse=True)
+    unknown = [u for u in uniq if u not in KIND_CODE]
+    if unknown:
+        raise ValueError(f"{source}: unknown token kind(s) {unknown}; expected one of {KINDS}")
+    table = np.array([KIND_CODE[u] for u in uniq], dtype=np.int64)
+    return torch.from_numpy(table[inv.reshape(-1)])

@@ -22,15 +22,17 @@ from torch import nn
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
-# Attribute paths to the decoder-layer list, tried in order:
-# MAIRA-2 (ours), LLaVA in transformers 5, Llama/Mistral/Qwen-style causal LMs, GPT-2, GPT-NeoX.
-_LAYER_PATHS = (
-    "language_model.model.layers",
-    "model.language_model.layers",
-    "model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
+# Attribute paths to (the decoder-layer list, the final norm before the LM head), tried in
+# order: MAIRA-2 (ours), LLaVA in transformers 5, Llama/Mistral/Qwen-style causal LMs, GPT-2,
+# GPT-NeoX.
+_MODULE_PATHS = (
+    ("language_model.model.layers", "language_model.model.norm"),
+    ("model.language_model.layers", "model.language_model.norm"),
+    ("model.layers", "model.norm"),
+    ("transformer.h", "transformer.ln_f"),
+    ("gpt_neox.layers", "gpt_neox.final_layer_norm"),
 )
+_LAYER_PATHS = tuple(layers for layers, _ in _MODULE_PATHS)
 
 InterventionFn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -54,19 +56,36 @@ def parse_hook_name(name: str) -> int:
     return int(match.group(1))
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a MAIRA-2, LLaVA or causal-LM model, in order."""
-    for path in _LAYER_PATHS:
-        obj: object = model
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList):
-            return obj
+def _get_path(model: nn.Module, path: str) -> object:
+    obj: object = model
+    for attr in path.split("."):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _paths_for(model: nn.Module) -> tuple[str, str]:
+    for layers_path, norm_path in _MODULE_PATHS:
+        if isinstance(_get_path(model, layers_path), nn.ModuleList):
+            return layers_path, norm_path
     raise ValueError(
         f"cannot find decoder layers in {type(model).__name__}; tried {', '.join(_LAYER_PATHS)}"
     )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a MAIRA-2, LLaVA or causal-LM model, in order."""
+    return _get_path(model, _paths_for(model)[0])  # type: ignore[return-value]
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the last block's output before the LM head (HF hidden_states[-1])."""
+    norm_path = _paths_for(model)[1]
+    norm = _get_path(model, norm_path)
+    if not isinstance(norm, nn.Module):
+        raise ValueError(f"cannot find the final norm {norm_path} in {type(model).__name__}")
+    return norm
 
 
 def resolve_module(model: nn.Module, hook_name: str) -> nn.Module:

@@ -103,6 +103,10 @@ class Maira2Config(LlavaConfig):
         return self.image_grid**2 + extra
 
 
+# Let AutoConfig (and AutoTokenizer, which reads config.json) recognise "maira2" directories.
+AutoConfig.register(Maira2Config.model_type, Maira2Config, exist_ok=True)
+
+
 class Maira2MultiModalProjector(nn.Module):
     """``projector_n_layers`` Linear layers with the activation between them.
 
@@ -146,6 +150,9 @@ class Maira2ForConditionalGeneration(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.language_model.get_output_embeddings()
 
     def get_image_features(self, pixel_values_NCHW: torch.Tensor) -> torch.Tensor:
         """Projected image features, [n_images, tokens_per_image, d_text].

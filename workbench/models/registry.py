@@ -1,0 +1,335 @@
+"""One interface for every model the workbench analyses.
+
+``load_model(spec)`` returns a :class:`ModelAdapter` for MAIRA-2 (a local directory or the
+local HF cache of ``microsoft/maira-2``), ``maira2-mini`` (``data/maira2-mini`` or a run's
+``model/`` directory), any local HF LLaVA-family checkpoint, or any local HF causal LM (text
+only, over the report text). The adapter prepares a study's inputs with per-token metadata,
+captures the residual stream at a layer (stopping the forward there), and generates with
+intervention hooks. :func:`adapter_for` wraps an in-memory model the same way.
+
+Nothing is downloaded: every load is ``local_files_only`` (HF_HUB_OFFLINE semantics).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from workbench.models.checkpoint import resolve_checkpoint_dir
+from workbench.models.hooks import InterventionFn, capture, decoder_layers, final_norm, intervene
+from workbench.models.hooks import resid_post_name as _resid_post_name
+from workbench.models.processor import (
+    EncodedInputs,
+    Maira2Processor,
+    encode_text,
+    processor_settings,
+)
+from workbench.models.prompts import Prompt, Segment, section_text
+
+MINI_NAME = "maira2-mini"
+POINTER_FILE = "pointer.txt"  # a run's model/ dir may hold this: one line, the model's path
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class PreparedInputs(NamedTuple):
+    """Model inputs for one study and one metadata dict per token position.
+
+    ``prompt_length`` is the number of positions before the teacher-forced findings (all of
+    them when no findings were given); generation starts there.
+    """
+
+    model_inputs: dict[str, torch.Tensor]
+    tokens: list[dict]
+    prompt_length: int
+    text: str
+
+
+class StudyInputs(NamedTuple):
+    """What a prompt needs from a study, images already read."""
+
+    frontal: Image.Image | None
+    lateral: Image.Image | None
+    prior_frontal: Image.Image | None
+    indication: str | None
+    technique: str | None
+    comparison: str | None
+    prior_report: str | None
+
+
+def study_inputs(study: Any) -> StudyInputs:
+    """Read a StudyRecord (paths) or a mapping (PIL images or paths) into :class:`StudyInputs`."""
+    if isinstance(study, Mapping):
+        get = study.get
+        images = [_as_image(get(k)) for k in ("frontal", "lateral", "prior_frontal")]
+    else:
+        get = lambda key: getattr(study, key, None)  # noqa: E731
+        loaded = study.load_images()
+        images = [loaded.frontal, loaded.lateral, loaded.prior_frontal]
+    return StudyInputs(
+        *images,
+        get("indication"),
+        get("technique"),
+        get("comparison"),
+        get("prior_report"),
+    )
+
+
+def _as_image(value: Image.Image | str | Path | None) -> Image.Image | None:
+    if value is None or isinstance(value, Image.Image):
+        return value
+    from workbench.cxr.images import load_image
+
+    return load_image(value)
+
+
+class ModelAdapter:
+    """Common operations over a wrapped HF-style model (see module docstring)."""
+
+    kind = "base"
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def n_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    @property
+    def d_model(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def unembed(self) -> torch.Tensor:
+        """W_U, [d_model, vocab]: ``logits = final_norm(resid_post of the last block) @ W_U``.
+
+        It applies to the *normalised* residual; use :attr:`final_norm` first (the LM heads
+        here have no bias).
+        """
+        return self.model.get_output_embeddings().weight.T
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the LM head."""
+        return final_norm(self.model)
+
+    def hook_name(self, layer: int) -> str:
+        """The residual-stream hook name after block ``layer``, checked against the model."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"{self.name}: layer {layer} outside 0..{self.n_layers - 1}")
+        return _resid_post_name(layer)
+
+    def prepare(self, study: Any, findings: str | None = None, **kwargs) -> PreparedInputs:
+        """Inputs for ``study`` (StudyRecord or mapping); ``findings`` is teacher-forced."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
+
+    def _device_inputs(self, inp: PreparedInputs) -> dict[str, torch.Tensor]:
+        dtype = next(self.model.parameters()).dtype
+        out = {}
+        for key, value in inp.model_inputs.items():
+            value = value.to(self.device)
+            out[key] = value.to(dtype) if value.is_floating_point() else value
+        return out
+
+    @torch.no_grad()
+    def residual(self, inp: PreparedInputs, layer: int) -> torch.Tensor:
+        """Residual stream after block ``layer``, [T, d_model]; later layers never run."""
+        with capture(self.model, self.hook_name(layer)) as cap:
+            self.model(**self._device_inputs(inp))
+        return cap.acts[0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inp: PreparedInputs,
+        max_new_tokens: int = 300,
+        interventions: Mapping[str, InterventionFn] | None = None,
+    ) -> str:
+        """Greedy continuation of the prompt, decoded without special tokens, lstripped."""
+        if inp.prompt_length != len(inp.tokens):
+            raise ValueError("these inputs teacher-force findings; prepare(study) without them")
+        inputs = self._device_inputs(inp)
+        with intervene(self.model, interventions or {}):
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_ids = out[0, inputs["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_ids.tolist(), skip_special_tokens=True).lstrip()
+
+
+def _prepared(enc: EncodedInputs) -> PreparedInputs:
+    inputs = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
+    if enc.pixel_values is not None:
+        inputs["pixel_values"] = enc.pixel_values
+    n_prompt = sum(1 for t in enc.tokens if t["kind"] != "report")
+    return PreparedInputs(inputs, enc.tokens, n_prompt, enc.text)
+
+
+class VisionLanguageAdapter(ModelAdapter):
+    """MAIRA-2, maira2-mini and HF LLaVA models: MAIRA-2's prompt and image processing."""
+
+    kind = "vision_language"
+
+    def __init__(self, model, tokenizer, name: str, processor: Maira2Processor | None = None):
+        super().__init__(model, tokenizer, name)
+        self.processor = processor or Maira2Processor.for_model(model.config, tokenizer)
+
+    def prepare(
+        self, study: Any, findings: str | None = None, get_grounding: bool = False
+    ) -> PreparedInputs:
+        s = study_inputs(study)
+        if s.frontal is None:
+            raise ValueError(f"{self.name}: the study has no frontal image")
+        enc = self.processor.reporting_inputs(
+            s.frontal,
+            s.lateral,
+            s.prior_frontal,
+            s.indication,
+            s.technique,
+            s.comparison,
+            s.prior_report,
+            get_grounding=get_grounding,
+            assistant_text=findings,
+        )
+        return _prepared(enc)
+
+
+class CausalLMAdapter(ModelAdapter):
+    """A text-only causal LM over the report: sections as a plain prompt, then FINDINGS.
+
+    Prompt: ``[PRIOR_REPORT: p ]INDICATION: i TECHNIQUE: t COMPARISON: c FINDINGS:`` (missing
+    sections ``N/A``, prior report only when given), findings teacher-forced after a space.
+    """
+
+    kind = "causal_lm"
+
+    def prepare(self, study: Any, findings: str | None = None) -> PreparedInputs:
+        s = study if isinstance(study, StudyInputs) else _text_fields(study)
+        segs = []
+        if s.prior_report:
+            segs += [Segment("PRIOR_REPORT: ", "template"), Segment(s.prior_report, "prior_report")]
+            segs.append(Segment(" ", "template"))
+        for label, value in (
+            ("INDICATION", s.indication),
+            ("TECHNIQUE", s.technique),
+            ("COMPARISON", s.comparison),
+        ):
+            segs += [Segment(f"{label}: ", "template"), Segment(section_text(value), label.lower())]
+            segs.append(Segment(" ", "template"))
+        segs.append(Segment("FINDINGS:", "template"))
+        if findings is not None:
+            segs.append(Segment(" " + findings, "findings", "report"))
+        return _prepared(encode_text(self.tokenizer, Prompt(tuple(segs))))
+
+
+def _text_fields(study: Any) -> StudyInputs:
+    get = study.get if isinstance(study, Mapping) else (lambda k: getattr(study, k, None))
+    keys = ("indication", "technique", "comparison", "prior_report")
+    return StudyInputs(None, None, None, *(get(k) for k in keys))
+
+
+def adapter_for(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str = "model",
+    processor: Maira2Processor | None = None,
+) -> ModelAdapter:
+    """Wrap an in-memory model: vision-language if its config has a vision tower."""
+    if getattr(model.config, "vision_config", None) is not None:
+        return VisionLanguageAdapter(model, tokenizer, name, processor)
+    return CausalLMAdapter(model, tokenizer, name)
+
+
+def resolve_model_dir(spec: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """``maira2-mini``, a directory (following ``pointer.txt``), or a cached HF repo id."""
+    if str(spec) == MINI_NAME:
+        candidates = [Path("data") / MINI_NAME, _PROJECT_ROOT / "data" / MINI_NAME]
+        for path in candidates:
+            if (path / "config.json").is_file():
+                return path
+        raise FileNotFoundError(
+            f"{MINI_NAME} not found in {', '.join(map(str, candidates))}; train it first"
+        )
+    path = Path(spec).expanduser()
+    pointer = path / POINTER_FILE
+    if path.is_dir() and not (path / "config.json").is_file() and pointer.is_file():
+        target = Path(pointer.read_text().strip())
+        return target if target.is_absolute() else (path / target).resolve()
+    return resolve_checkpoint_dir(spec, cache_dir=cache_dir)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """float32 on CPU; bf16 on a GPU that supports it, else fp16."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_model(
+    spec: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+) -> ModelAdapter:
+    """Load the model ``spec`` names; its type comes from ``config.json``'s ``model_type``."""
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+    directory = resolve_model_dir(spec, cache_dir)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found")
+    config = json.loads(config_path.read_text())
+    dtype = dtype or default_dtype(device)
+    name = str(spec)
+    model_type = config.get("model_type")
+    if model_type == "maira2":
+        model = Maira2ForConditionalGeneration.from_pretrained(directory, device, dtype)
+        processor = _processor(directory)
+        return VisionLanguageAdapter(model, processor.tokenizer, name, processor)
+    if model_type == "llava" or "vision_config" in config:
+        model, info = LlavaForConditionalGeneration.from_pretrained(
+            directory, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+        _check_loading_info(directory, info)
+        processor = _processor(directory)
+        return VisionLanguageAdapter(model.to(device), processor.tokenizer, name, processor)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, local_files_only=True, output_loading_info=True
+    )
+    _check_loading_info(directory, info)
+    return CausalLMAdapter(model.to(device), model_tokenizer(directory), name)
+
+
+def model_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``directory`` (error naming the directory when absent)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{directory}: no loadable tokenizer ({err})") from err
+
+
+def _processor(directory: Path) -> Maira2Processor:
+    return Maira2Processor(model_tokenizer(directory), **processor_settings(directory))
+
+
+def _check_loading_info(directory: Path, info: dict) -> None:
+    missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {directory} does not match its config: missing {sorted(missing)[:10]}, "
+            f"unexpected {sorted(unexpected)[:10]}"
+        )

@@ -1,0 +1,268 @@
+"""``python -m segmentation.train --model {unet,ssn,ssn-diag} --data ROOT --dataset NAME``.
+
+Trains one model on one dataset's train split. Each step draws a batch of images and, per
+image, one random annotator's mask (PHiSeg's ``_select_random_label``, how SSN used LIDC's four
+annotations), with random flips. The run directory holds ``cfg.json``, ``log.jsonl`` (one JSON
+object per logged step), ``checkpoint.pt`` (model, optimiser and RNG state, written
+atomically every ``checkpoint_every`` steps; a rerun resumes from it) and the final
+``model.pt`` that ``segmentation.evaluate`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segmentation.data import load_dataset, stack
+from segmentation.models import ModelSpec, build_model, save_model, training_loss
+from segmentation.ssn import SSNConfig
+from segmentation.unet import UNetConfig
+from workbench.config import parse_config, save_config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Train a U-Net, SSN or diagonal SSN on a 2-D segmentation dataset."""
+
+    model: Literal["unet", "ssn", "ssn-diag"] = "ssn"
+    """Which model: deterministic U-Net (CE), low-rank SSN, or the diagonal SSN ablation."""
+    data: Path = Path("runs/demo/phantom")
+    """Dataset root (phantom root, JSRT/Montgomery/Shenzhen folder, or LIDC pickle)."""
+    dataset: Literal[
+        "phantom-lungs", "phantom-nodules", "jsrt", "montgomery", "shenzhen", "lidc"
+    ] = "phantom-nodules"
+    """Dataset reader to use."""
+    out: Path = Path("runs/seg/ssn")
+    """Run directory for cfg.json, log.jsonl, checkpoint.pt and model.pt."""
+    image_size: int = 64
+    """Side of the (square) network input in px."""
+    crop_size: int = 128
+    """Phantom nodules: side of the crop around the nodule, in source px, before resizing."""
+    num_classes: int = 2
+    """Classes including background (all bundled readers produce 2)."""
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    """U-Net channels per level, finest first (PHiSeg LIDC: 32,64,128,192,192,192,192)."""
+    convs_per_level: int = 2
+    """3x3 convolutions per U-Net level."""
+    norm: Literal["batch", "group", "none"] = "batch"
+    """U-Net normalisation layer."""
+    recomb_layers: int = 2
+    """1x1 recombination convolutions after the U-Net."""
+    recomb_channels: int = 32
+    """Width of the recombination convolutions."""
+    rank: int = 10
+    """SSN covariance rank R."""
+    epsilon: float = 1e-5
+    """SSN diagonal floor."""
+    mc_samples: int = 20
+    """SSN Monte-Carlo samples per image in the loss."""
+    antithetic: bool = True
+    """SSN antithetic sample pairs in the loss."""
+    use_roi: bool = False
+    """Mask the SSN covariance outside the dataset's region of interest (phantom nodules)."""
+    steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 12
+    """Images per step (PHiSeg LIDC: 12)."""
+    lr: float = 1e-3
+    """Adam learning rate (constant, as in the SSN LIDC config)."""
+    augment: bool = True
+    """Random left-right and up-down flips."""
+    seed: int = 0
+    """Seed for initialisation, batches, annotators and augmentation."""
+    max_time_s: float | None = None
+    """Stop after this many seconds of training (the model is still saved)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints."""
+    log_every: int = 20
+    """Steps between log.jsonl lines."""
+    resume: bool = True
+    """Continue from out/checkpoint.pt if it exists."""
+    threads: int | None = None
+    """torch CPU threads (None: leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("TrainConfig: steps >= 0, batch_size >= 1, lr > 0 required")
+        if self.image_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(
+                f"TrainConfig.image_size {self.image_size} must be divisible by "
+                f"2**(len(channels)-1) = {2 ** (len(self.channels) - 1)}"
+            )
+
+    def spec(self) -> ModelSpec:
+        unet = UNetConfig(
+            1,
+            tuple(self.channels),
+            self.convs_per_level,
+            self.norm,
+            self.recomb_layers,
+            self.recomb_channels,
+        )
+        ssn = SSNConfig(
+            self.rank, self.epsilon, self.model == "ssn-diag", self.mc_samples, self.antithetic
+        )
+        return ModelSpec(self.model, self.num_classes, unet, ssn)
+
+
+class TrainResult(NamedTuple):
+    out: Path
+    steps: int
+    """Optimiser steps completed (may be < cfg.steps when max_time_s stopped training)."""
+    last_loss: float
+    elapsed_s: float
+
+
+class Batches:
+    """Random batches with one random annotator per image, and random flips."""
+
+    def __init__(self, samples, batch_size: int, augment: bool, rng: np.random.Generator):
+        self.images, self.masks, self.rois = stack(samples)
+        self.batch_size, self.augment, self.rng = batch_size, augment, rng
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        N, K = self.masks.shape[:2]
+        idx = self.rng.integers(0, N, self.batch_size)
+        ann = self.rng.integers(0, K, self.batch_size)
+        x, y = self.images[idx], self.masks[idx, ann]
+        roi = None if self.rois is None else self.rois[idx]
+        if self.augment:
+            for axis in (-1, -2):
+                flip = self.rng.random(self.batch_size) < 0.5
+                x[flip] = np.flip(x[flip], axis)
+                y[flip] = np.flip(y[flip], axis)
+                if roi is not None:
+                    roi[flip] = np.flip(roi[flip], axis)
+        as_t = torch.from_numpy
+        return as_t(x.copy()), as_t(y.astype(np.int64)), None if roi is None else as_t(roi.copy())
+
+
+def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
+    """Load out/checkpoint.pt into model/optimiser; drop log lines after it. Returns step."""
+    ckpt_path = cfg.out / "checkpoint.pt"
+    if not (cfg.resume and ckpt_path.exists()):
+        (cfg.out / "log.jsonl").unlink(missing_ok=True)
+        return 0
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    rng_state["numpy"] = ckpt["numpy_rng"]
+    step = int(ckpt["step"])
+    log_path = cfg.out / "log.jsonl"
+    if log_path.exists():
+        kept = [
+            ln
+            for ln in log_path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step
+        ]
+        log_path.write_text("".join(ln + "\n" for ln in kept))
+    log.info("resumed %s at step %d", ckpt_path, step)
+    return step
+
+
+def _checkpoint(cfg, model, opt, step: int, rng: np.random.Generator) -> None:
+    tmp = cfg.out / "checkpoint.pt.tmp"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+        },
+        tmp,
+    )
+    tmp.replace(cfg.out / "checkpoint.pt")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) training as configured; write model.pt; return a summary."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.out / "cfg.json")
+    samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
+    torch.manual_seed(cfg.seed)
+    spec = cfg.spec()
+    model = build_model(spec)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng_state: dict = {}
+    step = _resume(cfg, model, opt, rng_state)
+    rng = np.random.default_rng(cfg.seed)
+    if "numpy" in rng_state:
+        rng.bit_generator.state = rng_state["numpy"]
+    batches = Batches(samples, cfg.batch_size, cfg.augment, rng)
+    use_roi = cfg.use_roi and cfg.model != "unet"
+    t0, loss_value = time.monotonic(), float("nan")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc=f"train {cfg.model}")
+    with open(cfg.out / "log.jsonl", "a") as logf:
+        while step < cfg.steps:
+            if cfg.max_time_s is not None and time.monotonic() - t0 > cfg.max_time_s:
+                log.info("time budget %.0fs reached at step %d", cfg.max_time_s, step)
+                break
+            x, y, roi = batches.next()
+            loss = training_loss(model, x, y, roi if use_roi else None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step, loss_value = step + 1, loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4g}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                logf.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": loss_value,
+                            "elapsed_s": round(time.monotonic() - t0, 3),
+                        }
+                    )
+                    + "\n"
+                )
+                logf.flush()
+            if step % cfg.checkpoint_every == 0:
+                _checkpoint(cfg, model, opt, step, rng)
+    bar.close()
+    _checkpoint(cfg, model, opt, step, rng)
+    save_model(
+        cfg.out / "model.pt", model, spec, step=step, dataset=cfg.dataset, config=to_dict(cfg)
+    )
+    return TrainResult(cfg.out, step, loss_value, time.monotonic() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(TrainConfig, argv, prog="python -m segmentation.train")
+    result = train(cfg)
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "steps": result.steps,
+                "last_loss": result.last_loss,
+                "elapsed_s": round(result.elapsed_s, 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

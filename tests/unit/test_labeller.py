@@ -1,0 +1,180 @@
+"""Rule-based report labeller on hand-written MIMIC-style sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.cxr.findings import CHEXPERT_LABELS
+from workbench.cxr.labeller import PHANTOM_CONCEPTS, label_report, label_reports
+
+# (text, expected phantom-concept values; concepts not listed must be None)
+CONCEPT_CASES = [
+    ("No pleural effusion or pneumothorax.", {"pleural_effusion": 0, "pneumothorax": 0}),
+    (
+        "There is no focal consolidation, pleural effusion, or pneumothorax.",
+        {"consolidation": 0, "pleural_effusion": 0, "pneumothorax": 0},
+    ),
+    ("Without evidence of pneumothorax.", {"pneumothorax": 0}),
+    ("Heart size is normal.", {"cardiomegaly": 0}),
+    ("The heart is not enlarged.", {"cardiomegaly": 0}),
+    ("Normal heart size. Mediastinal contours are unremarkable.", {"cardiomegaly": 0}),
+    ("Cannot exclude small left pleural effusion.", {"pleural_effusion": -1}),
+    ("Possible small right pneumothorax.", {"pneumothorax": -1}),
+    ("Left basilar opacity may represent atelectasis.", {"atelectasis": -1}),
+    ("A right apical pneumothorax cannot be excluded.", {"pneumothorax": -1}),
+    ("Moderate cardiomegaly with no edema.", {"cardiomegaly": 1, "edema": 0}),
+    (
+        "Small left pleural effusion with no pneumothorax.",
+        {"pleural_effusion": 1, "pneumothorax": 0},
+    ),
+    ("No pneumothorax, small left effusion.", {"pneumothorax": 0, "pleural_effusion": 1}),
+    ("No change in the moderate right pleural effusion.", {"pleural_effusion": 1}),
+    (
+        "Effusion has increased and pneumothorax has resolved.",
+        {"pleural_effusion": 1, "pneumothorax": 0},
+    ),
+    ("Pneumothorax and effusion are not seen.", {"pneumothorax": 0, "pleural_effusion": 0}),
+    ("Enlarged cardiac silhouette.", {"cardiomegaly": 1}),
+    ("Mild enlargement of the cardiac silhouette is stable.", {"cardiomegaly": 1}),
+    ("Pulmonary vascular congestion.", {"edema": 1}),
+    ("Mild pulmonary edema without frank consolidation.", {"edema": 1, "consolidation": 0}),
+    ("Nodular opacity in the right upper lobe.", {"nodule": 1}),
+    ("Right lower lobe collapse.", {"atelectasis": 1}),
+    ("Old healed fractures of the right fifth and sixth ribs.", {"rib_fracture": 1}),
+    ("ET tube terminates 4 cm above the carina.", {"endotracheal_tube": 1}),
+    ("NG tube courses below the diaphragm.", {"enteric_tube": 1}),
+    ("Right PICC ends in the SVC.", {"central_line": 1}),
+    ("Left subclavian central venous catheter in the mid SVC.", {"central_line": 1}),
+    ("Dual-chamber pacer leads in standard position.", {"pacemaker": 1}),
+    ("Sternotomy wires are intact.", {"sternotomy_wires": 1}),
+    ("The endotracheal tube has been removed.", {"endotracheal_tube": 0}),
+    (
+        "Interval removal of the endotracheal and nasogastric tubes.",
+        {"endotracheal_tube": 0, "enteric_tube": 0},
+    ),
+    ("The patient has been extubated.", {"endotracheal_tube": 0}),
+    (
+        "Lungs are clear.",
+        {"consolidation": 0, "atelectasis": 0, "edema": 0},
+    ),
+    (
+        "The lungs are clear except for left basilar atelectasis.",
+        {"consolidation": 0, "atelectasis": 1, "edema": 0},
+    ),
+    ("No acute osseous abnormality.", {"rib_fracture": 0}),
+    ("Costophrenic angles are sharp.", {"pleural_effusion": 0}),
+    ("Pericardial effusion is suspected.", {}),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CONCEPT_CASES)
+def test_phantom_concepts(text, expected):
+    got = label_report(text).concepts
+    assert set(got) == set(PHANTOM_CONCEPTS)
+    assert {k: v for k, v in got.items() if v is not None} == expected
+
+
+CHEXPERT_CASES = [
+    (
+        "Left basilar opacity may represent atelectasis or pneumonia.",
+        {"Lung Opacity": 1.0, "Atelectasis": -1.0, "Pneumonia": -1.0},
+    ),
+    ("Pneumonia cannot be excluded.", {"Pneumonia": -1.0}),
+    (
+        "No focal consolidation to suggest pneumonia.",
+        {"Consolidation": 0.0, "Pneumonia": 0.0, "No Finding": 1.0},
+    ),
+    (
+        "Atelectasis vs. pneumonia in the left lower lobe.",
+        {"Atelectasis": -1.0, "Pneumonia": -1.0, "Lung Opacity": -1.0},
+    ),
+    (
+        "Heart size is mildly enlarged. There is mild pulmonary vascular congestion and small "
+        "bilateral pleural effusions. Bibasilar atelectasis. No pneumothorax.",
+        {
+            "Cardiomegaly": 1.0,
+            "Enlarged Cardiomediastinum": 1.0,  # parent of cardiomegaly (findings.CHEXPERT_OF)
+            "Edema": 1.0,
+            "Pleural Effusion": 1.0,
+            "Atelectasis": 1.0,
+            "Lung Opacity": 1.0,
+            "Pneumothorax": 0.0,
+        },
+    ),
+    (
+        "Persistent left retrocardiac opacity likely reflecting atelectasis, though infection is "
+        "not excluded.",
+        {"Lung Opacity": 1.0, "Atelectasis": -1.0, "Pneumonia": -1.0},
+    ),
+    ("Widened mediastinum.", {"Enlarged Cardiomediastinum": 1.0}),
+    (
+        "Right apical pleural thickening. Left clavicle fracture.",
+        {"Pleural Other": 1.0, "Fracture": 1.0},
+    ),
+    ("3 cm mass in the left upper lobe.", {"Lung Lesion": 1.0}),
+    (
+        "Right chest tube in place. No pneumothorax.",
+        {"Support Devices": 1.0, "Pneumothorax": 0.0, "No Finding": 1.0},  # devices don't count
+    ),
+    ("No acute cardiopulmonary process.", {"No Finding": 1.0}),
+    (
+        "Heart size is normal. Lungs are clear.",
+        {
+            "Cardiomegaly": 0.0,
+            "Consolidation": 0.0,
+            "Atelectasis": 0.0,
+            "Edema": 0.0,
+            "Pneumonia": 0.0,
+            "Lung Opacity": 0.0,
+            "No Finding": 1.0,
+        },
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), CHEXPERT_CASES)
+def test_chexpert_labels(text, expected):
+    got = label_report(text).chexpert
+    assert list(got) == list(CHEXPERT_LABELS)
+    assert {k: v for k, v in got.items() if v is not None} == expected
+
+
+def test_mentions_record_cue_and_text():
+    mentions = label_report("No pleural effusion. Possible pneumothorax.").mentions
+    assert [(m.concept, m.value, m.cue) for m in mentions] == [
+        ("pleural_effusion", 0, "no"),
+        ("pneumothorax", -1, "possible"),
+    ]
+    assert mentions[0].text == "pleural effusion"
+
+
+def test_empty_text_is_all_unmentioned_and_batch_api():
+    empty, full = label_reports(["", "Cardiomegaly."])
+    assert set(empty.chexpert.values()) == {None} and set(empty.concepts.values()) == {None}
+    assert full.concepts["cardiomegaly"] == 1 and full.chexpert["No Finding"] is None
+    assert label_report(None).mentions == []
+
+
+def test_clause_boundaries_stop_negation():
+    got = label_report(
+        "No pleural effusion, but there is a small right pneumothorax. No edema; mild cardiomegaly."
+    ).concepts
+    assert got["pleural_effusion"] == 0 and got["pneumothorax"] == 1
+    assert got["edema"] == 0 and got["cardiomegaly"] == 1
+
+
+def test_multi_finding_report_with_devices():
+    text = (
+        "Endotracheal tube tip is 5 cm above the carina. Nasogastric tube extends into the "
+        "stomach. Left subclavian central venous catheter terminates in the mid SVC. Left-sided "
+        "pacemaker with leads in the right atrium and right ventricle. Median sternotomy wires. "
+        "Small bilateral pleural effusions with bibasilar atelectasis. No pneumothorax. A 1.5 cm "
+        "nodule projects over the left mid lung."
+    )
+    got = label_report(text).concepts
+    positives = {k for k, v in got.items() if v == 1}
+    assert positives == {
+        "endotracheal_tube", "enteric_tube", "central_line", "pacemaker", "sternotomy_wires",
+        "pleural_effusion", "atelectasis", "nodule",
+    }  # fmt: skip
+    assert got["pneumothorax"] == 0 and got["edema"] is None

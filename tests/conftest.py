@@ -1,0 +1,43 @@
+"""Suite-wide guards: offline, no analytics, and no test may install packages.
+
+TransformerLens runs ``pip install torchvision`` by itself when it wraps a multimodal model
+without a local processor, which here replaced the CPU torch with a multi-GB CUDA build
+(see the stack notes). Library code must never do that, so every test runs with a guard that
+turns any attempt to start ``pip install`` into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class PackageInstallAttempted(AssertionError):
+    """Raised when code under test tries to run a package installer."""
+
+
+def _is_install(args) -> bool:
+    words = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    names = {os.path.basename(w) for w in words}
+    installer = bool(names & {"pip", "pip3", "uv"}) or "pip" in words
+    return installer and "install" in words
+
+
+@pytest.fixture(autouse=True)
+def no_package_installs(monkeypatch):
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        if _is_install(args):
+            raise PackageInstallAttempted(f"code under test tried to install packages: {args}")
+        real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

@@ -168,3 +168,17 @@ def test_dicom_without_pixels_or_colour_rejected(tmp_path):
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 50)
     with pytest.raises(CXRDataError, match="bad.dcm"):
         load_image(tmp_path / "bad.dcm")
+
+
+def test_undecodable_compressed_pixel_data_names_file(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = write_dicom(tmp_path / "j2k.dcm", ramp(8, 8, 4000), 12)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 20])  # a broken J2K codestream
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path)
+    with pytest.raises(CXRDataError, match="j2k.dcm: cannot decode DICOM pixel data"):
+        load_image(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workbench.cxr.findings import CHEXPERT_LABELS
-from workbench.cxr.labeller import PHANTOM_CONCEPTS, label_report, label_reports
+from workbench.cxr.labeller import PHANTOM_CONCEPTS, label_report, label_reports, score_labels
 
 # (text, expected phantom-concept values; concepts not listed must be None)
 CONCEPT_CASES = [
@@ -178,3 +178,16 @@ def test_multi_finding_report_with_devices():
         "pleural_effusion", "atelectasis", "nodule",
     }  # fmt: skip
     assert got["pneumothorax"] == 0 and got["edema"] is None
+
+
+def test_score_labels_counts_and_f1():
+    pred = [{"a": 1, "b": -1}, {"a": 0, "b": None}, {"a": 1, "b": 1}, {"a": None, "b": 0}]
+    true = [{"a": 1, "b": 1}, {"a": 1, "b": 0}, {"a": 0, "b": 1}, {"a": 0, "b": 0}]
+    s = score_labels(pred, true, ["a", "b"])
+    assert s["a"][:4] == (1, 1, 1, 1) and s["a"].f1 == pytest.approx(0.5)
+    assert s["b"][:4] == (1, 0, 1, 2) and s["b"].precision == 1.0 and s["b"].recall == 0.5
+    loose = score_labels(pred, true, ["b"], uncertain_as_positive=True)["b"]
+    assert loose.tp == 2 and loose.f1 == 1.0
+    assert score_labels([{}], [{}], ["c"])["c"].f1 is None
+    with pytest.raises(ValueError, match="1 predictions for 2"):
+        score_labels(pred[:1], true[:2], ["a"])

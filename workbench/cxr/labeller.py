@@ -233,3 +233,46 @@ def label_report(text: str | None) -> ReportLabels:
 def label_reports(texts: Iterable[str | None]) -> list[ReportLabels]:
     """:func:`label_report` over many texts."""
     return [label_report(t) for t in texts]
+
+
+class BinaryScores(NamedTuple):
+    """Agreement of predicted and true positives for one concept (None where undefined)."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def score_labels(
+    predicted: Sequence[dict],
+    truth: Sequence[dict],
+    names: Iterable[str],
+    uncertain_as_positive: bool = False,
+) -> dict[str, BinaryScores]:
+    """Per-concept precision/recall/F1 of predicted positives against true positives (== 1).
+
+    ``predicted`` and ``truth`` are parallel sequences of ``{name: value}``; a prediction is
+    positive when 1 (or -1 too with ``uncertain_as_positive``); None and 0 are negative.
+    """
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predictions for {len(truth)} ground-truth rows")
+    hits = (POSITIVE, UNCERTAIN) if uncertain_as_positive else (POSITIVE,)
+    out = {}
+    for name in names:
+        pairs = [(p.get(name) in hits, t.get(name) == POSITIVE) for p, t in zip(predicted, truth)]
+        tp = sum(p and t for p, t in pairs)
+        fp = sum(p and not t for p, t in pairs)
+        fn = sum(t and not p for p, t in pairs)
+        tn = len(pairs) - tp - fp - fn
+        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        out[name] = BinaryScores(tp, fp, fn, tn, precision, recall, f1)
+    return out

@@ -162,7 +162,7 @@ NORMALS: tuple[tuple[str, tuple[str, ...]], ...] = (
         r"normal (?:cardio)?mediastinal (?:silhouettes?|contours?)",
         ("enlarged_cardiomediastinum", "cardiomegaly"),
     ),  # noqa: E501
-    (r"lungs?(?: \w+){0,4}? clear|clear lungs", _LUNG_DISEASE),
+    (r"lungs(?: \w+){0,4}? clear|clear lungs", _LUNG_DISEASE),
     (
         r"no (?:acute |focal |significant )*pleural (?:abnormalit\w+|disease|process)",
         ("pleural_effusion", "pneumothorax", "pleural_other"),

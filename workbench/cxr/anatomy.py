@@ -1,0 +1,259 @@
+"""Normal frontal chest anatomy: geometry from the subject and acquisition, then pixels.
+
+The image is built as a *density* map (roughly, attenuation along each ray) that is summed
+layer by layer and only at the end turned into grey levels (see ``workbench.cxr.render``):
+soft tissue and abdomen add, aerated lung subtracts, bone and metal add. Findings later edit
+the same layers (an effusion gives back the air, a pneumothorax removes the vessels), which
+is what makes every finding visible exactly where its mask says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth, smooth_noise
+
+SIGN = {"right": -1, "left": 1}  # patient side -> image direction on a frontal (PA/AP) view
+AIR = 0.40  # density removed by fully aerated lung
+RIB_SPACING = 0.055  # vertical distance between posterior ribs, image units
+MM_PER_UNIT = 380.0  # field of view: the image width is ~38 cm at the detector
+
+
+@dataclass
+class Geometry:
+    """Landmarks of one frontal image in patient coordinates (see ``workbench.cxr.draw``)."""
+
+    xc: float
+    half_width: float  # lateral extent of each lung from the midline (W)
+    apex: float
+    dome: dict[str, float]  # top of each hemidiaphragm
+    cp: dict[str, float]  # costophrenic angle (lowest lateral lung point)
+    med_half: float  # half-width of the upper mediastinum
+    rib_top: float  # height of the first posterior rib at the spine
+    wall: float  # chest-wall soft tissue thickness
+    magnification: float
+    hilum: dict[str, tuple[float, float]] = field(default_factory=dict)
+    carina: tuple[float, float] = (0.5, 0.3)
+    heart: dict[str, float] = field(default_factory=dict)
+
+    def lat(self, t: np.ndarray | float) -> np.ndarray | float:
+        """Distance of the lateral lung border from the midline at height fraction ``t``."""
+        t = np.clip(t, 0.0, 1.0)
+        return self.half_width * (0.2 + 0.8 * np.sqrt(1.0 - (1.0 - t) ** 2.4))
+
+    def t_of(self, side: str, d: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Height fraction (0 apex, 1 costophrenic angle), with a rounded apex."""
+        w = self.half_width
+        return (y - self.apex - 0.05 * ((d - 0.5 * w) / (0.5 * w)) ** 2) / (
+            self.cp[side] - self.apex
+        )
+
+    def diaphragm(self, side: str, d: np.ndarray | float) -> np.ndarray | float:
+        """Height of the hemidiaphragm at distance ``d`` from the midline (a dome)."""
+        w = self.half_width
+        return self.dome[side] + 4 * (self.cp[side] - self.dome[side]) * ((d - 0.5 * w) / w) ** 2
+
+    def lung_point(self, side: str, u: float, v: float) -> tuple[float, float]:
+        """Image point at lateral fraction ``u`` and height fraction ``v`` of a lung."""
+        y = self.apex + v * (self.diaphragm(side, self.half_width * (0.2 + 0.6 * u)) - self.apex)
+        t = (y - self.apex) / (self.cp[side] - self.apex)
+        d = self.med_half + u * (float(self.lat(t)) - self.med_half)
+        return self.xc + SIGN[side] * d, float(y)
+
+    def rib_y0(self, i: int) -> float:
+        """Height of posterior rib ``i`` (1-based) where it leaves the spine."""
+        return self.rib_top + (i - 1) * RIB_SPACING
+
+    def rib_curve(self, side: str, i: int, n: int = 20) -> np.ndarray:
+        """Centre line of posterior rib ``i``: from the spine, laterally, curving down."""
+        w = self.half_width
+        d = np.linspace(0.02, w + 0.6 * self.wall, n)
+        y = self.rib_y0(i) + 0.12 * (d / w) ** 2.4 - 0.03 * (d / w)
+        return np.column_stack([self.xc + SIGN[side] * d, y])
+
+
+def frontal_geometry(study: dict) -> Geometry:
+    """Landmarks from the subject (habitus) and acquisition (inspiration, magnification)."""
+    acq, hab = study["acquisition"], study["subject"]["habitus"]
+    mag = float(acq["magnification"])
+    w = float(study["thorax_width"])
+    apex = 0.095
+    rib_top = 0.135
+    dome_r = rib_top + (acq["inspiration_ribs"] - 1) * RIB_SPACING + 0.012
+    dome_r = apex + (dome_r - apex) * hab["lung_volume"]
+    dome = {"right": dome_r, "left": dome_r + 0.022}
+    cp = {s: dome[s] + 0.065 for s in dome}
+    g = Geometry(
+        xc=0.5,
+        half_width=w,
+        apex=apex,
+        dome=dome,
+        cp=cp,
+        med_half=0.052 * mag,
+        rib_top=rib_top,
+        wall=0.03 + 0.055 * hab["soft_tissue"],
+        magnification=mag,
+    )
+    h = dome_r - apex
+    g.hilum = {
+        s: (0.5 + SIGN[s] * 0.13 * mag, apex + 0.47 * h + 0.01 * (s == "left")) for s in SIGN
+    }
+    g.carina = (0.5, apex + 0.34 * h)
+    return g
+
+
+def lung_field(g: Geometry, side: str, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Boolean hemithorax lung field (before the heart is cut out) on coordinates X, Y."""
+    d = SIGN[side] * (X - g.xc)
+    t = g.t_of(side, d, Y)
+    return (t > 0) & (d >= g.med_half) & (d <= g.lat(t)) & (g.diaphragm(side, d) >= Y)
+
+
+def place_heart(g: Geometry, ctr: float, thorax_px: int, frame: Frame) -> None:
+    """Size the heart so its width over the measured thoracic width equals ``ctr`` x mag."""
+    width = ctr * g.magnification * thorax_px / frame.size
+    tilt = 22.0
+    c, s = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
+    a = 0.5 * width / math.sqrt(c**2 + (0.74 * s) ** 2)
+    b = 0.74 * a
+    vert = math.sqrt((a * s) ** 2 + (b * c) ** 2)
+    g.heart = {
+        "cx": g.xc - 0.34 * width + 0.5 * width,
+        "cy": g.dome["left"] + 0.02 - 0.62 * vert,
+        "a": a,
+        "b": b,
+        "tilt": tilt,
+        "width": width,
+    }
+
+
+def heart_mask(g: Geometry, frame: Frame) -> np.ndarray:
+    """The cardiac silhouette above the diaphragm."""
+    h = g.heart
+    inside = ellipse_field(frame, (h["cx"], h["cy"]), h["a"], h["b"], h["tilt"]) <= 1.0
+    d = np.abs(frame.X - g.xc)
+    floor = np.where(g.xc > frame.X, g.diaphragm("right", d), g.diaphragm("left", d))
+    return inside & (floor + 0.01 >= frame.Y)
+
+
+def thorax_width_px(left: np.ndarray, right: np.ndarray) -> int:
+    """Widest row extent of both lungs together, in pixels (the CTR denominator)."""
+    both = left | right
+    cols = np.arange(both.shape[1])
+    rows = both.any(axis=1)
+    lo = np.where(both, cols[None, :], both.shape[1]).min(axis=1)[rows]
+    hi = np.where(both, cols[None, :], -1).max(axis=1)[rows]
+    return int((hi - lo + 1).max()) if rows.any() else 0
+
+
+def heart_width_px(heart: np.ndarray) -> int:
+    cols = np.flatnonzero(heart.any(axis=0))
+    return int(cols[-1] - cols[0] + 1) if cols.size else 0
+
+
+def body_density(g: Geometry, frame: Frame, hab: dict) -> np.ndarray:
+    """Soft tissue: neck, shoulders and arms, chest wall, abdomen below the diaphragm."""
+    X, Y = frame.X, frame.Y
+    w, a = g.half_width, g.apex
+    ys = [0.0, a - 0.03, a + 0.04, a + 0.16, a + 0.32, 1.0]
+    hw = [0.085, 0.095, w + 0.16, w + 0.14, w + g.wall, w + g.wall + 0.015]
+    half = np.interp(Y, ys, hw).astype(np.float32)
+    rel = np.clip(1.0 - ((X - g.xc) / half) ** 2, 0.0, 1.0)
+    body = np.sqrt(rel) * (0.38 + 0.12 * hab["soft_tissue"]) + 0.1 * (rel > 0)
+    d = np.abs(X - g.xc)
+    under = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d)) < Y
+    body = body + 0.12 * smooth(under.astype(np.float32), 1.5) * (rel > 0)
+    if hab.get("breast", 0) > 0:
+        for side in SIGN:
+            r = 0.11 + 0.09 * hab["breast"]
+            e = ellipse_field(
+                frame, (g.xc + SIGN[side] * 0.55 * w, g.dome[side] - 0.02 - 0.1 * r), r * 1.1, r
+            )
+            body = body + 0.09 * hab["breast"] * smooth((e <= 1).astype(np.float32), 2.0) * (
+                0.5 + 0.5 * np.clip((Y - g.dome[side] + 0.2) / 0.2, 0, 1)
+            )
+    return smooth(body, 2.0)
+
+
+def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) -> np.ndarray:
+    """Spine, ribs (posterior and fainter anterior), clavicles, humeral heads."""
+    X, Y = frame.X, frame.Y
+    d = X - g.xc
+    phase = ((Y - g.rib_top) / RIB_SPACING) % 1.0
+    spine = (np.abs(d) < 0.034) * (1.0 - 0.6 * (phase > 0.82))
+    pedicle = ((np.abs(d) - 0.025) / 0.008) ** 2 + ((phase - 0.35) / 0.16) ** 2 < 1
+    cv = Canvas(frame)
+    ant = Canvas(frame)
+    for side in SIGN:
+        s = SIGN[side]
+        for i in range(1, 13):
+            pts = g.rib_curve(side, i)
+            if fracture and fracture["side"] == side and fracture["rib"] == i:
+                k = int(round(fracture["position"] * (len(pts) - 1)))
+                shift = np.array([0.0, 0.009 if fracture["displaced"] else 0.0])
+                parts = [pts[: k - 1], pts[k + 1 :] + shift]
+            else:
+                parts = [pts]
+            for part in parts:
+                cv.line(part, 0.026, 1.0)
+                cv.line(part, 0.026 - 2.5 * frame.px, 0.6)
+            y0 = g.rib_y0(i) + 0.09
+            dd = np.linspace(g.half_width + 0.01, 0.28 * g.half_width, 10)
+            ant.line(
+                np.column_stack([g.xc + s * dd, y0 + 0.2 * (1 - dd / g.half_width)]), 0.02, 1.0
+            )
+        lat = g.xc + s * (g.half_width + 0.035)
+        stern = g.xc + s * 0.045
+        clav = [
+            (stern, g.apex + 0.085),
+            (0.6 * stern + 0.4 * lat, g.apex + 0.075),
+            (0.25 * stern + 0.75 * lat, g.apex + 0.045),
+            (lat, g.apex + 0.035),
+        ]
+        cv.line(clav, 0.024, 1.0)
+        cv.ellipse((g.xc + s * (g.half_width + 0.095), g.apex + 0.06), 0.055, 0.06, 1.0)
+    ribs = smooth(cv.array(), 0.7) * 0.16 + smooth(ant.array(), 1.0) * 0.05
+    spine_layer = smooth(spine.astype(np.float32) * 0.1 + pedicle * 0.05, 0.8)
+    return (ribs + spine_layer) * bone
+
+
+def vessel_tree(g: Geometry, frame: Frame, rng: np.random.Generator) -> np.ndarray:
+    """Lung markings: branching vessels fanning out from each hilum, thinning as they go."""
+    cv = Canvas(frame)
+    stack: list[tuple[float, float, float, float, float, int]] = []
+    h = g.dome["right"] - g.apex
+    for side in SIGN:
+        s = SIGN[side]
+        hx, hy = g.hilum[side]
+        for ang in (-150, -115, -80, -45, -15, 20):  # degrees from lateral; negative is up
+            a = math.radians(ang + rng.uniform(-8, 8))
+            stack.append((hx, hy, s * math.cos(a), math.sin(a), 0.3 * h, 0))
+    while stack:
+        x, y, dx, dy, length, depth = stack.pop()
+        x2, y2 = x + dx * length, y + dy * length
+        bend = rng.uniform(-0.15, 0.15) * length
+        mid = ((x + x2) / 2 - dy * bend, (y + y2) / 2 + dx * bend)
+        cv.line([(x, y), mid, (x2, y2)], max(0.011 * 0.66**depth, frame.px), 0.85**depth)
+        if depth < 4:
+            for turn in (-1, 1):
+                a = math.atan2(dy, dx) + turn * math.radians(rng.uniform(18, 34))
+                stack.append(
+                    (x2, y2, math.cos(a), math.sin(a), length * rng.uniform(0.62, 0.8), depth + 1)
+                )
+    return smooth(cv.array(), 0.6)
+
+
+def lung_layers(g: Geometry, frame: Frame, rng: np.random.Generator):
+    """Lung masks and the layers findings edit: air (to subtract) and vessel markings."""
+    fields = {s: lung_field(g, s, frame.X, frame.Y) for s in SIGN}
+    masks = {f"{s}_lung": fields[s] for s in SIGN}
+    air = smooth((fields["left"] | fields["right"]).astype(np.float32), 1.2)
+    texture = 0.5 + 0.5 * smooth_noise(frame, rng, max(2.0, frame.size / 64))
+    markings = vessel_tree(g, frame, rng) * air * (0.75 + 0.25 * texture)
+    for side in SIGN:  # hilar shadows: the central pulmonary arteries
+        e = ellipse_field(frame, g.hilum[side], 0.035, 0.06)
+        markings = markings + 0.7 * np.exp(-e) * air
+    return masks, air, markings, texture

@@ -64,6 +64,23 @@ CONCEPT_CASES = [
     ("No acute osseous abnormality.", {"rib_fracture": 0}),
     ("Costophrenic angles are sharp.", {"pleural_effusion": 0}),
     ("Pericardial effusion is suspected.", {}),
+    ("Nodular opacity in the left upper lobe may represent a nodule.", {"nodule": -1}),
+    (
+        "Blunting of the left costophrenic angle may reflect a small effusion.",
+        {"pleural_effusion": -1},
+    ),
+    ("The heart size has decreased but remains enlarged.", {"cardiomegaly": 1}),
+    ("The heart is no longer enlarged.", {"cardiomegaly": 0}),
+    ("The right rib fracture has healed.", {"rib_fracture": 0}),
+    (
+        "The dual-chamber pacemaker generator over the left chest with leads in the right atrium "
+        "and right ventricle has been removed.",
+        {"pacemaker": 0},
+    ),
+    (
+        "A 1.2 cm pulmonary nodule projecting over the right upper lobe cannot be excluded.",
+        {"nodule": -1},
+    ),
 ]
 
 

@@ -57,6 +57,7 @@ _INFERENCE = re.compile(
     r"\s*(?:to suggest|to indicate|to represent|concerning for|suspicious for|suggestive of|"
     r"worrisome for|consistent with|compatible with|that would suggest)\s+(?:\w+\s+){0,2}"
 )
+_LINK = re.compile(rules.INFERENCE_LINK)
 _SENTENCE_END = re.compile(r"[.;!](?=\s|$)|\n")
 
 
@@ -176,22 +177,24 @@ def sentence_mentions(sentence: str) -> list[Mention]:
     """Classified mentions of one lower-cased sentence."""
     masked = _mask(sentence)
     spans = find_spans(masked)
-    out: list[Mention] = []
-    previous: tuple[_Span, int] | None = None
+    decided: list[tuple[int, str | None]] = []
     for i, span in enumerate(spans):
+        gap = masked[spans[i - 1].end : span.start] if i else ""
         if span.normal:
-            value, cue = NEGATIVE, "normal"
-        elif (
-            previous
-            and previous[1] == NEGATIVE
-            and _INFERENCE.fullmatch(masked[previous[0].end : span.start])
-        ):  # "no consolidation to suggest pneumonia": the inference is negated too
-            value, cue = NEGATIVE, "inference"
+            decided.append((NEGATIVE, "normal"))
+        elif i and decided[-1][0] == NEGATIVE and _INFERENCE.fullmatch(gap):
+            decided.append((NEGATIVE, "inference"))  # "no consolidation to suggest pneumonia"
         else:
-            value, cue = _classify(masked, spans, i)
-        previous = (span, value)
-        out += [Mention(c, sentence[span.start : span.end], value, cue) for c in span.concepts]
-    return out
+            decided.append(_classify(masked, spans, i))
+    for i in range(len(spans) - 2, -1, -1):  # "nodular opacity may represent a nodule"
+        a, b = spans[i], spans[i + 1]
+        if set(a.concepts) & set(b.concepts) and _LINK.fullmatch(masked[a.end : b.start]):
+            decided[i] = (decided[i + 1][0], "linked")
+    return [
+        Mention(c, sentence[span.start : span.end], value, cue)
+        for span, (value, cue) in zip(spans, decided)
+        for c in span.concepts
+    ]
 
 
 def _aggregate(values: Sequence[int]) -> int | None:

@@ -21,7 +21,7 @@ MENTIONS = MappingProxyType(
         "cardiomegaly": (
             r"cardiomegaly",
             rf"enlarge(?:d|ment of(?: the)?) {_HEART}",
-            rf"{_HEART}(?: size)? (?:is |are |appears |remains |was |has )?(?:\w+ ){{0,2}}?enlarge(?:d|ment)",  # noqa: E501
+            rf"{_HEART}(?: size)? (?:is |are |appears |remains |was |has )?(?:\w+ ){{0,3}}?enlarge(?:d|ment)",  # noqa: E501
             rf"{_HEART} enlargement",
             r"(?:large|increased|enlarged) heart(?: size)?",
         ),
@@ -215,9 +215,9 @@ POST_UNCERTAIN: tuple[str, ...] = (
 )
 POST_NEGATION: tuple[str, ...] = (
     r"not|no longer|absent|ruled out|withdrawn|disappeared",
-    r"(?:has |have )?resolved|(?:been )?removed",
+    r"(?:has |have )?resolved|(?:been )?removed|(?:has|have) healed",
 )
-POST_WINDOW = 8
+POST_WINDOW = 20
 
 # Phrases that close a clause: a cue before them does not reach a mention after them.
 TERMINATORS: tuple[str, ...] = (
@@ -231,4 +231,11 @@ LIST_GLUE = (
     r"(?:[\s,/]|\b(?:and|or|nor|and/or|the|a|an|any|left|right|bilateral|small|large|"
     r"moderate|mild|focal|definite|significant|acute|new|overt|frank|pulmonary|pleural|"
     r"lobe|lower|upper|middle|basilar|apical)\b)*"
+)
+# Between a described observation and a diagnosis of the same concept ("nodular opacity ...
+# may represent a nodule"): the observation takes the diagnosis' value.
+INFERENCE_LINK = (
+    r"[\s,]*(?:[\w-]+\s+){0,6}?(?:(?:may|might|could|likely|probably|possibly)\s+"
+    r"(?:represent|reflect|indicate|be\s+due\s+to|be)\w*|suggestive\s+of|concerning\s+for|"
+    r"suspicious\s+for|worrisome\s+for|consistent\s+with|compatible\s+with)\s+(?:[\w-]+\s+){0,3}?"
 )

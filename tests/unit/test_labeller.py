@@ -208,3 +208,10 @@ def test_score_labels_counts_and_f1():
     assert score_labels([{}], [{}], ["c"])["c"].f1 is None
     with pytest.raises(ValueError, match="1 predictions for 2"):
         score_labels(pred[:1], true[:2], ["a"])
+
+
+def test_wrapped_lines_and_paragraphs():
+    got = label_report(" There is no pleural effusion or\n pneumothorax\n\n Cardiomegaly").concepts
+    assert got["pneumothorax"] == 0 and got["pleural_effusion"] == 0
+    assert got["cardiomegaly"] == 1  # a blank line ends the negated sentence
+    assert label_report("Nodule of 2.5 cm. No effusion.").concepts["nodule"] == 1

@@ -58,7 +58,7 @@ _INFERENCE = re.compile(
     r"worrisome for|consistent with|compatible with|that would suggest)\s+(?:\w+\s+){0,2}"
 )
 _LINK = re.compile(rules.INFERENCE_LINK)
-_SENTENCE_END = re.compile(r"[.;!](?=\s|$)|\n")
+_SENTENCE_END = re.compile(r"[.;!](?=\s|$)|\n[ \t]*\n")
 
 
 class Mention(NamedTuple):
@@ -86,9 +86,10 @@ class _Span(NamedTuple):
 
 
 def sentences(text: str) -> list[str]:
-    """Lower-cased sentences; decimals ("2.5 cm") and "vs." do not end a sentence."""
+    """Lower-cased sentences, whitespace collapsed; a blank line ends one, a wrapped line or a
+    decimal ("2.5 cm") or "vs." does not."""
     text = re.sub(r"\bvs\.", "vs", text.lower())
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    return [" ".join(s.split()) for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 def _mask(sentence: str) -> str:

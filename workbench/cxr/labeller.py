@@ -225,13 +225,16 @@ def _chexpert(by_concept: dict[str, list[int]]) -> dict[str, float | None]:
 def label_report(text: str | None) -> ReportLabels:
     """Label one text (findings, or findings + impression); empty text -> all None."""
     mentions = [m for s in sentences(text or "") for m in sentence_mentions(s)]
-    by_concept: dict[str, list[int]] = defaultdict(list)
-    for m in mentions:
-        by_concept[m.concept].append(m.value)
     if not (text or "").strip():
         return ReportLabels(dict.fromkeys(CHEXPERT_LABELS), dict.fromkeys(PHANTOM_CONCEPTS), [])
+    by_concept: dict[str, list[int]] = defaultdict(list)
+    for_chexpert: dict[str, list[int]] = defaultdict(list)
+    for m in mentions:
+        by_concept[m.concept].append(m.value)
+        if m.cue != "normal" or m.concept in rules.CHEXPERT_NORMALS:
+            for_chexpert[m.concept].append(m.value)
     concepts = {c: _aggregate(by_concept.get(c, ())) for c in PHANTOM_CONCEPTS}
-    return ReportLabels(_chexpert(by_concept), concepts, mentions)
+    return ReportLabels(_chexpert(for_chexpert), concepts, mentions)
 
 
 def label_reports(texts: Iterable[str | None]) -> list[ReportLabels]:

@@ -143,6 +143,11 @@ EXTRA_CHEXPERT = MappingProxyType(
     }
 )
 
+# Concepts whose normal statements also count as CheXpert negatives ("heart size is normal"
+# -> Cardiomegaly 0). Other normal statements ("lungs are clear") only negate phantom concepts:
+# CheXpert leaves those labels blank (No Finding carries them).
+CHEXPERT_NORMALS = ("cardiomegaly",)
+
 _LUNG_DISEASE = ("consolidation", "atelectasis", "edema", "pneumonia", "opacity")
 _NORMAL_WORDS = r"(?:normal|within normal limits|unremarkable|upper limits? of normal|top[- ]normal|top of normal|not enlarged)"  # noqa: E501
 

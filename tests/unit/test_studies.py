@@ -202,3 +202,27 @@ def test_load_images_in_maira_order(tree):
 def test_unknown_split_rejected(tree):
     with pytest.raises(CXRDataError, match="split"):
         iter_studies(tree, split="val")
+
+
+@pytest.mark.slow
+def test_phantom_tree_matches_generator_ground_truth(tmp_path):
+    """Priors, frontal images and splits agree with what the phantom generator says it made."""
+    import json
+
+    from workbench.cxr.phantom import PhantomConfig, generate
+
+    generate(PhantomConfig(out=tmp_path, studies=30, size=64, masks=False, seed=5))
+    with (tmp_path / "phantom-studies.jsonl").open() as fh:
+        truth = {s["study_id"]: s for s in map(json.loads, fh)}
+    it = iter_studies(tmp_path)
+    records = list(it)
+    assert len(records) + len(it.skipped) == len(truth) and len(records) >= 25
+    assert any(r.prior_study_id for r in records)
+    for rec in records:
+        gt = truth[rec.study_id]
+        assert rec.prior_study_id == gt["prior_study_id"]
+        assert rec.frontal_path.stem == gt["frontal_dicom_id"]
+        assert rec.frontal_view == gt["acquisition"]["view"] and rec.split == gt["split"]
+        assert (rec.lateral_path is not None) == gt["acquisition"]["lateral"]
+        assert (rec.prior_report is not None) == (rec.prior_study_id is not None)
+        assert rec.findings and rec.labels == gt["chexpert"]

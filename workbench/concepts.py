@@ -162,7 +162,10 @@ def concept_category(concept: str) -> str:
 
 
 def write_feature_concepts(con, labels: LabelMatrix, d_sae: int, block: int, notes: list) -> None:
-    """``feature_concepts``: AUROC of every (feature, concept), ranked within each feature."""
+    """``feature_concepts``: AUROC of every (feature, concept), ranked within each feature.
+
+    Ties rank ground truth (phantom) before CheXpert labels, then by name.
+    """
     import pyarrow as pa
 
     C = len(labels.concepts)
@@ -198,7 +201,8 @@ def write_feature_concepts(con, labels: LabelMatrix, d_sae: int, block: int, not
         con.unregister("_blk")
     con.execute(
         "INSERT INTO feature_concepts SELECT *, row_number() OVER (PARTITION BY feature "
-        "ORDER BY auroc DESC NULLS LAST, concept)::INTEGER FROM _fc ORDER BY feature, 5"
+        "ORDER BY auroc DESC NULLS LAST, source = 'phantom' DESC, concept)::INTEGER "
+        "FROM _fc ORDER BY feature, 5"
     )
     con.execute("DROP TABLE _fc")
 

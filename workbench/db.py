@@ -98,7 +98,7 @@ TABLES: tuple[Table, ...] = (
             ("d_sae", "INTEGER", "Number of SAE features."),
             ("notes", "VARCHAR", "Things the stage skipped or could not compute, as JSON list."),
         ],
-        stage="any",
+        stage="every stage",
         index=(),
     ),
     _t(
@@ -335,6 +335,7 @@ TABLE = {t.name: t for t in TABLES}
 
 def create_schema(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | None = None) -> None:
     """Create (if absent) the tables ``names`` (default: all), with column comments."""
+    con.execute("BEGIN TRANSACTION")  # one commit, not one per statement
     for t in TABLES:
         if names is not None and t.name not in names:
             continue
@@ -343,6 +344,7 @@ def create_schema(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | None 
         con.execute(f"COMMENT ON TABLE {t.name} IS {_lit(t.doc)}")
         for c in t.columns:
             con.execute(f'COMMENT ON COLUMN {t.name}."{c.name}" IS {_lit(c.doc)}')
+    con.execute("COMMIT")
 
 
 def create_indexes(con: duckdb.DuckDBPyConnection) -> None:

@@ -118,7 +118,9 @@ class FeatureAccumulator:
         cand_r[slot, rank[keep]] = r[keep]
         all_v = torch.cat([self.top_vals[touched], cand_v], dim=1)
         all_r = torch.cat([self.top_rows[touched], cand_r], dim=1)
-        best_v, idx = torch.topk(all_v, k, dim=1)
+        # stable sort: on ties the earlier row wins, whatever the batching (old rows come first)
+        best_v, idx = torch.sort(all_v, dim=1, descending=True, stable=True)
+        best_v, idx = best_v[:, :k], idx[:, :k]
         self.top_vals[touched] = best_v
         self.top_rows[touched] = torch.gather(all_r, 1, idx)
 
@@ -146,7 +148,7 @@ class FeatureAccumulator:
 def kind_codes(kinds: list[str] | np.ndarray, source: str = "store metadata") -> torch.Tensor:
     """Map the store's ``kind`` strings to :data:`KIND_CODE` codes, refusing unknown kinds."""
     uniq, inv = np.unique(np.asarray(kinds, dtype=object).astype(str), return_inverse=True)
-    unknown = [u for u in uniq if u not in KIND_CODE]
+    unknown = [str(u) for u in uniq if u not in KIND_CODE]
     if unknown:
         raise ValueError(f"{source}: unknown token kind(s) {unknown}; expected one of {KINDS}")
     table = np.array([KIND_CODE[u] for u in uniq], dtype=np.int64)

@@ -29,6 +29,7 @@ N_STUDIES = 12
 PACEMAKER = {0, 1, 2, 3, 4, 5}
 EFFUSION = {0, 2, 4, 6, 8, 10}
 NO_PHANTOM_LABELS = {11}  # a study missing from phantom-labels.csv
+# CheXpert "Pleural Effusion": study 1 uncertain (-1), study 9 blank, others 1 or 0
 REPORT = [" small", " left", " effusion", "."]
 
 
@@ -122,7 +123,7 @@ def write_labels(data: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["subject_id", "study_id", *CHEXPERT_LABELS])
         for i in range(N_STUDIES):
-            eff = "1.0" if i in EFFUSION else ("-1.0" if i == 1 else "")
+            eff = "1.0" if i in EFFUSION else {1: "-1.0", 9: ""}.get(i, "0.0")
             w.writerow(
                 [
                     subject(i),

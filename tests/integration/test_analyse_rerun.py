@@ -1,0 +1,75 @@
+"""Rerunning analyse: atomic replacement, readers keep working, other stages' rows survive."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.integration.test_analyse_world import make_run, planted_sae
+from workbench import db
+from workbench.analyse import AnalyseConfig, analyse
+from workbench.sae import save_sae
+
+
+def _add_llm_label(run) -> None:
+    with db.rewrite(run) as con:  # what the label stage does
+        con.execute(
+            "INSERT INTO feature_labels VALUES (0, 'llm', 'pacemaker generator', 0.9, "
+            "'offline', '{}', now()::TIMESTAMP)"
+        )
+        con.execute(
+            "INSERT INTO feature_scores VALUES (0, 'llm', 'detection', 'accuracy', 0.9, "
+            "10, now()::TIMESTAMP)"
+        )
+
+
+def test_rerun_replaces_tables_while_a_reader_keeps_working(tmp_path):
+    run = make_run(tmp_path)
+    analyse(AnalyseConfig(run=run))
+    _add_llm_label(run)
+    reader = db.connect(run)
+    before = reader.execute("SELECT count(*) FROM feature_examples").fetchone()[0]
+    analyse(AnalyseConfig(run=run, top_k=2, n_quantiles=2))
+    # the open reader still answers, from the database as it was
+    assert reader.execute("SELECT count(*) FROM feature_examples").fetchone()[0] == before
+    new = db.connect(run)
+    assert new.execute("SELECT count(*) FROM feature_examples").fetchone()[0] < before
+    assert new.execute("SELECT count(*) FROM runs WHERE stage = 'analyse'").fetchone()[0] == 1
+    # same SAE: the LLM label and its score are carried over, statistical labels rebuilt
+    assert new.execute("SELECT label FROM feature_labels WHERE method = 'llm'").fetchall() == [
+        ("pacemaker generator",)
+    ]
+    assert new.execute("SELECT count(*) FROM feature_scores").fetchone()[0] == 1
+    assert (
+        new.execute("SELECT count(*) FROM feature_labels WHERE method = 'statistical'").fetchone()[
+            0
+        ]
+        == 16
+    )
+    assert not list(run.glob("*.tmp"))
+
+
+def test_rerun_with_another_sae_drops_its_labels_and_says_so(tmp_path):
+    run = make_run(tmp_path)
+    analyse(AnalyseConfig(run=run))
+    _add_llm_label(run)
+    sae = planted_sae()
+    with torch.no_grad():
+        sae.b_enc_F.fill_(0.01)
+    save_sae(sae, run / "sae")
+    analyse(AnalyseConfig(run=run))
+    con = db.connect(run)
+    assert (
+        con.execute("SELECT count(*) FROM feature_labels WHERE method = 'llm'").fetchone()[0] == 0
+    )
+    notes = json.loads(con.execute("SELECT notes FROM runs").fetchone()[0])
+    assert "2 label/score/steering rows of a different SAE dropped" in notes
+
+
+def test_reuse_keeps_the_existing_database(tmp_path):
+    run = make_run(tmp_path)
+    path = analyse(AnalyseConfig(run=run))
+    stamp = path.stat().st_mtime_ns
+    assert analyse(AnalyseConfig(run=run, reuse=True)) == path
+    assert path.stat().st_mtime_ns == stamp

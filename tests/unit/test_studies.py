@@ -176,6 +176,7 @@ def test_separate_report_root_and_dicom_ext(tree, tmp_path_factory):
     assert list(it) == [] and set(it.counts) == {"missing image file", "no frontal image"}
 
 
+@pytest.mark.slow  # importing `datasets` takes seconds
 def test_dataset_has_paths_not_pixels(tree):
     ds = as_dataset(tree, split="train")
     assert ds.num_rows == 3

@@ -202,8 +202,13 @@ class _SkipStudyError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _image(index: StudyIndex, meta: mimic.ImageMeta, roots: _Roots) -> Path | None:
-    path = mimic.image_path(roots.images, meta.subject_id, meta.study_id, meta.dicom_id, roots.ext)
+def _image_path(meta: mimic.ImageMeta, roots: _Roots) -> Path:
+    return mimic.image_path(roots.images, meta.subject_id, meta.study_id, meta.dicom_id, roots.ext)
+
+
+def _image(meta: mimic.ImageMeta, roots: _Roots) -> Path | None:
+    """The image's path, or None when it should exist (``check_files``) and does not."""
+    path = _image_path(meta, roots)
     return None if roots.check and not path.is_file() else path
 
 
@@ -212,7 +217,7 @@ def _prior_parts(index: StudyIndex, prior: int | None, roots: _Roots):
     if prior is None:
         return None, None
     frontal = pick_view(index.images[prior], FRONTAL_VIEWS)
-    path = _image(index, frontal, roots) if frontal else None
+    path = _image(frontal, roots) if frontal else None
     try:
         findings = read_report(
             mimic.report_path(roots.reports, index.subject[prior], prior)
@@ -228,19 +233,17 @@ def _record(index: StudyIndex, study: int, roots: _Roots, require_findings: bool
     frontal = pick_view(metas, FRONTAL_VIEWS)
     if frontal is None:
         raise _SkipStudyError("no frontal image", ",".join(sorted({m.view or "?" for m in metas})))
-    frontal_path = _image(index, frontal, roots)
+    frontal_path = _image(frontal, roots)
     if frontal_path is None:
-        raise _SkipStudyError(
-            "missing image file",
-            str(mimic.image_path(roots.images, subject, study, frontal.dicom_id, roots.ext)),
-        )
+        raise _SkipStudyError("missing image file", str(_image_path(frontal, roots)))
     lateral = pick_view(metas, LATERAL_VIEWS)
     report_file = mimic.report_path(roots.reports, subject, study)
     try:
-        report = read_report(report_file, require_findings=require_findings)
+        report = read_report(report_file)
     except CXRDataError as exc:
-        reason = "no findings" if "FINDINGS" in str(exc) else "missing report"
-        raise _SkipStudyError(reason, str(report_file)) from None
+        raise _SkipStudyError("missing report", str(exc)) from None
+    if require_findings and not report.findings:
+        raise _SkipStudyError("no findings", str(report_file))
     prior = index.prior.get(study)
     prior_frontal, prior_findings = _prior_parts(index, prior, roots)
     return StudyRecord(
@@ -250,7 +253,7 @@ def _record(index: StudyIndex, study: int, roots: _Roots, require_findings: bool
         study_datetime=index.when[study],
         frontal_path=frontal_path,
         frontal_view=frontal.view,
-        lateral_path=_image(index, lateral, roots) if lateral else None,
+        lateral_path=_image(lateral, roots) if lateral else None,
         prior_study_id=prior,
         prior_frontal_path=prior_frontal,
         prior_report=prior_findings,

@@ -123,3 +123,19 @@ def test_read_report_errors_name_file(tmp_path):
     assert read_report(path).impression == "Normal."
     with pytest.raises(CXRDataError, match="s2.txt.*no FINDINGS"):
         read_report(path, require_findings=True)
+
+
+def test_addendum_after_final_report_and_rules_removed():
+    text = (
+        "                                 FINAL REPORT\n FINDINGS:  Small effusion.\n\n"
+        " IMPRESSION:  Effusion.\n\n                                 FINAL ADDENDUM\n"
+        " ADDENDUM:  Discussed with Dr. ___.\n"
+    )
+    sec = section_text(text)
+    assert sec == {
+        "findings": "Small effusion.",
+        "impression": "Effusion.",
+        "addendum": "Discussed with Dr. ___.",
+    }
+    wet = " WET READ: ___ 9:00 AM\n  Left effusion.\n____________________\n\n FINAL REPORT\n"
+    assert section_text(wet) == {"wet read": "___ 9:00 AM Left effusion."}

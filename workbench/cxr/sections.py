@@ -24,6 +24,8 @@ from workbench.cxr.images import CXRDataError
 
 HEADER_RE = re.compile(r"\n {0,3}([A-Z][A-Z ()/,&-]*[A-Z)]) ?:(?=\s|$)")
 BANNER_RE = re.compile(r"^[ \t]*FINAL (?:REPORT|ADDENDUM)[ \t]*$", re.MULTILINE)
+REPORT_BANNER_RE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
+RULE_RE = re.compile(r"^[ \t]*_{10,}[ \t]*$", re.MULTILINE)  # a wet read's underline
 PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 
 # Normalised header (lower case, single spaces) -> canonical section name.
@@ -111,24 +113,21 @@ def _split_headers(text: str) -> list[tuple[str, str]]:
 
 def section_text(text: str) -> dict[str, str]:
     """All sections of a report by canonical name, cleaned, empty ones dropped (see module)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    banners = list(BANNER_RE.finditer(text))
-    # Everything above the last banner (a wet read, an addendum) is parsed on its own so that
-    # its last section stops at the banner instead of running into the final report.
-    if banners:
-        before, after = text[: banners[-1].start()], text[banners[-1].end() :]
-        before = BANNER_RE.sub("", before)
-        parts = [(n, b) for n, b in _split_headers(before) if n != "preamble"]
-        parts += _split_headers(after)
-    else:
-        parts = _split_headers(text)
+    text = RULE_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    finals = list(REPORT_BANNER_RE.finditer(text))
+    # Everything above the FINAL REPORT banner (a wet read, an early addendum) is parsed on its
+    # own so that its last section stops at the banner instead of running into the report.
+    before, after = (text[: finals[-1].start()], text[finals[-1].end() :]) if finals else ("", text)
+    before, after = BANNER_RE.sub("", before), BANNER_RE.sub("", after)
+    parts = [(n, b) for n, b in _split_headers(before) if n != "preamble"]
+    parts += _split_headers(after)
     sections: dict[str, str] = {}
     for name, body in parts:
         body = clean_text(body)
         if body:
             sections[name] = f"{sections[name]} {body}" if name in sections else body
     if not any(k in sections for k in _REQUIRED):
-        last = _last_paragraph(text[banners[-1].end() :] if banners else text)
+        last = _last_paragraph(after)
         if last:
             sections["last_paragraph"] = last
     return sections

@@ -1,0 +1,167 @@
+"""Hook names, module resolution, capture-and-stop, and interventions across architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.models.hooks import (
+    capture,
+    decoder_layers,
+    final_norm,
+    intervene,
+    parse_hook_name,
+    resid_post_name,
+    resolve_module,
+)
+from workbench.models.tiny import tiny_llama, tiny_llava, tiny_maira2, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    torch.manual_seed(0)
+    return {
+        "maira2": tiny_maira2(tokenizer),
+        "llava": tiny_llava(tokenizer),
+        "llama": tiny_llama(tokenizer),
+    }
+
+
+def _forward_kwargs(name, model, tokenizer):
+    ids = [1, 40, 41, 42]
+    kwargs = {}
+    if name != "llama":
+        ids = ids + [model.config.image_token_index] * 16 + [50, 51]
+        kwargs["pixel_values"] = torch.randn(1, 3, 56, 56)
+    return {"input_ids": torch.tensor([ids]), **kwargs}
+
+
+def test_name_round_trip():
+    assert resid_post_name(7) == "blocks.7.hook_resid_post"
+    assert parse_hook_name(resid_post_name(12)) == 12
+
+
+@pytest.mark.parametrize(
+    "bad", ["blocks.x.hook_resid_post", "blocks.1.hook_resid_pre", "resid", ""]
+)
+def test_bad_names_are_rejected(bad):
+    with pytest.raises(ValueError, match="unsupported hook name"):
+        parse_hook_name(bad)
+
+
+def test_negative_layer_is_rejected():
+    with pytest.raises(ValueError):
+        resid_post_name(-1)
+
+
+def test_modules_resolve_per_architecture(models):
+    assert (
+        resolve_module(models["maira2"], resid_post_name(1))
+        is models["maira2"].language_model.model.layers[1]
+    )
+    assert (
+        resolve_module(models["llava"], resid_post_name(2))
+        is models["llava"].model.language_model.layers[2]
+    )
+    assert resolve_module(models["llama"], resid_post_name(0)) is models["llama"].model.layers[0]
+    assert final_norm(models["llava"]) is models["llava"].model.language_model.norm
+    with pytest.raises(ValueError, match="3 decoder layers"):
+        resolve_module(models["llama"], resid_post_name(3))
+    with pytest.raises(ValueError, match="cannot find decoder layers"):
+        decoder_layers(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["maira2", "llava", "llama"])
+def test_capture_equals_hidden_states_and_stops(name, models, tokenizer):
+    model = models[name]
+    kwargs = _forward_kwargs(name, model, tokenizer)
+    with torch.no_grad():
+        hidden = model(**kwargs, output_hidden_states=True).hidden_states
+    layers = decoder_layers(model)
+    n_hooks = len(layers[1]._forward_hooks)
+    calls = []
+    handles = [layers[2].register_forward_hook(lambda *a: calls.append("layer2"))]
+    handles.append(
+        model.get_output_embeddings().register_forward_hook(lambda *a: calls.append("head"))
+    )
+    try:
+        with torch.no_grad(), capture(model, resid_post_name(1)) as cap:
+            model(**kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == []
+    torch.testing.assert_close(cap.acts, hidden[2])
+    assert len(layers[1]._forward_hooks) == n_hooks
+
+
+def test_capture_without_stop_runs_everything(models, tokenizer):
+    model = models["llama"]
+    kwargs = _forward_kwargs("llama", model, tokenizer)
+    with torch.no_grad(), capture(model, resid_post_name(0), stop=False) as cap:
+        out = model(**kwargs)
+    assert out.logits.shape[-1] == len(tokenizer)
+    assert cap.acts.shape == (1, 4, 48)
+
+
+def test_acts_unavailable_when_hook_never_ran(models):
+    with capture(models["llama"], resid_post_name(0)) as cap:
+        pass
+    with pytest.raises(RuntimeError, match="was not reached"):
+        _ = cap.acts
+
+
+def test_intervention_changes_downstream_and_is_removed(models, tokenizer):
+    model = models["maira2"]
+    kwargs = _forward_kwargs("maira2", model, tokenizer)
+    with torch.no_grad():
+        base = model(**kwargs).logits
+        with intervene(model, {resid_post_name(0): lambda acts: acts + 5.0}):
+            steered = model(**kwargs).logits
+        after = model(**kwargs).logits
+    assert not torch.allclose(base, steered)
+    torch.testing.assert_close(base, after)
+
+
+def test_intervention_during_generate_sees_prompt_then_single_tokens(models, tokenizer):
+    model = models["llava"]
+    kwargs = _forward_kwargs("llava", model, tokenizer)
+    lengths = []
+
+    def record(acts):
+        lengths.append(acts.shape[1])
+
+    with torch.no_grad(), intervene(model, {resid_post_name(1): record}):
+        model.generate(**kwargs, max_new_tokens=3, do_sample=False)
+    assert lengths == [kwargs["input_ids"].shape[1], 1, 1]
+
+
+def test_tuple_outputs_are_handled():
+    class TupleLayer(nn.Module):
+        def forward(self, x):
+            return (x * 2, "aux")
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.layers = nn.ModuleList([TupleLayer(), TupleLayer()])
+
+        def forward(self, x):
+            for layer in self.model.layers:
+                x = layer(x)[0]
+            return x
+
+    net = Wrapper()
+    x = torch.ones(1, 2, 3)
+    with capture(net, resid_post_name(0)) as cap:
+        net(x)
+    torch.testing.assert_close(cap.acts, x * 2)
+    with intervene(net, {resid_post_name(0): lambda a: a * 0}):
+        assert not net(x).any()

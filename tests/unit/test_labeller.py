@@ -246,3 +246,40 @@ def test_labeller_recovers_phantom_ground_truth(phantom_root):
         lab.chexpert[k] == r.labels[k] for lab, r in zip(labelled, records) for k in CHEXPERT_LABELS
     ]
     assert sum(agree) / len(agree) >= 0.97
+
+
+def test_report_labels_cli_writes_table_and_scores(tmp_path, capsys):
+    import csv
+    import json
+
+    from workbench.cxr.report_labels import main
+
+    texts = tmp_path / "generated.jsonl"
+    rows = [
+        {"study_id": 1, "findings": "Moderate cardiomegaly. No pleural effusion."},
+        {"study_id": 2, "findings": "Possible small left pleural effusion. ET tube in place."},
+        {"study_id": 3, "findings": "Lungs are clear."},
+    ]
+    texts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    truth = tmp_path / "phantom-labels.csv"
+    header = ["subject_id", "study_id", *PHANTOM_CONCEPTS]
+    truth_rows = [[10, 1, *[0] * 13], [10, 2, *[0] * 13], [11, 3, *[0] * 13]]
+    truth_rows[0][2] = 1  # cardiomegaly in study 1
+    truth_rows[1][3] = truth_rows[2][3] = 1  # effusion in 2 and (missed by the text) 3
+    with truth.open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *truth_rows])
+    out = tmp_path / "labels.csv"
+    assert main(["--input", str(texts), "--out", str(out), "--truth", str(truth)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["texts"] == 3 and summary["scored"] == 3
+    eff = summary["scores"]["pleural_effusion"]
+    assert (eff["tp"], eff["fp"], eff["fn"]) == (1, 0, 1) and eff["f1"] == pytest.approx(2 / 3)
+    assert summary["scores"]["cardiomegaly"]["f1"] == 1.0
+    with out.open() as fh:
+        table = {int(r["study_id"]): r for r in csv.DictReader(fh)}
+    assert table[1]["cardiomegaly"] == "1" and table[1]["Pleural Effusion"] == "0"
+    assert table[2]["pleural_effusion"] == "-1" and table[2]["endotracheal_tube"] == "1"
+    assert table[3]["pneumothorax"] == "" and table[3]["No Finding"] == "1"
+    texts.write_text('{"study_id": "x", "findings": "No effusion."}\n')
+    assert main(["--input", str(texts), "--out", str(out)]) == 1
+    assert "generated.jsonl:1: study_id is not an integer" in capsys.readouterr().err

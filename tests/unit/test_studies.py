@@ -227,3 +227,19 @@ def test_phantom_tree_matches_generator_ground_truth(tmp_path):
         assert (rec.lateral_path is not None) == gt["acquisition"]["lateral"]
         assert (rec.prior_report is not None) == (rec.prior_study_id is not None)
         assert rec.findings and rec.labels == gt["chexpert"]
+
+
+def test_decode_images_skips_unreadable_frontal_and_drops_bad_lateral(tree, caplog):
+    frontal = mimic.image_path(tree, 10000032, 50000003, "d3-pa")
+    frontal.write_bytes(frontal.read_bytes()[:40])  # truncated JPEG
+    lateral = mimic.image_path(tree, 10000032, 50000001, "d1-lat")
+    lateral.write_bytes(b"garbage")
+    assert len(list(iter_studies(tree, split="train"))) == 3  # not decoded: not noticed
+    with caplog.at_level(logging.INFO, logger="workbench.cxr.studies"):
+        it = iter_studies(tree, split="train", decode_images=True)
+        recs = by_id(it)
+    assert [(s.study_id, s.reason) for s in it.skipped] == [(50000003, "unreadable image")]
+    assert "d3-pa.jpg" in it.skipped[0].detail
+    assert recs[50000001].lateral_path is None and recs[50000001].prior_frontal_path is None
+    assert recs[50000001].prior_study_id == 50000003  # the prior is still linked
+    assert "no lateral image" in caplog.text

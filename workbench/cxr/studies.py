@@ -160,11 +160,14 @@ def iter_studies(
     image_ext: str = ".jpg",
     labels: str | None = "chexpert",
     check_files: bool = True,
+    decode_images: bool = False,
     skipped: list | None = None,
 ) -> StudyIterator:
     """Study records of ``root`` (CSV tables), ordered by subject then date.
 
-    ``image_root`` / ``reports_root`` default to ``root`` (MIMIC-CXR-JPG images and CSVs, the
+    ``decode_images`` reads every image now (slow) so that an unreadable frontal image skips
+    its study here rather than failing a long job later. ``image_root`` / ``reports_root``
+    default to ``root`` (MIMIC-CXR-JPG images and CSVs, the
     MIMIC-CXR reports can live apart); ``image_ext='.dcm'`` reads the original DICOM tree.
     Tables are read now, so a missing or malformed CSV raises :class:`CXRDataError` at once.
     """
@@ -173,7 +176,9 @@ def iter_studies(
     index = build_index(root, labels)
     if split is not None and not index.split:
         raise CXRDataError(f"{root}: split {split!r} requested but no split table found")
-    roots = _Roots(Path(image_root or root), Path(reports_root or root), image_ext, check_files)
+    roots = _Roots(
+        Path(image_root or root), Path(reports_root or root), image_ext, check_files, decode_images
+    )
     order = sorted(index.images, key=lambda s: (index.subject[s], index.when[s], s))
     wanted = [s for s in order if split is None or index.split.get(s) == split]
 
@@ -194,6 +199,7 @@ class _Roots(NamedTuple):
     reports: Path
     ext: str
     check: bool
+    decode: bool
 
 
 class _SkipStudyError(Exception):
@@ -206,10 +212,27 @@ def _image_path(meta: mimic.ImageMeta, roots: _Roots) -> Path:
     return mimic.image_path(roots.images, meta.subject_id, meta.study_id, meta.dicom_id, roots.ext)
 
 
-def _image(meta: mimic.ImageMeta, roots: _Roots) -> Path | None:
-    """The image's path, or None when it should exist (``check_files``) and does not."""
+def _image(meta: mimic.ImageMeta, roots: _Roots) -> tuple[Path | None, tuple[str, str] | None]:
+    """``(path, None)``, or ``(None, (reason, detail))`` for a missing or undecodable image."""
     path = _image_path(meta, roots)
-    return None if roots.check and not path.is_file() else path
+    if roots.check and not path.is_file():
+        return None, ("missing image file", str(path))
+    if roots.decode:
+        try:
+            load_image(path)
+        except CXRDataError as exc:
+            return None, ("unreadable image", str(exc))
+    return path, None
+
+
+def _optional_image(meta: mimic.ImageMeta | None, roots: _Roots, what: str) -> Path | None:
+    """A lateral or prior image: a problem drops it (logged) instead of skipping the study."""
+    if meta is None:
+        return None
+    path, problem = _image(meta, roots)
+    if problem:
+        log.info("study %s: no %s (%s: %s)", meta.study_id, what, *problem)
+    return path
 
 
 def _prior_parts(index: StudyIndex, prior: int | None, roots: _Roots):
@@ -217,7 +240,7 @@ def _prior_parts(index: StudyIndex, prior: int | None, roots: _Roots):
     if prior is None:
         return None, None
     frontal = pick_view(index.images[prior], FRONTAL_VIEWS)
-    path = _image(frontal, roots) if frontal else None
+    path = _optional_image(frontal, roots, "prior frontal image")
     try:
         findings = read_report(
             mimic.report_path(roots.reports, index.subject[prior], prior)
@@ -233,10 +256,9 @@ def _record(index: StudyIndex, study: int, roots: _Roots, require_findings: bool
     frontal = pick_view(metas, FRONTAL_VIEWS)
     if frontal is None:
         raise _SkipStudyError("no frontal image", ",".join(sorted({m.view or "?" for m in metas})))
-    frontal_path = _image(frontal, roots)
-    if frontal_path is None:
-        raise _SkipStudyError("missing image file", str(_image_path(frontal, roots)))
-    lateral = pick_view(metas, LATERAL_VIEWS)
+    frontal_path, problem = _image(frontal, roots)
+    if problem:
+        raise _SkipStudyError(*problem)
     report_file = mimic.report_path(roots.reports, subject, study)
     try:
         report = read_report(report_file)
@@ -253,7 +275,7 @@ def _record(index: StudyIndex, study: int, roots: _Roots, require_findings: bool
         study_datetime=index.when[study],
         frontal_path=frontal_path,
         frontal_view=frontal.view,
-        lateral_path=_image(lateral, roots) if lateral else None,
+        lateral_path=_optional_image(pick_view(metas, LATERAL_VIEWS), roots, "lateral image"),
         prior_study_id=prior,
         prior_frontal_path=prior_frontal,
         prior_report=prior_findings,

@@ -1,0 +1,385 @@
+"""Training loop: activation store -> Matryoshka BatchTopK SAE, single process or data-parallel.
+
+``train(cfg)`` is the library entry (``python -m workbench.train_sae`` and the demo call it).
+Under ``accelerate launch`` every process takes a disjoint slice of each global batch, computes
+its gradients with the sparse step of :mod:`workbench.sae.step`, and the gradients are averaged
+with one all-reduce, so every process applies the same update. BatchTopK is taken per process
+(each keeps k per token of its own slice on average).
+
+A run is resumable: checkpoints hold weights, Adam state, threshold, dead-latent counters and
+the normalisation factor, and the data order is a function of (seed, step), so resuming gives
+the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.config import save_config, to_dict
+from workbench.sae.config import TrainSAEConfig
+from workbench.sae.data import DataError, ShardSource, ShuffledBatches, StoreSource, scan_source
+from workbench.sae.io import save_sae
+from workbench.sae.matryoshka import MatryoshkaSAE, check_group_sizes, group_sizes_from_fractions
+from workbench.sae.step import Grads, StepStats, clip_grads_, forward_backward
+from workbench.sae.step import project_decoder_grad_ as project_grad_
+
+# fields that do not change the result: a resumed run may differ in these
+_VOLATILE = ("store", "out", "resume", "progress", "log_every", "checkpoint_every", "scan_store")
+_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOG_FILE = "train_log.jsonl"
+
+
+class Plan(NamedTuple):
+    """What a config resolves to once the data's width is known."""
+
+    d_in: int
+    d_sae: int
+    group_sizes: tuple[int, ...]
+    lr: float
+    steps: int
+    k_aux: int
+    warmup: int
+    threshold_start: int
+
+
+def make_plan(cfg: TrainSAEConfig, source: ShardSource, n_tokens: int) -> Plan:
+    """Resolve defaults and refuse impossible settings before any training."""
+    if cfg.d_in and cfg.d_in != source.d_in:
+        raise DataError(f"activations have width {source.d_in}, config says d_in={cfg.d_in}")
+    d_in = source.d_in
+    d_sae = cfg.resolved_d_sae(d_in)
+    if cfg.k > d_sae:
+        raise DataError(f"k={cfg.k} is larger than d_sae={d_sae}")
+    if cfg.group_sizes:
+        sizes = check_group_sizes(d_sae, cfg.group_sizes)
+    else:
+        sizes = group_sizes_from_fractions(d_sae, cfg.group_fractions)
+    steps = (cfg.tokens or n_tokens) // cfg.batch_size
+    if steps < 1:
+        raise DataError(
+            f"token budget {cfg.tokens or n_tokens} is smaller than one batch ({cfg.batch_size})"
+        )
+    return Plan(
+        d_in=d_in,
+        d_sae=d_sae,
+        group_sizes=sizes,
+        lr=cfg.resolved_lr(d_sae),
+        steps=steps,
+        k_aux=cfg.k_aux or max(1, d_in // 2),
+        warmup=min(cfg.warmup_steps, steps // 10),
+        threshold_start=min(cfg.threshold_start_step, steps // 4),
+    )
+
+
+def lr_factor(step: int, plan: Plan, decay_start: float) -> float:
+    """Linear warm-up, constant, then linear decay to 0 from ``decay_start`` of the run."""
+    warm = (step + 1) / plan.warmup if plan.warmup and step < plan.warmup else 1.0
+    start = int(decay_start * plan.steps)
+    if decay_start < 1 and step >= start:
+        return warm * max(0.0, (plan.steps - step) / max(1, plan.steps - start))
+    return warm
+
+
+@torch.no_grad()
+def geometric_median(points_ND: torch.Tensor, iters: int = 100, tol: float = 1e-5):
+    """Weiszfeld's algorithm; the initial ``b_dec`` (dictionary_learning, Bricken et al. 2023)."""
+    guess = points_ND.mean(0)
+    for _ in range(iters):
+        prev = guess
+        w = 1 / (points_ND - guess).norm(dim=1).clamp_min(1e-8)
+        guess = (w[:, None] * points_ND).sum(0) / w.sum()
+        if (guess - prev).norm() < tol:
+            break
+    return guess
+
+
+def estimate_norm_factor(batches: ShuffledBatches, n_batches: int) -> float:
+    """sqrt(E ||x||^2) over the first batches: inputs / factor have unit mean squared norm."""
+    n = max(1, min(n_batches, math.ceil(batches.n_tokens / batches.batch_size)))
+    total = sum(float(batches.batch(s).double().pow(2).sum(1).mean()) for s in range(n))
+    factor = math.sqrt(total / n)
+    if not factor > 0:
+        raise DataError("all activations are zero: cannot normalise")
+    return factor
+
+
+class Distributed:
+    """The accelerate process group (or a single process): rank, device and the reductions."""
+
+    def __init__(self, device: str):
+        from accelerate import Accelerator
+
+        self.acc = Accelerator(cpu=device == "cpu")
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.device = self.acc.device
+        if device.startswith("cuda") and self.world == 1:
+            self.device = torch.device(device)
+        self.main = self.acc.is_main_process
+
+    def mean_(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            flat.div_(self.world)
+        return flat
+
+    def min(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.clone()
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.acc.wait_for_everyone()
+
+
+class Trainer:
+    """One training run: state, step, checkpoints, logs and the final artefact."""
+
+    def __init__(self, cfg: TrainSAEConfig, source: ShardSource):
+        self.cfg, self.source = cfg, source
+        self.dist = Distributed(cfg.device)
+        if cfg.batch_size % self.dist.world:
+            raise DataError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world}")
+        self.batches = ShuffledBatches(source, cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+        self.plan = make_plan(cfg, source, self.batches.n_tokens)
+        if cfg.scan_store:
+            scan_source(source)
+        self.out = cfg.default_out()
+        self.ckpt_dir = self.out / "checkpoints"
+        torch.manual_seed(cfg.seed)
+        p = self.plan
+        self.sae = MatryoshkaSAE(p.d_in, p.d_sae, cfg.k, p.group_sizes, source.hook_name)
+        self.sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        self.sae.to(self.dist.device)
+        fused = {"fused": True} if self.dist.device.type in ("cpu", "cuda") else {}
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=p.lr, betas=betas, **fused)
+        self.since_fired = torch.zeros(p.d_sae, dtype=torch.long, device=self.dist.device)
+        self.step, self.norm_factor = 0, 1.0
+        self.compute_dtype = _DTYPES[cfg.dtype]
+        self.last: dict[str, Any] = {}
+
+    # ---- state -------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        cfg = {k: v for k, v in to_dict(self.cfg).items() if k not in _VOLATILE}
+        return {"config": cfg, "plan": list(self.plan), "world": self.dist.world}
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt"))
+
+    def save_checkpoint(self) -> None:
+        if self.dist.main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state = {
+                "step": self.step,
+                "sae": self.sae.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "since_fired": self.since_fired,
+                "norm_factor": self.norm_factor,
+                "fingerprint": self._fingerprint(),
+            }
+            path = self.ckpt_dir / f"step_{self.step:08d}.pt"
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+            for old in self._checkpoints()[:-2]:
+                old.unlink()
+        self.dist.barrier()
+
+    def try_resume(self) -> bool:
+        """Load the latest checkpoint if there is one; refuse one made with other settings."""
+        found = self._checkpoints()
+        if not self.cfg.resume or not found:
+            return False
+        state = torch.load(found[-1], map_location=self.dist.device, weights_only=False)
+        if state["fingerprint"] != self._fingerprint():
+            raise DataError(
+                f"{found[-1]}: checkpoint was made with other settings; use another --out or "
+                "--no-resume (which starts over and overwrites it)"
+            )
+        self.sae.load_state_dict(state["sae"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.since_fired.copy_(state["since_fired"])
+        self.step, self.norm_factor = int(state["step"]), float(state["norm_factor"])
+        return True
+
+    def initialise(self) -> None:
+        """Normalisation factor and b_dec at the geometric median of the first batch."""
+        self.norm_factor = (
+            estimate_norm_factor(self.batches, self.cfg.norm_batches) if self.cfg.normalize else 1
+        )
+        first = self.batches.batch(0).to(self.dist.device) / self.norm_factor
+        with torch.no_grad():
+            self.sae.b_dec_D.copy_(geometric_median(first))
+
+    # ---- one step ----------------------------------------------------------------------
+    def _local_batch(self, step: int) -> torch.Tensor:
+        """This process's disjoint slice of global batch ``step``, normalised."""
+        share = self.cfg.batch_size // self.dist.world
+        x = self.batches.batch(step)[self.dist.rank * share : (self.dist.rank + 1) * share]
+        return x.to(self.dist.device, non_blocking=True) / self.norm_factor
+
+    def _reduce(self, grads: Grads, stats: StepStats) -> tuple[Grads, StepStats]:
+        """Average gradients and statistics over processes (one all-reduce)."""
+        if self.dist.world == 1:
+            return grads, stats
+        scalars = torch.stack([stats.loss, stats.total_var, stats.aux]).float()
+        counts = torch.tensor([stats.n_active, stats.n_above], dtype=torch.float32)
+        parts = [*grads, stats.prefix_mse, scalars, stats.fired.float(), counts.to(scalars)]
+        flat = self.dist.mean_(torch.cat([t.reshape(-1) for t in parts]))
+        out, offset = [], 0
+        for t in parts:
+            out.append(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        w = self.dist.world
+        stats = StepStats(
+            loss=out[5][0],
+            prefix_mse=out[4],
+            total_var=out[5][1],
+            aux=out[5][2],
+            fired=(out[6] * w).round().long(),
+            min_act=self.dist.min(stats.min_act),
+            n_active=int(round(float(out[7][0]) * w)),
+            n_above=int(round(float(out[7][1]) * w)) if stats.n_above >= 0 else -1,
+        )
+        return Grads(*out[:4]), stats
+
+    def train_step(self, logging: bool) -> StepStats:
+        """Forward, backward, all-reduce, project, clip, Adam, renormalise, threshold."""
+        cfg, sae = self.cfg, self.sae
+        x = self._local_batch(self.step)
+        dead = self.since_fired >= cfg.dead_tokens
+        thr = float(sae.threshold) if logging else None
+        grads, stats = forward_backward(
+            sae, x, cfg.k, dead, self.plan.k_aux, cfg.aux_alpha, self.compute_dtype, thr
+        )
+        grads, stats = self._reduce(grads, stats)
+        project_grad_(sae.W_dec_FD, grads.W_dec)
+        self.last["grad_norm"] = clip_grads_(grads, cfg.max_grad_norm)
+        for param, grad in zip(sae.parameters(), grads):
+            param.grad = grad
+        lr = self.plan.lr * lr_factor(self.step, self.plan, cfg.decay_start)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder_()
+        with torch.no_grad():
+            if self.step > self.plan.threshold_start and stats.n_active:
+                beta = cfg.threshold_beta if float(sae.threshold) >= 0 else 0.0
+                sae.threshold.mul_(beta).add_((1 - beta) * stats.min_act.float())
+            self.since_fired.add_(cfg.batch_size).masked_fill_(stats.fired > 0, 0)
+        self.last["lr"] = lr
+        self.step += 1
+        return stats
+
+    # ---- logs and the run --------------------------------------------------------------
+    def metrics(self, stats: StepStats, tokens_per_s: float) -> dict[str, Any]:
+        """One log record: losses, FVU overall and per prefix, L0s, dead fraction, lr, speed."""
+        var = float(stats.total_var) or 1.0
+        mse = [float(m) for m in stats.prefix_mse]
+        return {
+            "step": self.step,
+            "tokens": self.step * self.cfg.batch_size,
+            "loss": float(stats.loss),
+            "mse_prefix": mse,
+            "fvu": mse[-1] / var,
+            "fvu_prefix": [m / var for m in mse],
+            "aux_loss": float(stats.aux),
+            "l0": stats.n_active / self.cfg.batch_size,
+            "l0_inference": stats.n_above / self.cfg.batch_size if stats.n_above >= 0 else None,
+            "dead_fraction": float((self.since_fired >= self.cfg.dead_tokens).float().mean()),
+            "threshold": float(self.sae.threshold) * self.norm_factor,
+            "lr": self.last["lr"],
+            "grad_norm": float(self.last["grad_norm"]),
+            "tokens_per_s": tokens_per_s,
+        }
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            with open(self.out / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """Drop log lines beyond the step a resumed run restarts from."""
+        path = self.out / LOG_FILE
+        if self.dist.main and path.exists():
+            lines = path.read_text().splitlines()
+            keep = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def run(self, stop_after: int | None = None) -> Path:
+        """Train to the token budget (or stop after ``stop_after`` steps, as if killed)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.try_resume():
+            if self.dist.main:
+                for old in self._checkpoints():
+                    old.unlink()
+                (self.out / LOG_FILE).unlink(missing_ok=True)
+            self.initialise()
+        self._trim_log()
+        if self.dist.main:
+            save_config(cfg, self.out / "train_config.json")
+        show = cfg.progress and self.dist.main
+        bar = tqdm(total=self.plan.steps, initial=self.step, unit="step", disable=not show)
+        done_here, t0, s0 = 0, time.perf_counter(), self.step
+        while self.step < self.plan.steps and (stop_after is None or done_here < stop_after):
+            logging = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.plan.steps
+            stats = self.train_step(logging)
+            done_here += 1
+            bar.update(1)
+            if logging:
+                speed = (self.step - s0) * cfg.batch_size / (time.perf_counter() - t0)
+                record = self.metrics(stats, speed)
+                self.last["metrics"] = record
+                self._log(record)
+                bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0_inference']:.1f}")
+                t0, s0 = time.perf_counter(), self.step
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.save_checkpoint()
+        if self.step >= self.plan.steps:
+            self.save_artefact()
+        self.dist.barrier()
+        return self.out
+
+    def save_artefact(self) -> None:
+        """The SAE in raw-activation units (normalisation folded in), SAELens-loadable."""
+        if not self.dist.main:
+            return
+        extra = {
+            "norm_factor": self.norm_factor,
+            "steps": self.step,
+            "tokens": self.step * self.cfg.batch_size,
+            "store": str(self.cfg.store) if self.cfg.store else None,
+            "model": self.source.model,
+            "final_metrics": self.last.get("metrics"),
+        }
+        sae = self.sae.scaled(self.norm_factor).cpu()
+        save_sae(sae, self.out, model_name=self.source.model, extra=extra)
+
+
+def train_on(source: ShardSource, cfg: TrainSAEConfig, stop_after: int | None = None) -> Path:
+    """Train on any :class:`ShardSource` (e.g. in-memory activations); returns the output dir."""
+    cfg.validate()
+    return Trainer(cfg, source).run(stop_after=stop_after)
+
+
+def train(cfg: TrainSAEConfig) -> Path:
+    """Train an SAE on ``cfg.store`` and return the artefact directory (runs/x/sae)."""
+    cfg.validate()
+    if cfg.store is None:
+        raise DataError("no activation store given (--store runs/x/activations)")
+    return train_on(StoreSource(cfg.store), dataclasses.replace(cfg))

@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
-from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth, smooth_noise
+from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth_noise
 
 SIGN = {"right": -1, "left": 1}  # patient side -> image direction on a frontal (PA/AP) view
 AIR = 0.40  # density removed by fully aerated lung
@@ -42,7 +43,8 @@ class Geometry:
     def lat(self, t: np.ndarray | float) -> np.ndarray | float:
         """Distance of the lateral lung border from the midline at height fraction ``t``."""
         t = np.clip(t, 0.0, 1.0)
-        return self.half_width * (0.2 + 0.8 * np.sqrt(1.0 - (1.0 - t) ** 2.4))
+        u = 1.0 - t
+        return self.half_width * (0.2 + 0.8 * np.sqrt(1.0 - u * u))
 
     def t_of(self, side: str, d: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Height fraction (0 apex, 1 costophrenic angle), with a rounded apex."""
@@ -68,11 +70,12 @@ class Geometry:
         return self.rib_top + (i - 1) * RIB_SPACING
 
     def rib_curve(self, side: str, i: int, n: int = 20) -> np.ndarray:
-        """Centre line of posterior rib ``i``: from the spine, laterally, curving down."""
+        """Centre line of posterior rib ``i``: from the spine, slightly up, then down laterally."""
         w = self.half_width
-        d = np.linspace(0.02, w + 0.6 * self.wall, n)
-        y = self.rib_y0(i) + 0.12 * (d / w) ** 2.4 - 0.03 * (d / w)
-        return np.column_stack([self.xc + SIGN[side] * d, y])
+        reach = min(1.0, 0.6 + 0.14 * (i - 1)) * (w + 0.6 * self.wall) / w
+        q = np.linspace(0.05, reach, n)
+        y = self.rib_y0(i) - 0.045 * q + (0.2 - 0.008 * i) * q**2.2
+        return np.column_stack([self.xc + SIGN[side] * q * w, y])
 
 
 def frontal_geometry(study: dict) -> Geometry:
@@ -107,18 +110,16 @@ def frontal_geometry(study: dict) -> Geometry:
 
 def lung_field(g: Geometry, side: str, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Boolean hemithorax lung field (before the heart is cut out) on coordinates X, Y."""
-    d = SIGN[side] * (X - g.xc)
-    t = g.t_of(side, d, Y)
-    return (t > 0) & (d >= g.med_half) & (d <= g.lat(t)) & (g.diaphragm(side, d) >= Y)
+    return lung_depth(g, side, X, Y) > 0
 
 
 def place_heart(g: Geometry, ctr: float, thorax_px: int, frame: Frame) -> None:
     """Size the heart so its width over the measured thoracic width equals ``ctr`` x mag."""
     width = ctr * g.magnification * thorax_px / frame.size
-    tilt = 22.0
+    tilt = 28.0
     c, s = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
-    a = 0.5 * width / math.sqrt(c**2 + (0.74 * s) ** 2)
-    b = 0.74 * a
+    a = 0.5 * width / math.sqrt(c**2 + (0.7 * s) ** 2)
+    b = 0.7 * a
     vert = math.sqrt((a * s) ** 2 + (b * c) ** 2)
     g.heart = {
         "cx": g.xc - 0.34 * width + 0.5 * width,
@@ -162,20 +163,20 @@ def body_density(g: Geometry, frame: Frame, hab: dict) -> np.ndarray:
     hw = [0.085, 0.095, w + 0.16, w + 0.14, w + g.wall, w + g.wall + 0.015]
     half = np.interp(Y, ys, hw).astype(np.float32)
     rel = np.clip(1.0 - ((X - g.xc) / half) ** 2, 0.0, 1.0)
-    body = np.sqrt(rel) * (0.38 + 0.12 * hab["soft_tissue"]) + 0.1 * (rel > 0)
+    body = np.sqrt(rel) * (0.3 + 0.12 * hab["soft_tissue"]) + 0.1 * (rel > 0)
     d = np.abs(X - g.xc)
     under = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d)) < Y
-    body = body + 0.12 * smooth(under.astype(np.float32), 1.5) * (rel > 0)
+    body = body + 0.04 * under * (rel > 0)
     if hab.get("breast", 0) > 0:
         for side in SIGN:
             r = 0.11 + 0.09 * hab["breast"]
             e = ellipse_field(
                 frame, (g.xc + SIGN[side] * 0.55 * w, g.dome[side] - 0.02 - 0.1 * r), r * 1.1, r
             )
-            body = body + 0.09 * hab["breast"] * smooth((e <= 1).astype(np.float32), 2.0) * (
+            body = body + 0.09 * hab["breast"] * np.clip(3.0 * (1.0 - e), 0, 1) * (
                 0.5 + 0.5 * np.clip((Y - g.dome[side] + 0.2) / 0.2, 0, 1)
             )
-    return smooth(body, 2.0)
+    return body.astype(np.float32)
 
 
 def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) -> np.ndarray:
@@ -215,44 +216,69 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
         ]
         cv.line(clav, 0.024, 1.0)
         cv.ellipse((g.xc + s * (g.half_width + 0.095), g.apex + 0.06), 0.055, 0.06, 1.0)
-    ribs = smooth(cv.array(), 0.7) * 0.16 + smooth(ant.array(), 1.0) * 0.05
-    spine_layer = smooth(spine.astype(np.float32) * 0.1 + pedicle * 0.05, 0.8)
+    d = np.abs(X - g.xc)
+    floor = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d))
+    fade = 1.0 - 0.55 * (floor < Y)
+    ribs = (cv.array() * 0.11 + ant.array() * 0.035) * fade
+    spine_layer = spine * 0.07 + pedicle * 0.04
     return (ribs + spine_layer) * bone
 
 
-def vessel_tree(g: Geometry, frame: Frame, rng: np.random.Generator) -> np.ndarray:
-    """Lung markings: branching vessels fanning out from each hilum, thinning as they go."""
-    cv = Canvas(frame)
-    stack: list[tuple[float, float, float, float, float, int]] = []
-    h = g.dome["right"] - g.apex
-    for side in SIGN:
-        s = SIGN[side]
+def vessel_markings(g: Geometry, size: int, rotation: float, rng) -> np.ndarray:
+    """Lung markings: tapering vessels radiating from each hilum, wavy and of uneven weight.
+
+    Drawn in polar coordinates around the hilum (angle picks a vessel, a radius-dependent
+    phase makes it wander), on a half-resolution grid that is then upsampled: vectorised and
+    cheap, yet at 64-256 px it reads as the branching vascular pattern of a normal lung.
+    """
+    fr = Frame(max(size // 2, 32), rotation)
+    out = np.zeros((fr.size, fr.size), dtype=np.float32)
+    cut = int(0.55 * fr.size)
+    for side, cols in (("right", slice(0, cut)), ("left", slice(fr.size - cut, fr.size))):
         hx, hy = g.hilum[side]
-        for ang in (-150, -115, -80, -45, -15, 20):  # degrees from lateral; negative is up
-            a = math.radians(ang + rng.uniform(-8, 8))
-            stack.append((hx, hy, s * math.cos(a), math.sin(a), 0.3 * h, 0))
-    while stack:
-        x, y, dx, dy, length, depth = stack.pop()
-        x2, y2 = x + dx * length, y + dy * length
-        bend = rng.uniform(-0.15, 0.15) * length
-        mid = ((x + x2) / 2 - dy * bend, (y + y2) / 2 + dx * bend)
-        cv.line([(x, y), mid, (x2, y2)], max(0.011 * 0.66**depth, frame.px), 0.85**depth)
-        if depth < 4:
-            for turn in (-1, 1):
-                a = math.atan2(dy, dx) + turn * math.radians(rng.uniform(18, 34))
-                stack.append(
-                    (x2, y2, math.cos(a), math.sin(a), length * rng.uniform(0.62, 0.8), depth + 1)
-                )
-    return smooth(cv.array(), 0.6)
+        dx, dy = SIGN[side] * (fr.X[:, cols] - hx), fr.Y[:, cols] - hy
+        r = np.hypot(dx, dy) + 1e-3
+        theta = np.arctan2(dy, dx)
+        phys = 0.011 * np.exp(-r / 0.12) + 0.0028  # vessel calibre tapers outwards
+        for k, amp in ((7, 1.0), (17, 0.55)):
+            ph = rng.uniform(0, 2 * np.pi, size=3)
+            pos = theta * k / np.pi + 0.45 * np.sin(r * 23 + ph[0]) + 0.25 * np.sin(r * 51 + ph[1])
+            pos = pos + ph[2]
+            weight = rng.uniform(0.3, 1.0, size=2 * k + 4)[np.floor(pos).astype(int) % (2 * k + 4)]
+            frac = np.clip(phys / (r * np.pi / k), 0.04, 0.35)
+            out[:, cols] += amp * weight * np.exp(-((((pos % 1.0) - 0.5) / frac) ** 2))
+    decay = np.exp(-np.hypot(fr.X - 0.5, fr.Y - g.hilum["left"][1]) / 0.3)
+    img = Image.fromarray((out * decay).astype(np.float32), mode="F")
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32)
 
 
-def lung_layers(g: Geometry, frame: Frame, rng: np.random.Generator):
+def lung_depth(g: Geometry, side: str, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Approximate distance inside the lung field to its nearest border (<= 0 outside)."""
+    d = SIGN[side] * (X - g.xc)
+    t = g.t_of(side, d, Y)
+    med = g.med_half + (0.03 * g.magnification if side == "left" else 0.008) * np.exp(
+        -(((Y - g.carina[1] + 0.035) / 0.035) ** 2)
+    )  # aortic knob on the left, azygos/SVC contour on the right
+    depth = np.minimum(g.lat(t) - d, d - med)
+    depth = np.minimum(depth, g.diaphragm(side, d) - Y)
+    return np.minimum(depth, t * (g.cp[side] - g.apex))
+
+
+def lung_layers(g: Geometry, frame: Frame, rotation: float, rng: np.random.Generator):
     """Lung masks and the layers findings edit: air (to subtract) and vessel markings."""
-    fields = {s: lung_field(g, s, frame.X, frame.Y) for s in SIGN}
-    masks = {f"{s}_lung": fields[s] for s in SIGN}
-    air = smooth((fields["left"] | fields["right"]).astype(np.float32), 1.2)
+    depth = {s: lung_depth(g, s, frame.X, frame.Y) for s in SIGN}
+    masks = {f"{s}_lung": depth[s] > 0 for s in SIGN}
+    thick = np.maximum(depth["left"], depth["right"])
+    air = np.sqrt(np.clip(thick / 0.05, 0.0, 1.0))  # thicker lung away from its edges
+    cv = Canvas(frame)
+    cx, cy = g.carina
+    cv.line([(cx + 0.004, -0.02), (cx, cy)], 0.032, 1.0)
+    for side in SIGN:
+        hx, hy = g.hilum[side]
+        cv.line([(cx, cy - 0.005), (0.5 * (cx + hx), 0.5 * (cy + hy) - 0.01)], 0.018, 0.8)
+    air = np.maximum(air, 0.4 * cv.array())  # trachea and main bronchi
     texture = 0.5 + 0.5 * smooth_noise(frame, rng, max(2.0, frame.size / 64))
-    markings = vessel_tree(g, frame, rng) * air * (0.75 + 0.25 * texture)
+    markings = vessel_markings(g, frame.size, rotation, rng) * air * (0.75 + 0.25 * texture)
     for side in SIGN:  # hilar shadows: the central pulmonary arteries
         e = ellipse_field(frame, g.hilum[side], 0.035, 0.06)
         markings = markings + 0.7 * np.exp(-e) * air

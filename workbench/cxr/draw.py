@@ -63,7 +63,7 @@ class Canvas:
         """Stroke a polyline of patient points ``width`` units thick."""
         xy = self.frame.to_px(pts)
         if len(xy) >= 2:
-            self.draw.line(xy, fill=float(value), width=self.width_px(width), joint="curve")
+            self.draw.line(xy, fill=float(value), width=self.width_px(width))
 
     def polygon(self, pts: Sequence[Point] | np.ndarray, value: float = 1.0) -> None:
         self.draw.polygon(self.frame.to_px(pts), fill=float(value))
@@ -129,9 +129,12 @@ def ellipse_field(
 
 
 def smooth_noise(frame: Frame, rng: np.random.Generator, sigma_px: float) -> np.ndarray:
-    """Zero-mean, unit-std correlated noise, e.g. for blob outlines and parenchymal texture."""
+    """Zero-mean, unit-std correlated noise, e.g. for blob outlines and parenchymal texture.
+
+    A coarse random grid upsampled bicubically: cheap, and correlated over ~``sigma_px``.
+    """
     coarse = max(4, int(frame.size / max(sigma_px, 1.0)) + 2)
-    low = rng.standard_normal((coarse, coarse)).astype(np.float32)
-    up = ndimage.zoom(low, frame.size / coarse, order=3, grid_mode=True, mode="reflect")
-    up = up[: frame.size, : frame.size]
+    low = rng.standard_normal((coarse, coarse), dtype=np.float32)
+    img = Image.fromarray(low, mode="F").resize((frame.size, frame.size), Image.BICUBIC)
+    up = np.asarray(img, dtype=np.float32)
     return (up - up.mean()) / (up.std() + 1e-6)

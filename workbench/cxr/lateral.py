@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from workbench.cxr.anatomy import AIR, MM_PER_UNIT, Geometry
-from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth, smooth_noise, spline
+from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth_noise, spline
 from workbench.cxr.lesions import ZONE_V
 
 ANTERIOR, POSTERIOR = 0.2, 0.8  # lung extent front to back
@@ -44,19 +44,19 @@ def _anatomy(g: Geometry, fr: Frame, study: dict) -> tuple[np.ndarray, np.ndarra
     )
     back = np.interp(Y, [0, g.apex, g.apex + 0.1, 1], [0.72, 0.8, 0.9, 0.92])
     inside = ((front < X) & (back > X)).astype(np.float32)
-    body = smooth(inside * (0.55 + 0.1 * hab["soft_tissue"]), 2.0)
-    body += 0.1 * smooth((_diaphragm(g, X) < Y).astype(np.float32), 1.5) * inside
+    body = inside * (0.55 + 0.1 * hab["soft_tissue"])
+    body += 0.1 * (_diaphragm(g, X) < Y) * inside
     phase = ((Y - g.rib_top) / 0.055) % 1.0
     verts = (np.abs(X - (0.78 - 0.04 * (Y - 0.5))) < 0.045) * (1.0 - 0.7 * (phase > 0.8))
     cv = Canvas(fr)
     cv.line([(0.19, g.apex + 0.08), (0.165, g.apex + 0.45)], 0.025, 1.0)  # sternum
     cv.ellipse((0.5, g.apex + 0.05), 0.09, 0.07, 0.5)  # humeral heads superimposed
-    bone = smooth(verts.astype(np.float32), 0.8) * 0.16 + smooth(cv.array(), 1.0) * 0.1
+    bone = verts * 0.12 + cv.array() * 0.1
     bone *= hab["bone_density"]
-    air = smooth(_lung(g, fr).astype(np.float32), 1.5)
+    air = _lung(g, fr).astype(np.float32)
     trachea = Canvas(fr)
     trachea.line([(0.5, -0.02), (0.54, g.carina[1])], 0.03, 1.0)
-    air = np.maximum(air, 0.6 * smooth(trachea.array(), 1.0) * inside)
+    air = np.maximum(air, 0.6 * trachea.array() * inside)
     return body + bone, air
 
 
@@ -66,7 +66,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
     lung = _lung(g, fr)
     scale = study["ctr"] / 0.42
     heart = ellipse_field(fr, (0.37, g.dome["right"] - 0.075), 0.14 * scale, 0.12 * scale) <= 1
-    extra = 0.12 * smooth((heart & (_diaphragm(g, fr.X) + 0.01 > fr.Y)).astype(np.float32), 1.5)
+    extra = 0.12 * (heart & (_diaphragm(g, fr.X) + 0.01 > fr.Y))
     if "pleural_effusion" in f:
         sev = f["pleural_effusion"]["severity"]
         level = (
@@ -75,7 +75,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
             - (0.06 + 0.25 * sev)
             + 0.1 * np.clip((0.75 - fr.X) / 0.5, 0, 1) ** 2
         )
-        fluid = smooth((lung & (level < fr.Y)).astype(np.float32), 1.2)
+        fluid = lung & (level < fr.Y)
         air *= 1 - fluid
     for name in ("consolidation", "nodule"):
         if name in f:
@@ -86,7 +86,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
             e = ellipse_field(fr, c, r, r) + (
                 0.3 * smooth_noise(fr, rng, 6) if name != "nodule" else 0
             )
-            extra += 0.22 * smooth((e < 1).astype(np.float32) * lung, 1.2)
+            extra += 0.22 * ((e < 1) & lung)
     if "edema" in f:
         extra += (
             0.18
@@ -98,7 +98,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
         cv = Canvas(fr)
         a = _point(g, 0.4, 0.8)
         cv.line([a, (a[0] + 0.2, a[1] + 0.03)], 0.012, 1.0)
-        extra += 0.2 * smooth(cv.array(), 0.8) * lung
+        extra += 0.2 * cv.array() * lung
     return extra
 
 

@@ -46,9 +46,9 @@ def effusion(g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict) -> np.nd
         h = g.cp[side] - g.apex
         frac = 0.14 + 0.42 * sev
         lateral = np.clip((d - g.med_half) / (g.half_width - g.med_half), 0.0, 1.0)
-        meniscus = g.cp[side] - frac * h + 0.35 * frac * h * (1.0 - lateral) ** 1.5
+        meniscus = g.cp[side] - 0.75 * frac * h - 0.45 * frac * h * lateral**3
         mask |= lungs[f"{side}_lung"] & (meniscus < fr.Y)
-    soft = smooth(mask.astype(np.float32), 1.2)
+    soft = mask.astype(np.float32)
     lay.air *= 1.0 - soft
     lay.markings *= 1.0 - soft
     lay.extra += 0.05 * soft
@@ -65,10 +65,10 @@ def pneumothorax(g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict) -> n
     lung = lungs[f"{side}_lung"]
     mask = lung & ~collapsed
     line = collapsed & ndimage.binary_dilation(mask, iterations=1)
-    soft = smooth(mask.astype(np.float32), 0.7)
+    soft = mask.astype(np.float32)
     lay.markings *= 1.0 - soft
     lay.air += 0.3 * soft * lay.air
-    lay.extra += 0.09 * smooth(line.astype(np.float32), 0.5)
+    lay.extra += 0.09 * line
     return mask
 
 
@@ -92,7 +92,7 @@ def consolidation(g, fr, lay, lungs, p, rng) -> np.ndarray:
         tip = (centre[0] + 0.06 * math.cos(a), centre[1] + 0.06 * math.sin(a))
         cv.line([centre, tip], 1.5 / fr.size, 1.0)
     bronchi = cv.array() * ndimage.binary_erosion(mask, iterations=2)
-    lay.extra += (0.2 + 0.1 * p["severity"]) * soft - 0.08 * smooth(bronchi, 0.5)
+    lay.extra += (0.2 + 0.1 * p["severity"]) * soft - 0.08 * bronchi
     lay.markings *= 1.0 - 0.7 * soft
     return mask
 
@@ -121,7 +121,7 @@ def atelectasis(g, fr, lay, lungs, p, rng) -> np.ndarray:
                 1.0,
             )
     mask = (cv.array() > 0.5) & (lungs["left_lung"] | lungs["right_lung"])
-    soft = smooth(mask.astype(np.float32), 1.0)
+    soft = mask.astype(np.float32)
     lay.extra += 0.24 * soft
     lay.markings *= 1.0 - 0.5 * soft
     return mask
@@ -156,7 +156,7 @@ def nodule(g, fr, lay, lungs, p, rng):
     radius = r * (1 + 0.07 * np.sin(3 * theta + ph[0]) + 0.04 * np.sin(5 * theta + ph[1]))
     rho = np.hypot(fr.X - cx, fr.Y - cy) / radius
     profile = np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)).astype(np.float32)
-    lay.extra += (0.08 + 0.16 * p["contrast"]) * smooth(profile, 0.6)
+    lay.extra += (0.08 + 0.16 * p["contrast"]) * profile
     return rho <= 1.0, profile
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from workbench.cxr import lesions
 from workbench.cxr.anatomy import (
@@ -24,7 +25,7 @@ from workbench.cxr.anatomy import (
     thorax_width_px,
 )
 from workbench.cxr.devices import draw_devices
-from workbench.cxr.draw import Frame, smooth
+from workbench.cxr.draw import Frame, ellipse_field, smooth
 from workbench.cxr.lateral import render_lateral
 
 
@@ -39,9 +40,11 @@ def to_grey(density: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndar
     """Density -> 8-bit grey: exposure and contrast, quantum noise, detector blur."""
     img = 1.0 - np.exp(-2.1 * density * acq["exposure"])
     img = img / (1.0 - np.exp(-2.1 * 1.05)) + acq["brightness"]
-    noise = rng.standard_normal(img.shape).astype(np.float32)
-    img = img + acq["noise"] * (0.6 + 0.6 * (1.0 - np.clip(img, 0, 1))) * smooth(noise, 0.5) * 1.6
-    img = smooth(np.clip(img, 0.0, 1.0), 0.45)
+    img = smooth(img, 0.8)  # detector unsharpness
+    half = max(img.shape[0] // 2, 16)
+    noise = Image.fromarray(rng.standard_normal((half, half), dtype=np.float32), mode="F")
+    noise = np.asarray(noise.resize(img.shape[::-1], Image.BILINEAR), dtype=np.float32)
+    img = img + acq["noise"] * (0.6 + 0.6 * (1.0 - np.clip(img, 0, 1))) * noise * 0.9
     return np.round(np.clip(img, 0.0, 1.0) ** 1.1 * 255.0).astype(np.uint8)
 
 
@@ -75,16 +78,25 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
     acq, hab = study["acquisition"], study["subject"]["habitus"]
     frame = Frame(size, acq["rotation_deg"])
     g = frontal_geometry(study)
-    masks, air, markings, texture = lung_layers(g, frame, rng)
+    masks, air, markings, texture = lung_layers(g, frame, acq["rotation_deg"], rng)
     thorax = thorax_width_px(masks["left_lung"], masks["right_lung"])
     place_heart(g, study["ctr"], thorax, frame)
     heart = heart_mask(g, frame)
     masks["heart"] = heart
     for k in ("left_lung", "right_lung"):
         masks[k] = masks[k] & ~heart
-    heart_soft = smooth(heart.astype(np.float32), 1.0)
+    heart_soft = heart.astype(np.float32)
+    h = g.heart
+    bulk = (
+        np.sqrt(
+            np.clip(
+                1.0 - ellipse_field(frame, (h["cx"], h["cy"]), h["a"], h["b"], h["tilt"]), 0.0, 1.0
+            )
+        )
+        * heart_soft
+    )
     lay = lesions.Layers(
-        body=body_density(g, frame, hab) + 0.05 * heart_soft,
+        body=body_density(g, frame, hab) + 0.03 * heart_soft + 0.05 * bulk,
         bone=bone_density(g, frame, hab["bone_density"], study["findings"].get("rib_fracture")),
         air=air * (1.0 - heart_soft),
         markings=markings * (1.0 - 0.8 * heart_soft),
@@ -98,7 +110,7 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         lay.body
         + lay.bone
         - AIR * lay.air
-        + 0.085 * lay.markings
+        + 0.13 * lay.markings
         + 0.025 * (texture - 0.5) * lay.air
         + lay.extra
         + 0.75 * lay.metal

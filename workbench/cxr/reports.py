@@ -143,26 +143,23 @@ def _sentence(rng, family: list, name: str, p: dict, value: float | None) -> tup
     return _fill(text, v), labels
 
 
-def _family_of(name: str, p: dict, change: str | None, has_prior: bool, rng) -> tuple[list, float]:
+def _family_of(name: str, p: dict, change: str | None, has_prior: bool, rng) -> list:
+    """Templates for a present concept: comparison wording when there is a prior study."""
     ph = phrases()
     key = name
     if name == "endotracheal_tube" and p["tip_cm_above_carina"] < 2.0:
         key = "endotracheal_tube_low"
     if name == "enteric_tube" and p["tip"] != "stomach":
         key = "enteric_tube_high"
-    if (
-        has_prior
-        and change
-        and key == name
-        and name in ph["change"].get(change, {})
-        and (change == "new" or rng.random() < 0.75)
-    ):
-        return ph["change"][change][name], 1.0
-    return ph["present"][key], 1.0
+    changed = ph["change"].get(change or "", {})
+    if has_prior and key in changed and (change == "new" or rng.random() < 0.75):
+        return changed[key]
+    return ph["present"][key]
 
 
-def findings_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict, bool]]:
-    """(text, labels, optional) for the FINDINGS section, positives first."""
+def findings_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict, int]]:
+    """(text, labels, rank) for FINDINGS, positives first; rank 0 = must stay, else the
+    higher the rank the longer the sentence survives trimming to ``MAX_WORDS``."""
     ph, out = phrases(), []
     has_prior = study["prior_study_id"] is not None
     changes = study["changes"]
@@ -173,9 +170,9 @@ def findings_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict, b
         if name in hedged:
             text, labels = _sentence(rng, ph["hedged"][name], name, present[name], -1.0)
         else:
-            family, value = _family_of(name, present[name], changes.get(name), has_prior, rng)
-            text, labels = _sentence(rng, family, name, present[name], value)
-        out.append((text, labels, False))
+            family = _family_of(name, present[name], changes.get(name), has_prior, rng)
+            text, labels = _sentence(rng, family, name, present[name], 1.0)
+        out.append((text, labels, 0))
     for name, change in changes.items():
         if change == "resolved" and name in ph["change"]["resolved"]:
             text, labels = _sentence(
@@ -185,12 +182,12 @@ def findings_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict, b
                 study["resolved"].get(name, {}),
                 None if name in DEVICES else 0.0,
             )
-            out.append((text, labels, True))
+            out.append((text, labels, 6))
     out.extend(_negatives(study, present, rng))
     return out
 
 
-def _negatives(study: dict, present: dict, rng) -> list[tuple[str, dict, bool]]:
+def _negatives(study: dict, present: dict, rng) -> list[tuple[str, dict, int]]:
     """Normal statements and negations for what is absent."""
     ph, out = phrases(), []
     mentioned = {n for n, c in study["changes"].items() if c == "resolved"}
@@ -200,31 +197,32 @@ def _negatives(study: dict, present: dict, rng) -> list[tuple[str, dict, bool]]:
         if n not in present and n not in mentioned
     ]
     if study["acquisition"]["inspiration_ribs"] < 8.5:
-        out.append((_choose(rng, ph["low_volumes"]), {}, True))
+        out.append((_choose(rng, ph["low_volumes"]), {}, 2))
     if "cardiomegaly" not in present:
         fam = ph["absent"][
             "cardiomegaly_ap"
             if study["acquisition"]["view"] == "AP" and rng.random() < 0.5
             else "cardiomegaly"
         ]
-        out.append((_choose(rng, fam), {"Cardiomegaly": 0.0}, False))
+        out.append((_choose(rng, fam), {"Cardiomegaly": 0.0}, 4))
     lung_clear = not any(n in present for n in ("consolidation", "atelectasis", "edema", "nodule"))
     if lung_clear and rng.random() < 0.6:
-        out.append((_choose(rng, ph["clear_lungs"]), {}, False))
+        out.append((_choose(rng, ph["clear_lungs"]), {}, 2))
     for combo in sorted(ph["absent_combined"], key=lambda c: -len(c["covers"])):
         if all(n in absent for n in combo["covers"]) and rng.random() < 0.7:
             labels = {CHEXPERT_OF[n][0]: 0.0 for n in combo["covers"]}
-            out.append((_choose(rng, combo["text"]), labels, False))
+            out.append((_choose(rng, combo["text"]), labels, 5))
             absent = [n for n in absent if n not in combo["covers"]]
     for n in absent:
         if n in ("pleural_effusion", "pneumothorax") or rng.random() < 0.4:
-            out.append((_choose(rng, ph["absent"][n]), {CHEXPERT_OF[n][0]: 0.0}, True))
+            rank = 5 if n in ("pleural_effusion", "pneumothorax") else 3
+            out.append((_choose(rng, ph["absent"][n]), {CHEXPERT_OF[n][0]: 0.0}, rank))
     if "cardiomegaly" not in present and rng.random() < 0.3:
-        out.append((_choose(rng, ph["normal_mediastinum"]), {}, True))
+        out.append((_choose(rng, ph["normal_mediastinum"]), {}, 1))
     if "rib_fracture" not in present and rng.random() < 0.35:
         use_fx = rng.random() < 0.4
         fam = ph["absent"]["rib_fracture"] if use_fx else ph["normal_bones"]
-        out.append((_choose(rng, fam), {"Fracture": 0.0} if use_fx else {}, True))
+        out.append((_choose(rng, fam), {"Fracture": 0.0} if use_fx else {}, 1))
     return out
 
 
@@ -265,18 +263,15 @@ def impression_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict]
         if name in hedged:
             out.append(_sentence(rng, ph["hedged"][name], name, present[name], -1.0))
         else:
-            family, value = _family_of(name, present[name], changes.get(name), has_prior, rng)
-            out.append(_sentence(rng, family, name, present[name], value))
+            family = _family_of(name, present[name], changes.get(name), has_prior, rng)
+            out.append(_sentence(rng, family, name, present[name], 1.0))
         if name == "consolidation" and rng.random() < 0.5:
             entry = _choose(rng, ph["impression_pneumonia"])
             out.append((entry["text"], dict(entry["labels"])))
     if not out:
-        if has_prior and not any(c != "unchanged" for c in changes.values()) and changes:
-            out.append((_choose(rng, ph["impression_unchanged"]), {}))
-        elif not present:
-            out.append((_choose(rng, ph["impression_normal"]), {}))
-        else:
-            out.append((_choose(rng, ph["impression_unchanged"]), {}))
+        quiet = has_prior and all(c == "unchanged" for c in changes.values())
+        family = ph["impression_unchanged"] if quiet else ph["impression_normal"]
+        out.append((_choose(rng, family), {}))
     return out
 
 
@@ -341,9 +336,9 @@ def write_report(study: dict, rng: np.random.Generator) -> Report:
     }
     head = _header(study, rng)
     sents = findings_sentences(study, hedged, rng)
-    while sum(len(t.split()) for t, _, _ in sents) > MAX_WORDS and any(o for *_, o in sents):
-        drop = max(i for i, (_, _, o) in enumerate(sents) if o)
-        sents.pop(drop)
+    while sum(len(t.split()) for t, _, _ in sents) > MAX_WORDS and any(k for *_, k in sents):
+        # drop the least informative optional statement first (normal bones before effusion)
+        sents.pop(min((k, -i) for i, (_, _, k) in enumerate(sents) if k)[1] * -1)
     impression = impression_sentences(study, hedged, rng)
     findings_text = " ".join(t for t, _, _ in sents)
     impression_text = " ".join(t for t, _ in impression)

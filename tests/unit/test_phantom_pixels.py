@@ -1,0 +1,155 @@
+"""Every finding and device is visible in the pixels its mask claims, and nowhere else.
+
+Each test renders the same study with and without one concept, from the same seed, and
+compares grey levels inside and outside the concept's mask.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from workbench.cxr.cohort import rng_for, sample_params, sample_subject, subject_studies
+from workbench.cxr.render import render_study
+
+SIZE = 160
+
+
+def base_study(**acq) -> dict:
+    """A healthy PA study of an average subject; tests add one concept at a time."""
+    subject = sample_subject(0, 0, (0.8, 0.1))
+    study = copy.deepcopy(subject_studies(0, subject, 0, 1)[0])
+    study["findings"], study["devices"] = {}, {}
+    study["ctr"] = 0.42
+    study["subject"]["habitus"].update(soft_tissue=0.4, breast=0.0, bone_density=0.9)
+    study["acquisition"].update(
+        view="PA",
+        portable=False,
+        position="erect",
+        lateral=True,
+        rotation_deg=0.0,
+        inspiration_ribs=10.0,
+        exposure=1.0,
+        brightness=0.0,
+        noise=0.01,
+        magnification=1.0,
+    )
+    study["acquisition"].update(acq)
+    return study
+
+
+def render(study: dict):
+    return render_study(study, SIZE, rng_for(7, 3, 1))
+
+
+def with_concept(name: str, **params) -> tuple[dict, dict]:
+    study = base_study()
+    p = sample_params(name, rng_for(1, 9))
+    p.update(params)
+    changed = copy.deepcopy(study)
+    changed[
+        "devices"
+        if name
+        in ("pacemaker", "endotracheal_tube", "central_line", "enteric_tube", "sternotomy_wires")
+        else "findings"
+    ][name] = p
+    return study, changed
+
+
+def contrast(name: str, **params):
+    """(mean grey change inside the mask, mean |change| far outside it, mask, both renders)."""
+    plain, changed = with_concept(name, **params)
+    a, b = render(plain), render(changed)
+    mask = b.masks[name]
+    far = ~ndimage.binary_dilation(mask, iterations=6)
+    diff = b.frontal.astype(float) - a.frontal.astype(float)
+    return diff[mask].mean(), np.abs(diff[far]).mean(), mask, a, b
+
+
+@pytest.mark.parametrize("name", ["consolidation", "atelectasis", "edema", "nodule"])
+def test_opacities_brighten_their_region_only(name):
+    inside, outside, mask, _, _ = contrast(name, severity=0.8)
+    assert mask.sum() > 20
+    assert inside > 12, inside
+    assert outside < 2.0, outside
+
+
+@pytest.mark.parametrize("side", ["left", "right", "bilateral"])
+def test_effusion_fills_costophrenic_angle(side):
+    inside, outside, mask, plain, _ = contrast("pleural_effusion", side=side, severity=0.6)
+    assert inside > 25 and outside < 2.0
+    for s in ("left", "right") if side == "bilateral" else (side,):
+        lung = plain.masks[f"{s}_lung"]
+        ys, xs = np.nonzero(lung)
+        lateral = np.abs(xs - SIZE / 2)
+        corner = np.argmax(ys + lateral)  # lowest, most lateral point: the CP angle
+        assert mask[ys[corner], xs[corner]]
+        assert (mask & lung).sum() > 0.08 * lung.sum()
+    if side != "bilateral":
+        other = "right" if side == "left" else "left"
+        assert not (mask & plain.masks[f"{other}_lung"]).any()
+
+
+def _detail(img: np.ndarray) -> np.ndarray:
+    img = img.astype(float)
+    return np.abs(img - ndimage.gaussian_filter(img, 2.0))
+
+
+def test_pneumothorax_is_darker_without_markings():
+    inside, outside, mask, plain, ptx = contrast("pneumothorax", side="left", severity=0.8)
+    assert mask.sum() > 100 and inside < -6 and outside < 2.0
+    core = ndimage.binary_erosion(mask, iterations=2)
+    no_bone = core  # ribs cross both renders equally; markings are what must vanish
+    assert _detail(ptx.frontal)[no_bone].mean() < 0.8 * _detail(plain.frontal)[no_bone].mean()
+    assert not (mask & plain.masks["right_lung"]).any()
+
+
+@pytest.mark.parametrize(
+    "name", ["pacemaker", "endotracheal_tube", "central_line", "enteric_tube", "sternotomy_wires"]
+)
+def test_devices_are_bright_where_masked_and_absent_otherwise(name):
+    inside, outside, mask, plain, dev = contrast(name)
+    assert mask.sum() > 15 and inside > 30 and outside < 2.0
+    assert name not in plain.masks
+    assert dev.lateral is not None and not np.array_equal(dev.lateral, plain.lateral)
+
+
+def test_cardiomegaly_widens_heart_and_ap_magnifies():
+    plain, big = with_concept("cardiomegaly", ctr=0.6)
+    big["ctr"] = 0.6
+    r_plain, r_big = render(plain), render(big)
+    assert r_plain.measured["ctr_measured"] == pytest.approx(0.42, abs=0.02)
+    assert r_big.measured["ctr_measured"] == pytest.approx(0.6, abs=0.02)
+    ap = base_study(view="AP", magnification=1.1)
+    assert render(ap).measured["ctr_measured"] == pytest.approx(0.42 * 1.1, abs=0.02)
+
+
+def test_rib_fracture_breaks_a_rib_inside_its_mask():
+    _, _, mask, plain, frac = contrast("rib_fracture", displaced=True)
+    diff = np.abs(frac.frontal.astype(float) - plain.frontal.astype(float))
+    assert diff[mask].max() > 15
+    assert mask.sum() < 0.02 * SIZE * SIZE
+
+
+def test_nodule_annotators_disagree_plausibly():
+    _, changed = with_concept("nodule", size_mm=24.0, contrast=0.9)
+    masks = render(changed).masks
+    truth = masks["nodule"]
+    graders = [masks[f"nodule_annotator_{i}"] for i in range(4)]
+    areas = [g.sum() for g in graders]
+    assert len(set(areas)) > 1, "graders should not agree exactly"
+    for g in graders:
+        if g.any():
+            iou = (g & truth).sum() / (g | truth).sum()
+            assert 0.3 < iou < 1.0
+    assert areas[0] < truth.sum() < areas[1]  # tight vs generous grader
+
+
+def test_rotation_and_noise_change_pixels_not_truth():
+    plain = render(base_study())
+    rotated = render(base_study(rotation_deg=5.0))
+    assert not np.array_equal(plain.frontal, rotated.frontal)
+    assert rotated.measured["ctr_measured"] == pytest.approx(0.42, abs=0.03)

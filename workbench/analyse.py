@@ -31,13 +31,7 @@ import torch
 
 from workbench import db
 from workbench import feature_tables as ft
-from workbench.analyse_inputs import (
-    AnalyseError,
-    Inputs,
-    load_unembedding,
-    open_inputs,
-    write_studies_and_labels,
-)
+from workbench.analyse_inputs import AnalyseError, Inputs, open_inputs, write_studies_and_labels
 from workbench.concepts import LabelMatrix, write_feature_concepts, write_recovery
 from workbench.config import parse_config, save_config, to_dict
 from workbench.directions import logit_effects, matryoshka_groups, nearest_neighbors
@@ -205,13 +199,14 @@ def write_feature_tables(con, inp: Inputs, s: FeatureSummary) -> None:
         con.unregister(name)
 
 
-def write_directions(con, inp: Inputs, cfg: AnalyseConfig, notes: list[str]) -> None:
+def write_directions(con, inp: Inputs, cfg: AnalyseConfig) -> None:
     """``feature_neighbors`` and, when the model's unembedding is available, ``feature_logits``."""
     W_dec = inp.sae.W_dec_FD.detach().float().cpu()
     blocks = [("feature_neighbors", nearest_neighbors(W_dec, cfg.n_neighbors, cfg.block))]
-    unembed = load_unembedding(inp.model_path, notes) if cfg.n_logits > 0 else None
-    if unembed is not None:
-        blocks.append(("feature_logits", logit_effects(W_dec, unembed, cfg.n_logits, cfg.block)))
+    if inp.unembed is not None:
+        blocks.append(
+            ("feature_logits", logit_effects(W_dec, inp.unembed, cfg.n_logits, cfg.block))
+        )
     for name, tables in blocks:
         for table in tables:
             con.register("_blk", table)
@@ -277,7 +272,7 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, acts_tmp: Path, notes: list[str
     if cfg.n_ngrams:
         ft.build_ngrams(con, acts_tmp, cfg.n_ngrams)
     ft.build_statistical_labels(con, cfg.label_min_auroc)
-    write_directions(con, inp, cfg, notes)
+    write_directions(con, inp, cfg)
     log.info("all tables: %.1f s", time.perf_counter() - t0)
     return labels
 
@@ -289,12 +284,12 @@ def analyse(cfg: AnalyseConfig) -> Path:
     if cfg.reuse and path.exists():
         log.info("%s exists and reuse=True: not recomputed", path)
         return path
-    inp = open_inputs(cfg)
+    notes: list[str] = []
+    inp = open_inputs(cfg, notes)
     started = datetime.now(UTC).replace(tzinfo=None)
     fingerprint = sae_fingerprint(inp.sae)
     acts = path.parent / db.ACTS_NAME
     acts_tmp = acts.with_name(acts.name + ".tmp")
-    notes: list[str] = []
     try:
         with db.rewrite(cfg.run, fresh=True) as con:
             labels = _build(con, inp, cfg, acts_tmp, notes)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from workbench.concepts import LabelMatrix, load_labels
 from workbench.directions import Unembedding
@@ -35,10 +36,14 @@ class Inputs(NamedTuple):
     sae_path: Path
     data_root: Path | None
     model_path: Path | None
+    unembed: Unembedding | None  # None: no model, logit effects skipped (noted)
 
 
-def open_inputs(cfg: AnalyseConfig) -> Inputs:
-    """Resolve the run's default paths, open store and SAE, and check they fit together."""
+def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
+    """Resolve the run's default paths, open store, SAE and model; check they fit together.
+
+    Everything that can fail is loaded here, before the long pass over the activations.
+    """
     from workbench.sae import load_sae
 
     run = Path(cfg.run)
@@ -74,8 +79,18 @@ def open_inputs(cfg: AnalyseConfig) -> Inputs:
     model = cfg.model if cfg.model is not None else run / "model"
     if cfg.model is not None and not model.exists():
         raise AnalyseError(f"{model}: model not found")
+    unembed = load_unembedding(model if model.exists() else None, notes) if cfg.n_logits else None
+    if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
+        raise AnalyseError(
+            f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
+        )
     return Inputs(
-        store, sae, sae_path, data if data.exists() else None, model if model.exists() else None
+        store,
+        sae,
+        sae_path,
+        data if data.exists() else None,
+        model if model.exists() else None,
+        unembed,
     )
 
 
@@ -201,12 +216,31 @@ def _write_label_tables(con, labels: LabelMatrix) -> None:
 
 
 def load_unembedding(model_path: Path | None, notes: list[str]) -> Unembedding | None:
-    """The model's unembedding for logit effects, or None (with a note) when unavailable."""
+    """The model's unembedding for logit effects, or None (with a note) when there is no model.
+
+    Loaded through :func:`workbench.models.registry.load_model` (any model the workbench
+    supports), on the CPU, in bfloat16 when the checkpoint is large (MAIRA-2: 7B); the final
+    norm's scale is folded into ``W_U`` and every id is decoded to its text.
+    """
     if model_path is None:
         notes.append("no model: logit effects skipped")
         log.info("no model given or found: logit effects skipped")
         return None
-    from workbench.models.registry import load_unembedding as registry_unembedding
+    from workbench.models.registry import load_model, resolve_model_dir
 
-    W_U_DV, tokens = registry_unembedding(model_path)
-    return Unembedding(W_U_DV, list(tokens))
+    try:
+        directory = resolve_model_dir(model_path)
+        size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+        adapter = load_model(directory, "cpu", torch.bfloat16 if size > 4e9 else torch.float32)
+    except (OSError, ValueError) as exc:
+        raise AnalyseError(
+            f"{model_path}: cannot load the model for logit effects: {exc}"
+        ) from None
+    W_U_DV = adapter.unembed.detach().float()
+    scale = getattr(adapter.final_norm, "weight", None)
+    if isinstance(scale, torch.Tensor) and scale.shape == (W_U_DV.shape[0],):
+        W_U_DV = W_U_DV * scale.detach().float()[:, None]
+    tok = adapter.tokenizer
+    n_known = len(tok)
+    tokens = [tok.decode([i]) if i < n_known else f"<id {i}>" for i in range(W_U_DV.shape[1])]
+    return Unembedding(W_U_DV.contiguous(), tokens)

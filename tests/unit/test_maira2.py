@@ -240,3 +240,29 @@ def test_uncached_repo_id_fails_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         resolve_checkpoint_dir("microsoft/maira-2", cache_dir=tmp_path)
+
+
+def test_full_size_architecture_matches_published_checkpoint():
+    """522 tensors and 6.88 B float32 parameters: 27,520,808,736 B of shards less headers."""
+    from accelerate import init_empty_weights
+
+    text = {
+        "model_type": "llama",
+        "vocab_size": 32207,
+        "rope_scaling": {"type": "linear", "factor": 1.5},
+    }
+    with init_empty_weights():
+        model = Maira2ForConditionalGeneration(Maira2Config(text_config=text))
+    state = model.state_dict()
+    assert len(state) == 522
+    prefixes = (
+        "language_model.model.",
+        "language_model.lm_head.",
+        "vision_tower.",
+        "multi_modal_projector.",
+    )
+    assert all(module_to_hub_key(k).startswith(prefixes) for k in state)
+    header_bytes = 27_520_808_736 - 4 * sum(t.numel() for t in state.values())
+    assert 0 < header_bytes < 6 * 16_384  # six safetensors JSON headers
+    assert state["multi_modal_projector.layers.0.weight"].shape == (4096, 768)
+    assert state["vision_tower.embeddings.position_embeddings"].shape == (1, 1370, 768)

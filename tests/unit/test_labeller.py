@@ -64,6 +64,12 @@ CONCEPT_CASES = [
     ("No acute osseous abnormality.", {"rib_fracture": 0}),
     ("Costophrenic angles are sharp.", {"pleural_effusion": 0}),
     ("Pericardial effusion is suspected.", {}),
+    ("Evaluation for pneumothorax is limited.", {"pneumothorax": -1}),
+    ("Atelectasis is unlikely.", {"atelectasis": -1}),
+    ("Enteric tube tip is not visualized but is below the diaphragm.", {"enteric_tube": 1}),
+    ("The ET tube is 2 cm above the carina and could be withdrawn.", {"endotracheal_tube": 1}),
+    ("The previously noted nodule is not seen on the current study.", {"nodule": 0}),
+    ("Left chest tube in place with no pneumothorax.", {"pneumothorax": 0}),
     ("Nodular opacity in the left upper lobe may represent a nodule.", {"nodule": -1}),
     (
         "Blunting of the left costophrenic angle may reflect a small effusion.",

@@ -193,6 +193,7 @@ PSEUDO_NEGATIONS: tuple[str, ...] = (
     r"not (?:significantly |substantially |much |appreciably )?(?:changed|increased|decreased|improved|worsened|progressed)",  # noqa: E501
     r"without (?:significant |substantial |interval )*change",
     r"not only",
+    r"tips? (?:is |are )?not (?:well |clearly |definitely )?(?:visuali[sz]ed|seen|identified|assessed)",  # noqa: E501
     r"no longer (?:intubated)",
 )
 
@@ -201,12 +202,12 @@ PRE_UNCERTAIN: tuple[str, ...] = (
     r"can ?not (?:be )?(?:entirely |completely |definitely |totally |fully )?(?:exclude[ds]?|rule[ds]? out)",  # noqa: E501
     r"can't (?:be )?(?:exclude|rule out)",
     r"(?:difficult|hard) to (?:exclude|rule out)",
-    r"possibl[ey]|probabl[ey]|likely|presumed|potential(?:ly)?|suspected|suspect",
+    r"possibl[ey]|probabl[ey]|(?:un)?likely|presumed|potential(?:ly)?|suspected|suspect",
     r"may|might|could",
     r"questionabl[ey]|question of|equivocal|indeterminate|borderline",
     r"suspicious for|concern(?:ing)? for|worrisome for|suggest\w*",
     r"versus|vs\.?|differential",
-    r"r/o|rule out|to exclude|evaluate for|assess(?:ment)? for",
+    r"r/o|rule out|to exclude|evaluat(?:e|ion) for|assess(?:ment)? for",
 )
 PRE_NEGATION: tuple[str, ...] = (
     r"no|not|nor|neither|without|absence of|absent|negative for|free of|clear of",
@@ -215,11 +216,11 @@ PRE_NEGATION: tuple[str, ...] = (
 # Cues after a mention (same clause, up to POST_WINDOW words after its list of mentions).
 POST_UNCERTAIN: tuple[str, ...] = (
     r"(?:can ?not|can't|could not|may not|not) (?:be )?(?:entirely |completely |fully |definitely )?(?:excluded|ruled out)",  # noqa: E501
-    r"(?:is|are) (?:also )?(?:possible|suspected|questioned|likely|probable|not excluded)",
+    r"(?:is|are) (?:also )?(?:possible|suspected|questioned|(?:un)?likely|probable|not excluded)",
     r"versus|vs\.?|suspected|questioned|is possible|could be present|may be present",
 )
 POST_NEGATION: tuple[str, ...] = (
-    r"not|no longer|absent|ruled out|withdrawn|disappeared",
+    r"not|no longer|absent|ruled out|disappeared",
     r"(?:has |have )?resolved|(?:been )?removed|(?:has|have) healed",
 )
 POST_WINDOW = 20

@@ -1,0 +1,156 @@
+"""The app's context: the run's paths and its read-only DuckDB connections, passed to handlers.
+
+Nothing lives in module globals: :func:`open_context` builds one :class:`AppContext` per app
+and every builder and handler receives it. Opening never raises for a run that is missing,
+half-built or still training; it records what is missing in :class:`RunStatus` so each tab
+can say so in plain words.
+
+Two connections are opened on ``features.duckdb`` (both through :func:`workbench.db.connect`,
+read-only, file access locked down by :func:`workbench.ui.safety.restrict`): one for the app's
+own parameterised queries and one for the SQL box, each behind its own lock because a DuckDB
+connection must not be used from two Gradio worker threads at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import duckdb
+
+from workbench import db
+from workbench.ui.safety import restrict
+
+SAE_WEIGHTS = "sae_weights.safetensors"
+
+
+class RunStatus(NamedTuple):
+    """What the run has so far; ``problems`` are shown to the user as they are."""
+
+    exists: bool
+    has_db: bool
+    has_labels: bool
+    sae_state: str  # "missing" | "training" | "trained"
+    problems: tuple[str, ...]
+
+
+@dataclass
+class AppContext:
+    """Everything a handler may use: paths, the read-only connections and the status."""
+
+    run_dir: Path
+    status: RunStatus
+    con: duckdb.DuckDBPyConnection | None = None
+    sql_con: duckdb.DuckDBPyConnection | None = None
+    image_roots: tuple[Path, ...] = ()
+    tables: frozenset[str] = frozenset()
+    sql_row_limit: int = 1000
+    sql_timeout_s: float = 20.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    sql_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def rows(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
+        """Run one of the app's own parameterised queries; rows as dicts."""
+        if self.con is None:
+            raise RunNotReadyError(
+                self.status.problems[0] if self.status.problems else "No database."
+            )
+        with self.lock:
+            cur = self.con.execute(sql, list(params))
+            names = [d[0] for d in cur.description or []]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def has(self, *tables: str) -> bool:
+        """Whether every named table exists in the database."""
+        return all(t in self.tables for t in tables)
+
+    def close(self) -> None:
+        for con in (self.con, self.sql_con):
+            if con is not None:
+                con.close()
+
+
+class RunNotReadyError(RuntimeError):
+    """The run lacks what a view needs; the message says what to run."""
+
+
+def sae_state(run_dir: Path) -> str:
+    """'trained' when the SAE artefact is complete, 'training' when only logs/state exist."""
+    sae_dir = run_dir / "sae"
+    if (sae_dir / SAE_WEIGHTS).exists() and (sae_dir / "cfg.json").exists():
+        return "trained"
+    if sae_dir.is_dir() and any(sae_dir.iterdir()):
+        return "training"
+    return "missing"
+
+
+def _open(run_dir: Path) -> duckdb.DuckDBPyConnection:
+    con = db.connect(run_dir, read_only=True)
+    acts = db.db_path(run_dir).parent / db.ACTS_NAME
+    restrict(con, [acts] if acts.exists() else [])
+    return con
+
+
+def _table_names(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    names = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'features' "
+        "UNION SELECT view_name FROM duckdb_views() WHERE NOT internal"
+    ).fetchall()
+    return frozenset(n for (n,) in names)
+
+
+def _has_labels(con: duckdb.DuckDBPyConnection, tables: frozenset[str]) -> bool:
+    if "feature_labels" not in tables:
+        return False
+    return con.execute("SELECT count(*) FROM feature_labels").fetchone()[0] > 0
+
+
+def open_context(run_dir: str | Path, image_roots: tuple[Path, ...] = ()) -> AppContext:
+    """Open a run for the app; never raises for a missing or unfinished run."""
+    run_dir = Path(run_dir).resolve()
+    problems: list[str] = []
+    sae = sae_state(run_dir)
+    if not run_dir.is_dir():
+        problems.append(
+            f"No run at {run_dir}. Build one with `python -m workbench demo --run {run_dir}`."
+        )
+        status = RunStatus(False, False, False, sae, tuple(problems))
+        return AppContext(run_dir=run_dir, status=status)
+    if sae == "training":
+        problems.append("The SAE is still training: the Runs tab shows its curves so far.")
+    con = sql_con = None
+    tables: frozenset[str] = frozenset()
+    has_labels = False
+    if not db.db_path(run_dir).exists():
+        problems.append(
+            f"No features database yet ({db.DB_NAME}). When the SAE is trained, run "
+            f"`python -m workbench analyse --run {run_dir}`."
+        )
+    else:
+        try:
+            con, sql_con = _open(run_dir), _open(run_dir)
+            tables = _table_names(con)
+            has_labels = _has_labels(con, tables)
+        except duckdb.Error as exc:
+            problems.append(f"Cannot open {db.db_path(run_dir)}: {exc}")
+            con = sql_con = None
+    if con is not None and not has_labels:
+        problems.append(
+            "No labels yet: features show their statistics only. "
+            f"Run `python -m workbench label --run {run_dir}` to name them."
+        )
+    status = RunStatus(True, con is not None, has_labels, sae, tuple(problems))
+    roots = (run_dir, *(Path(r).resolve() for r in image_roots))
+    return AppContext(run_dir, status, con, sql_con, roots, tables)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,317 @@
+"""What each tab shows: a context and the user's inputs in, HTML strings and tables out.
+
+Handlers fetch plain rows through :mod:`workbench.ui.queries` and turn them into views with
+:mod:`workbench.ui.render`, :mod:`workbench.ui.charts` and :mod:`workbench.ui.heatmap`. They
+never raise into Gradio: a missing run, an empty table or a bad input becomes a message in
+the page (:func:`guarded`). No Gradio import here, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import duckdb
+
+from workbench.cxr.images import CXRDataError, load_image
+from workbench.ui import charts, heatmap, queries, render
+from workbench.ui.context import AppContext, RunNotReadyError
+from workbench.ui.safety import inside
+
+log = logging.getLogger("workbench.ui")
+
+FEATURE_COLUMNS = (
+    "feature", "label", "method", "score", "concept", "AUROC", "frequency", "max act", "group",
+)  # fmt: skip
+
+
+class FeatureView(NamedTuple):
+    """The feature page, one HTML string per panel."""
+
+    title: str
+    histogram: str
+    image: str
+    concepts: str
+    logits: str
+    neighbors: str
+    examples: str
+
+
+class FeatureTable(NamedTuple):
+    """The features table (rows of :data:`FEATURE_COLUMNS`) and a line saying how many matched."""
+
+    rows: list[list[Any]]
+    summary: str
+
+
+def guarded(empty: Callable[[str], Any]) -> Callable:
+    """Turn known failures of a handler into ``empty(message_html)`` instead of a stack trace."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except RunNotReadyError as exc:
+                return empty(render.message(str(exc), "warn"))
+            except (duckdb.Error, OSError, ValueError, KeyError) as exc:
+                log.exception("handler %s failed", fn.__name__)
+                return empty(render.message(f"Could not build this view: {exc}", "error"))
+
+        return inner
+
+    return wrap
+
+
+def _empty_feature(msg: str) -> FeatureView:
+    return FeatureView(msg, "", "", "", "", "", "")
+
+
+def _empty_table(msg: str) -> FeatureTable:
+    return FeatureTable([], msg)
+
+
+@guarded(_empty_table)
+def feature_table(
+    ctx: AppContext,
+    search: str = "",
+    concept: str | None = None,
+    density: str = "any",
+    group: str | int | None = None,
+    sort: str = "frequency",
+    descending: bool = True,
+    limit: int = 200,
+) -> FeatureTable:
+    """The Features tab: matching features as table rows plus a count line."""
+    if ctx.con is None:
+        return FeatureTable([], render.messages(ctx.status.problems))
+    group_i = int(group) if group not in (None, "", "any") else None
+    rows, total = queries.feature_table(
+        ctx, search, concept or None, density, group_i, sort, descending, limit
+    )
+    out = [
+        [
+            r["feature"],
+            r["label"] or "",
+            r["method"] or "",
+            _round(r["score"]),
+            r["concept"] or "",
+            _round(r["auroc"]),
+            _round(r["frequency"], 6),
+            _round(r["max_act"]),
+            r["group"],
+        ]
+        for r in rows
+    ]
+    shown = f"showing {len(out):,} of {total:,}" if total > len(out) else f"{total:,}"
+    summary = f"{shown} matching features · click a row to open its page"
+    if not ctx.status.has_labels:
+        summary += " · no labels yet (run `python -m workbench label`)"
+    return FeatureTable(out, render.message(summary, "info"))
+
+
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+@guarded(_empty_feature)
+def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureView:
+    """The feature page for ``feature``."""
+    if ctx.con is None:
+        return _empty_feature(render.messages(ctx.status.problems))
+    if feature in (None, ""):
+        return _empty_feature(render.message("Pick a feature in the Features tab.", "info"))
+    f = int(float(feature))
+    header = queries.feature_header(ctx, f)
+    labels = queries.labels(ctx, f)
+    title = render.feature_title(f, header, labels)
+    if header is None:
+        return _empty_feature(title)
+    hist = queries.by_feature(ctx, "feature_histograms", f, "bin")
+    bins = [(r["bin"], r["bin_lo"], r["bin_hi"], r["count"]) for r in hist]
+    histogram = render.card(
+        "Activation histogram",
+        charts.histogram(bins, f"{sum(b[3] for b in bins):,} firing tokens")
+        + render.details("numbers", render.table(hist, ["bin_lo", "bin_hi", "count"])),
+    )
+    ex = queries.by_feature(
+        ctx, "feature_examples", f, "example_group = 'top' DESC, quantile DESC, rank"
+    )
+    scale = float(header.get("max_act") or 0) or max((r["activation"] or 0 for r in ex), default=1)
+    return FeatureView(
+        title=title,
+        histogram=histogram,
+        image=_feature_image(ctx, f, ex, scale),
+        concepts=_concepts_panel(
+            queries.by_feature(ctx, "feature_concepts", f, "auroc DESC NULLS LAST", 12)
+        ),
+        logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
+        neighbors=render.card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
+        examples=render.card("Examples", render.examples(ex, scale)),
+    )
+
+
+def _concepts_panel(rows: list[dict]) -> str:
+    items = [(r["concept"], r["auroc"]) for r in rows if r["auroc"] is not None]
+    chart = charts.hbars(items, 0.0, 1.0, ref=0.5, title="AUROC of study max activation")
+    numbers = render.table(rows, ["concept", "source", "auroc", "rank"])
+    return render.card("Concepts", chart + render.details("numbers", numbers))
+
+
+def _logits_panel(rows: list[dict]) -> str:
+    up = [r for r in rows if r["direction"] == "promote"][:10]
+    down = [r for r in rows if r["direction"] == "suppress"][:10]
+    if not up and not down:
+        return render.card("Logit effects", '<p class="wb-empty">Not computed for this run.</p>')
+    items = [(render.token_text(r["token"]).strip() or repr(r["token"]), r["effect"]) for r in up]
+    items += [
+        (render.token_text(r["token"]).strip() or repr(r["token"]), r["effect"]) for r in down
+    ]
+    bound = max(abs(v) for _, v in items) or 1.0
+    chart = charts.hbars(
+        items, -bound, bound, ref=0.0, color=charts.GREEN, title="promoted ↑ / suppressed ↓ tokens"
+    )
+    numbers = render.table(rows, ["direction", "rank", "token", "effect"])
+    return render.card("Logit effects", chart + render.details("numbers", numbers))
+
+
+def _feature_image(ctx: AppContext, feature: int, ex: list[dict], scale: float) -> str:
+    """Heatmap over the frontal image of the study where the feature peaks on image tokens."""
+    image_ex = [r for r in ex if r.get("kind") == "image"]
+    if not image_ex:
+        return render.card("On the image", '<p class="wb-empty">Fires on text only.</p>')
+    top = max(image_ex, key=lambda r: r["activation"] or 0)
+    sid = int(top["study_id"])
+    uri = study_heatmap_uri(ctx, sid, feature, scale)
+    caption = f"study {sid}: activation over image patches (max {charts.fmt(scale)})"
+    return render.card(
+        "On the image", render.image_block(uri, caption if uri else "Image not available.")
+    )
+
+
+def resolve_image(ctx: AppContext, path: str | None) -> Path | None:
+    """The study image path if it exists inside the allowed roots (relative: to the run dir)."""
+    if not path:
+        return None
+    p = Path(path)
+    candidates = [p] if p.is_absolute() else [ctx.run_dir / p, Path.cwd() / p]
+    for c in candidates:
+        safe = inside(c, ctx.image_roots)
+        if safe is not None and safe.is_file():
+            return safe
+    return None
+
+
+def study_heatmap_uri(
+    ctx: AppContext, study_id: int, feature: int | None, vmax: float
+) -> str | None:
+    """A data URI of the study's frontal image with ``feature``'s patch activations over it."""
+    st = queries.study(ctx, study_id)
+    path = resolve_image(ctx, st.get("frontal_path") if st else None)
+    if path is None:
+        return None
+    try:
+        image = load_image(path)
+    except (CXRDataError, OSError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    grid = queries.image_grid(ctx, study_id) if feature is not None else None
+    if grid is None:
+        return heatmap.data_uri(heatmap.thumbnail(image))
+    acts = queries.patch_acts(ctx, study_id, feature, grid)
+    grid_RC = heatmap.grid_from_patches(
+        [(a["patch_row"], a["patch_col"], a["value"]) for a in acts], grid["n_rows"], grid["n_cols"]
+    )
+    return heatmap.data_uri(heatmap.overlay(image, grid_RC, vmax or float(grid_RC.max())))
+
+
+class StudyView(NamedTuple):
+    """The study view: header, image (with the chosen feature's heatmap), report, features."""
+
+    header: str
+    image: str
+    report: str
+    sections: str
+    choices: list[tuple[str, int]]
+    feature: int | None
+
+
+def _empty_study(msg: str) -> StudyView:
+    return StudyView(msg, "", "", "", [], None)
+
+
+@guarded(_empty_study)
+def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None) -> StudyView:
+    """A study's images and report, its most active features per section and on the image.
+
+    ``feature`` picks whose activation colours the image and the report; by default the
+    study's most active image feature (or text feature when no image tokens fire).
+    """
+    if ctx.con is None:
+        return _empty_study(render.messages(ctx.status.problems))
+    if study_id in (None, ""):
+        return _empty_study(render.message("Pick a study.", "info"))
+    sid = int(float(study_id))
+    st = queries.study(ctx, sid)
+    if st is None:
+        return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
+    sections = queries.study_sections(ctx, sid)
+    choices = [
+        (f"#{r['feature']} {r['label'] or ''} ({r['section']})", int(r["feature"]))
+        for r in sections
+    ]
+    f = (
+        int(float(feature))
+        if feature not in (None, "")
+        else (sections[0]["feature"] if sections else None)
+    )
+    header_rows = queries.feature_header(ctx, f) if f is not None else None
+    vmax = float(header_rows["max_act"] or 0) if header_rows else 0.0
+    uri = study_heatmap_uri(ctx, sid, f, vmax)
+    cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
+    toks = queries.study_tokens(ctx, sid, f)
+    report = (
+        render.highlight([t["token"] for t in toks], [t["value"] for t in toks], vmax or 1.0)
+        if toks
+        else render.token_text(_report_text(st))
+    )
+    positives = ", ".join(queries.study_positives(ctx, sid)) or "none"
+    header = (
+        f'<div class="wb-head"><div class="wb-fid">study {sid}</div>'
+        f'<div class="wb-meta">subject {st.get("subject_id")} · split {st.get("split") or "–"} · '
+        f"labelled present: {render.escape(positives)}</div></div>"
+    )
+    return StudyView(
+        header=header,
+        image=render.card("Image", render.image_block(uri, cap if uri else "Image not available.")),
+        report=render.card(
+            "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
+            f'<div class="wb-report">{report}</div>',
+        ),
+        sections=render.card("Most active features", _sections_html(sections)),
+        choices=choices,
+        feature=f,
+    )
+
+
+def _report_text(st: dict) -> str:
+    parts = [(k.upper(), st.get(k)) for k in ("findings", "impression")]
+    return "\n\n".join(f"{k}: {v}" for k, v in parts if v)
+
+
+def _sections_html(rows: list[dict]) -> str:
+    if not rows:
+        return '<p class="wb-empty">No feature fires on this study.</p>'
+    out, current = [], None
+    for r in rows:
+        if r["section"] != current:
+            current = r["section"]
+            out.append(f'<h4 class="wb-group">{render.escape(str(current))}</h4>')
+        rel = r["rel"] if r["rel"] is not None else 0.0
+        out.append(
+            render.feature_link(r["feature"], f"#{r['feature']} {r['label'] or ''} · {rel:.0%}")
+        )
+    return '<div class="wb-chips">' + "".join(out) + "</div>"

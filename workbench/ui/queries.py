@@ -1,0 +1,255 @@
+"""The app's reads from ``features.duckdb``: parameterised SQL in, plain rows (dicts) out.
+
+Every value from the browser reaches DuckDB as a bound parameter; the only text spliced into
+SQL is a sort column chosen from :data:`SORTS` (a fixed whitelist). Tables are those of
+:mod:`workbench.db`; a table a stage has not written yet reads as empty, never as an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.ui.context import AppContext
+
+Rows = list[dict[str, Any]]
+
+# Label shown for a feature: a human's beats an LLM's beats the statistical one, newest first.
+_BEST_LABEL = """
+    SELECT feature, label, method, score FROM (
+      SELECT *, row_number() OVER (PARTITION BY feature ORDER BY
+        CASE method WHEN 'human' THEN 0 WHEN 'statistical' THEN 2 ELSE 1 END,
+        created_at DESC NULLS LAST) AS rn
+      FROM feature_labels) WHERE rn = 1"""
+
+# Sort choice -> ORDER BY expression (whitelist: the only SQL text not bound as a parameter).
+SORTS: dict[str, str] = {
+    "feature": "f.feature",
+    "frequency": "s.frequency",
+    "max activation": "s.max_act",
+    "AUROC": "c.auroc",
+    "label score": "l.score",
+}
+
+DENSITIES: dict[str, tuple[float, float]] = {
+    "any": (0.0, 1.0),
+    "dead": (0.0, 0.0),
+    "< 0.01%": (1e-12, 1e-4),
+    "0.01% – 0.1%": (1e-4, 1e-3),
+    "0.1% – 1%": (1e-3, 1e-2),
+    "1% – 10%": (1e-2, 1e-1),
+    "> 10%": (1e-1, 1.0),
+}
+
+
+def feature_table(
+    ctx: AppContext,
+    search: str = "",
+    concept: str | None = None,
+    density: str = "any",
+    group: int | None = None,
+    sort: str = "frequency",
+    descending: bool = True,
+    limit: int = 200,
+) -> tuple[Rows, int]:
+    """Features matching the filters (first ``limit`` in the chosen order) and the total count.
+
+    With ``concept`` set, the concept columns show that concept's AUROC (else the best one).
+    ``search`` matches any label of the feature (case-insensitive) or its index.
+    """
+    if not ctx.has("features", "feature_stats", "feature_labels", "feature_concepts"):
+        return [], 0
+    lo, hi = DENSITIES.get(density, DENSITIES["any"])
+    text = (search or "").strip()
+    index = int(text) if text.isdigit() else None
+    order = SORTS.get(sort, SORTS["frequency"])
+    direction = "DESC" if descending else "ASC"
+    sql = f"""
+      WITH lab AS ({_BEST_LABEL}),
+      con AS (SELECT feature, concept, auroc FROM feature_concepts
+              WHERE CASE WHEN ?::VARCHAR IS NULL THEN rank = 1 ELSE concept = ? END),
+      hits AS (
+        SELECT f.feature, l.label, l.method, l.score, c.concept, c.auroc,
+               s.frequency, s.max_act, f.matryoshka_group AS "group"
+        FROM features f
+        LEFT JOIN feature_stats s USING (feature)
+        LEFT JOIN lab l USING (feature)
+        LEFT JOIN con c USING (feature)
+        WHERE (?::VARCHAR IS NULL OR c.concept IS NOT NULL)
+          AND coalesce(s.frequency, 0) BETWEEN ? AND ?
+          AND (?::INTEGER IS NULL OR f.matryoshka_group = ?)
+          AND (?::VARCHAR = '' OR f.feature = ?::INTEGER OR EXISTS (
+                SELECT 1 FROM feature_labels x
+                WHERE x.feature = f.feature AND x.label ILIKE '%' || ? || '%'))
+        ORDER BY {order} {direction} NULLS LAST, f.feature)
+      SELECT *, count(*) OVER () AS n_total FROM hits LIMIT ?"""
+    concept = concept or None
+    params = [concept, concept, concept, lo, hi, group, group, text, index, text, limit]
+    rows = ctx.rows(sql, params)
+    total = rows[0]["n_total"] if rows else 0
+    for r in rows:
+        r.pop("n_total")
+    return rows, total
+
+
+def concepts(ctx: AppContext) -> list[str]:
+    """Concept names for the filter, most prevalent first."""
+    if not ctx.has("concepts"):
+        return []
+    return [r["concept"] for r in ctx.rows("SELECT concept FROM concepts ORDER BY n_pos DESC")]
+
+
+def groups(ctx: AppContext) -> list[int]:
+    """Matryoshka group indices present."""
+    if not ctx.has("features"):
+        return []
+    sql = "SELECT DISTINCT matryoshka_group AS g FROM features WHERE g IS NOT NULL ORDER BY g"
+    return [r["g"] for r in ctx.rows(sql)]
+
+
+def feature_header(ctx: AppContext, feature: int) -> dict[str, Any] | None:
+    """The feature's row of ``features`` joined with its statistics, or None if unknown."""
+    rows = ctx.rows(
+        "SELECT * FROM features f LEFT JOIN feature_stats s USING (feature) WHERE f.feature = ?",
+        [feature],
+    )
+    return rows[0] if rows else None
+
+
+def by_feature(ctx: AppContext, table: str, feature: int, order: str, limit: int = 1000) -> Rows:
+    """All rows of a feature-keyed ``table`` (a name from :mod:`workbench.db`), in ``order``."""
+    if not ctx.has(table):
+        return []
+    return ctx.rows(
+        f"SELECT * FROM {table} WHERE feature = ? ORDER BY {order} LIMIT ?", [feature, limit]
+    )
+
+
+def labels(ctx: AppContext, feature: int) -> Rows:
+    """Every label of the feature, preferred first, with its scores when any were computed."""
+    if not ctx.has("feature_labels"):
+        return []
+    scored = "NULL"
+    if ctx.has("feature_scores"):
+        scored = """(SELECT string_agg(
+                       x.scorer || ' ' || x.metric || ' ' || round(x.value, 3), ', ')
+                     FROM feature_scores x WHERE x.feature = l.feature AND x.method = l.method)"""
+    sql = f"""SELECT label, method, score, model, {scored} AS scored FROM feature_labels l
+              WHERE feature = ? ORDER BY CASE method WHEN 'human' THEN 0
+              WHEN 'statistical' THEN 2 ELSE 1 END, created_at DESC NULLS LAST"""
+    return ctx.rows(sql, [feature])
+
+
+def neighbors(ctx: AppContext, feature: int, limit: int = 10) -> Rows:
+    """Nearest features by decoder cosine, with their labels."""
+    if not ctx.has("feature_neighbors", "feature_labels"):
+        return []
+    sql = f"""WITH lab AS ({_BEST_LABEL})
+              SELECT n.neighbor, n.cosine, lab.label FROM feature_neighbors n
+              LEFT JOIN lab ON lab.feature = n.neighbor
+              WHERE n.feature = ? ORDER BY n.rank LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
+
+
+def best_labels(ctx: AppContext, features: list[int]) -> dict[int, str]:
+    """The shown label of each of ``features``."""
+    if not features or not ctx.has("feature_labels"):
+        return {}
+    sql = f"WITH lab AS ({_BEST_LABEL}) SELECT * FROM lab WHERE list_contains(?, feature)"
+    return {r["feature"]: r["label"] for r in ctx.rows(sql, [features])}
+
+
+def image_grid(ctx: AppContext, study_id: int) -> dict[str, Any] | None:
+    """Row range and patch grid of the study's first image (image tokens are contiguous)."""
+    if not ctx.has("tokens"):
+        return None
+    rows = ctx.rows(
+        """SELECT min(row) AS lo, max(patch_row) + 1 AS n_rows, max(patch_col) + 1 AS n_cols
+           FROM tokens WHERE study_id = ? AND kind = 'image' AND patch_row IS NOT NULL""",
+        [study_id],
+    )
+    if not rows or rows[0]["lo"] is None:
+        return None
+    grid = rows[0]
+    grid["hi"] = grid["lo"] + grid["n_rows"] * grid["n_cols"] - 1
+    return grid
+
+
+def patch_acts(ctx: AppContext, study_id: int, feature: int, grid: dict[str, Any]) -> Rows:
+    """The feature's activation on each patch of the study's first image (firing patches only)."""
+    if not ctx.has("feature_acts", "tokens"):
+        return []
+    sql = """SELECT t.patch_row, t.patch_col, a.value FROM feature_acts a
+             JOIN tokens t ON t.row = a.row
+             WHERE a.feature = ? AND a.row BETWEEN ? AND ? AND t.row BETWEEN ? AND ?
+               AND t.kind = 'image'"""
+    lo, hi = grid["lo"], grid["hi"]
+    return ctx.rows(sql, [feature, lo, hi, lo, hi])
+
+
+def study(ctx: AppContext, study_id: int) -> dict[str, Any] | None:
+    """The study's row of ``studies``, or None."""
+    if not ctx.has("studies"):
+        return None
+    rows = ctx.rows("SELECT * FROM studies WHERE study_id = ?", [study_id])
+    return rows[0] if rows else None
+
+
+def study_list(ctx: AppContext, limit: int = 2000) -> list[int]:
+    """Study ids for the picker."""
+    if not ctx.has("studies"):
+        return []
+    return [
+        r["study_id"]
+        for r in ctx.rows("SELECT study_id FROM studies ORDER BY study_id LIMIT ?", [limit])
+    ]
+
+
+def study_positives(ctx: AppContext, study_id: int) -> list[str]:
+    """Concepts labelled present in the study (ground truth or CheXpert)."""
+    if not ctx.has("study_labels"):
+        return []
+    sql = "SELECT DISTINCT concept FROM study_labels WHERE study_id = ? AND value = 1 ORDER BY 1"
+    return [r["concept"] for r in ctx.rows(sql, [study_id])]
+
+
+def study_sections(ctx: AppContext, study_id: int, per_section: int = 8) -> Rows:
+    """The most active features of each section of the study ('image' for image tokens).
+
+    Ranked by activation relative to the feature's own maximum, so a feature near its peak
+    outranks a loud but commonplace one.
+    """
+    if not ctx.has("feature_acts", "tokens", "feature_stats"):
+        return []
+    sql = f"""WITH lab AS ({_BEST_LABEL}),
+      span AS (SELECT min(row) AS lo, max(row) AS hi FROM tokens WHERE study_id = ?),
+      toks AS (SELECT row, CASE WHEN kind = 'image' THEN 'image'
+                                ELSE coalesce(section, kind) END AS section
+               FROM tokens, span WHERE row BETWEEN lo AND hi AND study_id = ?),
+      acts AS (SELECT t.section, a.feature, max(a.value) AS act
+               FROM feature_acts a, span JOIN toks t ON t.row = a.row
+               WHERE a.row BETWEEN span.lo AND span.hi GROUP BY ALL)
+      SELECT acts.section, acts.feature, acts.act, acts.act / nullif(s.max_act, 0) AS rel,
+             lab.label
+      FROM acts JOIN feature_stats s USING (feature) LEFT JOIN lab USING (feature)
+      QUALIFY row_number() OVER (PARTITION BY acts.section ORDER BY rel DESC) <= ?
+      ORDER BY acts.section = 'image' DESC, acts.section, rel DESC"""
+    return ctx.rows(sql, [study_id, study_id, per_section])
+
+
+def study_tokens(ctx: AppContext, study_id: int, feature: int | None) -> Rows:
+    """The study's text tokens in order, with the feature's activation on each (0 if silent)."""
+    if not ctx.has("tokens"):
+        return []
+    if feature is None or not ctx.has("feature_acts"):
+        sql = """SELECT token, kind, section, 0.0 AS value FROM tokens
+                 WHERE study_id = ? AND kind IN ('prompt', 'report', 'generated')
+                 ORDER BY position"""
+        return ctx.rows(sql, [study_id])
+    sql = """WITH t AS (SELECT row, position, token, kind, section FROM tokens
+                        WHERE study_id = ? AND kind IN ('prompt', 'report', 'generated'))
+             SELECT t.token, t.kind, t.section, coalesce(a.value, 0.0) AS value
+             FROM t LEFT JOIN (SELECT row, value FROM feature_acts
+                               WHERE feature = ? AND row BETWEEN (SELECT min(row) FROM t)
+                                 AND (SELECT max(row) FROM t)) a USING (row)
+             ORDER BY t.position"""
+    return ctx.rows(sql, [study_id, feature])

@@ -1,0 +1,159 @@
+"""The Runs and SQL tabs' handlers: what the run was made from, and the read-only query box.
+
+Run facts come from the artefacts themselves: the activation store's manifest, the SAE's
+``cfg.json``, the ``runs`` table of the database, and the SAE trainer's JSON-lines log(s) in
+``runs/<name>/sae/`` whose numeric columns (FVU, L0, dead fraction, loss) become curves, so a
+run whose SAE is still training already shows how it is going.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import duckdb
+
+from workbench.ui import charts, render
+from workbench.ui.context import AppContext, read_json
+from workbench.ui.safety import UnsafeQueryError, check_sql, run_limited
+
+# Curves worth plotting, matched as substrings of the log's keys, in display order.
+CURVE_KEYS = ("fvu", "l0", "dead", "loss", "lr")
+_STEP_KEYS = ("step", "steps", "n_steps", "iteration")
+
+
+class RunsView(NamedTuple):
+    """Facts about the run (HTML) and its training curves (HTML)."""
+
+    facts: str
+    curves: str
+
+
+class SQLResult(NamedTuple):
+    """Column names, rows, and a message (refusal, error, or row count)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    message: str
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, skipping lines that are not JSON objects."""
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def curves(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Numeric series worth plotting: key -> [(step, value)], step from the record or its index."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for i, rec in enumerate(records):
+        step = next((rec[k] for k in _STEP_KEYS if isinstance(rec.get(k), int | float)), i)
+        for key, value in rec.items():
+            if key in _STEP_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if any(c in key.lower() for c in CURVE_KEYS):
+                series.setdefault(key, []).append((float(step), float(value)))
+    order = {k: next(i for i, c in enumerate(CURVE_KEYS) if c in k.lower()) for k in series}
+    return dict(sorted(series.items(), key=lambda kv: (order[kv[0]], kv[0])))
+
+
+def _facts_table(pairs: list[tuple[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in pairs if v is not None
+    )
+    return f'<table class="wb-table wb-facts">{rows}</table>'
+
+
+def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
+    manifest = read_json(run_dir / "activations" / "manifest.json") or {}
+    keys = ("model", "layer", "hook_name", "d_model", "dtype", "n_tokens")
+    pairs = [(f"store {k}", manifest.get(k)) for k in keys]
+    studies = manifest.get("studies") or manifest.get("completed")
+    if isinstance(studies, list | dict):
+        pairs.append(("store studies", len(studies)))
+    return pairs
+
+
+def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
+    cfg = read_json(run_dir / "sae" / "cfg.json") or {}
+    keys = ("architecture", "d_in", "d_sae", "k", "hook_name", "model_name", "matryoshka_widths")
+    return [(f"sae {k}", cfg.get(k)) for k in keys if k in cfg]
+
+
+def _db_runs(ctx: AppContext) -> str:
+    if not ctx.has("runs"):
+        return ""
+    rows = ctx.rows(
+        "SELECT stage, started_at, finished_at, hook_name, n_tokens, n_studies, d_sae, notes "
+        "FROM runs ORDER BY started_at"
+    )
+    return render.table(rows, caption="stages that wrote features.duckdb")
+
+
+def log_files(run_dir: Path) -> list[Path]:
+    """The SAE training logs: every ``*.jsonl`` under ``sae/`` (newest last)."""
+    sae = run_dir / "sae"
+    if not sae.is_dir():
+        return []
+    return sorted(sae.rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+
+
+def runs_view(ctx: AppContext) -> RunsView:
+    """The Runs tab: model, layer, SAE, token counts, and the training curves."""
+    facts = [("run directory", ctx.run_dir), ("SAE", ctx.status.sae_state)]
+    facts += _store_facts(ctx.run_dir) + _sae_facts(ctx.run_dir)
+    try:
+        db_html = _db_runs(ctx) if ctx.con is not None else ""
+    except duckdb.Error as exc:
+        db_html = render.message(f"Cannot read the runs table: {exc}", "error")
+    head = render.messages(ctx.status.problems) + _facts_table(facts) + db_html
+    logs = log_files(ctx.run_dir)
+    if not logs:
+        return RunsView(head, render.message("No SAE training log found under sae/.", "info"))
+    series = curves(read_log(logs[-1]))
+    plots = "".join(
+        f'<div class="wb-curve">{charts.line(pts, key, log_y=key.lower().startswith("loss"))}</div>'
+        for key, pts in series.items()
+    )
+    title = f"Training curves from {logs[-1].relative_to(ctx.run_dir)}"
+    return RunsView(head, render.card(title, f'<div class="wb-curves">{plots}</div>'))
+
+
+def run_sql(ctx: AppContext, sql: str) -> SQLResult:
+    """The SQL tab: one read-only statement, at most ``ctx.sql_row_limit`` rows back."""
+    try:
+        text = check_sql(sql)
+    except UnsafeQueryError as exc:
+        return SQLResult([], [], render.message(str(exc), "error"))
+    if ctx.sql_con is None:
+        return SQLResult([], [], render.messages(ctx.status.problems or ["No database."]))
+    try:
+        with ctx.sql_lock:
+            res = run_limited(ctx.sql_con, text, ctx.sql_row_limit, ctx.sql_timeout_s)
+    except duckdb.Error as exc:
+        return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
+    rows = [[_plain(v) for v in r] for r in res.rows]
+    note = f"{len(rows):,} rows" + (
+        f" (first {ctx.sql_row_limit:,} shown)" if res.truncated else ""
+    )
+    return SQLResult(res.columns, rows, render.message(note, "info"))
+
+
+def _plain(v: Any) -> Any:
+    """A cell value the table can show (lists and timestamps as text)."""
+    if v is None or isinstance(v, int | float | str | bool):
+        return v
+    return str(v)

@@ -1,0 +1,54 @@
+"""The app's stylesheet and the click script that makes chips in HTML panels navigate."""
+
+CSS = """
+.wb-msg { padding: 8px 12px; border-radius: 6px; margin: 4px 0; font-size: 14px; }
+.wb-info { background: #e7f5ff; color: #1864ab; }
+.wb-warn { background: #fff4e6; color: #a64b00; border-left: 4px solid #f08c00; }
+.wb-error { background: #fff5f5; color: #c92a2a; border-left: 4px solid #e03131; }
+.wb-empty { color: #868e96; font-style: italic; margin: 4px 0; }
+.wb-head { padding: 4px 2px 8px; }
+.wb-fid { color: #868e96; font-size: 13px; text-transform: uppercase; letter-spacing: .05em; }
+.wb-label { font-size: 26px; font-weight: 650; line-height: 1.2; margin: 2px 0; }
+.wb-meta { color: #495057; font-size: 14px; }
+.wb-stats { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 8px; }
+.wb-stat { background: #f1f3f5; border-radius: 12px; padding: 2px 10px; font-size: 13px; }
+.wb-stat i { color: #868e96; font-style: normal; margin-right: 4px; }
+.wb-card { border: 1px solid #e9ecef; border-radius: 8px; padding: 10px 12px; margin: 6px 0;
+  background: #fff; }
+.wb-card h3 { margin: 0 0 6px; font-size: 15px; color: #343a40; }
+.wb-group { margin: 10px 0 4px; font-size: 13px; color: #868e96; text-transform: uppercase; }
+.wb-ex { padding: 6px 0; border-bottom: 1px solid #f1f3f5; }
+.wb-exmeta { font-size: 12px; color: #868e96; margin-bottom: 2px; }
+.wb-extext, .wb-report { font-family: ui-monospace, Menlo, monospace; font-size: 13px;
+  line-height: 1.7; white-space: pre-wrap; color: #212529; }
+.wb-extext span, .wb-report span { border-radius: 3px; }
+.wb-center { outline: 2px solid #e8590c; }
+.wb-imgtok { color: #1971c2; }
+.wb-chips { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
+.wb-chips h4 { flex-basis: 100%; }
+a.wb-chip { background: #fff4e6; color: #a64b00; border: 1px solid #ffd8a8; border-radius: 14px;
+  padding: 2px 10px; font-size: 13px; text-decoration: none; cursor: pointer; }
+a.wb-chip:hover { background: #ffe8cc; }
+a.wb-study { color: #1971c2; text-decoration: none; cursor: pointer; }
+.wb-fig { margin: 0; text-align: center; }
+.wb-fig img { max-width: 100%; border-radius: 6px; }
+.wb-fig figcaption { font-size: 12px; color: #868e96; }
+.wb-table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
+.wb-table th, .wb-table td { border-bottom: 1px solid #e9ecef; padding: 2px 8px; text-align: left; }
+.wb-facts th { color: #868e96; font-weight: 500; }
+.wb-numbers summary { cursor: pointer; color: #1971c2; font-size: 12px; }
+.wb-curves { display: flex; flex-wrap: wrap; gap: 12px; }
+.wb-curve { flex: 1 1 320px; max-width: 380px; }
+.wb-bar:hover { opacity: .75; }
+"""
+
+# Chips carry data-feature / data-study; a click becomes a Gradio 'click' event with that data.
+CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const a = e.target.closest('[data-feature],[data-study]');
+  if (!a) return;
+  e.preventDefault();
+  if (a.dataset.feature !== undefined) trigger('click', {feature: a.dataset.feature});
+  else trigger('click', {study: a.dataset.study});
+});
+"""

@@ -182,3 +182,10 @@ def test_undecodable_compressed_pixel_data_names_file(tmp_path):
     ds.save_as(path)
     with pytest.raises(CXRDataError, match="j2k.dcm: cannot decode DICOM pixel data"):
         load_image(path)
+
+
+def test_8bit_dicom_odd_byte_count(tmp_path):
+    px = np.arange(15).reshape(3, 5) * 17  # 15 bytes of pixel data, padded to 16 on disk
+    arr = np.asarray(load_image(write_dicom(tmp_path / "e.dcm", px, bits_stored=8)))
+    assert arr.shape == (3, 5)
+    np.testing.assert_array_equal(arr, np.rint(px / px.max() * 255).astype(np.uint8))

@@ -223,3 +223,40 @@ def test_save_and_load_processor_settings(tokenizer, tmp_path):
     assert loaded.tokenizer.convert_tokens_to_ids("<image>") == tokenizer.convert_tokens_to_ids(
         "<image>"
     )
+
+
+def test_llama_style_tokenizer_from_a_local_directory(tmp_path):
+    """MAIRA-2 ships a (SentencePiece-style) Llama tokenizer; the processor must label its
+    ``▁``-prefixed tokens and keep ``<image>`` whole after a save/load round trip."""
+    from transformers import LlamaTokenizer
+
+    prompt = reporting_prompt(
+        False, True, "Dyspnea.", None, "None.", "Old.", assistant_text="Clear."
+    )
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for char in sorted(set(prompt.text.replace("<image>", "").replace("</s>", "")) - {" "}):
+        vocab.setdefault(char, len(vocab))
+    tok = LlamaTokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    Maira2Processor(tok, image_size=28, patch_size=14).save_pretrained(tmp_path)
+    processor = Maira2Processor.from_pretrained(tmp_path)
+    assert processor.image_seq_length == 4
+    enc = processor.reporting_inputs(
+        _image(0), None, _image(1), "Dyspnea.", None, "None.", "Old.", assistant_text="Clear."
+    )
+    assert int((enc.input_ids == processor.image_token_id).sum()) == 8
+    assert "unk" not in "".join(t["token"] for t in enc.tokens)
+
+    def joined(section):
+        return (
+            "".join(t["token"] for t in enc.tokens if t["section"] == section)
+            .replace("▁", " ")
+            .strip()
+        )
+
+    assert joined("indication") == "Dyspnea."
+    assert joined("prior_report") == "Old."
+    assert joined("findings").startswith("Clear.")
+    assert [t["section"] for t in enc.tokens if t["kind"] == "image"] == ["current_frontal"] * 4 + [
+        "prior_frontal"
+    ] * 4

@@ -13,6 +13,7 @@ Nothing is downloaded: every load is ``local_files_only`` (HF_HUB_OFFLINE semant
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,22 +64,21 @@ class StudyInputs(NamedTuple):
     prior_report: str | None
 
 
+_TEXT_FIELDS = ("indication", "technique", "comparison", "prior_report")
+
+
+def _field(study: Any, key: str) -> Any:
+    return study.get(key) if isinstance(study, Mapping) else getattr(study, key, None)
+
+
 def study_inputs(study: Any) -> StudyInputs:
     """Read a StudyRecord (paths) or a mapping (PIL images or paths) into :class:`StudyInputs`."""
     if isinstance(study, Mapping):
-        get = study.get
-        images = [_as_image(get(k)) for k in ("frontal", "lateral", "prior_frontal")]
+        images = [_as_image(study.get(k)) for k in ("frontal", "lateral", "prior_frontal")]
     else:
-        get = lambda key: getattr(study, key, None)  # noqa: E731
         loaded = study.load_images()
         images = [loaded.frontal, loaded.lateral, loaded.prior_frontal]
-    return StudyInputs(
-        *images,
-        get("indication"),
-        get("technique"),
-        get("comparison"),
-        get("prior_report"),
-    )
+    return StudyInputs(*images, *(_field(study, k) for k in _TEXT_FIELDS))
 
 
 def _as_image(value: Image.Image | str | Path | None) -> Image.Image | None:
@@ -89,7 +89,7 @@ def _as_image(value: Image.Image | str | Path | None) -> Image.Image | None:
     return load_image(value)
 
 
-class ModelAdapter:
+class ModelAdapter(ABC):
     """Common operations over a wrapped HF-style model (see module docstring)."""
 
     kind = "base"
@@ -131,9 +131,9 @@ class ModelAdapter:
             raise ValueError(f"{self.name}: layer {layer} outside 0..{self.n_layers - 1}")
         return _resid_post_name(layer)
 
-    def prepare(self, study: Any, findings: str | None = None, **kwargs) -> PreparedInputs:
+    @abstractmethod
+    def prepare(self, study: Any, findings: str | None = None) -> PreparedInputs:
         """Inputs for ``study`` (StudyRecord or mapping); ``findings`` is teacher-forced."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
 
     def _device_inputs(self, inp: PreparedInputs) -> dict[str, torch.Tensor]:
         dtype = next(self.model.parameters()).dtype
@@ -233,9 +233,7 @@ class CausalLMAdapter(ModelAdapter):
 
 
 def _text_fields(study: Any) -> StudyInputs:
-    get = study.get if isinstance(study, Mapping) else (lambda k: getattr(study, k, None))
-    keys = ("indication", "technique", "comparison", "prior_report")
-    return StudyInputs(None, None, None, *(get(k) for k in keys))
+    return StudyInputs(None, None, None, *(_field(study, k) for k in _TEXT_FIELDS))
 
 
 def adapter_for(

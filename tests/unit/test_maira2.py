@@ -266,3 +266,23 @@ def test_full_size_architecture_matches_published_checkpoint():
     assert 0 < header_bytes < 6 * 16_384  # six safetensors JSON headers
     assert state["multi_modal_projector.layers.0.weight"].shape == (4096, 768)
     assert state["vision_tower.embeddings.position_embeddings"].shape == (1, 1370, 768)
+
+
+def test_left_padded_batch_generates_like_single_prompts(model):
+    """Batched generation (left padding + attention mask) equals one prompt at a time."""
+    image_id = model.config.image_token_index
+    prompts = [[1, 40] + [image_id] * 16 + [50], [1, 40, 41, 42, 43] + [image_id] * 16 + [60, 61]]
+    torch.manual_seed(3)
+    pixels = torch.randn(2, 3, 56, 56)
+    singles = [
+        model.generate(torch.tensor([ids]), pixels[i : i + 1], max_new_tokens=4)[0, len(ids) :]
+        for i, ids in enumerate(prompts)
+    ]
+    width = max(map(len, prompts))
+    ids = torch.full((2, width), 3)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for b, row in enumerate(prompts):
+        ids[b, width - len(row) :] = torch.tensor(row)
+        mask[b, width - len(row) :] = 1
+    out = model.generate(ids, pixels, attention_mask=mask, max_new_tokens=4)
+    assert torch.equal(out[:, width:], torch.stack(singles))

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
 
 from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth_noise
 
-SIGN = {"right": -1, "left": 1}  # patient side -> image direction on a frontal (PA/AP) view
+# patient side -> image direction on a frontal (PA/AP) view
+SIGN = MappingProxyType({"right": -1, "left": 1})
 AIR = 0.40  # density removed by fully aerated lung
 RIB_SPACING = 0.055  # vertical distance between posterior ribs, image units
 MM_PER_UNIT = 380.0  # field of view: the image width is ~38 cm at the detector
@@ -114,30 +116,49 @@ def lung_field(g: Geometry, side: str, X: np.ndarray, Y: np.ndarray) -> np.ndarr
 
 
 def place_heart(g: Geometry, ctr: float, thorax_px: int, frame: Frame) -> None:
-    """Size the heart so its width over the measured thoracic width equals ``ctr`` x mag."""
+    """Size the heart so its width over the measured thoracic width equals ``ctr`` x mag.
+
+    The silhouette is the left ventricle (a tilted ellipse reaching the left border, apex
+    down and to the patient's left) joined to the right atrium (a smaller ellipse forming
+    the right border), so that right + left borders are exactly ``width`` apart.
+    """
     width = ctr * g.magnification * thorax_px / frame.size
-    tilt = 28.0
+    right, left = g.xc - 0.33 * width, g.xc + 0.67 * width
+    tilt, ratio = 35.0, 0.7
     c, s = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
-    a = 0.5 * width / math.sqrt(c**2 + (0.7 * s) ** 2)
-    b = 0.7 * a
+    hw = 0.4 * width
+    a = hw / math.sqrt(c**2 + (ratio * s) ** 2)
+    b = ratio * a
     vert = math.sqrt((a * s) ** 2 + (b * c) ** 2)
+    ra_rx, ra_ry = 0.13 * width, 0.2 * width
     g.heart = {
-        "cx": g.xc - 0.34 * width + 0.5 * width,
-        "cy": g.dome["left"] + 0.02 - 0.62 * vert,
+        "cx": left - hw,
+        "cy": g.dome["left"] - 0.9 * vert,
         "a": a,
         "b": b,
         "tilt": tilt,
+        "ra_cx": right + ra_rx,
+        "ra_cy": g.dome["right"] - 0.85 * ra_ry,
+        "ra_rx": ra_rx,
+        "ra_ry": ra_ry,
         "width": width,
     }
 
 
+def heart_fields(g: Geometry, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit fields (<= 1 inside) of the left-ventricle and right-atrium ellipses."""
+    h = g.heart
+    lv = ellipse_field(frame, (h["cx"], h["cy"]), h["a"], h["b"], h["tilt"])
+    ra = ellipse_field(frame, (h["ra_cx"], h["ra_cy"]), h["ra_rx"], h["ra_ry"])
+    return lv, ra
+
+
 def heart_mask(g: Geometry, frame: Frame) -> np.ndarray:
     """The cardiac silhouette above the diaphragm."""
-    h = g.heart
-    inside = ellipse_field(frame, (h["cx"], h["cy"]), h["a"], h["b"], h["tilt"]) <= 1.0
+    lv, ra = heart_fields(g, frame)
     d = np.abs(frame.X - g.xc)
     floor = np.where(g.xc > frame.X, g.diaphragm("right", d), g.diaphragm("left", d))
-    return inside & (floor + 0.01 >= frame.Y)
+    return ((lv <= 1.0) | (ra <= 1.0)) & (floor + 0.01 >= frame.Y)
 
 
 def thorax_width_px(left: np.ndarray, right: np.ndarray) -> int:
@@ -194,8 +215,8 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
             pts = g.rib_curve(side, i)
             if fracture and fracture["side"] == side and fracture["rib"] == i:
                 k = int(round(fracture["position"] * (len(pts) - 1)))
-                shift = np.array([0.0, 0.009 if fracture["displaced"] else 0.0])
-                parts = [pts[: k - 1], pts[k + 1 :] + shift]
+                shift = np.array([0.0, 0.018 if fracture["displaced"] else 0.005])
+                parts = [pts[: k - 1], pts[k + 2 :] + shift]
             else:
                 parts = [pts]
             for part in parts:
@@ -218,7 +239,7 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
         cv.ellipse((g.xc + s * (g.half_width + 0.095), g.apex + 0.06), 0.055, 0.06, 1.0)
     d = np.abs(X - g.xc)
     floor = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d))
-    fade = 1.0 - 0.55 * (floor < Y)
+    fade = 1.0 - 0.75 * (floor < Y)
     ribs = (cv.array() * 0.11 + ant.array() * 0.035) * fade
     spine_layer = spine * 0.07 + pedicle * 0.04
     return (ribs + spine_layer) * bone

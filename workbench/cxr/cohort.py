@@ -187,7 +187,7 @@ def sample_params(name: str, rng: np.random.Generator) -> dict[str, Any]:
         return {
             "side": side,
             "rib": int(rng.integers(4, 9)),
-            "position": round(float(rng.uniform(0.55, 0.85)), 3),
+            "position": round(float(rng.uniform(0.45, 0.7)), 3),
             "displaced": bool(rng.random() < 0.6),
         }
     if name == "pacemaker":

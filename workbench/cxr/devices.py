@@ -10,6 +10,7 @@ large and dense enough to stay visible when the image is shrunk to ~64 px.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import numpy as np
 
@@ -126,13 +127,15 @@ def sternotomy_wires(g: Geometry, cv: Canvas, p: dict) -> None:
         cv.line([(g.xc - 0.003, y - 0.014), (g.xc + 0.003, y + 0.014)], 1.5 / cv.frame.size, 1.0)
 
 
-DRAWERS = {
-    "pacemaker": pacemaker,
-    "endotracheal_tube": endotracheal_tube,
-    "central_line": central_line,
-    "enteric_tube": enteric_tube,
-    "sternotomy_wires": sternotomy_wires,
-}
+DRAWERS = MappingProxyType(
+    {
+        "pacemaker": pacemaker,
+        "endotracheal_tube": endotracheal_tube,
+        "central_line": central_line,
+        "enteric_tube": enteric_tube,
+        "sternotomy_wires": sternotomy_wires,
+    }
+)
 
 
 def draw_devices(g: Geometry, frame: Frame, devices: dict) -> tuple[np.ndarray, dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.cxr.anatomy import AIR, MM_PER_UNIT, Geometry
+from workbench.cxr.anatomy import AIR, MM_PER_UNIT, RIB_SPACING, Geometry
 from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth_noise, spline
 from workbench.cxr.lesions import ZONE_V
 
@@ -22,11 +22,17 @@ def _diaphragm(g: Geometry, x: np.ndarray) -> np.ndarray:
     return g.dome["right"] - 0.02 + 0.16 * np.clip((x - 0.42) / 0.38, 0, None) ** 2
 
 
+def _lung_depth(g: Geometry, fr: Frame) -> np.ndarray:
+    """Distance inside the lung silhouette (both lungs superimposed); <= 0 outside."""
+    t = np.clip((fr.Y - g.apex) / (g.dome["right"] - g.apex), 0.0, 1.0)
+    front = 0.5 - 0.31 * np.sqrt(np.clip(t * 1.7, 0, 1)) + 0.03 * (t - 0.55) ** 2
+    back = 0.56 + 0.24 * np.sqrt(np.clip(t * 2.2, 0, 1))
+    depth = np.minimum(fr.X - front, back - fr.X)
+    return np.minimum(np.minimum(depth, _diaphragm(g, fr.X) - fr.Y), fr.Y - g.apex)
+
+
 def _lung(g: Geometry, fr: Frame) -> np.ndarray:
-    t = np.clip((fr.Y - g.apex) / 0.22, 0.0, 1.0)
-    front = ANTERIOR + (0.42 - ANTERIOR) * (1 - t) ** 2
-    back = POSTERIOR - (POSTERIOR - 0.62) * (1 - t) ** 2
-    return (g.apex < fr.Y) & (front < fr.X) & (back > fr.X) & (_diaphragm(g, fr.X) > fr.Y)
+    return _lung_depth(g, fr) > 0
 
 
 def _point(g: Geometry, u: float, v: float) -> tuple[float, float]:
@@ -40,23 +46,30 @@ def _anatomy(g: Geometry, fr: Frame, study: dict) -> tuple[np.ndarray, np.ndarra
     X, Y = fr.X, fr.Y
     hab = study["subject"]["habitus"]
     front = np.interp(
-        Y, [0, g.apex, g.apex + 0.15, 1], [0.36, 0.3, 0.12, 0.1 - 0.05 * hab["soft_tissue"]]
+        Y,
+        [0, g.apex, g.apex + 0.2, 1],
+        [0.38, 0.3, 0.13 - 0.04 * hab["soft_tissue"], 0.08 - 0.06 * hab["soft_tissue"]],
     )
-    back = np.interp(Y, [0, g.apex, g.apex + 0.1, 1], [0.72, 0.8, 0.9, 0.92])
-    inside = ((front < X) & (back > X)).astype(np.float32)
-    body = inside * (0.55 + 0.1 * hab["soft_tissue"])
-    body += 0.1 * (_diaphragm(g, X) < Y) * inside
-    phase = ((Y - g.rib_top) / 0.055) % 1.0
-    verts = (np.abs(X - (0.78 - 0.04 * (Y - 0.5))) < 0.045) * (1.0 - 0.7 * (phase > 0.8))
+    back = np.interp(Y, [0, g.apex, g.apex + 0.15, 1], [0.74, 0.84, 0.9, 0.93])
+    mid, half = (front + back) / 2, (back - front) / 2
+    rel = np.clip(1.0 - ((X - mid) / half) ** 2, 0.0, 1.0)
+    inside = (rel > 0).astype(np.float32)
+    body = np.sqrt(rel) * (0.32 + 0.1 * hab["soft_tissue"]) + 0.12 * inside
+    body += 0.05 * (_diaphragm(g, X) < Y) * inside
+    arms = ellipse_field(fr, (0.47, g.apex + 0.02), 0.24, 0.13)
+    body += 0.1 * np.clip(1.0 - arms, 0.0, 1.0) * inside  # arms raised, superimposed
+    phase = ((Y - g.rib_top) / RIB_SPACING) % 1.0
+    spine_x = 0.79 - 0.03 * np.sin(np.pi * np.clip(Y, 0, 1))
+    verts = (np.abs(X - spine_x) < 0.042) * (1.0 - 0.6 * (phase > 0.8))
+    rim = (np.abs(np.abs(X - spine_x) - 0.04) < 0.006) * 0.6
     cv = Canvas(fr)
-    cv.line([(0.19, g.apex + 0.08), (0.165, g.apex + 0.45)], 0.025, 1.0)  # sternum
-    cv.ellipse((0.5, g.apex + 0.05), 0.09, 0.07, 0.5)  # humeral heads superimposed
-    bone = verts * 0.12 + cv.array() * 0.1
-    bone *= hab["bone_density"]
-    air = _lung(g, fr).astype(np.float32)
+    cv.line([(0.2, g.apex + 0.1), (0.175, g.apex + 0.45)], 0.025, 1.0)  # sternum
+    cv.ellipse((0.5, g.apex + 0.05), 0.08, 0.065, 0.5)  # humeral heads superimposed
+    bone = (verts * 0.08 + rim * 0.05 + cv.array() * 0.08) * inside * hab["bone_density"]
+    air = np.sqrt(np.clip(_lung_depth(g, fr) / 0.05, 0.0, 1.0))
     trachea = Canvas(fr)
-    trachea.line([(0.5, -0.02), (0.54, g.carina[1])], 0.03, 1.0)
-    air = np.maximum(air, 0.6 * trachea.array() * inside)
+    trachea.line([(0.52, -0.02), (0.55, g.carina[1])], 0.03, 1.0)
+    air = np.maximum(air, 0.5 * trachea.array() * inside)
     return body + bone, air
 
 
@@ -65,8 +78,8 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
     f = study["findings"]
     lung = _lung(g, fr)
     scale = study["ctr"] / 0.42
-    heart = ellipse_field(fr, (0.37, g.dome["right"] - 0.075), 0.14 * scale, 0.12 * scale) <= 1
-    extra = 0.12 * (heart & (_diaphragm(g, fr.X) + 0.01 > fr.Y))
+    heart = ellipse_field(fr, (0.36, g.dome["right"] - 0.07), 0.14 * scale, 0.12 * scale, -25) <= 1
+    extra = 0.1 * (heart & (_diaphragm(g, fr.X) + 0.01 > fr.Y)) * air
     if "pleural_effusion" in f:
         sev = f["pleural_effusion"]["severity"]
         level = (

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,9 @@ METADATA_COLUMNS = (
 )
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 CHEXPERT_COLUMNS = ("subject_id", "study_id", *CHEXPERT_LABELS)
-VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
+VIEW_MEANING = MappingProxyType(
+    {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
+)
 
 
 def subject_dir(root: Path, subject_id: int) -> Path:

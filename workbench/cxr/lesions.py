@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from scipy import ndimage
@@ -18,7 +19,7 @@ from scipy import ndimage
 from workbench.cxr.anatomy import MM_PER_UNIT, SIGN, Geometry, lung_field
 from workbench.cxr.draw import Canvas, Frame, ellipse_field, smooth, smooth_noise
 
-ZONE_V = {"upper": 0.24, "middle": 0.5, "lower": 0.76}
+ZONE_V = MappingProxyType({"upper": 0.24, "middle": 0.5, "lower": 0.76})
 
 
 @dataclass
@@ -143,7 +144,7 @@ def edema(g, fr, lay, lungs, p, rng) -> np.ndarray:
                 cv.line([(x, y), (x - SIGN[side] * 0.028, y)], 1.2 / fr.size, 1.0)
     haze *= lay.air
     lay.markings = smooth(lay.markings, 1.0 + 1.5 * sev)
-    lay.extra += (0.08 + 0.16 * sev) * haze + 0.07 * cv.array() * lay.air
+    lay.extra += (0.12 + 0.2 * sev) * haze + 0.07 * cv.array() * lay.air
     return lung & (haze > 0.35)
 
 

@@ -18,6 +18,7 @@ from workbench.cxr.anatomy import (
     body_density,
     bone_density,
     frontal_geometry,
+    heart_fields,
     heart_mask,
     heart_width_px,
     lung_layers,
@@ -25,7 +26,7 @@ from workbench.cxr.anatomy import (
     thorax_width_px,
 )
 from workbench.cxr.devices import draw_devices
-from workbench.cxr.draw import Frame, ellipse_field, smooth
+from workbench.cxr.draw import Frame, smooth
 from workbench.cxr.lateral import render_lateral
 
 
@@ -86,17 +87,10 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
     for k in ("left_lung", "right_lung"):
         masks[k] = masks[k] & ~heart
     heart_soft = heart.astype(np.float32)
-    h = g.heart
-    bulk = (
-        np.sqrt(
-            np.clip(
-                1.0 - ellipse_field(frame, (h["cx"], h["cy"]), h["a"], h["b"], h["tilt"]), 0.0, 1.0
-            )
-        )
-        * heart_soft
-    )
+    lv, ra = heart_fields(g, frame)
+    bulk = np.sqrt(np.clip(1.0 - np.minimum(lv, ra), 0.0, 1.0)) * heart_soft
     lay = lesions.Layers(
-        body=body_density(g, frame, hab) + 0.03 * heart_soft + 0.05 * bulk,
+        body=body_density(g, frame, hab) + 0.04 * heart_soft + 0.03 * bulk,
         bone=bone_density(g, frame, hab["bone_density"], study["findings"].get("rib_fracture")),
         air=air * (1.0 - heart_soft),
         markings=markings * (1.0 - 0.8 * heart_soft),

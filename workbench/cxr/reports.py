@@ -13,6 +13,7 @@ import functools
 import json
 import textwrap
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,15 +22,17 @@ from workbench.cxr.findings import CHEXPERT_LABELS, CHEXPERT_OF, DEVICES, FINDIN
 
 PHRASES_PATH = Path(__file__).resolve().parents[2] / "data" / "phantom_phrases.json"
 HEDGEABLE = ("pleural_effusion", "pneumothorax", "consolidation", "atelectasis", "edema", "nodule")
-LOBES = {
-    ("right", "upper"): "right upper lobe",
-    ("right", "middle"): "right middle lobe",
-    ("right", "lower"): "right lower lobe",
-    ("left", "upper"): "left upper lobe",
-    ("left", "middle"): "lingula",
-    ("left", "lower"): "left lower lobe",
-}
-ORDINAL = {4: "4th", 5: "5th", 6: "6th", 7: "7th", 8: "8th", 9: "9th"}
+LOBES = MappingProxyType(
+    {
+        ("right", "upper"): "right upper lobe",
+        ("right", "middle"): "right middle lobe",
+        ("right", "lower"): "right lower lobe",
+        ("left", "upper"): "left upper lobe",
+        ("left", "middle"): "lingula",
+        ("left", "lower"): "left lower lobe",
+    }
+)
+ORDINAL = MappingProxyType({4: "4th", 5: "5th", 6: "6th", 7: "7th", 8: "8th", 9: "9th"})
 MAX_WORDS = 80
 
 

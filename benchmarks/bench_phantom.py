@@ -1,0 +1,137 @@
+"""Phantom generator speed and memory, side by side with the I/O floor.
+
+Target (issue): 2,000 studies, frontal + lateral, 256 px, <= 2 minutes on 2 cores, memory
+independent of N. The peer is the *I/O floor*: encoding and writing the same number of JPEG
+images, mask PNGs and report files from precomputed arrays with the same encoder settings and
+worker count -- what any generator writing this layout must pay. We report wall time, the
+ratio generator / floor, and peak resident memory at two dataset sizes.
+
+    python benchmarks/bench_phantom.py --studies 2000 --size 256 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _floor_chunk(task: tuple[str, int, int, int]) -> int:
+    """Write ``n`` studies' worth of files (2 JPEGs, 5 PNG masks, 1 report) from fixed arrays."""
+    root, start, n, size = task
+    rng = np.random.default_rng(start)
+    img = (rng.random((size, size)) * 255).astype(np.uint8)
+    mask = np.where(rng.random((size, size)) > 0.5, 255, 0).astype(np.uint8)
+    for i in range(start, start + n):
+        d = Path(root) / f"s{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        for v in range(2):
+            buf = io.BytesIO()
+            Image.fromarray(img, "L").save(buf, format="JPEG", quality=95, subsampling=0)
+            (d / f"{v}.jpg").write_bytes(buf.getvalue())
+        for m in range(5):
+            buf = io.BytesIO()
+            Image.fromarray(mask, "L").save(buf, format="PNG")
+            (d / f"m{m}.png").write_bytes(buf.getvalue())
+        (d / "report.txt").write_text("FINDINGS: " + "word " * 60)
+    return n
+
+
+def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
+    """Run one measurement in this (fresh) process and print JSON to stdout."""
+    t0 = time.perf_counter()
+    if kind == "generator":
+        from workbench.cxr.phantom import PhantomConfig, generate
+
+        summary = generate(
+            PhantomConfig(out=Path(out), studies=studies, size=size, workers=workers)
+        )
+        images = summary["images"]
+    else:
+        tasks = [(out, s, min(50, studies - s), size) for s in range(0, studies, 50)]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            sum(pool.imap(_floor_chunk, tasks))
+        images = 2 * studies
+    seconds = time.perf_counter() - t0
+    peak = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "studies": studies,
+                "seconds": round(seconds, 2),
+                "images": images,
+                "peak_rss_mb": round(peak / 1024, 1),
+            }
+        )
+    )
+
+
+def measure(kind: str, studies: int, size: int, workers: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--studies",
+            str(studies),
+            "--size",
+            str(size),
+            "--workers",
+            str(workers),
+            "--out",
+            str(Path(tmp) / "ds"),
+        ]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", type=int, default=2000)
+    ap.add_argument("--small", type=int, default=200, help="smaller N for the memory check")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--child", choices=["generator", "floor"], default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child, args.studies, args.size, args.workers, args.out)
+        return 0
+    gen = measure("generator", args.studies, args.size, args.workers)
+    floor = measure("floor", args.studies, args.size, args.workers)
+    small = measure("generator", args.small, args.size, args.workers)
+    print(
+        f"phantom generator: {gen['studies']} studies, {gen['images']} images at "
+        f"{args.size} px, {args.workers} workers: {gen['seconds']:.1f} s "
+        f"({1000 * gen['seconds'] / gen['studies']:.1f} ms/study), "
+        f"target <= 120 s: {'met' if gen['seconds'] <= 120 else 'NOT met'}"
+    )
+    print(
+        f"I/O floor (same files, same encoder): {floor['seconds']:.1f} s; "
+        f"generator / floor = {gen['seconds'] / floor['seconds']:.2f}x"
+    )
+    print(
+        f"peak RSS: {gen['peak_rss_mb']} MB at N={gen['studies']} vs "
+        f"{small['peak_rss_mb']} MB at N={small['studies']} "
+        f"(ratio {gen['peak_rss_mb'] / small['peak_rss_mb']:.2f})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

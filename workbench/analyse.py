@@ -14,12 +14,14 @@ file and swapped in atomically (:func:`workbench.db.rewrite`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,7 +111,7 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
     """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
     device = _device(cfg.device)
     sae = inp.sae.to(device)
-    acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave)
+    acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave, device=device)
     with pq.ParquetWriter(acts_path, ACTS_SCHEMA) as writer:
         for i in range(inp.store.num_shards):
             acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
@@ -118,6 +120,7 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
             if len(rows) != acts_ND.shape[0] or not np.array_equal(rows, r0 + np.arange(len(rows))):
                 raise AnalyseError(f"{inp.store.path}: shard {i} rows are not dense/aligned")
             codes = kind_codes(meta.column("kind").to_pylist(), f"{inp.store.path} shard {i}")
+            codes = codes.to(device)
             ft.insert_tokens(con, meta)
             for b0 in range(0, acts_ND.shape[0], cfg.batch_tokens):
                 x_BD = acts_ND[b0 : b0 + cfg.batch_tokens].to(device, torch.float32)
@@ -125,13 +128,10 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
                 if lat_BF.shape != (x_BD.shape[0], sae.d_sae):
                     raise AnalyseError(f"SAE encode returned {tuple(lat_BF.shape)}")
                 sb = sparsify(lat_BF, r0 + b0)
-                sb = type(sb)(*(t.cpu() for t in sb))
                 acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
+                s_rows, s_feats, s_vals = (t.cpu().numpy() for t in sb)
                 writer.write_table(
-                    pa.table(
-                        [sb.rows.numpy(), sb.feats.int().numpy(), sb.vals.numpy()],
-                        schema=ACTS_SCHEMA,
-                    )
+                    pa.table([s_rows, s_feats.astype(np.int32), s_vals], schema=ACTS_SCHEMA)
                 )
             log.info("shard %d/%d encoded (%d tokens)", i + 1, inp.store.num_shards, len(rows))
     inp.sae.cpu()
@@ -256,29 +256,45 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         con.execute("DETACH old")
 
 
-def _build(con, inp: Inputs, cfg: AnalyseConfig, acts_tmp: Path, notes: list[str]) -> LabelMatrix:
-    """Every analyse table, in dependency order, inside the writer connection ``con``."""
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
-    summary = encode_pass(con, inp, cfg, acts_tmp)
-    log.info("encoding pass: %.1f s", time.perf_counter() - t0)
-    ft.build_study_features(con, acts_tmp)
-    write_feature_tables(con, inp, summary)
-    ft.stage_top_examples(con, summary.top_vals, summary.top_rows)
-    ft.stage_quantile_examples(con, acts_tmp, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
-    ft.build_examples(con, acts_tmp, cfg.context)
-    labels = write_studies_and_labels(con, inp.data_root, notes)
-    write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
-    write_recovery(con, cfg.recovery_threshold)
-    if cfg.n_ngrams:
-        ft.build_ngrams(con, acts_tmp, cfg.n_ngrams)
-    ft.build_statistical_labels(con, cfg.label_min_auroc)
-    write_directions(con, inp, cfg)
-    log.info("all tables: %.1f s", time.perf_counter() - t0)
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+    log.info("%s: %.2f s", name, timings[name])
+
+
+def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict]) -> LabelMatrix:
+    """Every analyse table, in dependency order, inside the writer connection ``con``."""
+    acts, notes, timings = sinks  # sparse Parquet being written, run notes, step timings
+    with _timed(timings, "encode pass"):
+        summary = encode_pass(con, inp, cfg, acts)
+    with _timed(timings, "study maxima + stats"):
+        ft.build_study_features(con, acts)
+        write_feature_tables(con, inp, summary)
+    with _timed(timings, "examples"):
+        ft.stage_top_examples(con, summary.top_vals, summary.top_rows)
+        ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
+        ft.build_examples(con, acts, cfg.context)
+    with _timed(timings, "labels + AUROC"):
+        labels = write_studies_and_labels(con, inp.data_root, notes)
+        write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
+        write_recovery(con, cfg.recovery_threshold)
+    with _timed(timings, "n-grams + statistical labels"):
+        if cfg.n_ngrams:
+            ft.build_ngrams(con, acts, cfg.n_ngrams)
+        ft.build_statistical_labels(con, cfg.label_min_auroc)
+    with _timed(timings, "neighbours + logits"):
+        write_directions(con, inp, cfg)
     return labels
 
 
-def analyse(cfg: AnalyseConfig) -> Path:
-    """Analyse the run's SAE over its store; returns the path of ``features.duckdb``."""
+def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path:
+    """Analyse the run's SAE over its store; returns the path of ``features.duckdb``.
+
+    ``timings``, if given, receives the seconds spent in each step (for benchmarks).
+    """
+    timings = {} if timings is None else timings
     cfg.validate()
     path = db.db_path(cfg.run)
     if cfg.reuse and path.exists():
@@ -292,7 +308,7 @@ def analyse(cfg: AnalyseConfig) -> Path:
     acts_tmp = acts.with_name(acts.name + ".tmp")
     try:
         with db.rewrite(cfg.run, fresh=True) as con:
-            labels = _build(con, inp, cfg, acts_tmp, notes)
+            labels = _build(con, inp, cfg, (acts_tmp, notes, timings))
             carry_over(con, path, fingerprint, notes)
             con.execute(
                 "INSERT INTO runs VALUES (?, 'analyse', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -311,7 +327,8 @@ def analyse(cfg: AnalyseConfig) -> Path:
                     json.dumps(notes),
                 ],
             )
-            db.create_indexes(con)
+            with _timed(timings, "indexes"):
+                db.create_indexes(con)
             os.replace(acts_tmp, acts)
     finally:
         acts_tmp.unlink(missing_ok=True)

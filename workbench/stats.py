@@ -34,9 +34,10 @@ class SparseBatch(NamedTuple):
 
 def sparsify(latents_BF: torch.Tensor, row0: int) -> SparseBatch:
     """Non-zero entries of a dense latent batch whose first token has global row ``row0``."""
-    idx_N2 = latents_BF.nonzero()
-    vals = latents_BF[idx_N2[:, 0], idx_N2[:, 1]].float()
-    return SparseBatch(idx_N2[:, 0] + row0, idx_N2[:, 1], vals)
+    flat = latents_BF.reshape(-1)
+    idx = flat.nonzero().squeeze(1)  # row-major, so rows come out sorted
+    F = latents_BF.shape[1]
+    return SparseBatch(idx // F + row0, idx % F, flat[idx].float())
 
 
 class FeatureSummary(NamedTuple):
@@ -64,6 +65,7 @@ class FeatureAccumulator:
         bins_per_octave: int = 4,
         min_octave: int = -20,
         max_octave: int = 20,
+        device: str | torch.device = "cpu",
     ) -> None:
         if d_sae <= 0 or top_k <= 0 or bins_per_octave <= 0 or max_octave <= min_octave:
             raise ValueError("d_sae, top_k, bins_per_octave must be > 0, max_octave > min_octave")
@@ -71,13 +73,13 @@ class FeatureAccumulator:
         self.min_bin = min_octave * bins_per_octave
         self.n_bins = (max_octave - min_octave) * bins_per_octave
         self.n_tokens = 0
-        F, K = d_sae, len(KINDS)
-        self.n_fires = torch.zeros(F, dtype=torch.int64)
-        self.sum_by_kind = torch.zeros(F * K, dtype=torch.float64)
-        self.max_act = torch.zeros(F, dtype=torch.float32)
-        self.hist = torch.zeros(F * self.n_bins, dtype=torch.int64)
-        self.top_vals = torch.full((F, top_k), -float("inf"))
-        self.top_rows = torch.full((F, top_k), -1, dtype=torch.int64)
+        F, K, dev = d_sae, len(KINDS), torch.device(device)
+        self.n_fires = torch.zeros(F, dtype=torch.int64, device=dev)
+        self.sum_by_kind = torch.zeros(F * K, dtype=torch.float64, device=dev)
+        self.max_act = torch.zeros(F, dtype=torch.float32, device=dev)
+        self.hist = torch.zeros(F * self.n_bins, dtype=torch.int64, device=dev)
+        self.top_vals = torch.full((F, top_k), -float("inf"), device=dev)
+        self.top_rows = torch.full((F, top_k), -1, dtype=torch.int64, device=dev)
 
     def bin_of(self, vals: torch.Tensor) -> torch.Tensor:
         """Histogram bin (0-based, clamped) of positive activations."""
@@ -104,16 +106,21 @@ class FeatureAccumulator:
     def _merge_top(self, batch: SparseBatch) -> None:
         """Merge the batch's best ``top_k`` entries per feature into the running top-k."""
         k = self.top_k
+        # only entries above their feature's current k-th best can enter (few, once warm)
+        live = batch.vals > self.top_vals[batch.feats, -1]
+        f, v, r = batch.feats[live], batch.vals[live], batch.rows[live]
+        if f.numel() == 0:
+            return
         # sort entries by (feature asc, value desc); rank = position within its feature run
-        order = torch.argsort(batch.vals, descending=True, stable=True)
-        order = order[torch.argsort(batch.feats[order], stable=True)]
-        f, v, r = batch.feats[order], batch.vals[order], batch.rows[order]
+        order = torch.argsort(v, descending=True, stable=True)
+        order = order[torch.argsort(f[order], stable=True)]
+        f, v, r = f[order], v[order], r[order]
         starts = torch.searchsorted(f, f, right=False)
-        rank = torch.arange(f.numel()) - starts
+        rank = torch.arange(f.numel(), device=f.device) - starts
         keep = rank < k
         touched, slot = torch.unique(f[keep], return_inverse=True)
-        cand_v = torch.full((touched.numel(), k), -float("inf"))
-        cand_r = torch.full((touched.numel(), k), -1, dtype=torch.int64)
+        cand_v = torch.full((touched.numel(), k), -float("inf"), device=v.device)
+        cand_r = torch.full((touched.numel(), k), -1, dtype=torch.int64, device=v.device)
         cand_v[slot, rank[keep]] = v[keep]
         cand_r[slot, rank[keep]] = r[keep]
         all_v = torch.cat([self.top_vals[touched], cand_v], dim=1)
@@ -130,18 +137,18 @@ class FeatureAccumulator:
 
     def summary(self) -> FeatureSummary:
         """The accumulated statistics as numpy arrays."""
-        sbk = self.sum_by_kind.view(self.d_sae, len(KINDS)).numpy()
+        sbk = self.sum_by_kind.view(self.d_sae, len(KINDS)).cpu().numpy()
         return FeatureSummary(
             n_tokens=self.n_tokens,
-            n_fires=self.n_fires.numpy(),
+            n_fires=self.n_fires.cpu().numpy(),
             sum_act=sbk.sum(axis=1),
             sum_by_kind=sbk,
-            max_act=self.max_act.numpy().astype(np.float64),
-            hist=self.hist.view(self.d_sae, self.n_bins).numpy(),
+            max_act=self.max_act.cpu().numpy().astype(np.float64),
+            hist=self.hist.view(self.d_sae, self.n_bins).cpu().numpy(),
             bin_edges=self.bin_edges(),
             min_bin=self.min_bin,
-            top_vals=self.top_vals.numpy(),
-            top_rows=self.top_rows.numpy(),
+            top_vals=self.top_vals.cpu().numpy(),
+            top_rows=self.top_rows.cpu().numpy(),
         )
 
 

@@ -1,0 +1,174 @@
+"""Whole analysis vs the bare cost of encoding the same store with the same SAE, one run.
+
+``python benchmarks/bench_analyse.py [--shape demo|maira2-small|both] [--out DIR]``
+
+For each shape it writes a synthetic activation store (studies of image, prompt and report
+tokens, in the store's real format) and a random Matryoshka SAE whose threshold gives about
+``k`` active latents per token, then times, side by side in one process:
+
+1. *bare encoding*: read every shard and ``sae.encode`` it batch by batch (what any use of
+   the SAE over the store costs at least);
+2. ``workbench.analyse.analyse`` on the same store and SAE (with labels), step by step.
+
+It prints the ratio analysis / bare encoding; the issue's target is at most 1.5.
+Shapes: ``demo`` is the phantom demo (maira2-mini d_model 256, 4x SAE, k 32);
+``maira2-small`` has MAIRA-2's SAE proportions at half width (d 2048, 8192 latents, k 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from workbench.analyse import AnalyseConfig, analyse
+from workbench.cxr.findings import concept_names
+from workbench.sae import MatryoshkaSAE, save_sae
+from workbench.store import ActivationStore, StoreWriter
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+class Shape(NamedTuple):
+    d_model: int
+    d_sae: int
+    k: int
+    studies: int
+    tokens_per_study: tuple[int, int, int]  # image, prompt, report
+
+
+SHAPES = {
+    "demo": Shape(256, 1024, 32, 300, (192, 100, 60)),
+    "maira2-small": Shape(2048, 8192, 64, 40, (300, 60, 40)),
+}
+
+
+def make_store(path: Path, shape: Shape, seed: int = 0) -> None:
+    """Random activations with a few directions shared by "positive" studies."""
+    g = torch.Generator().manual_seed(seed)
+    n_img, n_prompt, n_rep = shape.tokens_per_study
+    concepts = torch.randn(8, shape.d_model, generator=g) * 3
+    w = StoreWriter(
+        path, model="bench", layer=2, hook_name=HOOK, d_model=shape.d_model, shard_tokens=65536
+    )
+    for s in range(shape.studies):
+        n = n_img + n_prompt + n_rep
+        acts = torch.randn(n, shape.d_model, generator=g)
+        for c in range(8):
+            if (s >> c) & 1:
+                acts[: n_img // 4] += concepts[c]
+        kinds = ["image"] * n_img + ["prompt"] * n_prompt + ["report"] * n_rep
+        words = [" small", " left", " effusion", " no", " pneumothorax", "."]
+        meta = {
+            "subject_id": [1000 + s // 3] * n,
+            "position": list(range(n)),
+            "token_id": [7] * n,
+            "token": ["<image>"] * n_img
+            + ["tok"] * n_prompt
+            + [words[i % len(words)] for i in range(n_rep)],
+            "kind": kinds,
+            "section": [None] * n_img + ["prompt"] * n_prompt + ["findings"] * n_rep,
+            "patch_row": [i // 16 for i in range(n_img)] + [None] * (n - n_img),
+            "patch_col": [i % 16 for i in range(n_img)] + [None] * (n - n_img),
+        }
+        w.add(50_000_000 + s, acts, meta)
+    w.close()
+
+
+def make_labels(data: Path, shape: Shape) -> None:
+    """phantom-labels.csv: concept c present in study s when bit c of s is set."""
+    data.mkdir(parents=True, exist_ok=True)
+    names = concept_names()
+    with open(data / "phantom-labels.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["subject_id", "study_id", *names])
+        for s in range(shape.studies):
+            out.writerow(
+                [
+                    1000 + s // 3,
+                    50_000_000 + s,
+                    *[int(j < 8 and (s >> j) & 1) for j in range(len(names))],
+                ]
+            )
+
+
+def make_sae(path: Path, store: ActivationStore, shape: Shape) -> MatryoshkaSAE:
+    """Random SAE whose threshold is set so that about ``k`` latents fire per token."""
+    sae = MatryoshkaSAE(
+        shape.d_model, shape.d_sae, shape.k, (shape.d_sae // 4,) * 4, hook_name=HOOK
+    )
+    sample = store.shard(0)[:2048].float()
+    with torch.no_grad():
+        pre = sae.pre_acts(sample)
+        kth = pre.topk(shape.k, dim=1).values[:, -1]
+        sae.threshold.fill_(float(kth.median()))
+    save_sae(sae, path)
+    return sae
+
+
+@torch.no_grad()
+def bare_encoding(store: ActivationStore, sae: MatryoshkaSAE, batch: int) -> tuple[float, float]:
+    """Seconds to read and encode every token; and the mean L0 seen."""
+    t0 = time.perf_counter()
+    fired = 0
+    for i in range(store.num_shards):
+        acts = store.shard(i)
+        for b0 in range(0, acts.shape[0], batch):
+            lat = sae.encode(acts[b0 : b0 + batch].float())
+            fired += int((lat > 0).sum())
+    return time.perf_counter() - t0, fired / store.n_tokens
+
+
+def bench(name: str, root: Path) -> dict:
+    shape = SHAPES[name]
+    run = root / name
+    make_store(run / "activations", shape)
+    make_labels(run / "phantom", shape)
+    store = ActivationStore(run / "activations")
+    sae = make_sae(run / "sae", store, shape)
+    cfg = AnalyseConfig(run=run, device="cpu")
+    bare, l0 = bare_encoding(store, sae, cfg.batch_tokens)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    analyse(cfg, timings)
+    total = time.perf_counter() - t0
+    result = {
+        "shape": name,
+        "tokens": store.n_tokens,
+        "d_model": shape.d_model,
+        "d_sae": shape.d_sae,
+        "l0": round(l0, 1),
+        "bare_encoding_s": round(bare, 2),
+        "analyse_s": round(total, 2),
+        "ratio": round(total / bare, 2),
+        "steps_s": {k: round(v, 2) for k, v in timings.items()},
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result, indent=2), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
+    args = parser.parse_args(argv)
+    root = args.out or Path(tempfile.mkdtemp(prefix="bench_analyse_"))
+    try:
+        for name in SHAPES if args.shape == "both" else [args.shape]:
+            bench(name, root)
+    finally:
+        if args.out is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

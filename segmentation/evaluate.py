@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from segmentation import metrics as M
-from segmentation.data import SegSample, load_dataset
+from segmentation.data import DataError, SegSample, load_dataset
 from segmentation.models import Prediction, load_model, predict
 from segmentation.results_db import ResultRow, write_results
 from workbench.config import parse_config
@@ -152,7 +152,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.max_images is not None:
         samples = samples[: cfg.max_images]
     if not samples:
-        raise ValueError(f"{cfg.data}: no {cfg.dataset} images in split '{cfg.split}'")
+        raise DataError(f"{cfg.data}: no {cfg.dataset} images in split '{cfg.split}'")
     per_image = evaluate_samples(
         model,
         spec,

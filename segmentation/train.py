@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.data import load_dataset, stack
+from segmentation.data import DataError, load_dataset, stack
 from segmentation.models import ModelSpec, build_model, save_model, training_loss
 from segmentation.ssn import SSNConfig
 from segmentation.unet import UNetConfig
-from workbench.config import parse_config, save_config, to_dict
+from workbench.config import ConfigError, parse_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,18 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("TrainConfig: steps >= 0, batch_size >= 1, lr > 0 required")
+            raise ConfigError("TrainConfig: steps >= 0, batch_size >= 1, lr > 0 required")
         if self.image_size % 2 ** (len(self.channels) - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig.image_size {self.image_size} must be divisible by "
                 f"2**(len(channels)-1) = {2 ** (len(self.channels) - 1)}"
             )
+        spec = self.spec()
+        try:
+            spec.unet.validate()
+            spec.ssn.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def spec(self) -> ModelSpec:
         unet = UNetConfig(
@@ -196,6 +202,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out / "cfg.json")
     samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
+    if not samples:
+        raise DataError(f"{cfg.data}: no {cfg.dataset} images in split 'train'")
     torch.manual_seed(cfg.seed)
     spec = cfg.spec()
     model = build_model(spec)

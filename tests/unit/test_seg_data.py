@@ -126,7 +126,7 @@ def test_jsrt_truncated_img_is_reported(tmp_path):
         readers.read_jsrt_img(tmp_path / "JPCNN001.IMG")
 
 
-# ----------------------------------------------------------------------------- Montgomery / Shenzhen
+# ------------------------------------------------------------------------ Montgomery / Shenzhen
 
 
 def _png(path, arr):

@@ -91,7 +91,7 @@ def test_sql_read_and_refused_write(page):
     page.locator("#wb-sqlrun").click()
     page.locator("#wb-sqlresult [role=gridcell]", has_text="pacemaker").first.wait_for()
     note = page.locator("#wb-sqlnote")
-    assert "1 rows" in note.inner_text()
+    assert note.inner_text().strip() == "1 row"
     page.screenshot(path=SHOTS / "sql.png", full_page=True)
     _set_code(page, "#wb-sql", "DROP TABLE features")
     page.locator("#wb-sqlrun").click()

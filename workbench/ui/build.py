@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import gradio as gr
@@ -77,7 +78,7 @@ def _open_row(ctx: AppContext, evt: gr.SelectData) -> list:
 
 
 def _banner(ctx: AppContext) -> str:
-    name = render.escape(ctx.run_dir.name)
+    name = escape(ctx.run_dir.name)
     head = f'<div class="wb-fid">radiology interpretability workbench · run <b>{name}</b></div>'
     return head + render.messages(ctx.status.problems)
 

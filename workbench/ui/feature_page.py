@@ -30,9 +30,9 @@ def show(ctx: AppContext, feature) -> list:
 
 def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturePage:
     """Lay out the page; ``html`` makes HTML panels whose chips are clickable."""
-    with gr.Row(equal_height=True):
-        number = gr.Number(label="Feature", precision=0, minimum=0, scale=1, elem_id="wb-fnum")
-        go = gr.Button("Open", variant="primary", scale=0, min_width=90)
+    with gr.Row(equal_height=False):
+        number = gr.Number(label="Feature", precision=0, minimum=0, scale=0, elem_id="wb-fnum")
+        go = gr.Button("Open", variant="primary", scale=0, min_width=90, size="md")
     title = html(elem_id="wb-ftitle")
     with gr.Row():
         with gr.Column(scale=3):

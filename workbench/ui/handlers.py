@@ -9,8 +9,10 @@ the page (:func:`guarded`). No Gradio import here, so they are tested without a 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,8 +100,8 @@ def feature_table(
             r["label"] or "",
             r["method"] or "",
             _round(r["score"]),
-            r["concept"] or "",
-            _round(r["auroc"]),
+            (r["concept"] or "") if r["frequency"] else "",
+            _round(r["auroc"]) if r["frequency"] else None,
             _round(r["frequency"], 6),
             _round(r["max_act"]),
             r["group"],
@@ -150,8 +152,15 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
         ),
         logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
         neighbors=render.card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
-        examples=render.card("Examples", render.examples(ex, scale)),
+        examples=render.card("Examples", render.examples(ex, scale, _grid_of(ctx, ex))),
     )
+
+
+def _grid_of(ctx: AppContext, ex: list[dict]) -> tuple[int, int] | None:
+    """Patch grid (rows, cols) of the image of the first image example, if any."""
+    first = next((r for r in ex if r.get("kind") == "image"), None)
+    grid = queries.image_grid(ctx, int(first["study_id"])) if first else None
+    return (int(grid["n_rows"]), int(grid["n_cols"])) if grid else None
 
 
 def _concepts_panel(rows: list[dict]) -> str:
@@ -259,10 +268,10 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     if st is None:
         return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
     sections = queries.study_sections(ctx, sid)
-    choices = [
-        (f"#{r['feature']} {r['label'] or ''} ({r['section']})", int(r["feature"]))
-        for r in sections
-    ]
+    choices: list[tuple[str, int]] = []
+    for r in sections:
+        if all(r["feature"] != f for _, f in choices):
+            choices.append((f"#{r['feature']} {r['label'] or ''} ({r['section']})", r["feature"]))
     f = (
         int(float(feature))
         if feature not in (None, "")
@@ -273,16 +282,12 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     uri = study_heatmap_uri(ctx, sid, f, vmax)
     cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
     toks = queries.study_tokens(ctx, sid, f)
-    report = (
-        render.highlight([t["token"] for t in toks], [t["value"] for t in toks], vmax or 1.0)
-        if toks
-        else render.token_text(_report_text(st))
-    )
+    report = _report_html(toks, vmax or 1.0) if toks else escape(_report_text(st))
     positives = ", ".join(queries.study_positives(ctx, sid)) or "none"
     header = (
         f'<div class="wb-head"><div class="wb-fid">study {sid}</div>'
         f'<div class="wb-meta">subject {st.get("subject_id")} · split {st.get("split") or "–"} · '
-        f"labelled present: {render.escape(positives)}</div></div>"
+        f"labelled present: {escape(positives)}</div></div>"
     )
     return StudyView(
         header=header,
@@ -297,6 +302,17 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     )
 
 
+def _report_html(toks: list[dict], scale: float) -> str:
+    """The study's text tokens, one block per section, coloured by activation."""
+    parts = []
+    for section, group in itertools.groupby(toks, key=lambda t: t["section"] or t["kind"]):
+        g = list(group)
+        text = render.highlight([t["token"] for t in g], [t["value"] for t in g], scale)
+        label = f'<span class="wb-seclabel">{escape(section)}</span>'
+        parts.append(f'<div class="wb-sec">{label}{text}</div>')
+    return "".join(parts)
+
+
 def _report_text(st: dict) -> str:
     parts = [(k.upper(), st.get(k)) for k in ("findings", "impression")]
     return "\n\n".join(f"{k}: {v}" for k, v in parts if v)
@@ -309,7 +325,7 @@ def _sections_html(rows: list[dict]) -> str:
     for r in rows:
         if r["section"] != current:
             current = r["section"]
-            out.append(f'<h4 class="wb-group">{render.escape(str(current))}</h4>')
+            out.append(f'<h4 class="wb-group">{escape(str(current))}</h4>')
         rel = r["rel"] if r["rel"] is not None else 0.0
         out.append(
             render.feature_link(r["feature"], f"#{r['feature']} {r['label'] or ''} · {rel:.0%}")

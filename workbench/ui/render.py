@@ -115,18 +115,27 @@ def _pct(x: float | None) -> str:
     return f"{100 * x:.3g}%"
 
 
-def examples(rows: Sequence[Row], scale: float) -> str:
-    """Top and quantile examples as cards of highlighted context, grouped under headings."""
+def examples(rows: Sequence[Row], scale: float, grid: tuple[int, int] | None = None) -> str:
+    """Top and quantile examples under headings: text as highlighted context, image patches as
+    small patch-grid cards (``grid`` = n_rows, n_cols of the image) in a row."""
     if not rows:
         return '<p class="wb-empty">No examples recorded.</p>'
-    parts, current = [], None
+    groups: dict[str, list[Row]] = {}
     for r in rows:
-        group = _group_name(r)
-        if group != current:
-            parts.append(f'<h4 class="wb-group">{escape(group)}</h4>')
-            current = group
-        parts.append(_example_card(r, scale))
+        groups.setdefault(_group_name(r), []).append(r)
+    parts = []
+    for name, members in groups.items():
+        texts = [_text_card(r, scale) for r in members if not _is_patch(r)]
+        patches = [_patch_card(r, scale, grid) for r in members if _is_patch(r)]
+        parts.append(f'<h4 class="wb-group">{escape(name)}</h4>')
+        if patches:
+            parts.append('<div class="wb-patches">' + "".join(patches) + "</div>")
+        parts += texts
     return '<div class="wb-examples">' + "".join(parts) + "</div>"
+
+
+def _is_patch(r: Row) -> bool:
+    return r.get("kind") == "image" and r.get("patch_row") is not None
 
 
 def _group_name(r: Row) -> str:
@@ -136,21 +145,42 @@ def _group_name(r: Row) -> str:
     return f"Quantile {q}" if q is not None else "Quantile examples"
 
 
-def _example_card(r: Row, scale: float) -> str:
+def _text_card(r: Row, scale: float) -> str:
     where = escape(r.get("section") or r.get("kind") or "")
-    if r.get("kind") == "image" and r.get("patch_row") is not None:
-        text = f"image patch (row {int(r['patch_row'])}, col {int(r['patch_col'])})"
-        body = f'<span class="wb-imgtok">{escape(text)}</span>'
-    else:
-        body = highlight(
-            r.get("context_tokens") or [r.get("token") or ""],
-            r.get("context_acts") or [r.get("activation") or 0.0],
-            scale,
-            r.get("center") if r.get("context_tokens") else 0,
-        )
+    body = highlight(
+        r.get("context_tokens") or [r.get("token") or ""],
+        r.get("context_acts") or [r.get("activation") or 0.0],
+        scale,
+        r.get("center") if r.get("context_tokens") else 0,
+    )
     return (
         f'<div class="wb-ex"><div class="wb-exmeta">{study_link(r["study_id"])} · {where} · '
         f'<b>{fmt(r.get("activation"))}</b></div><div class="wb-extext">{body}</div></div>'
+    )
+
+
+def _patch_card(r: Row, scale: float, grid: tuple[int, int] | None) -> str:
+    row, col = int(r["patch_row"]), int(r["patch_col"])
+    n_rows, n_cols = grid if grid else (row + 1, col + 1)
+    strength = min(1.0, (r.get("activation") or 0.0) / scale) if scale > 0 else 1.0
+    picture = patch_grid(n_rows, n_cols, row, col, strength)
+    return (
+        f'<div class="wb-patch" title="image patch (row {row}, col {col})">{picture}'
+        f"<div>{study_link(r['study_id'])}</div><b>{fmt(r.get('activation'))}</b></div>"
+    )
+
+
+def patch_grid(n_rows: int, n_cols: int, row: int, col: int, strength: float) -> str:
+    """A small picture of the image's patch grid with the example's patch filled."""
+    cell = max(2.0, 56 / max(n_rows, n_cols))
+    w, h = cell * n_cols, cell * n_rows
+    mark = (
+        f'<rect x="{col * cell:.1f}" y="{row * cell:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
+        f'fill="rgba(232,89,12,{0.35 + 0.65 * strength:.2f})"/>'
+    )
+    return (
+        f'<svg viewBox="0 0 {w:.1f} {h:.1f}" width="{w:.0f}" height="{h:.0f}">'
+        f'<rect width="{w:.1f}" height="{h:.1f}" fill="#495057" rx="3"/>{mark}</svg>'
     )
 
 

@@ -21,6 +21,9 @@ from workbench.ui.safety import UnsafeQueryError, check_sql, run_limited
 
 # Curves worth plotting, matched as substrings of the log's keys, in display order.
 CURVE_KEYS = ("fvu", "l0", "dead", "loss", "lr")
+# The SAE trainer's log name (workbench.sae.trainer.LOG_FILE; importing the trainer here would
+# cost the app seconds of start-up, a unit test keeps the two equal).
+TRAIN_LOG = "train_log.jsonl"
 _STEP_KEYS = ("step", "steps", "n_steps", "iteration")
 
 
@@ -104,11 +107,12 @@ def _db_runs(ctx: AppContext) -> str:
 
 
 def log_files(run_dir: Path) -> list[Path]:
-    """The SAE training logs: every ``*.jsonl`` under ``sae/`` (newest last)."""
+    """The SAE training logs under ``sae/``: the trainer's own log last, else newest last."""
     sae = run_dir / "sae"
     if not sae.is_dir():
         return []
-    return sorted(sae.rglob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    logs = sae.rglob("*.jsonl")
+    return sorted(logs, key=lambda p: (p.name == TRAIN_LOG, p.stat().st_mtime))
 
 
 def runs_view(ctx: AppContext) -> RunsView:
@@ -146,9 +150,9 @@ def run_sql(ctx: AppContext, sql: str) -> SQLResult:
     except duckdb.Error as exc:
         return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
     rows = [[_plain(v) for v in r] for r in res.rows]
-    note = f"{len(rows):,} rows" + (
-        f" (first {ctx.sql_row_limit:,} shown)" if res.truncated else ""
-    )
+    note = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
+    if res.truncated:
+        note = f"more than {ctx.sql_row_limit:,} rows: the first {ctx.sql_row_limit:,} are shown"
     return SQLResult(res.columns, rows, render.message(note, "info"))
 
 

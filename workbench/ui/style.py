@@ -39,7 +39,13 @@ a.wb-study { color: #1971c2; text-decoration: none; cursor: pointer; }
 .wb-numbers summary { cursor: pointer; color: #1971c2; font-size: 12px; }
 .wb-curves { display: flex; flex-wrap: wrap; gap: 12px; }
 .wb-curve { flex: 1 1 320px; max-width: 380px; }
+.wb-sec { margin-bottom: 6px; }
+.wb-seclabel { display: block; font-family: system-ui, sans-serif; font-size: 11px;
+  color: #868e96; text-transform: uppercase; letter-spacing: .05em; }
 .wb-bar:hover { opacity: .75; }
+.wb-patches { display: flex; flex-wrap: wrap; gap: 10px; margin: 4px 0 8px; }
+.wb-patch { text-align: center; font-size: 12px; line-height: 1.3; }
+.wb-patch svg { display: block; margin: 0 auto 2px; }
 """
 
 # Chips carry data-feature / data-study; a click becomes a Gradio 'click' event with that data.

@@ -53,9 +53,10 @@ def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
     if kind == "generator":
         from workbench.cxr.phantom import PhantomConfig, generate
 
-        summary = generate(
-            PhantomConfig(out=Path(out), studies=studies, size=size, workers=workers)
+        cfg = PhantomConfig(
+            out=Path(out), studies=studies, size=size, workers=workers, all_lateral=True
         )
+        summary = generate(cfg)
         images = summary["images"]
     else:
         tasks = [(out, s, min(50, studies - s), size) for s in range(0, studies, 50)]

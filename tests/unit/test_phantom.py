@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.config import ConfigError
+from workbench.config import ConfigError, load_config
 from workbench.cxr import layout
 from workbench.cxr.findings import CHEXPERT_LABELS, DEVICES, FINDINGS, concept_names
 from workbench.cxr.phantom import PhantomConfig, generate, main, summarize
@@ -201,3 +202,16 @@ def test_config_validation_and_cli(tmp_path, capsys):
     assert "3 studies" in summarize(out)
     with pytest.raises(FileNotFoundError, match="phantom summary"):
         summarize(tmp_path / "nothing")
+
+
+def test_demo_preset_and_all_lateral(tmp_path):
+    cfg = load_config(PhantomConfig, Path(__file__).parents[2] / "configs" / "phantom-demo.toml")
+    assert cfg.size == 256 and cfg.studies >= 100
+    cfg = PhantomConfig(
+        out=tmp_path / "lat", studies=12, size=64, seed=4, all_lateral=True, masks=False
+    )
+    summary = generate(cfg)
+    assert summary["lateral_images"] == summary["studies"] == 12
+    assert not (tmp_path / "lat" / "masks").exists()
+    views = Counter(r["ViewPosition"] for r in read_csv(tmp_path / "lat" / layout.METADATA))
+    assert views["LATERAL"] == 12 and views["PA"] + views["AP"] == 12

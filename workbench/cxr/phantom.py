@@ -48,6 +48,8 @@ class PhantomConfig:
     """Share of subjects in the validate split; the rest is test."""
     masks: bool = True
     """Write masks/ (lungs, heart, findings, devices, nodule annotators) for frontal images."""
+    all_lateral: bool = False
+    """Give every study a lateral view (by default portable AP studies have none, as in MIMIC)."""
 
     def validate(self) -> None:
         if not 1 <= self.studies < 10**7:
@@ -74,6 +76,8 @@ def content_config(cfg: PhantomConfig) -> dict[str, Any]:
 def build_study(cfg: PhantomConfig, study: dict) -> dict[str, Any]:
     """Render, report and write one study's files; return its table rows and record."""
     root = Path(cfg.out)
+    if cfg.all_lateral and not study["acquisition"]["lateral"]:
+        study = {**study, "acquisition": {**study["acquisition"], "lateral": True}}
     sid, stid = study["subject_id"], study["study_id"]
     rendered = render_study(study, cfg.size, rng_for(cfg.seed, RENDER_STREAM, study["study_index"]))
     report = write_report(study, rng_for(cfg.seed, REPORT_STREAM, study["study_index"]))

@@ -143,6 +143,8 @@ def _sentence(rng, family: list, name: str, p: dict, value: float | None) -> tup
     labels = {} if value is None else dict.fromkeys(CHEXPERT_OF[name], value)
     if value == 0.0:
         labels = {CHEXPERT_OF[name][0]: 0.0}
+    if isinstance(entry, dict):  # e.g. "Opacity ... may represent X": the opacity is certain
+        labels.update(entry["labels"])
     return _fill(text, v), labels
 
 
@@ -183,7 +185,7 @@ def findings_sentences(study: dict, hedged: set, rng) -> list[tuple[str, dict, i
                 ph["change"]["resolved"][name],
                 name,
                 study["resolved"].get(name, {}),
-                None if name in DEVICES else 0.0,
+                0.0,
             )
             out.append((text, labels, 6))
     out.extend(_negatives(study, present, rng))

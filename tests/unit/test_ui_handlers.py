@@ -1,0 +1,183 @@
+"""The app's handlers on a tiny run built by the real pipeline, without a browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench import db
+from workbench.ui import handlers, launch_line, runinfo
+from workbench.ui.context import open_context
+from workbench.ui.tiny_run import build, findings_of, study_id
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("ui") / "run")
+
+
+@pytest.fixture(scope="module")
+def ctx(run):
+    c = open_context(run)
+    yield c
+    c.close()
+
+
+def test_context_of_a_complete_run(ctx):
+    assert ctx.status.problems == () and ctx.status.sae_state == "trained"
+    assert ctx.has("features", "feature_examples", "feature_acts")
+
+
+def test_feature_table_filters(ctx):
+    assert len(handlers.feature_table(ctx).rows) == 16
+    hits = handlers.feature_table(ctx, search="PACEMAKER").rows
+    assert [r[0] for r in hits] == [0]
+    assert [r[0] for r in handlers.feature_table(ctx, search="3").rows] == [3]
+    by_concept = handlers.feature_table(ctx, concept="pleural_effusion", sort="AUROC").rows
+    assert by_concept[0][0] == 1 and by_concept[0][4:6] == ["pleural_effusion", 1.0]
+    dead = handlers.feature_table(ctx, density="dead").rows
+    assert sorted(r[0] for r in dead) == list(range(6, 16))
+    assert all(r[8] == 1 for r in handlers.feature_table(ctx, group="1").rows)
+    ascending = handlers.feature_table(ctx, sort="feature", descending=False, limit=5)
+    assert [r[0] for r in ascending.rows] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ] and "showing 5 of 16" in ascending.summary
+
+
+def test_search_text_is_a_parameter_not_sql(ctx):
+    view = handlers.feature_table(ctx, search="'; DROP TABLE features; --")
+    assert view.rows == [] and "0 matching" in view.summary
+
+
+def test_feature_page(ctx):
+    view = handlers.feature_view(ctx, 0)
+    assert "pacemaker" in view.title and "feature 0" in view.title
+    assert view.histogram.count('class="wb-bar"') >= 2
+    assert "data:image/jpeg;base64," in view.image
+    assert 'class="wb-patch"' in view.examples and "wb-center" in view.examples
+    assert ">pacemaker<" in view.concepts  # the concept bar chart names it
+    assert "Not computed" in view.logits  # the tiny run has no model to unembed with
+    assert view.neighbors.count("data-feature=") == 10
+
+
+def test_feature_page_messages(ctx):
+    assert "does not exist" in handlers.feature_view(ctx, 999).title
+    assert "Pick a feature" in handlers.feature_view(ctx, None).title
+    assert "never fires" in handlers.feature_view(ctx, 6).title
+    assert "Fires on text only" in handlers.feature_view(ctx, 4).image
+
+
+def _decode(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_heatmap_lands_on_the_device_patch(ctx):
+    sid = study_id(3)
+    assert findings_of(3)["pacemaker"]
+    img_HW3 = _decode(handlers.study_heatmap_uri(ctx, sid, 0, vmax=3.0)).astype(int)
+    h, w, _ = img_HW3.shape
+    warmth_HW = img_HW3[..., 0] - img_HW3[..., 2]
+    # patch (row 0, col 2) of the 4x4 grid holds the pacemaker; bottom-left patch is silent
+    assert warmth_HW[h // 8, 5 * w // 8] > 60
+    assert warmth_HW[7 * h // 8, w // 8] < 10
+
+
+def test_image_outside_the_run_is_not_read(ctx, tmp_path):
+    outside = tmp_path / "x.jpg"
+    Image.new("L", (8, 8)).save(outside)
+    assert handlers.resolve_image(ctx, str(outside)) is None
+    assert handlers.resolve_image(ctx, "phantom/../../x.jpg") is None
+    inside = next((ctx.run_dir / "phantom" / "files").rglob("*.jpg"))
+    assert handlers.resolve_image(ctx, str(inside)) == inside.resolve()
+
+
+def test_study_view(ctx):
+    sid = study_id(0)
+    view = handlers.study_view(ctx, sid)
+    assert f"study {sid}" in view.header and "pacemaker" in view.header
+    assert view.feature in [f for _, f in view.choices]
+    assert len({f for _, f in view.choices}) == len(view.choices)
+    coloured = handlers.study_view(ctx, sid, 0)
+    assert re.search(
+        r'<span style="background:[^"]*" title="1.2"> pacemaker</span>', coloured.report
+    )
+    assert "data:image/jpeg" in coloured.image and "IMAGE" in coloured.sections.upper()
+    assert "not in this run" in handlers.study_view(ctx, 123).header
+
+
+def test_sql(ctx):
+    ok = runinfo.run_sql(ctx, "SELECT feature FROM features ORDER BY feature LIMIT 3")
+    assert ok.columns == ["feature"] and ok.rows == [[0], [1], [2]] and "3 rows" in ok.message
+    assert "Refused" in runinfo.run_sql(ctx, "DELETE FROM features").message
+    assert "Query failed" in runinfo.run_sql(ctx, "SELECT * FROM no_such_table").message
+    assert "Refused" not in runinfo.run_sql(ctx, "SELECT count(*) FROM feature_acts").message
+
+
+def test_missing_run_gives_messages(tmp_path):
+    c = open_context(tmp_path / "nope")
+    assert not c.status.exists and "No run at" in c.status.problems[0]
+    assert "No run at" in handlers.feature_table(c).summary
+    assert "No run at" in handlers.feature_view(c, 0).title
+    assert "No run at" in handlers.study_view(c, 1).header
+    assert "No run at" in runinfo.run_sql(c, "SELECT 1").message
+    assert "No SAE training log" in runinfo.runs_view(c).curves
+
+
+def test_run_without_labels(run, tmp_path):
+    copy = tmp_path / "nolabels"
+    shutil.copytree(run, copy)
+    with db.rewrite(copy) as con:
+        con.execute("DELETE FROM feature_labels")
+    c = open_context(copy)
+    try:
+        assert not c.status.has_labels and "No labels yet" in " ".join(c.status.problems)
+        assert "not labelled yet" in handlers.feature_view(c, 0).title
+        assert "no labels yet" in handlers.feature_table(c).summary
+    finally:
+        c.close()
+
+
+def test_sae_still_training(tmp_path):
+    from workbench.sae.trainer import LOG_FILE
+
+    assert runinfo.TRAIN_LOG == LOG_FILE
+    run = tmp_path / "training"
+    (run / "sae").mkdir(parents=True)
+    records = [
+        {"step": s, "loss": 1.0 / s, "fvu": 0.9 / s, "fvu_prefix": [1.0, 0.9 / s], "l0": 32.0,
+         "l0_inference": None, "dead_fraction": 0.1 / s, "lr": 1e-3}
+        for s in (20, 40, 60)
+    ]  # fmt: skip
+    text = "\n".join(json.dumps(r) for r in records) + "\nnot json\n"
+    (run / "sae" / LOG_FILE).write_text(text)
+    c = open_context(run)
+    assert c.status.sae_state == "training"
+    assert any("still training" in p for p in c.status.problems)
+    view = runinfo.runs_view(c)
+    for key in ("fvu", "l0", "dead_fraction", "loss", "lr"):
+        assert f'aria-label="{key}"' in view.curves, key
+    assert "fvu_prefix" not in view.curves and "l0_inference" not in view.curves
+
+
+def test_curves_use_steps_and_skip_non_numbers():
+    series = runinfo.curves([{"step": 5, "fvu": 0.5, "note": "x"}, {"fvu": 0.25, "dead": True}])
+    assert series == {"fvu": [(5.0, 0.5), (1.0, 0.25)]}
+
+
+def test_launch_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "my run").mkdir(parents=True)
+    assert launch_line("runs/my run") == "python app.py --run 'runs/my run'"
+    assert launch_line("/elsewhere/x") == "python app.py --run /elsewhere/x"

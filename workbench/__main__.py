@@ -13,6 +13,16 @@ import sys
 STAGES: dict[str, tuple[str, str]] = {
     "demo": ("workbench.demo", "run the whole pipeline on the embedded phantom benchmark"),
     "phantom": ("workbench.cxr.phantom", "generate the phantom chest X-ray benchmark"),
+    "label-reports": (
+        "workbench.cxr.report_labels",
+        "label report texts (CheXpert + phantom concepts) and score them against ground truth",
+    ),
+    "train-mini": ("workbench.models.mini", "train maira2-mini on the phantom benchmark"),
+    "record": ("workbench.record", "record residual-stream activations into a store"),
+    "train-sae": ("workbench.train_sae", "train a Matryoshka BatchTopK SAE on a store"),
+    "analyse": ("workbench.analyse", "SAE over the store -> features.duckdb"),
+    "seg-train": ("segmentation.train", "train a U-Net / SSN segmentation model"),
+    "seg-evaluate": ("segmentation.evaluate", "evaluate segmentation models (GED, Dice, ...)"),
 }
 
 

@@ -164,7 +164,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description or inspect.getdoc(cls),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--preset", type=Path, default=None, help="TOML file of field values; flags override it."
@@ -175,8 +175,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": docs.get(f.name, "")}
-        kwargs["help"] += f" (default: {default})"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

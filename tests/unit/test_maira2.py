@@ -15,7 +15,13 @@ from workbench.models.checkpoint import (
     resolve_checkpoint_dir,
 )
 from workbench.models.maira2 import Maira2Config, Maira2ForConditionalGeneration
-from workbench.models.tiny import tiny_maira2, tiny_tokenizer
+from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from workbench.models.prompts import (
     reporting_messages,
     reporting_prompt,
 )
-from workbench.models.tiny import tiny_tokenizer
+from workbench.models.tiny import single_thread, tiny_tokenizer
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "golden_prompts"
 CASES = json.loads((GOLDEN / "cases.json").read_text())
@@ -54,6 +54,12 @@ def render_case(case: dict) -> str:
         get_grounding=case["grounded"],
         **case_inputs(case),
     ).text
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

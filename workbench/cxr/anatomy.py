@@ -130,7 +130,7 @@ def place_heart(g: Geometry, ctr: float, thorax_px: int, frame: Frame) -> None:
     a = hw / math.sqrt(c**2 + (ratio * s) ** 2)
     b = ratio * a
     vert = math.sqrt((a * s) ** 2 + (b * c) ** 2)
-    ra_rx, ra_ry = 0.13 * width, 0.2 * width
+    ra_rx, ra_ry = 0.14 * width, 0.3 * width
     g.heart = {
         "cx": left - hw,
         "cy": g.dome["left"] - 0.9 * vert,
@@ -138,7 +138,7 @@ def place_heart(g: Geometry, ctr: float, thorax_px: int, frame: Frame) -> None:
         "b": b,
         "tilt": tilt,
         "ra_cx": right + ra_rx,
-        "ra_cy": g.dome["right"] - 0.85 * ra_ry,
+        "ra_cy": g.dome["right"] - 0.7 * ra_ry,
         "ra_rx": ra_rx,
         "ra_ry": ra_ry,
         "width": width,
@@ -203,10 +203,13 @@ def body_density(g: Geometry, frame: Frame, hab: dict) -> np.ndarray:
 def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) -> np.ndarray:
     """Spine, ribs (posterior and fainter anterior), clavicles, humeral heads."""
     X, Y = frame.X, frame.Y
-    d = X - g.xc
-    phase = ((Y - g.rib_top) / RIB_SPACING) % 1.0
-    spine = (np.abs(d) < 0.034) * (1.0 - 0.6 * (phase > 0.82))
-    pedicle = ((np.abs(d) - 0.025) / 0.008) ** 2 + ((phase - 0.35) / 0.16) ** 2 < 1
+    band = slice(max(0, int((g.xc - 0.16) * frame.size)), int((g.xc + 0.16) * frame.size) + 1)
+    d = X[:, band] - g.xc  # the spine only needs the central columns
+    phase = ((Y[:, band] - g.rib_top) / RIB_SPACING) % 1.0
+    spine = np.zeros_like(X)
+    spine[:, band] = (np.abs(d) < 0.034) * (1.0 - 0.6 * (phase > 0.82)) * 0.07 + 0.04 * (
+        ((np.abs(d) - 0.025) / 0.008) ** 2 + ((phase - 0.35) / 0.16) ** 2 < 1
+    )  # vertebral bodies with disc spaces, and pedicles
     cv = Canvas(frame)
     ant = Canvas(frame)
     for side in SIGN:
@@ -241,8 +244,7 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
     floor = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d))
     fade = 1.0 - 0.75 * (floor < Y)
     ribs = (cv.array() * 0.11 + ant.array() * 0.035) * fade
-    spine_layer = spine * 0.07 + pedicle * 0.04
-    return (ribs + spine_layer) * bone
+    return (ribs + spine) * bone
 
 
 def vessel_markings(g: Geometry, size: int, rotation: float, rng) -> np.ndarray:
@@ -301,6 +303,6 @@ def lung_layers(g: Geometry, frame: Frame, rotation: float, rng: np.random.Gener
     texture = 0.5 + 0.5 * smooth_noise(frame, rng, max(2.0, frame.size / 64))
     markings = vessel_markings(g, frame.size, rotation, rng) * air * (0.75 + 0.25 * texture)
     for side in SIGN:  # hilar shadows: the central pulmonary arteries
-        e = ellipse_field(frame, g.hilum[side], 0.035, 0.06)
+        e = ellipse_field(frame, g.hilum[side], 0.035, 0.06, reach=9.0)
         markings = markings + 0.7 * np.exp(-e) * air
     return masks, air, markings, texture

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 Point = tuple[float, float]
+FAR = 1.0e4  # ellipse_field value outside its evaluated window
 
 
 class Frame:
@@ -118,14 +119,33 @@ def spline(points: Sequence[Point], n: int = 24) -> np.ndarray:
 
 
 def ellipse_field(
-    frame: Frame, centre: Point, rx: float, ry: float, tilt_deg: float = 0.0
+    frame: Frame,
+    centre: Point,
+    rx: float,
+    ry: float,
+    tilt_deg: float = 0.0,
+    reach: float = 1.0,
 ) -> np.ndarray:
-    """``((x'/rx)**2 + (y'/ry)**2)`` in a tilted ellipse frame: <= 1 inside."""
+    """``((x'/rx)**2 + (y'/ry)**2)`` in a tilted ellipse frame: <= 1 inside.
+
+    Only a window around the ellipse, out to field value ``reach``, is evaluated (most
+    ellipses are small); beyond it the field is ``FAR``. Pass ``reach=9`` when the caller
+    takes ``exp(-field)``, so the window edge falls where the value is already ~1e-4.
+    """
     c, s = math.cos(math.radians(tilt_deg)), math.sin(math.radians(tilt_deg))
-    dx, dy = frame.X - centre[0], frame.Y - centre[1]
+    out = np.full((frame.size, frame.size), FAR, dtype=np.float32)
+    ((px, py),) = frame.to_px([centre])
+    r = max(rx, ry) * math.sqrt(reach) * frame.size + 2
+    x0, x1 = max(0, int(px - r)), min(frame.size, int(px + r) + 1)
+    y0, y1 = max(0, int(py - r)), min(frame.size, int(py + r) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return out
+    dx = frame.X[y0:y1, x0:x1] - centre[0]
+    dy = frame.Y[y0:y1, x0:x1] - centre[1]
     u = dx * c + dy * s
     v = -dx * s + dy * c
-    return (u / rx) ** 2 + (v / ry) ** 2
+    out[y0:y1, x0:x1] = (u / rx) ** 2 + (v / ry) ** 2
+    return out
 
 
 def smooth_noise(frame: Frame, rng: np.random.Generator, sigma_px: float) -> np.ndarray:

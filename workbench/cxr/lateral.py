@@ -24,11 +24,12 @@ def _diaphragm(g: Geometry, x: np.ndarray) -> np.ndarray:
 
 def _lung_depth(g: Geometry, fr: Frame) -> np.ndarray:
     """Distance inside the lung silhouette (both lungs superimposed); <= 0 outside."""
-    t = np.clip((fr.Y - g.apex) / (g.dome["right"] - g.apex), 0.0, 1.0)
+    X, Y = fr.X[:1], fr.Y[:, :1]  # unrotated frame: a row and a column broadcast
+    t = np.clip((Y - g.apex) / (g.dome["right"] - g.apex), 0.0, 1.0)
     front = 0.5 - 0.31 * np.sqrt(np.clip(t * 1.7, 0, 1)) + 0.03 * (t - 0.55) ** 2
     back = 0.56 + 0.24 * np.sqrt(np.clip(t * 2.2, 0, 1))
-    depth = np.minimum(fr.X - front, back - fr.X)
-    return np.minimum(np.minimum(depth, _diaphragm(g, fr.X) - fr.Y), fr.Y - g.apex)
+    depth = np.minimum(X - front, back - X)
+    return np.minimum(np.minimum(depth, _diaphragm(g, X) - Y), Y - g.apex)
 
 
 def _lung(g: Geometry, fr: Frame) -> np.ndarray:
@@ -43,7 +44,7 @@ def _point(g: Geometry, u: float, v: float) -> tuple[float, float]:
 
 def _anatomy(g: Geometry, fr: Frame, study: dict) -> tuple[np.ndarray, np.ndarray]:
     """Body + bone density and the air layer of a normal lateral view."""
-    X, Y = fr.X, fr.Y
+    X, Y = fr.X[:1], fr.Y[:, :1]  # unrotated frame: a row and a column broadcast
     hab = study["subject"]["habitus"]
     front = np.interp(
         Y,
@@ -104,7 +105,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
         extra += (
             0.18
             * f["edema"]["severity"]
-            * np.exp(-ellipse_field(fr, (0.5, g.hilum["right"][1]), 0.2, 0.22))
+            * np.exp(-ellipse_field(fr, (0.5, g.hilum["right"][1]), 0.2, 0.22, reach=9.0))
             * air
         )
     if "atelectasis" in f:

@@ -71,9 +71,10 @@ def mask_dir(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
     return Path(root) / "masks" / f"p{s[:2]}" / f"p{s}" / f"s{study_id}" / dicom_id
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, mkdir: bool = True) -> None:
     """Write atomically: a reader never sees a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -135,7 +135,7 @@ def edema(g, fr, lay, lungs, p, rng) -> np.ndarray:
     haze = np.zeros_like(lay.air)
     cv = Canvas(fr)
     for side in SIGN:
-        e = ellipse_field(fr, g.hilum[side], 0.13 + 0.08 * sev, 0.17 + 0.08 * sev)
+        e = ellipse_field(fr, g.hilum[side], 0.13 + 0.08 * sev, 0.17 + 0.08 * sev, reach=9.0)
         haze = np.maximum(haze, np.exp(-e))
         if sev >= 0.4:
             for _ in range(8):

@@ -94,8 +94,9 @@ def build_study(cfg: PhantomConfig, study: dict) -> dict[str, Any]:
     frontal_id = images[0]["dicom_id"]
     if cfg.masks:
         mdir = layout.mask_dir(root, sid, stid, frontal_id)
+        mdir.mkdir(parents=True, exist_ok=True)
         for name, mask in sorted(rendered.masks.items()):
-            layout.write_bytes(mdir / f"{name}.png", layout.png_bytes(mask))
+            layout.write_bytes(mdir / f"{name}.png", layout.png_bytes(mask), mkdir=False)
     layout.write_bytes(layout.report_path(root, sid, stid), report.text.encode())
     record = {k: v for k, v in study.items() if k not in ("study_index", "order")}
     record.update(

@@ -203,3 +203,9 @@ def test_missing_directory_is_a_clear_error(tmp_path):
 
 def test_default_dtype():
     assert registry.default_dtype("cpu") == torch.float32
+
+
+def test_unsupported_vision_language_type_is_rejected(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl", "vision_config": {}}')
+    with pytest.raises(ValueError, match="qwen2_vl"):
+        load_model(tmp_path)

@@ -296,7 +296,12 @@ def load_model(
         model = Maira2ForConditionalGeneration.from_pretrained(directory, device, dtype)
         processor = _processor(directory)
         return VisionLanguageAdapter(model, processor.tokenizer, name, processor)
-    if model_type == "llava" or "vision_config" in config:
+    if "vision_config" in config and model_type != "llava":
+        raise ValueError(
+            f"{config_path}: model_type {model_type!r} is a vision-language model the workbench "
+            "does not support; supported: maira2, llava, and text-only causal LMs"
+        )
+    if model_type == "llava":
         model, info = LlavaForConditionalGeneration.from_pretrained(
             directory, dtype=dtype, local_files_only=True, output_loading_info=True
         )

@@ -303,6 +303,7 @@ class Trainer:
             "lr": self.last["lr"],
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": tokens_per_s,
+            "processes": self.dist.world,
         }
 
     def _log(self, record: dict[str, Any]) -> None:

@@ -124,7 +124,8 @@ def sample_logits(
         factor_BRE = out.cov_factor.reshape(B, out.cov_factor.shape[1], -1)
         eps_SBR = torch.randn(n, B, factor_BRE.shape[1], **kw)
         dev_SBE = dev_SBE + torch.einsum("sbr,bre->sbe", eps_SBR, factor_BRE)
-    dev_SBE = dev_SBE * temperature
+    if temperature != 1.0:
+        dev_SBE = dev_SBE * temperature
     if antithetic:
         dev_SBE = torch.cat([dev_SBE, -dev_SBE], dim=0)
     return (mean_BE + dev_SBE).view(num_samples, *mean.shape)

@@ -1,0 +1,218 @@
+"""SSN: sampling speed against torch.distributions, and GED on the phantom nodules.
+
+``speed``: 100 logit-map samples for one 128 x 128 image (C = 2, R = 10) from the same SSN
+parameters, by ``segmentation.ssn.sample_logits`` and by
+``torch.distributions.LowRankMultivariateNormal.rsample`` (with and without building the
+distribution, which factorises the R x R capacitance matrix), side by side in one process.
+
+``ged``: the deterministic U-Net, the low-rank SSN and the diagonal SSN trained for the same
+number of steps on the phantom's nodule crops (four disagreeing annotators) and scored on the
+test split: GED, sample diversity vs the annotators' own, HM-IoU, Dice. Fixed steps rather
+than a time budget, so the table does not depend on how busy the machine is.
+
+    .venv/bin/python benchmarks/bench_ssn.py speed
+    .venv/bin/python benchmarks/bench_ssn.py ged --phantom runs/demo/phantom --steps 600
+    .venv/bin/python benchmarks/bench_ssn.py all --phantom runs/demo/phantom --write-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from segmentation.evaluate import EvalConfig, evaluate
+from segmentation.ssn import SSNConfig, SSNHead, sample_logits, to_torch_distribution
+from segmentation.train import TrainConfig, train
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Segmentation (SSN)"
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_speed(repeats: int = 20, side: int = 128, samples: int = 100) -> dict:
+    """Seconds for ``samples`` samples of one image: ours, torch rsample, torch build+rsample."""
+    torch.manual_seed(0)
+    head = SSNHead(32, 2, SSNConfig(rank=10))
+    with torch.no_grad():
+        out = head(torch.relu(torch.randn(1, 32, side, side)))
+        dist = to_torch_distribution(out)
+        ours = _median_time(lambda: sample_logits(out, samples), repeats)
+        torch_rsample = _median_time(lambda: dist.rsample((samples,)), repeats)
+        torch_full = _median_time(lambda: to_torch_distribution(out).rsample((samples,)), repeats)
+    return {
+        "side": side,
+        "samples": samples,
+        "rank": 10,
+        "threads": torch.get_num_threads(),
+        "ours_s": ours,
+        "torch_rsample_s": torch_rsample,
+        "torch_build_rsample_s": torch_full,
+        "ratio_torch_over_ours": torch_rsample / ours,
+        "ratio_torch_build_over_ours": torch_full / ours,
+    }
+
+
+def bench_ged(phantom: Path, work: Path, steps: int, size: int, samples: int) -> dict:
+    """Train the three models for ``steps`` steps each; evaluate on the test split."""
+    table = {}
+    for model in ("unet", "ssn", "ssn-diag"):
+        out = work / model
+        cfg = TrainConfig(
+            model=model,
+            data=phantom,
+            dataset="phantom-nodules",
+            out=out,
+            steps=steps,
+            image_size=size,
+            crop_size=128,
+            channels=(8, 16, 32, 64),
+            batch_size=8,
+            lr=2e-3,
+            progress=False,
+            checkpoint_every=100,
+        )
+        t0 = time.perf_counter()
+        res = train(cfg)
+        train_s = time.perf_counter() - t0
+        ev = evaluate(
+            EvalConfig(
+                model_dir=out,
+                data=phantom,
+                dataset="phantom-nodules",
+                split="test",
+                num_samples=samples,
+            )
+        )
+        row = {r["metric"]: r["value"] for r in ev["rows"] if r["subgroup"] == "all"}
+        row.update(
+            steps=res.steps,
+            train_s=train_s,
+            n_images=next(r["n_images"] for r in ev["rows"] if r["subgroup"] == "all"),
+        )
+        table[model] = row
+    return table
+
+
+SPEED_TITLE = "### Sampling speed"
+GED_TITLE = "### GED on the phantom nodules (U-Net vs SSN vs diagonal SSN)"
+
+
+def markdown_speed(speed: dict, repeats: int) -> str:
+    return "\n".join(
+        [
+            SPEED_TITLE,
+            "",
+            f"{speed['samples']} logit-map samples for one {speed['side']}x{speed['side']} image "
+            f"(C=2, R={speed['rank']}), {speed['threads']} CPU threads, median of {repeats} "
+            "(`python benchmarks/bench_ssn.py speed --write-results`):",
+            "",
+            "| sampler | seconds | torch / ours |",
+            "|---|---|---|",
+            f"| segmentation.ssn.sample_logits | {speed['ours_s']:.4f} | 1.00 |",
+            f"| LowRankMultivariateNormal.rsample (built) | {speed['torch_rsample_s']:.4f} | "
+            f"{speed['ratio_torch_over_ours']:.2f} |",
+            f"| LowRankMultivariateNormal(...) + rsample | {speed['torch_build_rsample_s']:.4f} | "
+            f"{speed['ratio_torch_build_over_ours']:.2f} |",
+            "",
+        ]
+    )
+
+
+def markdown_ged(ged: dict, args) -> str:
+    anyrow = next(iter(ged.values()))
+    lines = [
+        GED_TITLE,
+        "",
+        f"Test split ({anyrow['n_images']} crops, {args.size} px from 128 px crops), "
+        f"{args.steps} training steps each (batch 8), {args.samples} samples per image "
+        f"(`python benchmarks/bench_ssn.py ged --phantom {args.phantom} --steps {args.steps} "
+        f"--write-results`). The annotators' own diversity E[d(Y,Y')] is "
+        f"{anyrow['annotator_diversity']:.3f}.",
+        "",
+        "| model | GED (lower better) | sample diversity | HM-IoU | Dice | ECE | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in ged.items():
+        lines.append(
+            f"| {name} | {r['ged']:.3f} | {r['sample_diversity']:.3f} | "
+            f"{r['hm_iou']:.3f} | {r['dice']:.3f} | {r['ece']:.3f} | "
+            f"{r['train_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, title: str, block: str) -> str | None:
+    """Replace the block from ``title`` to the next ``##``/``###`` heading; None if absent."""
+    start = text.find(title)
+    if start < 0:
+        return None
+    stops = [text.find(h, start + len(title)) for h in ("\n## ", "\n### ")]
+    stops = [i for i in stops if i >= 0]
+    end = min(stops) + 1 if stops else len(text)
+    return text[:start] + block.rstrip("\n") + "\n\n" + text[end:].lstrip("\n")
+
+
+def write_section(title: str, block: str) -> None:
+    """Put ``block`` under this benchmark's section of RESULTS.md, leaving others alone."""
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if SECTION not in old:
+        old = old.rstrip("\n") + f"\n\n{SECTION}\n\nBy `benchmarks/bench_ssn.py`.\n\n"
+    new = _replace_block(old, title, block)
+    if new is None:  # insert at the end of our section
+        start = old.find(SECTION)
+        nxt = old.find("\n## ", start + len(SECTION))
+        end = nxt + 1 if nxt >= 0 else len(old)
+        new = old[:end].rstrip("\n") + "\n\n" + block.rstrip("\n") + "\n\n" + old[end:]
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(new.rstrip("\n") + "\n")
+    tmp.replace(RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("speed", "ged", "all"))
+    p.add_argument("--phantom", type=Path, default=Path("runs/demo/phantom"))
+    p.add_argument("--work", type=Path, default=Path("runs/bench-ssn"))
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    speed = bench_speed(args.repeats) if args.what in ("speed", "all") else None
+    ged = None
+    if args.what in ("ged", "all"):
+        ged = bench_ged(args.phantom, args.work, args.steps, args.size, args.samples)
+    print(json.dumps({"speed": speed, "ged": ged}, indent=1))
+    blocks = []
+    if speed:
+        blocks.append((SPEED_TITLE, markdown_speed(speed, args.repeats)))
+    if ged:
+        blocks.append((GED_TITLE, markdown_ged(ged, args)))
+    for title, block in blocks:
+        print(block)
+        if args.write_results:
+            write_section(title, block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

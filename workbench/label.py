@@ -1,0 +1,282 @@
+"""``python -m workbench.label``: explain SAE features and score the explanations.
+
+For each selected feature (:func:`workbench.label_data.select_features`):
+
+1. *explain*: the backend reads the feature's top examples and writes a one-line label,
+   stored in ``feature_labels`` with method ``llm:<model>`` (or ``offline``);
+2. *detection scoring* (delphi, Paulo et al. 2024, sec. 3.3): the same backend, acting as
+   judge, sees the label and a shuffled mix of held-out activating and non-activating
+   examples and says which ones the feature fires on; precision, recall, F1, balanced
+   accuracy (and AUROC with log-probs) go to ``feature_scores`` with
+   ``scorer = 'detection:<judge>'``. The ``statistical`` labels of ``analyse`` are scored on
+   the same examples by the same judge, so methods compare on equal terms.
+
+Finished features are appended to ``<run>/label/journal.jsonl`` at once and moved into
+``features.duckdb`` every ``flush_every`` features (a database rewrite copies the file, so
+it is batched); a rerun first applies any leftover journal, then skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from workbench import db
+from workbench.config import parse_config, save_config, to_dict
+from workbench.label_data import FeatureExamples, NegativePool, load_examples, select_features
+from workbench.label_llm import (
+    Backend,
+    LabelError,
+    LLMSettings,
+    OfflineBackend,
+    OpenAIBackend,
+)
+from workbench.label_scoring import DetectionMetrics, chunks, detection_metrics, shuffled
+from workbench.label_store import Journal, RunRow, done_features, statistical_labels
+
+log = logging.getLogger("workbench.label")
+
+
+@dataclass
+class LabelConfig:
+    """Explain SAE features with an LLM (or offline rules) and score labels by detection."""
+
+    run: Path = Path("runs/demo")
+    """Run directory holding features.duckdb (written by analyse)."""
+    backend: Literal["offline", "openai"] = "offline"
+    """offline: rule-based explainer/judge, no server; openai: any OpenAI-compatible server."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Chat-completions endpoint (vLLM, llama.cpp, Ollama, ...); non-local needs --allow-remote."""
+    model: str = ""
+    """Model name sent to the server (required with --backend openai)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable read for the API key ('local' is sent when it is unset)."""
+    allow_remote: bool = False
+    """Allow a non-local base_url: study text (patient data) then leaves this machine."""
+    features: tuple[int, ...] = ()
+    """Label exactly these features (comma-separated)."""
+    concept: str | None = None
+    """Label the features best associated with this concept (feature_concepts AUROC)."""
+    top_n: int = 50
+    """How many features (most frequent, or best for --concept); 0: all live features."""
+    n_explain: int = 20
+    """Top examples shown to the explainer."""
+    n_score: int = 10
+    """Held-out activating examples judged per feature, plus as many non-activating ones."""
+    examples_per_prompt: int = 5
+    """Detection examples per judge prompt."""
+    explain: bool = True
+    """Write new labels (--no-explain: only score existing statistical labels)."""
+    score_statistical: bool = True
+    """Also detection-score the statistical labels of analyse with the same judge."""
+    logprobs: bool = False
+    """Ask the server for log-probs so detection also gets AUROC (needs server support)."""
+    temperature: float = 0.0
+    """Sampling temperature of the LLM."""
+    max_tokens: int = 600
+    """Maximum answer length in tokens."""
+    timeout: float = 120.0
+    """Seconds before a request counts as failed."""
+    retries: int = 3
+    """Retries of a failed or unreadable request (exponential backoff)."""
+    backoff: float = 2.0
+    """First backoff in seconds (doubles every retry)."""
+    overwrite: bool = False
+    """Relabel features that already have a label (and scores) of this method."""
+    flush_every: int = 20
+    """Finished features moved from the journal into features.duckdb at a time."""
+    negative_windows: int = 2000
+    """Random report windows drawn once as non-activating candidates."""
+    negative_studies: int = 500
+    """Random studies drawn once as non-activating image candidates."""
+    seed: int = 0
+    """Seed of the negative draw and the example shuffle."""
+
+    def validate(self) -> None:
+        for name in ("n_explain", "n_score", "examples_per_prompt", "flush_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.backend == "openai" and not self.model:
+            raise ValueError("--backend openai needs --model (the server's model name)")
+
+
+class LabelSummary(NamedTuple):
+    labelled: int
+    scored: int
+    skipped: int
+    notes: list[str]
+
+
+def make_backend(cfg: LabelConfig) -> Backend:
+    """The configured backend; the privacy check runs here, before any request."""
+    if cfg.backend == "offline":
+        return OfflineBackend()
+    settings = LLMSettings(
+        base_url=cfg.base_url,
+        model=cfg.model,
+        api_key=os.environ.get(cfg.api_key_env) or "local",
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        backoff=cfg.backoff,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        logprobs=cfg.logprobs,
+    )
+    return OpenAIBackend(settings, allow_remote=cfg.allow_remote)
+
+
+def judge(backend: Backend, feature: int, label: str, items, truth, per_prompt: int):
+    """Detection metrics of ``label`` over ``items`` judged ``per_prompt`` at a time."""
+    predicted: list[int] = []
+    probs: list[float] | None = []
+    for batch in chunks(items, per_prompt):
+        answer = backend.detect(feature, label, batch)
+        predicted += answer.predicted
+        probs = None if probs is None or answer.probs is None else probs + answer.probs
+    return detection_metrics(truth, predicted, probs)
+
+
+def _score_record(feature: int, method: str, scorer: str, m: DetectionMetrics) -> dict:
+    return {
+        "type": "score",
+        "feature": feature,
+        "method": method,
+        "scorer": scorer,
+        "n": m.n,
+        "metrics": dict(m.rows()),
+    }
+
+
+class _Work(NamedTuple):
+    explain: bool
+    statistical: str | None
+
+
+def label_one(
+    backend: Backend, fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig, work: _Work
+) -> tuple[list[dict], list[str]]:
+    """Journal records (label, scores) of one feature, and notes on what was skipped."""
+    records, notes = [], []
+    positives = fx.held_out[: cfg.n_score]
+    n_image = sum(ex.kind == "image" for ex in positives)
+    negatives = pool.draw(
+        fx.feature,
+        len(positives) - n_image,
+        n_image,
+        cfg.seed,
+        exclude_studies={ex.study_id for ex in positives},
+    )
+    items, truth = shuffled(positives, negatives, cfg.seed + fx.feature)
+    can_score = bool(positives) and bool(negatives)
+    if not can_score:
+        notes.append(
+            f"feature {fx.feature}: not scored ({len(positives)} held-out activating, "
+            f"{len(negatives)} non-activating examples)"
+        )
+    scorer = f"detection:{backend.method}"
+    if work.explain and fx.explain:
+        expl = backend.explain(fx.feature, fx.explain, fx.max_act)
+        metrics = judge(backend, fx.feature, expl.text, items, truth, cfg.examples_per_prompt)
+        details = {
+            "examples": [ex.study_id for ex in fx.explain],
+            "answer": (expl.raw or "")[-2000:] or None,
+            "detection": metrics._asdict() if can_score else None,
+        }
+        records.append(
+            {
+                "type": "label",
+                "feature": fx.feature,
+                "method": backend.method,
+                "label": expl.text,
+                "score": metrics.balanced_accuracy if can_score else None,
+                "model": backend.model,
+                "details": details,
+            }
+        )
+        if can_score:
+            records.append(_score_record(fx.feature, backend.method, scorer, metrics))
+    elif work.explain:
+        notes.append(f"feature {fx.feature}: no activating examples in feature_examples")
+    if work.statistical and can_score:
+        metrics = judge(
+            backend, fx.feature, work.statistical, items, truth, cfg.examples_per_prompt
+        )
+        records.append(_score_record(fx.feature, "statistical", scorer, metrics))
+    return records, notes
+
+
+def _plan(con, cfg: LabelConfig, backend: Backend, journal: Journal) -> dict[int, _Work]:
+    """What each selected feature still needs (resume: skip work already done)."""
+    selected = select_features(con, cfg.features, cfg.concept, cfg.top_n)
+    scorer = f"detection:{backend.method}"
+    stat = statistical_labels(con) if cfg.score_statistical else {}
+    done_labels = set() if cfg.overwrite else done_features(con, journal, backend.method, None)
+    done_stat = set() if cfg.overwrite else done_features(con, journal, "statistical", scorer)
+    plan = {}
+    for f in selected:
+        work = _Work(
+            cfg.explain and f not in done_labels,
+            stat.get(f) if f not in done_stat else None,
+        )
+        if work.explain or work.statistical:
+            plan[f] = work
+    return plan
+
+
+def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
+    """Label and score the configured features of ``cfg.run``; resumable (module docstring)."""
+    backend = backend or make_backend(cfg)
+    started = datetime.now(UTC).replace(tzinfo=None)
+    out = Path(cfg.run) / "label"
+    save_config(cfg, out / "cfg.json")
+    journal = Journal(out / "journal.jsonl", cfg.run)
+    journal.flush()  # leftovers of an interrupted run
+    con = db.connect(cfg.run)
+    try:
+        plan = _plan(con, cfg, backend, journal)
+        examples = load_examples(con, list(plan), cfg.n_explain)
+        pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
+    finally:
+        con.close()
+    notes, labelled, scored = [], 0, 0
+    try:
+        for i, (feature, work) in enumerate(plan.items(), 1):
+            records, skipped = label_one(backend, examples[feature], pool, cfg, work)
+            notes += skipped
+            journal.append(records)
+            labelled += sum(r["type"] == "label" for r in records)
+            scored += sum(r["type"] == "score" for r in records)
+            log.info("feature %d labelled (%d/%d)", feature, i, len(plan))
+            if i % cfg.flush_every == 0:
+                journal.flush()
+    finally:
+        row = RunRow(str(uuid.uuid4()), "label", started, json.dumps(to_dict(cfg)), notes)
+        journal.flush(runs=row)
+    return LabelSummary(labelled, scored, len(notes), notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(LabelConfig, argv, prog="python -m workbench.label")
+    try:
+        summary = run_label(cfg)
+    except (LabelError, FileNotFoundError, ValueError) as err:
+        print(f"label: error: {err}")
+        return 1
+    print(
+        f"label: {summary.labelled} labels and {summary.scored} detection scores written to "
+        f"{db.db_path(cfg.run)}; {summary.skipped} notes"
+    )
+    for note in summary.notes[:20]:
+        print(f"  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Detection-scoring metrics of a feature label (delphi, Paulo et al. 2024, sec. 3.3).
+
+The judge's 0/1 answers are compared with the truth (did the feature fire on the example):
+precision, recall, F1, balanced accuracy and accuracy, plus ROC-AUC when the judge gave
+probabilities (P(1) from log-probs). A metric whose denominator is empty is ``None`` ("not
+computable"), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class DetectionMetrics(NamedTuple):
+    """Detection scores of one label on one shuffled example set."""
+
+    n: int
+    n_active: int
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    balanced_accuracy: float | None
+    auroc: float | None
+
+    def rows(self) -> list[tuple[str, float]]:
+        """(metric, value) pairs of the computable metrics, for ``feature_scores``."""
+        names = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "auroc")
+        return [(m, float(getattr(self, m))) for m in names if getattr(self, m) is not None]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def auroc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
+    """ROC-AUC as the Mann-Whitney statistic (ties count one half); None without both classes."""
+    pos = [s for t, s in zip(truth, scores, strict=True) if t]
+    neg = [s for t, s in zip(truth, scores, strict=True) if not t]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, t) for t, s in zip(truth, scores, strict=True))
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        mid = (i + j + 1) / 2  # 1-based average rank of positions i..j-1
+        rank_sum += mid * sum(1 for _, t in ranked[i:j] if t)
+        i = j
+    u = rank_sum - len(pos) * (len(pos) + 1) / 2
+    return u / (len(pos) * len(neg))
+
+
+def detection_metrics(
+    truth: Sequence[int], predicted: Sequence[int], probs: Sequence[float] | None = None
+) -> DetectionMetrics:
+    """Confusion-matrix metrics of ``predicted`` against ``truth`` (both 0/1 sequences)."""
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} truths but {len(predicted)} predictions")
+    if probs is not None and len(probs) != len(truth):
+        raise ValueError(f"{len(truth)} truths but {len(probs)} probabilities")
+    tp = sum(1 for t, p in zip(truth, predicted) if t and p)
+    fp = sum(1 for t, p in zip(truth, predicted) if not t and p)
+    fn = sum(1 for t, p in zip(truth, predicted) if t and not p)
+    tn = len(truth) - tp - fp - fn
+    recall, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    balanced = None if recall is None or specificity is None else (recall + specificity) / 2
+    return DetectionMetrics(
+        n=len(truth),
+        n_active=tp + fn,
+        accuracy=_ratio(tp + tn, len(truth)),
+        precision=_ratio(tp, tp + fp),
+        recall=recall,
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        balanced_accuracy=balanced,
+        auroc=None if probs is None else auroc(truth, probs),
+    )
+
+
+def shuffled(positives: list, negatives: list, seed: int) -> tuple[list, list[int]]:
+    """Positives and negatives in a seeded random order, with the 0/1 truth of each."""
+    items = [(ex, 1) for ex in positives] + [(ex, 0) for ex in negatives]
+    random.Random(seed).shuffle(items)
+    return [ex for ex, _ in items], [t for _, t in items]
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """``items`` in consecutive prompts of at most ``size`` (delphi shows a few per prompt)."""
+    if size <= 0:
+        raise ValueError(f"chunk size must be positive, got {size}")
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import multiprocessing as mp
+import os
 import resource
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
             sum(pool.imap(_floor_chunk, tasks))
         images = 2 * studies
     seconds = time.perf_counter() - t0
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
     peak = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -74,6 +80,7 @@ def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
                 "kind": kind,
                 "studies": studies,
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
                 "images": images,
                 "peak_rss_mb": round(peak / 1024, 1),
             }
@@ -121,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.size} px, {args.workers} workers: {gen['seconds']:.1f} s "
         f"({1000 * gen['seconds'] / gen['studies']:.1f} ms/study), "
         f"target <= 120 s: {'met' if gen['seconds'] <= 120 else 'NOT met'}"
+    )
+    load = os.getloadavg()[0]
+    print(
+        f"CPU time: generator {gen['cpu_seconds']:.1f} s, floor {floor['cpu_seconds']:.1f} s "
+        f"(CPU ratio {gen['cpu_seconds'] / floor['cpu_seconds']:.2f}x); on {args.workers} idle "
+        f"cores the generator needs ~{gen['cpu_seconds'] / args.workers:.0f} s; "
+        f"load average now {load:.1f} on {os.cpu_count()} CPUs"
     )
     print(
         f"I/O floor (same files, same encoder): {floor['seconds']:.1f} s; "

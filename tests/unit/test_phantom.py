@@ -159,6 +159,7 @@ def test_cardiothoracic_ratio_on_masks_decides_cardiomegaly(dataset):
     assert seen == {True, False}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_any_worker_count(dataset, tmp_path):
     other = tmp_path / "again"
     generate(PhantomConfig(out=other, studies=36, size=128, seed=3, workers=2))
@@ -183,6 +184,8 @@ def test_rerun_is_idempotent_and_refuses_foreign_dirs(tmp_path):
     stamp = (tmp_path / "ds" / layout.METADATA).stat().st_mtime_ns
     assert generate(cfg) == first
     assert (tmp_path / "ds" / layout.METADATA).stat().st_mtime_ns == stamp
+    (tmp_path / "ds" / layout.SUMMARY).write_text("{broken")  # stale -> regenerated
+    assert generate(cfg) == first
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

@@ -176,8 +176,8 @@ def heart_width_px(heart: np.ndarray) -> int:
     return int(cols[-1] - cols[0] + 1) if cols.size else 0
 
 
-def body_density(g: Geometry, frame: Frame, hab: dict) -> np.ndarray:
-    """Soft tissue: neck, shoulders and arms, chest wall, abdomen below the diaphragm."""
+def body_density(g: Geometry, frame: Frame, hab: dict, upright: bool = True) -> np.ndarray:
+    """Soft tissue: neck, shoulders, chest wall, breasts, abdomen with the gastric bubble."""
     X, Y = frame.X, frame.Y
     w, a = g.half_width, g.apex
     ys = [0.0, a - 0.03, a + 0.04, a + 0.16, a + 0.32, 1.0]
@@ -188,6 +188,12 @@ def body_density(g: Geometry, frame: Frame, hab: dict) -> np.ndarray:
     d = np.abs(X - g.xc)
     under = np.where(g.xc > X, g.diaphragm("right", d), g.diaphragm("left", d)) < Y
     body = body + 0.04 * under * (rel > 0)
+    # gastric air bubble under the left dome; upright, fluid settles in its lower half
+    centre = (g.xc + 0.45 * g.half_width, g.dome["left"] + 0.06)
+    bubble = ellipse_field(frame, centre, 0.06, 0.035) <= 1.0
+    if upright:
+        bubble &= centre[1] + 0.005 > Y
+    body = body - 0.09 * bubble
     if hab.get("breast", 0) > 0:
         for side in SIGN:
             r = 0.11 + 0.09 * hab["breast"]

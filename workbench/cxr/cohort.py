@@ -178,7 +178,7 @@ def sample_params(name: str, rng: np.random.Generator) -> dict[str, Any]:
         return {
             "side": side,
             "zone": zone,
-            "size_mm": round(float(rng.uniform(9, 30)), 1),
+            "size_mm": round(float(rng.uniform(12, 30)), 1),
             "u": round(float(rng.uniform(0.3, 0.75)), 3),
             "v": round(float(rng.uniform(0.15, 0.85)), 3),
             "contrast": round(float(rng.uniform(0.35, 1.0)), 3),
@@ -234,7 +234,7 @@ def evolve(name: str, params: dict, rng: np.random.Generator) -> tuple[dict, str
         new["ctr"] = round(ctr, 3)
         return new, _change(ctr - params["ctr"], 0.025)
     if name == "nodule":
-        size = float(np.clip(params["size_mm"] * (1 + direction * step), 8, 30))
+        size = float(np.clip(params["size_mm"] * (1 + direction * step), 10, 30))
         new["size_mm"] = round(size, 1)
         return new, _change(size - params["size_mm"], 2.0)
     sev = float(np.clip(params["severity"] + direction * step, 0.15, 1.0))

@@ -102,7 +102,7 @@ def central_line(g: Geometry, cv: Canvas, p: dict) -> None:
     drop = {"svc": 0.015, "cavoatrial junction": 0.07, "right atrium": 0.125}[p["tip"]]
     tip = (svc[0] - 0.01 * (p["tip"] == "right atrium"), svc[1] + drop)
     path = spline([*start, (svc[0] + 0.006, svc[1] - 0.06), (svc[0], svc[1] - 0.02), tip], 10)
-    cv.line(path, LINE, 1.0)
+    cv.line(path, 1.4 * LINE, 1.0)
 
 
 def enteric_tube(g: Geometry, cv: Canvas, p: dict) -> None:

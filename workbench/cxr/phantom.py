@@ -141,8 +141,11 @@ def _prepare(out: Path, cfg: PhantomConfig) -> dict | None:
     """
     summary_path = out / layout.SUMMARY
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("config") == content_config(cfg):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}  # unreadable: treat the dataset as stale and regenerate it
+        if isinstance(summary, dict) and summary.get("config") == content_config(cfg):
             return summary
     if out.exists() and any(out.iterdir()):
         if not (out / "cfg.json").exists():

@@ -90,7 +90,9 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
     lv, ra = heart_fields(g, frame)
     bulk = np.sqrt(np.clip(1.0 - np.minimum(lv, ra), 0.0, 1.0)) * heart_soft
     lay = lesions.Layers(
-        body=body_density(g, frame, hab) + 0.04 * heart_soft + 0.03 * bulk,
+        body=body_density(g, frame, hab, acq["position"] != "supine")
+        + 0.04 * heart_soft
+        + 0.03 * bulk,
         bone=bone_density(g, frame, hab["bone_density"], study["findings"].get("rib_fracture")),
         air=air * (1.0 - heart_soft),
         markings=markings * (1.0 - 0.8 * heart_soft),

@@ -52,14 +52,14 @@ class AppContext:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     sql_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def rows(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
-        """Run one of the app's own parameterised queries; rows as dicts."""
+    def rows(self, sql: str, params: tuple | list | dict = ()) -> list[dict[str, Any]]:
+        """Run one of the app's own parameterised queries (``?`` or ``$name``); rows as dicts."""
         if self.con is None:
             raise RunNotReadyError(
                 self.status.problems[0] if self.status.problems else "No database."
             )
         with self.lock:
-            cur = self.con.execute(sql, list(params))
+            cur = self.con.execute(sql, params if isinstance(params, dict) else list(params))
             names = [d[0] for d in cur.description or []]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -37,18 +37,18 @@ def grid_from_patches(
 
 
 def overlay(image: Image.Image, grid_RC: np.ndarray, vmax: float, side: int = 448) -> Image.Image:
-    """The image (longest side ``side``) with the grid over it; ``vmax`` is full colour."""
-    img = image.convert("L")
-    scale = side / max(img.size)
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-    base_HW3 = np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=2)
+    """The image (longest side ``side``) with the grid over it; ``vmax`` is full colour.
+
+    All per-pixel work is done by PIL's C code (resize, lookup tables, composite): a few
+    milliseconds for a 448 px image, which keeps the feature page inside its time budget.
+    """
+    base = thumbnail(image, side)
     norm_RC = np.clip(grid_RC / vmax, 0, 1) if vmax > 0 else np.zeros_like(grid_RC)
-    heat = Image.fromarray((norm_RC * 255).astype(np.uint8)).resize(img.size, Image.BILINEAR)
-    heat_HW = np.asarray(heat, dtype=np.float32) / 255.0
-    colour_HW3 = ramp()[(heat_HW * 255).astype(np.uint8)].astype(np.float32)
-    alpha_HW1 = (0.8 * np.sqrt(heat_HW))[..., None]
-    out = base_HW3 * (1 - alpha_HW1) + colour_HW3 * alpha_HW1
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
+    heat = Image.fromarray((norm_RC * 255).astype(np.uint8), "L").resize(base.size, Image.BILINEAR)
+    lut = ramp()
+    colour = Image.merge("RGB", [heat.point(lut[:, c].tolist()) for c in range(3)])
+    alpha = heat.point([round(255 * 0.8 * (v / 255) ** 0.5) for v in range(256)])
+    return Image.composite(colour, base.convert("RGB"), alpha)
 
 
 def data_uri(image: Image.Image, fmt: str = "JPEG") -> str:

@@ -13,13 +13,19 @@ from workbench.ui.context import AppContext
 
 Rows = list[dict[str, Any]]
 
+
 # Label shown for a feature: a human's beats an LLM's beats the statistical one, newest first.
-_BEST_LABEL = """
+# ``where`` narrows the labels read before ranking (a page needs a handful of features, not 16k).
+def _best_label(where: str = "") -> str:
+    return f"""
     SELECT feature, label, method, score FROM (
       SELECT *, row_number() OVER (PARTITION BY feature ORDER BY
         CASE method WHEN 'human' THEN 0 WHEN 'statistical' THEN 2 ELSE 1 END,
         created_at DESC NULLS LAST) AS rn
-      FROM feature_labels) WHERE rn = 1"""
+      FROM feature_labels {where}) WHERE rn = 1"""
+
+
+_BEST_LABEL = _best_label()
 
 # Sort choice -> ORDER BY expression (whitelist: the only SQL text not bound as a parameter).
 SORTS: dict[str, str] = {
@@ -143,19 +149,12 @@ def neighbors(ctx: AppContext, feature: int, limit: int = 10) -> Rows:
     """Nearest features by decoder cosine, with their labels."""
     if not ctx.has("feature_neighbors", "feature_labels"):
         return []
-    sql = f"""WITH lab AS ({_BEST_LABEL})
+    near = "WHERE feature IN (SELECT neighbor FROM feature_neighbors WHERE feature = ?)"
+    sql = f"""WITH lab AS ({_best_label(near)})
               SELECT n.neighbor, n.cosine, lab.label FROM feature_neighbors n
               LEFT JOIN lab ON lab.feature = n.neighbor
               WHERE n.feature = ? ORDER BY n.rank LIMIT ?"""
-    return ctx.rows(sql, [feature, limit])
-
-
-def best_labels(ctx: AppContext, features: list[int]) -> dict[int, str]:
-    """The shown label of each of ``features``."""
-    if not features or not ctx.has("feature_labels"):
-        return {}
-    sql = f"WITH lab AS ({_BEST_LABEL}) SELECT * FROM lab WHERE list_contains(?, feature)"
-    return {r["feature"]: r["label"] for r in ctx.rows(sql, [features])}
+    return ctx.rows(sql, [feature, feature, limit])
 
 
 def image_grid(ctx: AppContext, study_id: int) -> dict[str, Any] | None:
@@ -212,44 +211,55 @@ def study_positives(ctx: AppContext, study_id: int) -> list[str]:
     return [r["concept"] for r in ctx.rows(sql, [study_id])]
 
 
+def study_span(ctx: AppContext, study_id: int) -> tuple[int, int] | None:
+    """First and last token row of the study (a study's rows are contiguous in the store).
+
+    Passed on as constants, they let DuckDB skip every Parquet row group of other studies.
+    """
+    if not ctx.has("tokens"):
+        return None
+    rows = ctx.rows(
+        "SELECT min(row) AS lo, max(row) AS hi FROM tokens WHERE study_id = ?", [study_id]
+    )
+    return None if not rows or rows[0]["lo"] is None else (rows[0]["lo"], rows[0]["hi"])
+
+
 def study_sections(ctx: AppContext, study_id: int, per_section: int = 8) -> Rows:
     """The most active features of each section of the study ('image' for image tokens).
 
     Ranked by activation relative to the feature's own maximum, so a feature near its peak
     outranks a loud but commonplace one.
     """
-    if not ctx.has("feature_acts", "tokens", "feature_stats"):
+    span = study_span(ctx, study_id)
+    if span is None or not ctx.has("feature_acts", "feature_stats"):
         return []
-    sql = f"""WITH lab AS ({_BEST_LABEL}),
-      span AS (SELECT min(row) AS lo, max(row) AS hi FROM tokens WHERE study_id = ?),
-      toks AS (SELECT row, CASE WHEN kind = 'image' THEN 'image'
-                                ELSE coalesce(section, kind) END AS section
-               FROM tokens, span WHERE row BETWEEN lo AND hi AND study_id = ?),
+    sql = f"""WITH toks AS (
+        SELECT row, CASE WHEN kind = 'image' THEN 'image' ELSE coalesce(section, kind) END
+               AS section FROM tokens WHERE row BETWEEN $lo AND $hi),
       acts AS (SELECT t.section, a.feature, max(a.value) AS act
-               FROM feature_acts a, span JOIN toks t ON t.row = a.row
-               WHERE a.row BETWEEN span.lo AND span.hi GROUP BY ALL)
+               FROM feature_acts a JOIN toks t ON t.row = a.row
+               WHERE a.row BETWEEN $lo AND $hi GROUP BY ALL),
+      lab AS ({_best_label("WHERE feature IN (SELECT feature FROM acts)")})
       SELECT acts.section, acts.feature, acts.act, acts.act / nullif(s.max_act, 0) AS rel,
              lab.label
       FROM acts JOIN feature_stats s USING (feature) LEFT JOIN lab USING (feature)
-      QUALIFY row_number() OVER (PARTITION BY acts.section ORDER BY rel DESC) <= ?
+      QUALIFY row_number() OVER (PARTITION BY acts.section ORDER BY rel DESC) <= $n
       ORDER BY acts.section = 'image' DESC, acts.section, rel DESC"""
-    return ctx.rows(sql, [study_id, study_id, per_section])
+    return ctx.rows(sql, {"lo": span[0], "hi": span[1], "n": per_section})
 
 
 def study_tokens(ctx: AppContext, study_id: int, feature: int | None) -> Rows:
     """The study's text tokens in order, with the feature's activation on each (0 if silent)."""
-    if not ctx.has("tokens"):
+    span = study_span(ctx, study_id)
+    if span is None:
         return []
-    if feature is None or not ctx.has("feature_acts"):
-        sql = """SELECT token, kind, section, 0.0 AS value FROM tokens
-                 WHERE study_id = ? AND kind IN ('prompt', 'report', 'generated')
-                 ORDER BY position"""
-        return ctx.rows(sql, [study_id])
-    sql = """WITH t AS (SELECT row, position, token, kind, section FROM tokens
-                        WHERE study_id = ? AND kind IN ('prompt', 'report', 'generated'))
-             SELECT t.token, t.kind, t.section, coalesce(a.value, 0.0) AS value
-             FROM t LEFT JOIN (SELECT row, value FROM feature_acts
-                               WHERE feature = ? AND row BETWEEN (SELECT min(row) FROM t)
-                                 AND (SELECT max(row) FROM t)) a USING (row)
-             ORDER BY t.position"""
-    return ctx.rows(sql, [study_id, feature])
+    params = {"lo": span[0], "hi": span[1]}
+    acts = "SELECT NULL::BIGINT AS row, NULL::REAL AS value WHERE false"
+    if feature is not None and ctx.has("feature_acts"):
+        acts = "SELECT row, value FROM feature_acts WHERE feature = $f AND row BETWEEN $lo AND $hi"
+        params["f"] = feature
+    sql = f"""SELECT t.token, t.kind, t.section, coalesce(a.value, 0.0) AS value
+              FROM tokens t LEFT JOIN ({acts}) a USING (row)
+              WHERE t.row BETWEEN $lo AND $hi AND t.kind IN ('prompt', 'report', 'generated')
+              ORDER BY t.position"""
+    return ctx.rows(sql, params)

@@ -125,17 +125,22 @@ def _token(kind: str, text: str, pos: int, sub: int, section=None, patch=None) -
     }
 
 
-def study_tokens(i: int) -> tuple[torch.Tensor, list[dict]]:
-    """Activations [n_tokens, D] and token metadata of study ``i`` (image, prompt, report)."""
+def study_tokens(i: int, grid: int = GRID) -> tuple[torch.Tensor, list[dict]]:
+    """Activations [n_tokens, D] and token metadata of study ``i`` (image, prompt, report).
+
+    The image has ``grid`` x ``grid`` patches; the device sits in patch (grid/8, 5 grid/8),
+    where :func:`_image` draws it.
+    """
     f, rng = findings_of(i), np.random.default_rng(i)
     rows, meta = [], []
-    for p in range(GRID * GRID):
-        r, c = divmod(p, GRID)
+    device = (grid // 8, 5 * grid // 8)
+    for p in range(grid * grid):
+        r, c = divmod(p, grid)
         x = np.zeros(D, np.float32)
-        x[3] = 0.6 + 2.4 * p / (GRID * GRID - 1) + 0.05 * rng.random()
+        x[3] = 0.6 + 2.4 * p / (grid * grid - 1) + 0.05 * rng.random()
         if f["pacemaker"]:
-            x[0] = {0: 2.2 + i / 20, 1: 1.1}.get(abs(r - 0) + abs(c - 2), 0.0)
-        if f["pleural_effusion"] and r == GRID - 1:
+            x[0] = {0: 2.2 + i / 20, 1: 1.1}.get(abs(r - device[0]) + abs(c - device[1]), 0.0)
+        if f["pleural_effusion"] and r == grid - 1:
             x[1] = 0.9
         rows.append(x)
         meta.append(_token("image", "<image>", p, subject_id(i), patch=(r, c)))

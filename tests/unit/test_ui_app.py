@@ -1,0 +1,60 @@
+"""The app is assembled and launched with the safe settings (no browser, launch patched)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench.ui.tiny_run import build
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("ui") / "run")
+
+
+def test_analytics_off_before_gradio():
+    import workbench.ui  # noqa: F401
+
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+@pytest.mark.slow  # imports Gradio and builds every tab
+def test_serve_binds_loopback_never_shares(run, monkeypatch):
+    import gradio as gr
+
+    from workbench.ui.build import AppConfig, serve
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    app, ctx = serve(AppConfig(run=run, port=7999), block=False)
+    try:
+        assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7999
+        assert seen["share"] is False and seen["allowed_paths"] == []
+        assert isinstance(app, gr.Blocks) and ctx.status.problems == ()
+        tabs = [b.label for b in app.blocks.values() if isinstance(b, gr.Tab)]
+        assert tabs == ["Features", "Feature", "Study", "Runs", "SQL"]
+    finally:
+        ctx.close()
+
+
+def test_missing_run_still_builds_with_message(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from workbench.ui.build import AppConfig, serve
+
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: None)
+    app, ctx = serve(AppConfig(run=tmp_path / "missing"), block=False)
+    banner = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "wb-banner")
+    assert "No run at" in banner.value
+
+
+def test_cli_parses_flags():
+    from workbench.config import parse_config
+    from workbench.ui.build import AppConfig
+
+    cfg = parse_config(AppConfig, ["--run", "runs/x", "--port", "8000", "--open-feature", "3"])
+    assert cfg.run == Path("runs/x") and cfg.port == 8000 and cfg.open_feature == 3
+    assert cfg.host == "127.0.0.1"

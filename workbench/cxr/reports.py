@@ -296,12 +296,17 @@ def merge_labels(label_sets: list[dict]) -> dict[str, float | None]:
 
 
 def _header(study: dict, rng) -> dict[str, str]:
+    """EXAMINATION, INDICATION, TECHNIQUE and COMPARISON lines.
+
+    The indication names a present or just-resolved concept only half the time, so the text
+    prompt hints at, but does not give away, what the image shows.
+    """
     ph, acq = phrases(), study["acquisition"]
-    present = {**study["devices"], **study["findings"]}
-    keys = [k for k in ph["indication"] if k in present and k != "default"]
+    known = {**study["devices"], **study["findings"], **study["resolved"]}
+    keys = [k for k in ph["indication"] if k in known and k != "default"]
     family = (
         ph["indication"][_choose(rng, keys)]
-        if keys and rng.random() < 0.7
+        if keys and rng.random() < 0.5
         else ph["indication"]["default"]
     )
     gender = {"F": "woman", "M": "man"}[study["subject"]["sex"]]

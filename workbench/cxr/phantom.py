@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def generate(cfg: PhantomConfig) -> dict[str, Any]:
             _drain(results, sink, tally)
         else:
             with mp.get_context("spawn").Pool(cfg.workers) as pool:
-                _drain(pool.imap(_build_subject, tasks, chunksize=2), sink, tally)
+                _drain(_in_order(pool, tasks, 4 * cfg.workers), sink, tally)
     except BaseException:
         sink.abort()
         raise
@@ -190,6 +191,21 @@ def generate(cfg: PhantomConfig) -> dict[str, Any]:
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / layout.SUMMARY)
     return summary
+
+
+def _in_order(pool, tasks: Iterator, window: int) -> Iterator[list[dict[str, Any]]]:
+    """Results of ``tasks`` in submission order with at most ``window`` in flight.
+
+    ``Pool.imap`` would queue every task up front (memory growing with N); this keeps the
+    number of pending subjects, and so memory, bounded whatever the dataset size.
+    """
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(_build_subject, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _drain(results, sink: layout.TableSink, tally: Tally) -> None:

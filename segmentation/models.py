@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segmentation.ssn import SSNConfig, StochasticSegmentationNetwork, sample_logits
@@ -58,9 +59,17 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return StochasticSegmentationNetwork(spec.unet, spec.num_classes, ssn_cfg)
 
 
-def training_loss(model: nn.Module, x_BCHW, target_BHW, roi_BHW=None) -> torch.Tensor:
-    """CE for the U-Net, the MC log-likelihood loss for SSN models."""
+def training_loss(
+    model: nn.Module, x_BCHW, target_BHW, roi_BHW=None, mean_only: bool = False
+) -> torch.Tensor:
+    """CE for the U-Net, the MC log-likelihood loss for SSN models.
+
+    ``mean_only`` trains an SSN's logit mean alone with pixel-mean cross-entropy, the warm-up
+    the official ``toy_problem.py`` runs before training all parameters.
+    """
     if isinstance(model, StochasticSegmentationNetwork):
+        if mean_only:
+            return F.cross_entropy(model(x_BCHW, roi_BHW).mean, target_BHW)
         return model.loss(x_BCHW, target_BHW, roi_BHW)
     return model.loss(x_BCHW, target_BHW)
 

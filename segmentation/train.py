@@ -70,8 +70,11 @@ class TrainConfig:
     """SSN antithetic sample pairs in the loss."""
     use_roi: bool = False
     """Mask the SSN covariance outside the dataset's region of interest (phantom nodules)."""
+    mean_warmup_steps: int = 0
+    """SSN: first train only the logit mean with cross-entropy for this many steps (the
+    official toy script's schedule; helps short CPU runs)."""
     steps: int = 2000
-    """Optimiser steps."""
+    """Optimiser steps (including the warm-up)."""
     batch_size: int = 12
     """Images per step (PHiSeg LIDC: 12)."""
     lr: float = 1e-3
@@ -224,7 +227,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 log.info("time budget %.0fs reached at step %d", cfg.max_time_s, step)
                 break
             x, y, roi = batches.next()
-            loss = training_loss(model, x, y, roi if use_roi else None)
+            loss = training_loss(model, x, y, roi if use_roi else None,
+                                 mean_only=step < cfg.mean_warmup_steps)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)

@@ -154,3 +154,16 @@ def test_toy_problem_diagonal_model_cannot():
     assert fixed_ok
     assert corr < 0.2  # pixels are independent given the input
     assert min(p0, p1) < 0.1  # never a coherent bimodal block
+
+
+def test_mean_warmup_trains_only_the_mean():
+    from segmentation.models import training_loss
+
+    model = StochasticSegmentationNetwork(UNetConfig(channels=(4, 8)), 2, SSNConfig(rank=2))
+    x, y = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    loss = training_loss(model, x, y, mean_only=True)
+    expected = F.cross_entropy(model(x).mean, y)  # train-mode batch-norm: same batch, same value
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert model.head.cov_factor.weight.grad is None and model.head.log_cov_diag.weight.grad is None
+    assert model.head.mean.weight.grad.abs().sum() > 0

@@ -10,7 +10,10 @@ tokens, in the store's real format) and a random Matryoshka SAE whose threshold 
    the SAE over the store costs at least);
 2. ``workbench.analyse.analyse`` on the same store and SAE (with labels), step by step.
 
-It prints the ratio analysis / bare encoding; the issue's target is at most 1.5.
+It prints the ratio analysis / bare encoding in CPU seconds of the process (all its threads,
+DuckDB's included: ``time.process_time``), which stays meaningful on a shared, busy machine
+where wall time mostly measures the neighbours; wall times are printed too. The issue's
+target is a ratio of at most 1.5.
 Shapes: ``demo`` is the phantom demo (maira2-mini d_model 256, 4x SAE, k 32);
 ``maira2-small`` has MAIRA-2's SAE proportions at half width (d 2048, 8192 latents, k 64).
 """
@@ -106,24 +109,24 @@ def make_sae(path: Path, store: ActivationStore, shape: Shape) -> MatryoshkaSAE:
     )
     sample = store.shard(0)[:2048].float()
     with torch.no_grad():
-        pre = sae.pre_acts(sample)
-        kth = pre.topk(shape.k, dim=1).values[:, -1]
-        sae.threshold.fill_(float(kth.median()))
+        pre = sae.pre_acts(sample).flatten()
+        n_above = shape.k * sample.shape[0]  # the (k * tokens)-th largest pre-activation
+        sae.threshold.fill_(float(pre.topk(n_above).values[-1]))
     save_sae(sae, path)
     return sae
 
 
 @torch.no_grad()
-def bare_encoding(store: ActivationStore, sae: MatryoshkaSAE, batch: int) -> tuple[float, float]:
-    """Seconds to read and encode every token; and the mean L0 seen."""
-    t0 = time.perf_counter()
+def bare_encoding(store: ActivationStore, sae: MatryoshkaSAE, batch: int) -> tuple[float, ...]:
+    """CPU and wall seconds to read and encode every token; and the mean L0 seen."""
+    t0, w0 = time.process_time(), time.perf_counter()
     fired = 0
     for i in range(store.num_shards):
         acts = store.shard(i)
         for b0 in range(0, acts.shape[0], batch):
             lat = sae.encode(acts[b0 : b0 + batch].float())
             fired += int((lat > 0).sum())
-    return time.perf_counter() - t0, fired / store.n_tokens
+    return time.process_time() - t0, time.perf_counter() - w0, fired / store.n_tokens
 
 
 def bench(name: str, root: Path) -> dict:
@@ -134,21 +137,24 @@ def bench(name: str, root: Path) -> dict:
     store = ActivationStore(run / "activations")
     sae = make_sae(run / "sae", store, shape)
     cfg = AnalyseConfig(run=run, device="cpu")
-    bare, l0 = bare_encoding(store, sae, cfg.batch_tokens)
+    bare, bare_wall, l0 = bare_encoding(store, sae, cfg.batch_tokens)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, w0 = time.process_time(), time.perf_counter()
     analyse(cfg, timings)
-    total = time.perf_counter() - t0
+    total, wall = time.process_time() - t0, time.perf_counter() - w0
     result = {
         "shape": name,
         "tokens": store.n_tokens,
         "d_model": shape.d_model,
         "d_sae": shape.d_sae,
         "l0": round(l0, 1),
-        "bare_encoding_s": round(bare, 2),
-        "analyse_s": round(total, 2),
-        "ratio": round(total / bare, 2),
-        "steps_s": {k: round(v, 2) for k, v in timings.items()},
+        "bare_encoding_cpu_s": round(bare, 2),
+        "analyse_cpu_s": round(total, 2),
+        "ratio_cpu": round(total / bare, 2),
+        "bare_encoding_wall_s": round(bare_wall, 2),
+        "analyse_wall_s": round(wall, 2),
+        "ratio_wall": round(wall / bare_wall, 2),
+        "steps_cpu_s": {k: round(v, 2) for k, v in timings.items()},
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2), flush=True)

@@ -106,6 +106,26 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """Run the per-batch bookkeeping on one CPU thread.
+
+    Its ops are small (a few hundred thousand entries), and torch's intra-op threads cost
+    more in synchronisation than they save there, badly so on a shared, busy CPU (measured
+    10-25x slower with 2 threads under load, benchmarks/RESULTS.md). The matmul of
+    ``encode`` keeps all threads.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @torch.no_grad()
 def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
     """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
@@ -127,8 +147,9 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
                 lat_BF = sae.encode(x_BD)
                 if lat_BF.shape != (x_BD.shape[0], sae.d_sae):
                     raise AnalyseError(f"SAE encode returned {tuple(lat_BF.shape)}")
-                sb = sparsify(lat_BF, r0 + b0)
-                acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
+                with _single_thread(device):
+                    sb = sparsify(lat_BF, r0 + b0)
+                    acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
                 s_rows, s_feats, s_vals = (t.cpu().numpy() for t in sb)
                 writer.write_table(
                     pa.table([s_rows, s_feats.astype(np.int32), s_vals], schema=ACTS_SCHEMA)
@@ -258,10 +279,11 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
 
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-    log.info("%s: %.2f s", name, timings[name])
+    cpu = time.process_time() - c0
+    timings[name] = timings.get(name, 0.0) + cpu
+    log.info("%s: %.2f s (%.2f CPU s)", name, time.perf_counter() - t0, cpu)
 
 
 def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict]) -> LabelMatrix:
@@ -292,7 +314,7 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
 def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path:
     """Analyse the run's SAE over its store; returns the path of ``features.duckdb``.
 
-    ``timings``, if given, receives the seconds spent in each step (for benchmarks).
+    ``timings``, if given, receives the CPU seconds spent in each step (for benchmarks).
     """
     timings = {} if timings is None else timings
     cfg.validate()

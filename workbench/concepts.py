@@ -80,14 +80,15 @@ def auroc_sparse(
     first_group = np.searchsorted(gf, np.arange(n_features))
     base = np.vstack([np.zeros((1, C)), cum])[first_group]  # [F, C] negatives before feature
     below = cum - gn - base[gf]
-    nz_pos = np.zeros((n_features, C))
-    nz_neg = np.zeros((n_features, C))
-    np.add.at(nz_pos, gf, gp)
-    np.add.at(nz_neg, gf, gn)
+    nz_pos, nz_neg, U = (np.zeros((n_features, C)) for _ in range(3))
+    if gf.size:  # per-feature sums over its (contiguous) groups
+        fstart = np.flatnonzero(np.r_[True, gf[1:] != gf[:-1]])
+        fid = gf[fstart]
+        nz_pos[fid] = np.add.reduceat(gp, fstart, axis=0)
+        nz_neg[fid] = np.add.reduceat(gn, fstart, axis=0)
+        U[fid] = np.add.reduceat(gp * below + 0.5 * gp * gn, fstart, axis=0)
     zero_neg = N_C - nz_neg  # silent negatives (activation 0)
     zero_pos = P_C - nz_pos
-    U = np.zeros((n_features, C))
-    np.add.at(U, gf, gp * below + 0.5 * gp * gn)
     U += nz_pos * zero_neg + 0.5 * zero_pos * zero_neg
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = U / (P_C * N_C)

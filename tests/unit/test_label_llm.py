@@ -1,0 +1,201 @@
+"""The OpenAI backend against a fake OpenAI-compatible server on 127.0.0.1.
+
+:class:`FakeLLM` implements ``POST /v1/chat/completions`` with ``http.server`` in a thread.
+It answers from a script (status codes and texts, in order) and then from a plausible
+default: an explanation naming the words of the examples it was shown, and detection
+answers that say 1 for examples containing a word of the explanation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+
+from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, PrivacyError
+from workbench.prompts import Example
+
+
+def default_answer(request: dict) -> str:
+    """Explain: name the marked tokens; detect: 1 where an example contains a named word."""
+    system, user = request["messages"][0]["content"], request["messages"][-1]["content"]
+    if "[EXPLANATION]" in system:
+        marked = re.findall(r"<<([^>]+)>>", user) or ["nothing"]
+        return f"The examples share a token.\n[EXPLANATION]: {marked[0].strip().lower()}"
+    words = re.match(r"Explanation: (.*)", user).group(1).lower().split()
+    lines = re.findall(r"^Example \d+: (.*)$", user, re.M)
+    return str([int(any(w in line.lower() for w in words)) for line in lines])
+
+
+class FakeLLM:
+    """A scripted OpenAI-compatible chat server; ``requests`` records every request body."""
+
+    def __init__(self, model: str = "fake-model"):
+        self.model, self.script, self.requests = model, [], []
+        self.logprobs = None  # content list to attach when the request asks for log-probs
+        self.fail_if = None  # predicate on the request body: answer 500 when it holds
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append({"path": self.path, **body})
+                if fake.fail_if is not None and fake.fail_if(body):
+                    return self._send(500, {"error": {"message": "scripted failure"}})
+                item = fake.script.pop(0) if fake.script else default_answer
+                if isinstance(item, int):
+                    return self._send(item, {"error": {"message": "scripted failure"}})
+                content = item(body) if callable(item) else item
+                self._send(200, fake.completion(content, body))
+
+            def _send(self, status: int, payload: dict):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def completion(self, content: str, body: dict) -> dict:
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}}
+        choice |= {"finish_reason": "stop", "logprobs": None}
+        if body.get("logprobs") and self.logprobs is not None:
+            choice["logprobs"] = {"content": self.logprobs}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+def backend(url: str, sleeps: list | None = None, **kw) -> OpenAIBackend:
+    settings = LLMSettings(base_url=url, model="fake-model", timeout=5, backoff=0.5, **kw)
+    sleeps = [] if sleeps is None else sleeps
+    return OpenAIBackend(settings, sleep=sleeps.append)
+
+
+TEXT = Example(1, "text", (" left", " chest", " pacemaker", " ."), (0.0, 0.0, 2.0, 0.0), 2, 2.0)
+IMAGE = Example(2, "image", ("<image>",), (1.0,), 0, 1.0, "Pacemaker in place.", (0, 2))
+
+
+def test_explain_prompt_and_parsing(fake):
+    out = backend(fake.base_url).explain(7, [TEXT, IMAGE], max_act=2.0)
+    assert out.text == "pacemaker"
+    assert out.raw.startswith("The examples share a token.")
+    (req,) = fake.requests
+    assert req["path"] == "/v1/chat/completions" and req["model"] == "fake-model"
+    assert req["temperature"] == 0.0
+    system, user = req["messages"][0]["content"], req["messages"][1]["content"]
+    assert "[EXPLANATION]:" in system
+    assert "Feature 7" in user
+    assert "Example 1: left chest <<pacemaker>> ." in user
+    assert '("pacemaker", 10)' in user
+    assert "Example 2: [image patch at row 0, column 2, activation 5/10]" in user
+    assert "Report findings of this study: Pacemaker in place." in user
+
+
+def test_detection_request_and_logprobs(fake):
+    tok = {"token": "1", "logprob": -0.1, "bytes": None}
+    fake.logprobs = [
+        {**tok, "top_logprobs": [tok, {"token": "0", "logprob": -2.4, "bytes": None}]},
+        {"token": "0", "logprob": -0.2, "bytes": None, "top_logprobs": []},
+    ]
+    fake.script = ["[1, 0]"]
+    plain = Example(3, "text", (" clear", " lungs"), (0.0, 0.0), 0, 0.0)
+    out = backend(fake.base_url, logprobs=True).detect(7, "pacemaker", [TEXT, plain])
+    assert out.predicted == [1, 0]
+    assert out.probs[0] == pytest.approx(1 / (1 + 2.718281828 ** (-2.3)), rel=1e-4)
+    assert out.probs[1] == 0.0
+    req = fake.requests[0]
+    assert req["logprobs"] is True and req["top_logprobs"] == 5
+    assert "Explanation: pacemaker" in req["messages"][1]["content"]
+    assert "<<" not in req["messages"][1]["content"]  # the judge sees no markers
+
+
+def test_retries_on_server_errors_with_backoff(fake):
+    fake.script = [500, 503, "[EXPLANATION]: effusion"]
+    sleeps = []
+    out = backend(fake.base_url, sleeps).explain(3, [TEXT], 2.0)
+    assert out.text == "effusion"
+    assert len(fake.requests) == 3
+    assert sleeps == [0.5, 1.0]
+
+
+def test_timeouts_are_retried(fake):
+    def slow(body):
+        time.sleep(1.0)
+        return "[EXPLANATION]: too late"
+
+    fake.script = [slow, "[EXPLANATION]: in time"]
+    settings = LLMSettings(base_url=fake.base_url, model="m", timeout=0.3, backoff=0.0)
+    assert OpenAIBackend(settings).explain(1, [TEXT], 2.0).text == "in time"
+    assert len(fake.requests) == 2
+
+
+def test_malformed_answers_are_retried_then_reported(fake):
+    fake.script = ["no list here"] * 4
+    sleeps = []
+    with pytest.raises(LabelError, match=r"feature 11: detection: failed after 4 attempts"):
+        backend(fake.base_url, sleeps).detect(11, "pacemaker", [TEXT])
+    assert len(fake.requests) == 4 and sleeps == [0.5, 1.0, 2.0]
+
+
+def test_client_errors_are_not_retried(fake):
+    fake.script = [400]
+    with pytest.raises(LabelError, match="feature 5: explanation: BadRequestError"):
+        backend(fake.base_url).explain(5, [TEXT], 2.0)
+    assert len(fake.requests) == 1
+
+
+def test_connection_error_names_the_feature():
+    closed = FakeLLM()
+    url = closed.base_url
+    closed.close()  # nothing listens there any more
+    with pytest.raises(LabelError, match="feature 9: explanation: failed after 2 attempts") as err:
+        backend(url, retries=1).explain(9, [TEXT], 2.0)
+    assert isinstance(err.value.__cause__, openai.APIConnectionError)
+
+
+def test_remote_endpoint_refused_before_any_client(monkeypatch):
+    def no_client(*args, **kwargs):
+        raise AssertionError("a client was created for a refused endpoint")
+
+    monkeypatch.setattr(openai, "OpenAI", no_client)
+    settings = LLMSettings(base_url="https://api.example.com/v1", model="m")
+    with pytest.raises(PrivacyError, match="refusing to send study text to api.example.com"):
+        OpenAIBackend(settings)
+
+
+def test_remote_endpoint_allowed_explicitly():
+    settings = LLMSettings(base_url="https://api.example.com/v1", model="m")
+    b = OpenAIBackend(settings, allow_remote=True)
+    assert b.method == "llm:m" and str(b.client.base_url).startswith("https://api.example.com")

@@ -1,0 +1,122 @@
+"""The whole ``label`` loop on a tiny analysed run: offline backend, fake LLM, resume, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.unit.test_label_llm import FakeLLM
+from workbench import db
+from workbench.label import LabelConfig, main, run_label
+from workbench.label_llm import LabelError, PrivacyError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from workbench.ui import tiny_run
+
+    return tiny_run.build(tmp_path_factory.mktemp("label") / "run", n_studies=12)
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(base_run, copy)
+    return copy
+
+
+@pytest.fixture
+def fake():
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+def rows(run, sql, params=()):
+    con = db.connect(run)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def scores(run, method):
+    return dict(
+        rows(
+            run,
+            "SELECT feature || ':' || metric, value FROM feature_scores WHERE method = ?",
+            [method],
+        )
+    )
+
+
+def test_offline_loop_labels_scores_and_resumes(run):
+    summary = run_label(LabelConfig(run=run, features=(0, 1, 4)))
+    assert summary.labelled == 3 and summary.scored == 6
+    labels = dict(rows(run, "SELECT feature, label FROM feature_labels WHERE method = 'offline'"))
+    assert set(labels) == {0, 1, 4}
+    assert "pacemaker" in labels[0] and "effusion" in labels[1]
+    offline, statistical = scores(run, "offline"), scores(run, "statistical")
+    # planted features: the pacemaker/effusion labels detect their held-out examples exactly
+    assert offline["0:f1"] == 1.0 and offline["1:balanced_accuracy"] == 1.0
+    assert statistical["0:recall"] == 1.0
+    scorers = {r[0] for r in rows(run, "SELECT DISTINCT scorer FROM feature_scores")}
+    assert scorers == {"detection:offline"}
+    assert rows(run, "SELECT count(*) FROM runs WHERE stage = 'label'") == [(1,)]
+    again = run_label(LabelConfig(run=run, features=(0, 1, 4)))
+    assert again.labelled == again.scored == 0
+    redo = run_label(LabelConfig(run=run, features=(0,), overwrite=True))
+    assert redo.labelled == 1
+    assert rows(run, "SELECT count(*) FROM feature_labels WHERE method = 'offline'") == [(3,)]
+
+
+def test_openai_backend_end_to_end(run, fake):
+    cfg = LabelConfig(run=run, backend="openai", base_url=fake.base_url, model="fake-model")
+    cfg.features, cfg.score_statistical = (0, 1), False
+    summary = run_label(cfg)
+    assert summary.labelled == 2
+    labels = dict(
+        rows(run, "SELECT feature, label FROM feature_labels WHERE method = ?", ["llm:fake-model"])
+    )
+    assert labels == {0: "pacemaker", 1: "pleural effusion"}
+    model = rows(run, "SELECT DISTINCT model FROM feature_labels WHERE method = 'llm:fake-model'")
+    assert model == [("fake-model",)]
+    explain = [r for r in fake.requests if "[EXPLANATION]" in r["messages"][0]["content"]]
+    assert len(explain) == 2
+    assert "Report findings of this study:" in explain[0]["messages"][1]["content"]
+    assert scores(run, "llm:fake-model")["0:f1"] == 1.0
+    n = len(fake.requests)
+    assert run_label(cfg).labelled == 0 and len(fake.requests) == n  # resumed: no requests
+
+
+def test_failure_keeps_finished_features_and_rerun_resumes(run, fake):
+    cfg = LabelConfig(run=run, backend="openai", base_url=fake.base_url, model="fake-model")
+    cfg.features, cfg.retries, cfg.backoff = (0, 4, 1), 1, 0.0
+    fake.fail_if = lambda body: "Feature 4." in body["messages"][-1]["content"]
+    with pytest.raises(LabelError, match="feature 4: explanation: failed after 2 attempts"):
+        run_label(cfg)
+    done = rows(run, "SELECT feature FROM feature_labels WHERE method = 'llm:fake-model'")
+    assert done == [(0,)]
+    fake.fail_if, fake.requests = None, []
+    assert run_label(cfg).labelled == 2
+    asked = " ".join(r["messages"][-1]["content"] for r in fake.requests)
+    assert "Feature 4." in asked and "Feature 1." in asked and "Feature 0." not in asked
+
+
+def test_remote_endpoint_refused_by_the_cli(run, capsys):
+    before = rows(run, "SELECT count(*) FROM feature_labels")
+    argv = ["--run", str(run), "--backend", "openai", "--model", "m"]
+    assert main(argv + ["--base-url", "https://llm.example.org/v1"]) == 1
+    assert "refusing to send study text to llm.example.org" in capsys.readouterr().out
+    assert rows(run, "SELECT count(*) FROM feature_labels") == before
+    with pytest.raises(PrivacyError):
+        run_label(LabelConfig(run=run, backend="openai", model="m", base_url="http://8.8.8.8/v1"))
+
+
+def test_cli_selection_by_concept(run, capsys):
+    assert main(["--run", str(run), "--concept", "pacemaker", "--top-n", "1"]) == 0
+    assert "1 labels" in capsys.readouterr().out
+    assert rows(run, "SELECT feature FROM feature_labels WHERE method = 'offline'") == [(0,)]

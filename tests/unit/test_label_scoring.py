@@ -1,0 +1,128 @@
+"""Detection metrics on hand-computed cases; prompt rendering and answer parsing."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from workbench import prompts
+from workbench.label_llm import LabelError, PrivacyError, check_endpoint, is_local
+from workbench.label_scoring import auroc, chunks, detection_metrics, shuffled
+from workbench.prompts import Example, MalformedAnswerError
+
+
+def test_detection_metrics_hand_computed():
+    # truth    1 1 1 1 0 0 0 0 0 0
+    # predict  1 1 0 0 1 0 0 0 0 0  -> tp 2, fn 2, fp 1, tn 5
+    truth = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    pred = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    m = detection_metrics(truth, pred)
+    assert (m.n, m.n_active) == (10, 4)
+    assert m.accuracy == pytest.approx(0.7)
+    assert m.precision == pytest.approx(2 / 3)
+    assert m.recall == pytest.approx(0.5)
+    assert m.f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))  # 4/7
+    assert m.balanced_accuracy == pytest.approx((0.5 + 5 / 6) / 2)
+    assert m.auroc is None
+    assert dict(m.rows())["f1"] == pytest.approx(4 / 7)
+    assert "auroc" not in dict(m.rows())
+
+
+def test_metrics_not_computable_are_none():
+    m = detection_metrics([1, 1], [0, 0])  # no predicted positive, no negative class
+    assert m.precision is None and m.balanced_accuracy is None
+    assert m.recall == 0.0 and m.f1 == 0.0
+    with pytest.raises(ValueError, match="2 truths but 1"):
+        detection_metrics([1, 0], [1])
+
+
+def test_auroc_with_ties_matches_pair_counting():
+    truth = [1, 0, 1, 0, 1, 0]
+    scores = [0.9, 0.9, 0.4, 0.1, 0.4, 0.6]
+    pairs = [(p, n) for p, t in zip(scores, truth) if t for n, u in zip(scores, truth) if not u]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert auroc(truth, scores) == pytest.approx(expected)
+    assert auroc([1, 1], [0.2, 0.3]) is None
+    assert detection_metrics(truth, [1, 1, 0, 0, 0, 1], scores).auroc == pytest.approx(expected)
+
+
+def test_shuffle_keeps_truth_aligned_and_chunks():
+    items, truth = shuffled(["a", "b", "c"], ["x", "y"], seed=3)
+    assert sorted(items) == ["a", "b", "c", "x", "y"]
+    assert all((it in "abc") == bool(t) for it, t in zip(items, truth))
+    assert shuffled(["a", "b", "c"], ["x", "y"], seed=3) == (items, truth)
+    assert chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_mark_tokens_merges_runs_and_keeps_spaces_outside():
+    tokens = (" Small", " left", " pleural", " effusion", " .")
+    acts = (0.0, 0.0, 0.8, 1.5, 0.0)
+    assert prompts.mark_tokens(tokens, acts, 0.0) == " Small left <<pleural effusion>> ."
+    assert prompts.mark_tokens((" a", " b"), (1.0, 0.0), 0.0) == " <<a>> b"
+    assert prompts.mark_tokens((" a", " b"), (0.0, 2.0), 0.0) == " a <<b>>"
+
+
+def test_levels_and_rendering():
+    assert [prompts.level(a, 2.0) for a in (0.0, 0.19, 0.2, 1.0, 2.0, 9.0)] == [0, 0, 1, 5, 10, 10]
+    text = Example(1, "text", (" left", " pacemaker"), (0.0, 2.0), 1, 2.0)
+    rendered = prompts.render_for_explainer(text, max_act=2.0)
+    assert "left <<pacemaker>>" in rendered and '("pacemaker", 10)' in rendered
+    assert prompts.render_for_judge(text) == "left pacemaker"
+    image = Example(2, "image", ("<image>",), (1.0,), 0, 1.0, findings="Pacemaker.", patch=(0, 2))
+    rendered = prompts.render_for_explainer(image, max_act=2.0)
+    assert "row 0, column 2" in rendered and "activation 5/10" in rendered
+    assert "Pacemaker." in rendered and "<image>" not in prompts.render_for_judge(image)
+
+
+def test_parse_explanation():
+    answer = "Step 1: look.\n[EXPLANATION]: Cardiac pacemaker devices\n"
+    assert prompts.parse_explanation(answer) == "Cardiac pacemaker devices"
+    assert prompts.parse_explanation("just one line") == "just one line"
+    assert prompts.parse_explanation('**[EXPLANATION]: "effusion"**') == "effusion"
+    for bad in ("", "  \n ", "x" * 500):
+        with pytest.raises(MalformedAnswerError):
+            prompts.parse_explanation(bad)
+
+
+def test_parse_detection():
+    assert prompts.parse_detection("Reasoning [1]. Answer: [1, 0, 1]", 3) == [1, 0, 1]
+    assert prompts.parse_detection("['1','0']", 2) == [1, 0]
+    for bad in ("[1, 0]", "[1, 2, 0]", "no list", None):
+        with pytest.raises(MalformedAnswerError, match="list of 3"):
+            prompts.parse_detection(bad, 3)
+
+
+def _tok(token, alts):
+    return SimpleNamespace(
+        token=token,
+        logprob=alts[token],
+        top_logprobs=[SimpleNamespace(token=t, logprob=lp) for t, lp in alts.items()],
+    )
+
+
+def test_detection_probabilities_from_logprobs():
+    content = [
+        _tok("[", {"[": 0.0}),
+        _tok("1", {"1": math.log(0.6), "0": math.log(0.2)}),
+        _tok(",", {",": 0.0}),
+        _tok(" 0", {" 0": math.log(0.9), " 1": math.log(0.1)}),
+        _tok("]", {"]": 0.0}),
+    ]
+    assert prompts.detection_probabilities(content, 2) == pytest.approx([0.75, 0.1])
+    assert prompts.detection_probabilities(content, 3) is None
+    assert prompts.detection_probabilities(None, 2) is None
+
+
+def test_local_endpoints_only_unless_allowed():
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost:11434/v1", "http://[::1]:80/v1"):
+        assert is_local(url)
+        check_endpoint(url, allow_remote=False)
+    for url in ("https://api.openai.com/v1", "http://10.0.0.5:8000/v1", "http://127.0.0.1.evil.io"):
+        assert not is_local(url)
+        with pytest.raises(PrivacyError, match="--allow-remote"):
+            check_endpoint(url, allow_remote=False)
+        check_endpoint(url, allow_remote=True)
+    with pytest.raises(LabelError, match="not an http"):
+        check_endpoint("ftp://127.0.0.1/v1", allow_remote=True)

@@ -158,6 +158,26 @@ class Batches:
         return as_t(x.copy()), as_t(y.astype(np.int64)), None if roi is None else as_t(roi.copy())
 
 
+# Fields that may change between a run and its resumption without changing the model.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "max_time_s", "resume", "progress", "threads", "log_every", "checkpoint_every"}
+)
+
+
+def check_resumable(cfg: TrainConfig) -> None:
+    """Refuse to resume a run directory whose saved cfg.json describes a different model."""
+    path = cfg.out / "cfg.json"
+    if not (cfg.resume and (cfg.out / "checkpoint.pt").exists() and path.exists()):
+        return
+    old, new = json.loads(path.read_text()), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        raise ConfigError(
+            f"{cfg.out} holds a checkpoint of a different configuration (fields {changed}); "
+            "use another --out or --no-resume"
+        )
+
+
 def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
     """Load out/checkpoint.pt into model/optimiser; drop log lines after it. Returns step."""
     ckpt_path = cfg.out / "checkpoint.pt"
@@ -203,6 +223,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg)
     save_config(cfg, cfg.out / "cfg.json")
     samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
     if not samples:
@@ -227,8 +248,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 log.info("time budget %.0fs reached at step %d", cfg.max_time_s, step)
                 break
             x, y, roi = batches.next()
-            loss = training_loss(model, x, y, roi if use_roi else None,
-                                 mean_only=step < cfg.mean_warmup_steps)
+            loss = training_loss(
+                model, x, y, roi if use_roi else None, mean_only=step < cfg.mean_warmup_steps
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ from segmentation.demo import run as demo_run
 from segmentation.fixtures import write_phantom_fixture
 from segmentation.models import load_model
 from segmentation.results_db import read_results
+from workbench.config import ConfigError
 
 TINY = [
     "--image-size",
@@ -68,6 +69,18 @@ def test_train_resume_evaluate_and_store(phantom, tmp_path, capsys):
     _train(phantom, run, "ssn", 5)  # resumes at 3, runs 2 more
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="rank"):  # resuming with another model is refused
+        tr.train(
+            tr.TrainConfig(
+                **{
+                    **json.loads((run / "cfg.json").read_text()),
+                    "rank": 3,
+                    "data": phantom,
+                    "out": run,
+                    "channels": (4, 8),
+                }
+            )
+        )
     model, spec, extra = load_model(run)
     assert spec.kind == "ssn" and spec.ssn.rank == 2 and extra["step"] == 5
     assert any(not torch.equal(first[k], v) for k, v in model.state_dict().items())

@@ -8,6 +8,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ class DemoConfig:
     """Seed for the phantom benchmark and every training step."""
 
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
 def step_phantom(cfg: DemoConfig) -> str:
     """Generate the phantom benchmark (skipped when its summary already exists)."""
     from workbench.cxr.phantom import PhantomConfig, generate, summarize
@@ -42,7 +46,99 @@ def step_phantom(cfg: DemoConfig) -> str:
     return summarize(out)
 
 
-STEPS = (("phantom benchmark", step_phantom),)
+def step_model(cfg: DemoConfig) -> str:
+    """Point the run at maira2-mini: the shipped weights, or train them if absent."""
+    from workbench.models.mini import ensure_mini
+
+    path = ensure_mini().resolve()
+    model_dir = cfg.run / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "pointer.txt").write_text(f"{path}\n")
+    return f"maira2-mini at {path}"
+
+
+def step_record(cfg: DemoConfig) -> str:
+    """Record the middle decoder block over every phantom study (resumes a partial store)."""
+    from workbench.record import RecordConfig, record
+    from workbench.store import ActivationStore
+
+    out = cfg.run / "activations"
+    if not _store_complete(out):
+        record(
+            RecordConfig(
+                model=str(cfg.run / "model"),
+                data=cfg.run / "phantom",
+                out=out,
+                image_tokens="all",
+                progress=False,
+            )
+        )
+    store = ActivationStore(out)
+    skipped = len(store.manifest["skipped"])
+    return (
+        f"{store.n_tokens} tokens of {store.hook_name} (d_model {store.d_model}) from "
+        f"{len(store.manifest['studies_complete'])} studies, {skipped} skipped"
+    )
+
+
+def _store_complete(path: Path) -> bool:
+    from workbench.store import ActivationStore, StoreError
+
+    try:
+        return bool(ActivationStore(path).manifest.get("complete"))
+    except StoreError:
+        return False
+
+
+def step_sae(cfg: DemoConfig) -> str:
+    """Train the Matryoshka BatchTopK SAE with the demo preset (resumes from checkpoints)."""
+    from workbench.config import from_dict, load_config, to_dict
+    from workbench.sae import load_sae
+    from workbench.sae.config import TrainSAEConfig
+    from workbench.sae.trainer import train
+
+    out = cfg.run / "sae"
+    if not (out / "sae_weights.safetensors").exists():
+        preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
+        preset.update(store=cfg.run / "activations", out=out, seed=cfg.seed, progress=False)
+        train(from_dict(TrainSAEConfig, preset))
+    sae = load_sae(out)
+    return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
+
+
+def step_analyse(cfg: DemoConfig) -> str:
+    """Feature statistics into features.duckdb, then the phantom recovery table."""
+    from workbench.analyse import AnalyseConfig, analyse, recovery_report
+
+    if not (cfg.run / "features.duckdb").exists():
+        analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
+    return recovery_report(cfg.run)
+
+
+def step_segmentation(cfg: DemoConfig) -> str:
+    """Small U-Net and SSN on the phantom lungs and nodules, results into features.duckdb."""
+    from segmentation.demo import run as run_segmentation
+
+    out = cfg.run / "segmentation"
+    summary = out / "summary.json"
+    if summary.exists():
+        metrics = json.loads(summary.read_text())
+    else:
+        metrics = run_segmentation(
+            cfg.run / "phantom", out, db=cfg.run / "features.duckdb", seed=cfg.seed
+        )
+    shown = {k: v for k, v in metrics.items() if k != "skipped"}
+    return "\n".join(f"{k:>34}: {v}" for k, v in shown.items())
+
+
+STEPS = (
+    ("phantom benchmark", step_phantom),
+    ("model", step_model),
+    ("record activations", step_record),
+    ("train SAE", step_sae),
+    ("analyse features", step_analyse),
+    ("segmentation", step_segmentation),
+)
 
 
 def run_demo(cfg: DemoConfig) -> None:
@@ -54,6 +150,9 @@ def run_demo(cfg: DemoConfig) -> None:
         print(f"== {name}", flush=True)
         print(step(cfg), flush=True)
         print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+    from workbench.ui import launch_line
+
+    print(f"\nOpen the run in the app:\n  {launch_line(cfg.run)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

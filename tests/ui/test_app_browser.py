@@ -68,6 +68,14 @@ def test_neighbor_chip_opens_feature(page):
     )
 
 
+def test_concept_chip_opens_feature(page):
+    _tab(page, "Features")
+    page.locator("#wb-bestconcepts a.wb-chip", has_text="pacemaker").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#wb-ftitle').textContent.includes('feature 0')"
+    )
+
+
 def test_study_view(page):
     _tab(page, "Feature")
     page.locator("#wb-fnum input").fill("0")

@@ -56,6 +56,18 @@ def test_feature_table_filters(ctx):
     ] and "showing 5 of 16" in ascending.summary
 
 
+def test_density_chart_counts_live_and_dead(ctx):
+    html = handlers.density_chart(ctx)
+    assert "6 live features by firing frequency · 10 dead" in html
+    assert html.count('class="wb-bar"') >= 2 and "features</title>" in html
+
+
+def test_concept_chips_open_the_best_feature(ctx):
+    html = handlers.concept_chips(ctx)
+    assert 'data-feature="0"' in html and "pacemaker → #0 · 1.00" in html
+    assert html.index("pacemaker") < html.index("cardiomegaly")  # best concepts first
+
+
 def test_search_text_is_a_parameter_not_sql(ctx):
     view = handlers.feature_table(ctx, search="'; DROP TABLE features; --")
     assert view.rows == [] and "0 matching" in view.summary
@@ -101,6 +113,8 @@ def test_image_outside_the_run_is_not_read(ctx, tmp_path):
     assert handlers.resolve_image(ctx, "phantom/../../x.jpg") is None
     inside = next((ctx.run_dir / "phantom" / "files").rglob("*.jpg"))
     assert handlers.resolve_image(ctx, str(inside)) == inside.resolve()
+    written_elsewhere = Path("some/cwd/run") / inside.relative_to(ctx.run_dir)
+    assert handlers.resolve_image(ctx, str(written_elsewhere)) == inside.resolve()
 
 
 def test_study_view(ctx):

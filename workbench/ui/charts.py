@@ -41,7 +41,13 @@ def _svg(width: int, height: int, body: list[str], label: str) -> str:
     )
 
 
-def histogram(bins: Sequence[tuple[int, float, float, int]], title: str = "") -> str:
+def histogram(
+    bins: Sequence[tuple[int, float, float, int]],
+    title: str = "",
+    xlabel: str = "activation (log scale)",
+    unit: str = "tokens",
+    height: int = 200,
+) -> str:
     """Bars of a log-binned histogram: (bin index, lo, hi, count); missing bins are empty.
 
     Log-spaced bins are equally wide on a log axis, so bars are drawn one slot per bin index
@@ -52,7 +58,7 @@ def histogram(bins: Sequence[tuple[int, float, float, int]], title: str = "") ->
     first, last = min(b[0] for b in bins), max(b[0] for b in bins)
     by_index = {b[0]: b for b in bins}
     n = last - first + 1
-    width, height, left, bottom, top = 560, 200, 44, 34, 14
+    width, left, bottom, top = 560, 44, 34, 14
     slot = (width - left - 8) / n
     peak = max(b[3] for b in bins)
     body = [f'<text x="{left}" y="11" font-size="12" fill="#343a40">{escape(title)}</text>']
@@ -62,16 +68,17 @@ def histogram(bins: Sequence[tuple[int, float, float, int]], title: str = "") ->
             continue
         h = (height - bottom - top) * b[3] / peak
         x, y = left + i * slot, height - bottom - h
-        tip = f"{fmt(b[1])} – {fmt(b[2])}: {b[3]:,} tokens"
+        tip = f"{fmt(b[1])} – {fmt(b[2])}: {b[3]:,} {unit}"
         body.append(
             f'<rect class="wb-bar" x="{x:.1f}" y="{y:.1f}" width="{max(slot - 1, 1):.1f}" '
             f'height="{h:.1f}" fill="{ACCENT}"><title>{tip}</title></rect>'
         )
-    body += _histogram_axes(bins, by_index, first, n, slot, (width, height, left, bottom, peak))
+    geometry = (width, height, left, bottom, peak)
+    body += _histogram_axes(by_index, first, n, slot, geometry, xlabel)
     return _svg(width, height, body, title or "activation histogram")
 
 
-def _histogram_axes(bins, by_index, first, n, slot, geometry) -> list[str]:
+def _histogram_axes(by_index, first, n, slot, geometry, xlabel: str) -> list[str]:
     width, height, left, bottom, peak = geometry
     y0 = height - bottom
     out = [f'<line x1="{left}" y1="{y0}" x2="{width - 8}" y2="{y0}" stroke="{GREY}"/>']
@@ -84,7 +91,7 @@ def _histogram_axes(bins, by_index, first, n, slot, geometry) -> list[str]:
         out.append(f'<text x="{x:.1f}" y="{y0 + 14}" font-size="11" fill="{GREY}">{fmt(lo)}</text>')
     out.append(
         f'<text x="{width - 8}" y="{height - 4}" font-size="11" fill="{GREY}" '
-        'text-anchor="end">activation (log scale)</text>'
+        f'text-anchor="end">{escape(xlabel)}</text>'
     )
     out.append(f'<text x="4" y="{y0}" font-size="11" fill="{GREY}">0</text>')
     out.append(f'<text x="4" y="24" font-size="11" fill="{GREY}">{fmt(peak)}</text>')

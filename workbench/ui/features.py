@@ -16,8 +16,11 @@ class FeaturesTab(NamedTuple):
     table: gr.Dataframe
 
 
-def build(ctx: AppContext) -> FeaturesTab:
-    """Lay out the filters and the table; refresh on every filter change."""
+def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
+    """Lay out the filters, overview charts and the table; refresh on every filter change.
+
+    ``html`` makes HTML panels whose chips open features (see :mod:`workbench.ui.build`).
+    """
     concept_choices = ["(best concept)", *queries.concepts(ctx)] if ctx.con else ["(best concept)"]
     group_choices = ["any", *(str(g) for g in queries.groups(ctx))] if ctx.con else ["any"]
     with gr.Row(equal_height=True):
@@ -33,7 +36,12 @@ def build(ctx: AppContext) -> FeaturesTab:
         sort = gr.Dropdown(list(queries.SORTS), value="frequency", label="Sort by")
         descending = gr.Checkbox(value=True, label="descending")
     first = handlers.feature_table(ctx)
-    summary = gr.HTML(first.summary)
+    with gr.Row():
+        with gr.Column(scale=3):
+            summary = gr.HTML(first.summary)
+            html(value=handlers.concept_chips(ctx), elem_id="wb-bestconcepts")
+        with gr.Column(scale=2):
+            gr.HTML(handlers.density_chart(ctx), elem_id="wb-density")
     table = gr.Dataframe(
         value=first.rows,
         headers=list(handlers.FEATURE_COLUMNS),

@@ -115,6 +115,37 @@ def feature_table(
     return FeatureTable(out, render.message(summary, "info"))
 
 
+def density_chart(ctx: AppContext, per_decade: int = 4) -> str:
+    """How often features fire, all features at once: the SAE's health at a glance."""
+    if ctx.con is None:
+        return ""
+    rows, dead = queries.density_histogram(ctx, per_decade)
+    bins = [
+        (r["bin"], 10 ** (r["bin"] / per_decade), 10 ** ((r["bin"] + 1) / per_decade), r["n"])
+        for r in rows
+    ]
+    live = sum(b[3] for b in bins)
+    title = f"{live:,} live features by firing frequency · {dead:,} dead"
+    chart = charts.histogram(bins, title, "fraction of tokens (log scale)", "features", 150)
+    return f'<div class="wb-density">{chart}</div>'
+
+
+def concept_chips(ctx: AppContext) -> str:
+    """The best feature for each concept, as chips that open it."""
+    if ctx.con is None:
+        return ""
+    rows = queries.best_per_concept(ctx)
+    if not rows:
+        return render.card(
+            "Best feature per concept", '<p class="wb-empty">No concepts scored.</p>'
+        )
+    chips = "".join(
+        render.feature_link(r["feature"], f"{r['concept']} → #{r['feature']} · {r['auroc']:.2f}")
+        for r in rows
+    )
+    return render.card("Best feature per concept (AUROC)", f'<div class="wb-chips">{chips}</div>')
+
+
 def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(float(x), digits)
 
@@ -207,6 +238,10 @@ def resolve_image(ctx: AppContext, path: str | None) -> Path | None:
         return None
     p = Path(path)
     candidates = [p] if p.is_absolute() else [ctx.run_dir / p, Path.cwd() / p]
+    if not p.is_absolute() and ctx.run_dir.name in p.parts:
+        # written relative to another working directory, e.g. runs/demo/phantom/files/...
+        tail = p.parts[len(p.parts) - p.parts[::-1].index(ctx.run_dir.name) :]
+        candidates.append(ctx.run_dir.joinpath(*tail))
     for c in candidates:
         safe = inside(c, ctx.image_roots)
         if safe is not None and safe.is_file():

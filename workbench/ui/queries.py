@@ -97,6 +97,30 @@ def feature_table(
     return rows, total
 
 
+def density_histogram(ctx: AppContext, per_decade: int = 4) -> tuple[Rows, int]:
+    """Features per log10-frequency bin (``per_decade`` bins a decade) and the dead count."""
+    if not ctx.has("feature_stats"):
+        return [], 0
+    rows = ctx.rows(
+        """SELECT floor(log10(frequency) * $r)::INTEGER AS bin, count(*) AS n
+           FROM feature_stats WHERE frequency > 0 GROUP BY bin ORDER BY bin""",
+        {"r": per_decade},
+    )
+    dead = ctx.rows("SELECT count(*) AS n FROM feature_stats WHERE coalesce(frequency, 0) = 0")
+    return rows, dead[0]["n"]
+
+
+def best_per_concept(ctx: AppContext) -> Rows:
+    """For every concept, the feature with the highest AUROC (best concepts first)."""
+    if not ctx.has("feature_concepts"):
+        return []
+    return ctx.rows(
+        """SELECT concept, feature, auroc FROM feature_concepts WHERE auroc IS NOT NULL
+           QUALIFY row_number() OVER (PARTITION BY concept ORDER BY auroc DESC, feature) = 1
+           ORDER BY auroc DESC, concept"""
+    )
+
+
 def concepts(ctx: AppContext) -> list[str]:
     """Concept names for the filter, most prevalent first."""
     if not ctx.has("concepts"):

@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "record": ("workbench.record", "record residual-stream activations into a store"),
     "train-sae": ("workbench.train_sae", "train a Matryoshka BatchTopK SAE on a store"),
     "analyse": ("workbench.analyse", "SAE over the store -> features.duckdb"),
+    "label": ("workbench.label", "explain features with an LLM (or offline) and score the labels"),
+    "steer": ("workbench.steer", "steer generation with SAE features and evaluate the effect"),
     "seg-train": ("segmentation.train", "train a U-Net / SSN segmentation model"),
     "seg-evaluate": ("segmentation.evaluate", "evaluate segmentation models (GED, Dice, ...)"),
 }

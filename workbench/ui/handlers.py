@@ -174,24 +174,23 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
         ctx, "feature_examples", f, "example_group = 'top' DESC, quantile DESC, rank"
     )
     scale = float(header.get("max_act") or 0) or max((r["activation"] or 0 for r in ex), default=1)
+    image_ex = [r for r in ex if r.get("kind") == "image"]
+    top_sid = (
+        int(max(image_ex, key=lambda r: r["activation"] or 0)["study_id"]) if image_ex else None
+    )
+    grid = queries.image_grid(ctx, top_sid) if top_sid is not None else None
+    shape = (int(grid["n_rows"]), int(grid["n_cols"])) if grid else None
     return FeatureView(
         title=title,
         histogram=histogram,
-        image=_feature_image(ctx, f, ex, scale),
+        image=_feature_image(ctx, f, top_sid, grid, scale),
         concepts=_concepts_panel(
             queries.by_feature(ctx, "feature_concepts", f, "auroc DESC NULLS LAST", 12)
         ),
         logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
         neighbors=render.card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
-        examples=render.card("Examples", render.examples(ex, scale, _grid_of(ctx, ex))),
+        examples=render.card("Examples", render.examples(ex, scale, shape)),
     )
-
-
-def _grid_of(ctx: AppContext, ex: list[dict]) -> tuple[int, int] | None:
-    """Patch grid (rows, cols) of the image of the first image example, if any."""
-    first = next((r for r in ex if r.get("kind") == "image"), None)
-    grid = queries.image_grid(ctx, int(first["study_id"])) if first else None
-    return (int(grid["n_rows"]), int(grid["n_cols"])) if grid else None
 
 
 def _concepts_panel(rows: list[dict]) -> str:
@@ -218,14 +217,13 @@ def _logits_panel(rows: list[dict]) -> str:
     return render.card("Logit effects", chart + render.details("numbers", numbers))
 
 
-def _feature_image(ctx: AppContext, feature: int, ex: list[dict], scale: float) -> str:
+def _feature_image(
+    ctx: AppContext, feature: int, sid: int | None, grid: dict | None, scale: float
+) -> str:
     """Heatmap over the frontal image of the study where the feature peaks on image tokens."""
-    image_ex = [r for r in ex if r.get("kind") == "image"]
-    if not image_ex:
+    if sid is None:
         return render.card("On the image", '<p class="wb-empty">Fires on text only.</p>')
-    top = max(image_ex, key=lambda r: r["activation"] or 0)
-    sid = int(top["study_id"])
-    uri = study_heatmap_uri(ctx, sid, feature, scale)
+    uri = study_heatmap_uri(ctx, sid, feature, scale, grid)
     caption = f"study {sid}: activation over image patches (max {charts.fmt(scale)})"
     return render.card(
         "On the image", render.image_block(uri, caption if uri else "Image not available.")
@@ -250,9 +248,12 @@ def resolve_image(ctx: AppContext, path: str | None) -> Path | None:
 
 
 def study_heatmap_uri(
-    ctx: AppContext, study_id: int, feature: int | None, vmax: float
+    ctx: AppContext, study_id: int, feature: int | None, vmax: float, grid: dict | None = None
 ) -> str | None:
-    """A data URI of the study's frontal image with ``feature``'s patch activations over it."""
+    """A data URI of the study's frontal image with ``feature``'s patch activations over it.
+
+    ``grid`` is the study's :func:`queries.image_grid` when the caller already has it.
+    """
     st = queries.study(ctx, study_id)
     path = resolve_image(ctx, st.get("frontal_path") if st else None)
     if path is None:
@@ -262,8 +263,9 @@ def study_heatmap_uri(
     except (CXRDataError, OSError) as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
-    grid = queries.image_grid(ctx, study_id) if feature is not None else None
-    if grid is None:
+    if grid is None and feature is not None:
+        grid = queries.image_grid(ctx, study_id)
+    if grid is None or feature is None:
         return heatmap.data_uri(heatmap.thumbnail(image))
     acts = queries.patch_acts(ctx, study_id, feature, grid)
     grid_RC = heatmap.grid_from_patches(

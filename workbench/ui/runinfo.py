@@ -73,27 +73,54 @@ def curves(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
     return dict(sorted(series.items(), key=lambda kv: (order[kv[0]], kv[0])))
 
 
-def _facts_table(pairs: list[tuple[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in pairs if v is not None
+def _tiles(pairs: list[tuple[str, Any]]) -> str:
+    """Key numbers as big tiles (missing values left out)."""
+    tiles = "".join(
+        f'<div class="wb-tile"><i>{escape(k)}</i><b>{escape(_show(v))}</b></div>'
+        for k, v in pairs
+        if v is not None
     )
-    return f'<table class="wb-table wb-facts">{rows}</table>'
+    return f'<div class="wb-tiles">{tiles}</div>'
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return charts.fmt(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list | tuple):
+        return " + ".join(_show(x) for x in v)
+    return str(v)
 
 
 def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    manifest = read_json(run_dir / "activations" / "manifest.json") or {}
-    keys = ("model", "layer", "hook_name", "d_model", "dtype", "n_tokens")
-    pairs = [(f"store {k}", manifest.get(k)) for k in keys]
-    studies = manifest.get("studies") or manifest.get("completed")
-    if isinstance(studies, list | dict):
-        pairs.append(("store studies", len(studies)))
-    return pairs
+    m = read_json(run_dir / "activations" / "manifest.json") or {}
+    studies = m.get("studies_complete")
+    return [
+        ("model", m.get("model")),
+        ("hook", m.get("hook_name")),
+        ("d_model", m.get("d_model")),
+        ("tokens recorded", m.get("n_tokens")),
+        ("studies recorded", len(studies) if isinstance(studies, list) else None),
+        ("skipped studies", len(m["skipped"]) if m.get("skipped") else None),
+    ]
 
 
 def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    cfg = read_json(run_dir / "sae" / "cfg.json") or {}
-    keys = ("architecture", "d_in", "d_sae", "k", "hook_name", "model_name", "matryoshka_widths")
-    return [(f"sae {k}", cfg.get(k)) for k in keys if k in cfg]
+    ours = read_json(run_dir / "sae" / "workbench_sae.json") or {}
+    lens = read_json(run_dir / "sae" / "cfg.json") or {}
+    final = ours.get("final_metrics") or {}
+    d_in, d_sae = ours.get("d_in", lens.get("d_in")), ours.get("d_sae", lens.get("d_sae"))
+    return [
+        ("SAE width", f"{d_in} → {d_sae}" if d_in and d_sae else None),
+        ("k", ours.get("k")),
+        ("Matryoshka groups", ours.get("group_sizes")),
+        ("trained on tokens", ours.get("tokens")),
+        ("steps", ours.get("steps")),
+        ("final FVU", final.get("fvu")),
+        ("final L0", final.get("l0")),
+        ("dead fraction", final.get("dead_fraction")),
+    ]
 
 
 def _db_runs(ctx: AppContext) -> str:
@@ -117,13 +144,14 @@ def log_files(run_dir: Path) -> list[Path]:
 
 def runs_view(ctx: AppContext) -> RunsView:
     """The Runs tab: model, layer, SAE, token counts, and the training curves."""
-    facts = [("run directory", ctx.run_dir), ("SAE", ctx.status.sae_state)]
+    facts = [("run", ctx.run_dir.name), ("SAE", ctx.status.sae_state)]
     facts += _store_facts(ctx.run_dir) + _sae_facts(ctx.run_dir)
     try:
         db_html = _db_runs(ctx) if ctx.con is not None else ""
     except duckdb.Error as exc:
         db_html = render.message(f"Cannot read the runs table: {exc}", "error")
-    head = render.messages(ctx.status.problems) + _facts_table(facts) + db_html
+    where = render.message(f"run directory: {ctx.run_dir}", "info")
+    head = render.messages(ctx.status.problems) + _tiles(facts) + where + db_html
     logs = log_files(ctx.run_dir)
     if not logs:
         return RunsView(head, render.message("No SAE training log found under sae/.", "info"))

@@ -36,7 +36,13 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> StudyTab:
     studies = queries.study_list(ctx) if ctx.con else []
     with gr.Row(equal_height=True):
         picker = gr.Dropdown(
-            studies, value=None, label="Study", filterable=True, scale=1, elem_id="wb-study"
+            studies,
+            value=None,
+            label="Study (pick or type an id)",
+            filterable=True,
+            allow_custom_value=True,
+            scale=1,
+            elem_id="wb-study",
         )
         feature = gr.Dropdown(
             [], value=None, label="Colour by feature", scale=2, elem_id="wb-sfeat"

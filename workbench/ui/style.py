@@ -33,8 +33,15 @@ a.wb-study { color: #1971c2; text-decoration: none; cursor: pointer; }
 .wb-fig { margin: 0; text-align: center; }
 .wb-fig img { max-width: 100%; border-radius: 6px; }
 .wb-fig figcaption { font-size: 12px; color: #868e96; }
-.wb-table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
-.wb-table th, .wb-table td { border-bottom: 1px solid #e9ecef; padding: 2px 8px; text-align: left; }
+.wb-table { border-collapse: collapse; font-size: 12px; margin: 6px 0; border: none !important; }
+.wb-table th, .wb-table td { border: none !important; border-bottom: 1px solid #e9ecef !important;
+  padding: 2px 8px; text-align: left; background: none; }
+.wb-table caption { text-align: left; color: #868e96; font-size: 12px; }
+.wb-tiles { display: flex; flex-wrap: wrap; gap: 8px; margin: 6px 0 10px; }
+.wb-tile { border: 1px solid #e9ecef; border-radius: 8px; padding: 6px 12px; min-width: 110px; }
+.wb-tile i { display: block; font-style: normal; font-size: 11px; color: #868e96;
+  text-transform: uppercase; letter-spacing: .04em; }
+.wb-tile b { font-size: 18px; font-weight: 600; color: #212529; }
 .wb-facts th { color: #868e96; font-weight: 500; }
 .wb-numbers summary { cursor: pointer; color: #1971c2; font-size: 12px; }
 .wb-curves { display: flex; flex-wrap: wrap; gap: 12px; }

@@ -158,11 +158,8 @@ class _Work(NamedTuple):
     statistical: str | None
 
 
-def label_one(
-    backend: Backend, fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig, work: _Work
-) -> tuple[list[dict], list[str]]:
-    """Journal records (label, scores) of one feature, and notes on what was skipped."""
-    records, notes = [], []
+def _test_set(fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig):
+    """Held-out activating examples plus as many silent ones of the same kinds, shuffled."""
     positives = fx.held_out[: cfg.n_score]
     n_image = sum(ex.kind == "image" for ex in positives)
     negatives = pool.draw(
@@ -173,40 +170,49 @@ def label_one(
         exclude_studies={ex.study_id for ex in positives},
     )
     items, truth = shuffled(positives, negatives, cfg.seed + fx.feature)
-    can_score = bool(positives) and bool(negatives)
-    if not can_score:
-        notes.append(
+    note = None
+    if not positives or not negatives:
+        note = (
             f"feature {fx.feature}: not scored ({len(positives)} held-out activating, "
             f"{len(negatives)} non-activating examples)"
         )
-    scorer = f"detection:{backend.method}"
+    return items, truth, note
+
+
+def _label_record(backend: Backend, fx: FeatureExamples, expl, metrics, scored: bool) -> dict:
+    details = {
+        "examples": [ex.study_id for ex in fx.explain],
+        "answer": (expl.raw or "")[-2000:] or None,
+        "detection": metrics._asdict() if scored else None,
+    }
+    return {
+        "type": "label",
+        "feature": fx.feature,
+        "method": backend.method,
+        "label": expl.text,
+        "score": metrics.balanced_accuracy if scored else None,
+        "model": backend.model,
+        "details": details,
+    }
+
+
+def label_one(
+    backend: Backend, fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig, work: _Work
+) -> tuple[list[dict], list[str]]:
+    """Journal records (label, scores) of one feature, and notes on what was skipped."""
+    items, truth, note = _test_set(fx, pool, cfg)
+    records, notes = [], [note] if note else []
+    scorer, per_prompt = f"detection:{backend.method}", cfg.examples_per_prompt
     if work.explain and fx.explain:
         expl = backend.explain(fx.feature, fx.explain, fx.max_act)
-        metrics = judge(backend, fx.feature, expl.text, items, truth, cfg.examples_per_prompt)
-        details = {
-            "examples": [ex.study_id for ex in fx.explain],
-            "answer": (expl.raw or "")[-2000:] or None,
-            "detection": metrics._asdict() if can_score else None,
-        }
-        records.append(
-            {
-                "type": "label",
-                "feature": fx.feature,
-                "method": backend.method,
-                "label": expl.text,
-                "score": metrics.balanced_accuracy if can_score else None,
-                "model": backend.model,
-                "details": details,
-            }
-        )
-        if can_score:
+        metrics = judge(backend, fx.feature, expl.text, items, truth, per_prompt)
+        records.append(_label_record(backend, fx, expl, metrics, note is None))
+        if note is None:
             records.append(_score_record(fx.feature, backend.method, scorer, metrics))
     elif work.explain:
         notes.append(f"feature {fx.feature}: no activating examples in feature_examples")
-    if work.statistical and can_score:
-        metrics = judge(
-            backend, fx.feature, work.statistical, items, truth, cfg.examples_per_prompt
-        )
+    if work.statistical and note is None:
+        metrics = judge(backend, fx.feature, work.statistical, items, truth, per_prompt)
         records.append(_score_record(fx.feature, "statistical", scorer, metrics))
     return records, notes
 

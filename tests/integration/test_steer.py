@@ -106,3 +106,18 @@ def test_cli_in_max_act_units_and_errors(run, capsys):
     assert main(argv) == 1 and "no --feature" in capsys.readouterr().out
     assert main(argv + ["--feature", "1", "--concept", "change_new"]) == 1
     assert "cannot be read from report text" in capsys.readouterr().out
+
+
+def test_documented_steering_query(run):
+    import re
+    from pathlib import Path
+
+    run_steer(config(run))
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "labelling.md").read_text()
+    sql = [b for b in re.findall(r"```sql\n(.*?)```", doc, re.S) if "steering_results" in b]
+    con = db.connect(run)
+    try:
+        got = con.execute(sql[0]).fetchall()
+    finally:
+        con.close()
+    assert [(r[0], r[1], r[3], r[6]) for r in got] == [(0, 0.0, 2, 0.0), (0, 80.0, 2, 1.0)]

@@ -120,3 +120,17 @@ def test_cli_selection_by_concept(run, capsys):
     assert main(["--run", str(run), "--concept", "pacemaker", "--top-n", "1"]) == 0
     assert "1 labels" in capsys.readouterr().out
     assert rows(run, "SELECT feature FROM feature_labels WHERE method = 'offline'") == [(0,)]
+
+
+def test_documented_queries_run(run):
+    import re
+    from pathlib import Path
+
+    run_label(LabelConfig(run=run, features=(0, 1)))
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "labelling.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", doc, re.S)
+    assert len(blocks) == 4
+    results = [rows(run, sql) for sql in blocks]
+    assert any(r[1] == "offline" for r in results[0])  # labels of feature 0 with their F1
+    methods = {r[0] for r in results[1]}
+    assert methods == {"offline", "statistical"}

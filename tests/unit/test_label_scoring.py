@@ -126,3 +126,16 @@ def test_local_endpoints_only_unless_allowed():
         check_endpoint(url, allow_remote=True)
     with pytest.raises(LabelError, match="not an http"):
         check_endpoint("ftp://127.0.0.1/v1", allow_remote=True)
+
+
+def test_label_presets_load():
+    from pathlib import Path
+
+    from workbench.config import load_config
+    from workbench.label import LabelConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    offline = load_config(LabelConfig, root / "label-offline.toml")
+    assert offline.backend == "offline" and offline.top_n == 0
+    llm = load_config(LabelConfig, root / "label-local-llm.toml")
+    assert llm.backend == "openai" and llm.logprobs and llm.base_url.startswith("http://127.0.0.1")

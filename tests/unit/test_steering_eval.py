@@ -129,3 +129,13 @@ def test_target_concept(tmp_path):
     with pytest.raises(SteeringError, match="cannot be read from report text"):
         target_concept(con, 1, "change_new")
     con.close()
+
+
+def test_steer_preset_loads():
+    from pathlib import Path
+
+    from workbench.config import load_config
+    from workbench.steer import SteerConfig
+
+    cfg = load_config(SteerConfig, Path(__file__).resolve().parents[2] / "configs" / "steer.toml")
+    assert cfg.scale == (0.0, 1.0, 2.0, 4.0, 8.0) and cfg.unit == "max_act"

@@ -31,6 +31,7 @@ def base_study(**acq) -> dict:
         position="erect",
         lateral=True,
         rotation_deg=0.0,
+        shift_x=0.0,
         inspiration_ribs=10.0,
         exposure=1.0,
         brightness=0.0,

@@ -92,7 +92,7 @@ def frontal_geometry(study: dict) -> Geometry:
     dome = {"right": dome_r, "left": dome_r + 0.022}
     cp = {s: dome[s] + 0.065 for s in dome}
     g = Geometry(
-        xc=0.5,
+        xc=0.5 + acq.get("shift_x", 0.0),
         half_width=w,
         apex=apex,
         dome=dome,
@@ -104,9 +104,9 @@ def frontal_geometry(study: dict) -> Geometry:
     )
     h = dome_r - apex
     g.hilum = {
-        s: (0.5 + SIGN[s] * 0.13 * mag, apex + 0.47 * h + 0.01 * (s == "left")) for s in SIGN
+        s: (g.xc + SIGN[s] * 0.13 * mag, apex + 0.47 * h + 0.01 * (s == "left")) for s in SIGN
     }
-    g.carina = (0.5, apex + 0.34 * h)
+    g.carina = (g.xc, apex + 0.34 * h)
     return g
 
 
@@ -276,7 +276,7 @@ def vessel_markings(g: Geometry, size: int, rotation: float, rng) -> np.ndarray:
             weight = rng.uniform(0.3, 1.0, size=2 * k + 4)[np.floor(pos).astype(int) % (2 * k + 4)]
             frac = np.clip(phys / (r * np.pi / k), 0.04, 0.35)
             out[:, cols] += amp * weight * np.exp(-((((pos % 1.0) - 0.5) / frac) ** 2))
-    decay = np.exp(-np.hypot(fr.X - 0.5, fr.Y - g.hilum["left"][1]) / 0.3)
+    decay = np.exp(-np.hypot(fr.X - g.xc, fr.Y - g.hilum["left"][1]) / 0.3)
     img = Image.fromarray((out * decay).astype(np.float32), mode="F")
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32)
 

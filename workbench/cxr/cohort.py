@@ -301,6 +301,7 @@ def acquisition(state: dict, subject: dict, rng: np.random.Generator) -> dict[st
         "position": position,
         "lateral": not portable,
         "rotation_deg": round(float(np.clip(rng.normal(0, 2.2), -7, 7)), 2),
+        "shift_x": round(float(rng.uniform(-0.025, 0.025)), 3),
         "inspiration_ribs": round(float(np.clip(ribs, 7.5, 11.0)), 2),
         "exposure": round(float(rng.uniform(0.88, 1.12)), 3),
         "brightness": round(float(rng.uniform(-0.04, 0.04)), 3),

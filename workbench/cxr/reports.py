@@ -332,7 +332,9 @@ def examination(acq: dict) -> str:
 
 
 def _wrap(text: str) -> str:
-    return "\n".join(textwrap.wrap(text, 76, initial_indent=" ", subsequent_indent=" "))
+    return "\n".join(
+        textwrap.wrap(text, 76, initial_indent=" ", subsequent_indent=" ", break_on_hyphens=False)
+    )
 
 
 def write_report(study: dict, rng: np.random.Generator) -> Report:

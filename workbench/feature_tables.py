@@ -101,34 +101,42 @@ def stage_quantile_examples(
 def build_examples(con, acts: Path, context: int) -> None:
     """``feature_examples``: staged examples with token info and a context window.
 
-    The window is the ``context`` tokens before and after the example within its study,
-    with the feature's activation on each (0 where it is silent).
+    The window is the ``context`` tokens before and after the example within its study
+    (a study is a contiguous range of rows in the store). Its tokens come from a window
+    function over the tokens of the studies concerned, computed once per row whatever the
+    number of features using it; its activations from the few non-zero entries of the
+    feature inside the window, spread into a dense list (0 where the feature is silent).
     """
+    c = context
     con.execute(
         f"""INSERT INTO feature_examples
         WITH e AS (
-            SELECT x.*, t.study_id AS sid FROM {_TMP_EXAMPLES} x JOIN tokens t ON x.row = t.row
+            SELECT row_number() OVER () AS eid, x.*, b.lo, b.hi
+            FROM {_TMP_EXAMPLES} x JOIN tokens t ON x.row = t.row
+            JOIN (SELECT study_id, min(row) AS smin, max(row) AS smax FROM tokens
+                  GROUP BY study_id) s ON s.study_id = t.study_id,
+            LATERAL (SELECT greatest(x.row - {c}, s.smin) AS lo,
+                            least(x.row + {c}, s.smax) AS hi) b
         ),
-        cw AS (
-            SELECT e.feature, e.example_group, e.quantile, e.rank, e.row,
-                   unnest(range(e.row - {context}, e.row + {context} + 1)) AS crow, e.sid
-            FROM e
+        tw AS (
+            SELECT row, list(token) OVER w AS toks FROM tokens
+            WHERE study_id IN (SELECT t.study_id FROM e JOIN tokens t ON e.row = t.row)
+            WINDOW w AS (PARTITION BY study_id ORDER BY row
+                         ROWS BETWEEN {c} PRECEDING AND {c} FOLLOWING)
         ),
-        ctx AS (
-            SELECT cw.feature, cw.example_group, cw.quantile, cw.rank, cw.row,
-                   list(t.token ORDER BY t.row) AS context_tokens,
-                   list(coalesce(a.value, 0)::REAL ORDER BY t.row) AS context_acts,
-                   (cw.row - min(t.row))::INTEGER AS center
-            FROM cw JOIN tokens t ON t.row = cw.crow AND t.study_id = cw.sid
-            LEFT JOIN {_acts(acts)} a ON a.row = t.row AND a.feature = cw.feature
-            GROUP BY cw.feature, cw.example_group, cw.quantile, cw.rank, cw.row
+        cw AS (SELECT eid, feature, unnest(range(lo, hi + 1)) AS crow FROM e),
+        nz AS (
+            SELECT cw.eid, list({{'r': cw.crow, 'a': a.value}}) AS l
+            FROM cw JOIN {_acts(acts)} a ON a.row = cw.crow AND a.feature = cw.feature
+            GROUP BY cw.eid
         )
         SELECT e.feature, e.example_group, e.quantile, e.rank, e.row, t.study_id, t.position,
-               t.token, t.kind, t.section, e.activation, t.patch_row, t.patch_col,
-               ctx.context_tokens, ctx.context_acts, ctx.center
-        FROM {_TMP_EXAMPLES} e JOIN tokens t ON e.row = t.row
-        JOIN ctx ON ctx.feature = e.feature AND ctx.row = e.row
-            AND ctx.example_group = e.example_group
+               t.token, t.kind, t.section, e.activation, t.patch_row, t.patch_col, tw.toks,
+               list_transform(range(e.lo, e.hi + 1), lambda r:
+                   coalesce(list_filter(nz.l, lambda x: x.r = r)[1].a, 0)::REAL),
+               (e.row - e.lo)::INTEGER
+        FROM e JOIN tokens t ON e.row = t.row JOIN tw ON tw.row = e.row
+        LEFT JOIN nz USING (eid)
         ORDER BY e.feature, e.example_group DESC, e.quantile DESC, e.rank"""
     )
     con.execute(f"DROP TABLE {_TMP_EXAMPLES}")

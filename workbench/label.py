@@ -12,8 +12,9 @@ For each selected feature (:func:`workbench.label_data.select_features`):
    the same examples by the same judge, so methods compare on equal terms.
 
 Finished features are appended to ``<run>/label/journal.jsonl`` at once and moved into
-``features.duckdb`` every ``flush_every`` features (a database rewrite copies the file, so
-it is batched); a rerun first applies any leftover journal, then skips what is done.
+``features.duckdb`` every ``flush_seconds`` (a database rewrite copies the file, so it is
+batched); a rerun first applies any leftover journal, then skips what is done. Examples are
+read ``_CHUNK`` features at a time, so memory stays flat over 16k-feature SAEs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +43,7 @@ from workbench.label_scoring import DetectionMetrics, chunks, detection_metrics,
 from workbench.label_store import Journal, RunRow, done_features, statistical_labels
 
 log = logging.getLogger("workbench.label")
+_CHUNK = 256  # features whose examples are read at once
 
 
 @dataclass
@@ -89,8 +92,8 @@ class LabelConfig:
     """First backoff in seconds (doubles every retry)."""
     overwrite: bool = False
     """Relabel features that already have a label (and scores) of this method."""
-    flush_every: int = 20
-    """Finished features moved from the journal into features.duckdb at a time."""
+    flush_seconds: float = 60.0
+    """Move finished features from the journal into features.duckdb at most this often."""
     negative_windows: int = 2000
     """Random report windows drawn once as non-activating candidates."""
     negative_studies: int = 500
@@ -99,9 +102,11 @@ class LabelConfig:
     """Seed of the negative draw and the example shuffle."""
 
     def validate(self) -> None:
-        for name in ("n_explain", "n_score", "examples_per_prompt", "flush_every"):
+        for name in ("n_explain", "n_score", "examples_per_prompt"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.flush_seconds < 0:
+            raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model (the server's model name)")
 
@@ -243,28 +248,32 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     save_config(cfg, out / "cfg.json")
     journal = Journal(out / "journal.jsonl", cfg.run)
     journal.flush()  # leftovers of an interrupted run
-    con = db.connect(cfg.run)
+    con = db.connect(cfg.run)  # a snapshot: our own flushes replace the file, not this view
+    counts = {"label": 0, "score": 0}
+    notes: list[str] = []
+    plan = None
     try:
         plan = _plan(con, cfg, backend, journal)
-        examples = load_examples(con, list(plan), cfg.n_explain)
         pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
+        last_flush, done = time.monotonic(), 0
+        for batch in chunks(list(plan), _CHUNK):
+            examples = load_examples(con, batch, cfg.n_explain)
+            for feature in batch:
+                records, skipped = label_one(backend, examples[feature], pool, cfg, plan[feature])
+                notes += skipped
+                journal.append(records)
+                for r in records:
+                    counts[r["type"]] += 1
+                done += 1
+                log.info("feature %d done (%d/%d)", feature, done, len(plan))
+                if time.monotonic() - last_flush >= cfg.flush_seconds:
+                    journal.flush()
+                    last_flush = time.monotonic()
     finally:
         con.close()
-    notes, labelled, scored = [], 0, 0
-    try:
-        for i, (feature, work) in enumerate(plan.items(), 1):
-            records, skipped = label_one(backend, examples[feature], pool, cfg, work)
-            notes += skipped
-            journal.append(records)
-            labelled += sum(r["type"] == "label" for r in records)
-            scored += sum(r["type"] == "score" for r in records)
-            log.info("feature %d labelled (%d/%d)", feature, i, len(plan))
-            if i % cfg.flush_every == 0:
-                journal.flush()
-    finally:
         row = RunRow(str(uuid.uuid4()), "label", started, json.dumps(to_dict(cfg)), notes)
-        journal.flush(runs=row)
-    return LabelSummary(labelled, scored, len(notes), notes)
+        journal.flush(runs=row if plan is not None else None)
+    return LabelSummary(counts["label"], counts["score"], len(notes), notes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def test_openai_backend_end_to_end(run, fake):
 
 def test_failure_keeps_finished_features_and_rerun_resumes(run, fake):
     cfg = LabelConfig(run=run, backend="openai", base_url=fake.base_url, model="fake-model")
-    cfg.features, cfg.retries, cfg.backoff = (0, 4, 1), 1, 0.0
+    cfg.features, cfg.retries, cfg.backoff, cfg.flush_seconds = (0, 4, 1), 1, 0.0, 0.0
     fake.fail_if = lambda body: "Feature 4." in body["messages"][-1]["content"]
     with pytest.raises(LabelError, match="feature 4: explanation: failed after 2 attempts"):
         run_label(cfg)

@@ -1,0 +1,71 @@
+"""The label journal: finished work survives a crash and is applied exactly once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from workbench import db
+from workbench.label_store import Journal, RunRow, done_features, statistical_labels
+
+
+def label(feature: int, text: str) -> dict:
+    return {
+        "type": "label",
+        "feature": feature,
+        "method": "llm:m",
+        "label": text,
+        "score": 0.75,
+        "model": "m",
+        "details": {"answer": "x"},
+    }
+
+
+def score(feature: int, f1: float) -> dict:
+    return {
+        "type": "score",
+        "feature": feature,
+        "method": "llm:m",
+        "scorer": "detection:llm:m",
+        "n": 8,
+        "metrics": {"f1": f1, "recall": 1.0},
+    }
+
+
+def table(run, sql):
+    con = db.connect(run)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_journal_survives_a_crash_and_applies_once(tmp_path):
+    with db.rewrite(tmp_path) as con:  # an analysed database with one statistical label
+        con.execute(
+            "INSERT INTO feature_labels VALUES (1, 'statistical', 'pacemaker', 0.9, NULL, '{}', "
+            "now()::TIMESTAMP), (2, 'statistical', 'dead', 0.5, NULL, '{}', now()::TIMESTAMP)"
+        )
+    path = tmp_path / "label" / "journal.jsonl"
+    Journal(path, tmp_path).append([label(1, "old"), score(1, 0.5)])
+    with open(path, "a") as fh:
+        fh.write('{"type": "label", "feat')  # torn line of a killed process
+    journal = Journal(path, tmp_path)  # the rerun
+    assert [r["type"] for r in journal.records()] == ["label", "score"]
+    con = db.connect(tmp_path)
+    assert done_features(con, journal, "llm:m", None) == {1}  # pending work counts as done
+    assert done_features(con, journal, "llm:m", "detection:llm:m") == {1}
+    assert done_features(con, journal, "statistical", "detection:llm:m") == set()
+    assert statistical_labels(con) == {1: "pacemaker"}  # dead features are not scored
+    con.close()
+    assert journal.flush() == 2 and journal.records() == []
+    journal.append([label(1, "new"), score(1, 0.8)])
+    journal.flush(runs=RunRow("r1", "label", datetime(2026, 1, 1), "{}", ["note"]))
+    assert table(tmp_path, "SELECT feature, label FROM feature_labels WHERE method = 'llm:m'") == [
+        (1, "new")
+    ]
+    assert sorted(table(tmp_path, "SELECT metric, value FROM feature_scores")) == [
+        ("f1", 0.8),
+        ("recall", 1.0),
+    ]
+    assert table(tmp_path, "SELECT stage, notes FROM runs") == [("label", '["note"]')]
+    assert journal.flush() == 0

@@ -15,7 +15,6 @@ file and swapped in atomically (:func:`workbench.db.rewrite`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -33,8 +32,15 @@ import torch
 
 from workbench import db
 from workbench import feature_tables as ft
-from workbench.analyse_inputs import AnalyseError, Inputs, open_inputs, write_studies_and_labels
-from workbench.concepts import LabelMatrix, write_feature_concepts, write_recovery
+from workbench.analyse_inputs import (
+    AnalyseError,
+    Inputs,
+    carry_over,
+    open_inputs,
+    sae_fingerprint,
+    write_studies_and_labels,
+)
+from workbench.concepts import LabelMatrix, recovery_report, write_feature_concepts, write_recovery
 from workbench.config import parse_config, save_config, to_dict
 from workbench.directions import logit_effects, matryoshka_groups, nearest_neighbors
 from workbench.stats import FeatureAccumulator, FeatureSummary, kind_codes, sparsify
@@ -235,48 +241,6 @@ def write_directions(con, inp: Inputs, cfg: AnalyseConfig) -> None:
             con.unregister("_blk")
 
 
-def sae_fingerprint(sae) -> str:
-    """Short hash of the SAE's weights: decides whether labels of a previous run still apply."""
-    h = hashlib.sha1()
-    for t in (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, sae.threshold):
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
-    """Copy other stages' rows (LLM labels, scores, steering) from the previous database.
-
-    Only while the SAE is the same one: labels of another SAE's features would be wrong.
-    """
-    if not old.exists():
-        return
-    con.execute(f"ATTACH {db._lit(str(old.resolve()))} AS old (READ_ONLY)")
-    try:
-        prev = con.execute(
-            "SELECT sae_fingerprint FROM old.runs WHERE stage = 'analyse' "
-            "ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
-        n_old = con.execute(
-            "SELECT (SELECT count(*) FROM old.feature_labels WHERE method <> 'statistical')"
-            " + (SELECT count(*) FROM old.feature_scores)"
-            " + (SELECT count(*) FROM old.steering_results)"
-        ).fetchone()[0]
-        if prev is None or prev[0] != fingerprint:
-            if n_old:
-                notes.append(f"{n_old} label/score/steering rows of a different SAE dropped")
-            return
-        con.execute(
-            "INSERT INTO feature_labels SELECT * FROM old.feature_labels "
-            "WHERE method <> 'statistical'"
-        )
-        con.execute("INSERT INTO feature_scores SELECT * FROM old.feature_scores")
-        con.execute("INSERT INTO steering_results SELECT * FROM old.steering_results")
-        con.execute("INSERT INTO runs SELECT * FROM old.runs WHERE stage <> 'analyse'")
-        notes.append(f"{n_old} label/score/steering rows kept from the previous database")
-    finally:
-        con.execute("DETACH old")
-
-
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     t0, c0 = time.perf_counter(), time.process_time()
@@ -358,32 +322,6 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
     for note in notes:
         log.info("note: %s", note)
     return path
-
-
-def recovery_report(run: Path) -> str:
-    """The phantom recovery table as text, with the verdict on the most common findings."""
-    con = db.connect(run)
-    try:
-        rows = con.execute(
-            "SELECT concept, category, n_pos, prevalence_rank, best_feature, auroc, recovered,"
-            " threshold FROM concept_recovery ORDER BY category DESC, prevalence_rank"
-        ).fetchall()
-    finally:
-        con.close()
-    if not rows:
-        return "no phantom ground truth in this run: recovery not computed"
-    lines = [f"{'concept':<22} {'category':<8} {'n_pos':>6} {'feature':>8} {'AUROC':>6}  ok"]
-    for concept, cat, n_pos, _, feat, auc, ok, _ in rows:
-        feat_s = "-" if feat is None else str(feat)
-        auc_s = "-" if auc is None else f"{auc:.3f}"
-        lines.append(
-            f"{concept:<22} {cat:<8} {n_pos:>6} {feat_s:>8} {auc_s:>6}  {'yes' if ok else 'no'}"
-        )
-    thr = rows[0][7]
-    top = [r for r in rows if r[1] == "finding" and r[3] <= 8 and r[2] > 0]
-    hits = sum(1 for r in top if r[6])
-    lines.append(f"findings recovered (AUROC >= {thr:g}): {hits} of the {len(top)} most common")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

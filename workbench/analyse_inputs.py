@@ -8,14 +8,17 @@ error: those studies are left out of the affected AUROCs and counted in the run'
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
 
+from workbench import db
 from workbench.concepts import LabelMatrix, load_labels
 from workbench.directions import Unembedding
 from workbench.store import ActivationStore, StoreError
@@ -244,3 +247,65 @@ def load_unembedding(model_path: Path | None, notes: list[str]) -> Unembedding |
     n_known = len(tok)
     tokens = [tok.decode([i]) if i < n_known else f"<id {i}>" for i in range(W_U_DV.shape[1])]
     return Unembedding(W_U_DV.contiguous(), tokens)
+
+
+def sae_fingerprint(sae) -> str:
+    """Short hash of the SAE's weights: decides whether labels of a previous run still apply."""
+    h = hashlib.sha1()
+    for t in (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, sae.threshold):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
+    """Keep what other stages wrote into the previous database.
+
+    Tables the schema does not know (e.g. ``segmentation_results``) and other stages' ``runs``
+    rows are copied as they are. Feature-keyed rows (LLM labels, scores, steering results)
+    are copied only while the SAE is the same one: another SAE's feature 12 is another thing.
+    """
+    if not old.exists():
+        return
+    try:
+        con.execute(f"ATTACH {db._lit(str(old.resolve()))} AS old (READ_ONLY)")
+    except duckdb.Error as exc:
+        notes.append(f"previous {old.name} unreadable, nothing carried over: {exc}")
+        return
+    try:
+        foreign = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'old'"
+            ).fetchall()
+            if r[0] not in db.TABLE
+        ]
+        for name in foreign:
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM old."{name}"')
+            notes.append(f"table {name} kept from the previous database")
+        con.execute("INSERT INTO runs SELECT * FROM old.runs WHERE stage <> 'analyse'")
+        _carry_feature_rows(con, fingerprint, notes)
+    finally:
+        con.execute("DETACH old")
+
+
+def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
+    prev = con.execute(
+        "SELECT sae_fingerprint FROM old.runs WHERE stage = 'analyse' "
+        "ORDER BY finished_at DESC LIMIT 1"
+    ).fetchone()
+    n_old = con.execute(
+        "SELECT (SELECT count(*) FROM old.feature_labels WHERE method <> 'statistical')"
+        " + (SELECT count(*) FROM old.feature_scores)"
+        " + (SELECT count(*) FROM old.steering_results)"
+    ).fetchone()[0]
+    if not n_old:
+        return
+    if prev is None or prev[0] != fingerprint:
+        notes.append(f"{n_old} label/score/steering rows of a different SAE dropped")
+        return
+    con.execute(
+        "INSERT INTO feature_labels SELECT * FROM old.feature_labels WHERE method <> 'statistical'"
+    )
+    con.execute("INSERT INTO feature_scores SELECT * FROM old.feature_scores")
+    con.execute("INSERT INTO steering_results SELECT * FROM old.steering_results")
+    notes.append(f"{n_old} label/score/steering rows kept from the previous database")

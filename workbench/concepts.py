@@ -234,3 +234,31 @@ def write_recovery(con, threshold: float) -> None:
         WHERE c.source = 'phantom' ORDER BY k.category, 4"""
     )
     con.unregister("_cat")
+
+
+def recovery_report(run: Path) -> str:
+    """The phantom recovery table as text, with the verdict on the most common findings."""
+    from workbench import db
+
+    con = db.connect(run)
+    try:
+        rows = con.execute(
+            "SELECT concept, category, n_pos, prevalence_rank, best_feature, auroc, recovered,"
+            " threshold FROM concept_recovery ORDER BY category DESC, prevalence_rank"
+        ).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        return "no phantom ground truth in this run: recovery not computed"
+    lines = [f"{'concept':<22} {'category':<8} {'n_pos':>6} {'feature':>8} {'AUROC':>6}  ok"]
+    for concept, cat, n_pos, _, feat, auc, ok, _ in rows:
+        feat_s = "-" if feat is None else str(feat)
+        auc_s = "-" if auc is None else f"{auc:.3f}"
+        lines.append(
+            f"{concept:<22} {cat:<8} {n_pos:>6} {feat_s:>8} {auc_s:>6}  {'yes' if ok else 'no'}"
+        )
+    thr = rows[0][7]
+    top = [r for r in rows if r[1] == "finding" and r[3] <= 8 and r[2] > 0]
+    hits = sum(1 for r in top if r[6])
+    lines.append(f"findings recovered (AUROC >= {thr:g}): {hits} of the {len(top)} most common")
+    return "\n".join(lines)

@@ -73,3 +73,30 @@ def test_reuse_keeps_the_existing_database(tmp_path):
     stamp = path.stat().st_mtime_ns
     assert analyse(AnalyseConfig(run=run, reuse=True)) == path
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_tables_of_other_stages_survive_a_rerun(tmp_path):
+    run = make_run(tmp_path)
+    analyse(AnalyseConfig(run=run))
+    with db.rewrite(run) as con:  # e.g. segmentation results written into the same database
+        con.execute("CREATE TABLE segmentation_results (model VARCHAR, dice DOUBLE)")
+        con.execute("INSERT INTO segmentation_results VALUES ('unet', 0.9)")
+    sae = planted_sae()
+    with torch.no_grad():
+        sae.b_enc_F.fill_(0.01)
+    save_sae(sae, run / "sae")  # even with another SAE: these rows do not depend on it
+    analyse(AnalyseConfig(run=run))
+    con = db.connect(run)
+    assert con.execute("SELECT * FROM segmentation_results").fetchall() == [("unet", 0.9)]
+    notes = json.loads(con.execute("SELECT notes FROM runs").fetchone()[0])
+    assert "table segmentation_results kept from the previous database" in notes
+
+
+def test_unreadable_previous_database_is_noted_not_fatal(tmp_path):
+    run = make_run(tmp_path)
+    (run / "features.duckdb").write_bytes(b"not a database at all" * 100)
+    analyse(AnalyseConfig(run=run))
+    con = db.connect(run)
+    notes = json.loads(con.execute("SELECT notes FROM runs").fetchone()[0])
+    assert any(n.startswith("previous features.duckdb unreadable") for n in notes)
+    assert con.execute("SELECT count(*) FROM feature_stats").fetchone()[0] == 16

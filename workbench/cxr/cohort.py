@@ -149,6 +149,12 @@ def sample_params(name: str, rng: np.random.Generator) -> dict[str, Any]:
     """Parameters of a newly present finding or device (location, size, type...)."""
     sev = float(rng.uniform(0.15, 1.0))
     side = SIDES[int(rng.integers(2))]
+    if name in DEVICES:
+        return _device_params(name, rng)
+    return _finding_params(name, rng, sev, side)
+
+
+def _finding_params(name: str, rng: np.random.Generator, sev: float, side: str) -> dict:
     if name == "cardiomegaly":
         return {"ctr": round(float(rng.uniform(0.54, 0.68)), 3)}
     if name == "pleural_effusion":
@@ -190,6 +196,10 @@ def sample_params(name: str, rng: np.random.Generator) -> dict[str, Any]:
             "position": round(float(rng.uniform(0.45, 0.7)), 3),
             "displaced": bool(rng.random() < 0.6),
         }
+    raise KeyError(f"unknown concept {name!r}")
+
+
+def _device_params(name: str, rng: np.random.Generator) -> dict:
     if name == "pacemaker":
         return {
             "kind": "icd" if rng.random() < 0.35 else "pacemaker",

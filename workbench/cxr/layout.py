@@ -1,4 +1,4 @@
-"""Where everything goes: the MIMIC-CXR-JPG / MIMIC-CXR tree and the ground-truth files.
+"""Where everything goes: the MIMIC-CXR-JPG / MIMIC-CXR tree, ground truth and summary.
 
 Paths and CSV columns follow the real datasets exactly (see shared/reference/maira2.md, s.5),
 so the readers built for MIMIC-CXR read the phantom unchanged. Tables are streamed row by row
@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -168,3 +169,118 @@ class TableSink:
     def abort(self) -> None:
         for f in self.files.values():
             f.close()
+
+
+def write_study(
+    root: Path,
+    study: dict,
+    images: list[tuple[str, np.ndarray]],
+    masks: dict[str, np.ndarray],
+    report_text: str,
+    quality: int,
+) -> None:
+    """Write a study's JPEGs, frontal masks (``masks`` may be empty) and report."""
+    sid, stid = study["subject_id"], study["study_id"]
+    for did, pixels in images:
+        write_bytes(image_path(root, sid, stid, did), jpeg_bytes(pixels, quality))
+    if masks:
+        mdir = mask_dir(root, sid, stid, images[0][0])
+        mdir.mkdir(parents=True, exist_ok=True)
+        for name, mask in sorted(masks.items()):
+            write_bytes(mdir / f"{name}.png", png_bytes(mask), mkdir=False)
+    write_bytes(report_path(root, sid, stid), report_text.encode())
+
+
+def study_rows(
+    study: dict, images: list[dict], size: int, labels: dict, record: dict
+) -> dict[str, Any]:
+    """All table rows of one study (metadata and split: one per image) plus its record."""
+    sid, stid = study["subject_id"], study["study_id"]
+    return {
+        "metadata": [metadata_row(study, im["dicom_id"], im["view"], size) for im in images],
+        "split": [
+            {
+                "dicom_id": im["dicom_id"],
+                "study_id": stid,
+                "subject_id": sid,
+                "split": study["split"],
+            }
+            for im in images
+        ],
+        "chexpert": chexpert_row(study, labels),
+        "labels": labels_row(study),
+        "record": record,
+    }
+
+
+class Tally:
+    """Running counts for phantom-summary.json (constant memory in the number of studies)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.subjects: dict[str, set] = {"train": set(), "validate": set(), "test": set()}
+
+    def add(self, rec: dict) -> None:
+        c = self.counts
+        c["studies"] += 1
+        c["images"] += len(rec["images"])
+        c[f"view:{rec['images'][0]['view']}"] += 1
+        c["lateral"] += len(rec["images"]) > 1
+        c[f"split_studies:{rec['split']}"] += 1
+        c["normal"] += not rec["findings"] and not rec["devices"]
+        c["with_prior"] += rec["prior_study_id"] is not None
+        c["findings_words"] += len(rec["report_sections"]["findings"].split())
+        for name in [*rec["findings"], *rec["devices"]]:
+            c[f"present:{name}"] += 1
+        for change in rec["changes"].values():
+            c[f"change:{change}"] += 1
+        for label, v in rec["chexpert"].items():
+            c[f"chexpert:{label}:{'blank' if v is None else float(v)}"] += 1
+        if rec["split"] in self.subjects:  # subject ids: at most one int per subject
+            self.subjects[rec["split"]].add(rec["subject_id"])
+
+    def summary(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The summary dict; ``config`` is recorded so a rerun can recognise the dataset."""
+        c = self.counts
+        n = max(c["studies"], 1)
+        return {
+            "config": config,
+            "studies": c["studies"],
+            "images": c["images"],
+            "lateral_images": c["lateral"],
+            "subjects": sum(len(s) for s in self.subjects.values()),
+            "subjects_per_split": {k: len(v) for k, v in self.subjects.items()},
+            "studies_per_split": {k: c[f"split_studies:{k}"] for k in self.subjects},
+            "views": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("view:")},
+            "normal_studies": c["normal"],
+            "studies_with_prior": c["with_prior"],
+            "present": {k[8:]: v for k, v in sorted(c.items()) if k.startswith("present:")},
+            "changes": {k[7:]: v for k, v in sorted(c.items()) if k.startswith("change:")},
+            "chexpert": {
+                lab: {val: c[f"chexpert:{lab}:{val}"] for val in ("1.0", "-1.0", "0.0", "blank")}
+                for lab in CHEXPERT_LABELS
+            },
+            "mean_findings_words": round(c["findings_words"] / n, 1),
+        }
+
+
+def summarize(root: str | Path) -> str:
+    """A short text summary of a generated dataset (for the demo command to print)."""
+    path = Path(root) / SUMMARY
+    try:
+        s = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{path}: no readable phantom summary: {exc}") from None
+    n = max(s["studies"], 1)
+    lines = [
+        f"phantom {root}: {s['studies']} studies, {s['subjects']} subjects, "
+        f"{s['images']} images ({s['lateral_images']} lateral), "
+        f"{s['config']['size']} px, seed {s['config']['seed']}",
+        "splits (studies): " + ", ".join(f"{k} {v}" for k, v in s["studies_per_split"].items()),
+        f"normal studies: {s['normal_studies']} ({100 * s['normal_studies'] / n:.0f}%), "
+        f"with a prior: {s['studies_with_prior']}, "
+        f"mean FINDINGS length: {s['mean_findings_words']} words",
+        "present (% of studies): "
+        + ", ".join(f"{k} {100 * v / n:.0f}" for k, v in s["present"].items()),
+    ]
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 from workbench.config import ConfigError, parse_config, save_config, to_dict
 from workbench.cxr import layout
 from workbench.cxr.cohort import dicom_id, plan_subjects, rng_for, subject_studies
-from workbench.cxr.findings import CHEXPERT_LABELS
+from workbench.cxr.layout import summarize
 from workbench.cxr.render import render_study
 from workbench.cxr.reports import write_report
 
@@ -76,33 +76,26 @@ def content_config(cfg: PhantomConfig) -> dict[str, Any]:
 
 def build_study(cfg: PhantomConfig, study: dict) -> dict[str, Any]:
     """Render, report and write one study's files; return its table rows and record."""
-    root = Path(cfg.out)
     if cfg.all_lateral and not study["acquisition"]["lateral"]:
         study = {**study, "acquisition": {**study["acquisition"], "lateral": True}}
-    sid, stid = study["subject_id"], study["study_id"]
     rendered = render_study(study, cfg.size, rng_for(cfg.seed, RENDER_STREAM, study["study_index"]))
     report = write_report(study, rng_for(cfg.seed, REPORT_STREAM, study["study_index"]))
     views = [(study["acquisition"]["view"], rendered.frontal)]
     if rendered.lateral is not None:
         views.append(("LATERAL", rendered.lateral))
-    images = []
-    for view, pixels in views:
-        did = dicom_id(cfg.seed, stid, view)
-        layout.write_bytes(
-            layout.image_path(root, sid, stid, did), layout.jpeg_bytes(pixels, cfg.jpeg_quality)
-        )
-        images.append({"dicom_id": did, "view": view})
-    frontal_id = images[0]["dicom_id"]
-    if cfg.masks:
-        mdir = layout.mask_dir(root, sid, stid, frontal_id)
-        mdir.mkdir(parents=True, exist_ok=True)
-        for name, mask in sorted(rendered.masks.items()):
-            layout.write_bytes(mdir / f"{name}.png", layout.png_bytes(mask), mkdir=False)
-    layout.write_bytes(layout.report_path(root, sid, stid), report.text.encode())
+    images = [{"dicom_id": dicom_id(cfg.seed, study["study_id"], v), "view": v} for v, _ in views]
+    layout.write_study(
+        Path(cfg.out),
+        study,
+        [(im["dicom_id"], px) for im, (_, px) in zip(images, views)],
+        rendered.masks if cfg.masks else {},
+        report.text,
+        cfg.jpeg_quality,
+    )
     record = {k: v for k, v in study.items() if k not in ("study_index", "order")}
     record.update(
         images=images,
-        frontal_dicom_id=frontal_id,
+        frontal_dicom_id=images[0]["dicom_id"],
         measured=rendered.measured,
         masks=sorted(rendered.masks),
         chexpert=report.labels,
@@ -110,23 +103,7 @@ def build_study(cfg: PhantomConfig, study: dict) -> dict[str, Any]:
         report_sections=report.sections,
         mask_area={k: int(m.sum()) for k, m in sorted(rendered.masks.items())},
     )
-    return {
-        "metadata": [
-            layout.metadata_row(study, im["dicom_id"], im["view"], cfg.size) for im in images
-        ],
-        "split": [
-            {
-                "dicom_id": im["dicom_id"],
-                "study_id": stid,
-                "subject_id": sid,
-                "split": study["split"],
-            }
-            for im in images
-        ],
-        "chexpert": layout.chexpert_row(study, report.labels),
-        "labels": layout.labels_row(study),
-        "record": record,
-    }
+    return layout.study_rows(study, images, cfg.size, report.labels, record)
 
 
 def _build_subject(task: tuple[PhantomConfig, dict, int, int]) -> list[dict[str, Any]]:
@@ -174,7 +151,7 @@ def generate(cfg: PhantomConfig) -> dict[str, Any]:
         )
     )
     sink = layout.TableSink(out)
-    tally = Tally()
+    tally = layout.Tally()
     try:
         if cfg.workers == 1:
             results = map(_build_subject, tasks)
@@ -186,7 +163,7 @@ def generate(cfg: PhantomConfig) -> dict[str, Any]:
         sink.abort()
         raise
     sink.commit()
-    summary = tally.summary(cfg)
+    summary = tally.summary(content_config(cfg))
     tmp = out / (layout.SUMMARY + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     tmp.replace(out / layout.SUMMARY)
@@ -208,7 +185,7 @@ def _in_order(pool, tasks: Iterator, window: int) -> Iterator[list[dict[str, Any
         yield pending.popleft().get()
 
 
-def _drain(results, sink: layout.TableSink, tally: Tally) -> None:
+def _drain(results, sink: layout.TableSink, tally: layout.Tally) -> None:
     for rows in results:
         for r in rows:
             for row in r["metadata"]:
@@ -219,78 +196,6 @@ def _drain(results, sink: layout.TableSink, tally: Tally) -> None:
             sink.write(layout.LABELS, r["labels"])
             sink.write_study(r["record"])
             tally.add(r["record"])
-
-
-class Tally:
-    """Running counts for phantom-summary.json (constant memory in the number of studies)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-        self.subjects: dict[str, set] = {"train": set(), "validate": set(), "test": set()}
-
-    def add(self, rec: dict) -> None:
-        c = self.counts
-        c["studies"] += 1
-        c["images"] += len(rec["images"])
-        c[f"view:{rec['images'][0]['view']}"] += 1
-        c["lateral"] += len(rec["images"]) > 1
-        c[f"split_studies:{rec['split']}"] += 1
-        c["normal"] += not rec["findings"] and not rec["devices"]
-        c["with_prior"] += rec["prior_study_id"] is not None
-        c["findings_words"] += len(rec["report_sections"]["findings"].split())
-        for name in [*rec["findings"], *rec["devices"]]:
-            c[f"present:{name}"] += 1
-        for change in rec["changes"].values():
-            c[f"change:{change}"] += 1
-        for label, v in rec["chexpert"].items():
-            c[f"chexpert:{label}:{'blank' if v is None else float(v)}"] += 1
-        if rec["split"] in self.subjects:  # subject ids: at most one int per subject
-            self.subjects[rec["split"]].add(rec["subject_id"])
-
-    def summary(self, cfg: PhantomConfig) -> dict[str, Any]:
-        c = self.counts
-        n = max(c["studies"], 1)
-        return {
-            "config": content_config(cfg),
-            "studies": c["studies"],
-            "images": c["images"],
-            "lateral_images": c["lateral"],
-            "subjects": sum(len(s) for s in self.subjects.values()),
-            "subjects_per_split": {k: len(v) for k, v in self.subjects.items()},
-            "studies_per_split": {k: c[f"split_studies:{k}"] for k in self.subjects},
-            "views": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("view:")},
-            "normal_studies": c["normal"],
-            "studies_with_prior": c["with_prior"],
-            "present": {k[8:]: v for k, v in sorted(c.items()) if k.startswith("present:")},
-            "changes": {k[7:]: v for k, v in sorted(c.items()) if k.startswith("change:")},
-            "chexpert": {
-                lab: {val: c[f"chexpert:{lab}:{val}"] for val in ("1.0", "-1.0", "0.0", "blank")}
-                for lab in CHEXPERT_LABELS
-            },
-            "mean_findings_words": round(c["findings_words"] / n, 1),
-        }
-
-
-def summarize(root: str | Path) -> str:
-    """A short text summary of a generated dataset (for the demo command to print)."""
-    path = Path(root) / layout.SUMMARY
-    try:
-        s = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"{path}: no readable phantom summary: {exc}") from None
-    n = max(s["studies"], 1)
-    lines = [
-        f"phantom {root}: {s['studies']} studies, {s['subjects']} subjects, "
-        f"{s['images']} images ({s['lateral_images']} lateral), "
-        f"{s['config']['size']} px, seed {s['config']['seed']}",
-        "splits (studies): " + ", ".join(f"{k} {v}" for k, v in s["studies_per_split"].items()),
-        f"normal studies: {s['normal_studies']} ({100 * s['normal_studies'] / n:.0f}%), "
-        f"with a prior: {s['studies_with_prior']}, "
-        f"mean FINDINGS length: {s['mean_findings_words']} words",
-        "present (% of studies): "
-        + ", ".join(f"{k} {100 * v / n:.0f}" for k, v in s["present"].items()),
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,12 @@ def _vars(name: str, p: dict) -> dict[str, str]:
         v.update(s="s", a="", **{"is": "are", "has": "have"})
     if "zone" in p:
         v["lobe"] = LOBES.get((p["side"], p["zone"]), f"{p['side']} lung base")
+    v.update(_device_vars(name, p) if name in DEVICES else _finding_vars(name, p))
+    return v
+
+
+def _finding_vars(name: str, p: dict) -> dict[str, str]:
+    v: dict[str, str] = {}
     if name == "cardiomegaly":
         ctr = p["ctr"]
         v["degree"] = "mild" if ctr < 0.58 else ("moderate" if ctr < 0.63 else "severe")
@@ -83,7 +89,12 @@ def _vars(name: str, p: dict) -> dict[str, str]:
     elif name == "rib_fracture":
         v["rib"] = ORDINAL[p["rib"]]
         v["displaced"] = "displaced " if p["displaced"] else ""
-    elif name == "pacemaker":
+    return v
+
+
+def _device_vars(name: str, p: dict) -> dict[str, str]:
+    v: dict[str, str] = {}
+    if name == "pacemaker":
         dev = (
             "ICD"
             if p["kind"] == "icd"

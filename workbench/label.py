@@ -276,6 +276,22 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     return LabelSummary(counts["label"], counts["score"], len(notes), notes)
 
 
+def demo_step(run: Path) -> str:
+    """The demo's labelling step: offline labels and detection scores for every live feature."""
+    summary = run_label(LabelConfig(run=Path(run), top_n=0))
+    con = db.connect(run)
+    try:
+        rows = con.execute(
+            "SELECT method, count(*), avg(value) FROM feature_scores "
+            "WHERE metric = 'balanced_accuracy' GROUP BY method ORDER BY method"
+        ).fetchall()
+    finally:
+        con.close()
+    lines = [f"{summary.labelled} new labels, {summary.scored} new detection scores"]
+    lines += [f"  {m:>12}: mean balanced accuracy {v:.3f} over {n} features" for m, n, v in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_config(LabelConfig, argv, prog="python -m workbench.label")

@@ -144,12 +144,46 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     return summaries
 
 
-def _print(summaries: list[dict]) -> None:
+def format_summaries(summaries: list[dict]) -> str:
+    """The per-(feature, scale) rates as an aligned text table."""
     head = ("feature", "scale", "concept", "n", "base_mention", "steer_mention", "base_pos")
     head += ("steer_pos", "changed")
-    print("  ".join(head))
+    cells = [list(head)]
     for s in summaries:
-        print("  ".join(str(s[k]) if not isinstance(s[k], float) else f"{s[k]:.2f}" for k in head))
+        cells.append([f"{s[k]:.2f}" if isinstance(s[k], float) else str(s[k]) for k in head])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def demo_step(
+    run: Path,
+    scales: tuple[float, ...] = (0.0, 4.0, 8.0),
+    n_studies: int = 4,
+    top: int = 2,
+    max_new_tokens: int = 80,
+) -> str:
+    """The demo's steering step: the best feature of the ``top`` recovered phantom concepts.
+
+    Uses ``concept_recovery`` (analyse), so each steered feature has a known meaning; the
+    summary says how often steering made an absent concept appear.
+    """
+    con = db.connect(run)
+    try:
+        picks = con.execute(
+            "SELECT concept, best_feature FROM concept_recovery WHERE recovered "
+            "AND category IN ('finding', 'device') ORDER BY auroc DESC, concept LIMIT ?",
+            [top],
+        ).fetchall()
+    finally:
+        con.close()
+    if not picks:
+        return "no recovered finding/device feature to steer"
+    summaries = []
+    for concept, feature in picks:
+        cfg = SteerConfig(run=Path(run), feature=(int(feature),), scale=scales, concept=concept)
+        cfg.n_studies, cfg.max_new_tokens = n_studies, max_new_tokens
+        summaries += run_steer(cfg)
+    return format_summaries(summaries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SteeringError, FileNotFoundError, ValueError) as err:
         print(f"steer: error: {err}")
         return 1
-    _print(summaries)
+    print(format_summaries(summaries))
     return 0
 
 
-__all__ = ["SteerConfig", "concept_value", "main", "run_steer"]
+__all__ = ["SteerConfig", "concept_value", "demo_step", "format_summaries", "main", "run_steer"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

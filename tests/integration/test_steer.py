@@ -21,11 +21,11 @@ def base_run(tmp_path_factory):
     from workbench.models.processor import Maira2Processor
     from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
     from workbench.sae import MatryoshkaSAE, save_sae
-    from workbench.ui import tiny_run
+    from tests.unit import planted_run
 
     run = tmp_path_factory.mktemp("steer") / "run"
     with single_thread():
-        tiny_run.build(run, n_studies=6)  # dataset + features.duckdb (feature 0 = pacemaker)
+        planted_run.build(run, n_studies=6)  # dataset + features.duckdb (feature 0 = pacemaker)
         tokenizer = tiny_tokenizer()
         torch.manual_seed(0)
         model = tiny_maira2(tokenizer)
@@ -121,3 +121,16 @@ def test_documented_steering_query(run):
     finally:
         con.close()
     assert [(r[0], r[1], r[3], r[6]) for r in got] == [(0, 0.0, 2, 0.0), (0, 80.0, 2, 1.0)]
+
+
+def test_demo_step_steers_recovered_concepts(run):
+    from workbench.steer import demo_step
+
+    shutil.rmtree(run / "sae")
+    shutil.copytree(run / SAE_DIR, run / "sae")
+    table = demo_step(run, scales=(0.0, 60.0), n_studies=1, max_new_tokens=3).splitlines()
+    assert table[0].split()[:3] == ["feature", "scale", "concept"]
+    body = [line.split() for line in table[1:]]
+    assert {(r[0], r[2]) for r in body} == {("0", "pacemaker"), ("1", "pleural_effusion")}
+    assert {r[1] for r in body} == {"0.00", "60.00"}
+    assert len(stored(run)) == 4

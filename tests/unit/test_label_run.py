@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from workbench.ui import tiny_run
+    from tests.unit import planted_run
 
-    return tiny_run.build(tmp_path_factory.mktemp("label") / "run", n_studies=12)
+    return planted_run.build(tmp_path_factory.mktemp("label") / "run", n_studies=12)
 
 
 @pytest.fixture
@@ -134,3 +134,12 @@ def test_documented_queries_run(run):
     assert any(r[1] == "offline" for r in results[0])  # labels of feature 0 with their F1
     methods = {r[0] for r in results[1]}
     assert methods == {"offline", "statistical"}
+
+
+def test_demo_step_labels_every_live_feature(run):
+    from workbench.label import demo_step
+
+    text = demo_step(run)
+    live = rows(run, "SELECT count(*) FROM feature_stats WHERE NOT dead")[0][0]
+    assert text.startswith(f"{live} new labels")
+    assert "offline: mean balanced accuracy" in text and "statistical: mean" in text

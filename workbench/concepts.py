@@ -59,39 +59,41 @@ def auroc_sparse(
     features, ``study_idx`` indexing the rows of ``labels`` ([S, C]: 1/0, anything else is
     left out). Returns NaN where a concept lacks positives or negatives.
     """
-    pos_SC = (labels == 1).astype(np.float64)
-    neg_SC = (labels == 0).astype(np.float64)
-    P_C, N_C = pos_SC.sum(0), neg_SC.sum(0)
+    # concept-major [C, ...] layout: every reduction below runs over contiguous memory
+    pos_CS = (labels == 1).T.astype(np.float64)
+    neg_CS = (labels == 0).T.astype(np.float64)
+    P_C, N_C = pos_CS.sum(1), neg_CS.sum(1)
     C = labels.shape[1]
     f = np.asarray(feats, np.int64) - feature0
     if f.size and (f.min() < 0 or f.max() >= n_features):
         raise ValueError("auroc_sparse: feature index outside the block")
-    order = np.lexsort((vals, f))
-    f, s, v = f[order], np.asarray(study_idx)[order], np.asarray(vals)[order]
-    # tie groups: consecutive entries of the same feature with the same value
-    new = np.ones(f.size, bool)
-    new[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
-    starts = np.flatnonzero(new)
-    gp = np.add.reduceat(pos_SC[s], starts, axis=0) if f.size else np.zeros((0, C))
-    gn = np.add.reduceat(neg_SC[s], starts, axis=0) if f.size else np.zeros((0, C))
-    gf = f[starts]
-    # negatives strictly below each group within its feature: cumsum minus feature's base
-    cum = np.cumsum(gn, axis=0)
-    first_group = np.searchsorted(gf, np.arange(n_features))
-    base = np.vstack([np.zeros((1, C)), cum])[first_group]  # [F, C] negatives before feature
-    below = cum - gn - base[gf]
-    nz_pos, nz_neg, U = (np.zeros((n_features, C)) for _ in range(3))
-    if gf.size:  # per-feature sums over its (contiguous) groups
-        fstart = np.flatnonzero(np.r_[True, gf[1:] != gf[:-1]])
+    nz_pos, nz_neg, U = (np.zeros((C, n_features)) for _ in range(3))
+    if f.size:
+        order = np.lexsort((vals, f))
+        f, s, v = f[order], np.asarray(study_idx)[order], np.asarray(vals)[order]
+        # tie groups: consecutive entries of the same feature with the same value
+        new = np.ones(f.size, bool)
+        new[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
+        starts = np.flatnonzero(new)
+        gp, gn = pos_CS[:, s], neg_CS[:, s]  # [C, G] per tie group
+        if starts.size < f.size:  # ties: sum each group (continuous values rarely tie)
+            gp, gn = np.add.reduceat(gp, starts, axis=1), np.add.reduceat(gn, starts, axis=1)
+        gf = f[starts]
+        fstart = np.flatnonzero(np.r_[True, gf[1:] != gf[:-1]])  # first group of each feature
         fid = gf[fstart]
-        nz_pos[fid] = np.add.reduceat(gp, fstart, axis=0)
-        nz_neg[fid] = np.add.reduceat(gn, fstart, axis=0)
-        U[fid] = np.add.reduceat(gp * below + 0.5 * gp * gn, fstart, axis=0)
-    zero_neg = N_C - nz_neg  # silent negatives (activation 0)
-    zero_pos = P_C - nz_pos
+        # negatives strictly below a group within its feature: cumsum minus the feature's base
+        cum = np.cumsum(gn, axis=1)
+        first = np.repeat(fstart, np.diff(np.r_[fstart, gf.size]))
+        base = np.where(first > 0, cum[:, first - 1], 0.0)
+        below = cum - gn - base
+        nz_pos[:, fid] = np.add.reduceat(gp, fstart, axis=1)
+        nz_neg[:, fid] = np.add.reduceat(gn, fstart, axis=1)
+        U[:, fid] = np.add.reduceat(gp * (below + 0.5 * gn), fstart, axis=1)
+    zero_neg = N_C[:, None] - nz_neg  # silent negatives (activation 0)
+    zero_pos = P_C[:, None] - nz_pos
     U += nz_pos * zero_neg + 0.5 * zero_pos * zero_neg
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = U / (P_C * N_C)
+        auc = (U / (P_C * N_C)[:, None]).T
     auc[:, (P_C == 0) | (N_C == 0)] = np.nan
     return auc
 
@@ -162,6 +164,28 @@ def concept_category(concept: str) -> str:
     return "change"
 
 
+# Most (study, feature) entries per AUROC block: bounds the [entries, concepts] arrays.
+MAX_BLOCK_ENTRIES = 2_000_000
+
+
+def feature_blocks(con, d_sae: int, block: int, max_entries: int) -> list[tuple[int, int]]:
+    """(first feature, count) blocks of at most ``block`` features and ``max_entries`` rows.
+
+    A dense feature fires in every study, so a block's size in rows is the sum of its
+    features' ``study_features`` counts; one feature is never split.
+    """
+    counts = np.zeros(d_sae, np.int64)
+    got = con.execute("SELECT feature, count(*) FROM study_features GROUP BY 1").fetchnumpy()
+    counts[np.asarray(got["feature"], np.int64)] = got["count_star()"]
+    out, f0 = [], 0
+    while f0 < d_sae:
+        cum = np.cumsum(counts[f0 : f0 + block])
+        n = max(1, int(np.searchsorted(cum, max_entries, side="right")))
+        out.append((f0, n))
+        f0 += n
+    return out
+
+
 def write_feature_concepts(con, labels: LabelMatrix, d_sae: int, block: int, notes: list) -> None:
     """``feature_concepts``: AUROC of every (feature, concept), ranked within each feature.
 
@@ -178,8 +202,7 @@ def write_feature_concepts(con, labels: LabelMatrix, d_sae: int, block: int, not
     con.execute(
         "CREATE TEMP TABLE _fc (feature INTEGER, concept VARCHAR, source VARCHAR, auroc DOUBLE)"
     )
-    for f0 in range(0, d_sae, block):
-        n = min(block, d_sae - f0)
+    for f0, n in feature_blocks(con, d_sae, block, MAX_BLOCK_ENTRIES):
         got = con.execute(
             "SELECT feature, study_id, max_act FROM study_features "
             "WHERE feature >= ? AND feature < ?",

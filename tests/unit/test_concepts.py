@@ -102,3 +102,23 @@ def test_concept_category():
     assert concept_category("nodule") == "finding"
     assert concept_category("pacemaker") == "device"
     assert concept_category("change_new") == "change"
+
+
+def test_feature_blocks_bound_rows_and_features():
+    import duckdb
+
+    from workbench.concepts import feature_blocks
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE study_features (study_id BIGINT, feature INTEGER)")
+    # feature 1 fires in 5 studies, feature 3 in 2, the others nowhere
+    con.execute("INSERT INTO study_features VALUES (1,1),(2,1),(3,1),(4,1),(5,1),(1,3),(2,3)")
+    assert feature_blocks(con, 6, block=4, max_entries=100) == [(0, 4), (4, 2)]
+    assert feature_blocks(con, 6, block=4, max_entries=5) == [(0, 3), (3, 3)]
+    assert feature_blocks(con, 6, block=4, max_entries=1) == [
+        (0, 1),
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 2),
+    ]

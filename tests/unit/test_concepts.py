@@ -22,11 +22,13 @@ def _brute(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sparse_auroc_matches_brute_force_with_ties_and_gaps(seed):
+@pytest.mark.parametrize("ties", [True, False])
+def test_sparse_auroc_matches_brute_force_with_ties_and_gaps(seed, ties):
     rng = np.random.default_rng(seed)
     S, C, F = 80, 4, 7
     labels = rng.choice([0.0, 1.0, -1.0, np.nan], size=(S, C), p=[0.5, 0.3, 0.1, 0.1])
-    dense = np.where(rng.random((S, F)) < 0.35, rng.integers(1, 4, (S, F)).astype(float), 0.0)
+    values = rng.integers(1, 4, (S, F)).astype(float) if ties else rng.random((S, F)) + 0.1
+    dense = np.where(rng.random((S, F)) < 0.35, values, 0.0)
     dense[:, 2] = 0.0  # a feature that never fires: AUROC 0.5 exactly
     s, f = np.nonzero(dense)
     perm = rng.permutation(len(s))  # input order must not matter

@@ -2,12 +2,13 @@
 
 ``python benchmarks/bench_app.py [--features 16384] [--studies 800] [--out DIR]``
 
-Builds once (reused on later runs) a synthetic run through the real pipeline: a dataset in
-MIMIC-CXR layout (512 px images, reports, label CSVs), an activation store (16x16 image
-patches, prompt and report tokens per study), a random Matryoshka SAE with ``--features``
-latents whose thresholds give about ``--fires`` active latents per token (millions of sparse
-activations in all), and ``workbench.analyse`` over them, so ``features.duckdb`` has exactly
-the schema and sizes the app meets. Then it times the app's handlers in one process:
+Builds once (reused on later runs) a synthetic run through the real pipeline: the phantom
+benchmark in MIMIC-CXR layout (512 px images, reports, label CSVs, ground truth), an
+activation store (16x16 image patches, prompt and report words per study), a random
+Matryoshka SAE with ``--features`` latents whose thresholds give about ``--fires`` active
+latents per token (millions of sparse activations in all), and ``workbench.analyse`` over
+them, so ``features.duckdb`` has exactly the schema and sizes the app meets. Then it times
+the app's handlers in one process:
 
 - *feature page* (``handlers.feature_view``: header, labels, histogram, examples, concept
   bars, neighbours, heatmap over the image) for random live features, against the peer:
@@ -45,7 +46,7 @@ class BenchAppConfig:
     features: int = 16384
     """SAE latents."""
     studies: int = 800
-    """Studies; each has 256 image, 6 prompt and about 25 report tokens."""
+    """Phantom studies; each has 256 image, 6 prompt and about 60 report tokens."""
     d_model: int = 64
     """Width of the synthetic activations (small: only the SAE's outputs matter here)."""
     fires: int = 24
@@ -59,6 +60,7 @@ class BenchAppConfig:
 def build_run(cfg: BenchAppConfig) -> None:
     """Dataset, store, random SAE and analyse under ``cfg.out`` (skipped when built)."""
     from workbench.analyse import AnalyseConfig, analyse
+    from workbench.cxr.phantom import PhantomConfig, generate
     from workbench.models.hooks import resid_post_name
     from workbench.sae import MatryoshkaSAE, save_sae
     from workbench.store import StoreWriter
@@ -68,21 +70,24 @@ def build_run(cfg: BenchAppConfig) -> None:
     if db.db_path(run).exists():
         return
     t0 = time.perf_counter()
-    tiny_run.write_dataset(run / "phantom", cfg.studies, size=512)
+    root = run / "phantom"
+    if not (root / "phantom-summary.json").exists():
+        generate(PhantomConfig(out=root, studies=cfg.studies, size=512, seed=cfg.seed, workers=2))
     g = torch.Generator().manual_seed(cfg.seed)
     hook = resid_post_name(tiny_run.LAYER)
     w = StoreWriter(
         run / "activations", model="bench", layer=1, hook_name=hook, d_model=cfg.d_model
     )
-    for i in range(cfg.studies):
-        _, meta = tiny_run.study_tokens(i, grid=16)
-        acts = torch.randn(len(meta), cfg.d_model, generator=g)
-        w.add(tiny_run.study_id(i), acts, meta)
+    for rec in tiny_run.studies(root):
+        if rec.study_id in w.completed:
+            continue
+        _, meta = tiny_run.study_tokens(root, rec, grid=16)
+        w.add(rec.study_id, torch.randn(len(meta), cfg.d_model, generator=g), meta)
     w.close()
     save_sae(_random_sae(cfg, g, hook, MatryoshkaSAE), run / "sae")
-    print(f"dataset + store: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"phantom + store: {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
-    analyse(AnalyseConfig(run=run, data=run / "phantom", device="cpu", batch_tokens=8192))
+    analyse(AnalyseConfig(run=run, data=root, device="cpu", batch_tokens=8192))
     print(f"analyse: {time.perf_counter() - t0:.0f} s", flush=True)
 
 

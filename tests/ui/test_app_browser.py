@@ -42,14 +42,14 @@ def _set_code(page, selector: str, text: str) -> None:
 def test_search_and_open_feature(page):
     table = page.locator("#wb-features")
     table.get_by_text("mostly prompt tokens").first.wait_for()
-    page.locator("#wb-search textarea, #wb-search input").first.fill("pacemaker")
+    page.locator("#wb-search textarea, #wb-search input").first.fill("pneumothorax")
     page.wait_for_function(
         "() => !document.querySelector('#wb-features').innerText.includes('mostly prompt')"
     )
     page.screenshot(path=SHOTS / "features.png", full_page=True)
-    table.locator("[role=gridcell]", has_text=re.compile(r"pacemaker \(AUROC")).first.click()
+    table.locator("[role=gridcell]", has_text=re.compile(r"pneumothorax \(AUROC")).first.click()
     title = page.locator("#wb-ftitle")
-    title.get_by_text("pacemaker").first.wait_for()
+    title.get_by_text("pneumothorax").first.wait_for()
     assert "feature 0" in title.text_content()
     assert page.locator("#wb-hist svg rect.wb-bar").count() >= 2
     highlighted = page.locator("#wb-examples .wb-extext span[title]")
@@ -70,7 +70,7 @@ def test_neighbor_chip_opens_feature(page):
 
 def test_concept_chip_opens_feature(page):
     _tab(page, "Features")
-    page.locator("#wb-bestconcepts a.wb-chip", has_text="pacemaker").first.click()
+    page.locator("#wb-bestconcepts a.wb-chip", has_text="pneumothorax →").first.click()
     page.wait_for_function(
         "() => document.querySelector('#wb-ftitle').textContent.includes('feature 0')"
     )
@@ -97,7 +97,7 @@ def test_sql_read_and_refused_write(page):
     _tab(page, "SQL")
     _set_code(page, "#wb-sql", "SELECT feature, label FROM feature_labels WHERE feature = 0")
     page.locator("#wb-sqlrun").click()
-    page.locator("#wb-sqlresult [role=gridcell]", has_text="pacemaker").first.wait_for()
+    page.locator("#wb-sqlresult [role=gridcell]", has_text="pneumothorax").first.wait_for()
     note = page.locator("#wb-sqlnote")
     assert note.inner_text().strip() == "1 row"
     page.screenshot(path=SHOTS / "sql.png", full_page=True)

@@ -16,7 +16,7 @@ from PIL import Image
 from workbench import db
 from workbench.ui import handlers, launch_line, runinfo
 from workbench.ui.context import open_context
-from workbench.ui.tiny_run import build, findings_of, study_id
+from workbench.ui.tiny_run import build, coverage, positives, studies
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def test_context_of_a_complete_run(ctx):
 
 def test_feature_table_filters(ctx):
     assert len(handlers.feature_table(ctx).rows) == 16
-    hits = handlers.feature_table(ctx, search="PACEMAKER").rows
-    assert [r[0] for r in hits] == [0]
+    hits = handlers.feature_table(ctx, search="PNEUMOTHORAX", sort="AUROC").rows
+    assert hits[0][0] == 0 and all("pneumothorax" in r[1].lower() for r in hits)
     assert [r[0] for r in handlers.feature_table(ctx, search="3").rows] == [3]
     by_concept = handlers.feature_table(ctx, concept="pleural_effusion", sort="AUROC").rows
     assert by_concept[0][0] == 1 and by_concept[0][4:6] == ["pleural_effusion", 1.0]
     dead = handlers.feature_table(ctx, density="dead").rows
-    assert sorted(r[0] for r in dead) == list(range(6, 16))
+    assert sorted(r[0] for r in dead) == list(range(8, 16))
     assert all(r[8] == 1 for r in handlers.feature_table(ctx, group="1").rows)
     ascending = handlers.feature_table(ctx, sort="feature", descending=False, limit=5)
     assert [r[0] for r in ascending.rows] == [
@@ -58,14 +58,15 @@ def test_feature_table_filters(ctx):
 
 def test_density_chart_counts_live_and_dead(ctx):
     html = handlers.density_chart(ctx)
-    assert "6 live features by firing frequency · 10 dead" in html
+    assert "8 live features by firing frequency · 8 dead" in html
     assert html.count('class="wb-bar"') >= 2 and "features</title>" in html
 
 
 def test_concept_chips_open_the_best_feature(ctx):
     html = handlers.concept_chips(ctx)
-    assert 'data-feature="0"' in html and "pacemaker → #0 · 1.00" in html
-    assert html.index("pacemaker") < html.index("cardiomegaly")  # best concepts first
+    assert 'data-feature="0"' in html and "pneumothorax → #0 · 1.00" in html
+    aurocs = [float(a) for a in re.findall(r"· ([\d.]+)</a>", html)]
+    assert len(aurocs) > 5 and aurocs == sorted(aurocs, reverse=True)  # best concepts first
 
 
 def test_search_text_is_a_parameter_not_sql(ctx):
@@ -75,11 +76,11 @@ def test_search_text_is_a_parameter_not_sql(ctx):
 
 def test_feature_page(ctx):
     view = handlers.feature_view(ctx, 0)
-    assert "pacemaker" in view.title and "feature 0" in view.title
+    assert "pneumothorax" in view.title and "feature 0" in view.title
     assert view.histogram.count('class="wb-bar"') >= 2
     assert "data:image/jpeg;base64," in view.image
     assert 'class="wb-patch"' in view.examples and "wb-center" in view.examples
-    assert ">pacemaker<" in view.concepts  # the concept bar chart names it
+    assert ">pneumothorax<" in view.concepts  # the concept bar chart names it
     assert "Not computed" in view.logits  # the tiny run has no model to unembed with
     assert view.neighbors.count("data-feature=") == 10
 
@@ -87,23 +88,30 @@ def test_feature_page(ctx):
 def test_feature_page_messages(ctx):
     assert "does not exist" in handlers.feature_view(ctx, 999).title
     assert "Pick a feature" in handlers.feature_view(ctx, None).title
-    assert "never fires" in handlers.feature_view(ctx, 6).title
-    assert "Fires on text only" in handlers.feature_view(ctx, 4).image
+    assert "never fires" in handlers.feature_view(ctx, 8).title
+    assert "Fires on text only" in handlers.feature_view(ctx, 2).image  # the prompt feature
 
 
 def _decode(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
 
 
-def test_heatmap_lands_on_the_device_patch(ctx):
-    sid = study_id(3)
-    assert findings_of(3)["pacemaker"]
-    img_HW3 = _decode(handlers.study_heatmap_uri(ctx, sid, 0, vmax=3.0)).astype(int)
+def test_heatmap_lands_on_the_finding(ctx):
+    root = ctx.run_dir / "phantom"
+    rec = next(r for r in studies(root) if r.study_id in positives(root, "pneumothorax"))
+    cover_RC = coverage(root, rec, "pneumothorax", 4)
+    img_HW3 = _decode(handlers.study_heatmap_uri(ctx, rec.study_id, 0, vmax=3.0)).astype(int)
     h, w, _ = img_HW3.shape
     warmth_HW = img_HW3[..., 0] - img_HW3[..., 2]
-    # patch (row 0, col 2) of the 4x4 grid holds the pacemaker; bottom-left patch is silent
-    assert warmth_HW[h // 8, 5 * w // 8] > 60
-    assert warmth_HW[7 * h // 8, w // 8] < 10
+    hot = np.unravel_index(cover_RC.argmax(), cover_RC.shape)
+    covered = np.argwhere(cover_RC > 0)
+    far = max(
+        (tuple(p) for p in np.argwhere(cover_RC == 0)),
+        key=lambda p: np.abs(covered - p).sum(1).min(),
+    )
+    centre = lambda rc: (int((rc[0] + 0.5) * h / 4), int((rc[1] + 0.5) * w / 4))  # noqa: E731
+    assert warmth_HW[centre(hot)] > 60  # the mask's patch glows
+    assert warmth_HW[centre(far)] < 10  # far from the finding: the plain radiograph
 
 
 def test_image_outside_the_run_is_not_read(ctx, tmp_path):
@@ -118,15 +126,14 @@ def test_image_outside_the_run_is_not_read(ctx, tmp_path):
 
 
 def test_study_view(ctx):
-    sid = study_id(0)
+    root = ctx.run_dir / "phantom"
+    sid = min(positives(root, "pneumothorax"))
     view = handlers.study_view(ctx, sid)
-    assert f"study {sid}" in view.header and "pacemaker" in view.header
+    assert f"study {sid}" in view.header and "pneumothorax" in view.header
     assert view.feature in [f for _, f in view.choices]
     assert len({f for _, f in view.choices}) == len(view.choices)
     coloured = handlers.study_view(ctx, sid, 0)
-    assert re.search(
-        r'<span style="background:[^"]*" title="1.2"> pacemaker</span>', coloured.report
-    )
+    assert re.search(r'title="1.2"> [^<]*pneumothorax', coloured.report, re.IGNORECASE)
     assert "data:image/jpeg" in coloured.image and "IMAGE" in coloured.sections.upper()
     assert "not in this run" in handlers.study_view(ctx, 123).header
 

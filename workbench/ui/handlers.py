@@ -140,10 +140,15 @@ def concept_chips(ctx: AppContext) -> str:
             "Best feature per concept", '<p class="wb-empty">No concepts scored.</p>'
         )
     chips = "".join(
-        render.feature_link(r["feature"], f"{r['concept']} → #{r['feature']} · {r['auroc']:.2f}")
+        render.feature_link(r["feature"], f"{concept_name(r)} → #{r['feature']} · {r['auroc']:.2f}")
         for r in rows
     )
     return render.card("Best feature per concept (AUROC)", f'<div class="wb-chips">{chips}</div>')
+
+
+def concept_name(row: dict) -> str:
+    """A concept as shown: CheXpert labels marked as such (the phantom has look-alike names)."""
+    return f"{row['concept']} (CheXpert)" if row.get("source") == "chexpert" else row["concept"]
 
 
 def _round(x: float | None, digits: int = 3) -> float | None:
@@ -194,7 +199,7 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
 
 
 def _concepts_panel(rows: list[dict]) -> str:
-    items = [(r["concept"], r["auroc"]) for r in rows if r["auroc"] is not None]
+    items = [(concept_name(r), r["auroc"]) for r in rows if r["auroc"] is not None]
     chart = charts.hbars(items, 0.0, 1.0, ref=0.5, title="AUROC of study max activation")
     numbers = render.table(rows, ["concept", "source", "auroc", "rank"])
     return render.card("Concepts", chart + render.details("numbers", numbers))

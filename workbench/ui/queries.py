@@ -115,8 +115,9 @@ def best_per_concept(ctx: AppContext) -> Rows:
     if not ctx.has("feature_concepts"):
         return []
     return ctx.rows(
-        """SELECT concept, feature, auroc FROM feature_concepts WHERE auroc IS NOT NULL
-           QUALIFY row_number() OVER (PARTITION BY concept ORDER BY auroc DESC, feature) = 1
+        """SELECT concept, source, feature, auroc FROM feature_concepts WHERE auroc IS NOT NULL
+           QUALIFY row_number() OVER (PARTITION BY concept, source
+                                      ORDER BY auroc DESC, feature) = 1
            ORDER BY auroc DESC, concept"""
     )
 

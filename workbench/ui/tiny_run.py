@@ -1,122 +1,78 @@
-"""A tiny but complete run for the app's tests: dataset, store, planted SAE, real ``analyse``.
+"""A tiny but complete run for the app's tests and benchmark, built from the phantom benchmark.
 
-Builds in a few seconds on a CPU. The dataset is laid out exactly like MIMIC-CXR-JPG +
-reports (images, report .txt files, metadata/split/CheXpert CSVs) plus the phantom ground
-truth CSV, so ``analyse`` reads it through the same readers as real data. Activations are
-planted so what each feature means is known:
+Builds in a few seconds on a CPU: the phantom generator writes studies in MIMIC-CXR layout
+(images, reports, CSVs, ground truth and masks); activations are planted from that ground
+truth, so what each feature means is known; a planted SAE reads them; the real ``analyse``
+writes ``features.duckdb``. The app then meets exactly the files a real run has.
 
-- coordinate 0, *pacemaker*: on the image patch holding the drawn device (and, weaker, its
-  neighbours) and on the report word " pacemaker";
-- coordinate 1, *effusion*: on " effusion" / " pleural" and the lowest patch row;
+Planted coordinates of the activations (the SAE's feature f reads coordinate f, feature
+D + f reads its negative and stays dead):
+
+- :data:`PLANTED` concepts: on every image patch the concept's mask touches (2 + covered
+  fraction, so a present finding always beats a word) and on report words naming it (1.2,
+  negated or not, as a word feature would);
 - coordinate 2: every prompt token; coordinate 3: a ramp over the image patches;
-- coordinate 4: the words " clear" / " normal"; coordinate 5: a weak detector of ".".
-
-The SAE reads coordinate f with feature f (and -x[f] with feature D + f, which stays dead).
+  coordinate 5: a weak detector of sentence ends.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
+from workbench.cxr.studies import StudyRecord, iter_studies
 from workbench.sae import MatryoshkaSAE, save_sae
 from workbench.store import StoreWriter
 
 D = 8
-GRID = 4
 LAYER = 1
 PROMPT = ["<s>", "Describe", " the", " chest", " X-ray", ":"]
+# coordinate -> (phantom concept, report words that name it)
+PLANTED: dict[int, tuple[str, tuple[str, ...]]] = {
+    0: ("pneumothorax", ("pneumothorax",)),
+    1: ("pleural_effusion", ("effusion", "effusions")),
+    4: ("cardiomegaly", ("cardiomegaly", "enlarged")),
+    6: ("nodule", ("nodule", "nodules")),
+    7: ("endotracheal_tube", ("endotracheal",)),
+}
 
 
-def study_id(i: int) -> int:
-    return 50000000 + i
+def studies(root: Path) -> list[StudyRecord]:
+    """Every phantom study, in study id order."""
+    return sorted(iter_studies(root, require_findings=False), key=lambda r: r.study_id)
 
 
-def subject_id(i: int) -> int:
-    return 10000000 + i // 2
+def positives(root: Path, concept: str) -> set[int]:
+    """Study ids where the phantom ground truth has ``concept``."""
+    with open(root / "phantom-labels.csv", newline="") as fh:
+        return {int(r["study_id"]) for r in csv.DictReader(fh) if r[concept] == "1"}
 
 
-def findings_of(i: int) -> dict[str, bool]:
-    """The planted ground truth of study ``i``."""
-    return {"pacemaker": i % 3 == 0, "pleural_effusion": i % 2 == 0, "cardiomegaly": i % 4 == 1}
-
-
-def report_words(i: int) -> tuple[list[str], list[str]]:
-    """FINDINGS and IMPRESSION of study ``i`` as tokens (each word with its leading space)."""
-    f = findings_of(i)
-    findings = " Heart size is" + (" enlarged ." if f["cardiomegaly"] else " normal .")
-    findings += " Small left pleural effusion ." if f["pleural_effusion"] else " Lungs are clear ."
-    if f["pacemaker"]:
-        findings += " Left chest wall pacemaker with leads in place ."
-    impression = " No acute process ." if not any(f.values()) else " Findings as above ."
-    return findings.split(" ")[1:], impression.split(" ")[1:]
-
-
-def _image(i: int, size: int) -> Image.Image:
-    """A grey chest-like picture: two dark lungs, a heart, and the device when present."""
-    img = Image.new("L", (size, size), 200)
-    d = ImageDraw.Draw(img)
-    s = size / 128
-    d.ellipse([16 * s, 14 * s, 60 * s, 112 * s], fill=70)
-    d.ellipse([68 * s, 14 * s, 112 * s, 112 * s], fill=70)
-    d.ellipse(
-        [46 * s, 50 * s, 92 * s, 100 * s], fill=150 if findings_of(i)["cardiomegaly"] else 120
-    )
-    if findings_of(i)["pacemaker"]:
-        d.rectangle([74 * s, 20 * s, 90 * s, 30 * s], fill=255)  # patch (0, 2) of a 4x4 grid
-    if findings_of(i)["pleural_effusion"]:
-        d.rectangle([16 * s, 96 * s, 112 * s, 112 * s], fill=185)
-    return img
-
-
-def write_dataset(root: Path, n: int, size: int = 128) -> None:
-    """Images, reports and the MIMIC-CXR / phantom CSVs for ``n`` studies under ``root``."""
-    meta = [["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"]]
-    split = [["dicom_id", "study_id", "subject_id", "split"]]
-    chex = [["subject_id", "study_id", *CHEXPERT_LABELS]]
-    names = concept_names()
-    truth = [["subject_id", "study_id", *names]]
-    for i in range(n):
-        sub, sid, dicom = subject_id(i), study_id(i), f"d{i:04d}"
-        folder = root / "files" / f"p{str(sub)[:2]}" / f"p{sub}"
-        (folder / f"s{sid}").mkdir(parents=True, exist_ok=True)
-        _image(i, size).save(folder / f"s{sid}" / f"{dicom}.jpg", quality=92)
-        findings, impression = report_words(i)
-        (folder / f"s{sid}.txt").write_text(
-            "                                 FINAL REPORT\n INDICATION:  Check.\n\n"
-            f" FINDINGS:  {' '.join(findings)}\n\n IMPRESSION:  {' '.join(impression)}\n"
-        )
-        f = findings_of(i)
-        meta.append([dicom, sub, sid, "PA", f"2150{1 + i % 12:02d}01", "120000.000"])
-        split.append([dicom, sid, sub, "train" if i % 5 else "test"])
-        chexpert = {
-            "Pleural Effusion": f["pleural_effusion"],
-            "Cardiomegaly": f["cardiomegaly"],
-            "Support Devices": f["pacemaker"],
-            "No Finding": not any(f.values()),
-        }
-        chex.append([sub, sid, *["1.0" if chexpert.get(c) else "" for c in CHEXPERT_LABELS]])
-        truth.append([sub, sid, *[int(f.get(c, False)) for c in names]])
-    for name, rows in (
-        ("mimic-cxr-2.0.0-metadata.csv", meta),
-        ("mimic-cxr-2.0.0-split.csv", split),
-        ("mimic-cxr-2.0.0-chexpert.csv", chex),
-        ("phantom-labels.csv", truth),
-    ):
-        with open(root / name, "w", newline="") as fh:
-            csv.writer(fh).writerows(rows)
+def coverage(root: Path, rec: StudyRecord, concept: str, grid: int) -> np.ndarray:
+    """Fraction of each of the grid x grid patches covered by the concept's frontal mask."""
+    sub = str(rec.subject_id)
+    path = (
+        root / "masks" / f"p{sub[:2]}" / f"p{sub}" / f"s{rec.study_id}"
+        / rec.frontal_path.stem / f"{concept}.png"
+    )  # fmt: skip
+    if not path.exists():
+        return np.zeros((grid, grid), np.float32)
+    mask_HW = np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
+    h, w = mask_HW.shape
+    cells = mask_HW[: h - h % grid, : w - w % grid].reshape(grid, h // grid, grid, w // grid)
+    return cells.mean(axis=(1, 3))
 
 
 def _token(kind: str, text: str, pos: int, sub: int, section=None, patch=None) -> dict:
     return {
         "subject_id": sub,
         "position": pos,
-        "token_id": abs(hash(text)) % 50000 if kind != "image" else 99,
+        "token_id": 99 if kind == "image" else sum(map(ord, text)) % 50000,
         "token": text,
         "kind": kind,
         "section": section,
@@ -125,46 +81,47 @@ def _token(kind: str, text: str, pos: int, sub: int, section=None, patch=None) -
     }
 
 
-def study_tokens(i: int, grid: int = GRID) -> tuple[torch.Tensor, list[dict]]:
-    """Activations [n_tokens, D] and token metadata of study ``i`` (image, prompt, report).
-
-    The image has ``grid`` x ``grid`` patches; the device sits in patch (grid/8, 5 grid/8),
-    where :func:`_image` draws it.
-    """
-    f, rng = findings_of(i), np.random.default_rng(i)
-    rows, meta = [], []
-    device = (grid // 8, 5 * grid // 8)
+def _image_tokens(root, rec, grid, rows, meta) -> None:
+    cover = {c: coverage(root, rec, concept, grid) for c, (concept, _) in PLANTED.items()}
     for p in range(grid * grid):
-        r, c = divmod(p, grid)
+        r, col = divmod(p, grid)
         x = np.zeros(D, np.float32)
-        x[3] = 0.6 + 2.4 * p / (grid * grid - 1) + 0.05 * rng.random()
-        if f["pacemaker"]:
-            x[0] = {0: 2.2 + i / 20, 1: 1.1}.get(abs(r - device[0]) + abs(c - device[1]), 0.0)
-        if f["pleural_effusion"] and r == grid - 1:
-            x[1] = 0.9
+        x[3] = 0.6 + 2.4 * p / (grid * grid - 1)
+        for c, cov_RC in cover.items():
+            x[c] = 2.0 + cov_RC[r, col] if cov_RC[r, col] > 0 else 0.0
         rows.append(x)
-        meta.append(_token("image", "<image>", p, subject_id(i), patch=(r, c)))
+        meta.append(_token("image", "<image>", p, rec.subject_id, patch=(r, col)))
+
+
+def _word_vector(word: str) -> np.ndarray:
+    x = np.zeros(D, np.float32)
+    bare = re.sub(r"\W", "", word.lower())
+    for c, (_, words) in PLANTED.items():
+        x[c] = 1.2 if bare in words else 0.0
+    x[5] = 0.7 if word.endswith(".") else 0.0
+    return x
+
+
+def study_tokens(root: Path, rec: StudyRecord, grid: int = 4) -> tuple[torch.Tensor, list[dict]]:
+    """Planted activations [n_tokens, D] and token metadata (image, prompt, report words)."""
+    rows: list[np.ndarray] = []
+    meta: list[dict] = []
+    _image_tokens(root, rec, grid, rows, meta)
     for tok in PROMPT:
         x = np.zeros(D, np.float32)
         x[2] = 1.0
         rows.append(x)
-        meta.append(_token("prompt", tok, len(meta), subject_id(i), section="prompt"))
-    findings, impression = report_words(i)
-    for section, words in (("findings", findings), ("impression", impression)):
-        for w in words:
-            x = np.zeros(D, np.float32)
-            x[0] = 1.2 if w == "pacemaker" else 0.0
-            x[1] = {"effusion": 1.5, "pleural": 0.8}.get(w, 0.0)
-            x[4] = 1.3 if w in ("clear", "normal") else 0.0
-            x[5] = 0.6 + 0.3 * rng.random() if w == "." else 0.0
-            rows.append(x)
-            meta.append(_token("report", " " + w, len(meta), subject_id(i), section=section))
+        meta.append(_token("prompt", tok, len(meta), rec.subject_id, section="prompt"))
+    for section in ("findings", "impression"):
+        for word in (getattr(rec, section) or "").split():
+            rows.append(_word_vector(word))
+            meta.append(_token("report", " " + word, len(meta), rec.subject_id, section=section))
     return torch.from_numpy(np.stack(rows)), meta
 
 
-def planted_sae() -> MatryoshkaSAE:
+def planted_sae(hook: str) -> MatryoshkaSAE:
     """Feature f < D reads +x[f], feature D + f reads -x[f]; threshold 0.5."""
-    sae = MatryoshkaSAE(D, 2 * D, k=4, group_sizes=(D // 2, D + D // 2), hook_name=None)
+    sae = MatryoshkaSAE(D, 2 * D, k=4, group_sizes=(D // 2, D + D // 2), hook_name=hook)
     with torch.no_grad():
         eye = torch.eye(D)
         sae.W_enc_DF.copy_(torch.cat([eye, -eye], dim=1))
@@ -175,21 +132,22 @@ def planted_sae() -> MatryoshkaSAE:
     return sae
 
 
-def build(run: str | Path, n_studies: int = 16) -> Path:
-    """Write the dataset, store and SAE under ``run`` and analyse them; returns ``run``."""
+def build(run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0) -> Path:
+    """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done)."""
     from workbench.analyse import AnalyseConfig, analyse
+    from workbench.cxr.phantom import PhantomConfig, generate
     from workbench.models.hooks import resid_post_name
 
     run = Path(run)
-    write_dataset(run / "phantom", n_studies)
+    root = run / "phantom"
+    if not (root / "phantom-summary.json").exists():
+        generate(PhantomConfig(out=root, studies=n_studies, size=size, seed=seed))
     hook = resid_post_name(LAYER)
     w = StoreWriter(run / "activations", model="tiny", layer=LAYER, hook_name=hook, d_model=D)
-    for i in range(n_studies):
-        if study_id(i) not in w.completed:
-            w.add(study_id(i), *study_tokens(i))
+    for rec in studies(root):
+        if rec.study_id not in w.completed:
+            w.add(rec.study_id, *study_tokens(root, rec))
     w.close()
-    sae = planted_sae()
-    sae.hook_name = hook
-    save_sae(sae, run / "sae")
-    analyse(AnalyseConfig(run=run, data=run / "phantom", device="cpu", top_k=8, per_quantile=2))
+    save_sae(planted_sae(hook), run / "sae")
+    analyse(AnalyseConfig(run=run, data=root, device="cpu", top_k=8, per_quantile=2))
     return run

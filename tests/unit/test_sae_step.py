@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from workbench.sae.matryoshka import MatryoshkaSAE, reference_losses
-from workbench.sae.step import batch_topk, clip_grads_, forward_backward, project_decoder_grad_
+from workbench.sae.select import batch_topk, encode_select
+from workbench.sae.step import clip_grads_, forward_backward, project_decoder_grad_
 
 
 def _sae(d_in=16, d_sae=64, k=4, sizes=(8, 24, 32), seed=0) -> MatryoshkaSAE:
@@ -51,6 +52,21 @@ def test_batch_topk_exact_on_large_batches():
     assert torch.equal(idx, ref.indices.sort().values)
     torch.testing.assert_close(vals, pre.flatten()[idx])
     assert bool((idx[1:] > idx[:-1]).all())
+
+
+@pytest.mark.parametrize("hint", [None, 0.0, 0.5, 50.0])
+def test_chunked_selection_matches_dense(hint):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(700, 24, generator=g)
+    W, b = torch.randn(24, 4000, generator=g) * 0.3, torch.randn(4000, generator=g) * 0.1
+    pre = torch.addmm(b, x, W)
+    dead = torch.arange(5, 4000, 97)
+    sel = encode_select(x, W, b, 700 * 6, cut_hint=hint, dead_idx=dead, threshold=0.7)
+    idx, vals = batch_topk(pre, 700 * 6)  # a hint of 50 is above the cut: dense fallback
+    assert torch.equal(sel.idx, idx)
+    torch.testing.assert_close(sel.vals, vals)
+    torch.testing.assert_close(sel.pre_dead, pre[:, dead])
+    assert sel.n_above == int((pre > 0.7).sum())
 
 
 def test_batch_topk_keeps_only_positive():

@@ -4,12 +4,10 @@ Only the encoder's forward product ``(x - b_dec) W_enc`` is dense (B x d_in x d_
 other term touches the k active latents per token only, so it costs O(B k d_in):
 
 * BatchTopK (Bussmann et al. 2024, arXiv 2412.06410) keeps the ``k B`` largest activations of
-  the batch; we find them exactly by estimating a lower bound of the cut from a strided sample,
-  keeping the few candidates above it and running ``topk`` on those alone.
-* The code is a CSR matrix with one row per (token, group) "bag": with entries sorted by
-  (token, latent), each token's latents are already grouped by Matryoshka group, so one
-  ``embedding_bag`` gives every group's partial reconstruction and a cumulative sum over groups
-  gives every prefix reconstruction x_hat_i (paper Sec. 3, Eq. 3) without decoding per prefix.
+  the batch, found exactly without a full sort (:mod:`workbench.sae.select`).
+* The code is a CSR matrix with one row per (group, token) "bag": one ``embedding_bag`` gives
+  every group's partial reconstruction and a running sum over groups gives every prefix
+  reconstruction x_hat_i (paper Sec. 3, Eq. 3) without decoding densely or once per prefix.
 * dL/dx_hat_i flows back to each group as a reverse cumulative sum; the gradient of each active
   value is a sampled dense-dense product (``sampled_addmm``), and the decoder and encoder weight
   gradients are sparse-transposed products. No gradient w.r.t. the input is formed.
@@ -21,7 +19,6 @@ unit tests check that both give the same loss and gradients.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 
@@ -29,18 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from workbench.sae.matryoshka import MatryoshkaSAE
-
-_SAMPLE = 1 << 16  # elements sampled to bound the BatchTopK cut
+from workbench.sae.select import encode_select
 
 
 class Code(NamedTuple):
-    """A batch's sparse code, entries sorted by (token, latent)."""
+    """A batch's sparse code, entries sorted by (group, token, latent)."""
 
     rows: torch.Tensor  # [N] token index
     cols: torch.Tensor  # [N] latent index
     vals: torch.Tensor  # [N] activation (> 0)
-    bags: torch.Tensor  # [N] token * n_groups + group
-    crow: torch.Tensor  # [B * n_groups + 1] CSR row pointer over bags
+    bags: torch.Tensor  # [N] group * B + token
+    crow: torch.Tensor  # [n_groups * B + 1] CSR row pointer over bags
 
 
 class Grads(NamedTuple):
@@ -65,49 +61,21 @@ class StepStats(NamedTuple):
     n_above: int  # pre-activations above the inference threshold (-1: not asked)
 
 
-def _coprime_stride(n: int, m: int, width: int) -> int:
-    stride = max(1, n // m)
-    while math.gcd(stride, width) != 1:
-        stride += 1
-    return stride
-
-
-def batch_topk(pre_BF: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices (ascending) and values of the ``n_keep`` largest positive entries.
-
-    Exact: a strided sample (stride coprime with the width, so every column is sampled)
-    gives a cut that at least ``n_keep`` entries exceed with overwhelming probability; if not,
-    the cut falls back to 0 (all positive entries).
-    """
-    flat = pre_BF.reshape(-1)
-    n = flat.numel()
-    n_keep = min(n_keep, n)
-    cut = flat.new_zeros(())
-    if n > 4 * _SAMPLE:
-        sample = flat[:: _coprime_stride(n, _SAMPLE, pre_BF.shape[-1])]
-        expect = n_keep * sample.numel() / n
-        rank = int(1.3 * expect + 6 * math.sqrt(expect) + 16)
-        if rank < sample.numel():
-            cut = sample.topk(rank, sorted=False).values.min().clamp_min(0)
-    idx = (flat > cut).nonzero().squeeze(1)
-    if idx.numel() < n_keep and bool(cut > 0):
-        idx = (flat > 0).nonzero().squeeze(1)
-    vals = flat[idx]
-    if idx.numel() > n_keep:
-        top = vals.topk(n_keep, sorted=False)
-        idx, order = idx[top.indices].sort()
-        vals = top.values[order]
-    return idx, vals
-
-
 def make_code(idx: torch.Tensor, vals: torch.Tensor, sae: MatryoshkaSAE, batch: int) -> Code:
-    """Turn sorted flat indices of a [B, F] code into (token, group) bags for CSR products."""
+    """Turn flat indices of a [B, F] code (ascending) into group-major (group, token) bags.
+
+    Sorting the entries by group (stably, so tokens and latents stay ascending inside) makes
+    every group's partial reconstructions and gradients one contiguous [B, d_in] block.
+    """
     n_groups = len(sae.group_sizes)
     rows = torch.div(idx, sae.d_sae, rounding_mode="floor")
     cols = idx - rows * sae.d_sae
     bounds = torch.tensor(sae.group_ends[:-1], device=idx.device, dtype=idx.dtype)
     groups = torch.bucketize(cols, bounds, right=True)
-    bags = rows * n_groups + groups
+    if n_groups > 1:
+        groups, order = torch.sort(groups, stable=True)
+        rows, cols, vals = rows[order], cols[order], vals[order]
+    bags = groups * batch + rows
     crow = torch.zeros(batch * n_groups + 1, dtype=torch.long, device=idx.device)
     crow[1:] = torch.bincount(bags, minlength=batch * n_groups).cumsum(0)
     return Code(rows, cols, vals, bags, crow)
@@ -142,9 +110,9 @@ class _Aux(NamedTuple):
 
 def _aux_k(
     sae: MatryoshkaSAE,
-    pre_BF: torch.Tensor,
+    pre_dead_BX: torch.Tensor,
+    dead_idx: torch.Tensor,
     residual_BD: torch.Tensor,
-    dead_F: torch.Tensor,
     k_aux: int,
     alpha: float,
 ) -> _Aux:
@@ -153,10 +121,9 @@ def _aux_k(
     Normalised by the residual's variance as in OpenAI's implementation (Gao et al. 2024,
     App. A.2) and dictionary_learning; gradients flow to dead latents' encoder and decoder.
     """
-    B, D = residual_BD.shape
-    dead_idx = dead_F.nonzero().squeeze(1)
+    B = residual_BD.shape[0]
     ka = min(k_aux, dead_idx.numel())
-    top = pre_BF.index_select(1, dead_idx).topk(ka, dim=1, sorted=False)
+    top = pre_dead_BX.topk(ka, dim=1, sorted=False)
     ind, perm = top.indices.sort(dim=1)
     vals = top.values.gather(1, perm).clamp_min(0).reshape(-1)
     cols = dead_idx[ind].reshape(-1)
@@ -172,26 +139,28 @@ def _aux_k(
     g_BD = diff_BD.mul_(-2.0 * alpha / (B * var))  # d(alpha * loss) / d recon
     dvals = _sampled_dots(_csr(crow, cols, vals, (B, sae.d_sae)), g_BD, sae.W_dec_FD)
     dvals = dvals * (vals > 0)  # ReLU
-    grad_W_dec = _transposed(rows, cols, vals, (sae.d_sae, B)) @ g_BD
-    return _Aux(loss, rows, cols, dvals, grad_W_dec)
+    dec_grad = _transposed(rows, cols, vals, (sae.d_sae, B)) @ g_BD
+    return _Aux(loss, rows, cols, dvals, dec_grad)
 
 
-def _prefix_errors(xc_BD: torch.Tensor, part_BGD: torch.Tensor):
+def _prefix_errors(xc_BD: torch.Tensor, part_GBD: torch.Tensor):
     """Residuals x - x_hat_i of every prefix, and dL/d(partial reconstruction of group g).
 
-    x_hat_i = b_dec + sum_{g <= i} part_g (cumulative over groups), and a latent of group g
-    appears in every prefix i >= g, so its gradient is -2/B * sum_{i >= g} (x - x_hat_i).
+    x_hat_i = b_dec + sum_{g <= i} part_g (cumulative over groups, paper Sec. 3 Eq. 3), and a
+    latent of group g appears in every prefix i >= g, so its gradient is
+    -2/B * sum_{i >= g} (x - x_hat_i). Also returns each prefix's mean squared error.
     """
-    B, G, _ = part_BGD.shape
-    err_BGD = torch.empty_like(part_BGD)
-    torch.sub(xc_BD, part_BGD[:, 0], out=err_BGD[:, 0])
+    G, B, _ = part_GBD.shape
+    err_GBD = torch.empty_like(part_GBD)
+    torch.sub(xc_BD, part_GBD[0], out=err_GBD[0])
     for i in range(1, G):
-        torch.sub(err_BGD[:, i - 1], part_BGD[:, i], out=err_BGD[:, i])
-    g_BGD = torch.empty_like(part_BGD)
-    torch.mul(err_BGD[:, G - 1], -2.0 / B, out=g_BGD[:, G - 1])
+        torch.sub(err_GBD[i - 1], part_GBD[i], out=err_GBD[i])
+    mse = torch.stack([torch.linalg.vector_norm(err_GBD[i]).square() / B for i in range(G)])
+    g_GBD = torch.empty_like(part_GBD)
+    torch.mul(err_GBD[G - 1], -2.0 / B, out=g_GBD[G - 1])
     for i in range(G - 2, -1, -1):
-        torch.add(g_BGD[:, i + 1], err_BGD[:, i], alpha=-2.0 / B, out=g_BGD[:, i])
-    return err_BGD, g_BGD
+        torch.add(g_GBD[i + 1], err_GBD[i], alpha=-2.0 / B, out=g_GBD[i])
+    return err_GBD, g_GBD, mse
 
 
 @torch.no_grad()
@@ -204,62 +173,60 @@ def forward_backward(
     aux_alpha: float = 1 / 32,
     compute_dtype: torch.dtype | None = None,
     inference_threshold: float | None = None,
+    cut_hint: float | None = None,
 ) -> tuple[Grads, StepStats]:
     """Loss terms and parameter gradients of one batch (inputs already normalised).
 
-    With ``inference_threshold`` the stats also count the activations the inference encoder
-    (ReLU above that threshold) would keep on this batch, for the inference L0.
-
     loss = sum_i mean_b ||x_b - x_hat_i,b||^2 + aux_alpha * aux  (see ``reference_losses``).
+    With ``inference_threshold`` the stats also count the activations the inference encoder
+    (ReLU above that threshold) would keep on this batch. ``cut_hint`` (a value below the
+    k B-th largest activation, e.g. 0.8 x the last step's smallest kept one) only saves time.
     """
     B, D = x_BD.shape
     G, n_feat = len(sae.group_sizes), sae.d_sae
-    W_enc, W_dec = sae.W_enc_DF, sae.W_dec_FD
+    W_dec = sae.W_dec_FD
     xc_BD = x_BD - sae.b_dec_D
-    if compute_dtype is None or compute_dtype == W_enc.dtype:
-        pre_BF = torch.addmm(sae.b_enc_F, xc_BD, W_enc)
-    else:  # autocast-style: the dense product in low precision, everything else in fp32
-        cd = compute_dtype
-        pre_BF = torch.addmm(sae.b_enc_F.to(cd), xc_BD.to(cd), W_enc.to(cd)).float()
-    code = make_code(*batch_topk(pre_BF, k * B), sae, B)
-    # per-(token, group) partial reconstructions, then prefixes by a cumulative sum (Eq. 3)
+    use_aux = dead_F is not None and k_aux > 0 and bool(dead_F.any())
+    dead_idx = dead_F.nonzero().squeeze(1) if use_aux else None
+    thr = None if inference_threshold is None else max(inference_threshold, 0.0)
+    sel = encode_select(
+        xc_BD, sae.W_enc_DF, sae.b_enc_F, k * B, cut_hint, dead_idx, thr, compute_dtype
+    )
+    code = make_code(sel.idx, sel.vals, sae, B)
+    # group-major bags: one embedding_bag gives every group's partial reconstruction
     part = F.embedding_bag(
         code.cols, W_dec, code.crow[:-1], mode="sum", per_sample_weights=code.vals
     )
-    err_BGD, g_BGD = _prefix_errors(xc_BD, part.view(B, G, D))
-    prefix_mse = torch.stack([err_BGD[:, i].pow(2).sum(-1).mean() for i in range(G)])
-    g_bag = g_BGD.view(B * G, D)
-    dvals = _sampled_dots(_csr(code.crow, code.cols, code.vals, (B * G, n_feat)), g_bag, W_dec)
-    grad_W_dec = _transposed(code.bags, code.cols, code.vals, (n_feat, B * G)) @ g_bag
-    grad_b_dec = g_BGD[:, 0].sum(0)
+    err_GBD, g_GBD, prefix_mse = _prefix_errors(xc_BD, part.view(G, B, D))
+    g_bag = g_GBD.view(G * B, D)
+    dvals = _sampled_dots(_csr(code.crow, code.cols, code.vals, (G * B, n_feat)), g_bag, W_dec)
+    grad_W_dec = _transposed(code.bags, code.cols, code.vals, (n_feat, G * B)) @ g_bag
+    grad_b_dec = g_GBD[0].sum(0)
     rows, cols, dpre = code.rows, code.cols, dvals
-    n_above = -1
-    if inference_threshold is not None:
-        n_above = int((pre_BF > max(inference_threshold, 0.0)).sum())
-    aux = pre_BF.new_zeros(())
-    if dead_F is not None and k_aux > 0 and bool(dead_F.any()):
-        out = _aux_k(sae, pre_BF, err_BGD[:, -1], dead_F, k_aux, aux_alpha)
+    aux = x_BD.new_zeros(())
+    if use_aux:
+        out = _aux_k(sae, sel.pre_dead, dead_idx, err_GBD[-1], k_aux, aux_alpha)
         aux = out.loss
         if out.dec_grad is not None:
             grad_W_dec += out.dec_grad
             rows, cols = torch.cat([rows, out.rows]), torch.cat([cols, out.cols])
             dpre = torch.cat([dpre, out.dvals])
-    del pre_BF
     # encoder: dL/dW_enc = (x - b_dec)^T dL/dpre with dL/dpre sparse; no input gradient
     grad_b_enc = torch.zeros_like(sae.b_enc_F).index_add_(0, cols, dpre)
     grad_W_enc = (_transposed(rows, cols, dpre, (n_feat, B)) @ xc_BD).T.contiguous()
-    grad_b_dec -= W_enc @ grad_b_enc
-    fired = torch.bincount(code.cols, minlength=n_feat)
-    total_var = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean()
+    grad_b_dec -= sae.W_enc_DF @ grad_b_enc
+    # batch variance around the mean; xc is centred near b_dec, so this is well conditioned
+    mean_D = xc_BD.mean(0)
+    total_var = torch.linalg.vector_norm(xc_BD).square() / B - mean_D.dot(mean_D)
     stats = StepStats(
         loss=prefix_mse.sum() + aux_alpha * aux,
         prefix_mse=prefix_mse,
         total_var=total_var,
         aux=aux,
-        fired=fired,
+        fired=torch.bincount(code.cols, minlength=n_feat),
         min_act=code.vals.min() if code.vals.numel() else x_BD.new_zeros(()),
         n_active=int(code.vals.numel()),
-        n_above=n_above,
+        n_above=sel.n_above,
     )
     return Grads(grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec), stats
 

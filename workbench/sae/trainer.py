@@ -168,6 +168,7 @@ class Trainer:
         self.step, self.norm_factor = 0, 1.0
         self.compute_dtype = _DTYPES[cfg.dtype]
         self.last: dict[str, Any] = {}
+        self.cut_hint: float | None = None
 
     # ---- state -------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -261,8 +262,12 @@ class Trainer:
         dead = self.since_fired >= cfg.dead_tokens
         thr = float(sae.threshold) if logging else None
         grads, stats = forward_backward(
-            sae, x, cfg.k, dead, self.plan.k_aux, cfg.aux_alpha, self.compute_dtype, thr
-        )
+            sae, x, cfg.k, dead, self.plan.k_aux, cfg.aux_alpha, self.compute_dtype, thr,
+            cut_hint=self.cut_hint,
+        )  # fmt: skip
+        # BatchTopK's cut moves slowly: 0.8 x this step's smallest kept value bounds the next
+        # one from below (a wrong guess costs time, not exactness; not checkpointed)
+        self.cut_hint = 0.8 * float(stats.min_act) if stats.n_active else None
         grads, stats = self._reduce(grads, stats)
         project_grad_(sae.W_dec_FD, grads.W_dec)
         self.last["grad_norm"] = clip_grads_(grads, cfg.max_grad_norm)

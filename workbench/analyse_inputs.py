@@ -151,7 +151,7 @@ def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> L
             info, chexpert = _dataset_info(data_root, sids, notes)
         phantom = data_root / "phantom-labels.csv"
         phantom = phantom if phantom.exists() else None
-    labels = load_labels(sids, chexpert, phantom)
+    labels = load_labels(sids, chexpert, phantom, notes)
     has = {
         src: ~np.isnan(labels.values[:, [s == src for s in labels.sources]]).all(1)
         if src in labels.sources

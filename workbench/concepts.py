@@ -98,8 +98,11 @@ def auroc_sparse(
     return auc
 
 
-def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> dict[int, dict[str, float]]:
-    """study_id -> {column: value} from a MIMIC-style label CSV (empty cell = missing)."""
+def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> tuple[dict, list[str]]:
+    """study_id -> {column: value} from a MIMIC-style label CSV (empty cell = missing).
+
+    Returns the table and the columns read: ``names`` that the file has (none is an error).
+    """
     out: dict[int, dict[str, float]] = {}
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -107,10 +110,9 @@ def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> dict[int, dic
         if "study_id" not in (reader.fieldnames or []):
             raise ValueError(f"{path}: no study_id column")
         if names is not None:
-            absent = [n for n in names if n not in fields]
-            if absent:
-                raise ValueError(f"{path}: missing label column(s) {absent}")
-            fields = list(names)
+            fields = [n for n in names if n in fields]
+            if not fields:
+                raise ValueError(f"{path}: none of the label columns {list(names)}")
         for line, rec in enumerate(reader, start=2):
             try:
                 sid = int(rec["study_id"])
@@ -119,20 +121,22 @@ def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> dict[int, dic
                 }
             except ValueError as exc:
                 raise ValueError(f"{path}:{line}: bad label value: {exc}") from None
-    return out
+    return out, fields
 
 
 def load_labels(
     study_ids: np.ndarray,
     chexpert: dict[int, dict[str, float | None]] | None,
     phantom_csv: Path | None,
+    notes: list[str] | None = None,
 ) -> LabelMatrix:
     """CheXpert labels and, if given, phantom ground truth for the stored studies.
 
     ``chexpert`` is the study -> {label: 1/0/-1/None} table of
     :func:`workbench.cxr.mimic.read_labels` (None: no CheXpert concepts);
     ``phantom_csv`` is ``phantom-labels.csv`` with one 0/1 column per
-    :func:`workbench.cxr.findings.concept_names`. A study absent from a table gets NaN.
+    :func:`workbench.cxr.findings.concept_names`. A study absent from a table gets NaN; a
+    concept column the CSV lacks (a dataset older than the vocabulary) is left out and noted.
     """
     from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
 
@@ -141,7 +145,11 @@ def load_labels(
     if chexpert is not None:
         tables.append(("chexpert", CHEXPERT_LABELS, chexpert))
     if phantom_csv is not None:
-        tables.append(("phantom", concept_names(), _read_csv_labels(phantom_csv, concept_names())))
+        table, found = _read_csv_labels(phantom_csv, concept_names())
+        absent = [n for n in concept_names() if n not in found]
+        if absent and notes is not None:
+            notes.append(f"{phantom_csv.name} lacks {absent}: not scored")
+        tables.append(("phantom", tuple(found), table))
     cols, concepts, sources = [], [], []
     for source, names, table in tables:
         for name in names:

@@ -95,9 +95,19 @@ def test_bad_phantom_csv_names_file_and_line(tmp_path):
     path.write_text(text)
     with pytest.raises(ValueError, match=r"p\.csv:2: bad label value"):
         load_labels(np.array([10]), None, path)
-    path.write_text("subject_id,study_id,pacemaker\n1,10,1\n")
-    with pytest.raises(ValueError, match="missing label column"):
+    path.write_text("subject_id,study_id,nothing\n1,10,1\n")
+    with pytest.raises(ValueError, match="none of the label columns"):
         load_labels(np.array([10]), None, path)
+
+
+def test_phantom_csv_lacking_some_concepts_scores_the_others(tmp_path):
+    path = tmp_path / "phantom-labels.csv"
+    path.write_text("subject_id,study_id,pacemaker,nodule\n1,10,1,0\n1,11,0,1\n")
+    notes: list[str] = []
+    lab = load_labels(np.array([10, 11]), None, path, notes)
+    assert lab.concepts == ("nodule", "pacemaker")  # in vocabulary order
+    np.testing.assert_array_equal(lab.values, [[0.0, 1.0], [1.0, 0.0]])
+    assert len(notes) == 1 and "lacks" in notes[0] and "'cardiomegaly'" in notes[0]
 
 
 def test_concept_category():

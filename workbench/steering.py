@@ -82,10 +82,12 @@ class SteeringHook:
             raise SteeringError(f"unknown mode {mode!r} or positions {positions!r}")
         self.sae, self.mode, self.positions = sae, mode, positions
         self.prompt_length = prompt_length
-        self.index_K = torch.tensor(list(scales), dtype=torch.long)
+        # float32 copies on the SAE's device; moved to the activations' device when they differ
+        device = sae.W_dec_FD.device
+        self.index_K = torch.tensor(list(scales), dtype=torch.long, device=device)
         with torch.no_grad():
             self.dirs_KD = sae.W_dec_FD[self.index_K].detach().float()
-            self.values_K = torch.tensor(list(scales.values()), dtype=torch.float32)
+            self.values_K = torch.tensor(list(scales.values()), dtype=torch.float32, device=device)
             self.delta_D = self.values_K @ self.dirs_KD
         self.seen = 0
 
@@ -99,13 +101,13 @@ class SteeringHook:
 
     @torch.no_grad()
     def delta(self, acts_BTD: torch.Tensor) -> torch.Tensor:
-        """What is added to ``acts_BTD`` (float32), for every position given."""
+        """What is added to ``acts_BTD`` (float32, on its device), for every position given."""
         if self.mode == "add":
             return self.delta_D.to(acts_BTD.device).expand(acts_BTD.shape)
-        flat_ND = acts_BTD.reshape(-1, acts_BTD.shape[-1])
-        latents_NK = self.sae.encode(flat_ND)[:, self.index_K.to(flat_ND.device)].float()
-        diff_NK = self.values_K.to(flat_ND.device) - latents_NK  # clamp a_f to v_f
-        return (diff_NK @ self.dirs_KD.to(flat_ND.device)).reshape(acts_BTD.shape)
+        flat_ND = acts_BTD.reshape(-1, acts_BTD.shape[-1]).to(self.dirs_KD.device)
+        latents_NK = self.sae.encode(flat_ND)[:, self.index_K].float()
+        diff_NK = self.values_K - latents_NK  # clamp a_f to v_f
+        return (diff_NK @ self.dirs_KD).reshape(acts_BTD.shape).to(acts_BTD.device)
 
     @torch.no_grad()
     def __call__(self, acts_BTD: torch.Tensor) -> torch.Tensor | None:

@@ -143,3 +143,16 @@ def test_bad_requests_are_clear_errors(adapter, sae):
     deep = MatryoshkaSAE(48, 4, k=2, hook_name=resid_post_name(9))
     with pytest.raises(ValueError, match="layer 9 outside"):
         generate_steered(adapter, deep, inp, {0: 1.0})
+
+
+def test_low_precision_activations_keep_their_dtype():
+    sae = MatryoshkaSAE(4, 6, k=2, hook_name=resid_post_name(0))
+    acts = torch.randn(1, 3, 4).to(torch.bfloat16)
+    for mode in ("add", "clamp"):
+        out = SteeringHook(sae, {1: 2.0}, mode=mode, prompt_length=3)(acts)
+        assert out.dtype == torch.bfloat16 and out.shape == acts.shape
+    out = SteeringHook(sae, {1: 0.0}, prompt_length=3)(acts)
+    assert torch.equal(out, acts)  # a zero step is exactly the identity, also in bf16
+    out = SteeringHook(sae, {1: 2.0}, prompt_length=3)(acts)
+    expected = (acts.float() + 2.0 * sae.W_dec_FD[1]).to(torch.bfloat16)
+    assert torch.equal(out, expected)

@@ -59,7 +59,7 @@ class SteerConfig:
     positions: Literal["all", "generated"] = "all"
     """Steer every position, or only those that produce generated tokens."""
     concept: str | None = None
-    """Target concept (phantom name or CheXpert label); default: the feature's best concept."""
+    """Target concept (phantom name or CheXpert label); empty: the feature's best concept."""
     n_studies: int = 8
     """Studies evaluated per feature and scale."""
     select: Literal["absent", "any"] = "absent"
@@ -67,11 +67,11 @@ class SteerConfig:
     split: str | None = None
     """Only studies of this split (train/validate/test)."""
     model: str | None = None
-    """Model (default: <run>/model)."""
+    """Model directory or name; empty: <run>/model."""
     sae: Path | None = None
-    """SAE artefact (default: <run>/sae)."""
+    """SAE artefact; empty: <run>/sae."""
     data: Path | None = None
-    """Dataset root in MIMIC-CXR layout (default: <run>/phantom)."""
+    """Dataset root in MIMIC-CXR layout; empty: <run>/phantom."""
     max_new_tokens: int = 120
     """Tokens generated per report."""
     device: str = "cpu"

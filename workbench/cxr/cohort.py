@@ -59,6 +59,9 @@ SIDES = ("left", "right")
 ZONES = ("upper", "middle", "lower")
 # Subjects are "well" (few findings) or "ill"; the mixture gives ~20 % normal studies.
 WELL_SHARE, WELL_SCALE, ILL_SCALE = 0.22, 0.15, 1.3
+ZONE_SPAN = MappingProxyType(  # height fraction in the lung (0 apex, 1 base) of each zone
+    {"upper": (0.14, 0.33), "middle": (0.4, 0.6), "lower": (0.66, 0.84)}
+)
 SIZE_STEPS = (0.4, 0.72)  # severity thresholds between small / moderate / large
 
 
@@ -186,8 +189,8 @@ def _finding_params(name: str, rng: np.random.Generator, sev: float, side: str) 
             "zone": zone,
             "size_mm": round(float(rng.uniform(12, 30)), 1),
             "u": round(float(rng.uniform(0.3, 0.75)), 3),
-            "v": round(float(rng.uniform(0.15, 0.85)), 3),
-            "contrast": round(float(rng.uniform(0.35, 1.0)), 3),
+            "v": round(float(rng.uniform(*ZONE_SPAN[zone])), 3),
+            "contrast": round(float(rng.uniform(0.45, 1.0)), 3),
         }
     if name == "rib_fracture":
         return {

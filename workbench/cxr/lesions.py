@@ -149,16 +149,35 @@ def edema(g, fr, lay, lungs, p, rng) -> np.ndarray:
 
 
 def nodule(g, fr, lay, lungs, p, rng):
-    """A round, slightly lobulated nodule; returns its mask and the soft profile."""
-    cx, cy = g.lung_point(p["side"], p["u"], p["v"])
+    """A round, slightly lobulated nodule; returns its mask and the soft profile.
+
+    The nodule sits in aerated lung: if the heart covers its nominal place (a large heart
+    over a medial base), it moves laterally until it is over the lung field.
+    """
     r = p["size_mm"] / 2 / MM_PER_UNIT * g.magnification
+    cx, cy = _in_lung(g, fr, lungs[f"{p['side']}_lung"], p["side"], p["u"], p["v"], r)
     theta = np.arctan2(fr.Y - cy, fr.X - cx)
     ph = rng.uniform(0, 2 * math.pi, size=2)
     radius = r * (1 + 0.07 * np.sin(3 * theta + ph[0]) + 0.04 * np.sin(5 * theta + ph[1]))
     rho = np.hypot(fr.X - cx, fr.Y - cy) / radius
     profile = np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)).astype(np.float32)
-    lay.extra += (0.08 + 0.16 * p["contrast"]) * profile
+    lay.extra += (0.1 + 0.18 * p["contrast"]) * profile
     return rho <= 1.0, profile
+
+
+def _in_lung(g, fr: Frame, lung: np.ndarray, side: str, u: float, v: float, r: float):
+    """``g.lung_point(side, u, v)``, moved laterally in steps until a disc of radius ``r``
+    around it has lung on both sides (so it is not hidden by the heart)."""
+    reach = max(1, int(r * fr.size))
+    for _ in range(12):
+        x, y = g.lung_point(side, u, v)
+        ((px, py),) = fr.to_px([(x, y)])
+        col, row = int(px), int(py)
+        cols = np.clip([col - reach, col, col + reach], 0, fr.size - 1)
+        if 0 <= row < fr.size and lung[row, cols].all():
+            break
+        u = min(u + 0.06, 0.9)
+    return x, y
 
 
 def annotators(

@@ -135,6 +135,9 @@ def test_study_view(ctx):
     coloured = handlers.study_view(ctx, sid, 0)
     assert re.search(r'title="1.2"> [^<]*pneumothorax', coloured.report, re.IGNORECASE)
     assert "data:image/jpeg" in coloured.image and "IMAGE" in coloured.sections.upper()
+    with_lateral = next(r for r in studies(root) if r.lateral_path is not None)
+    both = handlers.study_view(ctx, with_lateral.study_id).image
+    assert both.count("<img") == 2 and with_lateral.lateral_path.name in both
     assert "not in this run" in handlers.study_view(ctx, 123).header
 
 

@@ -333,7 +333,11 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     )
     return StudyView(
         header=header,
-        image=render.card("Image", render.image_block(uri, cap if uri else "Image not available.")),
+        image=render.card(
+            "Images",
+            render.image_block(uri, cap if uri else "Image not available.")
+            + _other_images(ctx, st.get("frontal_path")),
+        ),
         report=render.card(
             "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
             f'<div class="wb-report">{report}</div>',
@@ -342,6 +346,28 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
         choices=choices,
         feature=f,
     )
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+
+
+def _other_images(ctx: AppContext, frontal: str | None, side: int = 200) -> str:
+    """Thumbnails of the study's other images (lateral views): its folder in MIMIC layout."""
+    path = resolve_image(ctx, frontal)
+    if path is None:
+        return ""
+    thumbs = []
+    for other in sorted(path.parent.iterdir()):
+        safe = inside(other, ctx.image_roots)
+        if safe is None or other == path or other.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            uri = heatmap.data_uri(heatmap.thumbnail(load_image(safe), side))
+        except (CXRDataError, OSError) as exc:
+            log.warning("cannot read %s: %s", other, exc)
+            continue
+        thumbs.append(render.image_block(uri, other.name))
+    return f'<div class="wb-thumbs">{"".join(thumbs)}</div>' if thumbs else ""
 
 
 def _report_html(toks: list[dict], scale: float) -> str:

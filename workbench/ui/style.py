@@ -49,6 +49,8 @@ a.wb-study { color: #1971c2; text-decoration: none; cursor: pointer; }
 .wb-sec { margin-bottom: 6px; }
 .wb-seclabel { display: block; font-family: system-ui, sans-serif; font-size: 11px;
   color: #868e96; text-transform: uppercase; letter-spacing: .05em; }
+.wb-thumbs { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; }
+.wb-thumbs .wb-fig { max-width: 200px; }
 .wb-bar:hover { opacity: .75; }
 .wb-patches { display: flex; flex-wrap: wrap; gap: 10px; margin: 4px 0 8px; }
 .wb-patch { text-align: center; font-size: 12px; line-height: 1.3; }

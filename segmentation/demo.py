@@ -25,10 +25,19 @@ SHARES = {"lungs-unet": 0.2, "nodules-unet": 0.25, "nodules-ssn": 0.4}
 DEMO_MODEL = {
     "channels": (8, 16, 32, 64),
     "image_size": 64,
-    "crop_size": 128,
     "batch_size": 8,
     "lr": 2e-3,
+    "mean_warmup_steps": 60,
 }
+
+
+def nodule_crop(phantom_root: Path) -> int:
+    """Nodule window in phantom px: a quarter of the image side (64 px at the demo's 256)."""
+    try:
+        size = int(json.loads((Path(phantom_root) / "cfg.json").read_text())["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 64
+    return max(32, size // 4)
 
 
 def _train_and_eval(
@@ -53,6 +62,7 @@ def _train_and_eval(
             progress=False,
             seed=seed,
             checkpoint_every=50,
+            crop_size=nodule_crop(phantom_root),
             **DEMO_MODEL,
         )
         train(cfg)

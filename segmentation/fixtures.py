@@ -89,6 +89,7 @@ def write_phantom_fixture(
                 "subject": {"sex": "F" if i % 2 == 0 else "M", "age": int(30 + (i * 7) % 56)},
             }
         )
+    (root / "cfg.json").write_text(json.dumps({"size": size, "studies": studies, "seed": seed}))
     with open(root / "phantom-studies.jsonl", "w") as f:
         for rec in records:
             f.write(json.dumps(rec) + "\n")

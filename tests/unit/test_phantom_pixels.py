@@ -154,3 +154,15 @@ def test_rotation_and_noise_change_pixels_not_truth():
     rotated = render(base_study(rotation_deg=5.0))
     assert not np.array_equal(plain.frontal, rotated.frontal)
     assert rotated.measured["ctr_measured"] == pytest.approx(0.42, abs=0.03)
+
+
+def test_nodule_lies_in_its_lung_zone():
+    centres = {}
+    for zone, v in (("upper", 0.2), ("lower", 0.8)):
+        _, study = with_concept("nodule", side="left", zone=zone, v=v, u=0.3, size_mm=20.0)
+        study["ctr"] = 0.62  # a big heart must not hide a basal nodule
+        masks = render(study).masks
+        nod = masks["nodule"]
+        assert (nod & masks["left_lung"]).sum() > 0.9 * nod.sum()
+        centres[zone] = np.nonzero(nod)[0].mean()
+    assert centres["upper"] + 0.2 * SIZE < centres["lower"]

@@ -32,6 +32,9 @@ def test_roundtrip_ours(tmp_path):
     torch.testing.assert_close(back(x), sae(x))
     meta = json.loads((tmp_path / "sae" / "workbench_sae.json").read_text())
     assert meta["norm_factor"] == 2.5
+    seq = x.view(4, 16, 12)  # [batch, positions, d_in] as in a forward hook
+    torch.testing.assert_close(back.encode(seq), back.encode(x).view(4, 16, 48))
+    torch.testing.assert_close(back(seq), back(x).view(4, 16, 12))
 
 
 def test_saelens_loads_ours_with_same_activations(tmp_path):

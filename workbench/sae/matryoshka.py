@@ -116,9 +116,10 @@ class MatryoshkaSAE(nn.Module):
         self.W_dec_FD.div_(self.W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        """Encoder pre-activations ``(x - b_dec) W_enc + b_enc``."""
-        x_BD = x_BD.to(self.W_enc_DF.dtype)
-        return torch.addmm(self.b_enc_F, x_BD - self.b_dec_D, self.W_enc_DF)
+        """Encoder pre-activations ``(x - b_dec) W_enc + b_enc`` (any leading dimensions)."""
+        x_ND = x_BD.reshape(-1, self.d_in).to(self.W_enc_DF.dtype)
+        pre_NF = torch.addmm(self.b_enc_F, x_ND - self.b_dec_D, self.W_enc_DF)
+        return pre_NF.view(*x_BD.shape[:-1], self.d_sae)
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         """Inference code: ReLU, then zero every activation not above the learned threshold."""
@@ -132,7 +133,7 @@ class MatryoshkaSAE(nn.Module):
             raise SAEShapeError("this SAE has no k; BatchTopK needs one")
         acts_BF = self.pre_acts(x_BD).relu()
         flat = acts_BF.flatten()
-        top = flat.topk(min(k * x_BD.shape[0], flat.numel()), sorted=False)
+        top = flat.topk(min(k * (flat.numel() // self.d_sae), flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(acts_BF)
 
     def decode(self, latents_BF: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:

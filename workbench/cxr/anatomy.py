@@ -172,6 +172,7 @@ def thorax_width_px(left: np.ndarray, right: np.ndarray) -> int:
 
 
 def heart_width_px(heart: np.ndarray) -> int:
+    """Horizontal extent of the heart mask in pixels (the CTR numerator)."""
     cols = np.flatnonzero(heart.any(axis=0))
     return int(cols[-1] - cols[0] + 1) if cols.size else 0
 

@@ -71,6 +71,7 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
 
 
 def _feistel24(x: int, key: int) -> int:
+    """Four-round balanced Feistel permutation of a 24-bit integer."""
     left, right = x >> 12, x & 0xFFF
     for r in range(4):
         mix = ((right * 0x9E3779B1 + key + r * 0x7F4A7C15) ^ (right << 5)) & 0xFFFFFFFF
@@ -158,6 +159,7 @@ def sample_params(name: str, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _finding_params(name: str, rng: np.random.Generator, sev: float, side: str) -> dict:
+    """Parameters of a finding (see docs/phantom.md for their ranges)."""
     if name == "cardiomegaly":
         return {"ctr": round(float(rng.uniform(0.54, 0.68)), 3)}
     if name == "pleural_effusion":
@@ -203,6 +205,7 @@ def _finding_params(name: str, rng: np.random.Generator, sev: float, side: str) 
 
 
 def _device_params(name: str, rng: np.random.Generator) -> dict:
+    """Parameters of a support device."""
     if name == "pacemaker":
         return {
             "kind": "icd" if rng.random() < 0.35 else "pacemaker",
@@ -260,6 +263,7 @@ def evolve(name: str, params: dict, rng: np.random.Generator) -> tuple[dict, str
 
 
 def _change(delta: float, tol: float) -> str:
+    """increased / decreased / unchanged from a difference and its tolerance."""
     return "increased" if delta > tol else ("decreased" if delta < -tol else "unchanged")
 
 

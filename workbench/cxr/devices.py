@@ -21,6 +21,7 @@ LINE = 0.007  # width of a lead / catheter, image units
 
 
 def _svc(g: Geometry) -> tuple[float, float]:
+    """Where the superior vena cava meets the level of the carina."""
     return g.xc - 0.045 * g.magnification, g.carina[1]
 
 
@@ -33,6 +34,7 @@ def _heart_point(g: Geometry, along: float, across: float = 0.0) -> tuple[float,
 
 
 def _superellipse(centre, rx: float, ry: float, n: int = 32) -> np.ndarray:
+    """Polygon of a rounded rectangle (the pacemaker can)."""
     t = np.linspace(0, 2 * math.pi, n, endpoint=False)
     c, s = np.cos(t), np.sin(t)
     return np.column_stack(

@@ -58,6 +58,7 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.image)
 
     def width_px(self, width: float) -> int:
+        """A stroke width in whole pixels, never below one."""
         return max(1, int(round(width * self.frame.size)))
 
     def line(self, pts: Sequence[Point] | np.ndarray, width: float, value: float = 1.0) -> None:
@@ -67,6 +68,7 @@ class Canvas:
             self.draw.line(xy, fill=float(value), width=self.width_px(width))
 
     def polygon(self, pts: Sequence[Point] | np.ndarray, value: float = 1.0) -> None:
+        """Fill a polygon given in patient coordinates."""
         self.draw.polygon(self.frame.to_px(pts), fill=float(value))
 
     def ellipse(
@@ -87,6 +89,7 @@ class Canvas:
             self.draw.ellipse(box, outline=float(value), width=self.width_px(outline_width))
 
     def array(self) -> np.ndarray:
+        """The layer as float32 numpy."""
         return np.asarray(self.image, dtype=np.float32)
 
 

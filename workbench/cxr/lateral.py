@@ -33,6 +33,7 @@ def _lung_depth(g: Geometry, fr: Frame) -> np.ndarray:
 
 
 def _lung(g: Geometry, fr: Frame) -> np.ndarray:
+    """Boolean lung silhouette of the lateral view."""
     return _lung_depth(g, fr) > 0
 
 
@@ -117,6 +118,7 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
 
 
 def _devices(g: Geometry, fr: Frame, devices: dict) -> np.ndarray:
+    """Metal layer of the devices as seen from the side."""
     cv = Canvas(fr)
     ra = (0.42, g.dome["right"] - 0.1)
     if "pacemaker" in devices:

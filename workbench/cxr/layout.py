@@ -56,18 +56,22 @@ def subject_dir(root: Path, subject_id: int) -> Path:
 
 
 def study_dir(root: Path, subject_id: int, study_id: int) -> Path:
+    """``files/pXX/pSUBJECT/sSTUDY``."""
     return subject_dir(root, subject_id) / f"s{study_id}"
 
 
 def report_path(root: Path, subject_id: int, study_id: int) -> Path:
+    """``files/pXX/pSUBJECT/sSTUDY.txt``."""
     return subject_dir(root, subject_id) / f"s{study_id}.txt"
 
 
 def image_path(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
+    """``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg``."""
     return study_dir(root, subject_id, study_id) / f"{dicom_id}.jpg"
 
 
 def mask_dir(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
+    """``masks/pXX/pSUBJECT/sSTUDY/<dicom_id>`` (one PNG per mask)."""
     s = str(subject_id)
     return Path(root) / "masks" / f"p{s[:2]}" / f"p{s}" / f"s{study_id}" / dicom_id
 
@@ -116,6 +120,7 @@ def metadata_row(study: dict, dicom_id: str, view: str, size: int) -> dict[str, 
 
 
 def chexpert_row(study: dict, labels: dict[str, float | None]) -> dict[str, Any]:
+    """One row of ``mimic-cxr-2.0.0-chexpert.csv`` (1.0 / 0.0 / -1.0 / blank)."""
     row: dict[str, Any] = {"subject_id": study["subject_id"], "study_id": study["study_id"]}
     for k in CHEXPERT_LABELS:
         v = labels.get(k)
@@ -156,17 +161,20 @@ class TableSink:
         self.files[STUDIES] = open(self.root / (STUDIES + ".tmp"), "w")  # noqa: SIM115
 
     def write(self, table: str, row: dict[str, Any]) -> None:
+        """Append one row to ``table``."""
         self.writers[table].writerow(row)
 
     def write_study(self, record: dict[str, Any]) -> None:
         self.files[STUDIES].write(json.dumps(record, sort_keys=True) + "\n")
 
     def commit(self) -> None:
+        """Close all tables and rename them into place."""
         for name, f in self.files.items():
             f.close()
             (self.root / (name + ".tmp")).replace(self.root / name)
 
     def abort(self) -> None:
+        """Close the tables, leaving only ``*.tmp`` files behind."""
         for f in self.files.values():
             f.close()
 
@@ -221,6 +229,7 @@ class Tally:
         self.subjects: dict[str, set] = {"train": set(), "validate": set(), "test": set()}
 
     def add(self, rec: dict) -> None:
+        """Count one study record."""
         c = self.counts
         c["studies"] += 1
         c["images"] += len(rec["images"])

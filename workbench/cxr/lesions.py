@@ -35,6 +35,7 @@ class Layers:
 
 
 def sides_of(side: str) -> tuple[str, ...]:
+    """('left', 'right') for bilateral findings, else the one side."""
     return ("left", "right") if side == "bilateral" else (side,)
 
 

@@ -53,6 +53,7 @@ class PhantomConfig:
     """Give every study a lateral view (by default portable AP studies have none, as in MIMIC)."""
 
     def validate(self) -> None:
+        """Refuse values that cannot give a valid dataset, naming the field."""
         if not 1 <= self.studies < 10**7:
             raise ConfigError(f"studies must be in [1, 1e7), got {self.studies}")
         if not 64 <= self.size <= 2048:
@@ -107,6 +108,7 @@ def build_study(cfg: PhantomConfig, study: dict) -> dict[str, Any]:
 
 
 def _build_subject(task: tuple[PhantomConfig, dict, int, int]) -> list[dict[str, Any]]:
+    """Worker task: all studies of one subject, in order."""
     cfg, subject, first, n = task
     return [build_study(cfg, s) for s in subject_studies(cfg.seed, subject, first, n)]
 
@@ -186,6 +188,7 @@ def _in_order(pool, tasks: Iterator, window: int) -> Iterator[list[dict[str, Any
 
 
 def _drain(results, sink: layout.TableSink, tally: layout.Tally) -> None:
+    """Write every result's rows in order and count them."""
     for rows in results:
         for r in rows:
             for row in r["metadata"]:
@@ -199,6 +202,7 @@ def _drain(results, sink: layout.TableSink, tally: layout.Tally) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry: parse flags (and ``--preset``), generate, print the summary."""
     cfg = parse_config(PhantomConfig, argv, prog="python -m workbench.cxr.phantom")
     generate(cfg)
     print(summarize(cfg.out))

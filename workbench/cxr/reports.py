@@ -71,6 +71,7 @@ def _vars(name: str, p: dict) -> dict[str, str]:
 
 
 def _finding_vars(name: str, p: dict) -> dict[str, str]:
+    """Placeholders specific to a finding."""
     v: dict[str, str] = {}
     if name == "cardiomegaly":
         ctr = p["ctr"]
@@ -93,6 +94,7 @@ def _finding_vars(name: str, p: dict) -> dict[str, str]:
 
 
 def _device_vars(name: str, p: dict) -> dict[str, str]:
+    """Placeholders specific to a device."""
     v: dict[str, str] = {}
     if name == "pacemaker":
         dev = (
@@ -125,6 +127,7 @@ def _device_vars(name: str, p: dict) -> dict[str, str]:
 
 
 def _fill(template: str, v: dict[str, str]) -> str:
+    """Fill a template; ``{Key}`` gives the capitalised value of ``{key}``."""
     full = dict(v)
     for key in list(v):
         full[key[:1].upper() + key[1:]] = v[key][:1].upper() + v[key][1:]
@@ -133,6 +136,7 @@ def _fill(template: str, v: dict[str, str]) -> str:
 
 
 def _choose(rng: np.random.Generator, options: list) -> Any:
+    """One option, drawn with the report's generator."""
     return options[int(rng.integers(len(options)))]
 
 
@@ -343,6 +347,7 @@ def examination(acq: dict) -> str:
 
 
 def _wrap(text: str) -> str:
+    """Wrap a section body at 76 columns with MIMIC's one-space indent."""
     return "\n".join(
         textwrap.wrap(text, 76, initial_indent=" ", subsequent_indent=" ", break_on_hyphens=False)
     )

@@ -147,7 +147,7 @@ def _line(name: str, ms: list[float], peer: list[float] | None = None) -> str:
 
 def measure(cfg: BenchAppConfig) -> str:
     """Time every view on the built run and return the results as a Markdown table."""
-    from workbench.ui import handlers, queries
+    from workbench.ui import handlers, handlers_study, queries
     from workbench.ui.context import open_context
 
     ctx = open_context(cfg.out)
@@ -162,7 +162,7 @@ def measure(cfg: BenchAppConfig) -> str:
     concept = queries.concepts(ctx)[0]
     by_c = _time(lambda c: handlers.feature_table(c, concept=concept, sort="AUROC"), [(ctx,)] * 5)
     sids = [(ctx, s) for s in rng.sample(queries.study_list(ctx), min(10, cfg.studies))]
-    study = _time(handlers.study_view, sids)
+    study = _time(handlers_study.study_view, sids)
     n_acts = ctx.rows("SELECT count(*) AS n FROM feature_acts")[0]["n"]
     n_tok = ctx.rows("SELECT count(*) AS n FROM tokens")[0]["n"]
     head = (

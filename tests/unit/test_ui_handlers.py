@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from workbench import db
-from workbench.ui import handlers, launch_line, runinfo
+from workbench.ui import handlers, handlers_study, launch_line, runinfo
 from workbench.ui.context import open_context
 from workbench.ui.tiny_run import build, coverage, positives, studies
 
@@ -128,17 +128,17 @@ def test_image_outside_the_run_is_not_read(ctx, tmp_path):
 def test_study_view(ctx):
     root = ctx.run_dir / "phantom"
     sid = min(positives(root, "pneumothorax"))
-    view = handlers.study_view(ctx, sid)
+    view = handlers_study.study_view(ctx, sid)
     assert f"study {sid}" in view.header and "pneumothorax" in view.header
     assert view.feature in [f for _, f in view.choices]
     assert len({f for _, f in view.choices}) == len(view.choices)
-    coloured = handlers.study_view(ctx, sid, 0)
+    coloured = handlers_study.study_view(ctx, sid, 0)
     assert re.search(r'title="1.2"> [^<]*pneumothorax', coloured.report, re.IGNORECASE)
     assert "data:image/jpeg" in coloured.image and "IMAGE" in coloured.sections.upper()
     with_lateral = next(r for r in studies(root) if r.lateral_path is not None)
-    both = handlers.study_view(ctx, with_lateral.study_id).image
+    both = handlers_study.study_view(ctx, with_lateral.study_id).image
     assert both.count("<img") == 2 and with_lateral.lateral_path.name in both
-    assert "not in this run" in handlers.study_view(ctx, 123).header
+    assert "not in this run" in handlers_study.study_view(ctx, 123).header
 
 
 def test_sql(ctx):
@@ -154,7 +154,7 @@ def test_missing_run_gives_messages(tmp_path):
     assert not c.status.exists and "No run at" in c.status.problems[0]
     assert "No run at" in handlers.feature_table(c).summary
     assert "No run at" in handlers.feature_view(c, 0).title
-    assert "No run at" in handlers.study_view(c, 1).header
+    assert "No run at" in handlers_study.study_view(c, 1).header
     assert "No run at" in runinfo.run_sql(c, "SELECT 1").message
     assert "No SAE training log" in runinfo.runs_view(c).curves
 

@@ -1,0 +1,144 @@
+"""The Study tab's handler: a study's images, report and most active features.
+
+Same rules as :mod:`workbench.ui.handlers`: plain rows in, HTML out, known failures shown as
+messages. Images are read only from inside the run (or the configured image roots).
+"""
+
+from __future__ import annotations
+
+import itertools
+from html import escape
+from typing import NamedTuple
+
+from workbench.cxr.images import CXRDataError, load_image
+from workbench.ui import heatmap, queries, render
+from workbench.ui.context import AppContext
+from workbench.ui.handlers import guarded, log, resolve_image, study_heatmap_uri
+from workbench.ui.safety import inside
+
+
+class StudyView(NamedTuple):
+    """The study view: header, image (with the chosen feature's heatmap), report, features."""
+
+    header: str
+    image: str
+    report: str
+    sections: str
+    choices: list[tuple[str, int]]
+    feature: int | None
+
+
+def _empty_study(msg: str) -> StudyView:
+    return StudyView(msg, "", "", "", [], None)
+
+
+@guarded(_empty_study)
+def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None) -> StudyView:
+    """A study's images and report, its most active features per section and on the image.
+
+    ``feature`` picks whose activation colours the image and the report; by default the
+    study's most active image feature (or text feature when no image tokens fire).
+    """
+    if ctx.con is None:
+        return _empty_study(render.messages(ctx.status.problems))
+    if study_id in (None, ""):
+        return _empty_study(render.message("Pick a study.", "info"))
+    sid = int(float(study_id))
+    st = queries.study(ctx, sid)
+    if st is None:
+        return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
+    sections = queries.study_sections(ctx, sid)
+    choices: list[tuple[str, int]] = []
+    for r in sections:
+        if all(r["feature"] != f for _, f in choices):
+            choices.append((f"#{r['feature']} {r['label'] or ''} ({r['section']})", r["feature"]))
+    f = (
+        int(float(feature))
+        if feature not in (None, "")
+        else (sections[0]["feature"] if sections else None)
+    )
+    header_rows = queries.feature_header(ctx, f) if f is not None else None
+    vmax = float(header_rows["max_act"] or 0) if header_rows else 0.0
+    uri = study_heatmap_uri(ctx, sid, f, vmax)
+    cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
+    toks = queries.study_tokens(ctx, sid, f)
+    report = _report_html(toks, vmax or 1.0) if toks else escape(_report_text(st))
+    return StudyView(
+        header=_header(ctx, st),
+        image=render.card(
+            "Images",
+            render.image_block(uri, cap if uri else "Image not available.")
+            + _other_images(ctx, st.get("frontal_path")),
+        ),
+        report=render.card(
+            "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
+            f'<div class="wb-report">{report}</div>',
+        ),
+        sections=render.card("Most active features", _sections_html(sections)),
+        choices=choices,
+        feature=f,
+    )
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+
+
+def _other_images(ctx: AppContext, frontal: str | None, side: int = 200) -> str:
+    """Thumbnails of the study's other images (lateral views): its folder in MIMIC layout."""
+    path = resolve_image(ctx, frontal)
+    if path is None:
+        return ""
+    thumbs = []
+    for other in sorted(path.parent.iterdir()):
+        safe = inside(other, ctx.image_roots)
+        if safe is None or other == path or other.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            uri = heatmap.data_uri(heatmap.thumbnail(load_image(safe), side))
+        except (CXRDataError, OSError) as exc:
+            log.warning("cannot read %s: %s", other, exc)
+            continue
+        thumbs.append(render.image_block(uri, other.name))
+    return f'<div class="wb-thumbs">{"".join(thumbs)}</div>' if thumbs else ""
+
+
+def _report_html(toks: list[dict], scale: float) -> str:
+    """The study's text tokens, one block per section, coloured by activation."""
+    parts = []
+    for section, group in itertools.groupby(toks, key=lambda t: t["section"] or t["kind"]):
+        g = list(group)
+        text = render.highlight([t["token"] for t in g], [t["value"] for t in g], scale)
+        label = f'<span class="wb-seclabel">{escape(section)}</span>'
+        parts.append(f'<div class="wb-sec">{label}{text}</div>')
+    return "".join(parts)
+
+
+def _header(ctx: AppContext, st: dict) -> str:
+    """Study id, subject, split and the concepts labelled present."""
+    sid = int(st["study_id"])
+    positives = ", ".join(queries.study_positives(ctx, sid)) or "none"
+    return (
+        f'<div class="wb-head"><div class="wb-fid">study {sid}</div>'
+        f'<div class="wb-meta">subject {st.get("subject_id")} · split {st.get("split") or "–"} · '
+        f"labelled present: {escape(positives)}</div></div>"
+    )
+
+
+def _report_text(st: dict) -> str:
+    parts = [(k.upper(), st.get(k)) for k in ("findings", "impression")]
+    return "\n\n".join(f"{k}: {v}" for k, v in parts if v)
+
+
+def _sections_html(rows: list[dict]) -> str:
+    if not rows:
+        return '<p class="wb-empty">No feature fires on this study.</p>'
+    out, current = [], None
+    for r in rows:
+        if r["section"] != current:
+            current = r["section"]
+            out.append(f'<h4 class="wb-group">{escape(str(current))}</h4>')
+        rel = r["rel"] if r["rel"] is not None else 0.0
+        out.append(
+            render.feature_link(r["feature"], f"#{r['feature']} {r['label'] or ''} · {rel:.0%}")
+        )
+    return '<div class="wb-chips">' + "".join(out) + "</div>"

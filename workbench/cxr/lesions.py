@@ -192,7 +192,7 @@ def annotators(
     seen = smooth(profile, 1.0)
     wobble = smooth_noise(frame, rng, max(2.0, frame.size / 48))
     t = rng.uniform(-0.05, 0.05, size=4)
-    g0 = ndimage.binary_erosion(seen > 0.5 + t[0], iterations=1)
+    g0 = ndimage.binary_erosion(seen > 0.4 + t[0], iterations=1)
     g1 = ndimage.binary_dilation(seen > 0.12 + t[1], iterations=1)
     g2 = seen + 0.12 * wobble > 0.3 + t[2]
     missed = contrast < 0.55 and rng.random() < 0.7

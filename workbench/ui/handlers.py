@@ -138,7 +138,9 @@ def concept_chips(ctx: AppContext) -> str:
             "Best feature per concept", '<p class="wb-empty">No concepts scored.</p>'
         )
     chips = "".join(
-        render.feature_link(r["feature"], f"{concept_name(r)} → #{r['feature']} · {r['auroc']:.2f}")
+        render.feature_link(
+            r["feature"], f"{concept_name(r)} → #{r['feature']}", f" · {r['auroc']:.2f}"
+        )
         for r in rows
     )
     return render.card("Best feature per concept (AUROC)", f'<div class="wb-chips">{chips}</div>')

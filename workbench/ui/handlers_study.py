@@ -139,6 +139,8 @@ def _sections_html(rows: list[dict]) -> str:
             out.append(f'<h4 class="wb-group">{escape(str(current))}</h4>')
         rel = r["rel"] if r["rel"] is not None else 0.0
         out.append(
-            render.feature_link(r["feature"], f"#{r['feature']} {r['label'] or ''} · {rel:.0%}")
+            render.feature_link(
+                r["feature"], f"#{r['feature']} {r['label'] or ''}", f" · {rel:.0%}"
+            )
         )
     return '<div class="wb-chips">' + "".join(out) + "</div>"

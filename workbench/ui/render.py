@@ -60,10 +60,15 @@ def highlight(
     return "".join(out)
 
 
-def feature_link(feature: int, text: str | None = None) -> str:
-    """A clickable chip that opens the feature's page."""
-    label = escape(text if text is not None else f"#{feature}")
-    return f'<a class="wb-chip" data-feature="{int(feature)}" href="#">{label}</a>'
+def feature_link(feature: int, text: str | None = None, suffix: str = "", width: int = 48) -> str:
+    """A clickable chip that opens the feature's page; a long ``text`` is shortened (full on
+    hover), ``suffix`` (a number) always shows."""
+    full = text if text is not None else f"#{feature}"
+    short = full if len(full) <= width else full[: width - 1].rstrip() + "…"
+    return (
+        f'<a class="wb-chip" data-feature="{int(feature)}" href="#" title="{escape(full)}">'
+        f"{escape(short + suffix)}</a>"
+    )
 
 
 def study_link(study_id: int) -> str:
@@ -189,7 +194,9 @@ def neighbors(rows: Sequence[Row]) -> str:
     if not rows:
         return '<p class="wb-empty">No neighbours computed.</p>'
     chips = "".join(
-        feature_link(r["neighbor"], f"#{r['neighbor']} {r.get('label') or ''} · {r['cosine']:.2f}")
+        feature_link(
+            r["neighbor"], f"#{r['neighbor']} {r.get('label') or ''}", f" · {r['cosine']:.2f}"
+        )
         for r in rows
     )
     return f'<div class="wb-chips">{chips}</div>'

@@ -87,7 +87,7 @@ def test_feature_page(ctx):
 
 def test_feature_page_messages(ctx):
     assert "does not exist" in handlers.feature_view(ctx, 999).title
-    assert "Pick a feature" in handlers.feature_view(ctx, None).title
+    assert "Click a row" in handlers.feature_view(ctx, None).title
     assert "never fires" in handlers.feature_view(ctx, 8).title
     assert "Fires on text only" in handlers.feature_view(ctx, 2).image  # the prompt feature
 

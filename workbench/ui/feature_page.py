@@ -33,7 +33,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturePage:
     with gr.Row(equal_height=False):
         number = gr.Number(label="Feature", precision=0, minimum=0, scale=0, elem_id="wb-fnum")
         go = gr.Button("Open", variant="primary", scale=0, min_width=90, size="md")
-    title = html(elem_id="wb-ftitle")
+    title = html(value=handlers.feature_view(ctx, None).title, elem_id="wb-ftitle")
     with gr.Row():
         with gr.Column(scale=3):
             histogram = html(elem_id="wb-hist")

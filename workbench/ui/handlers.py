@@ -161,7 +161,11 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
     if ctx.con is None:
         return _empty_feature(render.messages(ctx.status.problems))
     if feature in (None, ""):
-        return _empty_feature(render.message("Pick a feature in the Features tab.", "info"))
+        return _empty_feature(
+            render.message(
+                "Click a row in the Features tab, or type a feature number above.", "info"
+            )
+        )
     f = int(float(feature))
     header = queries.feature_header(ctx, f)
     labels = queries.labels(ctx, f)

@@ -42,7 +42,11 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     if ctx.con is None:
         return _empty_study(render.messages(ctx.status.problems))
     if study_id in (None, ""):
-        return _empty_study(render.message("Pick a study.", "info"))
+        return _empty_study(
+            render.message(
+                "Pick or type a study id above, or click a study on a feature page.", "info"
+            )
+        )
     sid = int(float(study_id))
     st = queries.study(ctx, sid)
     if st is None:

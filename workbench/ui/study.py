@@ -47,7 +47,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> StudyTab:
         feature = gr.Dropdown(
             [], value=None, label="Colour by feature", scale=2, elem_id="wb-sfeat"
         )
-    header = html(elem_id="wb-shead")
+    header = html(value=handlers_study.study_view(ctx, None).header, elem_id="wb-shead")
     with gr.Row():
         with gr.Column(scale=2):
             image = html(elem_id="wb-simage")

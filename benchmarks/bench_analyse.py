@@ -112,7 +112,8 @@ def make_sae(path: Path, store: ActivationStore, shape: Shape) -> MatryoshkaSAE:
     sae = MatryoshkaSAE(
         shape.d_model, shape.d_sae, shape.k, (shape.d_sae // 4,) * 4, hook_name=HOOK
     )
-    sample = store.shard(0)[:2048].float()
+    shard = store.shard(0)
+    sample = shard[:: max(1, shard.shape[0] // 4096)].float()  # spread over studies and kinds
     with torch.no_grad():
         pre = sae.pre_acts(sample).flatten()
         n_above = shape.k * sample.shape[0]  # the (k * tokens)-th largest pre-activation

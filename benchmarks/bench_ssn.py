@@ -84,13 +84,15 @@ def bench_ged(
             dataset="phantom-nodules",
             out=out,
             steps=steps,
+            mean_warmup_steps=warmup,
             image_size=size,
-            crop_size=128,
+            crop_size=crop,
             channels=(8, 16, 32, 64),
             batch_size=8,
             lr=2e-3,
             progress=False,
             checkpoint_every=100,
+            resume=False,
         )
         t0 = time.perf_counter()
         res = train(cfg)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/bench-ssn"))
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--crop", type=int, default=64, help="nodule crop in phantom px")
+    p.add_argument("--crop", type=int, default=128, help="nodule crop in phantom px")
     p.add_argument("--warmup", type=int, default=100, help="mean-only CE steps first")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--repeats", type=int, default=20)

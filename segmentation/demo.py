@@ -32,12 +32,12 @@ DEMO_MODEL = {
 
 
 def nodule_crop(phantom_root: Path) -> int:
-    """Nodule window in phantom px: a quarter of the image side (64 px at the demo's 256)."""
+    """Nodule window in phantom px: half the image side (128 px of the demo's 256 px)."""
     try:
         size = int(json.loads((Path(phantom_root) / "cfg.json").read_text())["size"])
     except (OSError, ValueError, KeyError, TypeError):
-        return 64
-    return max(32, size // 4)
+        return 128
+    return max(32, size // 2)
 
 
 def _train_and_eval(

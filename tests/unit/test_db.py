@@ -134,3 +134,24 @@ def test_markdown_cli(capsys):
     assert db.main(["--markdown"]) == 0
     assert "### `feature_examples`" in capsys.readouterr().out
     assert db.main([]) == 2
+
+
+def test_table_specs_parse_into_the_columns_other_stages_insert():
+    # label and steer insert positionally: their column counts are a contract
+    assert [c.name for c in db.TABLE["feature_labels"].columns] == [
+        "feature",
+        "method",
+        "label",
+        "score",
+        "model",
+        "details",
+        "created_at",
+    ]
+    assert len(db.TABLE["feature_scores"].columns) == 7
+    assert len(db.TABLE["steering_results"].columns) == 10
+    assert len(db.TABLE["runs"].columns) == 13
+    runs = db.TABLE["runs"]
+    assert runs.stage == "every stage" and runs.index == ()
+    fp = next(c for c in runs.columns if c.name == "sae_fingerprint")
+    assert fp.doc.endswith("only while it matches.")  # continuation lines are joined
+    assert db.TABLE["feature_stats"].index == ("feature",)

@@ -32,3 +32,13 @@ def test_invalid_values_are_config_errors(tmp_path):
     bad.write_text('model = "ssn"\nmc_samples = 3\n')  # antithetic needs an even count
     with pytest.raises(ConfigError, match="mc_samples"):
         load_config(TrainConfig, bad)
+
+
+def test_demo_phase_budgets_leave_time_for_evaluation():
+    from segmentation.demo import EVAL_RESERVE, _phase_budget
+
+    plan = [("lungs", "unet", "a"), ("nodules", "unet", "b"), ("nodules", "ssn", "b")]
+    assert _phase_budget(plan, 100.0) == pytest.approx(20.0)
+    # the last phase gets its share of what is left, minus the evaluation reserve
+    assert _phase_budget(plan[2:], 55.0) == pytest.approx(55.0 * 0.4 / (0.4 + EVAL_RESERVE))
+    assert _phase_budget(plan, -5.0) == 2.0  # over budget: a token phase, never negative

@@ -149,6 +149,14 @@ def test_sql(ctx):
     assert "Refused" not in runinfo.run_sql(ctx, "SELECT count(*) FROM feature_acts").message
 
 
+def test_sql_examples_all_run(ctx):
+    from workbench.ui.sql import EXAMPLES
+
+    for name, sql in EXAMPLES.items():
+        res = runinfo.run_sql(ctx, sql)
+        assert res.columns and res.rows, (name, res.message)
+
+
 def test_missing_run_gives_messages(tmp_path):
     c = open_context(tmp_path / "nope")
     assert not c.status.exists and "No run at" in c.status.problems[0]

@@ -217,8 +217,16 @@ def _checkpoint(cfg, model, opt, step: int, rng: np.random.Generator) -> None:
     tmp.replace(cfg.out / "checkpoint.pt")
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) training as configured; write model.pt; return a summary."""
+class _State(NamedTuple):
+    spec: ModelSpec
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    batches: Batches
+    step: int
+
+
+def _setup(cfg: TrainConfig) -> _State:
+    """Config checks, data, model, optimiser, and the resumed step (0 for a fresh run)."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -237,7 +245,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     rng = np.random.default_rng(cfg.seed)
     if "numpy" in rng_state:
         rng.bit_generator.state = rng_state["numpy"]
-    batches = Batches(samples, cfg.batch_size, cfg.augment, rng)
+    return _State(spec, model, opt, Batches(samples, cfg.batch_size, cfg.augment, rng), step)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) training as configured; write model.pt; return a summary."""
+    spec, model, opt, batches, step = _setup(cfg)
     use_roi = cfg.use_roi and cfg.model != "unet"
     t0, loss_value = time.monotonic(), float("nan")
     model.train()
@@ -248,9 +261,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 log.info("time budget %.0fs reached at step %d", cfg.max_time_s, step)
                 break
             x, y, roi = batches.next()
-            loss = training_loss(
-                model, x, y, roi if use_roi else None, mean_only=step < cfg.mean_warmup_steps
-            )
+            warm = step < cfg.mean_warmup_steps
+            loss = training_loss(model, x, y, roi if use_roi else None, mean_only=warm)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -260,21 +272,18 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}")
             if step % cfg.log_every == 0 or step == cfg.steps:
-                logf.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "loss": loss_value,
-                            "elapsed_s": round(time.monotonic() - t0, 3),
-                        }
-                    )
-                    + "\n"
-                )
+                row = {
+                    "step": step,
+                    "loss": loss_value,
+                    "mean_only": warm,
+                    "elapsed_s": round(time.monotonic() - t0, 3),
+                }
+                logf.write(json.dumps(row) + "\n")
                 logf.flush()
             if step % cfg.checkpoint_every == 0:
-                _checkpoint(cfg, model, opt, step, rng)
+                _checkpoint(cfg, model, opt, step, batches.rng)
     bar.close()
-    _checkpoint(cfg, model, opt, step, rng)
+    _checkpoint(cfg, model, opt, step, batches.rng)
     save_model(
         cfg.out / "model.pt", model, spec, step=step, dataset=cfg.dataset, config=to_dict(cfg)
     )

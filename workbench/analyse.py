@@ -43,7 +43,14 @@ from workbench.analyse_inputs import (
 from workbench.concepts import LabelMatrix, recovery_report, write_feature_concepts, write_recovery
 from workbench.config import parse_config, save_config, to_dict
 from workbench.directions import logit_effects, matryoshka_groups, nearest_neighbors
-from workbench.stats import FeatureAccumulator, FeatureSummary, kind_codes, sparsify
+from workbench.stats import (
+    FeatureAccumulator,
+    FeatureSummary,
+    histogram_table,
+    kind_codes,
+    sparsify,
+    stats_table,
+)
 
 log = logging.getLogger("workbench.analyse")
 
@@ -165,65 +172,32 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
     return acc.summary()
 
 
+def _insert(con, table: str, rows: pa.Table, select: str = "SELECT * FROM _src") -> None:
+    """``INSERT INTO table <select>`` where ``_src`` is the Arrow table ``rows``."""
+    con.register("_src", rows)
+    con.execute(f"INSERT INTO {table} {select}")
+    con.unregister("_src")
+
+
 def write_feature_tables(con, inp: Inputs, s: FeatureSummary) -> None:
     """``features``, ``feature_stats`` (with n_studies) and ``feature_histograms``."""
     sae, F = inp.sae, inp.sae.d_sae
-    con.register(
-        "_features",
-        pa.table(
-            {
-                "feature": np.arange(F, dtype=np.int32),
-                "matryoshka_group": matryoshka_groups(tuple(sae.group_sizes), F),
-                "encoder_bias": sae.b_enc_F.detach().float().cpu().numpy(),
-                "decoder_norm": sae.W_dec_FD.detach().float().norm(dim=1).cpu().numpy(),
-            }
-        ),
-    )
-    con.execute("INSERT INTO features SELECT * FROM _features")
-    fires = s.n_fires.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = s.sum_by_kind / s.sum_act[:, None]
-        mean = np.where(fires > 0, s.sum_act / fires, np.nan)
-    frac[fires == 0] = np.nan
-    con.register(
-        "_stats",
-        pa.table(
-            {
-                "feature": np.arange(F, dtype=np.int32),
-                "n_fires": s.n_fires,
-                "frequency": fires / max(s.n_tokens, 1),
-                "mean_act": pa.array(mean, from_pandas=True),
-                "max_act": s.max_act,
-                "sum_act": s.sum_act,
-                **{
-                    f"frac_{k}": pa.array(frac[:, j], from_pandas=True)
-                    for j, k in enumerate(("image", "prompt", "report"))
-                },
-                "frac_other": pa.array(frac[:, 3] + frac[:, 4], from_pandas=True),
-            }
-        ),
-    )
-    con.execute(
-        "INSERT INTO feature_stats SELECT s.*, coalesce(n.n, 0), s.n_fires = 0 FROM _stats s "
+    features = {
+        "feature": np.arange(F, dtype=np.int32),
+        "matryoshka_group": matryoshka_groups(tuple(sae.group_sizes), F),
+        "encoder_bias": sae.b_enc_F.detach().float().cpu().numpy(),
+        "decoder_norm": sae.W_dec_FD.detach().float().norm(dim=1).cpu().numpy(),
+    }
+    _insert(con, "features", pa.table(features))
+    _insert(
+        con,
+        "feature_stats",
+        stats_table(s),
+        "SELECT s.*, coalesce(n.n, 0), s.n_fires = 0 FROM _src s "
         "LEFT JOIN (SELECT feature, count(*)::INTEGER AS n FROM study_features GROUP BY 1) n "
-        "USING (feature) ORDER BY feature"
+        "USING (feature) ORDER BY feature",
     )
-    f_idx, b_idx = np.nonzero(s.hist)
-    con.register(
-        "_hist",
-        pa.table(
-            {
-                "feature": f_idx.astype(np.int32),
-                "bin": (b_idx + s.min_bin).astype(np.int32),
-                "bin_lo": s.bin_edges[b_idx],
-                "bin_hi": s.bin_edges[b_idx + 1],
-                "count": s.hist[f_idx, b_idx],
-            }
-        ),
-    )
-    con.execute("INSERT INTO feature_histograms SELECT * FROM _hist")
-    for name in ("_features", "_stats", "_hist"):
-        con.unregister(name)
+    _insert(con, "feature_histograms", histogram_table(s))
 
 
 def write_directions(con, inp: Inputs, cfg: AnalyseConfig) -> None:
@@ -236,9 +210,7 @@ def write_directions(con, inp: Inputs, cfg: AnalyseConfig) -> None:
         )
     for name, tables in blocks:
         for table in tables:
-            con.register("_blk", table)
-            con.execute(f"INSERT INTO {name} SELECT * FROM _blk")
-            con.unregister("_blk")
+            _insert(con, name, table)
 
 
 @contextlib.contextmanager

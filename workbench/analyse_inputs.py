@@ -47,11 +47,32 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
 
     Everything that can fail is loaded here, before the long pass over the activations.
     """
+    run = Path(cfg.run)
+    sae_path = cfg.sae or run / "sae"
+    store, sae = open_store_and_sae(cfg.store or run / "activations", sae_path, notes)
+    data = _optional(cfg.data, run / "phantom", "dataset root")
+    model = _optional(cfg.model, run / "model", "model")
+    unembed = load_unembedding(model, notes) if cfg.n_logits else None
+    if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
+        raise AnalyseError(
+            f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
+        )
+    return Inputs(store, sae, sae_path, data, model, unembed)
+
+
+def _optional(given: Path | None, default: Path, what: str) -> Path | None:
+    """A path the user gave (must exist), else the run's default if it exists, else None."""
+    if given is not None:
+        if not given.exists():
+            raise AnalyseError(f"{given}: {what} not found")
+        return given
+    return default if default.exists() else None
+
+
+def open_store_and_sae(store_path: Path, sae_path: Path, notes: list[str]) -> tuple:
+    """The store and the SAE, refused unless the SAE reads the store's width and hook."""
     from workbench.sae import load_sae
 
-    run = Path(cfg.run)
-    store_path = cfg.store or run / "activations"
-    sae_path = cfg.sae or run / "sae"
     try:
         store = ActivationStore(store_path)
     except StoreError as exc:
@@ -68,7 +89,8 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
             f"d_model={store.d_model}"
         )
     if sae.hook_name is None:
-        log.warning("%s: SAE records no hook name; cannot check it against the store", sae_path)
+        notes.append(f"{sae_path}: the SAE records no hook name, not checked against the store")
+        log.warning("%s", notes[-1])
     elif sae.hook_name != store.hook_name:
         raise AnalyseError(
             f"{sae_path}: SAE was trained on {sae.hook_name} but the store {store_path} holds "
@@ -76,25 +98,7 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
         )
     if store.n_tokens == 0:
         raise AnalyseError(f"{store_path}: the activation store is empty (0 tokens)")
-    data = cfg.data if cfg.data is not None else run / "phantom"
-    if cfg.data is not None and not data.exists():
-        raise AnalyseError(f"{data}: dataset root not found")
-    model = cfg.model if cfg.model is not None else run / "model"
-    if cfg.model is not None and not model.exists():
-        raise AnalyseError(f"{model}: model not found")
-    unembed = load_unembedding(model if model.exists() else None, notes) if cfg.n_logits else None
-    if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
-        raise AnalyseError(
-            f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
-        )
-    return Inputs(
-        store,
-        sae,
-        sae_path,
-        data if data.exists() else None,
-        model if model.exists() else None,
-        unembed,
-    )
+    return store, sae
 
 
 def _study_rows(con) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

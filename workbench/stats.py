@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 # Token kinds of the store's ``kind`` column, in the order of the accumulator's columns.
@@ -160,3 +161,44 @@ def kind_codes(kinds: list[str] | np.ndarray, source: str = "store metadata") ->
         raise ValueError(f"{source}: unknown token kind(s) {unknown}; expected one of {KINDS}")
     table = np.array([KIND_CODE[u] for u in uniq], dtype=np.int64)
     return torch.from_numpy(table[inv.reshape(-1)])
+
+
+def stats_table(s: FeatureSummary) -> pa.Table:
+    """``feature_stats`` columns up to ``frac_other`` (NULL mean and shares for dead features)."""
+    fires = s.n_fires.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = s.sum_by_kind / s.sum_act[:, None]
+        mean = np.where(fires > 0, s.sum_act / fires, np.nan)
+    frac[fires == 0] = np.nan
+    k = {name: i for i, name in enumerate(KINDS)}
+    return pa.table(
+        {
+            "feature": np.arange(len(fires), dtype=np.int32),
+            "n_fires": s.n_fires,
+            "frequency": fires / max(s.n_tokens, 1),
+            "mean_act": pa.array(mean, from_pandas=True),
+            "max_act": s.max_act,
+            "sum_act": s.sum_act,
+            **{
+                f"frac_{name}": pa.array(frac[:, k[name]], from_pandas=True)
+                for name in ("image", "prompt", "report")
+            },
+            "frac_other": pa.array(
+                frac[:, k["generated"]] + frac[:, k["latent"]], from_pandas=True
+            ),
+        }
+    )
+
+
+def histogram_table(s: FeatureSummary) -> pa.Table:
+    """``feature_histograms``: the non-empty bins, with global bin index and edges."""
+    f_idx, b_idx = np.nonzero(s.hist)
+    return pa.table(
+        {
+            "feature": f_idx.astype(np.int32),
+            "bin": (b_idx + s.min_bin).astype(np.int32),
+            "bin_lo": s.bin_edges[b_idx],
+            "bin_hi": s.bin_edges[b_idx + 1],
+            "count": s.hist[f_idx, b_idx],
+        }
+    )

@@ -61,7 +61,9 @@ def test_chunked_selection_matches_dense(hint):
     W, b = torch.randn(24, 4000, generator=g) * 0.3, torch.randn(4000, generator=g) * 0.1
     pre = torch.addmm(b, x, W)
     dead = torch.arange(5, 4000, 97)
-    sel = encode_select(x, W, b, 700 * 6, cut_hint=hint, dead_idx=dead, threshold=0.7)
+    sel = encode_select(
+        x, W, b, 700 * 6, cut_hint=hint, dead_idx=dead, threshold=0.7, chunk_elems=300 * 4000
+    )  # three chunks
     idx, vals = batch_topk(pre, 700 * 6)  # a hint of 50 is above the cut: dense fallback
     assert torch.equal(sel.idx, idx)
     torch.testing.assert_close(sel.vals, vals)

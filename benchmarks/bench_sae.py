@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,17 +32,29 @@ from workbench.sae.trainer import Trainer
 D_IN, D_SAE, K, WIDTHS, BATCH = 576, 4608, 32, (288, 1152, 4608), 4096
 
 
-def limit_tokens_per_s(repeats: int = 7) -> tuple[float, float]:
-    """Tokens/s if a step cost only its encoder product; and that product's seconds."""
+class Clock:
+    """Wall and process CPU seconds of a block (CPU time is less sensitive to a shared machine)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def limit_seconds(repeats: int = 7) -> tuple[float, float]:
+    """Median wall and CPU seconds of the one dense product a step cannot avoid."""
     a, b = torch.randn(BATCH, D_IN), torch.randn(D_IN, D_SAE)
     torch.mm(a, b)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    best = statistics.median(times)
-    return BATCH / best, best
+        with Clock() as c:
+            torch.mm(a, b)
+        walls.append(c.wall)
+        cpus.append(c.cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def fvu(x_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
@@ -49,7 +62,7 @@ def fvu(x_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
     return float(err / (x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
 
 
-def run_ours(acts: torch.Tensor, steps: int, lr: float, out: Path) -> tuple[float, Path]:
+def run_ours(acts: torch.Tensor, steps: int, lr: float, out: Path) -> tuple[Clock, Path]:
     cfg = TrainSAEConfig(
         out=out, d_sae=D_SAE, k=K, group_sizes=(288, 864, 3456), batch_size=BATCH,
         tokens=steps * BATCH, lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=5,
@@ -57,9 +70,9 @@ def run_ours(acts: torch.Tensor, steps: int, lr: float, out: Path) -> tuple[floa
         checkpoint_every=0, resume=False, log_every=10, scan_store=False,
     )  # fmt: skip
     trainer = Trainer(cfg, TensorSource(acts, shard_tokens=acts.shape[0]))
-    t0 = time.perf_counter()
-    trainer.run()
-    return steps * BATCH / (time.perf_counter() - t0), out
+    with Clock() as clock:
+        trainer.run()
+    return clock, out
 
 
 def run_saelens(batches: list[torch.Tensor], steps: int, lr: float, out: Path):
@@ -83,11 +96,10 @@ def run_saelens(batches: list[torch.Tensor], steps: int, lr: float, out: Path):
         n_batches_for_norm_estimate=5, logger=LoggingConfig(log_to_wandb=False),
     )  # fmt: skip
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider(), evaluator=None)
-    t0 = time.perf_counter()
-    trained = trainer.fit()
-    speed = steps * BATCH / (time.perf_counter() - t0)
+    with Clock() as clock:
+        trained = trainer.fit()
     trained.save_inference_model(str(out))
-    return speed, trained
+    return clock, trained
 
 
 def evaluate(held_out: torch.Tensor, ours_dir: Path, saelens_trained, saelens_dir: Path) -> dict:
@@ -123,18 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     train, held_out = acts[: args.steps * BATCH], acts[args.steps * BATCH :]
     order = ShuffledBatches(TensorSource(train, shard_tokens=train.shape[0]), BATCH, train.shape[0])
     batches = [order.batch(s) for s in range(args.steps)]  # the batches our trainer sees
+    tokens = args.steps * BATCH
     with tempfile.TemporaryDirectory() as tmp:
-        limit_before, _ = limit_tokens_per_s()
-        ours_speed, ours_dir = run_ours(train, args.steps, args.lr, Path(tmp) / "ours")
-        theirs_speed, trained = run_saelens(batches, args.steps, args.lr, Path(tmp) / "sl")
-        limit_after, mm_s = limit_tokens_per_s()
-        limit = max(limit_before, limit_after)
+        before = limit_seconds()
+        ours, ours_dir = run_ours(train, args.steps, args.lr, Path(tmp) / "ours")
+        theirs, trained = run_saelens(batches, args.steps, args.lr, Path(tmp) / "sl")
+        after = limit_seconds()
+        mm_wall, mm_cpu = min(before[0], after[0]), min(before[1], after[1])
         figures = {
             "steps": args.steps, "threads": args.threads, "lr": args.lr,
-            "tokens_per_s_ours": ours_speed, "tokens_per_s_saelens": theirs_speed,
-            "speedup": ours_speed / theirs_speed, "limit_tokens_per_s": limit,
-            "matmul_ms": 1000 * BATCH / limit, "fraction_of_limit_ours": ours_speed / limit,
-            "fraction_of_limit_saelens": theirs_speed / limit,
+            "tokens_per_s_ours": tokens / ours.wall,
+            "tokens_per_s_saelens": tokens / theirs.wall,
+            "speedup": theirs.wall / ours.wall,
+            "limit_tokens_per_s": BATCH / mm_wall,
+            "fraction_of_limit_ours": (tokens / ours.wall) / (BATCH / mm_wall),
+            "fraction_of_limit_saelens": (tokens / theirs.wall) / (BATCH / mm_wall),
+            "matmul_ms": 1000 * mm_wall,
+            "cpu_speedup": theirs.cpu / ours.cpu,
+            "cpu_fraction_of_limit_ours": mm_cpu * args.steps / ours.cpu,
+            "cpu_fraction_of_limit_saelens": mm_cpu * args.steps / theirs.cpu,
+            "load_average": os.getloadavg()[0],
             **evaluate(held_out, ours_dir, trained, Path(tmp) / "sl"),
         }  # fmt: skip
     for key, value in figures.items():

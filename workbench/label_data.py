@@ -63,8 +63,19 @@ def select_features(
     return [r[0] for r in rows]
 
 
-def _example(row: tuple) -> Example:
-    study, kind, tokens, acts, center, act, findings, prow, pcol = row
+def study_labels(con: duckdb.DuckDBPyConnection, studies: list[int]) -> dict[int, tuple]:
+    """Positive labels of each study (phantom names and CheXpert labels), sorted."""
+    rows = con.execute(
+        "SELECT study_id, list(DISTINCT concept ORDER BY concept) FROM study_labels "
+        "WHERE value = 1 AND concept <> 'No Finding' "
+        "AND study_id IN (SELECT unnest(?::BIGINT[])) GROUP BY study_id",
+        [sorted(set(studies))],
+    ).fetchall()
+    return {int(s): tuple(c) for s, c in rows}
+
+
+def _example(row: tuple, labels: dict[int, tuple]) -> Example:
+    tok_row, study, kind, tokens, acts, center, act, findings, prow, pcol = row
     is_image = kind == "image"
     return Example(
         study_id=int(study),
@@ -75,21 +86,58 @@ def _example(row: tuple) -> Example:
         activation=float(act),
         findings=findings if is_image else None,
         patch=(int(prow), int(pcol)) if is_image and prow is not None else None,
+        labels=labels.get(int(study), ()) if is_image else (),
+        row=int(tok_row),
     )
+
+
+def split_examples(
+    top: list[Example], quantile: list[tuple[int, Example]], n_explain: int
+) -> tuple[list[Example], list[Example]]:
+    """Explainer examples and held-out ones, never the same token in both.
+
+    The explainer gets the strongest ``n_explain`` top examples, but at most two thirds of
+    the feature's distinct examples so something is left to score. Held-out examples take
+    the quantile groups in turn, highest first (so the first few already span the whole
+    activation range), then the unused top examples.
+    """
+    distinct = {ex.row for ex in top} | {ex.row for _, ex in quantile}
+    n_show = max(1, min(n_explain, (2 * len(distinct)) // 3)) if distinct else 0
+    shown = top[:n_show]
+    seen = {ex.row for ex in shown}
+    groups: dict[int, list[Example]] = defaultdict(list)
+    for q, ex in quantile:
+        if ex.row not in seen:
+            groups[q].append(ex)
+    order = sorted(groups, reverse=True)
+    interleaved = [
+        groups[q][i]
+        for i in range(max(map(len, groups.values()), default=0))
+        for q in order
+        if i < len(groups[q])
+    ]
+    held = []
+    for ex in interleaved + top[n_show:]:
+        if ex.row not in seen:
+            seen.add(ex.row)
+            held.append(ex)
+    return shown, held
 
 
 def load_examples(
     con: duckdb.DuckDBPyConnection, features: list[int], n_explain: int
 ) -> dict[int, FeatureExamples]:
-    """Examples of ``features`` from ``feature_examples`` joined with the study findings."""
+    """Examples of ``features`` from ``feature_examples`` with their studies' findings."""
     rows = con.execute(
-        """SELECT e.feature, e.example_group, e.study_id, e.kind, e.context_tokens,
-                  e.context_acts, e.center, e.activation, s.findings, e.patch_row, e.patch_col
+        """SELECT e.feature, e.example_group, e.quantile, e.row, e.study_id, e.kind,
+                  e.context_tokens, e.context_acts, e.center, e.activation, s.findings,
+                  e.patch_row, e.patch_col
            FROM feature_examples e LEFT JOIN studies s USING (study_id)
            WHERE e.feature IN (SELECT unnest(?::INTEGER[])) AND e.activation > 0
            ORDER BY e.feature, e.example_group DESC, e.quantile DESC NULLS FIRST, e.rank""",
         [features],
     ).fetchall()
+    labels = study_labels(con, [r[4] for r in rows if r[5] == "image" and r[10] is None])
     max_acts = dict(
         con.execute(
             "SELECT feature, max_act FROM feature_stats "
@@ -98,14 +146,17 @@ def load_examples(
         ).fetchall()
     )
     top: dict[int, list[Example]] = defaultdict(list)
-    quantile: dict[int, list[Example]] = defaultdict(list)
-    for feature, group, *rest in rows:
-        (top if group == "top" else quantile)[feature].append(_example(tuple(rest)))
+    quantile: dict[int, list[tuple[int, Example]]] = defaultdict(list)
+    for feature, group, q, *rest in rows:
+        ex = _example(tuple(rest), labels)
+        if group == "top":
+            top[feature].append(ex)
+        else:
+            quantile[feature].append((q or 0, ex))
     out = {}
     for f in features:
-        out[f] = FeatureExamples(
-            f, float(max_acts.get(f) or 0.0), top[f][:n_explain], top[f][n_explain:] + quantile[f]
-        )
+        shown, held = split_examples(top[f], quantile[f], n_explain)
+        out[f] = FeatureExamples(f, float(max_acts.get(f) or 0.0), shown, held)
     return out
 
 
@@ -176,7 +227,11 @@ class NegativePool:
                 LEFT JOIN study_features f USING (study_id)
                 GROUP BY s.study_id, s.findings ORDER BY s.study_id"""
         ).fetchall()
-        studies = [Example(int(s), "image", (), (), 0, 0.0, findings=f) for s, f, _ in rows]
+        labels = study_labels(con, [s for s, f, _ in rows if f is None])
+        studies = [
+            Example(int(s), "image", (), (), 0, 0.0, findings=f, labels=labels.get(int(s), ()))
+            for s, f, _ in rows
+        ]
         return studies, [set(fs or ()) for _, _, fs in rows]
 
     def draw(

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
@@ -175,22 +176,36 @@ class OpenAIBackend:
         return self._ask(messages, f"feature {feature}: detection", parse, **extra)
 
 
-# Concept names the offline judge recognises in a label, lower-case, spaces for underscores.
-_VOCAB = {c.replace("_", " "): c for c in PHANTOM_CONCEPTS} | {
-    c.lower(): c for c in CHEXPERT_LABELS
-}
+def canonical(concept: str) -> str:
+    """One spelling per concept: lower case, spaces for underscores ('Pleural Effusion',
+    'pleural_effusion' -> 'pleural effusion')."""
+    return concept.replace("_", " ").lower()
+
+
+# Concept names the offline judge recognises in a label, in canonical spelling.
+_VOCAB = frozenset(canonical(c) for c in PHANTOM_CONCEPTS + CHEXPERT_LABELS) - {"no finding"}
 _QUOTED = re.compile(r'"([^"]+)"')
 
 
-def _positive_concepts(text: str | None) -> set[str]:
-    """Concepts (phantom names and CheXpert labels) the report labeller finds positive."""
-    labels = label_report(text or "")
-    pos = {c for c, v in labels.concepts.items() if v == 1}
-    return pos | {c for c, v in labels.chexpert.items() if v == 1 and c != "No Finding"}
+@lru_cache(maxsize=65536)
+def _positive_concepts(text: str) -> frozenset[str]:
+    """Canonical concepts (phantom and CheXpert) the report labeller finds positive in ``text``.
+
+    Cached: image examples of one study share its findings, and every feature meets them.
+    """
+    labels = label_report(text)
+    pos = [c for c, v in labels.concepts.items() if v == 1]
+    pos += [c for c, v in labels.chexpert.items() if v == 1 and c != "No Finding"]
+    return frozenset(canonical(c) for c in pos)
 
 
-def _example_text(ex: Example) -> str:
-    return (ex.findings or "") if ex.kind == "image" else "".join(ex.tokens)
+def _concepts_of(ex: Example) -> frozenset[str]:
+    """What an example is about: concepts in its text, or an image study's findings/labels."""
+    if ex.kind == "text":
+        return _positive_concepts("".join(ex.tokens))
+    if ex.findings:
+        return _positive_concepts(ex.findings)
+    return frozenset(canonical(c) for c in ex.labels)
 
 
 class OfflineBackend:
@@ -207,7 +222,7 @@ class OfflineBackend:
                 tokens.update(
                     {t.strip().lower() for t, a in zip(ex.tokens, ex.acts) if a > 0 and t.strip()}
                 )
-            concepts.update(_positive_concepts(_example_text(ex)))
+            concepts.update(_concepts_of(ex))
         n_image = sum(ex.kind == "image" for ex in examples)
         common = [c for c, k in concepts.most_common(2) if k >= max(1, len(examples) / 2)]
         parts = []
@@ -215,17 +230,17 @@ class OfflineBackend:
             parts.append("report tokens " + ", ".join(f'"{t}"' for t, _ in tokens.most_common(3)))
         if n_image:
             parts.append("image patches")
-        about = " and ".join(c.replace("_", " ") for c in common)
+        about = " and ".join(common)
         text = " and ".join(parts) or "no readable examples"
         return Explanation(text + (f" in studies with {about}" if about else ""), None)
 
     def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
-        lower = explanation.lower()
-        named = {c for name, c in _VOCAB.items() if re.search(rf"\b{re.escape(name)}\b", lower)}
+        lower = canonical(explanation)
+        named = {c for c in _VOCAB if re.search(rf"\b{re.escape(c)}\b", lower)}
         quoted = [q.strip().lower() for q in _QUOTED.findall(explanation) if q.strip()]
         predicted = []
         for ex in examples:
-            text = _example_text(ex).lower()
-            hit = ex.kind == "text" and any(re.search(rf"\b{re.escape(q)}\b", text) for q in quoted)
-            predicted.append(int(hit or bool(named & _positive_concepts(_example_text(ex)))))
+            text = "".join(ex.tokens).lower() if ex.kind == "text" else ""
+            hit = any(re.search(rf"\b{re.escape(q)}\b", text) for q in quoted)
+            predicted.append(int(hit or bool(named & _concepts_of(ex))))
         return Judgement(predicted, None)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
+import pyarrow as pa
 
 from workbench import db
 
@@ -48,10 +50,12 @@ def insert_run_row(con: duckdb.DuckDBPyConnection, row: RunRow) -> None:
 class Journal:
     """Append-only record of finished label/score results, moved into the database by flush."""
 
-    def __init__(self, path: Path, run: Path):
+    def __init__(self, path: Path, run: Path, sync_seconds: float = 1.0):
         self.path = Path(path)
         self.run = Path(run)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sync_seconds = sync_seconds
+        self._synced = 0.0
 
     def records(self) -> list[dict]:
         """Records written and not yet moved (a torn last line from a crash is ignored)."""
@@ -70,8 +74,10 @@ class Journal:
             return
         with open(self.path, "a") as fh:
             fh.write("".join(json.dumps(r) + "\n" for r in records))
-            fh.flush()
-            os.fsync(fh.fileno())
+            fh.flush()  # in the OS now: survives the process being killed
+            if time.monotonic() - self._synced >= self.sync_seconds:  # and a power cut
+                os.fsync(fh.fileno())
+                self._synced = time.monotonic()
 
     def flush(self, runs: RunRow | None = None) -> int:
         """Move the journal (and a ``runs`` row) into the database; returns records moved."""
@@ -80,8 +86,7 @@ class Journal:
             return 0
         with db.rewrite(self.run) as con:
             con.execute("BEGIN TRANSACTION")
-            for rec in records:
-                _apply(con, rec)
+            _apply_all(con, records)
             if runs is not None:
                 insert_run_row(con, runs)
             con.execute("COMMIT")
@@ -91,27 +96,85 @@ class Journal:
         return len(records)
 
 
-def _apply(con: duckdb.DuckDBPyConnection, rec: dict) -> None:
+def _latest(records: list[dict]) -> tuple[dict, dict]:
+    """The last label per (feature, method) and last score per (feature, method, scorer)."""
+    labels, scores = {}, {}
+    for rec in records:
+        if rec["type"] == "label":
+            labels[(rec["feature"], rec["method"])] = rec
+        elif rec["type"] == "score":
+            scores[(rec["feature"], rec["method"], rec["scorer"])] = rec
+        else:
+            raise ValueError(f"journal record of unknown type {rec['type']!r}")
+    return labels, scores
+
+
+def _label_table(labels: dict) -> pa.Table:
+    return pa.table(
+        {
+            "feature": pa.array([k[0] for k in labels], pa.int32()),
+            "method": pa.array([k[1] for k in labels], pa.string()),
+            "label": pa.array([r["label"] for r in labels.values()], pa.string()),
+            "score": pa.array([r["score"] for r in labels.values()], pa.float64()),
+            "model": pa.array([r["model"] for r in labels.values()], pa.string()),
+            "details": pa.array([json.dumps(r["details"]) for r in labels.values()], pa.string()),
+        }
+    )
+
+
+def _score_tables(scores: dict) -> tuple[pa.Table, pa.Table]:
+    """One row per (feature, method, scorer, metric), and the keys being replaced."""
+    rows = [(k, m, v) for k, r in scores.items() for m, v in r["metrics"].items()]
+    values = pa.table(
+        {
+            "feature": pa.array([k[0] for k, _, _ in rows], pa.int32()),
+            "method": pa.array([k[1] for k, _, _ in rows], pa.string()),
+            "scorer": pa.array([k[2] for k, _, _ in rows], pa.string()),
+            "metric": pa.array([m for _, m, _ in rows], pa.string()),
+            "value": pa.array([v for _, _, v in rows], pa.float64()),
+            "n_examples": pa.array([scores[k]["n"] for k, _, _ in rows], pa.int32()),
+        }
+    )
+    keys = pa.table(
+        {
+            "feature": pa.array([k[0] for k in scores], pa.int32()),
+            "method": pa.array([k[1] for k in scores], pa.string()),
+            "scorer": pa.array([k[2] for k in scores], pa.string()),
+        }
+    )
+    return values, keys
+
+
+def _apply_all(con: duckdb.DuckDBPyConnection, records: list[dict]) -> None:
+    """Replace the rows of every record: two bulk deletes and two bulk inserts."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    f, method = rec["feature"], rec["method"]
-    if rec["type"] == "label":
-        con.execute("DELETE FROM feature_labels WHERE feature = ? AND method = ?", [f, method])
+    labels, scores = _latest(records)
+    score_values, score_keys = _score_tables(scores)
+    con.register("new_labels", _label_table(labels))
+    con.register("new_scores", score_values)
+    con.register("score_keys", score_keys)
+    try:
         con.execute(
-            "INSERT INTO feature_labels VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [f, method, rec["label"], rec["score"], rec["model"], json.dumps(rec["details"]), now],
+            "DELETE FROM feature_labels USING new_labels n "
+            "WHERE feature_labels.feature = n.feature AND feature_labels.method = n.method"
         )
-    elif rec["type"] == "score":
         con.execute(
-            "DELETE FROM feature_scores WHERE feature = ? AND method = ? AND scorer = ?",
-            [f, method, rec["scorer"]],
+            "DELETE FROM feature_scores USING score_keys k WHERE feature_scores.feature = k.feature"
+            " AND feature_scores.method = k.method AND feature_scores.scorer = k.scorer"
         )
-        for metric, value in rec["metrics"].items():
-            con.execute(
-                "INSERT INTO feature_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [f, method, rec["scorer"], metric, value, rec["n"], now],
-            )
-    else:
-        raise ValueError(f"journal record of unknown type {rec['type']!r}")
+        con.execute(
+            "INSERT INTO feature_labels SELECT feature, method, label, score, model, details, ? "
+            "FROM new_labels",
+            [now],
+        )
+        con.execute(
+            "INSERT INTO feature_scores SELECT feature, method, scorer, metric, value, "
+            "n_examples, ? FROM new_scores",
+            [now],
+        )
+    finally:
+        for name in ("new_labels", "new_scores", "score_keys"):
+            con.unregister(name)
 
 
 def done_features(

@@ -9,7 +9,8 @@ Two prompts, after EleutherAI's delphi (Paulo et al. 2024, arXiv 2410.13928, sec
   non-activating examples shown without markers; the answer is a list of 0/1, one per example.
 
 Image-token examples cannot be shown to a text LLM, so they are summarised by the patch
-position and the findings written in the study's report. The wording lives in
+position and the findings written in the study's report (its positive labels when it has
+no report text). The wording lives in
 ``data/prompts/*.txt`` so a researcher can edit it without touching code.
 """
 
@@ -46,6 +47,10 @@ class Example(NamedTuple):
     activation: float
     findings: str | None = None
     patch: tuple[int, int] | None = None
+    labels: tuple[str, ...] = ()
+    """Positive labels of the study (CheXpert / phantom), shown only when it has no findings."""
+    row: int | None = None
+    """Global token row of the example token (keeps held-out examples apart from shown ones)."""
 
     @property
     def active(self) -> bool:
@@ -88,11 +93,15 @@ def mark_tokens(tokens: tuple[str, ...], acts: tuple[float, ...], threshold: flo
     return "".join(out) + (">>" if inside else "")
 
 
-def _findings(text: str | None) -> str:
-    text = " ".join((text or "").split())
-    if not text:
-        return "(no findings section)"
-    return text if len(text) <= _FINDINGS_CHARS else text[:_FINDINGS_CHARS] + " ..."
+def describe_study(ex: Example) -> str:
+    """An image example's study in words: its FINDINGS, else its positive labels."""
+    text = " ".join((ex.findings or "").split())
+    if text:
+        text = text if len(text) <= _FINDINGS_CHARS else text[:_FINDINGS_CHARS] + " ..."
+        return f"Report findings: {text}"
+    if ex.labels:
+        return f"No report text; the study is labelled with: {', '.join(ex.labels)}"
+    return "No report text and no positive labels for this study"
 
 
 def render_for_explainer(ex: Example, max_act: float) -> str:
@@ -101,7 +110,7 @@ def render_for_explainer(ex: Example, max_act: float) -> str:
         where = f"row {ex.patch[0]}, column {ex.patch[1]}" if ex.patch else "unknown position"
         return (
             f"[image patch at {where}, activation {level(ex.activation, max_act)}/10] "
-            f"Report findings of this study: {_findings(ex.findings)}"
+            f"{describe_study(ex)}"
         )
     text = " ".join(mark_tokens(ex.tokens, ex.acts, 0.0).split())
     hot = sorted(
@@ -114,7 +123,7 @@ def render_for_explainer(ex: Example, max_act: float) -> str:
 def render_for_judge(ex: Example) -> str:
     """One detection example: plain text (no markers) or the image's report findings."""
     if ex.kind == "image":
-        return f"[chest radiograph] Report findings: {_findings(ex.findings)}"
+        return f"[chest radiograph] {describe_study(ex)}"
     return " ".join("".join(ex.tokens).split())
 
 

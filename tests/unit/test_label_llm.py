@@ -120,7 +120,7 @@ def test_explain_prompt_and_parsing(fake):
     assert "Example 1: left chest <<pacemaker>> ." in user
     assert '("pacemaker", 10)' in user
     assert "Example 2: [image patch at row 0, column 2, activation 5/10]" in user
-    assert "Report findings of this study: Pacemaker in place." in user
+    assert "Report findings: Pacemaker in place." in user
 
 
 def test_detection_request_and_logprobs(fake):

@@ -86,7 +86,7 @@ def test_openai_backend_end_to_end(run, fake):
     assert model == [("fake-model",)]
     explain = [r for r in fake.requests if "[EXPLANATION]" in r["messages"][0]["content"]]
     assert len(explain) == 2
-    assert "Report findings of this study:" in explain[0]["messages"][1]["content"]
+    assert "Report findings: " in explain[0]["messages"][1]["content"]
     assert scores(run, "llm:fake-model")["0:f1"] == 1.0
     n = len(fake.requests)
     assert run_label(cfg).labelled == 0 and len(fake.requests) == n  # resumed: no requests

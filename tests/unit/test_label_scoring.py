@@ -139,3 +139,39 @@ def test_label_presets_load():
     assert offline.backend == "offline" and offline.top_n == 0
     llm = load_config(LabelConfig, root / "label-local-llm.toml")
     assert llm.backend == "openai" and llm.logprobs and llm.base_url.startswith("http://127.0.0.1")
+
+
+def test_split_examples_never_scores_a_shown_token():
+    from workbench.label_data import split_examples
+
+    def ex(row, act):
+        return Example(row, "text", (" a",), (act,), 0, act, row=row)
+
+    top = [ex(r, 10 - r) for r in range(6)]  # rows 0..5, strongest first
+    quantile = [(2, ex(1, 9.0)), (2, ex(7, 8.5)), (1, ex(8, 5.0)), (1, ex(9, 4.0)), (0, ex(10, 1))]
+    shown, held = split_examples(top, quantile, n_explain=4)
+    assert [e.row for e in shown] == [0, 1, 2, 3]
+    # quantiles in turn, highest first, the shown row 1 dropped; then the unused top rows
+    assert [e.row for e in held] == [7, 8, 10, 9, 4, 5]
+    few_shown, few_held = split_examples(top[:3], [], n_explain=20)  # keep a third to score
+    assert [e.row for e in few_shown] == [0, 1] and [e.row for e in few_held] == [2]
+    assert split_examples([], [], n_explain=5) == ([], [])
+
+
+def test_offline_backend_on_image_examples():
+    from workbench.label_llm import OfflineBackend
+
+    ex = Example(2, "image", ("<image>",), (1.0,), 0, 1.0, patch=(1, 1), labels=("Cardiomegaly",))
+    assert "the study is labelled with: Cardiomegaly" in prompts.render_for_judge(ex)
+    offline = OfflineBackend()
+    shown = [ex, ex._replace(study_id=3, labels=("cardiomegaly", "Edema")), ex._replace(study_id=5)]
+    expl = offline.explain(0, shown, 1.0)  # edema in 1 of 3 studies: not common enough
+    assert expl.text == "image patches in studies with cardiomegaly"
+    edema = ex._replace(labels=("Edema",))
+    assert offline.detect(0, "cardiomegaly (AUROC 0.9)", [ex, edema]).predicted == [1, 0]
+    effusion = ex._replace(findings="Small left pleural effusion.", labels=())
+    assert offline.detect(0, "pleural_effusion (AUROC 1.00)", [effusion, ex]).predicted == [1, 0]
+    text = Example(4, "text", (" No", " pleural", " effusion", "."), (0, 1.0, 2.0, 0), 2, 2.0)
+    # a quoted token hits a text example even when the labeller reads the concept as negated
+    assert offline.detect(0, 'report tokens "effusion"', [text]).predicted == [1]
+    assert offline.detect(0, "pleural effusion", [text]).predicted == [0]

@@ -29,11 +29,11 @@ _BEST_LABEL = _best_label()
 
 # Sort choice -> ORDER BY expression (whitelist: the only SQL text not bound as a parameter).
 SORTS: dict[str, str] = {
-    "feature": "f.feature",
-    "frequency": "s.frequency",
-    "max activation": "s.max_act",
-    "AUROC": "c.auroc",
-    "label score": "l.score",
+    "feature": "feature",
+    "frequency": "frequency",
+    "max activation": "max_act",
+    "AUROC": "auroc",
+    "label score": "score",
 }
 
 DENSITIES: dict[str, tuple[float, float]] = {
@@ -64,15 +64,13 @@ def feature_table(
     """
     if not ctx.has("features", "feature_stats", "feature_labels", "feature_concepts"):
         return [], 0
-    lo, hi = DENSITIES.get(density, DENSITIES["any"])
-    text = (search or "").strip()
-    index = int(text) if text.isdigit() else None
+    where, params = _table_filters(search, concept, density, group)
     order = SORTS.get(sort, SORTS["frequency"])
     direction = "DESC" if descending else "ASC"
+    concept_rows = "concept = $concept" if concept else "rank = 1"
     sql = f"""
       WITH lab AS ({_BEST_LABEL}),
-      con AS (SELECT feature, concept, auroc FROM feature_concepts
-              WHERE CASE WHEN ?::VARCHAR IS NULL THEN rank = 1 ELSE concept = ? END),
+      con AS (SELECT feature, concept, auroc FROM feature_concepts WHERE {concept_rows}),
       hits AS (
         SELECT f.feature, l.label, l.method, l.score, c.concept, c.auroc,
                s.frequency, s.max_act, f.matryoshka_group AS "group"
@@ -80,21 +78,38 @@ def feature_table(
         LEFT JOIN feature_stats s USING (feature)
         LEFT JOIN lab l USING (feature)
         LEFT JOIN con c USING (feature)
-        WHERE (?::VARCHAR IS NULL OR c.concept IS NOT NULL)
-          AND coalesce(s.frequency, 0) BETWEEN ? AND ?
-          AND (?::INTEGER IS NULL OR f.matryoshka_group = ?)
-          AND (?::VARCHAR = '' OR f.feature = ?::INTEGER OR EXISTS (
-                SELECT 1 FROM feature_labels x
-                WHERE x.feature = f.feature AND x.label ILIKE '%' || ? || '%'))
-        ORDER BY {order} {direction} NULLS LAST, f.feature)
-      SELECT *, count(*) OVER () AS n_total FROM hits LIMIT ?"""
-    concept = concept or None
-    params = [concept, concept, concept, lo, hi, group, group, text, index, text, limit]
-    rows = ctx.rows(sql, params)
-    total = rows[0]["n_total"] if rows else 0
-    for r in rows:
-        r.pop("n_total")
-    return rows, total
+        WHERE {where})"""
+    page = f"SELECT * FROM hits ORDER BY {order} {direction} NULLS LAST, feature LIMIT $limit"
+    rows = ctx.rows(sql + page, {**params, "limit": limit})
+    if len(rows) < limit:
+        return rows, len(rows)
+    # a full page: count separately (cheaper than a window over every matching row)
+    return rows, ctx.rows(sql + "SELECT count(*) AS n FROM hits", params)[0]["n"]
+
+
+def _table_filters(
+    search: str, concept: str | None, density: str, group: int | None
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause of :func:`feature_table` from fixed fragments, values as parameters."""
+    lo, hi = DENSITIES.get(density, DENSITIES["any"])
+    clauses = ["coalesce(s.frequency, 0) BETWEEN $lo AND $hi"]
+    params: dict[str, Any] = {"lo": lo, "hi": hi}
+    if concept:
+        clauses.append("c.concept IS NOT NULL")
+        params["concept"] = concept
+    if group is not None:
+        clauses.append("f.matryoshka_group = $group")
+        params["group"] = group
+    text = (search or "").strip()
+    if text:
+        match = """f.feature IN (SELECT feature FROM feature_labels
+                                 WHERE label ILIKE '%' || $text || '%')"""
+        if text.isdigit():
+            match = f"(f.feature = $index OR {match})"
+            params["index"] = int(text)
+        clauses.append(match)
+        params["text"] = text
+    return " AND ".join(clauses), params
 
 
 def density_histogram(ctx: AppContext, per_decade: int = 4) -> tuple[Rows, int]:
@@ -261,7 +276,7 @@ def study_sections(ctx: AppContext, study_id: int, per_section: int = 8) -> Rows
     sql = f"""WITH toks AS (
         SELECT row, CASE WHEN kind = 'image' THEN 'image' ELSE coalesce(section, kind) END
                AS section FROM tokens WHERE row BETWEEN $lo AND $hi),
-      acts AS (SELECT t.section, a.feature, max(a.value) AS act
+      acts AS MATERIALIZED (SELECT t.section, a.feature, max(a.value) AS act
                FROM feature_acts a JOIN toks t ON t.row = a.row
                WHERE a.row BETWEEN $lo AND $hi GROUP BY ALL),
       lab AS ({_best_label("WHERE feature IN (SELECT feature FROM acts)")})

@@ -27,22 +27,35 @@ import numpy as np
 from PIL import Image
 
 
+def _sample_arrays(size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """One real phantom study's frontal, lateral and masks: content like the generator's,
+    so the floor pays the same encoder cost (noise images would compress far slower)."""
+    from workbench.cxr.cohort import plan_subjects, rng_for, subject_studies
+    from workbench.cxr.render import render_study
+
+    subject, first, n = next(plan_subjects(0, 1, (0.8, 0.1)))
+    study = subject_studies(0, subject, first, n)[0]
+    study["acquisition"]["lateral"] = True
+    r = render_study(study, size, rng_for(0, 3, 0))
+    masks = list(r.masks.values())
+    return r.frontal, r.lateral, (masks * 3)[:6]
+
+
 def _floor_chunk(task: tuple[str, int, int, int]) -> int:
-    """Write ``n`` studies' worth of files (2 JPEGs, 5 PNG masks, 1 report) from fixed arrays."""
+    """Encode and write ``n`` studies' files (2 JPEGs, 6 mask PNGs, 1 report) from one
+    precomputed phantom study, with the generator's encoder settings."""
     root, start, n, size = task
-    rng = np.random.default_rng(start)
-    img = (rng.random((size, size)) * 255).astype(np.uint8)
-    mask = np.where(rng.random((size, size)) > 0.5, 255, 0).astype(np.uint8)
+    frontal, lateral, masks = _sample_arrays(size)
     for i in range(start, start + n):
         d = Path(root) / f"s{i}"
         d.mkdir(parents=True, exist_ok=True)
-        for v in range(2):
+        for v, img in enumerate((frontal, lateral)):
             buf = io.BytesIO()
             Image.fromarray(img, "L").save(buf, format="JPEG", quality=95, subsampling=0)
             (d / f"{v}.jpg").write_bytes(buf.getvalue())
-        for m in range(5):
+        for m, mask in enumerate(masks):
             buf = io.BytesIO()
-            Image.fromarray(mask, "L").save(buf, format="PNG")
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(buf, format="PNG")
             (d / f"m{m}.png").write_bytes(buf.getvalue())
         (d / "report.txt").write_text("FINDINGS: " + "word " * 60)
     return n
@@ -60,7 +73,7 @@ def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
         summary = generate(cfg)
         images = summary["images"]
     else:
-        tasks = [(out, s, min(50, studies - s), size) for s in range(0, studies, 50)]
+        tasks = [(out, s, min(250, studies - s), size) for s in range(0, studies, 250)]
         with mp.get_context("spawn").Pool(workers) as pool:
             sum(pool.imap(_floor_chunk, tasks))
         images = 2 * studies

@@ -60,26 +60,51 @@ def logit_effects(
 
 @torch.no_grad()
 def nearest_neighbors(W_dec_FD: torch.Tensor, n: int, block: int = 1024) -> Iterator[pa.Table]:
-    """Blocks of ``feature_neighbors`` rows: the ``n`` features with the most similar decoder."""
+    """Blocks of ``feature_neighbors`` rows: the ``n`` features with the most similar decoder.
+
+    The cosine matrix is symmetric, so only blocks on and above the diagonal are multiplied
+    (half the F^2 D work) and each product updates the running top-n of both its row block
+    and its column block. Row block i is final once the outer loop has passed it.
+    """
     F = W_dec_FD.shape[0]
     n = min(n, F - 1)
     if n <= 0:
         return
     W = W_dec_FD.float()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    for f0 in range(0, F, block):
-        sims_BF = W[f0 : f0 + block] @ W.T
-        b = sims_BF.shape[0]
-        sims_BF[torch.arange(b), torch.arange(f0, f0 + b)] = -float("inf")  # not itself
-        vals, idx = torch.topk(sims_BF, n, dim=1)
+    best_v = torch.full((F, n), -float("inf"))
+    best_i = torch.zeros((F, n), dtype=torch.int64)
+    starts = list(range(0, F, block))
+    for i0 in starts:
+        rows = slice(i0, min(i0 + block, F))
+        for j0 in starts[starts.index(i0) :]:
+            cols = slice(j0, min(j0 + block, F))
+            sims = W[rows] @ W[cols].T
+            if i0 == j0:
+                sims.fill_diagonal_(-float("inf"))  # a feature is not its own neighbour
+            _merge(best_v, best_i, rows, sims, j0, n)
+            if j0 != i0:
+                _merge(best_v, best_i, cols, sims.T, i0, n)
+        b = rows.stop - rows.start
         yield pa.table(
             {
-                "feature": np.repeat(np.arange(f0, f0 + b, dtype=np.int32), n),
+                "feature": np.repeat(np.arange(rows.start, rows.stop, dtype=np.int32), n),
                 "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), b),
-                "neighbor": idx.flatten().numpy().astype(np.int32),
-                "cosine": vals.flatten().numpy().astype(np.float32),
+                "neighbor": best_i[rows].flatten().numpy().astype(np.int32),
+                "cosine": best_v[rows].flatten().numpy().astype(np.float32),
             }
         )
+
+
+def _merge(best_v, best_i, rows: slice, sims: torch.Tensor, col0: int, n: int) -> None:
+    """Fold the top-n of ``sims`` (columns offset by ``col0``) into the running top-n."""
+    k = min(n, sims.shape[1])
+    v, i = torch.topk(sims, k, dim=1)
+    all_v = torch.cat([best_v[rows], v], dim=1)
+    all_i = torch.cat([best_i[rows], i + col0], dim=1)
+    top_v, idx = torch.topk(all_v, n, dim=1)
+    best_v[rows] = top_v
+    best_i[rows] = torch.gather(all_i, 1, idx)
 
 
 def matryoshka_groups(group_sizes: tuple[int, ...], d_sae: int) -> np.ndarray:

@@ -43,16 +43,17 @@ def test_logit_effects_refuse_a_mismatched_unembedding():
         list(logit_effects(torch.zeros(2, 5), Unembedding(torch.zeros(4, 3), ["a"] * 3), 2))
 
 
-def test_nearest_neighbors_match_dense_cosine_and_skip_self():
+@pytest.mark.parametrize(("n", "block"), [(3, 4), (5, 2), (8, 9), (3, 1)])
+def test_nearest_neighbors_match_dense_cosine_and_skip_self(n, block):
     g = torch.Generator().manual_seed(1)
     W = torch.randn(9, 4, generator=g) * torch.rand(9, 1, generator=g)  # unequal norms
-    got = _cat(nearest_neighbors(W, n=3, block=4))
+    got = _cat(nearest_neighbors(W, n=n, block=block))
     Wn = W / W.norm(dim=1, keepdim=True)
     cos = (Wn @ Wn.T).numpy()
     np.fill_diagonal(cos, -np.inf)
     for f in range(9):
         sel = [i for i, ff in enumerate(got["feature"]) if ff == f]
-        want = np.argsort(-cos[f])[:3]
+        want = np.argsort(-cos[f])[:n]
         assert [got["neighbor"][i] for i in sel] == list(want)
         np.testing.assert_allclose([got["cosine"][i] for i in sel], cos[f, want], rtol=1e-5)
 

@@ -83,7 +83,9 @@ def opacity_blob(
     return (e + 0.35 * n < 1.0) & lungs[f"{side}_lung"]
 
 
-def consolidation(g, fr, lay, lungs, p, rng) -> np.ndarray:
+def consolidation(
+    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, rng: np.random.Generator
+) -> np.ndarray:
     """Dense airspace opacity with air bronchograms in a lung zone."""
     centre = g.lung_point(p["side"], p["u"], ZONE_V[p["zone"]])
     mask = opacity_blob(g, fr, lungs, p["side"], centre, 0.045 + 0.045 * p["severity"], rng)
@@ -99,7 +101,9 @@ def consolidation(g, fr, lay, lungs, p, rng) -> np.ndarray:
     return mask
 
 
-def atelectasis(g, fr, lay, lungs, p, rng) -> np.ndarray:
+def atelectasis(
+    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, rng: np.random.Generator
+) -> np.ndarray:
     """Plate-like (linear) or basal wedge-shaped opacity at the lung base(s)."""
     cv = Canvas(fr)
     for side in sides_of(p["side"]):
@@ -129,7 +133,9 @@ def atelectasis(g, fr, lay, lungs, p, rng) -> np.ndarray:
     return mask
 
 
-def edema(g, fr, lay, lungs, p, rng) -> np.ndarray:
+def edema(
+    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, rng: np.random.Generator
+) -> np.ndarray:
     """Bilateral perihilar haze, indistinct vessels, Kerley B lines when not mild."""
     sev = p["severity"]
     lung = lungs["left_lung"] | lungs["right_lung"]
@@ -149,7 +155,9 @@ def edema(g, fr, lay, lungs, p, rng) -> np.ndarray:
     return lung & (haze > 0.35)
 
 
-def nodule(g, fr, lay, lungs, p, rng):
+def nodule(
+    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A round, slightly lobulated nodule; returns its mask and the soft profile.
 
     The nodule sits in aerated lung: if the heart covers its nominal place (a large heart
@@ -166,7 +174,7 @@ def nodule(g, fr, lay, lungs, p, rng):
     return rho <= 1.0, profile
 
 
-def _in_lung(g, fr: Frame, lung: np.ndarray, side: str, u: float, v: float, r: float):
+def _in_lung(g: Geometry, fr: Frame, lung: np.ndarray, side: str, u: float, v: float, r: float):
     """``g.lung_point(side, u, v)``, moved laterally in steps until a disc of radius ``r``
     around it has lung on both sides (so it is not hidden by the heart)."""
     reach = max(1, int(r * fr.size))

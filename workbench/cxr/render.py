@@ -26,7 +26,7 @@ from workbench.cxr.anatomy import (
     thorax_width_px,
 )
 from workbench.cxr.devices import draw_devices
-from workbench.cxr.draw import Frame, smooth
+from workbench.cxr.draw import Frame, smooth, smooth_noise
 from workbench.cxr.lateral import render_lateral
 
 
@@ -102,8 +102,10 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
     _apply_findings(study, g, frame, lay, masks, rng)
     lay.metal, device_masks = draw_devices(g, frame, study["devices"])
     masks.update(device_masks)
+    mottle = smooth_noise(frame, rng, max(2.0, size / 16)) * np.clip(lay.body, 0.0, 0.3)
     density = (
-        lay.body
+        0.06 * mottle  # uneven soft tissue, so the body is not a flat grey
+        + lay.body
         + lay.bone
         - AIR * lay.air
         + 0.13 * lay.markings

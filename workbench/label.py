@@ -8,8 +8,13 @@ For each selected feature (:func:`workbench.label_data.select_features`):
    judge, sees the label and a shuffled mix of held-out activating and non-activating
    examples and says which ones the feature fires on; precision, recall, F1, balanced
    accuracy (and AUROC with log-probs) go to ``feature_scores`` with
-   ``scorer = 'detection:<judge>'``. The ``statistical`` labels of ``analyse`` are scored on
-   the same examples by the same judge, so methods compare on equal terms.
+   ``scorer = 'detection:<judge>'``;
+3. *fuzzing* (ibid.): the judge sees held-out text examples with the activating tokens
+   marked, or the marks moved to random silent tokens, and says which marks fit the label
+   (``scorer = 'fuzz:<judge>'``).
+
+The ``statistical`` labels of ``analyse`` are scored on the same examples by the same judge,
+so methods compare on equal terms.
 
 Finished features are appended to ``<run>/label/journal.jsonl`` at once and moved into
 ``features.duckdb`` every ``flush_seconds`` (a database rewrite copies the file, so it is
@@ -39,7 +44,13 @@ from workbench.label_llm import (
     OfflineBackend,
     OpenAIBackend,
 )
-from workbench.label_scoring import DetectionMetrics, chunks, detection_metrics, shuffled
+from workbench.label_scoring import (
+    DetectionMetrics,
+    chunks,
+    detection_metrics,
+    fuzz_set,
+    shuffled,
+)
 from workbench.label_store import Journal, RunRow, done_features, statistical_labels
 
 log = logging.getLogger("workbench.label")
@@ -77,7 +88,9 @@ class LabelConfig:
     explain: bool = True
     """Write new labels (--no-explain: only score existing statistical labels)."""
     score_statistical: bool = True
-    """Also detection-score the statistical labels of analyse with the same judge."""
+    """Also score the statistical labels of analyse with the same judge."""
+    fuzz: bool = True
+    """Also score by fuzzing: are the marked tokens of text examples the right ones?"""
     logprobs: bool = False
     """Ask the server for log-probs so detection also gets AUROC (needs server support)."""
     temperature: float = 0.0
@@ -136,26 +149,15 @@ def make_backend(cfg: LabelConfig) -> Backend:
     return OpenAIBackend(settings, allow_remote=cfg.allow_remote)
 
 
-def judge(backend: Backend, feature: int, label: str, items, truth, per_prompt: int):
-    """Detection metrics of ``label`` over ``items`` judged ``per_prompt`` at a time."""
+def judge(ask, feature: int, label: str, items, truth, per_prompt: int) -> DetectionMetrics:
+    """Metrics of ``label`` over ``items``, asking ``ask`` (detect or fuzz) a batch at a time."""
     predicted: list[int] = []
     probs: list[float] | None = []
     for batch in chunks(items, per_prompt):
-        answer = backend.detect(feature, label, batch)
+        answer = ask(feature, label, batch)
         predicted += answer.predicted
         probs = None if probs is None or answer.probs is None else probs + answer.probs
     return detection_metrics(truth, predicted, probs)
-
-
-def _score_record(feature: int, method: str, scorer: str, m: DetectionMetrics) -> dict:
-    return {
-        "type": "score",
-        "feature": feature,
-        "method": method,
-        "scorer": scorer,
-        "n": m.n,
-        "metrics": dict(m.rows()),
-    }
 
 
 class _Work(NamedTuple):
@@ -163,8 +165,16 @@ class _Work(NamedTuple):
     statistical: str | None
 
 
-def _test_set(fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig):
-    """Held-out activating examples plus as many silent ones of the same kinds, shuffled."""
+class _Sets(NamedTuple):
+    """Shuffled (items, truth) per scorer; None where the feature cannot be scored so."""
+
+    detection: tuple[list, list[int]] | None
+    fuzz: tuple[list, list[int]] | None
+
+
+def _score_sets(fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig):
+    """Detection set (held-out activating + as many silent examples of the same kinds) and
+    fuzzing set (held-out text examples, marks true or misplaced); notes on what is missing."""
     positives = fx.held_out[: cfg.n_score]
     n_image = sum(ex.kind == "image" for ex in positives)
     negatives = pool.draw(
@@ -174,30 +184,54 @@ def _test_set(fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig):
         cfg.seed,
         exclude_studies={ex.study_id for ex in positives},
     )
-    items, truth = shuffled(positives, negatives, cfg.seed + fx.feature)
-    note = None
-    if not positives or not negatives:
-        note = (
+    detection, notes = None, []
+    if positives and negatives:
+        detection = shuffled(positives, negatives, cfg.seed + fx.feature)
+    else:
+        notes.append(
             f"feature {fx.feature}: not scored ({len(positives)} held-out activating, "
             f"{len(negatives)} non-activating examples)"
         )
-    return items, truth, note
+    fuzz = fuzz_set(positives, cfg.seed + fx.feature) if cfg.fuzz else None
+    return _Sets(detection, fuzz if fuzz and fuzz[0] else None), notes
 
 
-def _label_record(backend: Backend, fx: FeatureExamples, expl, metrics, scored: bool) -> dict:
-    details = {
-        "examples": [ex.study_id for ex in fx.explain],
-        "answer": (expl.raw or "")[-2000:] or None,
-        "detection": metrics._asdict() if scored else None,
-    }
+def score_label(backend: Backend, feature: int, method: str, label: str, sets: _Sets, cfg):
+    """Journal score records of one label: one per scorer that has a set."""
+    records = []
+    for name, ask, pair in (
+        ("detection", backend.detect, sets.detection),
+        ("fuzz", backend.fuzz, sets.fuzz),
+    ):
+        if pair is not None:
+            m = judge(ask, feature, label, *pair, cfg.examples_per_prompt)
+            records.append(
+                {
+                    "type": "score",
+                    "feature": feature,
+                    "method": method,
+                    "scorer": f"{name}:{backend.method}",
+                    "n": m.n,
+                    "metrics": dict(m.rows()),
+                }
+            )
+    return records
+
+
+def _label_record(backend: Backend, fx: FeatureExamples, expl, scores: list[dict]) -> dict:
+    by_scorer = {r["scorer"].split(":")[0]: r["metrics"] for r in scores}
     return {
         "type": "label",
         "feature": fx.feature,
         "method": backend.method,
         "label": expl.text,
-        "score": metrics.balanced_accuracy if scored else None,
+        "score": by_scorer.get("detection", {}).get("balanced_accuracy"),
         "model": backend.model,
-        "details": details,
+        "details": {
+            "examples": [ex.study_id for ex in fx.explain],
+            "answer": (expl.raw or "")[-2000:] or None,
+            "scores": by_scorer,
+        },
     }
 
 
@@ -205,20 +239,16 @@ def label_one(
     backend: Backend, fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig, work: _Work
 ) -> tuple[list[dict], list[str]]:
     """Journal records (label, scores) of one feature, and notes on what was skipped."""
-    items, truth, note = _test_set(fx, pool, cfg)
-    records, notes = [], [note] if note else []
-    scorer, per_prompt = f"detection:{backend.method}", cfg.examples_per_prompt
+    sets, notes = _score_sets(fx, pool, cfg)
+    records: list[dict] = []
     if work.explain and fx.explain:
         expl = backend.explain(fx.feature, fx.explain, fx.max_act)
-        metrics = judge(backend, fx.feature, expl.text, items, truth, per_prompt)
-        records.append(_label_record(backend, fx, expl, metrics, note is None))
-        if note is None:
-            records.append(_score_record(fx.feature, backend.method, scorer, metrics))
+        scores = score_label(backend, fx.feature, backend.method, expl.text, sets, cfg)
+        records += [_label_record(backend, fx, expl, scores), *scores]
     elif work.explain:
         notes.append(f"feature {fx.feature}: no activating examples in feature_examples")
-    if work.statistical and note is None:
-        metrics = judge(backend, fx.feature, work.statistical, items, truth, per_prompt)
-        records.append(_score_record(fx.feature, "statistical", scorer, metrics))
+    if work.statistical:
+        records += score_label(backend, fx.feature, "statistical", work.statistical, sets, cfg)
     return records, notes
 
 

@@ -58,6 +58,8 @@ class Backend(Protocol):
 
     def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement: ...
 
+    def fuzz(self, feature: int, explanation: str, examples: list[Example]) -> Judgement: ...
+
 
 def is_local(base_url: str) -> bool:
     """True when ``base_url`` names this machine (loopback address or ``localhost``)."""
@@ -163,17 +165,22 @@ class OpenAIBackend:
 
         return self._ask(messages, f"feature {feature}: explanation", parse)
 
-    def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
-        messages = prompts.detect_messages(explanation, examples)
-        n = len(examples)
-
+    def _judge(self, messages: list[dict], n: int, what: str) -> Judgement:
         def parse(choice) -> Judgement:
             predicted = prompts.parse_detection(choice.message.content, n)
             content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
             return Judgement(predicted, prompts.detection_probabilities(content, n))
 
         extra = {"logprobs": True, "top_logprobs": 5} if self.settings.logprobs else {}
-        return self._ask(messages, f"feature {feature}: detection", parse, **extra)
+        return self._ask(messages, what, parse, **extra)
+
+    def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
+        messages = prompts.detect_messages(explanation, examples)
+        return self._judge(messages, len(examples), f"feature {feature}: detection")
+
+    def fuzz(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
+        messages = prompts.fuzz_messages(explanation, examples)
+        return self._judge(messages, len(examples), f"feature {feature}: fuzzing")
 
 
 def canonical(concept: str) -> str:
@@ -243,4 +250,15 @@ class OfflineBackend:
             text = "".join(ex.tokens).lower() if ex.kind == "text" else ""
             hit = any(re.search(rf"\b{re.escape(q)}\b", text) for q in quoted)
             predicted.append(int(hit or bool(named & _concepts_of(ex))))
+        return Judgement(predicted, None)
+
+    def fuzz(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
+        """1 where a marked token is a word of the label's quoted tokens or named concepts."""
+        lower = canonical(explanation)
+        words = {w for c in _VOCAB if re.search(rf"\b{re.escape(c)}\b", lower) for w in c.split()}
+        words |= {w for q in _QUOTED.findall(explanation) for w in q.lower().split()}
+        predicted = []
+        for ex in examples:
+            marked = {t.strip().lower() for t, a in zip(ex.tokens, ex.acts) if a > 0}
+            predicted.append(int(bool(marked & words)))
         return Judgement(predicted, None)

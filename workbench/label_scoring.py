@@ -1,4 +1,5 @@
-"""Detection-scoring metrics of a feature label (delphi, Paulo et al. 2024, sec. 3.3).
+"""Scoring a feature label: detection and fuzzing sets and their metrics (delphi, Paulo et al.
+2024, sec. 3.3).
 
 The judge's 0/1 answers are compared with the truth (did the feature fire on the example):
 precision, recall, F1, balanced accuracy and accuracy, plus ROC-AUC when the judge gave
@@ -85,6 +86,35 @@ def shuffled(positives: list, negatives: list, seed: int) -> tuple[list, list[in
     items = [(ex, 1) for ex in positives] + [(ex, 0) for ex in negatives]
     random.Random(seed).shuffle(items)
     return [ex for ex, _ in items], [t for _, t in items]
+
+
+def misplace_marks(ex, rng: random.Random):
+    """``ex`` with its activating tokens' marks moved to as many random silent tokens.
+
+    None when the window has too few silent tokens. The activations become 1.0 on the
+    chosen tokens, 0 elsewhere (only the marks matter to the judge).
+    """
+    hot = [i for i, a in enumerate(ex.acts) if a > 0]
+    cold = [i for i, a in enumerate(ex.acts) if a <= 0]
+    if not hot or len(cold) < len(hot):
+        return None
+    chosen = set(rng.sample(cold, len(hot)))
+    return ex._replace(acts=tuple(1.0 if i in chosen else 0.0 for i in range(len(ex.acts))))
+
+
+def fuzz_set(examples: list, seed: int) -> tuple[list, list[int]]:
+    """Fuzzing items (delphi): each activating text example once correctly marked (truth 1)
+    and once with its marks on random silent tokens (truth 0), shuffled."""
+    rng = random.Random(seed)
+    correct, wrong = [], []
+    for ex in examples:
+        if ex.kind != "text":
+            continue  # an image patch cannot be marked in words
+        moved = misplace_marks(ex, rng)
+        if moved is not None:
+            correct.append(ex)
+            wrong.append(moved)
+    return shuffled(correct, wrong, seed)
 
 
 def chunks(items: list, size: int) -> list[list]:

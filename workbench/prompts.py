@@ -1,12 +1,14 @@
 """Prompts of the auto-interpretation loop and the parsers of their answers.
 
-Two prompts, after EleutherAI's delphi (Paulo et al. 2024, arXiv 2410.13928, sec. 3):
+Three prompts, after EleutherAI's delphi (Paulo et al. 2024, arXiv 2410.13928, sec. 3):
 
 - *explain*: a feature's activating examples, activating tokens wrapped in ``<<...>>`` and
   their activations on a 0-10 integer scale (``floor(10 * a / max_act)``, the normalisation of
   OpenAI's automated-interpretability), answer's last line ``[EXPLANATION]: ...``;
 - *detect* (detection scoring): the explanation and a shuffled mix of activating and
-  non-activating examples shown without markers; the answer is a list of 0/1, one per example.
+  non-activating examples shown without markers; the answer is a list of 0/1, one per example;
+- *fuzz* (fuzzing): activating text examples with the true activating tokens marked, or the
+  same number of marks moved to random silent tokens; the judge says which marks fit.
 
 Image-token examples cannot be shown to a text LLM, so they are summarised by the patch
 position and the findings written in the study's report (its positive labels when it has
@@ -147,6 +149,19 @@ def detect_messages(explanation: str, examples: list[Example]) -> list[dict]:
     user = template("detect_user").format(explanation=explanation, examples=body, n=len(examples))
     return [
         {"role": "system", "content": template("detect_system")},
+        {"role": "user", "content": user},
+    ]
+
+
+def fuzz_messages(explanation: str, examples: list[Example]) -> list[dict]:
+    """Chat messages asking whether each example's ``<<marks>>`` fit the explanation (fuzzing)."""
+    body = "\n".join(
+        f"Example {i}: {' '.join(mark_tokens(ex.tokens, ex.acts, 0.0).split())}"
+        for i, ex in enumerate(examples, 1)
+    )
+    user = template("fuzz_user").format(explanation=explanation, examples=body, n=len(examples))
+    return [
+        {"role": "system", "content": template("fuzz_system")},
         {"role": "user", "content": user},
     ]
 

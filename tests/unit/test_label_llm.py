@@ -29,6 +29,8 @@ def default_answer(request: dict) -> str:
         return f"The examples share a token.\n[EXPLANATION]: {marked[0].strip().lower()}"
     words = re.match(r"Explanation: (.*)", user).group(1).lower().split()
     lines = re.findall(r"^Example \d+: (.*)$", user, re.M)
+    if "Excerpts:" in user:  # fuzzing: judge the marked tokens only
+        lines = [" ".join(re.findall(r"<<([^>]+)>>", line)) for line in lines]
     return str([int(any(w in line.lower() for w in words)) for line in lines])
 
 

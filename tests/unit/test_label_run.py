@@ -47,7 +47,8 @@ def scores(run, method):
     return dict(
         rows(
             run,
-            "SELECT feature || ':' || metric, value FROM feature_scores WHERE method = ?",
+            "SELECT feature || ':' || metric, value FROM feature_scores "
+            "WHERE method = ? AND scorer LIKE 'detection:%'",
             [method],
         )
     )
@@ -55,7 +56,7 @@ def scores(run, method):
 
 def test_offline_loop_labels_scores_and_resumes(run):
     summary = run_label(LabelConfig(run=run, features=(0, 1, 4)))
-    assert summary.labelled == 3 and summary.scored == 6
+    assert summary.labelled == 3 and summary.scored == 12  # (LLM, statistical) x (det, fuzz)
     labels = dict(rows(run, "SELECT feature, label FROM feature_labels WHERE method = 'offline'"))
     assert set(labels) == {0, 1, 4}
     assert "pacemaker" in labels[0] and "effusion" in labels[1]
@@ -64,7 +65,15 @@ def test_offline_loop_labels_scores_and_resumes(run):
     assert offline["0:f1"] == 1.0 and offline["1:balanced_accuracy"] == 1.0
     assert statistical["0:recall"] == 1.0
     scorers = {r[0] for r in rows(run, "SELECT DISTINCT scorer FROM feature_scores")}
-    assert scorers == {"detection:offline"}
+    assert scorers == {"detection:offline", "fuzz:offline"}
+    fuzz = dict(
+        rows(
+            run,
+            "SELECT feature, value FROM feature_scores WHERE scorer = 'fuzz:offline' "
+            "AND method = 'offline' AND metric = 'balanced_accuracy'",
+        )
+    )
+    assert fuzz[0] == fuzz[1] == 1.0  # marks on "pacemaker"/"effusion" vs misplaced marks
     assert rows(run, "SELECT count(*) FROM runs WHERE stage = 'label'") == [(1,)]
     again = run_label(LabelConfig(run=run, features=(0, 1, 4)))
     assert again.labelled == again.scored == 0
@@ -88,6 +97,8 @@ def test_openai_backend_end_to_end(run, fake):
     assert len(explain) == 2
     assert "Report findings: " in explain[0]["messages"][1]["content"]
     assert scores(run, "llm:fake-model")["0:f1"] == 1.0
+    fuzz = [r for r in fake.requests if "Excerpts:" in r["messages"][-1]["content"]]
+    assert fuzz and all("<<" in r["messages"][-1]["content"] for r in fuzz)
     n = len(fake.requests)
     assert run_label(cfg).labelled == 0 and len(fake.requests) == n  # resumed: no requests
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -175,3 +176,19 @@ def test_offline_backend_on_image_examples():
     # a quoted token hits a text example even when the labeller reads the concept as negated
     assert offline.detect(0, 'report tokens "effusion"', [text]).predicted == [1]
     assert offline.detect(0, "pleural effusion", [text]).predicted == [0]
+
+
+def test_fuzz_set_pairs_true_and_misplaced_marks():
+    from workbench.label_scoring import fuzz_set, misplace_marks
+
+    ex = Example(1, "text", (" a", " b", " c", " d"), (0.0, 2.0, 0.5, 0.0), 1, 2.0)
+    moved = misplace_marks(ex, random.Random(0))
+    assert sorted(moved.acts) == [0.0, 0.0, 1.0, 1.0]
+    assert moved.acts[1] == moved.acts[2] == 0.0  # only silent tokens get the marks
+    assert misplace_marks(ex._replace(acts=(1.0, 1.0, 1.0, 0.0)), random.Random(0)) is None
+    image = Example(2, "image", ("<image>",), (1.0,), 0, 1.0)
+    items, truth = fuzz_set([ex, image], seed=1)
+    assert len(items) == 2 and sorted(truth) == [0, 1]
+    assert items[truth.index(1)] == ex and items[truth.index(0)].tokens == ex.tokens
+    msg = prompts.fuzz_messages("b tokens", items)[1]["content"]
+    assert "Example 1:" in msg and "<<" in msg and "Return a list of 2 values" in msg

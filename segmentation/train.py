@@ -160,7 +160,7 @@ class Batches:
 
 # Fields that may change between a run and its resumption without changing the model.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "max_time_s", "resume", "progress", "threads", "log_every", "checkpoint_every"}
+    {"out", "steps", "max_time_s", "resume", "progress", "threads", "log_every", "checkpoint_every"}
 )
 
 

@@ -75,13 +75,15 @@ def test_opacities_brighten_their_region_only(name):
     inside, outside, mask, _, _ = contrast(name, severity=0.8)
     assert mask.sum() > 20
     assert inside > 12, inside
-    assert outside < 2.0, outside
+    # independent random streams: nothing changes away from the finding (edema's haze and
+    # vessel blurring are wider than its mask)
+    assert outside < (2.0 if name == "edema" else 0.5), outside
 
 
 @pytest.mark.parametrize("side", ["left", "right", "bilateral"])
 def test_effusion_fills_costophrenic_angle(side):
     inside, outside, mask, plain, _ = contrast("pleural_effusion", side=side, severity=0.6)
-    assert inside > 25 and outside < 2.0
+    assert inside > 25 and outside < 0.5
     for s in ("left", "right") if side == "bilateral" else (side,):
         lung = plain.masks[f"{s}_lung"]
         ys, xs = np.nonzero(lung)
@@ -101,7 +103,7 @@ def _detail(img: np.ndarray) -> np.ndarray:
 
 def test_pneumothorax_is_darker_without_markings():
     inside, outside, mask, plain, ptx = contrast("pneumothorax", side="left", severity=0.8)
-    assert mask.sum() > 100 and inside < -6 and outside < 2.0
+    assert mask.sum() > 100 and inside < -6 and outside < 0.5
     core = ndimage.binary_erosion(mask, iterations=2)
     no_bone = core  # ribs cross both renders equally; markings are what must vanish
     assert _detail(ptx.frontal)[no_bone].mean() < 0.8 * _detail(plain.frontal)[no_bone].mean()
@@ -113,7 +115,7 @@ def test_pneumothorax_is_darker_without_markings():
 )
 def test_devices_are_bright_where_masked_and_absent_otherwise(name):
     inside, outside, mask, plain, dev = contrast(name)
-    assert mask.sum() > 15 and inside > 30 and outside < 2.0
+    assert mask.sum() > 15 and inside > 30 and outside < 0.5
     assert name not in plain.masks
     assert dev.lateral is not None and not np.array_equal(dev.lateral, plain.lateral)
 

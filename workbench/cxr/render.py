@@ -77,9 +77,11 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
 def render_frontal(study: dict, size: int, rng: np.random.Generator):
     """Frontal image, masks and measurements of one study."""
     acq, hab = study["acquisition"], study["subject"]["habitus"]
+    # independent streams: adding a finding never changes the anatomy or the noise
+    anatomy_rng, findings_rng, noise_rng = rng.spawn(3)
     frame = Frame(size, acq["rotation_deg"])
     g = frontal_geometry(study)
-    masks, air, markings, texture = lung_layers(g, frame, acq["rotation_deg"], rng)
+    masks, air, markings, texture = lung_layers(g, frame, acq["rotation_deg"], anatomy_rng)
     thorax = thorax_width_px(masks["left_lung"], masks["right_lung"])
     place_heart(g, study["ctr"], thorax, frame)
     heart = heart_mask(g, frame)
@@ -99,10 +101,10 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         extra=np.zeros_like(air),
         metal=np.zeros_like(air),
     )
-    _apply_findings(study, g, frame, lay, masks, rng)
+    _apply_findings(study, g, frame, lay, masks, findings_rng)
     lay.metal, device_masks = draw_devices(g, frame, study["devices"])
     masks.update(device_masks)
-    mottle = smooth_noise(frame, rng, max(2.0, size / 16)) * np.clip(lay.body, 0.0, 0.3)
+    mottle = smooth_noise(frame, anatomy_rng, max(2.0, size / 16)) * np.clip(lay.body, 0.0, 0.3)
     density = (
         0.06 * mottle  # uneven soft tissue, so the body is not a flat grey
         + lay.body
@@ -118,13 +120,15 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         "heart_width_px": heart_width_px(heart),
         "ctr_measured": round(heart_width_px(heart) / max(thorax, 1), 4),
     }
-    return to_grey(density, acq, rng), masks, measured, g
+    return to_grey(density, acq, noise_rng), masks, measured, g
 
 
 def render_study(study: dict, size: int, rng: np.random.Generator) -> Rendered:
     """Frontal + optional lateral view of one study, with the frontal masks."""
-    frontal, masks, measured, g = render_frontal(study, size, rng)
+    frontal_rng, lateral_rng = rng.spawn(2)
+    frontal, masks, measured, g = render_frontal(study, size, frontal_rng)
     lateral = None
     if study["acquisition"]["lateral"]:
-        lateral = to_grey(render_lateral(study, g, size, rng), study["acquisition"], rng)
+        lat_rng, lat_noise = lateral_rng.spawn(2)
+        lateral = to_grey(render_lateral(study, g, size, lat_rng), study["acquisition"], lat_noise)
     return Rendered(frontal, lateral, masks, measured)

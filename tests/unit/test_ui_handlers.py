@@ -181,6 +181,32 @@ def test_run_without_labels(run, tmp_path):
         c.close()
 
 
+def test_llm_label_preferred_with_its_scores(run, tmp_path):
+    copy = tmp_path / "labelled"
+    shutil.copytree(run, copy)
+    with db.rewrite(copy) as con:
+        con.execute(
+            "INSERT INTO feature_labels VALUES (0, 'llm', 'collapsed lung at the apex', 0.9,"
+            " 'some-model', NULL, now())"
+        )
+        for metric, value in (("accuracy", 0.875), ("f1", 0.8)):
+            con.execute(
+                "INSERT INTO feature_scores VALUES (0, 'llm', 'detection', ?, ?, 40, now())",
+                [metric, value],
+            )
+    c = open_context(copy)
+    try:
+        title = handlers.feature_view(c, 0).title
+        assert title.index("collapsed lung at the apex") < title.index("other labels")
+        assert "llm (some-model)" in title and "detection: accuracy 0.88 · f1 0.8" in title
+        assert handlers.feature_table(c, search="collapsed").rows[0][1:3] == [
+            "collapsed lung at the apex",
+            "llm",
+        ]
+    finally:
+        c.close()
+
+
 def test_sae_still_training(tmp_path):
     from workbench.sae.trainer import LOG_FILE
 

@@ -83,7 +83,8 @@ def feature_title(feature: int, header: Row | None, labels: Sequence[Row]) -> st
     if labels:
         top = labels[0]
         name = escape(top["label"] or "")
-        meta = f"{escape(top['method'] or '')}" + (
+        model = f" ({escape(top['model'])})" if top.get("model") else ""
+        meta = f"{escape(top['method'] or '')}{model}" + (
             f" · score {fmt(top['score'])}" if top.get("score") is not None else ""
         )
         if top.get("scored"):

@@ -17,11 +17,11 @@ SAE_DIR = "sae-steer"
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
+    from tests.unit import planted_run
     from workbench.models.hooks import resid_post_name
     from workbench.models.processor import Maira2Processor
     from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
     from workbench.sae import MatryoshkaSAE, save_sae
-    from tests.unit import planted_run
 
     run = tmp_path_factory.mktemp("steer") / "run"
     with single_thread():

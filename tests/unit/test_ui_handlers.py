@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from workbench import db
-from workbench.ui import handlers, handlers_study, launch_line, runinfo
+from workbench.ui import charts, handlers, handlers_study, launch_line, runinfo
 from workbench.ui.context import open_context
 from workbench.ui.tiny_run import build, coverage, positives, studies
 
@@ -189,6 +189,17 @@ def test_llm_label_preferred_with_its_scores(run, tmp_path):
             "INSERT INTO feature_labels VALUES (0, 'llm', 'collapsed lung at the apex', 0.9,"
             " 'some-model', NULL, now())"
         )
+        for rank, (direction, token, effect) in enumerate(
+            [
+                ("promote", "Ġpneumothorax", 2.5),
+                ("promote", "Ġlung", 1.0),
+                ("suppress", "<b>", -1.5),
+            ]
+        ):
+            con.execute(
+                "INSERT INTO feature_logits VALUES (0, ?, ?, 7, ?, ?)",
+                [direction, rank + 1, token, effect],
+            )
         for metric, value in (("accuracy", 0.875), ("f1", 0.8)):
             con.execute(
                 "INSERT INTO feature_scores VALUES (0, 'llm', 'detection', ?, ?, 40, now())",
@@ -196,7 +207,11 @@ def test_llm_label_preferred_with_its_scores(run, tmp_path):
             )
     c = open_context(copy)
     try:
-        title = handlers.feature_view(c, 0).title
+        view = handlers.feature_view(c, 0)
+        title = view.title
+        assert ">pneumothorax<" in view.logits and "&lt;b&gt;" in view.logits
+        fills = re.findall(r'<rect[^>]*fill="(#[0-9a-f]+)"', view.logits)
+        assert fills == [charts.GREEN, charts.GREEN, charts.RED]  # promoted, then suppressed
         assert title.index("collapsed lung at the apex") < title.index("other labels")
         assert "llm (some-model)" in title and "detection: accuracy 0.88 · f1 0.8" in title
         assert handlers.feature_table(c, search="collapsed").rows[0][1:3] == [

@@ -168,3 +168,22 @@ def test_nodule_lies_in_its_lung_zone():
         assert (nod & masks["left_lung"]).sum() > 0.9 * nod.sum()
         centres[zone] = np.nonzero(nod)[0].mean()
     assert centres["upper"] + 0.2 * SIZE < centres["lower"]
+
+
+def test_supine_effusion_is_a_veil_that_still_covers_the_angle():
+    ratios = {}
+    for position in ("supine", "erect"):
+        plain = base_study(view="AP", position=position, magnification=1.1)
+        wet = copy.deepcopy(plain)
+        wet["findings"]["pleural_effusion"] = {"side": "right", "severity": 0.7}
+        a, b = render(plain), render(wet)
+        mask = b.masks["pleural_effusion"]
+        lung = a.masks["right_lung"]
+        ys, xs = np.nonzero(lung)
+        corner = np.argmax(ys + np.abs(xs - SIZE / 2))
+        assert mask[ys[corner], xs[corner]]
+        diff = b.frontal.astype(float) - a.frontal.astype(float)
+        assert diff[mask].mean() > 10
+        core = ndimage.binary_erosion(mask, iterations=2)
+        ratios[position] = _detail(b.frontal)[core].mean() / _detail(a.frontal)[core].mean()
+    assert ratios["erect"] + 0.08 < ratios["supine"]  # vessels still show through the veil

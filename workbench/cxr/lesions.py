@@ -39,22 +39,35 @@ def sides_of(side: str) -> tuple[str, ...]:
     return ("left", "right") if side == "bilateral" else (side,)
 
 
-def effusion(g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict) -> np.ndarray:
-    """Fluid in the dependent pleural space: blunted angle, meniscus higher laterally."""
-    mask = np.zeros_like(lungs["left_lung"])
+def effusion(
+    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, supine: bool = False
+) -> np.ndarray:
+    """Fluid in the dependent pleural space.
+
+    Upright: the lung base turns white below a meniscus that rises laterally and the
+    costophrenic angle is blunted. Supine: the fluid layers behind the lung, a veil that
+    thickens towards the base with vessels still seen through it; the mask is where the
+    veil is at least a third of its full density (always including the angle).
+    """
+    veil = np.zeros_like(lay.air)
     for side in sides_of(p["side"]):
         sev = p["severity"] * (0.85 if p["side"] == "bilateral" and side == "left" else 1.0)
         d = SIGN[side] * (fr.X - g.xc)
         h = g.cp[side] - g.apex
         frac = 0.14 + 0.42 * sev
-        lateral = np.clip((d - g.med_half) / (g.half_width - g.med_half), 0.0, 1.0)
-        meniscus = g.cp[side] - 0.75 * frac * h - 0.45 * frac * h * lateral**3
-        mask |= lungs[f"{side}_lung"] & (meniscus < fr.Y)
-    soft = mask.astype(np.float32)
-    lay.air *= 1.0 - soft
-    lay.markings *= 1.0 - soft
-    lay.extra += 0.05 * soft
-    return mask
+        lung = lungs[f"{side}_lung"]
+        if supine:
+            top = g.cp[side] - 1.6 * frac * h
+            veil = np.maximum(veil, np.clip((fr.Y - top) / (1.3 * frac * h), 0, 1) * lung)
+        else:
+            lateral = np.clip((d - g.med_half) / (g.half_width - g.med_half), 0.0, 1.0)
+            meniscus = g.cp[side] - 0.75 * frac * h - 0.45 * frac * h * lateral**3
+            veil = np.maximum(veil, lung & (meniscus < fr.Y))
+    depth = 0.75 if supine else 1.0
+    lay.air *= 1.0 - depth * veil
+    lay.markings *= 1.0 - (0.25 if supine else 1.0) * veil
+    lay.extra += 0.05 * veil
+    return veil > (1 / 3 if supine else 0.5)
 
 
 def pneumothorax(g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict) -> np.ndarray:

@@ -67,7 +67,10 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
         for i, m in enumerate(lesions.annotators(profile, f["nodule"]["contrast"], frame, rng)):
             masks[f"nodule_annotator_{i}"] = m
     if "pleural_effusion" in f:
-        masks["pleural_effusion"] = lesions.effusion(g, frame, lay, lungs, f["pleural_effusion"])
+        supine = study["acquisition"]["position"] == "supine"
+        masks["pleural_effusion"] = lesions.effusion(
+            g, frame, lay, lungs, f["pleural_effusion"], supine
+        )
     if "pneumothorax" in f:
         masks["pneumothorax"] = lesions.pneumothorax(g, frame, lay, lungs, f["pneumothorax"])
     if "rib_fracture" in f:

@@ -36,7 +36,14 @@ from typing import Literal, NamedTuple
 
 from workbench import db
 from workbench.config import parse_config, save_config, to_dict
-from workbench.label_data import FeatureExamples, NegativePool, load_examples, select_features
+from workbench.label_data import (
+    LABEL_TABLES,
+    FeatureExamples,
+    NegativePool,
+    load_examples,
+    require_tables,
+    select_features,
+)
 from workbench.label_llm import (
     Backend,
     LabelError,
@@ -283,6 +290,7 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     notes: list[str] = []
     plan = None
     try:
+        require_tables(con, LABEL_TABLES, cfg.run)
         plan = _plan(con, cfg, backend, journal)
         pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
         last_flush, done = time.monotonic(), 0

@@ -25,6 +25,7 @@ from typing import Literal
 
 from workbench import db
 from workbench.config import parse_config, save_config, to_dict
+from workbench.label_data import require_tables
 from workbench.label_store import RunRow, insert_run_row
 from workbench.steer_eval import (
     StudyCase,
@@ -103,6 +104,7 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     adapter, sae, data = _inputs(cfg)
     con = db.connect(cfg.run)
     try:
+        require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
         max_acts = dict(con.execute("SELECT feature, max_act FROM feature_stats").fetchall())
         targets = {f: target_concept(con, f, cfg.concept) for f in cfg.feature}
         cases: dict[str, list[StudyCase]] = {}

@@ -69,3 +69,14 @@ def test_journal_survives_a_crash_and_applies_once(tmp_path):
     ]
     assert table(tmp_path, "SELECT stage, notes FROM runs") == [("label", '["note"]')]
     assert journal.flush() == 0
+
+
+def test_missing_tables_are_a_clear_error(tmp_path, capsys):
+    import duckdb
+
+    from workbench.label import main
+
+    duckdb.connect(str(tmp_path / "features.duckdb")).execute("CREATE TABLE runs (x INT)").close()
+    assert main(["--run", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "features.duckdb lacks feature_stats" in out and "workbench.analyse" in out

@@ -115,6 +115,20 @@ def step_analyse(cfg: DemoConfig) -> str:
     return recovery_report(cfg.run)
 
 
+def step_label(cfg: DemoConfig) -> str:
+    """Offline labels and detection scores for every live feature (resumes its journal)."""
+    from workbench.label import demo_step
+
+    return demo_step(cfg.run)
+
+
+def step_steer(cfg: DemoConfig) -> str:
+    """Steer the features that recovered phantom concepts; count concepts made to appear."""
+    from workbench.steer import demo_step
+
+    return demo_step(cfg.run)
+
+
 def step_segmentation(cfg: DemoConfig) -> str:
     """Small U-Net and SSN on the phantom lungs and nodules, results into features.duckdb."""
     from segmentation.demo import run as run_segmentation
@@ -137,6 +151,8 @@ STEPS = (
     ("record activations", step_record),
     ("train SAE", step_sae),
     ("analyse features", step_analyse),
+    ("label features", step_label),
+    ("steer features", step_steer),
     ("segmentation", step_segmentation),
 )
 

@@ -175,7 +175,10 @@ def test_run_without_labels(run, tmp_path):
     c = open_context(copy)
     try:
         assert not c.status.has_labels and "No labels yet" in " ".join(c.status.problems)
-        assert "not labelled yet" in handlers.feature_view(c, 0).title
+        view = handlers.feature_view(c, 0)
+        assert "not labelled yet" in view.title
+        # frontal_path still names the original run: the copy's own image is found and shown
+        assert "data:image/jpeg" in view.image
         assert "no labels yet" in handlers.feature_table(c).summary
     finally:
         c.close()

@@ -220,7 +220,13 @@ def _logits_panel(rows: list[dict]) -> str:
     ]
     bound = max(abs(v) for _, v in items) or 1.0
     chart = charts.hbars(
-        items, -bound, bound, ref=0.0, color=charts.GREEN, title="promoted ↑ / suppressed ↓ tokens"
+        items,
+        -bound,
+        bound,
+        0.0,
+        charts.GREEN,
+        title="promoted ↑ / suppressed ↓ tokens",
+        narrow=True,
     )
     numbers = render.table(rows, ["direction", "rank", "token", "effect"])
     return render.card("Logit effects", chart + render.details("numbers", numbers))
@@ -245,10 +251,9 @@ def resolve_image(ctx: AppContext, path: str | None) -> Path | None:
         return None
     p = Path(path)
     candidates = [p] if p.is_absolute() else [ctx.run_dir / p, Path.cwd() / p]
-    if not p.is_absolute() and ctx.run_dir.name in p.parts:
-        # written relative to another working directory, e.g. runs/demo/phantom/files/...
-        tail = p.parts[len(p.parts) - p.parts[::-1].index(ctx.run_dir.name) :]
-        candidates.append(ctx.run_dir.joinpath(*tail))
+    # a run that was moved, or analysed from another working directory: the same file at
+    # the same place below the run dir (e.g. .../old/run/phantom/files/... -> phantom/files/...)
+    candidates += [ctx.run_dir.joinpath(*p.parts[i:]) for i in range(1, len(p.parts))]
     for c in candidates:
         safe = inside(c, ctx.image_roots)
         if safe is not None and safe.is_file():

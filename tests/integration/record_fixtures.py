@@ -14,10 +14,16 @@ from workbench.models.tiny import tiny_llama, tiny_maira2, tiny_tokenizer
 
 
 def make_phantom(root: Path, studies: int = 10, seed: int = 3) -> Path:
-    """A phantom benchmark of ``studies`` 64-px studies (no masks) at ``root``."""
+    """A phantom benchmark of ``studies`` 64-px studies (no masks) at ``root``.
+
+    Half the subjects go to train and a quarter each to validate and test, so that even a
+    handful of subjects fills every split.
+    """
     from workbench.cxr.phantom import PhantomConfig, generate
 
-    generate(PhantomConfig(out=root, studies=studies, size=64, seed=seed, masks=False))
+    cfg = PhantomConfig(out=root, studies=studies, size=64, seed=seed, masks=False)
+    cfg.train_frac, cfg.validate_frac = 0.5, 0.25
+    generate(cfg)
     return root
 
 

@@ -33,7 +33,7 @@ class MiniConfig:
 
     phantom: Path = Path("runs/mini-train/phantom")
     """Phantom benchmark root (MIMIC-CXR layout); generated here when it does not exist."""
-    studies: int = 3000
+    studies: int = 2500
     """Studies to generate when the phantom benchmark has to be made."""
     size: int = 256
     """Side in pixels of generated phantom radiographs."""
@@ -59,16 +59,27 @@ class MiniConfig:
     """Llama MLP width (MAIRA-2: 11008)."""
     vocab_size: int = 1536
     """Base BPE vocabulary before MAIRA-2's 207 added tokens."""
-    epochs: int = 4
+    epochs: int = 1
     """Passes over the train split."""
-    batch_size: int = 16
+    batch_size: int = 8
     """Studies per optimisation step."""
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10 %)."""
-    warmup_steps: int = 60
+    warmup_steps: int = 30
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (not on norms, biases or embeddings)."""
+    vision_steps: int = 500
+    """Steps of stage 1: the vision tower + projector learn the phantom's concepts from the
+    current frontal image alone (a linear probe, multi-label loss). MAIRA-2 starts from a
+    pretrained image encoder (RAD-DINO) that it keeps frozen; this stage stands in for that
+    pretraining at a cost the CPU budget allows (0 skips it)."""
+    vision_batch: int = 32
+    """Frontal images per stage-1 step."""
+    vision_lr: float = 1e-3
+    """Peak learning rate of stage 1 (linear warm-up over 30 steps, cosine decay)."""
+    freeze_vision: bool = True
+    """Keep the vision tower frozen in stage 2, as MAIRA-2 keeps RAD-DINO frozen."""
     aux_weight: float = 1.0
     """Weight of the auxiliary loss: a linear probe on the pooled projector output of the
     current frontal image predicts the phantom's ground-truth concepts. It only speeds up
@@ -76,7 +87,7 @@ class MiniConfig:
     model (0 turns it off: pure teacher-forced language-model loss, as MAIRA-2)."""
     threads: int = 2
     """torch CPU threads (1 is faster when other jobs share the cores)."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = 25
     """Steps between resumable checkpoints (a killed run continues from the last one)."""
     max_minutes: float = 0.0
     """Stop early after this many minutes of training and save what there is (0: no limit)."""

@@ -1,6 +1,10 @@
 """The maira2-mini training loop: resumable, logged, deterministic for a given seed.
 
-Teacher-forced next-token loss on the FINDINGS after the exact MAIRA-2 prompt
+Stage 1 (``vision_steps``): the vision tower and projector learn the phantom's concepts from
+the current frontal image through a linear probe (mean- and max-pooled projector output,
+multi-label loss), standing in for MAIRA-2's pretrained RAD-DINO encoder; the probe is
+discarded afterwards. Stage 2: teacher-forced next-token loss on the FINDINGS after the exact
+MAIRA-2 prompt
 (:mod:`workbench.models.mini_data`), plus (weight ``aux_weight``) a multi-label loss of a
 linear probe on the mean- and max-pooled projector output of the current frontal image
 against the phantom's ground-truth concepts: deep supervision that gives the from-scratch
@@ -76,6 +80,8 @@ def make_optimizer(model: torch.nn.Module, cfg: MiniConfig) -> torch.optim.Optim
     """AdamW; weight decay on matrices only (not norms, biases, embeddings, position tables)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         is_matrix = p.ndim == 2 and "embed" not in name
         (decay if is_matrix else no_decay).append(p)
     groups = [
@@ -161,14 +167,66 @@ def step_loss(model, probe: AuxProbe, batch, aux_weight: float) -> tuple[torch.T
     return out.loss + aux_weight * aux, aux.item()
 
 
+def pretrain_vision(cfg: MiniConfig, model, probe: AuxProbe, examples, work: Path) -> None:
+    """Stage 1: vision tower + projector + probe on frontal images; saved to ``vision.pt``."""
+    path = work / "vision.pt"
+    if path.is_file():
+        state = torch.load(path, weights_only=True)
+        model.load_state_dict(state["model"])
+        probe.load_state_dict(state["probe"])
+        log.info("stage 1 (vision) already done: loaded %s", path)
+        return
+    params = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+    params += list(probe.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    t0, losses = time.perf_counter(), []
+    for step in range(cfg.vision_steps):
+        warm = min(1.0, (step + 1) / 30)
+        cosine = 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.vision_lr * warm * (0.1 + 0.9 * cosine)
+        idx = torch.randint(0, len(examples), (cfg.vision_batch,), generator=gen).tolist()
+        batch = collate([examples[i] for i in idx], pad_id=0)
+        feats_BPD = model.get_image_features(batch.pixel_values[batch.frontal])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            probe(feats_BPD), batch.concepts
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if (step + 1) % 25 == 0:
+            mean = sum(losses[-25:]) / 25
+            mins = (time.perf_counter() - t0) / 60
+            log.info(
+                "stage 1 step %d/%d concept loss %.4f | %.1f min",
+                step + 1,
+                cfg.vision_steps,
+                mean,
+                mins,
+            )
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "probe": probe.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
 def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict:
-    """The optimisation loop over ``cfg.epochs`` epochs, resuming from ``work`` if possible."""
+    """Stage 1 then the stage-2 loop over ``cfg.epochs`` epochs, resuming from ``work``."""
     probe = AuxProbe(model.config.text_config.hidden_size, len(examples[0].concepts))
-    optimizer = make_optimizer(torch.nn.ModuleDict({"model": model, "probe": probe}), cfg)
+    ckpt_path = work / CHECKPOINT
+    if cfg.vision_steps and not ckpt_path.is_file():
+        pretrain_vision(cfg, model, probe, examples, work)
+    if cfg.freeze_vision:
+        model.vision_tower.requires_grad_(False)
+    trainable = torch.nn.ModuleDict({"model": model, "probe": probe})
+    optimizer = make_optimizer(trainable, cfg)
     lengths = [len(e.input_ids) for e in examples]
     per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    ckpt_path, step = work / CHECKPOINT, 0
+    step = 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=True)
         model.load_state_dict(state["model"])
@@ -177,6 +235,8 @@ def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict
         step = int(state["step"])
         log.info("resuming from step %d/%d", step, total)
     model.train()
+    if cfg.freeze_vision:
+        model.vision_tower.eval()
     t_start, tokens, losses, aux_losses = time.perf_counter(), 0, [], []
     while step < total:
         epoch, index = divmod(step, per_epoch)
@@ -186,7 +246,7 @@ def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict
             group["lr"] = lr_at(step, total, cfg)
         loss, aux = step_loss(model, probe, batch, cfg.aux_weight)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*model.parameters(), *probe.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -218,6 +278,19 @@ def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict
     }
 
 
+def validate(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict) -> None:
+    """Generate and score findings for the first validation studies; logged and kept."""
+    from workbench.models.mini_eval import evaluate_split
+
+    try:
+        report = evaluate_split(model, processor, cfg.phantom, "validate", cfg.eval_studies)
+    except ValueError as exc:  # no validation studies: nothing to score, not an error
+        log.warning("no validation check: %s", exc)
+        return
+    stats["validate_macro_f1"] = report.macro_f1
+    log.info("validation (%d studies): macro F1 %.3f", report.n_studies, report.macro_f1)
+
+
 def finish(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict, work: Path) -> Path:
     """Save model + processor to a staging directory, move it into place, drop checkpoints."""
     staging = cfg.out / ".staging"
@@ -226,11 +299,7 @@ def finish(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict, work
     processor.save_pretrained(staging)
     save_config(cfg, staging / "train-cfg.json")
     if cfg.eval_studies:
-        from workbench.models.mini_eval import evaluate_split
-
-        report = evaluate_split(model, processor, cfg.phantom, "validate", cfg.eval_studies)
-        stats["validate_macro_f1"] = report.macro_f1
-        log.info("validation (%d studies): macro F1 %.3f", report.n_studies, report.macro_f1)
+        validate(cfg, model, processor, stats)
     (staging / "train-stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     for f in staging.iterdir():
         os.replace(f, cfg.out / f.name)

@@ -1,0 +1,121 @@
+"""maira2-mini: config shape, training end to end (tiny sizes), resume, reuse, registry load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.integration.record_fixtures import make_phantom
+from workbench.models import mini_train
+from workbench.models.mini import MiniConfig, ensure_mini, is_trained, mini_config
+from workbench.models.mini_data import collate, epoch_batches
+from workbench.models.mini_tokenizer import train_tokenizer
+from workbench.models.processor import Maira2Processor
+from workbench.models.registry import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_phantom(tmp_path_factory.mktemp("mini") / "phantom", studies=12, seed=2)
+
+
+def tiny_cfg(phantom, out, **kw) -> MiniConfig:
+    sizes = dict(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1,
+                 text_hidden=64, text_layers=2, text_intermediate=64, vocab_size=320)  # fmt: skip
+    run = dict(epochs=2, batch_size=4, warmup_steps=1, threads=1, eval_studies=2,
+               vision_steps=4, vision_batch=4)  # fmt: skip
+    return MiniConfig(phantom=phantom, out=out, **{**sizes, **run, **kw})
+
+
+def test_config_has_maira2_structure():
+    tok = train_tokenizer(["There is a small left pleural effusion."] * 5, vocab_size=300)
+    cfg = mini_config(MiniConfig(), tok)
+    assert cfg.model_type == "maira2" and cfg.projector_n_layers == 4
+    assert cfg.vision_config.model_type == "dinov2" and cfg.text_config.model_type == "llama"
+    assert cfg.image_token_index == tok.convert_tokens_to_ids("<image>")
+    assert cfg.image_tokens_per_image == (128 // 16) ** 2
+    processor = Maira2Processor.for_model(cfg, tok)
+    assert processor.image_seq_length == cfg.image_tokens_per_image
+    assert cfg.text_config.num_hidden_layers == 6 and cfg.text_config.vocab_size == len(tok)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        MiniConfig(image_size=100).validate()
+
+
+def test_batches_are_deterministic_and_cover_the_epoch():
+    lengths = [(7 * i) % 23 for i in range(200)]  # several pools of 32 batches
+    a = epoch_batches(lengths, 3, seed=0, epoch=1)
+    assert a == epoch_batches(lengths, 3, seed=0, epoch=1)
+    assert a != epoch_batches(lengths, 3, seed=0, epoch=2)
+    assert sorted(i for b in a for i in b) == list(range(200))
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a]
+    assert sum(spread) / len(spread) < 3  # batches group similar lengths
+
+
+def test_train_saves_a_loadable_model_and_ensure_reuses_it(phantom, tmp_path):
+    out = mini_train.train(tiny_cfg(phantom, tmp_path / "m"))
+    assert is_trained(out) and not (out / ".train").exists()
+    stats = (out / "train-stats.json").read_text()
+    assert '"steps"' in stats and "validate_macro_f1" in stats
+    adapter = load_model(str(out))
+    assert adapter.kind == "vision_language" and adapter.n_layers == 2
+    from workbench.cxr.studies import iter_studies
+
+    study = next(iter(iter_studies(phantom, split="validate")))
+    text = adapter.generate(adapter.prepare(study), max_new_tokens=5)
+    assert isinstance(text, str)
+    weights = next(out.glob("*.safetensors"))
+    mtime = weights.stat().st_mtime_ns
+    assert ensure_mini(out) == out and weights.stat().st_mtime_ns == mtime  # reused
+
+
+def test_teacher_forcing_labels_cover_only_the_findings(phantom):
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini_data import encode_study
+
+    tok = train_tokenizer(["Heart size is normal. No effusion."] * 5, vocab_size=300)
+    processor = Maira2Processor(tok, image_size=32, patch_size=16)
+    rec = next(iter(iter_studies(phantom, split="train")))
+    ex = encode_study(processor, rec, torch.zeros(13))
+    labelled = ex.input_ids[ex.labels != -100]
+    assert labelled[-1].item() == tok.eos_token_id
+    assert tok.decode(labelled[:-1].tolist()).strip() == rec.findings.strip()
+    batch = collate([ex, ex], pad_id=tok.pad_token_id)
+    assert batch.pixel_values.shape[1:] == (3, 32, 32)
+    assert batch.frontal.tolist() == [0, len(ex.pixels)]
+
+
+def test_a_killed_training_resumes_to_the_same_weights(phantom, tmp_path, monkeypatch):
+    reference = mini_train.train(tiny_cfg(phantom, tmp_path / "ref", eval_studies=0))
+    calls = {"n": 0}
+    real = mini_train.collate
+
+    def dies_on_third_batch(*args, **kwargs):  # of stage 2, after 4 stage-1 batches
+        calls["n"] += 1
+        if calls["n"] == 4 + 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mini_train, "collate", dies_on_third_batch)
+    cfg = tiny_cfg(phantom, tmp_path / "resumed", eval_studies=0, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        mini_train.train(cfg)
+    assert (cfg.out / ".train" / mini_train.CHECKPOINT).is_file()
+    monkeypatch.setattr(mini_train, "collate", real)
+    resumed = mini_train.train(cfg)
+    assert "resuming from step 2" in (resumed / "train.log").read_text()
+    a = load_file(next(reference.glob("*.safetensors")))
+    b = load_file(next(resumed.glob("*.safetensors")))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

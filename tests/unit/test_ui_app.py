@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,11 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_analytics_off_before_gradio():
-    import workbench.ui  # noqa: F401
-
-    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    """Importing any part of the app turns analytics off, even when the shell enabled it."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "True"}
+    code = "import os, workbench.ui.safety; print(os.environ['GRADIO_ANALYTICS_ENABLED'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 @pytest.mark.slow  # imports Gradio and builds every tab

@@ -320,13 +320,16 @@ def demo_step(run: Path) -> str:
     con = db.connect(run)
     try:
         rows = con.execute(
-            "SELECT method, count(*), avg(value) FROM feature_scores "
-            "WHERE metric = 'balanced_accuracy' GROUP BY method ORDER BY method"
+            "SELECT method, scorer, count(DISTINCT feature), avg(value) FROM feature_scores "
+            "WHERE metric = 'balanced_accuracy' GROUP BY method, scorer ORDER BY scorer, method"
         ).fetchall()
     finally:
         con.close()
     lines = [f"{summary.labelled} new labels, {summary.scored} new detection scores"]
-    lines += [f"  {m:>12}: mean balanced accuracy {v:.3f} over {n} features" for m, n, v in rows]
+    lines += [
+        f"  {m:>12} labels, {s:<18}: mean balanced accuracy {v:.3f} over {n} features"
+        for m, s, n, v in rows
+    ]
     return "\n".join(lines)
 
 

@@ -153,4 +153,4 @@ def test_demo_step_labels_every_live_feature(run):
     text = demo_step(run)
     live = rows(run, "SELECT count(*) FROM feature_stats WHERE NOT dead")[0][0]
     assert text.startswith(f"{live} new labels")
-    assert "offline: mean balanced accuracy" in text and "statistical: mean" in text
+    assert "offline labels, detection:offline" in text and "statistical labels, detection" in text

@@ -20,7 +20,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-class PackageInstallAttempted(AssertionError):
+class PackageInstallError(AssertionError):
     """Raised when code under test tries to run a package installer."""
 
 
@@ -37,7 +37,7 @@ def no_package_installs(monkeypatch):
 
     def guarded(self, args, *a, **kw):
         if _is_install(args):
-            raise PackageInstallAttempted(f"code under test tried to install packages: {args}")
+            raise PackageInstallError(f"code under test tried to install packages: {args}")
         real_init(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

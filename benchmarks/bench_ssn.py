@@ -34,14 +34,17 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Segmentation (SSN)"
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _median_times(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, timed in turn (interleaved) so load drifts hit all."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_speed(repeats: int = 20, side: int = 128, samples: int = 100) -> dict:
@@ -51,9 +54,15 @@ def bench_speed(repeats: int = 20, side: int = 128, samples: int = 100) -> dict:
     with torch.no_grad():
         out = head(torch.relu(torch.randn(1, 32, side, side)))
         dist = to_torch_distribution(out)
-        ours = _median_time(lambda: sample_logits(out, samples), repeats)
-        torch_rsample = _median_time(lambda: dist.rsample((samples,)), repeats)
-        torch_full = _median_time(lambda: to_torch_distribution(out).rsample((samples,)), repeats)
+        t = _median_times(
+            {
+                "ours": lambda: sample_logits(out, samples),
+                "torch": lambda: dist.rsample((samples,)),
+                "torch_full": lambda: to_torch_distribution(out).rsample((samples,)),
+            },
+            repeats,
+        )
+    ours, torch_rsample, torch_full = t["ours"], t["torch"], t["torch_full"]
     return {
         "side": side,
         "samples": samples,

@@ -88,6 +88,8 @@ def test_feature_page(ctx):
 def test_feature_page_messages(ctx):
     assert "does not exist" in handlers.feature_view(ctx, 999).title
     assert "Click a row" in handlers.feature_view(ctx, None).title
+    assert "Click a row" in handlers.feature_view(ctx, "abc").title  # typed nonsense
+    assert "Pick or type" in handlers_study.study_view(ctx, "x1").header
     assert "never fires" in handlers.feature_view(ctx, 8).title
     assert "Fires on text only" in handlers.feature_view(ctx, 2).image  # the prompt feature
 

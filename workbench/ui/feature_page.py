@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from workbench.ui import handlers
+from workbench.ui import handlers, render
 from workbench.ui.context import AppContext
 
 
@@ -24,7 +24,7 @@ class FeaturePage(NamedTuple):
 def show(ctx: AppContext, feature) -> list:
     """Values for :attr:`FeaturePage.outputs` when ``feature`` is opened."""
     view = handlers.feature_view(ctx, feature)
-    value = int(float(feature)) if feature not in (None, "") else None
+    value = render.as_int(feature)
     return [value, *view]
 
 

@@ -160,13 +160,13 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
     """The feature page for ``feature``."""
     if ctx.con is None:
         return _empty_feature(render.messages(ctx.status.problems))
-    if feature in (None, ""):
+    f = render.as_int(feature)
+    if f is None:
         return _empty_feature(
             render.message(
                 "Click a row in the Features tab, or type a feature number above.", "info"
             )
         )
-    f = int(float(feature))
     header = queries.feature_header(ctx, f)
     labels = queries.labels(ctx, f)
     title = render.feature_title(f, header, labels)

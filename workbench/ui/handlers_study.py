@@ -41,13 +41,13 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     """
     if ctx.con is None:
         return _empty_study(render.messages(ctx.status.problems))
-    if study_id in (None, ""):
+    sid = render.as_int(study_id)
+    if sid is None:
         return _empty_study(
             render.message(
                 "Pick or type a study id above, or click a study on a feature page.", "info"
             )
         )
-    sid = int(float(study_id))
     st = queries.study(ctx, sid)
     if st is None:
         return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
@@ -57,8 +57,8 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
         if all(r["feature"] != f for _, f in choices):
             choices.append((f"#{r['feature']} {r['label'] or ''} ({r['section']})", r["feature"]))
     f = (
-        int(float(feature))
-        if feature not in (None, "")
+        render.as_int(feature)
+        if render.as_int(feature) is not None
         else (sections[0]["feature"] if sections else None)
     )
     header_rows = queries.feature_header(ctx, f) if f is not None else None

@@ -19,6 +19,14 @@ Row = dict[str, Any]
 _MARKERS = {"▁": " ", "Ġ": " ", "Ċ": "\n", "ĉ": "\t"}
 
 
+def as_int(value) -> int | None:
+    """A number typed or clicked in the browser as an int, or None if it is not one."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def message(text: str, kind: str = "info") -> str:
     """A coloured notice box: kind is 'info', 'warn' or 'error'."""
     return f'<div class="wb-msg wb-{kind}">{escape(text)}</div>'

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from workbench.ui import handlers_study, queries
+from workbench.ui import handlers_study, queries, render
 from workbench.ui.context import AppContext
 
 
@@ -25,7 +25,7 @@ class StudyTab(NamedTuple):
 def show(ctx: AppContext, study_id, feature=None) -> list:
     """Values for :attr:`StudyTab.outputs` when ``study_id`` is opened (optionally a feature)."""
     view = handlers_study.study_view(ctx, study_id, feature)
-    sid = int(float(study_id)) if study_id not in (None, "") else None
+    sid = render.as_int(study_id)
     picker = gr.Dropdown(value=sid)
     chooser = gr.Dropdown(choices=view.choices, value=view.feature)
     return [picker, chooser, view.header, view.image, view.report, view.sections]

@@ -7,6 +7,8 @@ SQL is a sort column chosen from :data:`SORTS` (a fixed whitelist). Tables are t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from workbench.ui.context import AppContext
@@ -28,23 +30,27 @@ def _best_label(where: str = "") -> str:
 _BEST_LABEL = _best_label()
 
 # Sort choice -> ORDER BY expression (whitelist: the only SQL text not bound as a parameter).
-SORTS: dict[str, str] = {
-    "feature": "feature",
-    "frequency": "frequency",
-    "max activation": "max_act",
-    "AUROC": "auroc",
-    "label score": "score",
-}
+SORTS: Mapping[str, str] = MappingProxyType(
+    {
+        "feature": "feature",
+        "frequency": "frequency",
+        "max activation": "max_act",
+        "AUROC": "auroc",
+        "label score": "score",
+    }
+)
 
-DENSITIES: dict[str, tuple[float, float]] = {
-    "any": (0.0, 1.0),
-    "dead": (0.0, 0.0),
-    "< 0.01%": (1e-12, 1e-4),
-    "0.01% – 0.1%": (1e-4, 1e-3),
-    "0.1% – 1%": (1e-3, 1e-2),
-    "1% – 10%": (1e-2, 1e-1),
-    "> 10%": (1e-1, 1.0),
-}
+DENSITIES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "any": (0.0, 1.0),
+        "dead": (0.0, 0.0),
+        "< 0.01%": (1e-12, 1e-4),
+        "0.01% – 0.1%": (1e-4, 1e-3),
+        "0.1% – 1%": (1e-3, 1e-2),
+        "1% – 10%": (1e-2, 1e-1),
+        "> 10%": (1e-1, 1.0),
+    }
+)
 
 
 def feature_table(

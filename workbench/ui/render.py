@@ -16,7 +16,7 @@ from workbench.ui.charts import fmt
 Row = dict[str, Any]
 
 # Tokenizer word markers shown as what they mean (SentencePiece, GPT-2 BPE).
-_MARKERS = {"▁": " ", "Ġ": " ", "Ċ": "\n", "ĉ": "\t"}
+_MARKERS = (("▁", " "), ("Ġ", " "), ("Ċ", "\n"), ("ĉ", "\t"))
 
 
 def as_int(value) -> int | None:
@@ -40,7 +40,7 @@ def messages(texts: Sequence[str], kind: str = "warn") -> str:
 def token_text(token: str | None) -> str:
     """The token as it reads in the text (word-start markers turned into spaces)."""
     text = token or ""
-    for marker, plain in _MARKERS.items():
+    for marker, plain in _MARKERS:
         text = text.replace(marker, plain)
     return text
 

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import gradio as gr
 
 from workbench.ui import runinfo
 from workbench.ui.context import AppContext
 
-EXAMPLES = {
-    "tables and what they hold": "SELECT table_name, comment FROM duckdb_tables() ORDER BY 1",
-    "best feature per concept": (
-        "SELECT concept, source, feature, round(auroc, 3) AS auroc FROM feature_concepts\n"
-        "QUALIFY row_number() OVER (PARTITION BY concept, source ORDER BY auroc DESC) = 1\n"
-        "ORDER BY auroc DESC"
-    ),
-    "densest features": (
-        "SELECT feature, frequency, max_act FROM feature_stats ORDER BY frequency DESC LIMIT 20"
-    ),
-    "labels": (
-        "SELECT feature, method, label, score FROM feature_labels ORDER BY score DESC LIMIT 50"
-    ),
-    "where feature 0 fires most": (
-        "SELECT t.study_id, t.kind, t.section, t.token, a.value\n"
-        "FROM feature_acts a JOIN tokens t USING (row)\n"
-        "WHERE a.feature = 0 ORDER BY a.value DESC LIMIT 20"
-    ),
-}
+EXAMPLES: Mapping[str, str] = MappingProxyType(
+    {
+        "tables and what they hold": "SELECT table_name, comment FROM duckdb_tables() ORDER BY 1",
+        "best feature per concept": (
+            "SELECT concept, source, feature, round(auroc, 3) AS auroc FROM feature_concepts\n"
+            "QUALIFY row_number() OVER (PARTITION BY concept, source ORDER BY auroc DESC) = 1\n"
+            "ORDER BY auroc DESC"
+        ),
+        "densest features": (
+            "SELECT feature, frequency, max_act FROM feature_stats ORDER BY frequency DESC LIMIT 20"
+        ),
+        "labels": (
+            "SELECT feature, method, label, score FROM feature_labels ORDER BY score DESC LIMIT 50"
+        ),
+        "where feature 0 fires most": (
+            "SELECT t.study_id, t.kind, t.section, t.token, a.value\n"
+            "FROM feature_acts a JOIN tokens t USING (row)\n"
+            "WHERE a.feature = 0 ORDER BY a.value DESC LIMIT 20"
+        ),
+    }
+)
 
 
 def build(ctx: AppContext) -> None:

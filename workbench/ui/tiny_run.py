@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -33,13 +35,15 @@ D = 8
 LAYER = 1
 PROMPT = ["<s>", "Describe", " the", " chest", " X-ray", ":"]
 # coordinate -> (phantom concept, report words that name it)
-PLANTED: dict[int, tuple[str, tuple[str, ...]]] = {
-    0: ("pneumothorax", ("pneumothorax",)),
-    1: ("pleural_effusion", ("effusion", "effusions")),
-    4: ("cardiomegaly", ("cardiomegaly", "enlarged")),
-    6: ("nodule", ("nodule", "nodules")),
-    7: ("endotracheal_tube", ("endotracheal",)),
-}
+PLANTED: Mapping[int, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        0: ("pneumothorax", ("pneumothorax",)),
+        1: ("pleural_effusion", ("effusion", "effusions")),
+        4: ("cardiomegaly", ("cardiomegaly", "enlarged")),
+        6: ("nodule", ("nodule", "nodules")),
+        7: ("endotracheal_tube", ("endotracheal",)),
+    }
+)
 
 
 def studies(root: Path) -> list[StudyRecord]:

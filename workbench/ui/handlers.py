@@ -107,7 +107,8 @@ def feature_table(
         for r in rows
     ]
     shown = f"showing {len(out):,} of {total:,}" if total > len(out) else f"{total:,}"
-    summary = f"{shown} matching features · click a row to open its page"
+    noun = "feature" if total == 1 else "features"
+    summary = f"{shown} matching {noun} · click a row to open its page"
     if not ctx.status.has_labels:
         summary += " · no labels yet (run `python -m workbench label`)"
     return FeatureTable(out, render.message(summary, "info"))

@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "analyse": ("workbench.analyse", "SAE over the store -> features.duckdb"),
     "label": ("workbench.label", "explain features with an LLM (or offline) and score the labels"),
     "steer": ("workbench.steer", "steer generation with SAE features and evaluate the effect"),
+    "app": ("workbench.ui.build", "serve the browser app for a run on 127.0.0.1"),
     "seg-train": ("segmentation.train", "train a U-Net / SSN segmentation model"),
     "seg-evaluate": ("segmentation.evaluate", "evaluate segmentation models (GED, Dice, ...)"),
 }

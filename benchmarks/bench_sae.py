@@ -21,13 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# On a shared machine, OpenMP threads that spin while waiting for a descheduled sibling burn
+# the cores both runs need (measured here: 3x slower steps). Sleeping waiters, for both peers
+# alike; must be set before torch loads its OpenMP runtime. Override from the environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from workbench.sae import load_sae
-from workbench.sae.config import TrainSAEConfig
-from workbench.sae.data import ShuffledBatches, TensorSource
-from workbench.sae.synthetic import superposition
-from workbench.sae.trainer import Trainer
+import torch  # noqa: E402
+
+from workbench.sae import load_sae  # noqa: E402
+from workbench.sae.config import TrainSAEConfig  # noqa: E402
+from workbench.sae.data import ShuffledBatches, TensorSource  # noqa: E402
+from workbench.sae.synthetic import superposition  # noqa: E402
+from workbench.sae.trainer import Trainer  # noqa: E402
 
 D_IN, D_SAE, K, WIDTHS, BATCH = 576, 4608, 32, (288, 1152, 4608), 4096
 
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_fraction_of_limit_ours": mm_cpu * args.steps / ours.cpu,
             "cpu_fraction_of_limit_saelens": mm_cpu * args.steps / theirs.cpu,
             "load_average": os.getloadavg()[0],
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             **evaluate(held_out, ours_dir, trained, Path(tmp) / "sl"),
         }  # fmt: skip
     for key, value in figures.items():

@@ -134,3 +134,24 @@ def test_report_is_deterministic(corpus):
     study, report = corpus[5]
     again = write_report(study, rng_for(11, 4, study["study_index"]))
     assert again == report
+
+
+def test_every_template_fills_for_every_parameter_set():
+    from workbench.cxr.cohort import sample_params
+    from workbench.cxr.reports import _fill, _vars
+
+    ph = phrases()
+    families = [ph["present"], ph["hedged"], *ph["change"].values()]
+    for name in FINDINGS + DEVICES:
+        for seed in range(25):
+            p = sample_params(name, rng_for(seed, 99))
+            v = _vars(name, p)
+            for desc in ph["desc"][name]:
+                v["desc"] = _fill(desc, v).lower()
+                for fam in families:
+                    for key in (name, f"{name}_low", f"{name}_high"):
+                        for entry in fam.get(key, []):
+                            text = _fill(entry["text"] if isinstance(entry, dict) else entry, v)
+                            assert "{" not in text and "  " not in text, text
+                            assert text[0].isupper() or text[0].isdigit(), text
+                            assert text.endswith("."), text

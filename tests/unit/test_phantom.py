@@ -218,3 +218,16 @@ def test_demo_preset_and_all_lateral(tmp_path):
     assert not (tmp_path / "lat" / "masks").exists()
     views = Counter(r["ViewPosition"] for r in read_csv(tmp_path / "lat" / layout.METADATA))
     assert views["LATERAL"] == 12 and views["PA"] + views["AP"] == 12
+
+
+def test_summary_counts_match_tables(dataset):
+    summary = json.loads((dataset / layout.SUMMARY).read_text())
+    labels = read_csv(dataset / layout.LABELS)
+    assert set(summary["present"]) == set(FINDINGS + DEVICES)
+    for name, count in summary["present"].items():
+        assert count == sum(int(r[name]) for r in labels)
+    assert summary["studies"] == len(labels) == sum(summary["studies_per_split"].values())
+    chexpert = read_csv(dataset / layout.CHEXPERT)
+    for label, values in summary["chexpert"].items():
+        assert values["1.0"] == sum(r[label] == "1.0" for r in chexpert)
+        assert values["blank"] == sum(r[label] == "" for r in chexpert)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
+from workbench.cxr.findings import CHANGES, CHEXPERT_LABELS, DEVICES, FINDINGS, concept_names
 from workbench.cxr.reports import examination
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
@@ -263,8 +263,8 @@ class Tally:
             "views": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("view:")},
             "normal_studies": c["normal"],
             "studies_with_prior": c["with_prior"],
-            "present": {k[8:]: v for k, v in sorted(c.items()) if k.startswith("present:")},
-            "changes": {k[7:]: v for k, v in sorted(c.items()) if k.startswith("change:")},
+            "present": {k: c[f"present:{k}"] for k in FINDINGS + DEVICES},
+            "changes": {k: c[f"change:{k}"] for k in CHANGES},
             "chexpert": {
                 lab: {val: c[f"chexpert:{lab}:{val}"] for val in ("1.0", "-1.0", "0.0", "blank")}
                 for lab in CHEXPERT_LABELS

@@ -42,7 +42,9 @@ def step_phantom(cfg: DemoConfig) -> str:
 
     out = cfg.run / "phantom"
     if not (out / "phantom-summary.json").exists():
-        generate(PhantomConfig(out=out, studies=cfg.studies, size=cfg.size, seed=cfg.seed))
+        generate(
+            PhantomConfig(out=out, studies=cfg.studies, size=cfg.size, seed=cfg.seed, workers=2)
+        )
     return summarize(out)
 
 

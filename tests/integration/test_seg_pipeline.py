@@ -31,6 +31,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only spin-waits on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     return write_phantom_fixture(tmp_path_factory.mktemp("ph"), studies=8, size=48)

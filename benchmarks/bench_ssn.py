@@ -11,7 +11,7 @@ test split: GED, sample diversity vs the annotators' own, HM-IoU, Dice. Fixed st
 than a time budget, so the table does not depend on how busy the machine is.
 
     .venv/bin/python benchmarks/bench_ssn.py speed
-    .venv/bin/python benchmarks/bench_ssn.py ged --phantom runs/demo/phantom --steps 600
+    .venv/bin/python benchmarks/bench_ssn.py ged --phantom runs/demo/phantom --threads 1
     .venv/bin/python benchmarks/bench_ssn.py all --phantom runs/demo/phantom --write-results
 """
 
@@ -158,8 +158,9 @@ def markdown_ged(ged: dict, args) -> str:
         f"Test split ({anyrow['n_images']} crops, {args.size} px from {args.crop} px crops), "
         f"{args.steps} training steps each (batch 8, the first {args.warmup} cross-entropy on "
         f"the mean), {args.samples} samples per image (`python benchmarks/bench_ssn.py ged "
-        f"--phantom {args.phantom} --steps {args.steps} --crop {args.crop} --write-results`, "
-        f"{torch.get_num_threads()} threads). The annotators' own diversity E[d(Y,Y')] is "
+        f"--phantom {args.phantom} --steps {args.steps} --crop {args.crop} --size {args.size} "
+        f"--threads {torch.get_num_threads()} --write-results`, on the shared 2-core machine). "
+        f"The annotators' own diversity E[d(Y,Y')] is "
         f"{anyrow['annotator_diversity']:.3f}.",
         "",
         "| model | GED (lower better) | sample diversity | HM-IoU | Dice | ECE | train s |",
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phantom", type=Path, default=Path("runs/demo/phantom"))
     p.add_argument("--work", type=Path, default=Path("runs/bench-ssn"))
     p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--crop", type=int, default=128, help="nodule crop in phantom px")
+    p.add_argument("--size", type=int, default=32, help="network input side in px")
+    p.add_argument("--crop", type=int, default=64, help="nodule crop in phantom px")
     p.add_argument("--warmup", type=int, default=100, help="mean-only CE steps first")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--repeats", type=int, default=20)

@@ -138,10 +138,14 @@ def test_train_resume_evaluate_and_store(phantom, tmp_path, capsys):
     assert len(read_results(db, model="ssn")) == len(rows)
 
 
-def test_diag_model_has_no_factor_and_trains(phantom, tmp_path):
+def test_diag_model_with_roi_trains_and_evaluates(phantom, tmp_path):
     _train(phantom, tmp_path / "d", "ssn-diag", 2, ["--use-roi"])
-    model, spec, _ = load_model(tmp_path / "d")
-    assert spec.ssn.diagonal and model.head.cov_factor is None
+    model, spec, extra = load_model(tmp_path / "d")
+    assert spec.ssn.diagonal and model.head.cov_factor is None and extra["config"]["use_roi"]
+    res = ev.evaluate(ev.EvalConfig(model_dir=tmp_path / "d", data=phantom, num_samples=4))
+    per_image = res["per_image"]
+    assert len(per_image) == 2 and all(0 <= r["metrics"]["ged"] <= 2 for r in per_image)
+    assert (tmp_path / "d" / "eval-phantom-nodules-test.json").exists()
 
 
 def test_bad_inputs_fail_clearly(phantom, tmp_path):

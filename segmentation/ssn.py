@@ -109,7 +109,7 @@ def sample_logits(
     """Draw logit maps ``[S, B, C, H, W]`` by reparameterisation: mu + P eps_R + sqrt(D) eps.
 
     ``antithetic`` draws S/2 deviations d and returns mu + d and mu - d (the official
-    "fixed re-parametrisation trick"), halving the variance of the loss's mean term.
+    "fixed re-parametrisation trick"): the sample mean is exact and the estimate less noisy.
     ``temperature`` scales the noise, as the official evaluation sampler does.
     """
     mean = out.mean

@@ -293,6 +293,7 @@ class Trainer:
         """One log record: losses, FVU overall and per prefix, L0s, dead fraction, lr, speed."""
         var = float(stats.total_var) or 1.0
         mse = [float(m) for m in stats.prefix_mse]
+        thr = float(self.sae.threshold)  # < 0 until first estimated
         return {
             "step": self.step,
             "tokens": self.step * self.cfg.batch_size,
@@ -304,7 +305,7 @@ class Trainer:
             "l0": stats.n_active / self.cfg.batch_size,
             "l0_inference": stats.n_above / self.cfg.batch_size if stats.n_above >= 0 else None,
             "dead_fraction": float((self.since_fired >= self.cfg.dead_tokens).float().mean()),
-            "threshold": float(self.sae.threshold) * self.norm_factor,
+            "threshold": thr * self.norm_factor if thr >= 0 else None,  # raw units
             "lr": self.last["lr"],
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": tokens_per_s,

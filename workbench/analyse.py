@@ -68,7 +68,8 @@ class AnalyseConfig:
     sae: Path | None = None
     """SAE artefact, SAELens dir or dictionary_learning dir (default: <run>/sae)."""
     data: Path | None = None
-    """Dataset root in MIMIC-CXR layout with label CSVs (default: <run>/phantom if present)."""
+    """Dataset root in MIMIC-CXR layout with label CSVs (default: <run>/phantom if present,
+    else the dataset the store was recorded from)."""
     model: Path | None = None
     """Model for logit effects (default: <run>/model if present; none: logit effects skipped)."""
     batch_tokens: int = 4096

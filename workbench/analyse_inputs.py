@@ -50,7 +50,12 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     run = Path(cfg.run)
     sae_path = cfg.sae or run / "sae"
     store, sae = open_store_and_sae(cfg.store or run / "activations", sae_path, notes)
-    data = _optional(cfg.data, run / "phantom", "dataset root")
+    recorded = Path(store.manifest.get("extra", {}).get("data") or run / "phantom")
+    default_data = run / "phantom" if (run / "phantom").is_dir() else recorded
+    data = _optional(cfg.data, default_data, "dataset root")
+    if data is not None and not data.is_dir():
+        notes.append(f"{data} is not a dataset directory: no labels")
+        data = None
     model = _optional(cfg.model, run / "model", "model")
     unembed = load_unembedding(model, notes) if cfg.n_logits else None
     if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:

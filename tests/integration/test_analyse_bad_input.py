@@ -73,3 +73,22 @@ def test_no_labels_at_all_leaves_concepts_empty_and_says_so(tmp_path):
         "mostly image tokens",
     )
     assert "recovery not computed" in recovery_report(run)
+
+
+def test_dataset_defaults_to_the_one_the_store_was_recorded_from(tmp_path):
+    import json
+    import shutil
+
+    from workbench import db
+
+    run = make_run(tmp_path)
+    elsewhere = tmp_path / "mimic"
+    shutil.move(run / "phantom", elsewhere)
+    manifest = json.loads((run / "activations" / "manifest.json").read_text())
+    manifest["extra"]["data"] = str(elsewhere)  # what record writes
+    (run / "activations" / "manifest.json").write_text(json.dumps(manifest))
+    analyse(AnalyseConfig(run=run))
+    con = db.connect(run)
+    assert con.execute(
+        "SELECT best_feature FROM concept_recovery WHERE concept = 'pacemaker'"
+    ).fetchone() == (0,)

@@ -285,9 +285,8 @@ def recovery_report(run: Path) -> str:
     for concept, cat, n_pos, _, feat, auc, ok, _ in rows:
         feat_s = "-" if feat is None else str(feat)
         auc_s = "-" if auc is None else f"{auc:.3f}"
-        lines.append(
-            f"{concept:<22} {cat:<8} {n_pos:>6} {feat_s:>8} {auc_s:>6}  {'yes' if ok else 'no'}"
-        )
+        ok_s = "-" if auc is None else "yes" if ok else "no"
+        lines.append(f"{concept:<22} {cat:<8} {n_pos:>6} {feat_s:>8} {auc_s:>6}  {ok_s}")
     thr = rows[0][7]
     top = [r for r in rows if r[1] == "finding" and r[3] <= 8 and r[2] > 0]
     hits = sum(1 for r in top if r[6])

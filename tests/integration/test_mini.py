@@ -119,3 +119,15 @@ def test_a_killed_training_resumes_to_the_same_weights(phantom, tmp_path, monkey
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_continuation_run_starts_from_trained_weights(phantom, tmp_path):
+    first = mini_train.train(tiny_cfg(phantom, tmp_path / "a", eval_studies=0))
+    cfg = tiny_cfg(phantom, tmp_path / "b", eval_studies=0, epochs=1, init_from=first, lr=0.0)
+    second = mini_train.train(cfg)
+    assert "continues from" in (second / "train.log").read_text()
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    a = load_file(next(first.glob("*.safetensors")))
+    b = load_file(next(second.glob("*.safetensors")))
+    for key in a:  # learning rate 0: the weights are carried over unchanged
+        torch.testing.assert_close(a[key], b[key])

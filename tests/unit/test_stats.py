@@ -26,11 +26,12 @@ def _accumulate(lat: torch.Tensor, kinds: torch.Tensor, batch: int, top_k=5) -> 
     return acc, acc.summary()
 
 
-def test_sparsify_gives_global_rows_and_values():
-    lat = torch.tensor([[0.0, 1.5], [2.0, 0.0], [0.0, 0.0]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparsify_gives_global_rows_and_values(dtype):
+    lat = torch.tensor([[0.0, 1.5], [2.0, 0.0], [0.0, 0.0]], dtype=dtype)
     sb = sparsify(lat, row0=100)
     assert sb.rows.tolist() == [100, 101] and sb.feats.tolist() == [1, 0]
-    assert sb.vals.tolist() == [1.5, 2.0]
+    assert sb.vals.tolist() == [1.5, 2.0] and sb.vals.dtype == torch.float32
 
 
 @pytest.mark.parametrize("batch", [1, 7, 300])

@@ -71,6 +71,10 @@ class TrainSAEConfig:
     """Seed of initialisation and data order (a rerun or a resume gives the same weights)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of the dense encoder product (autocast); weights and Adam stay float32."""
+    sparse_threads: int = 1
+    """CPU threads for everything but the encoder product (which uses all torch threads): the
+    sparse work is many small operations, and with more threads each one waits for the others,
+    which dominates on shared or small CPUs. 0 = all threads."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (under accelerate launch each process takes its own)."""
     checkpoint_every: int = 500

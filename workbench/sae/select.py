@@ -89,8 +89,20 @@ def batch_topk(pre_BF: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.T
     return top_candidates(idx, flat[idx], n_keep)
 
 
-def _dense(x_aug, W_aug, n_keep, dead_idx, threshold, out_dtype) -> Selection:
-    pre_BF = torch.mm(x_aug, W_aug).to(out_dtype)
+def _mm(a: torch.Tensor, b: torch.Tensor, threads: int | None) -> torch.Tensor:
+    """``a @ b``, on ``threads`` CPU threads if given (restored afterwards)."""
+    if threads is None or a.device.type != "cpu":
+        return torch.mm(a, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return torch.mm(a, b)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _dense(x_aug, W_aug, n_keep, dead_idx, threshold, out_dtype, threads) -> Selection:
+    pre_BF = _mm(x_aug, W_aug, threads).to(out_dtype)
     idx, vals = batch_topk(pre_BF, n_keep)
     pre_dead = pre_BF.index_select(1, dead_idx) if dead_idx is not None else None
     n_above = int((pre_BF > threshold).sum()) if threshold is not None else -1
@@ -108,11 +120,13 @@ def encode_select(
     threshold: float | None = None,
     compute_dtype: torch.dtype | None = None,
     chunk_elems: int = _CHUNK_ELEMS,
+    dense_threads: int | None = None,
 ) -> Selection:
     """Encode ``xc = x - b_dec`` chunk by chunk and keep the batch's top ``n_keep`` entries.
 
     ``cut_hint`` should be below the k B-th value (e.g. a fraction of the previous step's
-    smallest kept activation); a bad hint costs time, never exactness.
+    smallest kept activation); a bad hint costs time, never exactness. ``dense_threads`` is
+    the CPU thread count for the encoder product when the caller runs the rest with fewer.
     """
     B, F = xc_BD.shape[0], W_enc_DF.shape[1]
     out_dtype = W_enc_DF.dtype
@@ -125,7 +139,7 @@ def encode_select(
     cut = None if cut_hint is None else max(0.0, cut_hint)
     idx_parts, val_parts, dead_parts, n_above = [], [], [], 0
     for start in range(0, B, rows):
-        pre = torch.mm(x_aug[start : start + rows], W_aug).to(out_dtype)
+        pre = _mm(x_aug[start : start + rows], W_aug, dense_threads).to(out_dtype)
         flat = pre.view(-1)
         if cut is None:
             cut = sample_cut(flat, n_keep * pre.shape[0] / B, F, margin=2.0)
@@ -138,7 +152,7 @@ def encode_select(
             n_above += int((pre > threshold).sum())
     idx, vals = torch.cat(idx_parts), torch.cat(val_parts)
     if idx.numel() < n_keep and cut:  # the cut was too high: redo without one
-        return _dense(x_aug, W_aug, n_keep, dead_idx, threshold, out_dtype)
+        return _dense(x_aug, W_aug, n_keep, dead_idx, threshold, out_dtype, dense_threads)
     idx, vals = top_candidates(idx, vals, n_keep)
     pre_dead = torch.cat(dead_parts) if dead_idx is not None else None
     return Selection(idx, vals, pre_dead, n_above if threshold is not None else -1)

@@ -174,13 +174,15 @@ def forward_backward(
     compute_dtype: torch.dtype | None = None,
     inference_threshold: float | None = None,
     cut_hint: float | None = None,
+    dense_threads: int | None = None,
 ) -> tuple[Grads, StepStats]:
     """Loss terms and parameter gradients of one batch (inputs already normalised).
 
     loss = sum_i mean_b ||x_b - x_hat_i,b||^2 + aux_alpha * aux  (see ``reference_losses``).
     With ``inference_threshold`` the stats also count the activations the inference encoder
     (ReLU above that threshold) would keep on this batch. ``cut_hint`` (a value below the
-    k B-th largest activation, e.g. 0.8 x the last step's smallest kept one) only saves time.
+    k B-th largest activation, e.g. 0.8 x the last step's smallest kept one) only saves time;
+    ``dense_threads`` is the CPU thread count of the encoder product (see ``encode_select``).
     """
     B, D = x_BD.shape
     G, n_feat = len(sae.group_sizes), sae.d_sae
@@ -190,8 +192,9 @@ def forward_backward(
     dead_idx = dead_F.nonzero().squeeze(1) if use_aux else None
     thr = None if inference_threshold is None else max(inference_threshold, 0.0)
     sel = encode_select(
-        xc_BD, sae.W_enc_DF, sae.b_enc_F, k * B, cut_hint, dead_idx, thr, compute_dtype
-    )
+        xc_BD, sae.W_enc_DF, sae.b_enc_F, k * B, cut_hint, dead_idx, thr, compute_dtype,
+        dense_threads=dense_threads,
+    )  # fmt: skip
     code = make_code(sel.idx, sel.vals, sae, B)
     # group-major bags: one embedding_bag gives every group's partial reconstruction
     part = F.embedding_bag(

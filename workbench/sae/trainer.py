@@ -256,6 +256,17 @@ class Trainer:
         return Grads(*out[:4]), stats
 
     def train_step(self, logging: bool) -> StepStats:
+        """One step; on CPU all but the encoder product run on ``sparse_threads`` threads."""
+        full = torch.get_num_threads()
+        narrow = self.dist.device.type == "cpu" and 0 < self.cfg.sparse_threads < full
+        if narrow:
+            torch.set_num_threads(self.cfg.sparse_threads)
+        try:
+            return self._step(logging, dense_threads=full if narrow else None)
+        finally:
+            torch.set_num_threads(full)
+
+    def _step(self, logging: bool, dense_threads: int | None) -> StepStats:
         """Forward, backward, all-reduce, project, clip, Adam, renormalise, threshold."""
         cfg, sae = self.cfg, self.sae
         x = self._local_batch(self.step)
@@ -263,7 +274,7 @@ class Trainer:
         thr = float(sae.threshold) if logging else None
         grads, stats = forward_backward(
             sae, x, cfg.k, dead, self.plan.k_aux, cfg.aux_alpha, self.compute_dtype, thr,
-            cut_hint=self.cut_hint,
+            cut_hint=self.cut_hint, dense_threads=dense_threads,
         )  # fmt: skip
         # BatchTopK's cut moves slowly: 0.8 x this step's smallest kept value bounds the next
         # one from below (a wrong guess costs time, not exactness; not checkpointed)

@@ -76,29 +76,44 @@ def bench_speed(repeats: int = 20, side: int = 128, samples: int = 100) -> dict:
     }
 
 
-def bench_ged(
-    phantom: Path, work: Path, steps: int, size: int, crop: int, warmup: int, samples: int
-) -> dict:
-    """Train the three models for ``steps`` steps each; evaluate on the test split.
+def ensure_phantom(root: Path, studies: int, seed: int) -> Path:
+    """Generate the phantom (with masks) at ``root`` unless it is already there."""
+    if (root / "masks").is_dir():
+        return root
+    from workbench.cxr.phantom import PhantomConfig, generate
 
-    All three start with ``warmup`` steps of cross-entropy on the (mean) logits, so the SSN
-    models differ from the U-Net only in what they learn afterwards.
+    generate(PhantomConfig(out=root, studies=studies, size=256, seed=seed, workers=1, masks=True))
+    return root
+
+
+def bench_ged(phantom: Path, work: Path, args) -> dict:
+    """Train the three models for ``args.steps`` steps each; evaluate on the test split.
+
+    All three start with ``args.warmup`` steps of cross-entropy on the (mean) logits, so the
+    SSN models differ from the U-Net only in what they learn afterwards. Regularisation
+    (weight decay, gradient clipping) is the same for all three.
     """
     table = {}
-    for model in ("unet", "ssn", "ssn-diag"):
+    for model in args.models:
         out = work / model
         cfg = TrainConfig(
             model=model,
             data=phantom,
             dataset="phantom-nodules",
             out=out,
-            steps=steps,
-            mean_warmup_steps=warmup,
-            image_size=size,
-            crop_size=crop,
+            steps=args.steps,
+            mean_warmup_steps=args.warmup,
+            image_size=args.size,
+            crop_size=args.crop,
             channels=(8, 16, 32, 64),
             batch_size=8,
             lr=2e-3,
+            rank=args.rank,
+            factor_init_scale=args.factor_init_scale,
+            use_roi=args.use_roi,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            seed=args.seed,
             progress=False,
             checkpoint_every=100,
             resume=False,
@@ -112,7 +127,7 @@ def bench_ged(
                 data=phantom,
                 dataset="phantom-nodules",
                 split="test",
-                num_samples=samples,
+                num_samples=args.samples,
             )
         )
         row = {r["metric"]: r["value"] for r in ev["rows"] if r["subgroup"] == "all"}
@@ -212,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=64, help="nodule crop in phantom px")
     p.add_argument("--warmup", type=int, default=100, help="mean-only CE steps first")
     p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--models", nargs="+", default=["unet", "ssn", "ssn-diag"])
+    p.add_argument("--rank", type=int, default=10, help="SSN covariance rank")
+    p.add_argument("--factor-init-scale", type=float, default=1.0)
+    p.add_argument("--use-roi", action="store_true", help="mask SSN covariance to the lungs")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--phantom-studies", type=int, default=2500, help="if --phantom is absent")
+    p.add_argument("--phantom-seed", type=int, default=1, help="if --phantom is absent")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
@@ -221,9 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     speed = bench_speed(args.repeats) if args.what in ("speed", "all") else None
     ged = None
     if args.what in ("ged", "all"):
-        ged = bench_ged(
-            args.phantom, args.work, args.steps, args.size, args.crop, args.warmup, args.samples
-        )
+        phantom = ensure_phantom(args.phantom, args.phantom_studies, args.phantom_seed)
+        ged = bench_ged(phantom, args.work, args)
     print(json.dumps({"speed": speed, "ged": ged}, indent=1))
     blocks = []
     if speed:

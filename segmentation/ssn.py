@@ -47,6 +47,9 @@ class SSNConfig:
     """Monte-Carlo samples M per image in the loss (paper: 20)."""
     antithetic: bool = True
     """Draw M/2 samples and use their mirror images about the mean too (official PyTorch)."""
+    factor_init_scale: float = 1.0
+    """Multiplies the covariance-factor convolution's initial weights and bias. Below 1 the
+    model starts near the deterministic U-Net and grows covariance only where the loss asks."""
 
     def validate(self) -> None:
         if self.rank < 1 and not self.diagonal:
@@ -57,6 +60,8 @@ class SSNConfig:
             )
         if self.epsilon <= 0:
             raise ValueError("SSNConfig.epsilon must be > 0")
+        if self.factor_init_scale < 0:
+            raise ValueError("SSNConfig.factor_init_scale must be >= 0")
 
 
 class SSNOutput(NamedTuple):
@@ -84,6 +89,10 @@ class SSNHead(nn.Module):
         self.cov_factor = (
             None if cfg.diagonal else nn.Conv2d(in_channels, num_classes * cfg.rank, 1)
         )
+        if self.cov_factor is not None and cfg.factor_init_scale != 1.0:
+            with torch.no_grad():
+                self.cov_factor.weight.mul_(cfg.factor_init_scale)
+                self.cov_factor.bias.mul_(cfg.factor_init_scale)
 
     def forward(self, feats_BFHW: torch.Tensor, roi_BHW: torch.Tensor | None = None) -> SSNOutput:
         B, _, H, W = feats_BFHW.shape

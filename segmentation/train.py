@@ -68,6 +68,9 @@ class TrainConfig:
     """SSN Monte-Carlo samples per image in the loss."""
     antithetic: bool = True
     """SSN antithetic sample pairs in the loss."""
+    factor_init_scale: float = 1.0
+    """SSN: scale of the covariance-factor convolution's initial weights (below 1 starts the
+    model near the deterministic U-Net)."""
     use_roi: bool = False
     """Mask the SSN covariance outside the dataset's region of interest (phantom nodules)."""
     mean_warmup_steps: int = 0
@@ -79,6 +82,10 @@ class TrainConfig:
     """Images per step (PHiSeg LIDC: 12)."""
     lr: float = 1e-3
     """Adam learning rate (constant, as in the SSN LIDC config)."""
+    weight_decay: float = 0.0
+    """Adam L2 weight decay (the official SSN LIDC config uses 1e-4)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
     augment: bool = True
     """Random left-right and up-down flips."""
     seed: int = 0
@@ -99,6 +106,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("TrainConfig: steps >= 0, batch_size >= 1, lr > 0 required")
+        if self.weight_decay < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ConfigError("TrainConfig: weight_decay >= 0 and grad_clip > 0 required")
         if self.image_size % 2 ** (len(self.channels) - 1):
             raise ConfigError(
                 f"TrainConfig.image_size {self.image_size} must be divisible by "
@@ -121,7 +130,12 @@ class TrainConfig:
             self.recomb_channels,
         )
         ssn = SSNConfig(
-            self.rank, self.epsilon, self.model == "ssn-diag", self.mc_samples, self.antithetic
+            self.rank,
+            self.epsilon,
+            self.model == "ssn-diag",
+            self.mc_samples,
+            self.antithetic,
+            self.factor_init_scale,
         )
         return ModelSpec(self.model, self.num_classes, unet, ssn)
 
@@ -239,7 +253,7 @@ def _setup(cfg: TrainConfig) -> _State:
     torch.manual_seed(cfg.seed)
     spec = cfg.spec()
     model = build_model(spec)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng_state: dict = {}
     step = _resume(cfg, model, opt, rng_state)
     rng = np.random.default_rng(cfg.seed)
@@ -267,6 +281,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 raise FloatingPointError(f"non-finite loss at step {step}; lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step, loss_value = step + 1, loss.item()
             bar.update(1)

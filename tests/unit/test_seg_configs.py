@@ -34,6 +34,14 @@ def test_invalid_values_are_config_errors(tmp_path):
         load_config(TrainConfig, bad)
 
 
+@pytest.mark.parametrize("field", ["weight_decay = -1.0", "grad_clip = 0.0"])
+def test_regularisers_are_validated(tmp_path, field):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'model = "ssn"\n{field}\n')
+    with pytest.raises(ConfigError, match="weight_decay"):
+        load_config(TrainConfig, bad)
+
+
 def test_demo_phase_budgets_leave_time_for_evaluation():
     from segmentation.demo import EVAL_RESERVE, _phase_budget
 

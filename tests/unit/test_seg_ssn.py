@@ -176,3 +176,17 @@ def test_mean_warmup_trains_only_the_mean():
     loss.backward()
     assert model.head.cov_factor.weight.grad is None and model.head.log_cov_diag.weight.grad is None
     assert model.head.mean.weight.grad.abs().sum() > 0
+
+
+def test_factor_init_scale_shrinks_only_the_factor_conv():
+    torch.manual_seed(0)
+    full = SSNHead(8, 2, SSNConfig(rank=3))
+    torch.manual_seed(0)
+    small = SSNHead(8, 2, SSNConfig(rank=3, factor_init_scale=0.1))
+    assert torch.allclose(small.cov_factor.weight, 0.1 * full.cov_factor.weight)
+    assert torch.allclose(small.cov_factor.bias, 0.1 * full.cov_factor.bias)
+    assert torch.equal(small.mean.weight, full.mean.weight)
+    feats = torch.randn(1, 8, 4, 4)
+    assert torch.allclose(small(feats).cov_factor, 0.1 * full(feats).cov_factor, atol=1e-6)
+    with pytest.raises(ValueError, match="factor_init_scale"):
+        SSNConfig(factor_init_scale=-1.0).validate()

@@ -67,12 +67,15 @@ def fvu(x_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
     return float(err / (x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
 
 
-def run_ours(acts: torch.Tensor, steps: int, lr: float, out: Path) -> tuple[Clock, Path]:
+def run_ours(
+    acts: torch.Tensor, steps: int, lr: float, out: Path, sparse_threads: int
+) -> tuple[Clock, Path]:
     cfg = TrainSAEConfig(
         out=out, d_sae=D_SAE, k=K, group_sizes=(288, 864, 3456), batch_size=BATCH,
         tokens=steps * BATCH, lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=5,
         threshold_start_step=0, buffer_tokens=acts.shape[0], progress=False, device="cpu",
         checkpoint_every=0, resume=False, log_every=10, scan_store=False,
+        sparse_threads=sparse_threads,
     )  # fmt: skip
     trainer = Trainer(cfg, TensorSource(acts, shard_tokens=acts.shape[0]))
     with Clock() as clock:
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="training steps for each")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam lr for both")
+    parser.add_argument(
+        "--sparse-threads", type=int, default=TrainSAEConfig.sparse_threads,
+        help="our TrainSAEConfig.sparse_threads (0 = all threads)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     tokens = args.steps * BATCH
     with tempfile.TemporaryDirectory() as tmp:
         before = limit_seconds()
-        ours, ours_dir = run_ours(train, args.steps, args.lr, Path(tmp) / "ours")
+        ours, ours_dir = run_ours(
+            train, args.steps, args.lr, Path(tmp) / "ours", args.sparse_threads
+        )
         theirs, trained = run_saelens(batches, args.steps, args.lr, Path(tmp) / "sl")
         after = limit_seconds()
         mm_wall, mm_cpu = min(before[0], after[0]), min(before[1], after[1])
         figures = {
             "steps": args.steps, "threads": args.threads, "lr": args.lr,
+            "sparse_threads": args.sparse_threads,
             "tokens_per_s_ours": tokens / ours.wall,
             "tokens_per_s_saelens": tokens / theirs.wall,
             "speedup": theirs.wall / ours.wall,

@@ -15,6 +15,7 @@ Memory is one window (about ``buffer_tokens`` rows plus one shard), whatever the
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -181,3 +182,26 @@ class ShuffledBatches:
     def batch(self, step: int) -> torch.Tensor:
         """Global batch ``step``: ``[batch_size, d_in]`` float32."""
         return self.rows(step * self.batch_size, self.batch_size)
+
+
+@torch.no_grad()
+def geometric_median(points_ND: torch.Tensor, iters: int = 100, tol: float = 1e-5):
+    """Weiszfeld's algorithm; the initial ``b_dec`` (dictionary_learning, Bricken et al. 2023)."""
+    guess = points_ND.mean(0)
+    for _ in range(iters):
+        prev = guess
+        w = 1 / (points_ND - guess).norm(dim=1).clamp_min(1e-8)
+        guess = (w[:, None] * points_ND).sum(0) / w.sum()
+        if (guess - prev).norm() < tol:
+            break
+    return guess
+
+
+def estimate_norm_factor(batches: ShuffledBatches, n_batches: int) -> float:
+    """sqrt(E ||x||^2) over the first batches: inputs / factor have unit mean squared norm."""
+    n = max(1, min(n_batches, math.ceil(batches.n_tokens / batches.batch_size)))
+    total = sum(float(batches.batch(s).double().pow(2).sum(1).mean()) for s in range(n))
+    factor = math.sqrt(total / n)
+    if not factor > 0:
+        raise DataError("all activations are zero: cannot normalise")
+    return factor

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,15 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_config, to_dict
 from workbench.sae.config import TrainSAEConfig
-from workbench.sae.data import DataError, ShardSource, ShuffledBatches, StoreSource, scan_source
+from workbench.sae.data import (
+    DataError,
+    ShardSource,
+    ShuffledBatches,
+    StoreSource,
+    estimate_norm_factor,
+    geometric_median,
+    scan_source,
+)
 from workbench.sae.io import save_sae
 from workbench.sae.matryoshka import MatryoshkaSAE, check_group_sizes, group_sizes_from_fractions
 from workbench.sae.step import Grads, StepStats, clip_grads_, forward_backward
@@ -87,29 +94,6 @@ def lr_factor(step: int, plan: Plan, decay_start: float) -> float:
     if decay_start < 1 and step >= start:
         return warm * max(0.0, (plan.steps - step) / max(1, plan.steps - start))
     return warm
-
-
-@torch.no_grad()
-def geometric_median(points_ND: torch.Tensor, iters: int = 100, tol: float = 1e-5):
-    """Weiszfeld's algorithm; the initial ``b_dec`` (dictionary_learning, Bricken et al. 2023)."""
-    guess = points_ND.mean(0)
-    for _ in range(iters):
-        prev = guess
-        w = 1 / (points_ND - guess).norm(dim=1).clamp_min(1e-8)
-        guess = (w[:, None] * points_ND).sum(0) / w.sum()
-        if (guess - prev).norm() < tol:
-            break
-    return guess
-
-
-def estimate_norm_factor(batches: ShuffledBatches, n_batches: int) -> float:
-    """sqrt(E ||x||^2) over the first batches: inputs / factor have unit mean squared norm."""
-    n = max(1, min(n_batches, math.ceil(batches.n_tokens / batches.batch_size)))
-    total = sum(float(batches.batch(s).double().pow(2).sum(1).mean()) for s in range(n))
-    factor = math.sqrt(total / n)
-    if not factor > 0:
-        raise DataError("all activations are zero: cannot normalise")
-    return factor
 
 
 class Distributed:

@@ -182,6 +182,7 @@ def test_load_model_from_saved_directory(name, adapters, tokenizer, tmp_path):
 
 def test_maira2_mini_and_pointer_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_PROJECT_ROOT", tmp_path / "no-checkout")  # hide shipped
     with pytest.raises(FileNotFoundError, match="maira2-mini not found"):
         resolve_model_dir("maira2-mini")
     mini = tmp_path / "data" / "maira2-mini"

@@ -15,18 +15,9 @@ from workbench.models.hooks import (
     resid_post_name,
     resolve_module,
 )
-from workbench.models.tiny import single_thread, tiny_llama, tiny_llava, tiny_maira2, tiny_tokenizer
+from workbench.models.tiny import tiny_llama, tiny_llava, tiny_maira2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")

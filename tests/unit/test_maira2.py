@@ -15,18 +15,9 @@ from workbench.models.checkpoint import (
     resolve_checkpoint_dir,
 )
 from workbench.models.maira2 import Maira2Config, Maira2ForConditionalGeneration
-from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
+from workbench.models.tiny import tiny_maira2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")

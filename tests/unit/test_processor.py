@@ -18,7 +18,6 @@ from workbench.models.prompts import (
     reporting_messages,
     reporting_prompt,
 )
-from workbench.models.tiny import single_thread, tiny_tokenizer
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "golden_prompts"
 CASES = json.loads((GOLDEN / "cases.json").read_text())
@@ -56,15 +55,7 @@ def render_case(case: dict) -> str:
     ).text
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def test_golden_cases_cover_every_combination():

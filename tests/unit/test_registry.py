@@ -13,20 +13,12 @@ from workbench.models import registry
 from workbench.models.hooks import resid_post_name
 from workbench.models.processor import Maira2Processor
 from workbench.models.registry import adapter_for, load_model, resolve_model_dir
-from workbench.models.tiny import single_thread, tiny_llama, tiny_llava, tiny_maira2, tiny_tokenizer
+from workbench.models.tiny import tiny_llama, tiny_llava, tiny_maira2
 
 BUILDERS = {"maira2": tiny_maira2, "llava": tiny_llava, "llama": tiny_llama}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 @pytest.fixture(scope="module")

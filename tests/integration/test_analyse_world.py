@@ -21,6 +21,7 @@ import torch
 
 from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
 from workbench.sae import MatryoshkaSAE, save_sae
+from workbench.sae.synthetic import signed_identity_sae
 from workbench.store import StoreWriter
 
 D = 8
@@ -43,15 +44,7 @@ def subject(i: int) -> int:
 
 def planted_sae(d: int = D, hook: str | None = HOOK) -> MatryoshkaSAE:
     """Feature f < d reads +x[f], feature d + f reads -x[f]; threshold 0.5."""
-    sae = MatryoshkaSAE(d, 2 * d, k=2, group_sizes=(d // 2, d + d // 2), hook_name=hook)
-    with torch.no_grad():
-        eye = torch.eye(d)
-        sae.W_enc_DF.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec_FD.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
-        sae.threshold.fill_(0.5)
-    return sae
+    return signed_identity_sae(d, k=2, hook_name=hook)
 
 
 def study_tokens(i: int) -> tuple[torch.Tensor, list[dict]]:

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
 from workbench.sae import MatryoshkaSAE, save_sae
+from workbench.sae.synthetic import signed_identity_sae
 from workbench.store import StoreWriter
 
 D = 8
@@ -168,15 +169,7 @@ def study_tokens(i: int, grid: int = GRID) -> tuple[torch.Tensor, list[dict]]:
 
 def planted_sae() -> MatryoshkaSAE:
     """Feature f < D reads +x[f], feature D + f reads -x[f]; threshold 0.5."""
-    sae = MatryoshkaSAE(D, 2 * D, k=4, group_sizes=(D // 2, D + D // 2), hook_name=None)
-    with torch.no_grad():
-        eye = torch.eye(D)
-        sae.W_enc_DF.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec_FD.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
-        sae.threshold.fill_(0.5)
-    return sae
+    return signed_identity_sae(D, k=4)
 
 
 def build(run: str | Path, n_studies: int = 16) -> Path:

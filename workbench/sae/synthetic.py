@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from workbench.sae.matryoshka import MatryoshkaSAE
+
 
 def superposition(
     n_tokens: int,
@@ -35,3 +37,20 @@ def superposition(
     out = F.embedding_bag(idx_NA, dirs_FD, offsets, mode="sum", per_sample_weights=mag)
     out += noise * torch.randn(n_tokens, d_in, generator=g) + offset_D
     return out
+
+
+def signed_identity_sae(d: int, k: int, hook_name: str | None = None) -> MatryoshkaSAE:
+    """An SAE with known answers: feature f < d reads +x[f], feature d + f reads -x[f].
+
+    Encoder and decoder are [I, -I], biases zero, inference threshold 0.5, groups of d/2 and
+    3d/2 latents. Tests and the app's tiny run plant activations and know which feature fires.
+    """
+    sae = MatryoshkaSAE(d, 2 * d, k=k, group_sizes=(d // 2, d + d // 2), hook_name=hook_name)
+    with torch.no_grad():
+        eye_DD = torch.eye(d)
+        sae.W_enc_DF.copy_(torch.cat([eye_DD, -eye_DD], dim=1))
+        sae.W_dec_FD.copy_(torch.cat([eye_DD, -eye_DD], dim=0))
+        sae.b_enc_F.zero_()
+        sae.b_dec_D.zero_()
+        sae.threshold.fill_(0.5)
+    return sae

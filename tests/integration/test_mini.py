@@ -14,15 +14,7 @@ from workbench.models.mini_tokenizer import train_tokenizer
 from workbench.models.processor import Maira2Processor
 from workbench.models.registry import load_model
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 
 
 @pytest.fixture(scope="module")

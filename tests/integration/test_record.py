@@ -15,15 +15,8 @@ from workbench.record import RecordConfig, RecordError, main, record
 from workbench.record_data import load_collection
 from workbench.store import ActivationStore
 
-pytestmark = pytest.mark.slow  # a tiny phantom and model per module: ~10-60 s in all
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# a tiny phantom and model per module: ~10-60 s in all
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from workbench import db
 from workbench.steer import SteerConfig, main, run_steer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 SAE_DIR = "sae-steer"
 
 
@@ -41,14 +41,6 @@ def run(base_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(base_run, copy)
     return copy
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    from workbench.models.tiny import single_thread
-
-    with single_thread():
-        yield
 
 
 def stored(run):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from workbench.models.hooks import capture, intervene, resid_post_name
 from workbench.models.registry import adapter_for
-from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
+from workbench.models.tiny import tiny_maira2, tiny_tokenizer
 from workbench.sae import MatryoshkaSAE
 from workbench.steering import (
     SteeringError,
@@ -19,13 +19,9 @@ from workbench.steering import (
     steer_once,
 )
 
+pytestmark = pytest.mark.usefixtures("single_threaded")
+
 LAYER = 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

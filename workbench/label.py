@@ -4,22 +4,22 @@ For each selected feature (:func:`workbench.label_data.select_features`):
 
 1. *explain*: the backend reads the feature's top examples and writes a one-line label,
    stored in ``feature_labels`` with method ``llm:<model>`` (or ``offline``);
-2. *detection scoring* (delphi, Paulo et al. 2024, sec. 3.3): the same backend, acting as
-   judge, sees the label and a shuffled mix of held-out activating and non-activating
-   examples and says which ones the feature fires on; precision, recall, F1, balanced
-   accuracy (and AUROC with log-probs) go to ``feature_scores`` with
-   ``scorer = 'detection:<judge>'``;
-3. *fuzzing* (ibid.): the judge sees held-out text examples with the activating tokens
-   marked, or the marks moved to random silent tokens, and says which marks fit the label
-   (``scorer = 'fuzz:<judge>'``).
+2. *score* (:mod:`workbench.label_feature`): the same backend, acting as judge, scores the
+   label by detection (random and hard negatives), fuzzing and simulation, into
+   ``feature_scores`` with ``scorer = '<name>:<judge>'``.
 
 The ``statistical`` labels of ``analyse`` are scored on the same examples by the same judge,
 so methods compare on equal terms.
 
-Finished features are appended to ``<run>/label/journal.jsonl`` at once and moved into
-``features.duckdb`` every ``flush_seconds`` (a database rewrite copies the file, so it is
-batched); a rerun first applies any leftover journal, then skips what is done. Examples are
-read ``_CHUNK`` features at a time, so memory stays flat over 16k-feature SAEs.
+A feature whose requests fail after their retries is recorded as failed (with the reason, in
+the summary and ``runs.notes``) and the run goes on; ``max_consecutive_failures`` failures in
+a row (a dead server) stop it. Finished features are appended to ``<run>/label/journal.jsonl``
+at once and moved into ``features.duckdb`` every ``flush_seconds`` (a database rewrite copies
+the file, so it is batched); a rerun first applies any leftover journal, then skips what is
+done (and retries what failed). Examples are read ``_CHUNK`` features at a time, so memory
+stays flat over 16k-feature SAEs. Progress is a bar on a terminal, else a log line every
+``progress_every`` features; the end prints done / failed / skipped / cached counts and, on
+the phantom, the ground-truth metric (:mod:`workbench.label_truth`).
 """
 
 from __future__ import annotations
@@ -29,36 +29,29 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from tqdm import tqdm
+
 from workbench import db
 from workbench.config import parse_config, save_config, to_dict
 from workbench.label_data import (
     LABEL_TABLES,
-    FeatureExamples,
     NegativePool,
     load_examples,
     require_tables,
     select_features,
 )
-from workbench.label_llm import (
-    Backend,
-    LabelError,
-    LLMSettings,
-    OfflineBackend,
-    OpenAIBackend,
-)
-from workbench.label_scoring import (
-    DetectionMetrics,
-    chunks,
-    detection_metrics,
-    fuzz_set,
-    shuffled,
-)
+from workbench.label_feature import Work, label_one
+from workbench.label_llm import Backend, LabelError, LLMSettings, OpenAIBackend
+from workbench.label_offline import OfflineBackend
+from workbench.label_scoring import chunks
 from workbench.label_store import Journal, RunRow, done_features, statistical_labels
+from workbench.label_truth import ground_truth
 
 log = logging.getLogger("workbench.label")
 _CHUNK = 256  # features whose examples are read at once
@@ -98,6 +91,14 @@ class LabelConfig:
     """Also score the statistical labels of analyse with the same judge."""
     fuzz: bool = True
     """Also score by fuzzing: are the marked tokens of text examples the right ones?"""
+    hard_negatives: bool = True
+    """Also score detection against hard negatives: silent contexts with the feature's words."""
+    simulation: bool = True
+    """Also score by simulation: correlation of predicted with true per-token activations."""
+    n_simulate: int = 5
+    """Activating text examples simulated per label (plus as many silent ones)."""
+    strong_auroc: float = 0.9
+    """Offline labels lead with the feature's best concept when its AUROC is at least this."""
     logprobs: bool = False
     """Ask the server for log-probs so detection also gets AUROC (needs server support)."""
     temperature: float = 0.0
@@ -110,6 +111,10 @@ class LabelConfig:
     """Retries of a failed or unreadable request (exponential backoff)."""
     backoff: float = 2.0
     """First backoff in seconds (doubles every retry)."""
+    retry_after_cap: float = 60.0
+    """Longest wait in seconds honoured from a server's Retry-After header."""
+    max_consecutive_failures: int = 5
+    """Stop after this many features fail in a row (a dead server); 0: never stop."""
     overwrite: bool = False
     """Relabel features that already have a label (and scores) of this method."""
     flush_seconds: float = 60.0
@@ -120,28 +125,58 @@ class LabelConfig:
     """Random studies drawn once as non-activating image candidates."""
     seed: int = 0
     """Seed of the negative draw and the example shuffle."""
+    progress_every: int = 50
+    """Without a terminal, log progress every this many features (a bar otherwise)."""
 
     def validate(self) -> None:
-        for name in ("n_explain", "n_score", "examples_per_prompt"):
+        for name in ("n_explain", "n_score", "examples_per_prompt", "n_simulate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.flush_seconds < 0:
-            raise ValueError(f"flush_seconds must be >= 0, got {self.flush_seconds}")
+        for name in ("flush_seconds", "retry_after_cap", "max_consecutive_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.progress_every <= 0:
+            raise ValueError(f"progress_every must be positive, got {self.progress_every}")
         if self.backend == "openai" and not self.model:
             raise ValueError("--backend openai needs --model (the server's model name)")
 
 
 class LabelSummary(NamedTuple):
+    """What one ``label`` execution did (features, records written, notes)."""
+
     labelled: int
+    """New labels written."""
     scored: int
+    """New score records (one per label and scorer)."""
     skipped: int
+    """Features of the plan that got nothing to store (e.g. no activating examples)."""
     notes: list[str]
+    """Why something was skipped or not scored, and why features failed."""
+    done: int = 0
+    """Features finished in this execution."""
+    failed: int = 0
+    """Features whose requests failed after retries (retried by the next run)."""
+    cached: int = 0
+    """Selected features already done by an earlier run (resume)."""
+    stats: dict | None = None
+    """Backend counters: retries, Retry-After waits, rejected labels."""
+
+    def line(self) -> str:
+        """The one-line summary the command prints."""
+        stats = ", ".join(
+            f"{v} {k.replace('_', ' ')}" for k, v in sorted((self.stats or {}).items())
+        )
+        return (
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped, {self.cached} cached;"
+            f" {self.labelled} labels and {self.scored} scores written"
+            + (f"; {stats}" if stats else "")
+        )
 
 
 def make_backend(cfg: LabelConfig) -> Backend:
     """The configured backend; the privacy check runs here, before any request."""
     if cfg.backend == "offline":
-        return OfflineBackend()
+        return OfflineBackend(strong_auroc=cfg.strong_auroc)
     settings = LLMSettings(
         base_url=cfg.base_url,
         model=cfg.model,
@@ -152,115 +187,13 @@ def make_backend(cfg: LabelConfig) -> Backend:
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
         logprobs=cfg.logprobs,
+        retry_after_cap=cfg.retry_after_cap,
     )
     return OpenAIBackend(settings, allow_remote=cfg.allow_remote)
 
 
-def judge(ask, feature: int, label: str, items, truth, per_prompt: int) -> DetectionMetrics:
-    """Metrics of ``label`` over ``items``, asking ``ask`` (detect or fuzz) a batch at a time."""
-    predicted: list[int] = []
-    probs: list[float] | None = []
-    for batch in chunks(items, per_prompt):
-        answer = ask(feature, label, batch)
-        predicted += answer.predicted
-        probs = None if probs is None or answer.probs is None else probs + answer.probs
-    return detection_metrics(truth, predicted, probs)
-
-
-class _Work(NamedTuple):
-    explain: bool
-    statistical: str | None
-
-
-class _Sets(NamedTuple):
-    """Shuffled (items, truth) per scorer; None where the feature cannot be scored so."""
-
-    detection: tuple[list, list[int]] | None
-    fuzz: tuple[list, list[int]] | None
-
-
-def _score_sets(fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig):
-    """Detection set (held-out activating + as many silent examples of the same kinds) and
-    fuzzing set (held-out text examples, marks true or misplaced); notes on what is missing."""
-    positives = fx.held_out[: cfg.n_score]
-    n_image = sum(ex.kind == "image" for ex in positives)
-    negatives = pool.draw(
-        fx.feature,
-        len(positives) - n_image,
-        n_image,
-        cfg.seed,
-        exclude_studies={ex.study_id for ex in positives},
-    )
-    detection, notes = None, []
-    if positives and negatives:
-        detection = shuffled(positives, negatives, cfg.seed + fx.feature)
-    else:
-        notes.append(
-            f"feature {fx.feature}: not scored ({len(positives)} held-out activating, "
-            f"{len(negatives)} non-activating examples)"
-        )
-    fuzz = fuzz_set(positives, cfg.seed + fx.feature) if cfg.fuzz else None
-    return _Sets(detection, fuzz if fuzz and fuzz[0] else None), notes
-
-
-def score_label(backend: Backend, feature: int, method: str, label: str, sets: _Sets, cfg):
-    """Journal score records of one label: one per scorer that has a set."""
-    records = []
-    for name, ask, pair in (
-        ("detection", backend.detect, sets.detection),
-        ("fuzz", backend.fuzz, sets.fuzz),
-    ):
-        if pair is not None:
-            m = judge(ask, feature, label, *pair, cfg.examples_per_prompt)
-            records.append(
-                {
-                    "type": "score",
-                    "feature": feature,
-                    "method": method,
-                    "scorer": f"{name}:{backend.method}",
-                    "n": m.n,
-                    "metrics": dict(m.rows()),
-                }
-            )
-    return records
-
-
-def _label_record(backend: Backend, fx: FeatureExamples, expl, scores: list[dict]) -> dict:
-    by_scorer = {r["scorer"].split(":")[0]: r["metrics"] for r in scores}
-    return {
-        "type": "label",
-        "feature": fx.feature,
-        "method": backend.method,
-        "label": expl.text,
-        "score": by_scorer.get("detection", {}).get("balanced_accuracy"),
-        "model": backend.model,
-        "details": {
-            "examples": [ex.study_id for ex in fx.explain],
-            "answer": (expl.raw or "")[-2000:] or None,
-            "scores": by_scorer,
-        },
-    }
-
-
-def label_one(
-    backend: Backend, fx: FeatureExamples, pool: NegativePool, cfg: LabelConfig, work: _Work
-) -> tuple[list[dict], list[str]]:
-    """Journal records (label, scores) of one feature, and notes on what was skipped."""
-    sets, notes = _score_sets(fx, pool, cfg)
-    records: list[dict] = []
-    if work.explain and fx.explain:
-        expl = backend.explain(fx.feature, fx.explain, fx.max_act)
-        scores = score_label(backend, fx.feature, backend.method, expl.text, sets, cfg)
-        records += [_label_record(backend, fx, expl, scores), *scores]
-    elif work.explain:
-        notes.append(f"feature {fx.feature}: no activating examples in feature_examples")
-    if work.statistical:
-        records += score_label(backend, fx.feature, "statistical", work.statistical, sets, cfg)
-    return records, notes
-
-
-def _plan(con, cfg: LabelConfig, backend: Backend, journal: Journal) -> dict[int, _Work]:
-    """What each selected feature still needs (resume: skip work already done)."""
+def _plan(con, cfg: LabelConfig, backend: Backend, journal: Journal) -> tuple[int, dict[int, Work]]:
+    """How many features are selected, and what each still needs (resume: skip work done)."""
     selected = select_features(con, cfg.features, cfg.concept, cfg.top_n)
     scorer = f"detection:{backend.method}"
     stat = statistical_labels(con) if cfg.score_statistical else {}
@@ -268,13 +201,85 @@ def _plan(con, cfg: LabelConfig, backend: Backend, journal: Journal) -> dict[int
     done_stat = set() if cfg.overwrite else done_features(con, journal, "statistical", scorer)
     plan = {}
     for f in selected:
-        work = _Work(
+        work = Work(
             cfg.explain and f not in done_labels,
             stat.get(f) if f not in done_stat else None,
         )
         if work.explain or work.statistical:
             plan[f] = work
-    return plan
+    return len(selected), plan
+
+
+class _Progress:
+    """A bar on a terminal; otherwise one log line every ``every`` features."""
+
+    def __init__(self, total: int, every: int):
+        self.total, self.every, self.n = total, every, 0
+        self.bar = tqdm(total=total, desc="label", unit="feature", disable=None, leave=False)
+        self.lines = self.bar.disable
+
+    def step(self, counts: Counter) -> None:
+        self.n += 1
+        self.bar.update(1)
+        self.bar.set_postfix(failed=counts["failed"], refresh=False)
+        if self.lines and (self.n % self.every == 0 or self.n == self.total):
+            log.info("%d/%d features (%d failed)", self.n, self.total, counts["failed"])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Failures:
+    """Failed features: noted, counted, and fatal only as a long streak (a dead server)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak = limit, 0
+
+    def record(self, feature: int, err: LabelError, counts: Counter, notes: list[str]) -> None:
+        counts["failed"] += 1
+        self.streak += 1
+        notes.append(f"feature {feature}: failed: {err}")
+        log.warning("feature %d failed: %s", feature, err)
+        if self.limit and self.streak >= self.limit:
+            raise LabelError(
+                f"{self.streak} features failed in a row, stopping (finished features are "
+                f"kept; rerun to resume). Last error: {err}"
+            ) from err
+
+
+def _label_all(con, cfg, backend, journal, plan, notes: list[str]) -> Counter:
+    """Label and score every planned feature; returns the counts of the summary."""
+    counts: Counter[str] = Counter()
+    pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
+    progress, failures = (
+        _Progress(len(plan), cfg.progress_every),
+        _Failures(cfg.max_consecutive_failures),
+    )
+    last_flush = time.monotonic()
+    try:
+        for batch in chunks(list(plan), _CHUNK):
+            examples = load_examples(con, batch, cfg.n_explain)
+            for feature in batch:
+                try:
+                    records, skipped = label_one(
+                        backend, examples[feature], pool, cfg, plan[feature]
+                    )
+                except LabelError as err:
+                    failures.record(feature, err, counts, notes)
+                    progress.step(counts)
+                    continue
+                failures.streak = 0
+                notes += skipped
+                journal.append(records)
+                counts["done" if records else "skipped"] += 1
+                counts.update(r["type"] for r in records)
+                progress.step(counts)
+                if time.monotonic() - last_flush >= cfg.flush_seconds:
+                    journal.flush()
+                    last_flush = time.monotonic()
+    finally:
+        progress.close()
+    return counts
 
 
 def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
@@ -286,32 +291,35 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     journal = Journal(out / "journal.jsonl", cfg.run)
     journal.flush()  # leftovers of an interrupted run
     con = db.connect(cfg.run)  # a snapshot: our own flushes replace the file, not this view
-    counts = {"label": 0, "score": 0}
     notes: list[str] = []
-    plan = None
+    plan, counts, n_selected = None, Counter(), 0
     try:
         require_tables(con, LABEL_TABLES, cfg.run)
-        plan = _plan(con, cfg, backend, journal)
-        pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
-        last_flush, done = time.monotonic(), 0
-        for batch in chunks(list(plan), _CHUNK):
-            examples = load_examples(con, batch, cfg.n_explain)
-            for feature in batch:
-                records, skipped = label_one(backend, examples[feature], pool, cfg, plan[feature])
-                notes += skipped
-                journal.append(records)
-                for r in records:
-                    counts[r["type"]] += 1
-                done += 1
-                log.info("feature %d done (%d/%d)", feature, done, len(plan))
-                if time.monotonic() - last_flush >= cfg.flush_seconds:
-                    journal.flush()
-                    last_flush = time.monotonic()
+        n_selected, plan = _plan(con, cfg, backend, journal)
+        counts = _label_all(con, cfg, backend, journal, plan, notes)
     finally:
         con.close()
         row = RunRow(str(uuid.uuid4()), "label", started, json.dumps(to_dict(cfg)), notes)
         journal.flush(runs=row if plan is not None else None)
-    return LabelSummary(counts["label"], counts["score"], len(notes), notes)
+    return LabelSummary(
+        labelled=counts["label"],
+        scored=counts["score"],
+        skipped=counts["skipped"],
+        notes=notes,
+        done=counts["done"],
+        failed=counts["failed"],
+        cached=n_selected - len(plan),
+        stats=dict(getattr(backend, "stats", {}) or {}),
+    )
+
+
+def truth_lines(run: Path, methods: list[str] | None = None) -> list[str]:
+    """The phantom ground-truth metric per labelling method (nothing off the phantom)."""
+    con = db.connect(run)
+    try:
+        return [g.line() for g in ground_truth(con, methods)]
+    finally:
+        con.close()
 
 
 def demo_step(run: Path) -> str:
@@ -325,12 +333,18 @@ def demo_step(run: Path) -> str:
         ).fetchall()
     finally:
         con.close()
-    lines = [f"{summary.labelled} new labels, {summary.scored} new detection scores"]
+    lines = [f"{summary.labelled} new labels, {summary.scored} new scores ({summary.line()})"]
     lines += [
-        f"  {m:>12} labels, {s:<18}: mean balanced accuracy {v:.3f} over {n} features"
+        f"  {m:>12} labels, {s:<24}: mean balanced accuracy {v:.3f} over {n} features"
         for m, s, n, v in rows
     ]
+    lines += [f"  ground truth, {line}" for line in truth_lines(run)]
     return "\n".join(lines)
+
+
+def make_backend_method(cfg: LabelConfig) -> str:
+    """The ``feature_labels.method`` the configured backend writes."""
+    return "offline" if cfg.backend == "offline" else f"llm:{cfg.model}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,12 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     except (LabelError, FileNotFoundError, ValueError) as err:
         print(f"label: error: {err}")
         return 1
-    print(
-        f"label: {summary.labelled} labels and {summary.scored} detection scores written to "
-        f"{db.db_path(cfg.run)}; {summary.skipped} notes"
-    )
-    for note in summary.notes[:20]:
+    print(f"label: {summary.line()} ({db.db_path(cfg.run)})")
+    failures = [n for n in summary.notes if ": failed: " in n]
+    for note in (failures + [n for n in summary.notes if n not in failures])[:20]:
         print(f"  {note}")
+    if len(summary.notes) > 20:
+        print(f"  ... {len(summary.notes) - 20} more notes in the runs table")
+    for line in truth_lines(cfg.run, [make_backend_method(cfg), "statistical"]):
+        print(f"label: ground truth, {line}")
     return 0
 
 

@@ -9,17 +9,21 @@ Negative examples (delphi's "non-activating" contexts) are drawn once per run in
 :class:`NegativePool`: random report-token windows of the same width as the stored contexts,
 and random studies for image examples. A window is a negative for a feature when the feature
 is silent on every token of it (``feature_acts``), a study when the feature never fires in it
-(``study_features``).
+(``study_features``). *Hard* negatives (:meth:`NegativePool.draw_hard`) are the silent ones
+that hold the feature's own words or concept: "No pleural effusion." for a feature that fires
+on asserted effusions, so that a label naming only the word cannot pass.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from typing import NamedTuple
 
 import duckdb
 
+from workbench.label_text import words
 from workbench.prompts import Example
 
 LABEL_TABLES = (
@@ -44,13 +48,32 @@ def require_tables(con: duckdb.DuckDBPyConnection, names: tuple[str, ...], run) 
         )
 
 
+class ConceptHint(NamedTuple):
+    """A feature's best concept association from ``feature_concepts`` (rank 1)."""
+
+    concept: str
+    source: str
+    auroc: float
+
+
 class FeatureExamples(NamedTuple):
-    """A feature's explainer examples and held-out activating examples."""
+    """A feature's explainer examples, held-out activating examples and best concept."""
 
     feature: int
     max_act: float
     explain: list[Example]
     held_out: list[Example]
+    hint: ConceptHint | None = None
+
+
+def concept_hints(con: duckdb.DuckDBPyConnection, features: list[int]) -> dict[int, ConceptHint]:
+    """The rank-1 concept (with a computable AUROC) of each of ``features``."""
+    rows = con.execute(
+        "SELECT feature, concept, source, auroc FROM feature_concepts "
+        "WHERE rank = 1 AND auroc IS NOT NULL AND feature IN (SELECT unnest(?::INTEGER[]))",
+        [features],
+    ).fetchall()
+    return {int(f): ConceptHint(c, s, float(a)) for f, c, s, a in rows}
 
 
 def select_features(
@@ -174,10 +197,11 @@ def load_examples(
             top[feature].append(ex)
         else:
             quantile[feature].append((q or 0, ex))
+    hints = concept_hints(con, features)
     out = {}
     for f in features:
         shown, held = split_examples(top[f], quantile[f], n_explain)
-        out[f] = FeatureExamples(f, float(max_acts.get(f) or 0.0), shown, held)
+        out[f] = FeatureExamples(f, float(max_acts.get(f) or 0.0), shown, held, hints.get(f))
     return out
 
 
@@ -188,6 +212,8 @@ class NegativePool:
         self.context = self._context_width(con)
         self.windows, self._window_fires = self._windows(con, n_windows, seed)
         self.studies, self._study_fires = self._studies(con, n_studies, seed)
+        self._window_words = [_word_set(ex) for ex in self.windows]
+        self._study_words = [_word_set(ex) for ex in self.studies]
 
     @staticmethod
     def _context_width(con) -> int:
@@ -272,3 +298,49 @@ class NegativePool:
         return rng.sample(text, min(n_text, len(text))) + rng.sample(
             image, min(n_image, len(image))
         )
+
+    def draw_hard(
+        self,
+        feature: int,
+        keys: set[str],
+        counts: tuple[int, int],
+        seed: int,
+        exclude_studies: set[int],
+    ) -> list[Example]:
+        """Up to ``counts`` = (text, image) silent windows/studies holding a word of ``keys``.
+
+        The words are the feature's own (its activating words, its concept's name), so these
+        negatives look like positives to a label that only names words.
+        """
+        rng = random.Random(seed * 1_000_003 + feature + 17)
+        text = [
+            ex
+            for ex, fires, ws in zip(self.windows, self._window_fires, self._window_words)
+            if feature not in fires and ws & keys
+        ]
+        image = [
+            ex
+            for ex, fires, ws in zip(self.studies, self._study_fires, self._study_words)
+            if feature not in fires and ex.study_id not in exclude_studies and ws & keys
+        ]
+        n_text, n_image = counts
+        return rng.sample(text, min(n_text, len(text))) + rng.sample(
+            image, min(n_image, len(image))
+        )
+
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
+
+
+def _word_set(ex: Example) -> frozenset[str]:
+    """Lower-cased words of a study's findings and labels, or of a window's central half
+    (joined subwords): positives are centred on their activating word, and a hard negative
+    must show its word with as much context ("No pleural effusion", not a cut "effusion")."""
+    if ex.kind == "text":
+        n = len(ex.tokens)
+        lo, hi = n // 4, n - n // 4
+        return frozenset(
+            w.text.lower() for w in words(ex.tokens, ex.acts) if w.end > lo and w.start < hi
+        )
+    text = f"{ex.findings or ''} {' '.join(ex.labels)}".replace("_", " ").lower()
+    return frozenset(_WORD.findall(text))

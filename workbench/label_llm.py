@@ -1,33 +1,40 @@
-"""Explainer/judge backends of ``label``: an OpenAI-compatible LLM, or offline rules.
+"""The LLM explainer/judge of ``label``: any OpenAI-compatible chat server, kept private.
 
-:class:`OpenAIBackend` talks to any OpenAI-compatible chat server (vLLM, llama.cpp, Ollama,
-TGI, or a hosted API) through the ``openai`` client. Study text leaves the machine only when
-the user says so: a loopback ``base_url`` is allowed, any other host needs
-``allow_remote=True`` and is refused *before* a client exists (:func:`check_endpoint`).
-Transient failures (connection errors, timeouts, 408/409/429/5xx, unreadable answers) are
-retried with exponential backoff; then a :class:`LabelError` names the feature.
+:class:`OpenAIBackend` talks to any OpenAI-compatible chat server (``transformers serve``,
+vLLM, llama.cpp, Ollama, TGI, or a hosted API) through the ``openai`` client.
 
-:class:`OfflineBackend` needs no server: it explains a feature by the tokens it marks and the
-concepts the rule-based report labeller (:mod:`workbench.cxr.labeller`) finds in its
-examples, and judges detection examples by those same tokens and concepts. It is weaker than
-an LLM but runs the whole explain -> detect -> score loop in CI and on air-gapped machines.
+Privacy: study text leaves the machine only when the user says so. A loopback ``base_url`` is
+allowed; any other host needs ``allow_remote=True`` and is refused *before* a client exists
+(:func:`check_endpoint`). The HTTP client of a local endpoint ignores the environment
+(``trust_env=False``: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` would otherwise reroute every
+prompt through a proxy), and no client follows redirects (a local server must not be able to
+forward a prompt elsewhere). Environment proxies are used only for a remote endpoint, i.e.
+under the same explicit opt-in.
+
+Robustness: connection errors, timeouts, 408/409/429/5xx, a 200 reply that is not a chat
+completion (HTML, broken JSON) and unreadable answers are retried with exponential backoff; a
+``Retry-After`` header (seconds, milliseconds or an HTTP date) replaces the backoff, capped at
+``retry_after_cap``. Then a :class:`LabelError` names the feature and the stage. Labels pass
+:func:`workbench.label_text.clean_label`; rejected ones are retried and counted in ``stats``.
+
+The offline rule-based backend lives in :mod:`workbench.label_offline`.
 """
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
-import re
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from workbench import prompts
-from workbench.cxr.findings import CHEXPERT_LABELS
-from workbench.cxr.labeller import PHANTOM_CONCEPTS, label_report
+from workbench.label_text import clean_label
 from workbench.prompts import Example, MalformedAnswerError
 
 
@@ -51,14 +58,21 @@ class Judgement(NamedTuple):
 
 
 class Backend(Protocol):
+    """An explainer and judge; ``stats`` counts retries, rejected labels and the like."""
+
     method: str
     model: str | None
+    stats: Counter[str]
 
-    def explain(self, feature: int, examples: list[Example], max_act: float) -> Explanation: ...
+    def explain(
+        self, feature: int, examples: list[Example], max_act: float, hint=None
+    ) -> Explanation: ...
 
     def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement: ...
 
     def fuzz(self, feature: int, explanation: str, examples: list[Example]) -> Judgement: ...
+
+    def simulate(self, feature: int, explanation: str, example: Example) -> list[int]: ...
 
 
 def is_local(base_url: str) -> bool:
@@ -98,6 +112,8 @@ class LLMSettings:
     temperature: float = 0.0
     max_tokens: int = 600
     logprobs: bool = False
+    retry_after_cap: float = 60.0
+    """Longest wait honoured from a server's Retry-After header (seconds)."""
 
 
 def _retryable(err: Exception) -> bool:
@@ -105,8 +121,42 @@ def _retryable(err: Exception) -> bool:
 
     if isinstance(err, (MalformedAnswerError, openai.APIConnectionError)):
         return True  # APITimeoutError is an APIConnectionError
+    if isinstance(err, (ValueError, openai.APIResponseValidationError)):
+        return True  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
     return isinstance(err, openai.APIStatusError) and (
         err.status_code in (408, 409, 429) or err.status_code >= 500
+    )
+
+
+def retry_after(err: Exception, now: datetime | None = None) -> float | None:
+    """Seconds the server asked to wait (``retry-after-ms``, ``retry-after`` in seconds or as
+    an HTTP date), or None when it did not say."""
+    headers = getattr(getattr(err, "response", None), "headers", None) or {}
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        if when is not None and when.tzinfo is not None:
+            now = now or datetime.now(UTC)
+            return max(0.0, (when - now).total_seconds())
+    return None
+
+
+def http_client(base_url: str, timeout: float):
+    """The HTTP client for ``base_url``: environment proxies only for a remote endpoint
+    (which ``check_endpoint`` allowed explicitly), never redirects."""
+    import openai
+
+    return openai.DefaultHttpxClient(
+        trust_env=not is_local(base_url), follow_redirects=False, timeout=timeout
     )
 
 
@@ -120,6 +170,7 @@ class OpenAIBackend:
         self.settings = settings
         self.method = f"llm:{settings.model}"
         self.model = settings.model
+        self.stats: Counter[str] = Counter()
         self._sleep = sleep
         # retries are ours (logged, with the feature in the error), not the client's
         self.client = OpenAI(
@@ -127,7 +178,34 @@ class OpenAIBackend:
             api_key=settings.api_key,
             timeout=settings.timeout,
             max_retries=0,
+            http_client=http_client(settings.base_url, settings.timeout),
         )
+
+    def _wait(self, err: Exception, attempt: int) -> float:
+        """Seconds before the next attempt: the server's Retry-After (capped), else backoff."""
+        asked = retry_after(err)
+        if asked is None:
+            return self.settings.backoff * 2**attempt
+        self.stats["retry_after"] += 1
+        return min(asked, self.settings.retry_after_cap)
+
+    def _complete(self, messages: list[dict], extra: dict):
+        """One chat completion; a reply that is not one raises MalformedAnswerError."""
+        s = self.settings
+        response = self.client.chat.completions.create(
+            model=s.model,
+            messages=messages,
+            temperature=s.temperature,
+            max_tokens=s.max_tokens,
+            **extra,
+        )
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            kind = type(response).__name__
+            raise MalformedAnswerError(
+                f"the reply is not a chat completion ({kind} without choices)"
+            )
+        return choices[0]
 
     def _ask(self, messages: list[dict], what: str, parse: Callable[[Any], Any], **extra) -> Any:
         """One chat completion parsed by ``parse``, retried on transient errors."""
@@ -136,32 +214,32 @@ class OpenAIBackend:
         s, last = self.settings, None
         for attempt in range(s.retries + 1):
             try:
-                response = self.client.chat.completions.create(
-                    model=s.model,
-                    messages=messages,
-                    temperature=s.temperature,
-                    max_tokens=s.max_tokens,
-                    **extra,
-                )
-                if not response.choices:
-                    raise MalformedAnswerError("no choices in the response")
-                return parse(response.choices[0])
-            except (MalformedAnswerError, openai.OpenAIError) as err:
+                return parse(self._complete(messages, extra))
+            except (MalformedAnswerError, openai.OpenAIError, json.JSONDecodeError) as err:
                 if not _retryable(err):
                     raise LabelError(f"{what}: {type(err).__name__}: {err}") from err
                 last = err
             if attempt < s.retries:
-                self._sleep(s.backoff * 2**attempt)
+                self.stats["retries"] += 1
+                self._sleep(self._wait(last, attempt))
         raise LabelError(
             f"{what}: failed after {s.retries + 1} attempts: {type(last).__name__}: {last}"
         ) from last
 
-    def explain(self, feature: int, examples: list[Example], max_act: float) -> Explanation:
+    def explain(
+        self, feature: int, examples: list[Example], max_act: float, hint=None
+    ) -> Explanation:
+        """The LLM's label from the examples alone (``hint``, the analysis' concept, is not
+        shown: the label stays an independent reading of the examples)."""
         messages = prompts.explain_messages(feature, examples, max_act)
 
         def parse(choice) -> Explanation:
             raw = choice.message.content
-            return Explanation(prompts.parse_explanation(raw), raw)
+            try:
+                return Explanation(clean_label(prompts.parse_explanation(raw)), raw)
+            except MalformedAnswerError:
+                self.stats["rejected_labels"] += 1
+                raise
 
         return self._ask(messages, f"feature {feature}: explanation", parse)
 
@@ -182,83 +260,11 @@ class OpenAIBackend:
         messages = prompts.fuzz_messages(explanation, examples)
         return self._judge(messages, len(examples), f"feature {feature}: fuzzing")
 
+    def simulate(self, feature: int, explanation: str, example: Example) -> list[int]:
+        """Predicted activation level (0-10) per token of a text example (simulation)."""
+        messages = prompts.simulate_messages(explanation, example)
 
-def canonical(concept: str) -> str:
-    """One spelling per concept: lower case, spaces for underscores ('Pleural Effusion',
-    'pleural_effusion' -> 'pleural effusion')."""
-    return concept.replace("_", " ").lower()
+        def parse(choice) -> list[int]:
+            return prompts.parse_simulation(choice.message.content, example.tokens)
 
-
-# Concept names the offline judge recognises in a label, in canonical spelling.
-_VOCAB = frozenset(canonical(c) for c in PHANTOM_CONCEPTS + CHEXPERT_LABELS) - {"no finding"}
-_QUOTED = re.compile(r'"([^"]+)"')
-
-
-@lru_cache(maxsize=65536)
-def _positive_concepts(text: str) -> frozenset[str]:
-    """Canonical concepts (phantom and CheXpert) the report labeller finds positive in ``text``.
-
-    Cached: image examples of one study share its findings, and every feature meets them.
-    """
-    labels = label_report(text)
-    pos = [c for c, v in labels.concepts.items() if v == 1]
-    pos += [c for c, v in labels.chexpert.items() if v == 1 and c != "No Finding"]
-    return frozenset(canonical(c) for c in pos)
-
-
-def _concepts_of(ex: Example) -> frozenset[str]:
-    """What an example is about: concepts in its text, or an image study's findings/labels."""
-    if ex.kind == "text":
-        return _positive_concepts("".join(ex.tokens))
-    if ex.findings:
-        return _positive_concepts(ex.findings)
-    return frozenset(canonical(c) for c in ex.labels)
-
-
-class OfflineBackend:
-    """Rule-based explainer and judge (see module docstring); deterministic, no network."""
-
-    method = "offline"
-    model = "rules"
-
-    def explain(self, feature: int, examples: list[Example], max_act: float) -> Explanation:
-        tokens: Counter[str] = Counter()
-        concepts: Counter[str] = Counter()
-        for ex in examples:
-            if ex.kind == "text":
-                tokens.update(
-                    {t.strip().lower() for t, a in zip(ex.tokens, ex.acts) if a > 0 and t.strip()}
-                )
-            concepts.update(_concepts_of(ex))
-        n_image = sum(ex.kind == "image" for ex in examples)
-        common = [c for c, k in concepts.most_common(2) if k >= max(1, len(examples) / 2)]
-        parts = []
-        if tokens:
-            parts.append("report tokens " + ", ".join(f'"{t}"' for t, _ in tokens.most_common(3)))
-        if n_image:
-            parts.append("image patches")
-        about = " and ".join(common)
-        text = " and ".join(parts) or "no readable examples"
-        return Explanation(text + (f" in studies with {about}" if about else ""), None)
-
-    def detect(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
-        lower = canonical(explanation)
-        named = {c for c in _VOCAB if re.search(rf"\b{re.escape(c)}\b", lower)}
-        quoted = [q.strip().lower() for q in _QUOTED.findall(explanation) if q.strip()]
-        predicted = []
-        for ex in examples:
-            text = "".join(ex.tokens).lower() if ex.kind == "text" else ""
-            hit = any(re.search(rf"\b{re.escape(q)}\b", text) for q in quoted)
-            predicted.append(int(hit or bool(named & _concepts_of(ex))))
-        return Judgement(predicted, None)
-
-    def fuzz(self, feature: int, explanation: str, examples: list[Example]) -> Judgement:
-        """1 where a marked token is a word of the label's quoted tokens or named concepts."""
-        lower = canonical(explanation)
-        words = {w for c in _VOCAB if re.search(rf"\b{re.escape(c)}\b", lower) for w in c.split()}
-        words |= {w for q in _QUOTED.findall(explanation) for w in q.lower().split()}
-        predicted = []
-        for ex in examples:
-            marked = {t.strip().lower() for t, a in zip(ex.tokens, ex.acts) if a > 0}
-            predicted.append(int(bool(marked & words)))
-        return Judgement(predicted, None)
+        return self._ask(messages, f"feature {feature}: simulation", parse)

@@ -1,5 +1,6 @@
 """Scoring a feature label: detection and fuzzing sets and their metrics (delphi, Paulo et al.
-2024, sec. 3.3).
+2024, sec. 3.3), and the simulation score (OpenAI's automated-interpretability: correlation of
+simulated with true activations, pooled over all tokens of all examples).
 
 The judge's 0/1 answers are compared with the truth (did the feature fire on the example):
 precision, recall, F1, balanced accuracy and accuracy, plus ROC-AUC when the judge gave
@@ -9,6 +10,7 @@ computable"), never a made-up number.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,6 +32,40 @@ class DetectionMetrics(NamedTuple):
         """(metric, value) pairs of the computable metrics, for ``feature_scores``."""
         names = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "auroc")
         return [(m, float(getattr(self, m))) for m in names if getattr(self, m) is not None]
+
+
+class SimulationScore(NamedTuple):
+    """Correlation of the explainer's simulated activations with the true ones."""
+
+    n: int
+    """Examples simulated."""
+    n_tokens: int
+    correlation: float | None
+    """Pearson correlation pooled over all tokens; None when either side is constant."""
+
+    def rows(self) -> list[tuple[str, float]]:
+        return [] if self.correlation is None else [("correlation", self.correlation)]
+
+
+def simulation_score(
+    truth: Sequence[Sequence[float]], predicted: Sequence[Sequence[float]]
+) -> SimulationScore:
+    """Pooled Pearson correlation of per-token predictions with true activations."""
+    xs, ys = [], []
+    for t, p in zip(truth, predicted, strict=True):
+        if len(t) != len(p):
+            raise ValueError(f"{len(t)} true activations but {len(p)} predictions")
+        xs += [float(v) for v in t]
+        ys += [float(v) for v in p]
+    n = len(xs)
+    if n < 2:
+        return SimulationScore(len(truth), n, None)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    corr = sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+    return SimulationScore(len(truth), n, corr)
 
 
 def _ratio(num: float, den: float) -> float | None:

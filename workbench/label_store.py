@@ -58,22 +58,33 @@ class Journal:
         self._synced = 0.0
 
     def records(self) -> list[dict]:
-        """Records written and not yet moved (a torn last line from a crash is ignored)."""
+        """Records written and not yet moved (a torn line from a crash is skipped, and a
+        whole record glued to its end is still read)."""
         if not self.path.exists():
             return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        lines = self.path.read_text().splitlines()
+        return [rec for rec in map(_parse_line, lines) if rec is not None]
+
+    def _torn(self) -> bool:
+        """True when the journal ends inside a line (a crash mid-write)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    return False
+                fh.seek(-1, os.SEEK_END)
+                return fh.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
 
     def append(self, records: list[dict]) -> None:
+        """Append ``records``, one JSON line each; after a torn last line, start a new line
+        first so the torn fragment cannot swallow the first record."""
         if not records:
             return
+        lead = "\n" if self._torn() else ""
         with open(self.path, "a") as fh:
-            fh.write("".join(json.dumps(r) + "\n" for r in records))
+            fh.write(lead + "".join(json.dumps(r) + "\n" for r in records))
             fh.flush()  # in the OS now: survives the process being killed
             if time.monotonic() - self._synced >= self.sync_seconds:  # and a power cut
                 os.fsync(fh.fileno())
@@ -94,6 +105,22 @@ class Journal:
         tmp.write_text("")
         os.replace(tmp, self.path)
         return len(records)
+
+
+def _parse_line(line: str) -> dict | None:
+    """One journal line; a torn fragment followed by a whole record (an append after a crash
+    by a writer that did not start a new line) yields the record; garbage yields None."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        pass
+    start = line.find('{"type"', 1)
+    while start != -1:
+        try:
+            return json.loads(line[start:])
+        except json.JSONDecodeError:
+            start = line.find('{"type"', start + 1)
+    return None
 
 
 def _latest(records: list[dict]) -> tuple[dict, dict]:

@@ -8,7 +8,11 @@ Three prompts, after EleutherAI's delphi (Paulo et al. 2024, arXiv 2410.13928, s
 - *detect* (detection scoring): the explanation and a shuffled mix of activating and
   non-activating examples shown without markers; the answer is a list of 0/1, one per example;
 - *fuzz* (fuzzing): activating text examples with the true activating tokens marked, or the
-  same number of marks moved to random silent tokens; the judge says which marks fit.
+  same number of marks moved to random silent tokens; the judge says which marks fit;
+- *simulate* (simulation, OpenAI's automated-interpretability and delphi): the explanation and
+  one unmarked text excerpt; the answer lists the words the feature would fire on with a 0-10
+  level (``word: level`` lines, unlisted words 0), so per-token predictions can be correlated
+  with the true activations.
 
 Image-token examples cannot be shown to a text LLM, so they are summarised by the patch
 position and the findings written in the study's report (its positive labels when it has
@@ -114,10 +118,10 @@ def render_for_explainer(ex: Example, max_act: float) -> str:
             f"[image patch at {where}, activation {level(ex.activation, max_act)}/10] "
             f"{describe_study(ex)}"
         )
+    from workbench.label_text import words  # whole words, not subword pieces
+
     text = " ".join(mark_tokens(ex.tokens, ex.acts, 0.0).split())
-    hot = sorted(
-        ((a, t.strip()) for t, a in zip(ex.tokens, ex.acts, strict=True) if a > 0), reverse=True
-    )
+    hot = sorted(((w.act, w.text) for w in words(ex.tokens, ex.acts) if w.act > 0), reverse=True)
     listed = ", ".join(f'("{t}", {level(a, max_act)})' for a, t in hot[:5])
     return f"{text}\nActivations: {listed}"
 
@@ -166,6 +170,44 @@ def fuzz_messages(explanation: str, examples: list[Example]) -> list[dict]:
     ]
 
 
+def simulate_messages(explanation: str, ex: Example) -> list[dict]:
+    """Chat messages asking on which words of ``ex`` the explained feature fires, and how much."""
+    excerpt = " ".join("".join(ex.tokens).split())
+    user = template("simulate_user").format(explanation=explanation, excerpt=excerpt)
+    return [
+        {"role": "system", "content": template("simulate_system")},
+        {"role": "user", "content": user},
+    ]
+
+
+_LEVEL_LINE = re.compile(
+    r"^\s*(?:[-*]\s*|\d+[.)]\s+)?[\"'`]?(.+?)[\"'`]?\s*[:=]\s*(\d+(?:\.\d+)?)\s*$"
+)
+_NONE = re.compile(r"\bnone\b", re.IGNORECASE)
+
+
+def parse_simulation(answer: str | None, tokens: tuple[str, ...]) -> list[int]:
+    """Predicted level (0-10) per token from ``word: level`` lines; every token of a listed
+    word gets its level, all others 0. An answer without such lines must say ``none``."""
+    from workbench.label_text import words
+
+    levels: dict[str, int] = {}
+    for line in (answer or "").splitlines():
+        match = _LEVEL_LINE.match(line)
+        if match:
+            word = match.group(1).strip().lower()
+            levels[word] = max(levels.get(word, 0), min(10, round(float(match.group(2)))))
+    if not levels and not _NONE.search(answer or ""):
+        raise MalformedAnswerError(
+            f"expected 'word: level' lines or 'none', got {(answer or '')[-200:]!r}"
+        )
+    out = [0] * len(tokens)
+    for w in words(tokens, (0.0,) * len(tokens)):
+        level = levels.get(w.text.lower(), 0)
+        out[w.start : w.end] = [level] * (w.end - w.start)
+    return out
+
+
 _EXPLANATION = re.compile(r"\[?\s*EXPLANATION\s*\]?\s*:\s*(.+)", re.IGNORECASE)
 
 
@@ -183,9 +225,7 @@ def parse_explanation(answer: str | None) -> str:
     text = text.strip().strip("*").strip().strip('"').strip()
     if not text:
         raise MalformedAnswerError(f"no explanation in {answer[-200:]!r}")
-    if len(text) > MAX_EXPLANATION_CHARS:
-        raise MalformedAnswerError(f"explanation longer than {MAX_EXPLANATION_CHARS} characters")
-    return text
+    return text  # workbench.label_text.clean_label bounds and cleans it
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")

@@ -15,6 +15,10 @@ planted so what each feature means is known:
 - coordinate 2: every prompt token; coordinate 3: a ramp over the image patches;
 - coordinate 4: the words " clear" / " normal"; coordinate 5: a weak detector of ".".
 
+With ``negations=True`` a study without effusion reports " No pleural effusion ." instead of
+" Lungs are clear .": coordinate 1 stays silent on those negated words (a *semantic*
+effusion feature) while coordinate 6 fires on " effusion" either way (a *lexical* one).
+
 The SAE reads coordinate f with feature f (and -x[f] with feature D + f, which stays dead).
 """
 
@@ -51,11 +55,12 @@ def findings_of(i: int) -> dict[str, bool]:
     return {"pacemaker": i % 3 == 0, "pleural_effusion": i % 2 == 0, "cardiomegaly": i % 4 == 1}
 
 
-def report_words(i: int) -> tuple[list[str], list[str]]:
+def report_words(i: int, negations: bool = False) -> tuple[list[str], list[str]]:
     """FINDINGS and IMPRESSION of study ``i`` as tokens (each word with its leading space)."""
     f = findings_of(i)
     findings = " Heart size is" + (" enlarged ." if f["cardiomegaly"] else " normal .")
-    findings += " Small left pleural effusion ." if f["pleural_effusion"] else " Lungs are clear ."
+    no_effusion = " No pleural effusion ." if negations else " Lungs are clear ."
+    findings += " Small left pleural effusion ." if f["pleural_effusion"] else no_effusion
     if f["pacemaker"]:
         findings += " Left chest wall pacemaker with leads in place ."
     impression = " No acute process ." if not any(f.values()) else " Findings as above ."
@@ -79,7 +84,7 @@ def _image(i: int, size: int) -> Image.Image:
     return img
 
 
-def write_dataset(root: Path, n: int, size: int = 128) -> None:
+def write_dataset(root: Path, n: int, size: int = 128, negations: bool = False) -> None:
     """Images, reports and the MIMIC-CXR / phantom CSVs for ``n`` studies under ``root``."""
     meta = [["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"]]
     split = [["dicom_id", "study_id", "subject_id", "split"]]
@@ -91,7 +96,7 @@ def write_dataset(root: Path, n: int, size: int = 128) -> None:
         folder = root / "files" / f"p{str(sub)[:2]}" / f"p{sub}"
         (folder / f"s{sid}").mkdir(parents=True, exist_ok=True)
         _image(i, size).save(folder / f"s{sid}" / f"{dicom}.jpg", quality=92)
-        findings, impression = report_words(i)
+        findings, impression = report_words(i, negations)
         (folder / f"s{sid}.txt").write_text(
             "                                 FINAL REPORT\n INDICATION:  Check.\n\n"
             f" FINDINGS:  {' '.join(findings)}\n\n IMPRESSION:  {' '.join(impression)}\n"
@@ -130,7 +135,9 @@ def _token(kind: str, text: str, pos: int, sub: int, section=None, patch=None) -
     }
 
 
-def study_tokens(i: int, grid: int = GRID) -> tuple[torch.Tensor, list[dict]]:
+def study_tokens(
+    i: int, grid: int = GRID, negations: bool = False
+) -> tuple[torch.Tensor, list[dict]]:
     """Activations [n_tokens, D] and token metadata of study ``i`` (image, prompt, report).
 
     The image has ``grid`` x ``grid`` patches; the device sits in patch (grid/8, 5 grid/8),
@@ -154,12 +161,14 @@ def study_tokens(i: int, grid: int = GRID) -> tuple[torch.Tensor, list[dict]]:
         x[2] = 1.0
         rows.append(x)
         meta.append(_token("prompt", tok, len(meta), subject_id(i), section="prompt"))
-    findings, impression = report_words(i)
+    findings, impression = report_words(i, negations)
     for section, words in (("findings", findings), ("impression", impression)):
         for w in words:
             x = np.zeros(D, np.float32)
             x[0] = 1.2 if w == "pacemaker" else 0.0
-            x[1] = {"effusion": 1.5, "pleural": 0.8}.get(w, 0.0)
+            if f["pleural_effusion"]:  # asserted: the only effusion mention of such a study
+                x[1] = {"effusion": 1.5, "pleural": 0.8}.get(w, 0.0)
+            x[6] = 1.4 if negations and w == "effusion" else 0.0
             x[4] = 1.3 if w in ("clear", "normal") else 0.0
             x[5] = 0.6 + 0.3 * rng.random() if w == "." else 0.0
             rows.append(x)
@@ -172,18 +181,18 @@ def planted_sae() -> MatryoshkaSAE:
     return signed_identity_sae(D, k=4)
 
 
-def build(run: str | Path, n_studies: int = 16) -> Path:
+def build(run: str | Path, n_studies: int = 16, negations: bool = False) -> Path:
     """Write the dataset, store and SAE under ``run`` and analyse them; returns ``run``."""
     from workbench.analyse import AnalyseConfig, analyse
     from workbench.models.hooks import resid_post_name
 
     run = Path(run)
-    write_dataset(run / "phantom", n_studies)
+    write_dataset(run / "phantom", n_studies, negations=negations)
     hook = resid_post_name(LAYER)
     w = StoreWriter(run / "activations", model="tiny", layer=LAYER, hook_name=hook, d_model=D)
     for i in range(n_studies):
         if study_id(i) not in w.completed:
-            w.add(study_id(i), *study_tokens(i))
+            w.add(study_id(i), *study_tokens(i, negations=negations))
     w.close()
     sae = planted_sae()
     sae.hook_name = hook

@@ -82,9 +82,13 @@ def test_parse_explanation():
     assert prompts.parse_explanation(answer) == "Cardiac pacemaker devices"
     assert prompts.parse_explanation("just one line") == "just one line"
     assert prompts.parse_explanation('**[EXPLANATION]: "effusion"**') == "effusion"
-    for bad in ("", "  \n ", "x" * 500):
+    for bad in ("", "  \n "):
         with pytest.raises(MalformedAnswerError):
             prompts.parse_explanation(bad)
+    from workbench.label_text import clean_label
+
+    with pytest.raises(MalformedAnswerError, match="500 characters"):
+        clean_label(prompts.parse_explanation("x" * 500))  # the length bound is clean_label's
 
 
 def test_parse_detection():
@@ -160,7 +164,7 @@ def test_split_examples_never_scores_a_shown_token():
 
 
 def test_offline_backend_on_image_examples():
-    from workbench.label_llm import OfflineBackend
+    from workbench.label_offline import OfflineBackend
 
     ex = Example(2, "image", ("<image>",), (1.0,), 0, 1.0, patch=(1, 1), labels=("Cardiomegaly",))
     assert "the study is labelled with: Cardiomegaly" in prompts.render_for_judge(ex)

@@ -6,16 +6,52 @@ the words of the examples it was shown, detection answers that say 1 for example
 word of the explanation, and simulation answers listing those words. A script item is a text
 (the answer), a callable (request body -> answer), a status code (an error reply) or a
 :class:`Raw` reply (any status, headers and body: HTML with status 200, 429 with Retry-After).
+:class:`Listener` is a bare TCP server that records who connects (a stand-in proxy).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 that accepts, records and drops every connection."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections: list[bytes] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.5)
+                try:
+                    self.connections.append(conn.recv(4096))
+                except TimeoutError:
+                    self.connections.append(b"")
+
+    def close(self):
+        self._stop.set()
+        self.thread.join()
+        self.sock.close()
 
 
 class Raw(NamedTuple):

@@ -6,52 +6,17 @@ TCP listener that records who connects to it (a stand-in for a proxy or a foreig
 
 from __future__ import annotations
 
-import socket
-import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
-from tests.unit.fake_llm import FakeLLM, Raw
+from tests.unit.fake_llm import PROXY_VARS, FakeLLM, Listener, Raw
 from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, retry_after
 from workbench.label_text import clean_label
 from workbench.prompts import Example, MalformedAnswerError
 
 TEXT = Example(1, "text", (" left", " chest", " pacemaker", " ."), (0.0, 0.0, 2.0, 0.0), 2, 2.0)
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-class Listener:
-    """A TCP server on 127.0.0.1 that accepts, records and drops every connection."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.connections: list[bytes] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(0.5)
-                try:
-                    self.connections.append(conn.recv(4096))
-                except TimeoutError:
-                    self.connections.append(b"")
-
-    def close(self):
-        self._stop.set()
-        self.thread.join()
-        self.sock.close()
 
 
 @pytest.fixture

@@ -239,8 +239,8 @@ TABLES: tuple[Table, ...] = (
         Scores of labels, e.g. detection scoring of an LLM label on held-out examples.
         feature INTEGER | SAE latent index.
         method VARCHAR | Label method scored (matches feature_labels.method).
-        scorer VARCHAR | '<scorer>:<judge method>'; scorer: detection, detection_hard, fuzz, simulation.
-        metric VARCHAR | 'accuracy', 'f1', 'auroc', 'balanced_accuracy', 'correlation' (simulation), ...
+        scorer VARCHAR | 'name:judge', name: detection, detection_hard, fuzz or simulation.
+        metric VARCHAR | 'accuracy', 'f1', 'auroc', 'balanced_accuracy', 'correlation', ...
         value DOUBLE | The metric.
         n_examples INTEGER | Examples scored.
         created_at TIMESTAMP | UTC time written.

@@ -4,7 +4,7 @@
 
 The model generates findings (greedy, MAIRA-2 prompt) for every test study; the project's
 labeller reads them; each rendered concept (FINDINGS + DEVICES) is scored against the
-phantom's ground truth (:mod:`workbench.models.mini_eval`). The peer is the labeller on the
+phantom's ground truth (:mod:`workbench.models.mini.eval`). The peer is the labeller on the
 reference findings (the ceiling the labeller itself allows). Prints a JSON summary and a
 Markdown table for ``benchmarks/RESULTS.md``; ``--out`` keeps the generated texts.
 """
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from workbench.cxr.studies import iter_studies
-    from workbench.models.mini_eval import evaluate_split, positives, read_phantom_labels, score
+    from workbench.models.mini.eval import evaluate_split, positives, read_phantom_labels, score
     from workbench.models.registry import load_model
 
     if not (args.phantom / "phantom-summary.json").is_file():

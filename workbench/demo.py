@@ -43,7 +43,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def step_phantom(cfg: DemoConfig) -> str:
     """Generate the phantom benchmark (skipped when its summary already exists)."""
-    from workbench.cxr.phantom import PhantomConfig, generate, summarize
+    from workbench.cxr.phantom.run import PhantomConfig, generate, summarize
 
     out = cfg.run / "phantom"
     if not (out / "phantom-summary.json").exists():
@@ -55,7 +55,7 @@ def step_phantom(cfg: DemoConfig) -> str:
 
 def step_model(cfg: DemoConfig) -> str:
     """Point the run at maira2-mini: the shipped weights, or train them if absent."""
-    from workbench.models.mini import ensure_mini
+    from workbench.models.mini.ensure import ensure_mini
 
     path = ensure_mini().resolve()
     model_dir = cfg.run / "model"
@@ -66,7 +66,7 @@ def step_model(cfg: DemoConfig) -> str:
 
 def step_record(cfg: DemoConfig) -> str:
     """Record the middle decoder block over every phantom study (resumes a partial store)."""
-    from workbench.record import RecordConfig, record
+    from workbench.record.run import RecordConfig, record
     from workbench.store import ActivationStore
 
     out = cfg.run / "activations"
@@ -116,7 +116,7 @@ def step_sae(cfg: DemoConfig) -> str:
 
 def step_analyse(cfg: DemoConfig) -> str:
     """Feature statistics into features.duckdb, then the phantom recovery table."""
-    from workbench.analyse import AnalyseConfig, analyse, recovery_report
+    from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
 
     if not (cfg.run / "features.duckdb").exists():
         analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
@@ -125,14 +125,14 @@ def step_analyse(cfg: DemoConfig) -> str:
 
 def step_label(cfg: DemoConfig) -> str:
     """Offline labels and detection scores for every live feature (resumes its journal)."""
-    from workbench.label import demo_step
+    from workbench.label.run import demo_step
 
     return demo_step(cfg.run)
 
 
 def step_steer(cfg: DemoConfig) -> str:
     """Steer the features that recovered phantom concepts; count concepts made to appear."""
-    from workbench.steer import demo_step
+    from workbench.steer.run import demo_step
 
     return demo_step(cfg.run)
 

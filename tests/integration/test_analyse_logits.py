@@ -8,7 +8,7 @@ import torch
 
 from tests.integration.test_analyse_world import D, make_run
 from workbench import db
-from workbench.analyse import AnalyseConfig, AnalyseError, analyse
+from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse
 
 pytestmark = pytest.mark.slow  # importing transformers dominates (seconds on a busy CPU)
 

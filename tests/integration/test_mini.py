@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.record_fixtures import make_phantom
-from workbench.models import mini_train
+from tests.fixtures.record_fixtures import make_phantom
 from workbench.models.mini import MiniConfig, ensure_mini, is_trained, mini_config
-from workbench.models.mini_data import collate, epoch_batches
-from workbench.models.mini_tokenizer import train_tokenizer
+from workbench.models.mini import train as mini_train
+from workbench.models.mini.data import collate, epoch_batches
+from workbench.models.mini.tokenizer import train_tokenizer
 from workbench.models.processor import Maira2Processor
 from workbench.models.registry import load_model
 
@@ -73,7 +73,7 @@ def test_train_saves_a_loadable_model_and_ensure_reuses_it(phantom, tmp_path):
 
 def test_teacher_forcing_labels_cover_only_the_findings(phantom):
     from workbench.cxr.studies import iter_studies
-    from workbench.models.mini_data import encode_study
+    from workbench.models.mini.data import encode_study
 
     tok = train_tokenizer(["Heart size is normal. No effusion."] * 5, vocab_size=300)
     processor = Maira2Processor(tok, image_size=32, patch_size=16)

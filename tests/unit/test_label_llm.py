@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, PrivacyError
-from workbench.prompts import Example
+from workbench.label.backends import LabelError, LLMSettings, OpenAIBackend, PrivacyError
+from workbench.label.prompts import Example
 
 
 def default_answer(request: dict) -> str:

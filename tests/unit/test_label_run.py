@@ -8,15 +8,15 @@ import pytest
 
 from tests.unit.test_label_llm import FakeLLM
 from workbench import db
-from workbench.label import LabelConfig, main, run_label
-from workbench.label_llm import LabelError, PrivacyError
+from workbench.label.backends import LabelError, PrivacyError
+from workbench.label.run import LabelConfig, main, run_label
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
 
     return planted_run.build(tmp_path_factory.mktemp("label") / "run", n_studies=12)
 
@@ -148,7 +148,7 @@ def test_documented_queries_run(run):
 
 
 def test_demo_step_labels_every_live_feature(run):
-    from workbench.label import demo_step
+    from workbench.label.run import demo_step
 
     text = demo_step(run)
     live = rows(run, "SELECT count(*) FROM feature_stats WHERE NOT dead")[0][0]

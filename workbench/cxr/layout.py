@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from workbench.cxr.findings import CHANGES, CHEXPERT_LABELS, DEVICES, FINDINGS, concept_names
-from workbench.cxr.reports import examination
+from workbench.cxr.phantom.reports import examination
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT = "mimic-cxr-2.0.0-split.csv"

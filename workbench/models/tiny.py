@@ -37,7 +37,7 @@ _CORPUS = (
 
 def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """maira2-mini's tokenizer layout (byte-level BPE + MAIRA-2's 207 tokens), trained tiny."""
-    from workbench.models.mini_tokenizer import train_tokenizer
+    from workbench.models.mini.tokenizer import train_tokenizer
 
     return train_tokenizer([_CORPUS] * 4, vocab_size=vocab_size)
 

@@ -132,3 +132,19 @@ def test_ui_never_imports_artefact_writers():
     for module in (m for m in graph if _under(m, ("workbench.ui",))):
         bad = {m: via for m, via in reachable(graph, module).items() if _under(m, WRITERS)}
         assert not bad, f"{module} imports {sorted(bad)} (via {bad})"
+
+
+def test_steer_writes_through_db_not_the_label_stage():
+    graph = import_graph()
+    for module in (m for m in graph if _under(m, ("workbench.steer",))):
+        assert not any(_under(m, ("workbench.label",)) for m in graph[module]), module
+    assert "workbench.db" in graph["workbench.steer.run"]
+
+
+def test_only_db_writes_the_runs_row():
+    writers = [
+        m
+        for m, path in module_files().items()
+        if "INSERT INTO runs" in path.read_text() and m not in ("workbench.db",)
+    ]
+    assert writers == ["workbench.analyse.inputs"], writers  # inputs copies old rows on rerun

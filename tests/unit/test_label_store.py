@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from workbench import db
-from workbench.label.journal import Journal, RunRow, done_features, statistical_labels
+from workbench.db import RunRow
+from workbench.label.journal import Journal, done_features, statistical_labels
 
 
 def label(feature: int, text: str) -> dict:

@@ -15,13 +15,10 @@ file and swapped in atomically (:func:`workbench.db.rewrite`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +52,7 @@ from workbench.analyse.stats import (
     sparsify,
     stats_table,
 )
-from workbench.config import parse_config, save_config, to_dict
+from workbench.config import parse_config, save_config
 
 log = logging.getLogger("workbench.analyse")
 
@@ -212,7 +209,7 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
         return path
     notes: list[str] = []
     inp = open_inputs(cfg, notes)
-    started = datetime.now(UTC).replace(tzinfo=None)
+    started = db.utc_now()
     fingerprint = sae_fingerprint(inp.sae)
     acts = path.parent / db.ACTS_NAME
     acts_tmp = acts.with_name(acts.name + ".tmp")
@@ -220,13 +217,10 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
         with db.rewrite(cfg.run, fresh=True) as con:
             labels = _build(con, inp, cfg, (acts_tmp, notes, timings))
             carry_over(con, path, fingerprint, notes)
-            con.execute(
-                "INSERT INTO runs VALUES (?, 'analyse', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    uuid.uuid4().hex,
-                    started,
-                    datetime.now(UTC).replace(tzinfo=None),
-                    json.dumps(to_dict(cfg)),
+            db.insert_run_row(
+                con,
+                db.run_row("analyse", started, cfg, notes),
+                db.Provenance(
                     str(inp.store.path),
                     str(inp.sae_path),
                     fingerprint,
@@ -234,8 +228,7 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
                     inp.store.n_tokens,
                     len(labels.study_ids),
                     inp.sae.d_sae,
-                    json.dumps(notes),
-                ],
+                ),
             )
             with _timed(timings, "indexes"):
                 db.create_indexes(con)

@@ -34,16 +34,6 @@ LABEL_TABLES = (
 )
 
 
-def require_tables(con: duckdb.DuckDBPyConnection, names: tuple[str, ...], run) -> None:
-    """A clear error when ``analyse`` has not written the tables a stage reads."""
-    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise ValueError(
-            f"{run}: features.duckdb lacks {', '.join(missing)}; run `python -m workbench.analyse`"
-        )
-
-
 class FeatureExamples(NamedTuple):
     """A feature's explainer examples and held-out activating examples."""
 

@@ -12,39 +12,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 
 from workbench import db
-
-
-class RunRow(NamedTuple):
-    """The ``runs`` row of one execution of a stage."""
-
-    run_id: str
-    stage: str
-    started_at: datetime
-    config: str
-    notes: list[str]
-
-
-def insert_run_row(con: duckdb.DuckDBPyConnection, row: RunRow) -> None:
-    """Insert ``row``, copying store/SAE provenance from the latest ``analyse`` row."""
-    finished = datetime.now(UTC).replace(tzinfo=None)
-    values = [row.run_id, row.stage, row.started_at, finished, row.config, json.dumps(row.notes)]
-    con.execute(
-        """INSERT INTO runs
-           SELECT ?, ?, ?, ?, ?, a.store_path, a.sae_path, a.sae_fingerprint, a.hook_name,
-                  a.n_tokens, a.n_studies, a.d_sae, ?
-           FROM (SELECT 1) LEFT JOIN (
-               SELECT * FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1
-           ) a ON true""",
-        values,
-    )
 
 
 class Journal:
@@ -79,7 +52,7 @@ class Journal:
                 os.fsync(fh.fileno())
                 self._synced = time.monotonic()
 
-    def flush(self, runs: RunRow | None = None) -> int:
+    def flush(self, runs: db.RunRow | None = None) -> int:
         """Move the journal (and a ``runs`` row) into the database; returns records moved."""
         records = self.records()
         if not records and runs is None:
@@ -88,7 +61,7 @@ class Journal:
             con.execute("BEGIN TRANSACTION")
             _apply_all(con, records)
             if runs is not None:
-                insert_run_row(con, runs)
+                db.insert_run_row(con, runs)
             con.execute("COMMIT")
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("")
@@ -147,7 +120,7 @@ def _score_tables(scores: dict) -> tuple[pa.Table, pa.Table]:
 
 def _apply_all(con: duckdb.DuckDBPyConnection, records: list[dict]) -> None:
     """Replace the rows of every record: two bulk deletes and two bulk inserts."""
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = db.utc_now()
     labels, scores = _latest(records)
     score_values, score_keys = _score_tables(scores)
     con.register("new_labels", _label_table(labels))

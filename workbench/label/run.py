@@ -24,18 +24,15 @@ read ``_CHUNK`` features at a time, so memory stays flat over 16k-feature SAEs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 from workbench import db
-from workbench.config import parse_config, save_config, to_dict
+from workbench.config import parse_config, save_config
 from workbench.label.backends import (
     Backend,
     LabelError,
@@ -48,10 +45,9 @@ from workbench.label.data import (
     FeatureExamples,
     NegativePool,
     load_examples,
-    require_tables,
     select_features,
 )
-from workbench.label.journal import Journal, RunRow, done_features, statistical_labels
+from workbench.label.journal import Journal, done_features, statistical_labels
 from workbench.label.scoring import (
     DetectionMetrics,
     chunks,
@@ -280,7 +276,7 @@ def _plan(con, cfg: LabelConfig, backend: Backend, journal: Journal) -> dict[int
 def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     """Label and score the configured features of ``cfg.run``; resumable (module docstring)."""
     backend = backend or make_backend(cfg)
-    started = datetime.now(UTC).replace(tzinfo=None)
+    started = db.utc_now()
     out = Path(cfg.run) / "label"
     save_config(cfg, out / "cfg.json")
     journal = Journal(out / "journal.jsonl", cfg.run)
@@ -290,7 +286,7 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     notes: list[str] = []
     plan = None
     try:
-        require_tables(con, LABEL_TABLES, cfg.run)
+        db.require_tables(con, LABEL_TABLES, cfg.run)
         plan = _plan(con, cfg, backend, journal)
         pool = NegativePool(con, cfg.negative_windows, cfg.negative_studies, cfg.seed)
         last_flush, done = time.monotonic(), 0
@@ -309,7 +305,7 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
                     last_flush = time.monotonic()
     finally:
         con.close()
-        row = RunRow(str(uuid.uuid4()), "label", started, json.dumps(to_dict(cfg)), notes)
+        row = db.run_row("label", started, cfg, notes)
         journal.flush(runs=row if plan is not None else None)
     return LabelSummary(counts["label"], counts["score"], len(notes), notes)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -182,7 +181,7 @@ def write_rows(run: Path, rows: list[dict], replace: bool) -> None:
     """Insert ``rows`` into ``steering_results`` (replacing same-key rows when ``replace``)."""
     if not rows:
         return
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = db.utc_now()
     with db.rewrite(run) as con:
         if replace:
             keys = {_key(r) for r in rows}

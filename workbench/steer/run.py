@@ -15,18 +15,13 @@ concept, mode, unit, positions) already stored unless ``--overwrite``.
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from workbench import db
-from workbench.config import parse_config, save_config, to_dict
-from workbench.label.data import require_tables
-from workbench.label.journal import RunRow, insert_run_row
+from workbench.config import parse_config, save_config
 from workbench.steer.evaluate import (
     StudyCase,
     concept_value,
@@ -99,12 +94,12 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     """Evaluate every (feature, scale) of ``cfg``; returns one summary dict per pair."""
     if not cfg.feature:
         raise SteeringError("no --feature given")
-    started = datetime.now(UTC).replace(tzinfo=None)
+    started = db.utc_now()
     save_config(cfg, Path(cfg.run) / "steering" / "cfg.json")
     adapter, sae, data = _inputs(cfg)
     con = db.connect(cfg.run)
     try:
-        require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
+        db.require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
         max_acts = dict(con.execute("SELECT feature, max_act FROM feature_stats").fetchall())
         targets = {f: target_concept(con, f, cfg.concept) for f in cfg.feature}
         cases: dict[str, list[StudyCase]] = {}
@@ -135,9 +130,7 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     if not any(cases.values()):
         notes.append("no study matched the selection")
     with db.rewrite(cfg.run) as con:
-        insert_run_row(
-            con, RunRow(str(uuid.uuid4()), "steer", started, json.dumps(to_dict(cfg)), notes)
-        )
+        db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
         for feature in cfg.feature:
             concept, ids = targets[feature], [c.study_id for c in cases[targets[feature]]]
             for scale in cfg.scale:

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from workbench.config import parse_config, save_config
+from workbench.io import torch_threads
 
 log = logging.getLogger("workbench.demo")
 
@@ -172,15 +171,11 @@ def run_demo(cfg: DemoConfig) -> None:
     """Run the steps in order, printing what each produced and how long it took."""
     cfg.run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.run / "demo-cfg.json")
-    default_threads = torch.get_num_threads()
     for name, step, threads in STEPS:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
-        torch.set_num_threads(threads or default_threads)
-        try:
+        with torch_threads(threads or None):  # 0: all threads
             print(step(cfg), flush=True)
-        finally:
-            torch.set_num_threads(default_threads)
         print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
     from workbench.ui import launch_line
 

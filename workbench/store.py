@@ -17,7 +17,6 @@ buffer and a rerun skips exactly the studies the manifest lists. ``row`` is glob
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
+
+from workbench.io import atomic_path, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -52,12 +53,6 @@ META_SCHEMA = pa.schema(
 
 class StoreError(ValueError):
     """An activation store is missing, malformed, or inconsistent with what was asked."""
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _shard_stem(i: int) -> str:
@@ -127,7 +122,7 @@ class StoreWriter:
                 "extra": extra or {},
                 "complete": False,
             }
-            _atomic_json(manifest_path, self.manifest)
+            write_json(manifest_path, self.manifest)
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
@@ -167,7 +162,7 @@ class StoreWriter:
     def skip(self, study_id: int, reason: str) -> None:
         """Record that a study was not stored, and why (kept in the manifest)."""
         self.manifest["skipped"][str(int(study_id))] = reason
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
 
     def flush(self) -> None:
         """Write buffered studies as one shard, then mark them complete in the manifest."""
@@ -181,20 +176,19 @@ class StoreWriter:
             (".safetensors", lambda p: save_file({"acts": acts}, str(p))),
             (".parquet", lambda p: pq.write_table(table, p)),
         ):
-            tmp = self.path / f"{stem}.tmp{suffix}"
-            write(tmp)
-            os.replace(tmp, self.path / f"{stem}{suffix}")
+            with atomic_path(self.path / f"{stem}{suffix}") as tmp:
+                write(tmp)
         self.manifest["shards"].append({"stem": stem, "n_tokens": int(acts.shape[0])})
         self.manifest["n_tokens"] = start + int(acts.shape[0])
         self.manifest["studies_complete"].extend(self._pending)
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
         self._acts, self._cols, self._pending, self._buffered = [], [], [], 0
 
     def close(self) -> Path:
         """Flush and mark the store complete."""
         self.flush()
         self.manifest["complete"] = True
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
         return self.path
 
 

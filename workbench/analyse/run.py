@@ -53,6 +53,7 @@ from workbench.analyse.stats import (
     stats_table,
 )
 from workbench.config import parse_config, save_config
+from workbench.io import torch_threads
 
 log = logging.getLogger("workbench.analyse")
 
@@ -77,12 +78,8 @@ def _single_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @torch.no_grad()

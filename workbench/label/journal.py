@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from workbench import db
+from workbench.io import write_text
 
 
 class Journal:
@@ -63,9 +64,7 @@ class Journal:
             if runs is not None:
                 db.insert_run_row(con, runs)
             con.execute("COMMIT")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("")
-        os.replace(tmp, self.path)
+        write_text(self.path, "")
         return len(records)
 
 

@@ -20,6 +20,7 @@ from workbench.cxr import mimic
 from workbench.cxr.findings import CHEXPERT_LABELS
 from workbench.cxr.images import CXRDataError
 from workbench.cxr.labeller.context import PHANTOM_CONCEPTS, label_report, score_labels
+from workbench.io import atomic_path
 
 COLUMNS = ("study_id", *PHANTOM_CONCEPTS, *CHEXPERT_LABELS)
 
@@ -85,15 +86,12 @@ def _jsonl(path: Path):
 
 def write_labels(labels: dict[int, dict], path: Path) -> Path:
     """Write the label table atomically (tmp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for study, row in sorted(labels.items()):
             values = [row.get(c) for c in COLUMNS[1:]]
             writer.writerow([study, *("" if v is None else int(v) for v in values)])
-    tmp.replace(path)
     return path
 
 

@@ -23,6 +23,7 @@ from workbench.cxr.layout import summarize
 from workbench.cxr.phantom.cohort import dicom_id, plan_subjects, rng_for, subject_studies
 from workbench.cxr.phantom.render import render_study
 from workbench.cxr.phantom.reports import write_report
+from workbench.io import write_json
 
 RENDER_STREAM, REPORT_STREAM = 3, 4  # rng_for stream ids (cohort uses 1 and 2)
 
@@ -166,9 +167,7 @@ def generate(cfg: PhantomConfig) -> dict[str, Any]:
         raise
     sink.commit()
     summary = tally.summary(content_config(cfg))
-    tmp = out / (layout.SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / layout.SUMMARY)
+    write_json(out / layout.SUMMARY, summary)
     return summary
 
 

@@ -33,9 +33,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from workbench.config import to_dict
-
-DB_NAME = "features.duckdb"
-ACTS_NAME = "feature_acts.parquet"
+from workbench.run import ACTS_NAME, DB_NAME
 
 
 class Column(NamedTuple):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from workbench.config import parse_config, save_config
 from workbench.io import torch_threads
+from workbench.run import RunLayout
 
 log = logging.getLogger("workbench.demo")
 
@@ -44,7 +45,7 @@ def step_phantom(cfg: DemoConfig) -> str:
     """Generate the phantom benchmark (skipped when its summary already exists)."""
     from workbench.cxr.phantom.run import PhantomConfig, generate, summarize
 
-    out = cfg.run / "phantom"
+    out = RunLayout(cfg.run).phantom
     if not (out / "phantom-summary.json").exists():
         generate(
             PhantomConfig(out=out, studies=cfg.studies, size=cfg.size, seed=cfg.seed, workers=2)
@@ -57,7 +58,7 @@ def step_model(cfg: DemoConfig) -> str:
     from workbench.models.mini.ensure import ensure_mini
 
     path = ensure_mini().resolve()
-    model_dir = cfg.run / "model"
+    model_dir = RunLayout(cfg.run).model
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "pointer.txt").write_text(f"{path}\n")
     return f"maira2-mini at {path}"
@@ -68,12 +69,13 @@ def step_record(cfg: DemoConfig) -> str:
     from workbench.record.run import RecordConfig, record
     from workbench.store import ActivationStore
 
-    out = cfg.run / "activations"
+    layout = RunLayout(cfg.run)
+    out = layout.activations
     if not _store_complete(out):
         record(
             RecordConfig(
-                model=str(cfg.run / "model"),
-                data=cfg.run / "phantom",
+                model=str(layout.model),
+                data=layout.phantom,
                 out=out,
                 layer=cfg.layer,
                 image_tokens="all",
@@ -104,10 +106,11 @@ def step_sae(cfg: DemoConfig) -> str:
     from workbench.sae.config import TrainSAEConfig
     from workbench.sae.trainer import train
 
-    out = cfg.run / "sae"
+    layout = RunLayout(cfg.run)
+    out = layout.sae
     if not (out / "sae_weights.safetensors").exists():
         preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
-        preset.update(store=cfg.run / "activations", out=out, seed=cfg.seed, progress=False)
+        preset.update(store=layout.activations, out=out, seed=cfg.seed, progress=False)
         train(from_dict(TrainSAEConfig, preset))
     sae = load_sae(out)
     return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
@@ -117,7 +120,7 @@ def step_analyse(cfg: DemoConfig) -> str:
     """Feature statistics into features.duckdb, then the phantom recovery table."""
     from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
 
-    if not (cfg.run / "features.duckdb").exists():
+    if not RunLayout(cfg.run).database.exists():
         analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
     return recovery_report(cfg.run)
 

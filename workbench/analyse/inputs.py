@@ -22,6 +22,7 @@ from workbench import db
 from workbench.analyse.concepts import LabelMatrix, load_labels
 from workbench.analyse.config import AnalyseConfig
 from workbench.analyse.directions import Unembedding
+from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
 log = logging.getLogger("workbench.analyse")
@@ -45,16 +46,15 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
 
     Everything that can fail is loaded here, before the long pass over the activations.
     """
-    run = Path(cfg.run)
-    sae_path = cfg.sae or run / "sae"
-    store, sae = open_store_and_sae(cfg.store or run / "activations", sae_path, notes)
-    recorded = Path(store.manifest.get("extra", {}).get("data") or run / "phantom")
-    default_data = run / "phantom" if (run / "phantom").is_dir() else recorded
+    run = RunLayout(cfg.run)
+    sae_path = cfg.sae or run.sae
+    store, sae = open_store_and_sae(cfg.store or run.activations, sae_path, notes)
+    default_data = run.data_or_recorded(store.manifest.get("extra", {}).get("data"))
     data = _optional(cfg.data, default_data, "dataset root")
     if data is not None and not data.is_dir():
         notes.append(f"{data} is not a dataset directory: no labels")
         data = None
-    model = _optional(cfg.model, run / "model", "model")
+    model = _optional(cfg.model, run.model, "model")
     unembed = load_unembedding(model, notes) if cfg.n_logits else None
     if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
         raise AnalyseError(

@@ -55,6 +55,7 @@ from workbench.label.scoring import (
     fuzz_set,
     shuffled,
 )
+from workbench.run import RunLayout
 
 log = logging.getLogger("workbench.label")
 _CHUNK = 256  # features whose examples are read at once
@@ -277,7 +278,7 @@ def run_label(cfg: LabelConfig, backend: Backend | None = None) -> LabelSummary:
     """Label and score the configured features of ``cfg.run``; resumable (module docstring)."""
     backend = backend or make_backend(cfg)
     started = db.utc_now()
-    out = Path(cfg.run) / "label"
+    out = RunLayout(cfg.run).label
     save_config(cfg, out / "cfg.json")
     journal = Journal(out / "journal.jsonl", cfg.run)
     journal.flush()  # leftovers of an interrupted run

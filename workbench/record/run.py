@@ -18,6 +18,7 @@ Resumable: the store's manifest lists finished studies, and a rerun skips them. 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from workbench.config import parse_config, save_config
 from workbench.cxr.images import CXRDataError
 from workbench.record.data import Collection, Item, load_collection
+from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError, StoreWriter
 
 log = logging.getLogger("workbench.record")
@@ -46,9 +48,11 @@ class RecordConfig:
 
     model: str = "maira2-mini"
     """Model: 'maira2-mini', a local model directory, or a cached HF repo id (no download)."""
-    data: Path = Path("runs/demo/phantom")
+    run: Path = Path("runs/demo")
+    """Run directory: data and out default to <run>/phantom and <run>/activations."""
+    data: Path | None = None
     """MIMIC-CXR / phantom root, a MIMIC reports tree, or a CSV/JSON/Parquet file of texts."""
-    out: Path = Path("runs/demo/activations")
+    out: Path | None = None
     """Activation store directory (resumed when it exists)."""
     layer: int = -1
     """Decoder block L whose output is recorded; -1: the middle block (n_layers - 1) // 2."""
@@ -161,6 +165,8 @@ def record(cfg: RecordConfig) -> Path:
     from workbench.models.registry import load_model
 
     cfg.validate()
+    run = RunLayout(cfg.run)
+    cfg = dataclasses.replace(cfg, data=cfg.data or run.phantom, out=cfg.out or run.activations)
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device != "cpu" else "cpu"
     adapter = load_model(cfg.model, device=device)

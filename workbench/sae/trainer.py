@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import save_config, to_dict
 from workbench.io import atomic_path, torch_threads
+from workbench.run import RunLayout
 from workbench.sae.config import TrainSAEConfig
 from workbench.sae.data import (
     DataError,
@@ -377,6 +378,8 @@ def train_on(source: ShardSource, cfg: TrainSAEConfig, stop_after: int | None = 
 def train(cfg: TrainSAEConfig) -> Path:
     """Train an SAE on ``cfg.store`` and return the artefact directory (runs/x/sae)."""
     cfg.validate()
+    if cfg.store is None and cfg.run is not None:
+        cfg = dataclasses.replace(cfg, store=RunLayout(cfg.run).activations)
     if cfg.store is None:
-        raise DataError("no activation store given (--store runs/x/activations)")
+        raise DataError("no activation store given (--run runs/x or --store runs/x/activations)")
     return train_on(StoreSource(cfg.store), dataclasses.replace(cfg))

@@ -22,6 +22,7 @@ from typing import Literal
 
 from workbench import db
 from workbench.config import parse_config, save_config
+from workbench.run import RunLayout
 from workbench.steer.evaluate import (
     StudyCase,
     concept_value,
@@ -84,10 +85,10 @@ def _inputs(cfg: SteerConfig):
     from workbench.models.registry import load_model
     from workbench.sae import load_sae
 
-    run = Path(cfg.run)
-    adapter = load_model(cfg.model or run / "model", device=cfg.device)
-    sae = load_sae(cfg.sae or run / "sae", device=cfg.device)
-    return adapter, sae, Path(cfg.data or run / "phantom")
+    run = RunLayout(cfg.run)
+    adapter = load_model(cfg.model or run.model, device=cfg.device)
+    sae = load_sae(cfg.sae or run.sae, device=cfg.device)
+    return adapter, sae, Path(cfg.data or run.phantom)
 
 
 def run_steer(cfg: SteerConfig) -> list[dict]:
@@ -95,7 +96,7 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     if not cfg.feature:
         raise SteeringError("no --feature given")
     started = db.utc_now()
-    save_config(cfg, Path(cfg.run) / "steering" / "cfg.json")
+    save_config(cfg, RunLayout.cfg(RunLayout(cfg.run).steering))
     adapter, sae, data = _inputs(cfg)
     con = db.connect(cfg.run)
     try:

@@ -103,26 +103,7 @@ class StoreWriter:
             "d_model": d_model,
             "dtype": dtype,
         }
-        manifest_path = self.path / MANIFEST
-        if manifest_path.exists():
-            self.manifest = json.loads(manifest_path.read_text())
-            clash = {k: (self.manifest.get(k), v) for k, v in header.items()}
-            clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
-            if clash:
-                raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
-            self._drop_orphan_shards()
-        else:
-            self.manifest = {
-                "format_version": FORMAT_VERSION,
-                **header,
-                "n_tokens": 0,
-                "shards": [],
-                "studies_complete": [],
-                "skipped": {},
-                "extra": extra or {},
-                "complete": False,
-            }
-            write_json(manifest_path, self.manifest)
+        self.manifest = self._open_manifest(header, extra or {})
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
@@ -133,6 +114,31 @@ class StoreWriter:
         """Study ids already stored or skipped: a resumed run must not record them again."""
         done = set(self.manifest["studies_complete"]) | set(self._pending)
         return done | {int(s) for s in self.manifest["skipped"]}
+
+    def _open_manifest(self, header: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """The existing manifest when its settings match ``header`` (resume), else a new one."""
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                **header,
+                "n_tokens": 0,
+                "shards": [],
+                "studies_complete": [],
+                "skipped": {},
+                "extra": extra,
+                "complete": False,
+            }
+            write_json(manifest_path, manifest)
+            return manifest
+        manifest = json.loads(manifest_path.read_text())
+        clash = {k: (manifest.get(k), v) for k, v in header.items()}
+        clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
+        if clash:
+            raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
+        self.manifest = manifest
+        self._drop_orphan_shards()
+        return manifest
 
     def _drop_orphan_shards(self) -> None:
         """Remove shard files written by a killed run after its last manifest update."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from workbench import db
 from workbench.config import parse_config, save_config
@@ -98,21 +98,10 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
     started = db.utc_now()
     save_config(cfg, RunLayout.cfg(RunLayout(cfg.run).steering))
     adapter, sae, data = _inputs(cfg)
-    con = db.connect(cfg.run)
-    try:
-        db.require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
-        max_acts = dict(con.execute("SELECT feature, max_act FROM feature_stats").fetchall())
-        targets = {f: target_concept(con, f, cfg.concept) for f in cfg.feature}
-        cases: dict[str, list[StudyCase]] = {}
-        for concept in set(targets.values()):
-            cases[concept] = pick_studies(con, data, concept, cfg.n_studies, cfg.select, cfg.split)
-        done = set() if cfg.overwrite else existing_keys(con)
-    finally:
-        con.close()
+    plan = _plan(cfg, data)
     baselines: dict[int, str] = {}
-    summaries, notes = [], []
     for feature in cfg.feature:
-        concept = targets[feature]
+        concept = plan.targets[feature]
         for scale in cfg.scale:
             rows = evaluate_feature(
                 adapter,
@@ -121,19 +110,51 @@ def run_steer(cfg: SteerConfig) -> list[dict]:
                 feature,
                 scale,
                 concept,
-                cases[concept],
-                max_acts,
+                plan.cases[concept],
+                plan.max_acts,
                 baselines,
-                done,
+                plan.done,
             )
             write_rows(cfg.run, rows, replace=cfg.overwrite)
             log.info("feature %d scale %g: %d new rows", feature, scale, len(rows))
-    if not any(cases.values()):
-        notes.append("no study matched the selection")
+    notes = [] if any(plan.cases.values()) else ["no study matched the selection"]
+    return _record_and_summarise(cfg, plan, started, notes)
+
+
+class _Plan(NamedTuple):
+    """What steer reads from features.duckdb before generating anything."""
+
+    max_acts: dict[int, float]
+    targets: dict[int, str]
+    cases: dict[str, list[StudyCase]]
+    done: set
+
+
+def _plan(cfg: SteerConfig, data: Path) -> _Plan:
+    """Each feature's target concept, the studies to steer per concept, the rows already done."""
+    con = db.connect(cfg.run)
+    try:
+        db.require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
+        max_acts = dict(con.execute("SELECT feature, max_act FROM feature_stats").fetchall())
+        targets = {f: target_concept(con, f, cfg.concept) for f in cfg.feature}
+        cases = {
+            concept: pick_studies(con, data, concept, cfg.n_studies, cfg.select, cfg.split)
+            for concept in set(targets.values())
+        }
+        done = set() if cfg.overwrite else existing_keys(con)
+    finally:
+        con.close()
+    return _Plan(max_acts, targets, cases, done)
+
+
+def _record_and_summarise(cfg: SteerConfig, plan: _Plan, started, notes: list[str]) -> list[dict]:
+    """Write steer's runs row, then summarise the stored rows of every (feature, scale)."""
+    summaries = []
     with db.rewrite(cfg.run) as con:
         db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
         for feature in cfg.feature:
-            concept, ids = targets[feature], [c.study_id for c in cases[targets[feature]]]
+            concept = plan.targets[feature]
+            ids = [c.study_id for c in plan.cases[concept]]
             for scale in cfg.scale:
                 rows = stored_rows(con, feature, scale, concept, cfg, ids)
                 summaries.append(summarise(feature, scale, concept, rows))

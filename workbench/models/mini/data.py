@@ -21,7 +21,7 @@ from workbench.cxr.images import CXRDataError
 from workbench.cxr.studies import StudyRecord
 from workbench.models.mini.eval import RENDERED
 from workbench.models.processor import Maira2Processor
-from workbench.models.prompts import IMAGE_PLACEHOLDER, reporting_prompt
+from workbench.models.prompts import IMAGE_PLACEHOLDER, ReportingRequest, reporting_prompt
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # positions the LM loss skips (HF convention, Maira2Config.ignore_index)
@@ -60,7 +60,7 @@ def prompt_corpus(records: Iterable[StudyRecord]) -> Iterator[str]:
     vocabulary both get whole-word tokens.
     """
     for rec in records:
-        prompt = reporting_prompt(
+        request = ReportingRequest(
             has_lateral=rec.lateral_path is not None,
             has_prior=rec.prior_frontal_path is not None,
             indication=rec.indication,
@@ -68,8 +68,8 @@ def prompt_corpus(records: Iterable[StudyRecord]) -> Iterator[str]:
             comparison=rec.comparison,
             prior_report=rec.prior_report,
             assistant_text=rec.findings or "",
-            eos_token="",
         )
+        prompt = reporting_prompt(request, eos_token="")
         yield prompt.text.replace(IMAGE_PLACEHOLDER, " ")
 
 

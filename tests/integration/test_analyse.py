@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.test_analyse_world import (
+from tests.fixtures.analyse_world import (
     EFFUSION,
     N_STUDIES,
     PACEMAKER,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_analyse_world import HOOK, make_run, planted_sae
+from tests.fixtures.analyse_world import HOOK, make_run, planted_sae
 from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse, main
 from workbench.sae import save_sae
 from workbench.store import StoreWriter

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.test_analyse_world import D, make_run
+from tests.fixtures.analyse_world import D, make_run
 from workbench import db
 from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse
 

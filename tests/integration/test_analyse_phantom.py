@@ -13,7 +13,7 @@ import csv
 import pytest
 import torch
 
-from tests.integration.test_analyse_world import HOOK, planted_sae
+from tests.fixtures.analyse_world import HOOK, planted_sae
 from workbench import db
 from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
 from workbench.cxr.findings import DEVICES, FINDINGS

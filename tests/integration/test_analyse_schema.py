@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_analyse_world import make_run
+from tests.fixtures.analyse_world import make_run
 from workbench import db
 from workbench.analyse.run import AnalyseConfig, analyse
 

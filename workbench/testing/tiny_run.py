@@ -28,13 +28,12 @@ import torch
 from PIL import Image
 
 from workbench.cxr.studies import StudyRecord, iter_studies
-from workbench.sae import MatryoshkaSAE, save_sae
-from workbench.sae.synthetic import signed_identity_sae
-from workbench.store import StoreWriter
+from workbench.run import RunLayout
+from workbench.testing import planted
+from workbench.testing.planted import PROMPT, PlantedSpec, token
 
 D = 8
 LAYER = 1
-PROMPT = ["<s>", "Describe", " the", " chest", " X-ray", ":"]
 # coordinate -> (phantom concept, report words that name it)
 PLANTED: Mapping[int, tuple[str, tuple[str, ...]]] = MappingProxyType(
     {
@@ -73,19 +72,6 @@ def coverage(root: Path, rec: StudyRecord, concept: str, grid: int) -> np.ndarra
     return cells.mean(axis=(1, 3))
 
 
-def _token(kind: str, text: str, pos: int, sub: int, section=None, patch=None) -> dict:
-    return {
-        "subject_id": sub,
-        "position": pos,
-        "token_id": 99 if kind == "image" else sum(map(ord, text)) % 50000,
-        "token": text,
-        "kind": kind,
-        "section": section,
-        "patch_row": None if patch is None else patch[0],
-        "patch_col": None if patch is None else patch[1],
-    }
-
-
 def _image_tokens(root, rec, grid, rows, meta) -> None:
     cover = {c: coverage(root, rec, concept, grid) for c, (concept, _) in PLANTED.items()}
     for p in range(grid * grid):
@@ -95,7 +81,7 @@ def _image_tokens(root, rec, grid, rows, meta) -> None:
         for c, cov_RC in cover.items():
             x[c] = 2.0 + cov_RC[r, col] if cov_RC[r, col] > 0 else 0.0
         rows.append(x)
-        meta.append(_token("image", "<image>", p, rec.subject_id, patch=(r, col)))
+        meta.append(token("image", "<image>", p, rec.subject_id, patch=(r, col)))
 
 
 def _word_vector(word: str) -> np.ndarray:
@@ -116,35 +102,21 @@ def study_tokens(root: Path, rec: StudyRecord, grid: int = 4) -> tuple[torch.Ten
         x = np.zeros(D, np.float32)
         x[2] = 1.0
         rows.append(x)
-        meta.append(_token("prompt", tok, len(meta), rec.subject_id, section="prompt"))
+        meta.append(token("prompt", tok, len(meta), rec.subject_id, section="prompt"))
     for section in ("findings", "impression"):
         for word in (getattr(rec, section) or "").split():
             rows.append(_word_vector(word))
-            meta.append(_token("report", " " + word, len(meta), rec.subject_id, section=section))
+            meta.append(token("report", " " + word, len(meta), rec.subject_id, section=section))
     return torch.from_numpy(np.stack(rows)), meta
-
-
-def planted_sae(hook: str) -> MatryoshkaSAE:
-    """Feature f < D reads +x[f], feature D + f reads -x[f]; threshold 0.5."""
-    return signed_identity_sae(D, k=4, hook_name=hook)
 
 
 def build(run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0) -> Path:
     """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done)."""
-    from workbench.analyse.run import AnalyseConfig, analyse
     from workbench.cxr.phantom.run import PhantomConfig, generate
-    from workbench.models.hooks import resid_post_name
 
-    run = Path(run)
-    root = run / "phantom"
+    root = RunLayout(Path(run)).phantom
     if not (root / "phantom-summary.json").exists():
         generate(PhantomConfig(out=root, studies=n_studies, size=size, seed=seed))
-    hook = resid_post_name(LAYER)
-    w = StoreWriter(run / "activations", model="tiny", layer=LAYER, hook_name=hook, d_model=D)
-    for rec in studies(root):
-        if rec.study_id not in w.completed:
-            w.add(rec.study_id, *study_tokens(root, rec))
-    w.close()
-    save_sae(planted_sae(hook), run / "sae")
-    analyse(AnalyseConfig(run=run, data=root, device="cpu", top_k=8, per_quantile=2))
-    return run
+    records = {rec.study_id: rec for rec in studies(root)}
+    spec = PlantedSpec(tuple(records), lambda sid: study_tokens(root, records[sid]), d=D, k=4)
+    return planted.build(run, spec)

@@ -4,6 +4,9 @@
 - :mod:`~workbench.models.mini.tokenizer`: its byte-level BPE tokenizer with MAIRA-2's tokens.
 - :mod:`~workbench.models.mini.data`: phantom studies -> training examples.
 - :mod:`~workbench.models.mini.eval`: findings F1 against the phantom ground truth.
+- :mod:`~workbench.models.mini.dense`: stage-1 data: frontal images, per-patch mask coverage.
+- :mod:`~workbench.models.mini.vision`: stage 1, the vision tower pretrained alone, then frozen.
+- :mod:`~workbench.models.mini.probe`: the stage-1 gate (probe AUROC, pointing game).
 - :mod:`~workbench.models.mini.train`: the training run.
 - :mod:`~workbench.models.mini.ensure`: the shipped model when trained, else train one.
 """

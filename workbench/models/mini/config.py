@@ -68,25 +68,41 @@ class MiniConfig:
     """Steps of linear learning-rate warm-up."""
     weight_decay: float = 0.01
     """AdamW weight decay on matrices (not on norms, biases or embeddings)."""
-    vision_steps: int = 500
-    """Steps of stage 1: the vision tower + projector learn the phantom's concepts from the
-    current frontal image alone (a linear probe, multi-label loss). MAIRA-2 starts from a
-    pretrained image encoder (RAD-DINO) that it keeps frozen; this stage stands in for that
-    pretraining at a cost the CPU budget allows (0 skips it)."""
+    vision_phantom: Path = Path("runs/mini-train/pretrain")
+    """Stage-1 pretraining corpus: a second phantom benchmark (all its splits), generated here
+    when missing. RAD-DINO was pretrained on other radiographs than MAIRA-2's; likewise the
+    encoder never sees the evaluation phantom's validate or test images. Its train split is
+    added to the corpus."""
+    vision_studies: int = 8000
+    """Studies of a generated stage-1 corpus (frontal images with masks)."""
+    vision_phantom_seed: int = 11
+    """Seed of a generated stage-1 corpus (different subjects from the evaluation phantom)."""
+    vision_steps: int = 4000
+    """Steps of stage 1: the vision tower alone learns, from each frontal image, the phantom's
+    masks per patch (dense) and its concepts (image level), standing in for MAIRA-2's
+    pretrained, frozen RAD-DINO (0 skips it)."""
     vision_batch: int = 32
     """Frontal images per stage-1 step."""
     vision_lr: float = 1e-3
-    """Peak learning rate of stage 1 (linear warm-up over 30 steps, cosine decay)."""
+    """Peak learning rate of stage 1 (linear warm-up over 100 steps, cosine decay)."""
+    dense_weight: float = 1.0
+    """Weight of the dense per-patch mask loss against the image-level concept loss."""
+    vision_minutes: float = 0.0
+    """Stop stage 1 early after this many minutes and go on (0: no limit)."""
     freeze_vision: bool = True
     """Keep the vision tower frozen in stage 2, as MAIRA-2 keeps RAD-DINO frozen."""
     init_from: Path | None = None
     """Start from the weights and tokenizer of a trained maira2-mini (a continuation run:
     stage 1 is skipped, stage 2 runs ``epochs`` more epochs with a fresh schedule)."""
     aux_weight: float = 1.0
-    """Weight of the auxiliary loss: a linear probe on the pooled projector output of the
-    current frontal image predicts the phantom's ground-truth concepts. It only speeds up
-    learning of the vision tower within the CPU budget; the probe is not part of the saved
+    """Weight of the stage-2 auxiliary loss: a linear probe on the pooled projector output of
+    the current frontal image predicts the phantom's ground-truth concepts. It gives the
+    projector a direct signal within the CPU budget; the probe is not part of the saved
     model (0 turns it off: pure teacher-forced language-model loss, as MAIRA-2)."""
+    image_only_prob: float = 0.3
+    """Stage 2: share of training prompts with indication, comparison and prior report set to
+    N/A (as MAIRA-2 allows), so that the model reports from the images when the text is
+    missing instead of copying findings from the prior report (0: always the full prompt)."""
     threads: int = 2
     """torch CPU threads (1 is faster when other jobs share the cores)."""
     checkpoint_every: int = 25
@@ -103,7 +119,14 @@ class MiniConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
             )
-        for name in ("epochs", "batch_size", "text_layers", "vision_layers", "threads"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "text_layers",
+            "vision_layers",
+            "threads",
+            "vision_batch",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}' must be >= 1")
 

@@ -73,32 +73,64 @@ def prompt_corpus(records: Iterable[StudyRecord]) -> Iterator[str]:
         yield prompt.text.replace(IMAGE_PLACEHOLDER, " ")
 
 
-def encode_study(processor: Maira2Processor, rec: StudyRecord, concepts_c: torch.Tensor) -> Example:
-    """Encode one study with its findings teacher-forced; CXRDataError if unusable."""
+def prompt_sections(rec: StudyRecord, image_only: bool = False) -> dict[str, str | None]:
+    """The study's text sections for the reporting prompt.
+
+    ``image_only`` sets indication, comparison and prior report to None (rendered ``N/A``, as
+    MAIRA-2 allows): what the model then writes must come from the images and the technique.
+    """
+    keep = not image_only
+    return {
+        "indication": rec.indication if keep else None,
+        "technique": rec.technique,
+        "comparison": rec.comparison if keep else None,
+        "prior_report": rec.prior_report if keep else None,
+    }
+
+
+def encode_study(
+    processor: Maira2Processor,
+    rec: StudyRecord,
+    concepts_c: torch.Tensor,
+    image_only_too: bool = False,
+) -> list[Example]:
+    """Encode one study with its findings teacher-forced; CXRDataError if unusable.
+
+    Returns the full-prompt example, then (``image_only_too``) the image-only-prompt one,
+    which shares the pixel tensor.
+    """
     if not rec.findings:
         raise CXRDataError(f"study {rec.study_id}: no FINDINGS in {rec.report_path}")
     images = rec.load_images()
-    enc = processor.reporting_inputs(
-        images.frontal,
-        images.lateral,
-        images.prior_frontal,
-        rec.indication,
-        rec.technique,
-        rec.comparison,
-        rec.prior_report,
-        assistant_text=rec.findings,
-    )
-    ids_T = enc.input_ids[0]
-    is_report_T = torch.tensor([t["kind"] == "report" for t in enc.tokens])
-    labels_T = torch.where(is_report_T, ids_T, torch.full_like(ids_T, IGNORE_INDEX))
-    pixels_NHW = enc.pixel_values[:, 0].to(torch.float16)
-    return Example(rec.study_id, ids_T, labels_T, pixels_NHW, concepts_c)
+    pixels_NHW = None
+    out = []
+    for image_only in (False, True) if image_only_too else (False,):
+        enc = processor.reporting_inputs(
+            images.frontal,
+            images.lateral,
+            images.prior_frontal,
+            **prompt_sections(rec, image_only),
+            assistant_text=rec.findings,
+        )
+        ids_T = enc.input_ids[0]
+        is_report_T = torch.tensor([t["kind"] == "report" for t in enc.tokens])
+        labels_T = torch.where(is_report_T, ids_T, torch.full_like(ids_T, IGNORE_INDEX))
+        if pixels_NHW is None:
+            pixels_NHW = enc.pixel_values[:, 0].to(torch.float16)
+        out.append(Example(rec.study_id, ids_T, labels_T, pixels_NHW, concepts_c))
+    return out
 
 
 def encode_all(
-    processor: Maira2Processor, records: Sequence[StudyRecord], truth: dict[int, dict[str, int]]
-) -> list[Example]:
-    """Encode every usable study with its ground truth; unreadable ones are left out."""
+    processor: Maira2Processor,
+    records: Sequence[StudyRecord],
+    truth: dict[int, dict[str, int]],
+    image_only_too: bool = False,
+) -> list[list[Example]]:
+    """Encode every usable study with its ground truth; unreadable ones are left out.
+
+    Each item holds the study's prompt variants (see :func:`encode_study`).
+    """
     examples = []
     for i, rec in enumerate(records):
         gold = truth.get(rec.study_id)
@@ -107,12 +139,27 @@ def encode_all(
             continue
         concepts_c = torch.tensor([float(gold[c]) for c in RENDERED])
         try:
-            examples.append(encode_study(processor, rec, concepts_c))
+            examples.append(encode_study(processor, rec, concepts_c, image_only_too))
         except CXRDataError as exc:
             log.warning("leaving out study %s: %s", rec.study_id, exc)
         if (i + 1) % 500 == 0:
             log.info("encoded %d/%d studies", i + 1, len(records))
     return examples
+
+
+def pick_variants(
+    variants: Sequence[Sequence[Example]], ids: Sequence[int], prob: float, seed: int, step: int
+) -> list[Example]:
+    """One prompt variant per study of a batch: the image-only one with probability ``prob``.
+
+    The draw depends only on (seed, step), so a resumed run sees the same prompts.
+    """
+    rng = np.random.default_rng([seed, step, 7])
+    draws = rng.random(len(ids))
+    return [
+        variants[i][1] if len(variants[i]) > 1 and draw < prob else variants[i][0]
+        for i, draw in zip(ids, draws, strict=True)
+    ]
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:

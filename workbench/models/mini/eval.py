@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from PIL import Image
 
 from workbench.cxr.findings import DEVICES, FINDINGS
 from workbench.cxr.labeller.context import label_report
@@ -105,30 +106,56 @@ def _left_pad(encs: Sequence[EncodedInputs], pad_id: int) -> dict[str, torch.Ten
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
+IMAGE_CONDITIONS: tuple[str, ...] = ("real", "blank", "swapped")
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """A flat mid-grey image of the same size (the blank-image ablation)."""
+    return Image.new("L", image.size, 128)
+
+
+def study_images(
+    records: Sequence[StudyRecord], i: int, condition: str
+) -> tuple[Image.Image, Image.Image | None, Image.Image | None]:
+    """Frontal, lateral and prior images that study ``i`` is shown under ``condition``.
+
+    ``real``: its own; ``blank``: flat grey in place of each; ``swapped``: the images of the
+    study half the list away (another subject in a shuffled split), so the text prompt and
+    the images disagree.
+    """
+    if condition not in IMAGE_CONDITIONS:
+        raise ValueError(f"image condition must be one of {IMAGE_CONDITIONS}, got {condition!r}")
+    source = (
+        records[(i + len(records) // 2) % len(records)] if condition == "swapped" else records[i]
+    )
+    im = source.load_images()
+    if condition == "blank":
+        return tuple(None if x is None else blank_like(x) for x in im)
+    return im.frontal, im.lateral, im.prior_frontal
+
+
 @torch.no_grad()
 def generate_findings(
     model, processor: Maira2Processor, records: Sequence[StudyRecord], batch_size: int = 16,
-    max_new_tokens: int = 160,
+    max_new_tokens: int = 160, condition: str = "real", image_only: bool = False,
 ) -> dict[int, str]:  # fmt: skip
-    """Greedy findings for each study (batched, left-padded), keyed by study id."""
+    """Greedy findings for each study (batched, left-padded), keyed by study id.
+
+    ``condition`` replaces the images (:func:`study_images`); ``image_only`` sets indication,
+    comparison and prior report to N/A (:func:`~workbench.models.mini.data.prompt_sections`).
+    """
+    from workbench.models.mini.data import prompt_sections
+
     tok = processor.tokenizer
     out: dict[int, str] = {}
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        encs = []
-        for rec in chunk:
-            im = rec.load_images()
-            encs.append(
-                processor.reporting_inputs(
-                    im.frontal,
-                    im.lateral,
-                    im.prior_frontal,
-                    rec.indication,
-                    rec.technique,
-                    rec.comparison,
-                    rec.prior_report,
-                )  # fmt: skip
+        encs = [
+            processor.reporting_inputs(
+                *study_images(records, start + j, condition), **prompt_sections(rec, image_only)
             )
+            for j, rec in enumerate(chunk)
+        ]
         batch = _left_pad(encs, tok.pad_token_id)
         ids = model.generate(
             **batch, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
@@ -141,8 +168,9 @@ def generate_findings(
 
 
 def evaluate_split(
-    model, processor: Maira2Processor, root: str | Path, split: str = "test", limit: int = 0
-) -> EvalReport:
+    model, processor: Maira2Processor, root: str | Path, split: str = "test", limit: int = 0,
+    condition: str = "real", image_only: bool = False,
+) -> EvalReport:  # fmt: skip
     """Generate findings for ``split`` (first ``limit`` studies, 0 = all) and score them."""
     truth = read_phantom_labels(root)
     records = [r for r in iter_studies(root, split=split) if r.study_id in truth]
@@ -150,7 +178,9 @@ def evaluate_split(
         records = records[:limit]
     if not records:
         raise ValueError(f"{root}: no labelled studies in split {split!r}")
-    generated = generate_findings(model, processor, records)
+    generated = generate_findings(
+        model, processor, records, condition=condition, image_only=image_only
+    )
     scores = score({s: positives(t) for s, t in generated.items()}, truth)
     reference = score({r.study_id: positives(r.findings or "") for r in records}, truth)
     return EvalReport(len(records), macro_f1(scores), scores, macro_f1(reference), generated)

@@ -31,7 +31,13 @@ import torch
 from workbench.config import save_config
 from workbench.cxr.studies import iter_studies
 from workbench.models.mini.config import MiniConfig, build_mini, is_trained
-from workbench.models.mini.data import collate, encode_all, epoch_batches, prompt_corpus
+from workbench.models.mini.data import (
+    collate,
+    encode_all,
+    epoch_batches,
+    pick_variants,
+    prompt_corpus,
+)
 from workbench.models.mini.eval import read_phantom_labels
 from workbench.models.mini.tokenizer import check_layout, save_tokenizer, train_tokenizer
 from workbench.models.processor import Maira2Processor
@@ -40,18 +46,14 @@ log = logging.getLogger("workbench.models.mini")
 CHECKPOINT = "checkpoint.pt"
 
 
-def ensure_phantom(cfg: MiniConfig) -> Path:
-    """The phantom root, generated with ``cfg.studies``/``size``/``phantom_seed`` if absent."""
-    if not (cfg.phantom / "phantom-summary.json").is_file():
+def ensure_phantom(root: Path, studies: int, size: int, seed: int) -> Path:
+    """The phantom at ``root``, generated (with masks) with these settings if absent."""
+    if not (root / "phantom-summary.json").is_file():
         from workbench.cxr.phantom.run import PhantomConfig, generate
 
-        log.info("generating %d phantom studies in %s", cfg.studies, cfg.phantom)
-        generate(
-            PhantomConfig(
-                out=cfg.phantom, studies=cfg.studies, size=cfg.size, seed=cfg.phantom_seed
-            )
-        )
-    return cfg.phantom
+        log.info("generating %d phantom studies in %s", studies, root)
+        generate(PhantomConfig(out=root, studies=studies, size=size, seed=seed, workers=2))
+    return root
 
 
 def load_or_train_tokenizer(cfg: MiniConfig, records, work: Path):
@@ -117,7 +119,8 @@ def train(cfg: MiniConfig) -> Path:
     handler = _log_to_file(cfg.out)
     try:
         torch.set_num_threads(cfg.threads)
-        records = list(iter_studies(ensure_phantom(cfg), split="train"))
+        ensure_phantom(cfg.phantom, cfg.studies, cfg.size, cfg.phantom_seed)
+        records = list(iter_studies(cfg.phantom, split="train"))
         if cfg.max_train_studies:
             records = records[: cfg.max_train_studies]
         work = cfg.out / ".train"
@@ -130,7 +133,9 @@ def train(cfg: MiniConfig) -> Path:
             tokenizer = load_or_train_tokenizer(cfg, records, work)
         processor = Maira2Processor(tokenizer, image_size=cfg.image_size, patch_size=cfg.patch_size)
         t0 = time.perf_counter()
-        examples = encode_all(processor, records, read_phantom_labels(cfg.phantom))
+        examples = encode_all(
+            processor, records, read_phantom_labels(cfg.phantom), cfg.image_only_prob > 0
+        )
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
         model = build_mini(cfg, tokenizer)
         if cfg.init_from is not None:
@@ -141,7 +146,10 @@ def train(cfg: MiniConfig) -> Path:
             log.info("stage 2 continues from %s (stage 1 skipped)", cfg.init_from)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("maira2-mini: %.2f M parameters", n_params / 1e6)
-        stats = run_steps(cfg, model, examples, tokenizer.pad_token_id, work)
+        vision_stats = {}
+        if cfg.vision_steps and cfg.init_from is None:
+            vision_stats = stage1(cfg, model, processor, records, work)
+        stats = {**vision_stats, **run_steps(cfg, model, examples, tokenizer.pad_token_id, work)}
         return finish(cfg, model, processor, stats, work)
     finally:
         log.removeHandler(handler)
@@ -179,114 +187,124 @@ def step_loss(model, probe: AuxProbe, batch, aux_weight: float) -> tuple[torch.T
     return out.loss + aux_weight * aux, aux.item()
 
 
-def pretrain_vision(cfg: MiniConfig, model, probe: AuxProbe, examples, work: Path) -> None:
-    """Stage 1: vision tower + projector + probe on frontal images; saved to ``vision.pt``."""
-    path = work / "vision.pt"
-    if path.is_file():
-        state = torch.load(path, weights_only=True)
-        model.load_state_dict(state["model"])
-        probe.load_state_dict(state["probe"])
-        log.info("stage 1 (vision) already done: loaded %s", path)
-        return
-    params = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
-    params += list(probe.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    t0, losses = time.perf_counter(), []
-    for step in range(cfg.vision_steps):
-        warm = min(1.0, (step + 1) / 30)
-        cosine = 0.5 * (1 + math.cos(math.pi * step / cfg.vision_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.vision_lr * warm * (0.1 + 0.9 * cosine)
-        idx = torch.randint(0, len(examples), (cfg.vision_batch,), generator=gen).tolist()
-        batch = collate([examples[i] for i in idx], pad_id=0)
-        feats_BPD = model.get_image_features(batch.pixel_values[batch.frontal])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            probe(feats_BPD), batch.concepts
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (step + 1) % 25 == 0:
-            mean = sum(losses[-25:]) / 25
-            mins = (time.perf_counter() - t0) / 60
-            log.info(
-                "stage 1 step %d/%d concept loss %.4f | %.1f min",
-                step + 1,
-                cfg.vision_steps,
-                mean,
-                mins,
-            )
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "probe": probe.state_dict()}, tmp)
-    os.replace(tmp, path)
+def stage1(cfg: MiniConfig, model, processor: Maira2Processor, train_records, work: Path) -> dict:
+    """Pretrain the vision tower alone (dense + image-level targets), then freeze it.
+
+    The corpus is the stage-1 phantom (all splits) plus the evaluation phantom's train split;
+    the heads are kept in ``work`` and shipped beside the model for the stage-1 gate.
+    """
+    from workbench.models.mini.dense import encode_frontals
+    from workbench.models.mini.vision import HEADS_FILE, pretrain_encoder, save_heads
+
+    t0 = time.perf_counter()
+    corpus_root = ensure_phantom(
+        cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed
+    )
+    corpus = encode_frontals(
+        processor, corpus_root, list(iter_studies(corpus_root)), read_phantom_labels(corpus_root)
+    )
+    corpus += encode_frontals(
+        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
+    )
+    log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
+    heads, stats = pretrain_encoder(cfg, model.vision_tower, corpus, work)
+    save_heads(heads, work / HEADS_FILE)
+    return stats
 
 
-def run_steps(cfg: MiniConfig, model, examples, pad_id: int, work: Path) -> dict:
-    """Stage 1 then the stage-2 loop over ``cfg.epochs`` epochs, resuming from ``work``."""
-    probe = AuxProbe(model.config.text_config.hidden_size, len(examples[0].concepts))
+def _restore(ckpt_path: Path, model, probe, optimizer) -> int:
+    """Load a stage-2 checkpoint if there is one; returns the step to continue from."""
+    if not ckpt_path.is_file():
+        return 0
+    state = torch.load(ckpt_path, weights_only=True)
+    model.load_state_dict(state["model"])
+    probe.load_state_dict(state["probe"])
+    optimizer.load_state_dict(state["optim"])
+    return int(state["step"])
+
+
+class StepLog:
+    """Running losses and throughput of stage 2, logged every 10 steps."""
+
+    def __init__(self, total: int):
+        self.total, self.t0, self.tokens = total, time.perf_counter(), 0
+        self.losses: list[float] = []
+        self.aux: list[float] = []
+
+    def add(self, lm: float, aux: float, tokens: int) -> None:
+        self.losses.append(lm)
+        self.aux.append(aux)
+        self.tokens += tokens
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def report(self, epoch: int, step: int, lr: float) -> None:
+        log.info(
+            "epoch %d step %d/%d loss %.4f aux %.4f lr %.2e | %.0f tok/s, %.1f min",
+            epoch, step, self.total, sum(self.losses[-10:]) / len(self.losses[-10:]),
+            sum(self.aux[-10:]) / len(self.aux[-10:]), lr, self.tokens / self.elapsed,
+            self.elapsed / 60,
+        )  # fmt: skip
+
+
+def train_step(model, probe, trainable, optimizer, batch, aux_weight: float) -> tuple[float, float]:
+    """One AdamW step on a batch (gradient clipped at 1); returns (LM loss, aux loss)."""
+    loss, aux = step_loss(model, probe, batch, aux_weight)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item() - aux_weight * aux, aux
+
+
+def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict:
+    """The stage-2 loop over ``cfg.epochs`` epochs, resuming from ``work``.
+
+    ``variants[i]`` holds study ``i``'s prompt variants (full, then image-only); each step
+    draws the image-only one with probability ``cfg.image_only_prob``.
+    """
+    probe = AuxProbe(model.config.text_config.hidden_size, len(variants[0][0].concepts))
     ckpt_path = work / CHECKPOINT
-    if cfg.vision_steps and cfg.init_from is None and not ckpt_path.is_file():
-        pretrain_vision(cfg, model, probe, examples, work)
     if cfg.freeze_vision:
         model.vision_tower.requires_grad_(False)
     trainable = torch.nn.ModuleDict({"model": model, "probe": probe})
     optimizer = make_optimizer(trainable, cfg)
-    lengths = [len(e.input_ids) for e in examples]
-    per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    lengths = [len(v[0].input_ids) for v in variants]
+    per_epoch = math.ceil(len(variants) / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    step = 0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(state["model"])
-        probe.load_state_dict(state["probe"])
-        optimizer.load_state_dict(state["optim"])
-        step = int(state["step"])
+    step = _restore(ckpt_path, model, probe, optimizer)
+    if step:
         log.info("resuming from step %d/%d", step, total)
     model.train()
     if cfg.freeze_vision:
         model.vision_tower.eval()
-    t_start, tokens, losses, aux_losses = time.perf_counter(), 0, [], []
+    progress = StepLog(total)
     while step < total:
         epoch, index = divmod(step, per_epoch)
         batch_ids = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)[index]
-        batch = collate([examples[i] for i in batch_ids], pad_id)
+        chosen = pick_variants(variants, batch_ids, cfg.image_only_prob, cfg.seed, step)
+        batch = collate(chosen, pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        loss, aux = step_loss(model, probe, batch, cfg.aux_weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lm, aux = train_step(model, probe, trainable, optimizer, batch, cfg.aux_weight)
         step += 1
-        tokens += int(batch.attention_mask.sum())
-        losses.append(loss.item() - cfg.aux_weight * aux)
-        aux_losses.append(aux)
-        elapsed = time.perf_counter() - t_start
+        progress.add(lm, aux, int(batch.attention_mask.sum()))
         if step % 10 == 0 or step == total:
-            log.info(
-                "epoch %d step %d/%d loss %.4f aux %.4f lr %.2e | %.0f tok/s, %.1f min",
-                epoch, step, total, sum(losses[-10:]) / len(losses[-10:]),
-                sum(aux_losses[-10:]) / len(aux_losses[-10:]),
-                lr_at(step - 1, total, cfg), tokens / elapsed, elapsed / 60,
-            )  # fmt: skip
+            progress.report(epoch, step, lr_at(step - 1, total, cfg))
         if step % cfg.checkpoint_every == 0 and step < total:
             save_checkpoint(ckpt_path, model, probe, optimizer, step)
-        if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
-            log.warning(
-                "stopping at step %d/%d: --max-minutes %.1f reached", step, total, cfg.max_minutes
-            )
+        if cfg.max_minutes and progress.elapsed > cfg.max_minutes * 60:
+            log.warning("stopping at step %d/%d: --max-minutes reached", step, total)
             break
     model.eval()
-    final = sum(losses[-20:]) / max(1, len(losses[-20:]))
+    final = sum(progress.losses[-20:]) / max(1, len(progress.losses[-20:]))
     return {
         "steps": step,
         "total_steps": total,
         "final_loss": final,
-        "train_studies": len(examples),
+        "train_studies": len(variants),
     }
 
 
@@ -310,6 +328,10 @@ def finish(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict, work
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     save_config(cfg, staging / "train-cfg.json")
+    from workbench.models.mini.vision import HEADS_FILE
+
+    if (work / HEADS_FILE).is_file():
+        shutil.copy2(work / HEADS_FILE, staging / HEADS_FILE)
     if cfg.eval_studies:
         validate(cfg, model, processor, stats)
     (staging / "train-stats.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -17,9 +17,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from workbench.cxr.findings import RENDERED
 from workbench.cxr.images import CXRDataError
 from workbench.cxr.studies import StudyRecord
-from workbench.models.mini.eval import RENDERED
 from workbench.models.processor import Maira2Processor
 from workbench.models.prompts import IMAGE_PLACEHOLDER, ReportingRequest, reporting_prompt
 

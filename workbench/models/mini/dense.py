@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from workbench.cxr.findings import RENDERED
 from workbench.cxr.images import CXRDataError
 from workbench.cxr.layout import mask_dir
 from workbench.cxr.studies import StudyRecord
-from workbench.models.mini.eval import RENDERED
 from workbench.models.processor import Maira2Processor
 
 log = logging.getLogger(__name__)

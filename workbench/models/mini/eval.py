@@ -20,13 +20,13 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from workbench.cxr.findings import DEVICES, FINDINGS
+from workbench.cxr.findings import RENDERED
 from workbench.cxr.labeller.context import label_report
 from workbench.cxr.studies import StudyRecord, iter_studies
+from workbench.models.mini.data import prompt_sections
 from workbench.models.processor import EncodedInputs, Maira2Processor
 
 log = logging.getLogger(__name__)
-RENDERED: tuple[str, ...] = FINDINGS + DEVICES
 
 
 class ConceptScore(NamedTuple):
@@ -144,8 +144,6 @@ def generate_findings(
     ``condition`` replaces the images (:func:`study_images`); ``image_only`` sets indication,
     comparison and prior report to N/A (:func:`~workbench.models.mini.data.prompt_sections`).
     """
-    from workbench.models.mini.data import prompt_sections
-
     tok = processor.tokenizer
     out: dict[int, str] = {}
     for start in range(0, len(records), batch_size):

@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import torch
 
+from workbench.cxr.findings import RENDERED
 from workbench.label.scoring import auroc
 from workbench.models.mini.dense import VisionExample, stack
-from workbench.models.mini.eval import RENDERED
 from workbench.models.mini.vision import VisionHeads, encoder_tokens
 
 

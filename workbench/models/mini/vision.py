@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from workbench.cxr.findings import RENDERED
 from workbench.models.mini.dense import DENSE_CHANNELS, VisionExample, channel_pos_weight, stack
-from workbench.models.mini.eval import RENDERED
 
 log = logging.getLogger("workbench.models.mini")
 STAGE1_FINAL = "vision.pt"

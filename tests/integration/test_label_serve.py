@@ -1,6 +1,6 @@
 """``label --backend openai`` end to end against a real local server: ``transformers serve``.
 
-The test builds a planted chat model directory (:mod:`tests.integration.planted_chat`, no
+The test builds a planted chat model directory (:mod:`tests.fixtures.planted_chat`, no
 download), starts ``transformers serve DIR --host 127.0.0.1`` as a subprocess, labels two
 features of the planted run through the CLI and stops the server. Proxy variables point at a
 local listener the whole time: it must see no connection.
@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.integration import planted_chat
-from tests.unit.fake_llm import PROXY_VARS, Listener
+from tests.fixtures import planted_chat
+from tests.fixtures.fake_llm import PROXY_VARS, Listener
 from workbench import db
 from workbench.label import main
 
@@ -74,7 +74,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
 
     return planted_run.build(tmp_path_factory.mktemp("serve-run") / "run", n_studies=12)
 

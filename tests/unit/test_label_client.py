@@ -1,6 +1,6 @@
 """The LLM client under attack: proxies, redirects, broken replies, rate limits, bad labels.
 
-Every test runs against local servers only: :class:`tests.unit.fake_llm.FakeLLM` and a bare
+Every test runs against local servers only: :class:`tests.fixtures.fake_llm.FakeLLM` and a bare
 TCP listener that records who connects to it (a stand-in for a proxy or a foreign host).
 """
 
@@ -11,10 +11,10 @@ from email.utils import format_datetime
 
 import pytest
 
-from tests.unit.fake_llm import PROXY_VARS, FakeLLM, Listener, Raw
-from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, retry_after
-from workbench.label_text import clean_label
-from workbench.prompts import Example, MalformedAnswerError
+from tests.fixtures.fake_llm import PROXY_VARS, FakeLLM, Listener, Raw
+from workbench.label.backends import LabelError, LLMSettings, OpenAIBackend, retry_after
+from workbench.label.prompts import Example, MalformedAnswerError
+from workbench.label.text import clean_label
 
 TEXT = Example(1, "text", (" left", " chest", " pacemaker", " ."), (0.0, 0.0, 2.0, 0.0), 2, 2.0)
 

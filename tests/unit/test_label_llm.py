@@ -1,5 +1,5 @@
 """The OpenAI backend against a fake OpenAI-compatible server on 127.0.0.1
-(:class:`tests.unit.fake_llm.FakeLLM`)."""
+(:class:`tests.fixtures.fake_llm.FakeLLM`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import openai
 import pytest
 
-from tests.unit.fake_llm import FakeLLM
-from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, PrivacyError
-from workbench.prompts import Example
+from tests.fixtures.fake_llm import FakeLLM
+from workbench.label.backends import LabelError, LLMSettings, OpenAIBackend, PrivacyError
+from workbench.label.prompts import Example
 
 
 @pytest.fixture

@@ -14,20 +14,20 @@ import pytest
 
 from workbench import db
 from workbench.label import LabelConfig, main, run_label
-from workbench.label_data import NegativePool, load_examples
-from workbench.label_feature import judge, score_sets
-from workbench.label_offline import OfflineBackend
-from workbench.label_scoring import simulation_score
-from workbench.label_text import names_concept, words
-from workbench.label_truth import ground_truth
-from workbench.prompts import Example
+from workbench.label.data import NegativePool, load_examples
+from workbench.label.feature import judge, score_sets
+from workbench.label.offline import OfflineBackend
+from workbench.label.prompts import Example
+from workbench.label.scoring import simulation_score
+from workbench.label.text import names_concept, words
+from workbench.label.truth import ground_truth
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
 
     run = planted_run.build(tmp_path_factory.mktemp("neg") / "run", n_studies=12, negations=True)
     run_label(LabelConfig(run=run, top_n=0))

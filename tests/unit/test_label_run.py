@@ -6,17 +6,17 @@ import shutil
 
 import pytest
 
-from tests.unit.fake_llm import FakeLLM
+from tests.fixtures.fake_llm import FakeLLM
 from workbench import db
-from workbench.label import LabelConfig, main, run_label
-from workbench.label_llm import LabelError, PrivacyError
+from workbench.label.backends import LabelError, PrivacyError
+from workbench.label.run import LabelConfig, main, run_label
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
 
     return planted_run.build(tmp_path_factory.mktemp("label") / "run", n_studies=12)
 
@@ -138,7 +138,7 @@ def test_a_dead_server_stops_the_run_after_a_streak(run, fake):
 
 
 def test_a_non_json_reply_fails_one_feature_not_the_run(run, fake):
-    from tests.unit.fake_llm import Raw
+    from tests.fixtures.fake_llm import Raw
 
     cfg = LabelConfig(run=run, backend="openai", base_url=fake.base_url, model="fake-model")
     cfg.features, cfg.retries, cfg.backoff, cfg.score_statistical = (0, 1), 1, 0.0, False
@@ -181,7 +181,7 @@ def test_documented_queries_run(run):
 
 
 def test_demo_step_labels_every_live_feature(run):
-    from workbench.label import demo_step
+    from workbench.label.run import demo_step
 
     text = demo_step(run)
     live = rows(run, "SELECT count(*) FROM feature_stats WHERE NOT dead")[0][0]

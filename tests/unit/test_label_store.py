@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from workbench import db
-from workbench.label_store import Journal, RunRow, done_features, statistical_labels
+from workbench.db import RunRow
+from workbench.label.journal import Journal, done_features, statistical_labels
 
 
 def label(feature: int, text: str) -> dict:
@@ -74,7 +75,7 @@ def test_journal_survives_a_crash_and_applies_once(tmp_path):
 def test_missing_tables_are_a_clear_error(tmp_path, capsys):
     import duckdb
 
-    from workbench.label import main
+    from workbench.label.run import main
 
     duckdb.connect(str(tmp_path / "features.duckdb")).execute("CREATE TABLE runs (x INT)").close()
     assert main(["--run", str(tmp_path)]) == 1

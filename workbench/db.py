@@ -186,6 +186,8 @@ TABLES: tuple[Table, ...] = (
         feature INTEGER | SAE latent index.
         max_act REAL | Largest activation of the feature over the study's tokens.
         n_fires INTEGER | Tokens of the study where it fires.
+        image_max REAL | Largest activation on the study's image tokens (NULL: silent there).
+        n_image INTEGER | Image tokens (patches) of the study where it fires.
     """),
     _t("""feature_concepts | analyse | feature
         AUROC of the study-level maximum activation for every (feature, concept).

@@ -15,7 +15,15 @@ from PIL import Image
 
 from workbench import db
 from workbench.testing.tiny_run import build, coverage, positives, studies
-from workbench.ui import charts, handlers, handlers_study, launch_line, runinfo
+from workbench.ui import (
+    charts,
+    handlers,
+    handlers_feature,
+    handlers_study,
+    launch_line,
+    pictures,
+    runinfo,
+)
 from workbench.ui.context import open_context
 
 
@@ -42,10 +50,10 @@ def test_feature_table_filters(ctx):
     assert hits[0][0] == 0 and all("pneumothorax" in r[1].lower() for r in hits)
     assert [r[0] for r in handlers.feature_table(ctx, search="3").rows] == [3]
     by_concept = handlers.feature_table(ctx, concept="pleural_effusion", sort="AUROC").rows
-    assert by_concept[0][0] == 1 and by_concept[0][4:6] == ["pleural_effusion", 1.0]
+    assert by_concept[0][0] == 1 and by_concept[0][5:7] == ["pleural effusion · ground truth", 1.0]
     dead = handlers.feature_table(ctx, density="dead").rows
     assert sorted(r[0] for r in dead) == list(range(8, 16))
-    assert all(r[8] == 1 for r in handlers.feature_table(ctx, group="1").rows)
+    assert all(r[9] == 1 for r in handlers.feature_table(ctx, group="1").rows)
     ascending = handlers.feature_table(ctx, sort="feature", descending=False, limit=5)
     assert [r[0] for r in ascending.rows] == [
         0,
@@ -64,7 +72,7 @@ def test_density_chart_counts_live_and_dead(ctx):
 
 def test_concept_chips_open_the_best_feature(ctx):
     html = handlers.concept_chips(ctx)
-    assert 'data-feature="0"' in html and "pneumothorax → #0 · 1.00" in html
+    assert 'data-feature="0"' in html and "pneumothorax · ground truth → #0 · 1.00" in html
     aurocs = [float(a) for a in re.findall(r"· ([\d.]+)</a>", html)]
     assert len(aurocs) > 5 and aurocs == sorted(aurocs, reverse=True)  # best concepts first
 
@@ -75,7 +83,7 @@ def test_search_text_is_a_parameter_not_sql(ctx):
 
 
 def test_feature_page(ctx):
-    view = handlers.feature_view(ctx, 0)
+    view = handlers_feature.feature_view(ctx, 0)
     assert "pneumothorax" in view.title and "feature 0" in view.title
     assert view.histogram.count('class="wb-bar"') >= 2
     assert "data:image/jpeg;base64," in view.image
@@ -86,12 +94,14 @@ def test_feature_page(ctx):
 
 
 def test_feature_page_messages(ctx):
-    assert "does not exist" in handlers.feature_view(ctx, 999).title
-    assert "Click a row" in handlers.feature_view(ctx, None).title
-    assert "Click a row" in handlers.feature_view(ctx, "abc").title  # typed nonsense
-    assert "Pick or type" in handlers_study.study_view(ctx, "x1").header
-    assert "never fires" in handlers.feature_view(ctx, 8).title
-    assert "Fires on text only" in handlers.feature_view(ctx, 2).image  # the prompt feature
+    assert (
+        "feature 999: this SAE has features 0-15" in handlers_feature.feature_view(ctx, 999).title
+    )
+    assert "Click a row" in handlers_feature.feature_view(ctx, None).title
+    assert "Click a row" in handlers_feature.feature_view(ctx, "abc").title  # typed nonsense
+    assert "“x1” is not a study id" in handlers_study.study_view(ctx, "x1").header
+    assert "never fires" in handlers_feature.feature_view(ctx, 8).title
+    assert "Never fires on an image token" in handlers_feature.feature_view(ctx, 2).image
 
 
 def _decode(uri: str) -> np.ndarray:
@@ -102,7 +112,7 @@ def test_heatmap_lands_on_the_finding(ctx):
     root = ctx.run_dir / "phantom"
     rec = next(r for r in studies(root) if r.study_id in positives(root, "pneumothorax"))
     cover_RC = coverage(root, rec, "pneumothorax", 4)
-    img_HW3 = _decode(handlers.study_heatmap_uri(ctx, rec.study_id, 0, vmax=3.0)).astype(int)
+    img_HW3 = _decode(pictures.study_overlay_uri(ctx, rec.study_id, 0, vmax=3.0)).astype(int)
     h, w, _ = img_HW3.shape
     warmth_HW = img_HW3[..., 0] - img_HW3[..., 2]
     hot = np.unravel_index(cover_RC.argmax(), cover_RC.shape)
@@ -119,12 +129,12 @@ def test_heatmap_lands_on_the_finding(ctx):
 def test_image_outside_the_run_is_not_read(ctx, tmp_path):
     outside = tmp_path / "x.jpg"
     Image.new("L", (8, 8)).save(outside)
-    assert handlers.resolve_image(ctx, str(outside)) is None
-    assert handlers.resolve_image(ctx, "phantom/../../x.jpg") is None
+    assert pictures.resolve_image(ctx, str(outside)) is None
+    assert pictures.resolve_image(ctx, "phantom/../../x.jpg") is None
     inside = next((ctx.run_dir / "phantom" / "files").rglob("*.jpg"))
-    assert handlers.resolve_image(ctx, str(inside)) == inside.resolve()
+    assert pictures.resolve_image(ctx, str(inside)) == inside.resolve()
     written_elsewhere = Path("some/cwd/run") / inside.relative_to(ctx.run_dir)
-    assert handlers.resolve_image(ctx, str(written_elsewhere)) == inside.resolve()
+    assert pictures.resolve_image(ctx, str(written_elsewhere)) == inside.resolve()
 
 
 def test_study_view(ctx):
@@ -139,7 +149,7 @@ def test_study_view(ctx):
     assert "data:image/jpeg" in coloured.image and "IMAGE" in coloured.sections.upper()
     with_lateral = next(r for r in studies(root) if r.lateral_path is not None)
     both = handlers_study.study_view(ctx, with_lateral.study_id).image
-    assert both.count("<img") == 2 and with_lateral.lateral_path.name in both
+    assert both.count("<img") == 3 and with_lateral.lateral_path.name in both  # base, heat, lateral
     assert "not in this run" in handlers_study.study_view(ctx, 123).header
 
 
@@ -163,7 +173,7 @@ def test_missing_run_gives_messages(tmp_path):
     c = open_context(tmp_path / "nope")
     assert not c.status.exists and "No run at" in c.status.problems[0]
     assert "No run at" in handlers.feature_table(c).summary
-    assert "No run at" in handlers.feature_view(c, 0).title
+    assert "No run at" in handlers_feature.feature_view(c, 0).title
     assert "No run at" in handlers_study.study_view(c, 1).header
     assert "No run at" in runinfo.run_sql(c, "SELECT 1").message
     assert "No SAE training log" in runinfo.runs_view(c).curves
@@ -177,7 +187,7 @@ def test_run_without_labels(run, tmp_path):
     c = open_context(copy)
     try:
         assert not c.status.has_labels and "No labels yet" in " ".join(c.status.problems)
-        view = handlers.feature_view(c, 0)
+        view = handlers_feature.feature_view(c, 0)
         assert "not labelled yet" in view.title
         # frontal_path still names the original run: the copy's own image is found and shown
         assert "data:image/jpeg" in view.image
@@ -205,24 +215,24 @@ def test_llm_label_preferred_with_its_scores(run, tmp_path):
                 "INSERT INTO feature_logits VALUES (0, ?, ?, 7, ?, ?)",
                 [direction, rank + 1, token, effect],
             )
-        for metric, value in (("accuracy", 0.875), ("f1", 0.8)):
+        for metric, value in (("accuracy", 0.875), ("balanced_accuracy", 0.875)):
             con.execute(
-                "INSERT INTO feature_scores VALUES (0, 'llm', 'detection', ?, ?, 40, now())",
+                "INSERT INTO feature_scores VALUES (0, 'llm', 'detection:llm', ?, ?, 40, now())",
                 [metric, value],
             )
     c = open_context(copy)
     try:
-        view = handlers.feature_view(c, 0)
+        view = handlers_feature.feature_view(c, 0)
         title = view.title
         assert ">pneumothorax<" in view.logits and "&lt;b&gt;" in view.logits
         fills = re.findall(r'<rect[^>]*fill="(#[0-9a-f]+)"', view.logits)
         assert fills == [charts.GREEN, charts.GREEN, charts.RED]  # promoted, then suppressed
-        assert title.index("collapsed lung at the apex") < title.index("other labels")
-        assert "llm (some-model)" in title and "detection: accuracy 0.88 · f1 0.8" in title
-        assert handlers.feature_table(c, search="collapsed").rows[0][1:3] == [
-            "collapsed lung at the apex",
-            "llm",
-        ]
+        # the concept label (AUROC 1.00) outscores the LLM label (detection 0.88): it leads
+        assert title.index("pneumothorax (AUROC 1.00)") < title.index("collapsed lung")
+        assert "statistical · concept AUROC 1.00" in title and "all 2 labels" in title
+        assert "detection balanced accuracy 0.88" in title
+        hit = handlers.feature_table(c, search="collapsed").rows[0]
+        assert hit[0] == 0 and hit[2] == "another label (llm) names “collapsed”"
     finally:
         c.close()
 

@@ -38,10 +38,13 @@ def insert_tokens(con: duckdb.DuckDBPyConnection, meta: pa.Table) -> None:
 
 
 def build_study_features(con: duckdb.DuckDBPyConnection, acts: Path) -> None:
-    """``study_features``: max activation and firing count of each feature per study."""
+    """``study_features``: max activation and firing count of each feature per study, overall
+    and on the study's image tokens (the app's heatmap opens the study where it peaks there)."""
     con.execute(
         f"""INSERT INTO study_features
-        SELECT t.study_id, a.feature, max(a.value), count(*)
+        SELECT t.study_id, a.feature, max(a.value), count(*),
+               max(a.value) FILTER (WHERE t.kind = 'image'),
+               count(*) FILTER (WHERE t.kind = 'image')
         FROM {_acts(acts)} a JOIN tokens t ON a.row = t.row
         GROUP BY t.study_id, a.feature ORDER BY a.feature, t.study_id"""
     )

@@ -17,9 +17,10 @@ from pathlib import Path
 import gradio as gr
 
 from workbench.config import parse_config
-from workbench.ui import render
+from workbench.ui import links, render
 from workbench.ui.context import AppContext, open_context
-from workbench.ui.style import CLICK_JS, CSS
+from workbench.ui.render import as_int
+from workbench.ui.style import CLICK_JS, CSS, HEAD, URL_JS
 from workbench.ui.tabs import feature_page, features, runs, sql, study
 
 log = logging.getLogger("workbench.ui")
@@ -58,24 +59,39 @@ def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
 
 
 def _navigate(ctx: AppContext, page, tab, evt: gr.EventData) -> list:
-    """Open the feature or study a chip names; leave the other tab untouched."""
+    """Open the feature or study a chip names (a study chip keeps its feature); leave the
+    other tab untouched; the last value is the view's address."""
     data = evt._data or {}
     skip_f = [gr.skip()] * len(page.outputs)
     skip_s = [gr.skip()] * len(tab.outputs)
-    if data.get("feature") is not None:
-        shown = feature_page.show(ctx, data["feature"])
-        return [gr.Tabs(selected="feature"), *shown, *skip_s]
     if data.get("study") is not None:
-        return [gr.Tabs(selected="study"), *skip_f, *study.show(ctx, data["study"])]
-    return [gr.skip(), *skip_f, *skip_s]
+        sid, f = data["study"], data.get("feature")
+        return [gr.Tabs(selected="study"), *skip_f, *study.show(ctx, sid, f), study.url_of(sid, f)]
+    if data.get("feature") is not None:
+        f = data["feature"]
+        shown = feature_page.show(ctx, f)
+        return [gr.Tabs(selected="feature"), *shown, *skip_s, links.query("feature", as_int(f))]
+    return [gr.skip(), *skip_f, *skip_s, gr.skip()]
 
 
-def _open_row(ctx: AppContext, evt: gr.SelectData) -> list:
+def _open_row(ctx: AppContext, page, evt: gr.SelectData) -> list:
     """A click on a row of the features table opens that feature."""
     row = evt.row_value or []
     if not row:
-        return [gr.skip()] * 9
-    return [gr.Tabs(selected="feature"), *feature_page.show(ctx, row[0])]
+        return [gr.skip()] * (len(page.outputs) + 2)
+    url = links.query("feature", as_int(row[0]))
+    return [gr.Tabs(selected="feature"), *feature_page.show(ctx, row[0]), url]
+
+
+def _open_url(ctx: AppContext, route: links.Route, page, tab, table) -> list:
+    """The views a page load opens from its address (see :mod:`workbench.ui.links`)."""
+    skip_f = [gr.skip()] * len(page.outputs)
+    skip_s = [gr.skip()] * len(tab.outputs)
+    shown_f = feature_page.show(ctx, route.feature) if route.feature is not None else skip_f
+    shown_s = study.show(ctx, route.study, route.feature) if route.study is not None else skip_s
+    problem = render.message(route.problem, "error") if route.problem else ""
+    search = route.search if route.search else gr.skip()
+    return [gr.Tabs(selected=route.tab), *shown_f, *shown_s, search, _banner(ctx) + problem]
 
 
 def _banner(ctx: AppContext) -> str:
@@ -85,35 +101,52 @@ def _banner(ctx: AppContext) -> str:
 
 
 def build_app(ctx: AppContext, open_feature: int | None = None) -> gr.Blocks:
-    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs."""
+    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs, every view
+    reachable by its address."""
     made, html = _clickables()
     with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
-        gr.HTML(_banner(ctx), elem_id="wb-banner")
-        selected = "feature" if open_feature is not None else "features"
-        with gr.Tabs(selected=selected) as tabs:
-            with gr.Tab("Features", id="features"):
-                table = features.build(ctx, html).table
-            with gr.Tab("Feature", id="feature"):
-                page = feature_page.build(ctx, html)
-            with gr.Tab("Study", id="study"):
-                tab = study.build(ctx, html)
-            with gr.Tab("Runs", id="runs"):
+        banner = gr.HTML(_banner(ctx), elem_id="wb-banner")
+        url = gr.Textbox(visible="hidden", elem_id="wb-url")
+        with gr.Tabs(selected="features") as tabs:
+            with gr.Tab("Features", id="features") as t_features:
+                table = features.build(ctx, html)
+            with gr.Tab("Feature", id="feature") as t_feature:
+                page = feature_page.build(ctx, html, url)
+            with gr.Tab("Study", id="study") as t_study:
+                tab = study.build(ctx, html, url)
+            with gr.Tab("Runs", id="runs") as t_runs:
                 runs.build(ctx)
-            with gr.Tab("SQL", id="sql"):
-                sql.build(ctx)
-
-        def navigate(evt: gr.EventData) -> list:
-            return _navigate(ctx, page, tab, evt)
-
-        def open_row(evt: gr.SelectData) -> list:
-            return _open_row(ctx, evt)
-
-        for comp in made:
-            comp.click(navigate, None, [tabs, *page.outputs, *tab.outputs])
-        table.select(open_row, None, [tabs, *page.outputs])
-        if open_feature is not None:
-            app.load(lambda: feature_page.show(ctx, open_feature), None, page.outputs)
+            with gr.Tab("SQL", id="sql") as t_sql:
+                sql.build(ctx, html)
+        tab_ids = tuple(t.id for t in (t_features, t_feature, t_study, t_runs, t_sql))
+        _wire(ctx, app, made, (tabs, page, tab, table, url, banner), (open_feature, tab_ids))
     return app
+
+
+def _wire(ctx, app, made, parts, opening) -> None:
+    """Chips, table rows and the page's address open views; the address follows (a click on
+    a tab header updates it in the browser alone: :data:`workbench.ui.style.HEAD`)."""
+    tabs, page, tab, table, url, banner = parts
+    open_feature, tab_ids = opening
+    nav_out = [tabs, *page.outputs, *tab.outputs, url]
+
+    def navigate(evt: gr.EventData) -> list:
+        return _navigate(ctx, page, tab, evt)
+
+    def open_row(evt: gr.SelectData) -> list:
+        return _open_row(ctx, page, evt)
+
+    def open_url(request: gr.Request) -> list:
+        params = dict(request.query_params) if request is not None else {}
+        return _open_url(ctx, links.route(params, open_feature, tab_ids), page, tab, table)
+
+    for comp in made:
+        comp.click(navigate, None, nav_out).then(None, [url], None, js=URL_JS)
+    table.table.select(open_row, None, [tabs, *page.outputs, url]).then(
+        None, [url], None, js=URL_JS
+    )
+    load_out = [tabs, *page.outputs, *tab.outputs, table.search, banner]
+    app.load(open_url, None, load_out)
 
 
 def _check_host(host: str) -> None:
@@ -137,6 +170,7 @@ def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
         share=False,
         allowed_paths=[],
         css=CSS,
+        head=HEAD,
         footer_links=[],
         prevent_thread_lock=not block,
         quiet=not block,

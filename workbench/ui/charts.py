@@ -175,3 +175,27 @@ def line(
         f'text-anchor="end">step {fmt(x1)}</text>',
     ]
     return _svg(width, height, body, title)
+
+
+def colour_bar(
+    stops: Sequence[Sequence[int]], vmax: float, label: str = "activation", width: int = 260
+) -> str:
+    """A horizontal colour bar from 0 to ``vmax`` through the RGB ``stops`` (heatmap scale)."""
+    grad = "".join(
+        f'<stop offset="{i / (len(stops) - 1):.2f}" stop-color="rgb({r},{g},{b})"/>'
+        for i, (r, g, b) in enumerate(stops)
+    )
+    body = [
+        f'<defs><linearGradient id="wb-ramp">{grad}</linearGradient></defs>',
+        f'<rect x="0" y="2" width="{width}" height="10" rx="2" fill="url(#wb-ramp)"/>',
+    ]
+    for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
+        body.append(
+            f'<text x="{frac * width:.0f}" y="25" font-size="11" fill="{GREY}" '
+            f'text-anchor="{anchor}">{fmt(frac * vmax)}</text>'
+        )
+    body.append(
+        f'<text x="{width / 2:.0f}" y="38" font-size="11" fill="{GREY}" '
+        f'text-anchor="middle">{escape(label)}</text>'
+    )
+    return _svg(width, 40, body, f"colour scale 0 to {fmt(vmax)}")

@@ -4,6 +4,8 @@ Handlers fetch plain rows through :mod:`workbench.ui.queries` and turn them into
 :mod:`workbench.ui.render`, :mod:`workbench.ui.charts` and :mod:`workbench.ui.heatmap`. They
 never raise into Gradio: a missing run, an empty table or a bad input becomes a message in
 the page (:func:`guarded`). No Gradio import here, so they are tested without a browser.
+This module holds the shared pieces and the Features tab; the Feature tab is
+:mod:`workbench.ui.handlers_feature`, the Study tab :mod:`workbench.ui.handlers_study`.
 """
 
 from __future__ import annotations
@@ -11,33 +13,21 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
 
-from workbench.cxr.images import CXRDataError, load_image
-from workbench.ui import charts, heatmap, queries, render
+from workbench.ui import charts, queries, render
+from workbench.ui import search as lookup
 from workbench.ui.context import AppContext, RunNotReadyError
-from workbench.ui.safety import inside
 
 log = logging.getLogger("workbench.ui")
 
 FEATURE_COLUMNS = (
-    "feature", "label", "method", "score", "concept", "AUROC", "frequency", "max act", "group",
+    "feature", "label", "why", "method", "score", "concept", "AUROC", "frequency", "max act",
+    "group",
 )  # fmt: skip
-
-
-class FeatureView(NamedTuple):
-    """The feature page, one HTML string per panel."""
-
-    title: str
-    histogram: str
-    image: str
-    concepts: str
-    logits: str
-    neighbors: str
-    examples: str
+NO_CONCEPT = "(best concept)"
 
 
 class FeatureTable(NamedTuple):
@@ -66,8 +56,12 @@ def guarded(empty: Callable[[str], Any]) -> Callable:
     return wrap
 
 
-def _empty_feature(msg: str) -> FeatureView:
-    return FeatureView(msg, "", "", "", "", "", "")
+def missing_feature(ctx: AppContext, feature: int) -> str:
+    """The message for a feature number the SAE does not have, with the valid range."""
+    span = queries.feature_range(ctx)
+    if span is None:
+        return f"feature {feature}: this run has no features table yet"
+    return f"feature {feature}: this SAE has features {span[0]}-{span[1]}"
 
 
 def _empty_table(msg: str) -> FeatureTable:
@@ -85,33 +79,70 @@ def feature_table(
     descending: bool = True,
     limit: int = 200,
 ) -> FeatureTable:
-    """The Features tab: matching features as table rows plus a count line."""
+    """The Features tab: matching features as table rows plus a line saying what is shown.
+
+    ``concept`` is a filter value ('source:name', or a bare name): the table keeps the features
+    associated with it. A search ranks matches by where they matched (:mod:`workbench.ui.search`)
+    and fills the 'why' column.
+    """
     if ctx.con is None:
         return FeatureTable([], render.messages(ctx.status.problems))
+    text = (search or "").strip()
     group_i = int(group) if group not in (None, "", "any") else None
+    chosen = None
+    if concept not in (None, "", NO_CONCEPT):
+        chosen = lookup.parse_concept(concept, queries.concepts(ctx))
+        if chosen is None:
+            return FeatureTable([], render.message(f"Unknown concept {concept!r}.", "error"))
     rows, total = queries.feature_table(
-        ctx, search, concept or None, density, group_i, sort, descending, limit
+        ctx, text, chosen, density, group_i, sort, descending, limit
     )
-    out = [
-        [
-            r["feature"],
-            r["label"] or "",
-            r["method"] or "",
-            _round(r["score"]),
-            (r["concept"] or "") if r["frequency"] else "",
-            _round(r["auroc"]) if r["frequency"] else None,
-            _round(r["frequency"], 6),
-            _round(r["max_act"]),
-            r["group"],
-        ]
-        for r in rows
+    if text:
+        key = queries.SORTS.get(sort, queries.SORTS["frequency"])
+        rows = lookup.rank(rows, text, key, descending)[:limit]
+    out = [_row(r, chosen) for r in rows]
+    return FeatureTable(out, render.message(_summary(ctx, len(out), total, text, chosen), "info"))
+
+
+def _row(r: dict, chosen: tuple[str, str] | None) -> list[Any]:
+    """One table row; the 'why' column says why a search or a concept filter kept it."""
+    why = r.get("why") or ""
+    if chosen and r.get("auroc") is not None:
+        why = f"AUROC {r['auroc']:.2f} for {lookup.norm_concept(chosen[1])}"
+        if r.get("selectivity") is not None:
+            why += f" · selectivity {r['selectivity']:.2f}"
+    live = bool(r["frequency"])
+    return [
+        r["feature"],
+        r["label"] or "",
+        why,
+        r["method"] or "",
+        _round(r["score"]),
+        lookup.concept_display(r["concept"], r.get("source")) if live and r["concept"] else "",
+        _round(r["auroc"]) if live else None,
+        _round(r["frequency"], 6),
+        _round(r["max_act"]),
+        r["group"],
     ]
-    shown = f"showing {len(out):,} of {total:,}" if total > len(out) else f"{total:,}"
+
+
+def _summary(ctx: AppContext, shown: int, total: int, text: str, chosen) -> str:
+    """What the table shows and in which order."""
+    count = f"showing {shown:,} of {total:,}" if total > shown else f"{total:,}"
     noun = "feature" if total == 1 else "features"
-    summary = f"{shown} matching {noun} · click a row to open its page"
+    out = f"{count} matching {noun}"
+    if chosen:
+        name = lookup.concept_display(chosen[1], chosen[0])
+        out += (
+            f" · associated with {name} (AUROC ≥ {queries.ASSOCIATED_AUROC}), "
+            "best first unless you sort otherwise"
+        )
+    if text:
+        out += " · ranked by where the text matched (see 'why'), then by the sort"
+    out += " · click a row to open its page"
     if not ctx.status.has_labels:
-        summary += " · no labels yet (run `python -m workbench label`)"
-    return FeatureTable(out, render.message(summary, "info"))
+        out += " · no labels yet (run `python -m workbench label`)"
+    return out
 
 
 def density_chart(ctx: AppContext, per_decade: int = 4) -> str:
@@ -147,143 +178,24 @@ def concept_chips(ctx: AppContext) -> str:
     return render.card("Best feature per concept (AUROC)", f'<div class="wb-chips">{chips}</div>')
 
 
+def concept_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """The concept filter's choices: (normalised name · source, value), alphabetical."""
+    if ctx.con is None:
+        return [(NO_CONCEPT, NO_CONCEPT)]
+    pairs = [
+        (
+            lookup.concept_display(r["concept"], r["source"]),
+            lookup.concept_value(r["source"], r["concept"]),
+        )
+        for r in queries.concepts(ctx)
+    ]
+    return [(NO_CONCEPT, NO_CONCEPT), *pairs]
+
+
 def concept_name(row: dict) -> str:
-    """A concept as shown: CheXpert labels marked as such (the phantom has look-alike names)."""
-    return f"{row['concept']} (CheXpert)" if row.get("source") == "chexpert" else row["concept"]
+    """A concept as shown: normalised, with its source (CheXpert, ground truth, your labels)."""
+    return lookup.concept_display(row["concept"], row.get("source"))
 
 
 def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(float(x), digits)
-
-
-@guarded(_empty_feature)
-def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureView:
-    """The feature page for ``feature``."""
-    if ctx.con is None:
-        return _empty_feature(render.messages(ctx.status.problems))
-    f = render.as_int(feature)
-    if f is None:
-        return _empty_feature(
-            render.message(
-                "Click a row in the Features tab, or type a feature number above.", "info"
-            )
-        )
-    header = queries.feature_header(ctx, f)
-    labels = queries.labels(ctx, f)
-    title = render.feature_title(f, header, labels)
-    if header is None:
-        return _empty_feature(title)
-    hist = queries.by_feature(ctx, "feature_histograms", f, "bin")
-    bins = [(r["bin"], r["bin_lo"], r["bin_hi"], r["count"]) for r in hist]
-    histogram = render.card(
-        "Activation histogram",
-        charts.histogram(bins, f"{sum(b[3] for b in bins):,} firing tokens")
-        + render.details("numbers", render.table(hist, ["bin_lo", "bin_hi", "count"])),
-    )
-    ex = queries.by_feature(
-        ctx, "feature_examples", f, "example_group = 'top' DESC, quantile DESC, rank"
-    )
-    scale = float(header.get("max_act") or 0) or max((r["activation"] or 0 for r in ex), default=1)
-    image_ex = [r for r in ex if r.get("kind") == "image"]
-    top_sid = (
-        int(max(image_ex, key=lambda r: r["activation"] or 0)["study_id"]) if image_ex else None
-    )
-    grid = queries.image_grid(ctx, top_sid) if top_sid is not None else None
-    shape = (int(grid["n_rows"]), int(grid["n_cols"])) if grid else None
-    return FeatureView(
-        title=title,
-        histogram=histogram,
-        image=_feature_image(ctx, f, top_sid, grid, scale),
-        concepts=_concepts_panel(
-            queries.by_feature(ctx, "feature_concepts", f, "auroc DESC NULLS LAST", 12)
-        ),
-        logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
-        neighbors=render.card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
-        examples=render.card("Examples", render.examples(ex, scale, shape)),
-    )
-
-
-def _concepts_panel(rows: list[dict]) -> str:
-    items = [(concept_name(r), r["auroc"]) for r in rows if r["auroc"] is not None]
-    chart = charts.hbars(items, 0.0, 1.0, ref=0.5, title="AUROC of study max activation")
-    numbers = render.table(rows, ["concept", "source", "auroc", "rank"])
-    return render.card("Concepts", chart + render.details("numbers", numbers))
-
-
-def _logits_panel(rows: list[dict]) -> str:
-    up = [r for r in rows if r["direction"] == "promote"][:10]
-    down = [r for r in rows if r["direction"] == "suppress"][:10]
-    if not up and not down:
-        return render.card("Logit effects", '<p class="wb-empty">Not computed for this run.</p>')
-    items = [(render.token_text(r["token"]).strip() or repr(r["token"]), r["effect"]) for r in up]
-    items += [
-        (render.token_text(r["token"]).strip() or repr(r["token"]), r["effect"]) for r in down
-    ]
-    bound = max(abs(v) for _, v in items) or 1.0
-    chart = charts.hbars(
-        items,
-        -bound,
-        bound,
-        0.0,
-        charts.GREEN,
-        title="promoted ↑ / suppressed ↓ tokens",
-        narrow=True,
-    )
-    numbers = render.table(rows, ["direction", "rank", "token", "effect"])
-    return render.card("Logit effects", chart + render.details("numbers", numbers))
-
-
-def _feature_image(
-    ctx: AppContext, feature: int, sid: int | None, grid: dict | None, scale: float
-) -> str:
-    """Heatmap over the frontal image of the study where the feature peaks on image tokens."""
-    if sid is None:
-        return render.card("On the image", '<p class="wb-empty">Fires on text only.</p>')
-    uri = study_heatmap_uri(ctx, sid, feature, scale, grid)
-    caption = f"study {sid}: activation over image patches (max {charts.fmt(scale)})"
-    return render.card(
-        "On the image", render.image_block(uri, caption if uri else "Image not available.")
-    )
-
-
-def resolve_image(ctx: AppContext, path: str | None) -> Path | None:
-    """The study image path if it exists inside the allowed roots (relative: to the run dir)."""
-    if not path:
-        return None
-    p = Path(path)
-    candidates = [p] if p.is_absolute() else [ctx.run_dir / p, Path.cwd() / p]
-    # a run that was moved, or analysed from another working directory: the same file at
-    # the same place below the run dir (e.g. .../old/run/phantom/files/... -> phantom/files/...)
-    candidates += [ctx.run_dir.joinpath(*p.parts[i:]) for i in range(1, len(p.parts))]
-    for c in candidates:
-        safe = inside(c, ctx.image_roots)
-        if safe is not None and safe.is_file():
-            return safe
-    return None
-
-
-def study_heatmap_uri(
-    ctx: AppContext, study_id: int, feature: int | None, vmax: float, grid: dict | None = None
-) -> str | None:
-    """A data URI of the study's frontal image with ``feature``'s patch activations over it.
-
-    ``grid`` is the study's :func:`queries.image_grid` when the caller already has it.
-    """
-    st = queries.study(ctx, study_id)
-    path = resolve_image(ctx, st.get("frontal_path") if st else None)
-    if path is None:
-        return None
-    try:
-        image = load_image(path)
-    except (CXRDataError, OSError) as exc:
-        log.warning("cannot read %s: %s", path, exc)
-        return None
-    if grid is None and feature is not None:
-        grid = queries.image_grid(ctx, study_id)
-    if grid is None or feature is None:
-        return heatmap.data_uri(heatmap.thumbnail(image))
-    acts = queries.patch_acts(ctx, study_id, feature, grid)
-    grid_RC = heatmap.grid_from_patches(
-        [(a["patch_row"], a["patch_col"], a["value"]) for a in acts], grid["n_rows"], grid["n_cols"]
-    )
-    return heatmap.data_uri(heatmap.overlay(image, grid_RC, vmax or float(grid_RC.max())))

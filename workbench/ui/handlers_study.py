@@ -10,10 +10,9 @@ import itertools
 from html import escape
 from typing import NamedTuple
 
-from workbench.cxr.images import CXRDataError, load_image
-from workbench.ui import heatmap, queries, render
+from workbench.ui import charts, examples, heatmap, pictures, queries, render
 from workbench.ui.context import AppContext
-from workbench.ui.handlers import guarded, log, resolve_image, study_heatmap_uri
+from workbench.ui.handlers import guarded, missing_feature
 from workbench.ui.safety import inside
 
 
@@ -36,35 +35,52 @@ def _empty_study(msg: str) -> StudyView:
 def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None) -> StudyView:
     """A study's images and report, its most active features per section and on the image.
 
-    ``feature`` picks whose activation colours the image and the report; by default the
-    study's most active image feature (or text feature when no image tokens fire).
+    ``feature`` picks whose activation colours the image and the report: any feature number
+    of the SAE, listed or not; by default the study's most active image feature (or text
+    feature when no image tokens fire).
     """
     if ctx.con is None:
         return _empty_study(render.messages(ctx.status.problems))
     sid = render.as_int(study_id)
     if sid is None:
+        text = str(study_id or "").strip()
+        note = f"“{text}” is not a study id. " if text else ""
         return _empty_study(
             render.message(
-                "Pick or type a study id above, or click a study on a feature page.", "info"
+                note + "Type a study id above, pick one, or click a study on a feature page.",
+                "error" if text else "info",
             )
         )
     st = queries.study(ctx, sid)
     if st is None:
-        return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
+        return _empty_study(render.message(_missing_study(ctx, sid), "error"))
     sections = queries.study_sections(ctx, sid)
-    f = (
-        render.as_int(feature)
-        if render.as_int(feature) is not None
-        else (sections[0]["feature"] if sections else None)
-    )
-    vmax = _feature_vmax(ctx, f)
+    f = render.as_int(feature)
+    if f is not None and queries.feature_header(ctx, f) is None:
+        note = render.message(missing_feature(ctx, f), "error")
+        return _empty_study(_header(ctx, st) + note)._replace(
+            choices=_feature_choices(sections), feature=f
+        )
+    if f is None:
+        f = sections[0]["feature"] if sections else None
     return StudyView(
         header=_header(ctx, st),
-        image=_images_card(ctx, st, f, vmax),
-        report=_report_card(ctx, st, f, vmax),
-        sections=render.card("Most active features", _sections_html(sections)),
+        image=_images_card(ctx, st, f),
+        report=_report_card(ctx, st, f),
+        sections=render.card("Most active features", _sections_html(sections, f)),
         choices=_feature_choices(sections),
         feature=f,
+    )
+
+
+def _missing_study(ctx: AppContext, sid: int) -> str:
+    """A study id that is not in the run, with what the run does have."""
+    ids = queries.study_list(ctx)
+    if not ids:
+        return f"Study {sid} is not in this run (it has no studies)."
+    return (
+        f"Study {sid} is not in this run: it has {len(ids):,} studies, ids {ids[0]} to "
+        f"{ids[-1]}. Pick one from the list."
     )
 
 
@@ -77,31 +93,43 @@ def _feature_choices(sections: list[dict]) -> list[tuple[str, int]]:
     return choices
 
 
-def _feature_vmax(ctx: AppContext, feature: int | None) -> float:
-    """The feature's maximum activation over the run (0 when unknown): the colour scale."""
-    header_rows = queries.feature_header(ctx, feature) if feature is not None else None
-    return float(header_rows["max_act"] or 0) if header_rows else 0.0
+def _images_card(ctx: AppContext, st: dict, f: int | None) -> str:
+    """The frontal image coloured by feature ``f`` (on this image's scale) and thumbnails of
+    the other views."""
+    sid = int(st["study_id"])
+    others = _other_images(ctx, st.get("frontal_path"))
+    heat = pictures.study_heat(ctx, sid, f) if f is not None else None
+    if heat is None:
+        image = pictures.frontal(ctx, sid)
+        uri = heatmap.data_uri(heatmap.thumbnail(image)) if image is not None else None
+        cap = "frontal image" + (" (no image tokens recorded)" if f is not None else "")
+        return render.card(
+            "Images", render.image_block(uri, cap if uri else "Image not available.") + others
+        )
+    if heat.vmax > 0:
+        caption = (
+            f"frontal image coloured by feature #{f} · colour scale 0 – {charts.fmt(heat.vmax)} "
+            f"= this image's maximum ({heat.n_fired} patches fire)"
+        )
+    else:
+        caption = f"frontal image · feature #{f} does not fire on it"
+    if not heat.has_image:
+        caption += " · image file not found: the patch grid alone"
+    bar = charts.colour_bar(heatmap.ANCHORS.tolist(), heat.vmax or 1.0, "activation on this image")
+    figure = render.heat_figure(heat.base, heat.layer, caption, bar if heat.vmax > 0 else "")
+    return render.card("Images", figure + others)
 
 
-def _images_card(ctx: AppContext, st: dict, f: int | None, vmax: float) -> str:
-    """The frontal image coloured by feature ``f`` and thumbnails of the other views."""
-    uri = study_heatmap_uri(ctx, st["study_id"], f, vmax)
-    cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
-    return render.card(
-        "Images",
-        render.image_block(uri, cap if uri else "Image not available.")
-        + _other_images(ctx, st.get("frontal_path")),
-    )
-
-
-def _report_card(ctx: AppContext, st: dict, f: int | None, vmax: float) -> str:
+def _report_card(ctx: AppContext, st: dict, f: int | None) -> str:
     """The report text, its tokens coloured by feature ``f`` when it has recorded tokens."""
     toks = queries.study_tokens(ctx, st["study_id"], f)
-    report = _report_html(toks, vmax or 1.0) if toks else escape(_report_text(st))
-    return render.card(
-        "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
-        f'<div class="wb-report">{report}</div>',
-    )
+    header = queries.feature_header(ctx, f) if f is not None else None
+    scale = float(header.get("max_act") or 0) if header else 0.0
+    report = _report_html(toks, scale or 1.0) if toks else escape(_report_text(st))
+    what = ""
+    if f is not None and toks:
+        what = f" (coloured by feature #{f}, scale 0 – {charts.fmt(scale)}: its run maximum)"
+    return render.card("Report" + what, f'<div class="wb-report">{report}</div>')
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
@@ -109,7 +137,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 
 def _other_images(ctx: AppContext, frontal: str | None, side: int = 200) -> str:
     """Thumbnails of the study's other images (lateral views): its folder in MIMIC layout."""
-    path = resolve_image(ctx, frontal)
+    path = pictures.resolve_image(ctx, frontal)
     if path is None:
         return ""
     thumbs = []
@@ -117,24 +145,32 @@ def _other_images(ctx: AppContext, frontal: str | None, side: int = 200) -> str:
         safe = inside(other, ctx.image_roots)
         if safe is None or other == path or other.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        try:
-            uri = heatmap.data_uri(heatmap.thumbnail(load_image(safe), side))
-        except (CXRDataError, OSError) as exc:
-            log.warning("cannot read %s: %s", other, exc)
+        image = pictures.load(ctx, str(safe))
+        if image is None:
             continue
+        uri = heatmap.data_uri(heatmap.thumbnail(image, side))
         thumbs.append(render.image_block(uri, other.name))
     return f'<div class="wb-thumbs">{"".join(thumbs)}</div>' if thumbs else ""
 
 
 def _report_html(toks: list[dict], scale: float) -> str:
-    """The study's text tokens, one block per section, coloured by activation."""
+    """The study's text tokens, one block per section, coloured by activation; placeholders
+    (``</s>``, ``<image>``, a 'None.' section) are dropped unless the feature fires on them."""
     parts = []
     for section, group in itertools.groupby(toks, key=lambda t: t["section"] or t["kind"]):
-        g = list(group)
+        g = [t for t in group if t["value"] > 0 or not examples.is_placeholder(t["token"])]
+        if not g or _is_none_section(g):
+            continue
         text = render.highlight([t["token"] for t in g], [t["value"] for t in g], scale)
         label = f'<span class="wb-seclabel">{escape(section)}</span>'
         parts.append(f'<div class="wb-sec">{label}{text}</div>')
     return "".join(parts)
+
+
+def _is_none_section(toks: list[dict]) -> bool:
+    """A section whose text is only the prompt's 'None.' placeholder (and silent)."""
+    text = "".join(render.token_text(t["token"]) for t in toks).strip()
+    return text in ("None", "None.", "") and all(t["value"] <= 0 for t in toks)
 
 
 def _header(ctx: AppContext, st: dict) -> str:
@@ -149,11 +185,11 @@ def _header(ctx: AppContext, st: dict) -> str:
 
 
 def _report_text(st: dict) -> str:
-    parts = [(k.upper(), st.get(k)) for k in ("findings", "impression")]
-    return "\n\n".join(f"{k}: {v}" for k, v in parts if v)
+    parts = [(k.upper(), (st.get(k) or "").strip()) for k in ("findings", "impression")]
+    return "\n\n".join(f"{k}: {v}" for k, v in parts if v and v not in ("None", "None."))
 
 
-def _sections_html(rows: list[dict]) -> str:
+def _sections_html(rows: list[dict], feature: int | None) -> str:
     if not rows:
         return '<p class="wb-empty">No feature fires on this study.</p>'
     out, current = [], None

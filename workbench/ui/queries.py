@@ -12,22 +12,45 @@ from types import MappingProxyType
 from typing import Any
 
 from workbench.ui.context import AppContext
+from workbench.ui.labels import RANKED_SCORERS
 
 Rows = list[dict[str, Any]]
 
 
-# Label shown for a feature: a human's beats an LLM's beats the statistical one, newest first.
-# ``where`` narrows the labels read before ranking (a page needs a handful of features, not 16k).
-def _best_label(where: str = "") -> str:
+def ranked_labels(ctx: AppContext, keep: str | None = None) -> str:
+    """SQL (a CTE body) of every label with its rank score and ``label_rank`` (1 = the label
+    the feature is known by), ranked as :mod:`workbench.ui.labels` explains.
+
+    ``keep`` names a CTE with a ``feature`` column that narrows the labels and scores read (a
+    page needs a handful of features, not 16k); None reads them all.
+    """
+    only = f"AND feature IN (SELECT feature FROM {keep})" if keep else ""
+    scored = ""
+    if ctx.has("feature_scores"):
+        tests = ", ".join(f"'{t}'" for t in RANKED_SCORERS)
+        scored = f"""SELECT feature, method, value FROM feature_scores
+            WHERE metric = 'balanced_accuracy' AND split_part(scorer, ':', 1) IN ({tests})
+            {only} UNION ALL"""
     return f"""
-    SELECT feature, label, method, score FROM (
-      SELECT *, row_number() OVER (PARTITION BY feature ORDER BY
-        CASE method WHEN 'human' THEN 0 WHEN 'statistical' THEN 2 ELSE 1 END,
-        created_at DESC NULLS LAST) AS rn
-      FROM feature_labels {where}) WHERE rn = 1"""
+      SELECT l.feature, l.method, l.label, l.score, l.model, l.details, r.rank_score,
+        row_number() OVER (PARTITION BY l.feature ORDER BY l.method = 'human' DESC,
+          r.rank_score DESC NULLS LAST,
+          CASE WHEN l.method LIKE 'llm%' THEN 0 WHEN l.method = 'offline' THEN 1
+               WHEN l.method = 'statistical' THEN 3 ELSE 2 END,
+          l.created_at DESC NULLS LAST, l.method) AS label_rank
+      FROM feature_labels l LEFT JOIN (
+        SELECT feature, method, avg(value) AS rank_score FROM ({scored}
+          SELECT feature, method, score FROM feature_labels
+          WHERE method = 'statistical' AND score IS NOT NULL {only}
+            AND starts_with(label, json_extract_string(details, '$.best_concept') || ' (AUROC'))
+        GROUP BY feature, method) r USING (feature, method)
+      WHERE true {only.replace("AND feature", "AND l.feature")}"""
 
 
-_BEST_LABEL = _best_label()
+def known_labels(ctx: AppContext, keep: str | None = None) -> str:
+    """SQL (a CTE body): the one label each feature is known by (see :func:`ranked_labels`)."""
+    return f"SELECT * FROM ({ranked_labels(ctx, keep)}) WHERE label_rank = 1"
+
 
 # Sort choice -> ORDER BY expression (whitelist: the only SQL text not bound as a parameter).
 SORTS: Mapping[str, str] = MappingProxyType(
@@ -53,10 +76,16 @@ DENSITIES: Mapping[str, tuple[float, float]] = MappingProxyType(
 )
 
 
+# A concept's features: those whose study max separates its studies at least this well.
+ASSOCIATED_AUROC = 0.7
+# A search returns at most this many matches to rank (then the first ``limit`` are shown).
+SEARCH_CAP = 5000
+
+
 def feature_table(
     ctx: AppContext,
     search: str = "",
-    concept: str | None = None,
+    concept: tuple[str, str] | None = None,
     density: str = "any",
     group: int | None = None,
     sort: str = "frequency",
@@ -65,27 +94,43 @@ def feature_table(
 ) -> tuple[Rows, int]:
     """Features matching the filters (first ``limit`` in the chosen order) and the total count.
 
-    With ``concept`` set, the concept columns show that concept's AUROC (else the best one).
-    ``search`` matches any label of the feature (case-insensitive) or its index.
+    ``label`` is the label each feature is known by (:func:`known_labels`), ``score`` its rank
+    score. ``concept`` = (source, name) keeps the features associated with that concept
+    (AUROC >= :data:`ASSOCIATED_AUROC`) and shows its AUROC (else each feature's best concept),
+    with the assertion ``selectivity`` when analyse wrote ``feature_mentions``. ``search``
+    matches any label (case-insensitive) or the feature's index; then every match comes back
+    (up to :data:`SEARCH_CAP`) with the matching labels in ``matched``, for the handler to rank.
     """
     if not ctx.has("features", "feature_stats", "feature_labels", "feature_concepts"):
         return [], 0
     where, params = _table_filters(search, concept, density, group)
-    order = SORTS.get(sort, SORTS["frequency"])
-    direction = "DESC" if descending else "ASC"
-    concept_rows = "concept = $concept" if concept else "rank = 1"
+    text = (search or "").strip()
+    sel_cte, sel_join = _selectivity(ctx, concept is not None)
+    con_rows = "concept = $concept AND source = $source" if concept else "rank = 1"
     sql = f"""
-      WITH lab AS ({_BEST_LABEL}),
-      con AS (SELECT feature, concept, auroc FROM feature_concepts WHERE {concept_rows}),
+      WITH lab AS ({known_labels(ctx)}),
+      con AS (SELECT feature, concept, source, auroc FROM feature_concepts WHERE {con_rows}),
+      matched AS (SELECT feature, list({{'method': method, 'label': label}}) AS labels
+                  FROM feature_labels WHERE $text <> '' AND label ILIKE '%' || $text || '%'
+                  GROUP BY feature){sel_cte},
       hits AS (
-        SELECT f.feature, l.label, l.method, l.score, c.concept, c.auroc,
-               s.frequency, s.max_act, f.matryoshka_group AS "group"
+        SELECT f.feature, l.label, l.method, l.rank_score AS score, c.concept, c.source,
+               c.auroc, s.frequency, s.max_act, f.matryoshka_group AS "group",
+               sel.selectivity, m.labels AS matched
         FROM features f
         LEFT JOIN feature_stats s USING (feature)
         LEFT JOIN lab l USING (feature)
         LEFT JOIN con c USING (feature)
+        LEFT JOIN matched m USING (feature) {sel_join}
         WHERE {where})"""
-    page = f"SELECT * FROM hits ORDER BY {order} {direction} NULLS LAST, feature LIMIT $limit"
+    params["text"] = text
+    if text:
+        rows = ctx.rows(sql + "SELECT * FROM hits LIMIT $cap", {**params, "cap": SEARCH_CAP})
+        return rows, len(rows)
+    order = f"{SORTS.get(sort, SORTS['frequency'])} {'DESC' if descending else 'ASC'} NULLS LAST"
+    if concept and sort == "AUROC":
+        order += ", selectivity DESC NULLS LAST"
+    page = f"SELECT * FROM hits ORDER BY {order}, feature LIMIT $limit"
     rows = ctx.rows(sql + page, {**params, "limit": limit})
     if len(rows) < limit:
         return rows, len(rows)
@@ -93,28 +138,40 @@ def feature_table(
     return rows, ctx.rows(sql + "SELECT count(*) AS n FROM hits", params)[0]["n"]
 
 
+def _selectivity(ctx: AppContext, wanted: bool) -> tuple[str, str]:
+    """CTE and join adding the assertion selectivity of the shown concept (analyse's
+    ``feature_mentions``; concept names compared case- and underscore-blind), or a NULL."""
+    if not (wanted and ctx.has("feature_mentions")):
+        return ", sel AS (SELECT NULL::INTEGER AS feature, NULL::DOUBLE AS selectivity)", (
+            "LEFT JOIN sel ON false"
+        )
+    norm = "lower(replace({}, '_', ' '))"
+    cte = f""", sel AS (SELECT feature, {norm.format("concept")} AS norm, selectivity
+                        FROM feature_mentions)"""
+    join = f"LEFT JOIN sel ON sel.feature = f.feature AND sel.norm = {norm.format('c.concept')}"
+    return cte, join
+
+
 def _table_filters(
-    search: str, concept: str | None, density: str, group: int | None
+    search: str, concept: tuple[str, str] | None, density: str, group: int | None
 ) -> tuple[str, dict[str, Any]]:
     """The WHERE clause of :func:`feature_table` from fixed fragments, values as parameters."""
     lo, hi = DENSITIES.get(density, DENSITIES["any"])
     clauses = ["coalesce(s.frequency, 0) BETWEEN $lo AND $hi"]
     params: dict[str, Any] = {"lo": lo, "hi": hi}
     if concept:
-        clauses.append("c.concept IS NOT NULL")
-        params["concept"] = concept
+        clauses.append("c.auroc >= $min_auroc")
+        params.update(source=concept[0], concept=concept[1], min_auroc=ASSOCIATED_AUROC)
     if group is not None:
         clauses.append("f.matryoshka_group = $group")
         params["group"] = group
     text = (search or "").strip()
     if text:
-        match = """f.feature IN (SELECT feature FROM feature_labels
-                                 WHERE label ILIKE '%' || $text || '%')"""
+        match = "m.labels IS NOT NULL"
         if text.isdigit():
             match = f"(f.feature = $index OR {match})"
             params["index"] = int(text)
         clauses.append(match)
-        params["text"] = text
     return " AND ".join(clauses), params
 
 
@@ -143,11 +200,22 @@ def best_per_concept(ctx: AppContext) -> Rows:
     )
 
 
-def concepts(ctx: AppContext) -> list[str]:
-    """Concept names for the filter, most prevalent first."""
+def concepts(ctx: AppContext) -> Rows:
+    """Every scored concept with its source and positive count (the filter's choices)."""
     if not ctx.has("concepts"):
         return []
-    return [r["concept"] for r in ctx.rows("SELECT concept FROM concepts ORDER BY n_pos DESC")]
+    return ctx.rows(
+        "SELECT concept, source, n_pos FROM concepts "
+        "ORDER BY lower(replace(concept, '_', ' ')), source"
+    )
+
+
+def feature_range(ctx: AppContext) -> tuple[int, int] | None:
+    """The smallest and largest feature index of the SAE (None without features)."""
+    if not ctx.has("features"):
+        return None
+    row = ctx.rows("SELECT min(feature) AS lo, max(feature) AS hi FROM features")[0]
+    return None if row["lo"] is None else (int(row["lo"]), int(row["hi"]))
 
 
 def groups(ctx: AppContext) -> list[int]:
@@ -177,31 +245,41 @@ def by_feature(ctx: AppContext, table: str, feature: int, order: str, limit: int
 
 
 def labels(ctx: AppContext, feature: int) -> Rows:
-    """Every label of the feature, preferred first, with its scores when any were computed."""
+    """Every label of the feature, the one it is known by first (:func:`ranked_labels`)."""
     if not ctx.has("feature_labels"):
         return []
-    scored = "NULL"
-    if ctx.has("feature_scores"):
-        # e.g. "detection:offline: accuracy 0.81 · f1 0.86" (one scorer per label, usually)
-        scored = """(SELECT string_agg(DISTINCT x.scorer, ', ') || ': ' || string_agg(
-                       x.metric || ' ' || round(x.value, 2), ' · ' ORDER BY x.metric)
-                     FROM feature_scores x WHERE x.feature = l.feature AND x.method = l.method)"""
-    sql = f"""SELECT label, method, score, model, {scored} AS scored FROM feature_labels l
-              WHERE feature = ? ORDER BY CASE method WHEN 'human' THEN 0
-              WHEN 'statistical' THEN 2 ELSE 1 END, created_at DESC NULLS LAST"""
+    sql = f"""WITH one AS (SELECT $f AS feature), ranked AS ({ranked_labels(ctx, "one")})
+              SELECT * FROM ranked ORDER BY label_rank"""
+    return ctx.rows(sql, {"f": feature})
+
+
+def label_scores(ctx: AppContext, feature: int) -> Rows:
+    """Every score of every label of the feature (``feature_scores`` rows)."""
+    if not ctx.has("feature_scores"):
+        return []
+    sql = """SELECT method, scorer, metric, value, n_examples FROM feature_scores
+             WHERE feature = ? ORDER BY method, scorer, metric"""
     return ctx.rows(sql, [feature])
 
 
+def tests_run(ctx: AppContext) -> set[str]:
+    """Scorer names (detection, fuzz, ...) that wrote any score to this database."""
+    if not ctx.has("feature_scores"):
+        return set()
+    sql = "SELECT DISTINCT split_part(scorer, ':', 1) AS name FROM feature_scores"
+    return {r["name"] for r in ctx.rows(sql)}
+
+
 def neighbors(ctx: AppContext, feature: int, limit: int = 10) -> Rows:
-    """Nearest features by decoder cosine, with their labels."""
+    """Nearest features by decoder cosine, with the labels they are known by."""
     if not ctx.has("feature_neighbors", "feature_labels"):
         return []
-    near = "WHERE feature IN (SELECT neighbor FROM feature_neighbors WHERE feature = ?)"
-    sql = f"""WITH lab AS ({_best_label(near)})
-              SELECT n.neighbor, n.cosine, lab.label FROM feature_neighbors n
-              LEFT JOIN lab ON lab.feature = n.neighbor
-              WHERE n.feature = ? ORDER BY n.rank LIMIT ?"""
-    return ctx.rows(sql, [feature, feature, limit])
+    sql = f"""WITH near AS (SELECT neighbor AS feature, rank, cosine FROM feature_neighbors
+                            WHERE feature = $f),
+              lab AS ({known_labels(ctx, "near")})
+              SELECT near.feature AS neighbor, near.cosine, lab.label FROM near
+              LEFT JOIN lab USING (feature) ORDER BY near.rank LIMIT $n"""
+    return ctx.rows(sql, {"f": feature, "n": limit})
 
 
 def image_grid(ctx: AppContext, study_id: int) -> dict[str, Any] | None:
@@ -286,7 +364,7 @@ def study_sections(ctx: AppContext, study_id: int, per_section: int = 8) -> Rows
       acts AS MATERIALIZED (SELECT t.section, a.feature, max(a.value) AS act
                FROM feature_acts a JOIN toks t ON t.row = a.row
                WHERE a.row BETWEEN $lo AND $hi GROUP BY ALL),
-      lab AS ({_best_label("WHERE feature IN (SELECT feature FROM acts)")})
+      lab AS ({known_labels(ctx, "acts")})
       SELECT acts.section, acts.feature, acts.act, acts.act / nullif(s.max_act, 0) AS rel,
              lab.label
       FROM acts JOIN feature_stats s USING (feature) LEFT JOIN lab USING (feature)

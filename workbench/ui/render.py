@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from workbench.ui.charts import fmt
+from workbench.ui.labels import LabelCard
 
 Row = dict[str, Any]
 
@@ -79,32 +80,29 @@ def feature_link(feature: int, text: str | None = None, suffix: str = "", width:
     )
 
 
-def study_link(study_id: int) -> str:
-    """A clickable study id that opens the study view."""
-    return f'<a class="wb-study" data-study="{int(study_id)}" href="#">study {int(study_id)}</a>'
+def study_link(study_id: int, feature: int | None = None) -> str:
+    """A clickable study id that opens the study view (coloured by ``feature`` when given)."""
+    keep = f' data-feature="{int(feature)}"' if feature is not None else ""
+    return (
+        f'<a class="wb-study" data-study="{int(study_id)}"{keep} href="#">study {int(study_id)}</a>'
+    )
 
 
-def feature_title(feature: int, header: Row | None, labels: Sequence[Row]) -> str:
-    """The page's head: preferred label, its method and score, other labels, key numbers."""
-    if header is None:
-        return message(f"Feature {feature} does not exist in this run.", "error")
-    if labels:
-        top = labels[0]
-        name = escape(top["label"] or "")
-        model = f" ({escape(top['model'])})" if top.get("model") else ""
-        meta = f"{escape(top['method'] or '')}{model}" + (
-            f" · score {fmt(top['score'])}" if top.get("score") is not None else ""
-        )
-        if top.get("scored"):
-            meta += f" · {escape(top['scored'])}"
+def feature_title(feature: int, header: Row, cards: Sequence[LabelCard], why: str = "") -> str:
+    """The page's head: the label the feature is known by, who wrote it and every score named
+    by its test, why it leads, why scores are blank, the other labels, and key numbers."""
+    if cards:
+        top = cards[0]
+        name = escape(top.label)
+        model = f" ({escape(top.model)})" if top.model else ""
+        scores = top.scores_text() or "no scores"
+        meta = f"{escape(top.method)}{model} · {escape(scores)}"
+        if why:
+            meta += f'<div class="wb-why">leads: {escape(why)}</div>'
+        if top.blanks:
+            meta += '<div class="wb-why">blank: ' + escape(" · ".join(top.blanks)) + "</div>"
     else:
         name, meta = "(not labelled yet)", "run `python -m workbench label` to name it"
-    others = "".join(
-        f"<li><b>{escape(r['method'] or '')}</b>: {escape(r['label'] or '')}"
-        + (f" <i>({fmt(r['score'])})</i>" if r.get("score") is not None else "")
-        + "</li>"
-        for r in labels[1:]
-    )
     stats = [
         ("frequency", _pct(header.get("frequency"))),
         ("max act", fmt(header.get("max_act"))),
@@ -115,11 +113,27 @@ def feature_title(feature: int, header: Row | None, labels: Sequence[Row]) -> st
     ]
     chips = "".join(f'<span class="wb-stat"><i>{k}</i> {v}</span>' for k, v in stats)
     dead = message("This feature never fires (dead).", "warn") if header.get("dead") else ""
-    more = f"<details><summary>other labels</summary><ul>{others}</ul></details>" if others else ""
     return (
         f'<div class="wb-head"><div class="wb-fid">feature {int(feature)}</div>'
         f'<div class="wb-label">{name}</div><div class="wb-meta">{meta}</div>'
-        f'<div class="wb-stats">{chips}</div>{more}{dead}</div>'
+        f'<div class="wb-stats">{chips}</div>{_all_labels(cards)}{dead}</div>'
+    )
+
+
+def _all_labels(cards: Sequence[LabelCard]) -> str:
+    """Every label with its named scores and blank reasons, folded under the headline."""
+    if len(cards) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td><b>{escape(c.method)}</b></td><td>{escape(c.label)}</td>"
+        f"<td>{escape(c.scores_text() or '–')}</td><td>{escape(' · '.join(c.blanks))}</td></tr>"
+        for i, c in enumerate(cards)
+    )
+    head = "<tr><th>#</th><th>method</th><th>label</th><th>scores</th><th>blank because</th></tr>"
+    return (
+        f'<details class="wb-labels"><summary>all {len(cards)} labels, ranked by score'
+        f'</summary><table class="wb-table"><thead>{head}</thead><tbody>{rows}</tbody>'
+        "</table></details>"
     )
 
 
@@ -127,75 +141,6 @@ def _pct(x: float | None) -> str:
     if x is None:
         return "–"
     return f"{100 * x:.3g}%"
-
-
-def examples(rows: Sequence[Row], scale: float, grid: tuple[int, int] | None = None) -> str:
-    """Top and quantile examples under headings: text as highlighted context, image patches as
-    small patch-grid cards (``grid`` = n_rows, n_cols of the image) in a row."""
-    if not rows:
-        return '<p class="wb-empty">No examples recorded.</p>'
-    groups: dict[str, list[Row]] = {}
-    for r in rows:
-        groups.setdefault(_group_name(r), []).append(r)
-    parts = []
-    for name, members in groups.items():
-        texts = [_text_card(r, scale) for r in members if not _is_patch(r)]
-        patches = [_patch_card(r, scale, grid) for r in members if _is_patch(r)]
-        parts.append(f'<h4 class="wb-group">{escape(name)}</h4>')
-        if patches:
-            parts.append('<div class="wb-patches">' + "".join(patches) + "</div>")
-        parts += texts
-    return '<div class="wb-examples">' + "".join(parts) + "</div>"
-
-
-def _is_patch(r: Row) -> bool:
-    return r.get("kind") == "image" and r.get("patch_row") is not None
-
-
-def _group_name(r: Row) -> str:
-    if r.get("example_group") == "top":
-        return "Top activations"
-    q = r.get("quantile")
-    return f"Quantile {q}" if q is not None else "Quantile examples"
-
-
-def _text_card(r: Row, scale: float) -> str:
-    where = escape(r.get("section") or r.get("kind") or "")
-    body = highlight(
-        r.get("context_tokens") or [r.get("token") or ""],
-        r.get("context_acts") or [r.get("activation") or 0.0],
-        scale,
-        r.get("center") if r.get("context_tokens") else 0,
-    )
-    return (
-        f'<div class="wb-ex"><div class="wb-exmeta">{study_link(r["study_id"])} · {where} · '
-        f'<b>{fmt(r.get("activation"))}</b></div><div class="wb-extext">{body}</div></div>'
-    )
-
-
-def _patch_card(r: Row, scale: float, grid: tuple[int, int] | None) -> str:
-    row, col = int(r["patch_row"]), int(r["patch_col"])
-    n_rows, n_cols = grid if grid else (row + 1, col + 1)
-    strength = min(1.0, (r.get("activation") or 0.0) / scale) if scale > 0 else 1.0
-    picture = patch_grid(n_rows, n_cols, row, col, strength)
-    return (
-        f'<div class="wb-patch" title="image patch (row {row}, col {col})">{picture}'
-        f"<div>{study_link(r['study_id'])}</div><b>{fmt(r.get('activation'))}</b></div>"
-    )
-
-
-def patch_grid(n_rows: int, n_cols: int, row: int, col: int, strength: float) -> str:
-    """A small picture of the image's patch grid with the example's patch filled."""
-    cell = max(2.0, 56 / max(n_rows, n_cols))
-    w, h = cell * n_cols, cell * n_rows
-    mark = (
-        f'<rect x="{col * cell:.1f}" y="{row * cell:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
-        f'fill="rgba(232,89,12,{0.35 + 0.65 * strength:.2f})"/>'
-    )
-    return (
-        f'<svg viewBox="0 0 {w:.1f} {h:.1f}" width="{w:.0f}" height="{h:.0f}">'
-        f'<rect width="{w:.1f}" height="{h:.1f}" fill="#495057" rx="3"/>{mark}</svg>'
-    )
 
 
 def neighbors(rows: Sequence[Row]) -> str:
@@ -254,3 +199,33 @@ def image_block(uri: str | None, caption: str) -> str:
         f'<figure class="wb-fig"><img src="{uri}" alt="{escape(caption)}">'
         f"<figcaption>{escape(caption)}</figcaption></figure>"
     )
+
+
+def heat_figure(base_uri: str, layer_uri: str, caption: str, bar: str, opacity: int = 80) -> str:
+    """A radiograph with a heat layer over it, an overlay on/off toggle, an opacity slider
+    (the page's script, :data:`workbench.ui.style.CLICK_JS`, applies both), the colour bar and
+    a caption stating the colour scale."""
+    return (
+        f'<figure class="wb-fig wb-heat"><div class="wb-stack">'
+        f'<img class="wb-base" src="{base_uri}" alt="radiograph">'
+        f'<img class="wb-layer" src="{layer_uri}" alt="activation heatmap" '
+        f'style="opacity:{opacity / 100:.2f}"></div>'
+        '<div class="wb-heatctl"><label><input type="checkbox" class="wb-toggle" checked> '
+        "overlay</label><label>opacity "
+        f'<input type="range" class="wb-opacity" min="0" max="100" value="{opacity}"></label>'
+        f"</div>{bar}<figcaption>{escape(caption)}</figcaption></figure>"
+    )
+
+
+def thumb_strip(items: Sequence[tuple[int, str | None, str]], feature: int) -> str:
+    """Thumbnails (study id, data URI, caption) in a row; a click opens the study coloured by
+    ``feature``."""
+    cells = "".join(
+        f'<a class="wb-thumb" data-study="{int(sid)}" data-feature="{int(feature)}" href="#" '
+        f'title="open study {int(sid)} coloured by feature {int(feature)}">'
+        + (f'<img src="{uri}" alt="study {int(sid)}">' if uri else '<div class="wb-nocrop">'
+           "image not available</div>")
+        + f"<span>{escape(caption)}</span></a>"
+        for sid, uri, caption in items
+    )  # fmt: skip
+    return f'<div class="wb-strip">{cells}</div>'

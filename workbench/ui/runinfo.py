@@ -121,18 +121,72 @@ def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
         ("steps", ours.get("steps")),
         ("final FVU", final.get("fvu")),
         ("final L0", final.get("l0")),
-        ("dead fraction", final.get("dead_fraction")),
+        ("dead in the last training window", final.get("dead_fraction")),
     ]
 
 
+def dead_features(ctx: AppContext) -> tuple[int, int] | None:
+    """(dead, total) features over every stored token, the Features tab's count."""
+    if ctx.con is None or not ctx.has("feature_stats"):
+        return None
+    row = ctx.rows(
+        "SELECT count(*) FILTER (WHERE coalesce(frequency, 0) = 0) AS dead, count(*) AS n "
+        "FROM feature_stats"
+    )[0]
+    return int(row["dead"]), int(row["n"])
+
+
+def _dead_facts(ctx: AppContext) -> list[tuple[str, Any]]:
+    """The dead fraction as the Features tab counts it (never fires on any stored token)."""
+    got = dead_features(ctx)
+    if got is None or not got[1]:
+        return []
+    dead, n = got
+    return [("dead features (analysis)", f"{dead:,} of {n:,} ({100 * dead / n:.3g}%)")]
+
+
 def _db_runs(ctx: AppContext) -> str:
+    """The stages that wrote the database, each stage's notes folded as a small table."""
     if not ctx.has("runs"):
         return ""
     rows = ctx.rows(
         "SELECT stage, started_at, finished_at, hook_name, n_tokens, n_studies, d_sae, notes "
         "FROM runs ORDER BY started_at"
     )
-    return render.table(rows, caption="stages that wrote features.duckdb")
+    cols = ["stage", "started_at", "finished_at", "hook_name", "n_tokens", "n_studies", "d_sae"]
+    head = "".join(f"<th>{escape(c)}</th>" for c in [*cols, "notes"])
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{escape(_show(r[c]) if r[c] is not None else '')}</td>" for c in cols)
+        + f"<td>{notes_html(r['notes'])}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<table class="wb-table"><caption>stages that wrote features.duckdb</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def notes_html(notes: str | None) -> str:
+    """A stage's notes (a JSON list of strings) as a folded table; plain text if not JSON."""
+    if not notes:
+        return ""
+    try:
+        items = json.loads(notes)
+    except ValueError:
+        items = [notes]
+    if not isinstance(items, list):
+        items = [items]
+    if not items:
+        return ""
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{escape(str(x))}</td></tr>" for i, x in enumerate(items)
+    )
+    word = "note" if len(items) == 1 else "notes"
+    return (
+        f'<details class="wb-numbers"><summary>{len(items)} {word}</summary>'
+        f'<table class="wb-table"><tbody>{rows}</tbody></table></details>'
+    )
 
 
 def log_files(run_dir: Path) -> list[Path]:
@@ -147,7 +201,7 @@ def log_files(run_dir: Path) -> list[Path]:
 def runs_view(ctx: AppContext) -> RunsView:
     """The Runs tab: model, layer, SAE, token counts, and the training curves."""
     facts = [("run", ctx.run_dir.name), ("SAE", ctx.status.sae_state)]
-    facts += _store_facts(ctx.run_dir) + _sae_facts(ctx.run_dir)
+    facts += _store_facts(ctx.run_dir) + _dead_facts(ctx) + _sae_facts(ctx.run_dir)
     try:
         db_html = _db_runs(ctx) if ctx.con is not None else ""
     except duckdb.Error as exc:
@@ -191,3 +245,43 @@ def _plain(v: Any) -> Any:
     if v is None or isinstance(v, int | float | str | bool):
         return v
     return str(v)
+
+
+# Result columns whose integer values are feature / study ids (rendered as links).
+FEATURE_ID_COLUMNS = ("feature", "neighbor", "best_feature")
+STUDY_ID_COLUMNS = ("study_id",)
+
+
+def sql_html(res: SQLResult) -> str:
+    """The result as a table that scrolls sideways (wide cells scroll on their own), with
+    feature and study ids as links that open their pages."""
+    if not res.columns:
+        return ""
+    kinds = [_id_kind(c) for c in res.columns]
+    head = "".join(f"<th>{escape(c)}</th>" for c in res.columns)
+    body = "".join(
+        "<tr>" + "".join(_sql_cell(v, k) for v, k in zip(row, kinds)) + "</tr>" for row in res.rows
+    )
+    return (
+        f'<div class="wb-sqlwrap"><table class="wb-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def _id_kind(column: str) -> str | None:
+    name = column.lower()
+    if name in FEATURE_ID_COLUMNS or name.endswith("_feature"):
+        return "feature"
+    return "study" if name in STUDY_ID_COLUMNS else None
+
+
+def _sql_cell(v: Any, kind: str | None) -> str:
+    if kind == "feature" and isinstance(v, int) and not isinstance(v, bool):
+        inner = render.feature_link(v, f"#{v}")
+    elif kind == "study" and isinstance(v, int) and not isinstance(v, bool):
+        inner = render.study_link(v).replace(f">study {v}<", f">{v}<")
+    elif isinstance(v, float):
+        inner = escape(charts.fmt(v, 4))
+    else:
+        inner = escape("" if v is None else str(v))
+    return f'<td><div class="wb-cell">{inner}</div></td>'

@@ -1,4 +1,5 @@
-"""The Feature tab: one feature's labels, histogram, image heatmap, concepts, logits, examples."""
+"""The Feature tab: one feature's labels, histogram, image heatmap, concepts, logits, examples,
+and an export of it (JSON, CSV, Neuronpedia JSON)."""
 
 from __future__ import annotations
 
@@ -6,34 +7,38 @@ from typing import NamedTuple
 
 import gradio as gr
 
-from workbench.ui import handlers, render
+from workbench.ui import handlers_export, handlers_feature, links, render
 from workbench.ui.context import AppContext
+from workbench.ui.style import URL_JS
 
 
 class FeaturePage(NamedTuple):
-    """The number box and the panels (in :class:`handlers.FeatureView` order)."""
+    """The number box and the panels (in :class:`handlers_feature.FeatureView` order)."""
 
     number: gr.Number
     panels: list[gr.HTML]
+    export: gr.HTML
 
     @property
     def outputs(self) -> list:
-        return [self.number, *self.panels]
+        return [self.number, *self.panels, self.export]
 
 
 def show(ctx: AppContext, feature) -> list:
-    """Values for :attr:`FeaturePage.outputs` when ``feature`` is opened."""
-    view = handlers.feature_view(ctx, feature)
-    value = render.as_int(feature)
-    return [value, *view]
+    """Values for :attr:`FeaturePage.outputs` when ``feature`` is opened (export cleared)."""
+    view = handlers_feature.feature_view(ctx, feature)
+    return [render.as_int(feature), *view, ""]
 
 
-def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturePage:
-    """Lay out the page; ``html`` makes HTML panels whose chips are clickable."""
+def build(ctx: AppContext, html: type[gr.HTML], url: gr.Textbox) -> FeaturePage:
+    """Lay out the page; ``html`` makes HTML panels whose chips are clickable, ``url`` is the
+    hidden box whose value the page writes into the address bar."""
     with gr.Row(equal_height=False):
         number = gr.Number(label="Feature", precision=0, minimum=0, scale=0, elem_id="wb-fnum")
         go = gr.Button("Open", variant="primary", scale=0, min_width=90, size="md")
-    title = html(value=handlers.feature_view(ctx, None).title, elem_id="wb-ftitle")
+        export = gr.Button("Export", scale=0, min_width=90, size="md", elem_id="wb-fexport")
+    files = gr.HTML(elem_id="wb-fexports")
+    title = html(value=handlers_feature.feature_view(ctx, None).title, elem_id="wb-ftitle")
     with gr.Row():
         with gr.Column(scale=3):
             histogram = html(elem_id="wb-hist")
@@ -43,7 +48,13 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturePage:
             logits = html(elem_id="wb-logits")
     neighbors = html(elem_id="wb-neighbors")
     examples = html(elem_id="wb-examples")
-    page = FeaturePage(number, [title, histogram, image, concepts, logits, neighbors, examples])
-    go.click(lambda f: show(ctx, f), [number], page.outputs)
-    number.submit(lambda f: show(ctx, f), [number], page.outputs)
+    panels = [title, histogram, image, concepts, logits, neighbors, examples]
+    page = FeaturePage(number, panels, files)
+
+    def open_(f):
+        return [*show(ctx, f), links.query("feature", render.as_int(f))]
+
+    for event in (go.click, number.submit):
+        event(open_, [number], [*page.outputs, url]).then(None, [url], None, js=URL_JS)
+    export.click(lambda f: handlers_export.export_feature(ctx, f), [number], [files])
     return page

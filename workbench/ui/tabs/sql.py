@@ -1,4 +1,5 @@
-"""The SQL tab: one read-only query over the run's DuckDB, results as a table."""
+"""The SQL tab: one read-only query over the run's DuckDB, results as a scrollable table whose
+feature and study ids open their pages."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ EXAMPLES: Mapping[str, str] = MappingProxyType(
 )
 
 
-def build(ctx: AppContext) -> None:
-    """Query box, example picker, run button, message line and result table."""
+def build(ctx: AppContext, html: type[gr.HTML]) -> None:
+    """Query box, example picker, run button, message line and result table (``html`` makes
+    the panel whose id chips navigate)."""
     query = gr.Code(
         value=EXAMPLES["tables and what they hold"], language="sql", lines=5,
         label="Read-only SQL over features.duckdb (tables: see docs/schema.md)",
@@ -44,16 +46,11 @@ def build(ctx: AppContext) -> None:
         example = gr.Dropdown(list(EXAMPLES), value=None, label="Example queries", scale=3)
         run = gr.Button("Run query", variant="primary", scale=1, elem_id="wb-sqlrun")
     note = gr.HTML(elem_id="wb-sqlnote")
-    result = gr.Dataframe(
-        interactive=False, wrap=True, max_height=520, visible=False, elem_id="wb-sqlresult"
-    )
+    result = html(elem_id="wb-sqlresult")
 
     def execute(text: str):
         res = runinfo.run_sql(ctx, text)
-        if not res.columns:
-            return gr.Dataframe(visible=False), res.message
-        value = {"headers": res.columns, "data": res.rows}
-        return gr.Dataframe(value=value, visible=True), res.message
+        return runinfo.sql_html(res), res.message
 
     run.click(execute, [query], [result, note])
     example.input(lambda name: EXAMPLES.get(name, ""), [example], [query])

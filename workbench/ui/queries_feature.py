@@ -1,0 +1,171 @@
+"""The feature page's own reads: where a feature fires on images, and its examples in context.
+
+Same rules as :mod:`workbench.ui.queries` (parameterised SQL, plain rows, a missing table reads
+as empty). Two reads matter for speed on a 16k-feature run with millions of activations:
+
+- the studies where a feature peaks on *image* tokens come from ``study_features.image_max``
+  (sorted by feature, so a lookup touches one block); a database analysed before that column
+  existed falls back to one scan of the feature's activations joined with ``tokens``;
+- example contexts (the sentence around each text example) read the token windows by row
+  (``row IN`` a list: the table's zone maps skip the rest) and the feature's activations in
+  those windows with one filtered scan of ``feature_acts``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workbench.ui.context import AppContext
+from workbench.ui.queries import Rows, ranked_labels
+
+TEXT_KINDS = ("prompt", "report", "generated")
+
+
+def has_column(ctx: AppContext, table: str, column: str) -> bool:
+    """Whether ``table`` of the run's database has ``column`` (older runs may lack new ones)."""
+    if not ctx.has(table):
+        return False
+    sql = """SELECT count(*) AS n FROM duckdb_columns()
+             WHERE database_name = 'features' AND table_name = ? AND column_name = ?"""
+    return ctx.rows(sql, [table, column])[0]["n"] > 0
+
+
+def image_studies(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
+    """The studies where the feature's image-token maximum is highest: study_id, image_max,
+    n_image (patches where it fires), best first."""
+    if has_column(ctx, "study_features", "image_max"):
+        sql = """SELECT study_id, image_max, n_image FROM study_features
+                 WHERE feature = ? AND image_max IS NOT NULL
+                 ORDER BY image_max DESC, study_id LIMIT ?"""
+        return ctx.rows(sql, [feature, limit])
+    if not ctx.has("feature_acts", "tokens"):
+        return []
+    sql = """SELECT t.study_id, max(a.value) AS image_max, count(*) AS n_image
+             FROM feature_acts a JOIN tokens t ON t.row = a.row
+             WHERE a.feature = ? AND t.kind = 'image'
+             GROUP BY t.study_id ORDER BY image_max DESC, t.study_id LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
+
+
+def image_summary(ctx: AppContext, feature: int) -> dict[str, Any]:
+    """How much the feature fires on image tokens: patches, studies, peak, and the run's total
+    image tokens (``n_total``; 0 for a text-only run)."""
+    total = "(SELECT count(*) FROM tokens WHERE kind = 'image')" if ctx.has("tokens") else "0"
+    if has_column(ctx, "study_features", "image_max"):
+        sql = f"""SELECT coalesce(sum(n_image), 0) AS n_image,
+                         count(image_max) AS n_studies, max(image_max) AS peak,
+                         {total} AS n_total
+                  FROM study_features WHERE feature = ?"""
+    elif ctx.has("feature_acts", "tokens"):
+        sql = f"""SELECT count(*) AS n_image, count(DISTINCT t.study_id) AS n_studies,
+                         max(a.value) AS peak, {total} AS n_total
+                  FROM feature_acts a JOIN tokens t ON t.row = a.row
+                  WHERE a.feature = ? AND t.kind = 'image'"""
+    else:
+        return {"n_image": 0, "n_studies": 0, "peak": None, "n_total": 0}
+    return ctx.rows(sql, [feature])[0]
+
+
+def patch_grid_shape(ctx: AppContext) -> tuple[int, int] | None:
+    """(n_rows, n_cols) of the image patch grid the model uses (None: no image tokens)."""
+    if not ctx.has("tokens"):
+        return None
+    row = ctx.rows(
+        "SELECT max(patch_row) + 1 AS r, max(patch_col) + 1 AS c FROM tokens WHERE kind = 'image'"
+    )[0]
+    return None if row["r"] is None else (int(row["r"]), int(row["c"]))
+
+
+def study_frontals(ctx: AppContext, study_ids: list[int]) -> dict[int, str | None]:
+    """Frontal image path of each study (as analyse stored it)."""
+    if not study_ids or not ctx.has("studies"):
+        return {}
+    sql = """SELECT study_id, frontal_path FROM studies
+             WHERE study_id IN (SELECT unnest(?::BIGINT[]))"""
+    return {r["study_id"]: r["frontal_path"] for r in ctx.rows(sql, [study_ids])}
+
+
+def context_windows(
+    ctx: AppContext, feature: int, centres: list[int], reach: int = 40
+) -> tuple[Rows, dict[int, float]]:
+    """Text tokens within ``reach`` rows of each example row (same rows for every example) and
+    the feature's activation on the firing ones: (token rows in order, row -> activation)."""
+    if not centres or not ctx.has("tokens"):
+        return [], {}
+    wanted = sorted({r for c in centres for r in range(max(0, c - reach), c + reach + 1)})
+    kinds = ", ".join(f"'{k}'" for k in TEXT_KINDS)
+    toks = ctx.rows(
+        f"""SELECT row, study_id, kind, section, token FROM tokens
+            WHERE row BETWEEN $lo AND $hi AND row IN (SELECT unnest($rows::BIGINT[]))
+              AND kind IN ({kinds}) ORDER BY row""",
+        {"lo": wanted[0], "hi": wanted[-1], "rows": wanted},
+    )
+    if not ctx.has("feature_acts"):
+        return toks, {}
+    acts = ctx.rows(
+        """WITH w AS (SELECT unnest($los::BIGINT[]) AS lo, unnest($his::BIGINT[]) AS hi)
+           SELECT DISTINCT a.row, a.value FROM feature_acts a
+           JOIN w ON a.row BETWEEN w.lo AND w.hi WHERE a.feature = $f""",
+        {"los": [c - reach for c in centres], "his": [c + reach for c in centres], "f": feature},
+    )
+    return toks, {r["row"]: float(r["value"]) for r in acts}
+
+
+def _in(table: str, order: str, extra: str = "") -> str:
+    return (
+        f"SELECT * FROM {table} WHERE feature IN (SELECT unnest($fs::INTEGER[])) {extra} "
+        f"ORDER BY feature, {order}"
+    )
+
+
+def export_rows(ctx: AppContext, features: list[int]) -> dict[str, Rows]:
+    """Everything an export holds for ``features``: table name -> rows (missing tables: [])."""
+    parts = {
+        "stats": ("feature_stats", "feature", ""),
+        "features": ("features", "feature", ""),
+        "histograms": ("feature_histograms", "bin", ""),
+        "examples": ("feature_examples", "example_group = 'top' DESC, quantile DESC, rank", ""),
+        "concepts": ("feature_concepts", "rank", "AND rank <= 12"),
+        "neighbors": ("feature_neighbors", "rank", ""),
+        "logits": ("feature_logits", "direction, rank", ""),
+        "scores": ("feature_scores", "method, scorer, metric", ""),
+    }
+    out: dict[str, Rows] = {}
+    for key, (table, order, extra) in parts.items():
+        out[key] = ctx.rows(_in(table, order, extra), {"fs": features}) if ctx.has(table) else []
+    out["labels"] = []
+    if ctx.has("feature_labels"):
+        sql = f"""WITH keep AS (SELECT unnest($fs::INTEGER[]) AS feature),
+                  r AS ({ranked_labels(ctx, "keep")})
+                  SELECT * FROM r ORDER BY feature, label_rank"""
+        out["labels"] = ctx.rows(sql, {"fs": features})
+    out["quantile_counts"] = _quantile_counts(ctx, features)
+    return out
+
+
+def analyse_config(ctx: AppContext) -> dict[str, Any]:
+    """The configuration of the last analyse run (from the ``runs`` table), or {}."""
+    if not ctx.has("runs"):
+        return {}
+    rows = ctx.rows(
+        "SELECT config FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
+    )
+    try:
+        cfg = json.loads(rows[0]["config"]) if rows and rows[0]["config"] else {}
+    except ValueError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _quantile_counts(ctx: AppContext, features: list[int]) -> Rows:
+    """Firing tokens per quantile interval of [0, max_act] (analyse's n_quantiles groups)."""
+    if not ctx.has("feature_acts", "feature_stats"):
+        return []
+    n = int(analyse_config(ctx).get("n_quantiles") or 10)
+    sql = """SELECT a.feature, least(floor(a.value / s.max_act * $n), $n - 1)::INTEGER AS q,
+                    count(*) AS n
+             FROM feature_acts a JOIN feature_stats s USING (feature)
+             WHERE a.feature IN (SELECT unnest($fs::INTEGER[])) AND s.max_act > 0
+             GROUP BY ALL ORDER BY ALL"""
+    return [{**r, "n_quantiles": n} for r in ctx.rows(sql, {"fs": features, "n": n})]

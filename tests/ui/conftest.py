@@ -18,8 +18,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A run built by the real pipeline (dataset, store, planted SAE, analyse) in seconds."""
-    from workbench.testing.tiny_run import build
+    """A run built by the real pipeline (dataset, store, planted SAE, analyse) in seconds, with
+    labels of several methods and a feature whose image peak its examples do not show."""
+    from tests.fixtures.ui_run import build
 
     return build(tmp_path_factory.mktemp("ui") / "run")
 

@@ -141,7 +141,7 @@ def test_study_view(ctx):
     root = ctx.run_dir / "phantom"
     sid = min(positives(root, "pneumothorax"))
     view = handlers_study.study_view(ctx, sid)
-    assert f"study {sid}" in view.header and "pneumothorax" in view.header
+    assert f"study {sid}" in view.header and "pneumothorax (CheXpert, ground truth)" in view.header
     assert view.feature in [f for _, f in view.choices]
     assert len({f for _, f in view.choices}) == len(view.choices)
     coloured = handlers_study.study_view(ctx, sid, 0)

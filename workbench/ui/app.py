@@ -146,7 +146,7 @@ def _wire(ctx, app, made, parts, opening) -> None:
         None, [url], None, js=URL_JS
     )
     load_out = [tabs, *page.outputs, *tab.outputs, table.search, banner]
-    app.load(open_url, None, load_out)
+    app.load(open_url, None, load_out, show_progress="hidden")
 
 
 def _check_host(host: str) -> None:

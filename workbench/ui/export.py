@@ -54,7 +54,7 @@ def _plain(v: Any) -> Any:
     if v is None or isinstance(v, bool | int | str):
         return v
     if isinstance(v, float):
-        return round(v, 6)
+        return v
     if isinstance(v, list | tuple):
         return [_plain(x) for x in v]
     return str(v)

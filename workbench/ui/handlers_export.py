@@ -84,7 +84,7 @@ def export_table(ctx: AppContext, *filters) -> str:
     if not features:
         return render.message("No features match these filters: nothing to export.", "info")
     files = export_files(ctx, features, f"{ctx.run_dir.name}-{len(features)}-features")
-    note = f"{len(features)} features, in the table's order"
+    note = f"{len(features)} features, in the order of the table"
     if len(features) == MAX_FEATURES:
         note += f" (the first {MAX_FEATURES}: narrow the filters for others)"
     return export.download_links(files, note + ". Formats: see docs/app.md (Export).")

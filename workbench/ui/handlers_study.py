@@ -11,6 +11,7 @@ from html import escape
 from typing import NamedTuple
 
 from workbench.ui import charts, examples, heatmap, pictures, queries, render
+from workbench.ui import search as lookup
 from workbench.ui.context import AppContext
 from workbench.ui.handlers import guarded, missing_feature
 from workbench.ui.safety import inside
@@ -176,12 +177,22 @@ def _is_none_section(toks: list[dict]) -> bool:
 def _header(ctx: AppContext, st: dict) -> str:
     """Study id, subject, split and the concepts labelled present."""
     sid = int(st["study_id"])
-    positives = ", ".join(queries.study_positives(ctx, sid)) or "none"
+    positives = _positives(queries.study_positives(ctx, sid)) or "none"
     return (
         f'<div class="wb-head"><div class="wb-fid">study {sid}</div>'
         f'<div class="wb-meta">subject {st.get("subject_id")} · split {st.get("split") or "–"} · '
         f"labelled present: {escape(positives)}</div></div>"
     )
+
+
+def _positives(rows: list[dict]) -> str:
+    """Concepts labelled present, each normalised name once with the sources that say so:
+    'pneumothorax (CheXpert, ground truth)'."""
+    by_name: dict[str, list[str]] = {}
+    for r in rows:
+        where = lookup.SOURCES.get(r["source"], r["source"])
+        by_name.setdefault(lookup.norm_concept(r["concept"]), []).append(where)
+    return ", ".join(f"{n} ({', '.join(sorted(set(w)))})" for n, w in sorted(by_name.items()))
 
 
 def _report_text(st: dict) -> str:

@@ -328,12 +328,13 @@ def study_list(ctx: AppContext, limit: int = 2000) -> list[int]:
     ]
 
 
-def study_positives(ctx: AppContext, study_id: int) -> list[str]:
-    """Concepts labelled present in the study (ground truth or CheXpert)."""
+def study_positives(ctx: AppContext, study_id: int) -> Rows:
+    """Concepts labelled present in the study, with their source (ground truth, CheXpert)."""
     if not ctx.has("study_labels"):
         return []
-    sql = "SELECT DISTINCT concept FROM study_labels WHERE study_id = ? AND value = 1 ORDER BY 1"
-    return [r["concept"] for r in ctx.rows(sql, [study_id])]
+    sql = """SELECT DISTINCT concept, source FROM study_labels
+             WHERE study_id = ? AND value = 1 ORDER BY 1, 2"""
+    return ctx.rows(sql, [study_id])
 
 
 def study_span(ctx: AppContext, study_id: int) -> tuple[int, int] | None:

@@ -163,7 +163,8 @@ def _quantile_counts(ctx: AppContext, features: list[int]) -> Rows:
     if not ctx.has("feature_acts", "feature_stats"):
         return []
     n = int(analyse_config(ctx).get("n_quantiles") or 10)
-    sql = """SELECT a.feature, least(floor(a.value / s.max_act * $n), $n - 1)::INTEGER AS q,
+    # the same interval as analyse's quantile examples (workbench.analyse.tables)
+    sql = """SELECT a.feature, least($n - 1, floor($n * a.value / s.max_act))::INTEGER AS q,
                     count(*) AS n
              FROM feature_acts a JOIN feature_stats s USING (feature)
              WHERE a.feature IN (SELECT unnest($fs::INTEGER[])) AND s.max_act > 0

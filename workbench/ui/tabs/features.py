@@ -59,7 +59,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
         interactive=False,
         wrap=True,
         max_height=640,
-        column_widths=["6%", "28%", "18%", "7%", "6%", "12%", "6%", "7%", "6%", "4%"],
+        column_widths=["6%", "32%", "14%", "7%", "6%", "12%", "6%", "7%", "6%", "4%"],
         elem_id="wb-features",
     )  # fmt: skip
     inputs = [search, concept, density, group, sort, descending]

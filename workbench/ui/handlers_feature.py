@@ -89,7 +89,7 @@ def _histogram(hist: list[dict]) -> str:
 
 def image_panel(ctx: AppContext, f: int, header: dict) -> str:
     """The image-peak study's heatmap with its scale, and the next image studies as a strip."""
-    summary = qf.image_summary(ctx, f)
+    summary, studies = qf.image_overview(ctx, f, STRIP)
     if not summary["n_image"]:
         text = "Never fires on an image token: all its activation is on text."
         if header.get("dead"):
@@ -97,19 +97,19 @@ def image_panel(ctx: AppContext, f: int, header: dict) -> str:
         elif not summary["n_total"]:
             text = "This run recorded no image tokens."
         return card("On the image", f'<p class="wb-empty">{text}</p>')
-    studies = qf.image_studies(ctx, f, STRIP)
     sid = int(studies[0]["study_id"])
-    heat = pictures.study_heat(ctx, sid, f)
     share = summary["n_image"] / summary["n_total"] if summary["n_total"] else 0.0
     intro = (
         f'<p class="wb-meta">Fires on {_share(share)} of image tokens ({summary["n_image"]:,} '
         f"patches in {summary['n_studies']:,} studies); peak {charts.fmt(summary['peak'])} in "
         f"{render.study_link(sid, f)}.</p>"
     )
-    if heat is None:
+    painted = pictures.paint(ctx, [int(s["study_id"]) for s in studies], f)
+    if sid not in painted:
         return card("On the image", intro)
-    body = intro + _heat_block(heat, sid, header, studies[0]) + _strip(ctx, f, studies)
-    return card("On the image", body)
+    heat = pictures.heat_of(painted[sid])
+    strip = image_strip(studies, painted, f)
+    return card("On the image", intro + _heat_block(heat, sid, header, studies[0]) + strip)
 
 
 def _share(x: float) -> str:
@@ -131,7 +131,7 @@ def _heat_block(heat: pictures.StudyHeat, sid: int, header: dict, best: dict) ->
     return render.heat_figure(heat.base, heat.layer, caption, bar)
 
 
-def _strip(ctx: AppContext, f: int, studies: list[dict]) -> str:
+def image_strip(studies: list[dict], painted: dict[int, pictures.Painted], f: int) -> str:
     """Thumbnails of the top image studies on one shared scale (the feature's image peak)."""
     if len(studies) < 2:
         return ""
@@ -139,7 +139,9 @@ def _strip(ctx: AppContext, f: int, studies: list[dict]) -> str:
     items = [
         (
             int(s["study_id"]),
-            pictures.study_overlay_uri(ctx, int(s["study_id"]), f, vmax, side=150),
+            pictures.overlay_of(painted[int(s["study_id"])], vmax, side=150)
+            if int(s["study_id"]) in painted
+            else None,
             f"study {s['study_id']} · max {charts.fmt(s['image_max'])}",
         )
         for s in studies
@@ -153,7 +155,8 @@ def examples_panel(ctx: AppContext, f: int, rows: list[dict], scale: float) -> s
     text_idx = [i for i, r in enumerate(rows) if not examples.is_patch(r)]
     window, acts = qf.context_windows(ctx, f, [int(rows[i]["row"]) for i in text_idx])
     texts = {i: examples.sentence(rows[i], window, acts) for i in text_idx}
-    crops = pictures.patch_crops(ctx, rows, qf.patch_grid_shape(ctx))
+    shape = qf.patch_grid_shape(ctx) if any(examples.is_patch(r) for r in rows) else None
+    crops = pictures.patch_crops(ctx, rows, shape)
     return examples.panel(rows, texts, crops, scale, f)
 
 

@@ -71,51 +71,67 @@ def frontal(ctx: AppContext, study_id: int) -> Image.Image | None:
     return load(ctx, st.get("frontal_path") if st else None)
 
 
-def patch_grid(ctx: AppContext, study_id: int, feature: int) -> tuple[np.ndarray, dict] | None:
-    """The feature's activation on each patch of the study's first image, or None when the
-    study has no image tokens."""
-    grid = queries.image_grid(ctx, study_id)
-    if grid is None:
-        return None
-    acts = queries.patch_acts(ctx, study_id, feature, grid)
-    triples = [(a["patch_row"], a["patch_col"], a["value"]) for a in acts]
-    return heatmap.grid_from_patches(triples, grid["n_rows"], grid["n_cols"]), grid
+class Painted(NamedTuple):
+    """A study's patch activations of one feature and its radiograph."""
+
+    grid: np.ndarray
+    """[n_rows, n_cols] activations on the patches of the study's first image."""
+    image: Image.Image | None
+    """The frontal radiograph (None: not found or not readable)."""
 
 
-def study_heat(ctx: AppContext, study_id: int, feature: int, side: int = 448) -> StudyHeat | None:
-    """The study's frontal image and the feature's heat layer, scaled to this image's own
-    maximum (None when the study has no image tokens)."""
-    got = patch_grid(ctx, study_id, feature)
-    if got is None:
-        return None
-    grid_RC, _ = got
-    vmax = float(grid_RC.max())
-    image = frontal(ctx, study_id)
-    base = heatmap.thumbnail(image, side) if image is not None else Image.new("L", (side, side))
-    layer = heatmap.heat_layer(base.size, grid_RC, vmax)
+def paint(ctx: AppContext, study_ids: Sequence[int], feature: int) -> dict[int, Painted]:
+    """Each study's patch grid of ``feature`` and frontal image (studies without image tokens
+    are left out); grids and paths are read for all studies at once."""
+    grids = queries_feature.image_grids(ctx, list(study_ids))
+    paths = queries_feature.study_frontals(ctx, list(grids))
+    out = {}
+    for sid in study_ids:
+        grid = grids.get(sid)
+        if grid is None:
+            continue
+        acts = queries.patch_acts(ctx, sid, feature, grid)
+        triples = [(a["patch_row"], a["patch_col"], a["value"]) for a in acts]
+        grid_RC = heatmap.grid_from_patches(triples, grid["n_rows"], grid["n_cols"])
+        out[sid] = Painted(grid_RC, load(ctx, paths.get(sid)))
+    return out
+
+
+def heat_of(p: Painted, side: int = 448) -> StudyHeat:
+    """The radiograph and the heat layer, scaled to this image's own maximum."""
+    vmax = float(p.grid.max())
+    base = heatmap.thumbnail(p.image, side) if p.image is not None else Image.new("L", (side, side))
+    layer = heatmap.heat_layer(base.size, p.grid, vmax)
     return StudyHeat(
         base=heatmap.data_uri(base),
         layer=heatmap.data_uri(layer, "PNG"),
         vmax=vmax,
-        n_fired=int((grid_RC > 0).sum()),
-        has_image=image is not None,
+        n_fired=int((p.grid > 0).sum()),
+        has_image=p.image is not None,
     )
+
+
+def overlay_of(p: Painted, vmax: float | None = None, side: int = 448) -> str:
+    """One JPEG of the radiograph with the feature composited, scaled to ``vmax`` (default:
+    this image's maximum); the grid alone on black when the image is not readable."""
+    scale = float(p.grid.max()) if vmax is None else vmax
+    if p.image is None:
+        return heatmap.data_uri(heatmap.grid_only(p.grid, scale, side))
+    return heatmap.data_uri(heatmap.overlay(p.image, p.grid, scale, side))
+
+
+def study_heat(ctx: AppContext, study_id: int, feature: int, side: int = 448) -> StudyHeat | None:
+    """:func:`heat_of` one study (None when it has no image tokens)."""
+    got = paint(ctx, [study_id], feature).get(study_id)
+    return None if got is None else heat_of(got, side)
 
 
 def study_overlay_uri(
     ctx: AppContext, study_id: int, feature: int, vmax: float | None = None, side: int = 448
 ) -> str | None:
-    """The study's frontal image with the feature composited over it (one JPEG), scaled to
-    ``vmax`` (default: this image's maximum); None when the study has no image tokens."""
-    got = patch_grid(ctx, study_id, feature)
-    if got is None:
-        return None
-    grid_RC, _ = got
-    scale = float(grid_RC.max()) if vmax is None else vmax
-    image = frontal(ctx, study_id)
-    if image is None:
-        return heatmap.data_uri(heatmap.grid_only(grid_RC, scale, side))
-    return heatmap.data_uri(heatmap.overlay(image, grid_RC, scale, side))
+    """:func:`overlay_of` one study (None when it has no image tokens)."""
+    got = paint(ctx, [study_id], feature).get(study_id)
+    return None if got is None else overlay_of(got, vmax, side)
 
 
 def patch_crops(

@@ -31,40 +31,41 @@ def has_column(ctx: AppContext, table: str, column: str) -> bool:
     return ctx.rows(sql, [table, column])[0]["n"] > 0
 
 
-def image_studies(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
-    """The studies where the feature's image-token maximum is highest: study_id, image_max,
-    n_image (patches where it fires), best first."""
-    if has_column(ctx, "study_features", "image_max"):
-        sql = """SELECT study_id, image_max, n_image FROM study_features
-                 WHERE feature = ? AND image_max IS NOT NULL
-                 ORDER BY image_max DESC, study_id LIMIT ?"""
-        return ctx.rows(sql, [feature, limit])
-    if not ctx.has("feature_acts", "tokens"):
-        return []
-    sql = """SELECT t.study_id, max(a.value) AS image_max, count(*) AS n_image
-             FROM feature_acts a JOIN tokens t ON t.row = a.row
-             WHERE a.feature = ? AND t.kind = 'image'
-             GROUP BY t.study_id ORDER BY image_max DESC, t.study_id LIMIT ?"""
-    return ctx.rows(sql, [feature, limit])
-
-
-def image_summary(ctx: AppContext, feature: int) -> dict[str, Any]:
-    """How much the feature fires on image tokens: patches, studies, peak, and the run's total
-    image tokens (``n_total``; 0 for a text-only run)."""
+def image_overview(ctx: AppContext, feature: int, limit: int = 6) -> tuple[dict[str, Any], Rows]:
+    """How much the feature fires on image tokens (``n_image`` patches in ``n_studies``
+    studies, ``peak``, and the run's ``n_total`` image tokens) and the studies where its
+    image-token maximum is highest (study_id, image_max, n_image), best first."""
     total = "(SELECT count(*) FROM tokens WHERE kind = 'image')" if ctx.has("tokens") else "0"
     if has_column(ctx, "study_features", "image_max"):
-        sql = f"""SELECT coalesce(sum(n_image), 0) AS n_image,
-                         count(image_max) AS n_studies, max(image_max) AS peak,
-                         {total} AS n_total
-                  FROM study_features WHERE feature = ?"""
+        per_study = """SELECT study_id, image_max, n_image FROM study_features
+                       WHERE feature = $f AND image_max IS NOT NULL"""
     elif ctx.has("feature_acts", "tokens"):
-        sql = f"""SELECT count(*) AS n_image, count(DISTINCT t.study_id) AS n_studies,
-                         max(a.value) AS peak, {total} AS n_total
-                  FROM feature_acts a JOIN tokens t ON t.row = a.row
-                  WHERE a.feature = ? AND t.kind = 'image'"""
+        per_study = """SELECT t.study_id, max(a.value) AS image_max, count(*) AS n_image
+                       FROM feature_acts a JOIN tokens t ON t.row = a.row
+                       WHERE a.feature = $f AND t.kind = 'image' GROUP BY t.study_id"""
     else:
-        return {"n_image": 0, "n_studies": 0, "peak": None, "n_total": 0}
-    return ctx.rows(sql, [feature])[0]
+        return {"n_image": 0, "n_studies": 0, "peak": None, "n_total": 0}, []
+    rows = ctx.rows(
+        f"""WITH s AS MATERIALIZED ({per_study})
+            SELECT study_id, image_max, n_image, sum(n_image) OVER () AS all_image,
+                   count(*) OVER () AS n_studies, {total} AS n_total
+            FROM s ORDER BY image_max DESC, study_id LIMIT $n""",
+        {"f": feature, "n": limit},
+    )
+    if not rows:
+        return {"n_image": 0, "n_studies": 0, "peak": None, "n_total": _total(ctx, total)}, []
+    first = rows[0]
+    summary = {
+        "n_image": int(first["all_image"]),
+        "n_studies": int(first["n_studies"]),
+        "peak": first["image_max"],
+        "n_total": int(first["n_total"]),
+    }
+    return summary, [{k: r[k] for k in ("study_id", "image_max", "n_image")} for r in rows]
+
+
+def _total(ctx: AppContext, total: str) -> int:
+    return int(ctx.rows(f"SELECT {total} AS n")[0]["n"])
 
 
 def patch_grid_shape(ctx: AppContext) -> tuple[int, int] | None:
@@ -75,6 +76,21 @@ def patch_grid_shape(ctx: AppContext) -> tuple[int, int] | None:
         "SELECT max(patch_row) + 1 AS r, max(patch_col) + 1 AS c FROM tokens WHERE kind = 'image'"
     )[0]
     return None if row["r"] is None else (int(row["r"]), int(row["c"]))
+
+
+def image_grids(ctx: AppContext, study_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each study's first image: row range (lo, hi) and patch grid (n_rows, n_cols), as
+    :func:`workbench.ui.queries.image_grid` gives for one study."""
+    if not study_ids or not ctx.has("tokens"):
+        return {}
+    rows = ctx.rows(
+        """SELECT study_id, min(row) AS lo, max(patch_row) + 1 AS n_rows,
+                  max(patch_col) + 1 AS n_cols FROM tokens
+           WHERE study_id IN (SELECT unnest(?::BIGINT[])) AND kind = 'image'
+             AND patch_row IS NOT NULL GROUP BY study_id""",
+        [study_ids],
+    )
+    return {r["study_id"]: {**r, "hi": r["lo"] + r["n_rows"] * r["n_cols"] - 1} for r in rows}
 
 
 def study_frontals(ctx: AppContext, study_ids: list[int]) -> dict[int, str | None]:

@@ -51,17 +51,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
                 files = gr.HTML(elem_id="wb-texports")
         with gr.Column(scale=2):
             gr.HTML(handlers.density_chart(ctx), elem_id="wb-density")
-    table = gr.Dataframe(
-        value=first.rows,
-        headers=list(handlers.FEATURE_COLUMNS),
-        datatype=["number", "str", "str", "str", "number", "str", "number", "number", "number",
-                  "number"],
-        interactive=False,
-        wrap=True,
-        max_height=640,
-        column_widths=["6%", "32%", "14%", "7%", "6%", "12%", "6%", "7%", "6%", "4%"],
-        elem_id="wb-features",
-    )  # fmt: skip
+    table = _table(first.rows)
     inputs = [search, concept, density, group, sort, descending]
 
     def refresh(*values):
@@ -84,3 +74,18 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
     ).then(refresh, inputs, [table, summary])
     export.click(lambda *v: handlers_export.export_table(ctx, *v), inputs, [files])
     return FeaturesTab(table, search, summary, inputs)
+
+
+def _table(rows: list) -> gr.Dataframe:
+    """The features table (columns: :data:`handlers.FEATURE_COLUMNS`)."""
+    return gr.Dataframe(
+        value=rows,
+        headers=list(handlers.FEATURE_COLUMNS),
+        datatype=["number", "str", "str", "str", "number", "str", "number", "number", "number",
+                  "number"],
+        interactive=False,
+        wrap=True,
+        max_height=640,
+        column_widths=["6%", "32%", "14%", "7%", "6%", "12%", "6%", "7%", "6%", "4%"],
+        elem_id="wb-features",
+    )  # fmt: skip

@@ -9,7 +9,9 @@ Parquet. Everything that needs a feature's whole distribution or a join with the
 (study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
 (:mod:`workbench.feature_tables`); concept AUROCs come from :mod:`workbench.concepts`,
 decoder geometry from :mod:`workbench.directions`. The database is built as a temporary
-file and swapped in atomically (:func:`workbench.db.rewrite`).
+file and swapped in atomically (:func:`workbench.db.rewrite`); the Parquet is a generation
+file named after the run and comes into force with that same switch
+(:mod:`workbench.generations`), so the pair is replaced as a unit.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from workbench import db
+from workbench import db, generations
 from workbench import feature_tables as ft
 from workbench.analyse_inputs import (
     AnalyseError,
@@ -51,6 +53,7 @@ from workbench.stats import (
     sparsify,
     stats_table,
 )
+from workbench.store import ActivationStore, StoreError
 
 log = logging.getLogger("workbench.analyse")
 
@@ -103,7 +106,8 @@ class AnalyseConfig:
     report: bool = False
     """Print the phantom recovery table (best feature per ground-truth concept)."""
     reuse: bool = False
-    """Keep an existing features.duckdb instead of recomputing (e.g. with --report)."""
+    """Keep the existing features.duckdb when it and its Parquet are complete (e.g. with
+    --report); an incomplete pair is recomputed."""
 
     def validate(self) -> None:
         for name in ("batch_tokens", "top_k", "n_quantiles", "per_quantile", "block"):
@@ -140,6 +144,17 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def read_shard(store: ActivationStore, i: int) -> tuple[torch.Tensor, pa.Table]:
+    """Shard ``i`` and its token metadata; unreadable or non-finite -> AnalyseError naming
+    the shard file, row and study (the message every stage that reads a store gives)."""
+    try:
+        acts_ND = store.shard(i)
+        store.check_finite(i, acts_ND)
+        return acts_ND, store.metadata(i)
+    except (StoreError, OSError, pa.ArrowException) as exc:
+        raise AnalyseError(str(exc)) from None
+
+
 @torch.no_grad()
 def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
     """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
@@ -151,7 +166,7 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
     opts = {"use_dictionary": False, "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
     with pq.ParquetWriter(acts_path, ACTS_SCHEMA, **opts) as writer:
         for i in range(inp.store.num_shards):
-            acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
+            acts_ND, meta = read_shard(inp.store, i)
             rows = meta.column("row").to_numpy()
             r0 = int(rows[0]) if len(rows) else 0
             if len(rows) != acts_ND.shape[0] or not np.array_equal(rows, r0 + np.arange(len(rows))):
@@ -259,23 +274,34 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
     timings = {} if timings is None else timings
     cfg.validate()
     path = db.db_path(cfg.run)
-    if cfg.reuse and path.exists():
-        log.info("%s exists and reuse=True: not recomputed", path)
-        return path
+    if cfg.reuse:
+        why = generations.incomplete(cfg.run)
+        if why is None:
+            log.info("%s is complete and reuse=True: not recomputed", path)
+            return path
+        log.warning("reuse=True but the previous analysis is incomplete (%s): recomputing", why)
     notes: list[str] = []
     inp = open_inputs(cfg, notes)
     started = datetime.now(UTC).replace(tzinfo=None)
     fingerprint = sae_fingerprint(inp.sae)
-    acts = path.parent / db.ACTS_NAME
+    run_id = uuid.uuid4().hex
+    acts = generations.acts_file(path.parent, run_id)
     acts_tmp = acts.with_name(acts.name + ".tmp")
+    published = False
+
+    def publish() -> None:
+        nonlocal published
+        published = True
+        generations.publish(path.parent, run_id)
+
     try:
-        with db.rewrite(cfg.run, fresh=True) as con:
+        with db.rewrite(cfg.run, fresh=True, on_replaced=publish) as con:
             labels = _build(con, inp, cfg, (acts_tmp, notes, timings))
             carry_over(con, path, fingerprint, notes)
             con.execute(
                 "INSERT INTO runs VALUES (?, 'analyse', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    uuid.uuid4().hex,
+                    run_id,
                     started,
                     datetime.now(UTC).replace(tzinfo=None),
                     json.dumps(to_dict(cfg)),
@@ -291,9 +317,11 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
             )
             with _timed(timings, "indexes"):
                 db.create_indexes(con)
-            os.replace(acts_tmp, acts)
+            os.replace(acts_tmp, acts)  # complete, under its own name; in force at the switch
     finally:
         acts_tmp.unlink(missing_ok=True)
+        if not published:  # the database was not switched: this generation never existed
+            acts.unlink(missing_ok=True)
     save_config(cfg, path.parent / "analyse-cfg.json")
     for note in notes:
         log.info("note: %s", note)

@@ -372,9 +372,11 @@ def rewrite(
     path = db_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    wal = tmp.with_name(tmp.name + ".wal")  # a killed writer's WAL would be replayed: remove
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         tmp.unlink(missing_ok=True)
+        wal.unlink(missing_ok=True)
         if not fresh and path.exists():
             shutil.copyfile(path, tmp)
         con = duckdb.connect(str(tmp))
@@ -385,6 +387,7 @@ def rewrite(
         except BaseException:
             con.close()
             tmp.unlink(missing_ok=True)
+            wal.unlink(missing_ok=True)
             raise
         con.close()
         os.replace(tmp, path)

@@ -23,7 +23,7 @@ from workbench.store import ActivationStore
 
 
 def _other_sae(run) -> None:
-    """Replace the run's SAE by one whose activations differ (every feature fires on every token)."""
+    """Replace the run's SAE by one that fires on every token (other activations)."""
     sae = planted_sae()
     with torch.no_grad():
         sae.b_enc_F.fill_(0.6)

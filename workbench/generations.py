@@ -55,7 +55,7 @@ def analyse_run_id(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -
         row = con.execute(
             f"SELECT run_id FROM {runs} WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
         ).fetchone()
-    except duckdb.CatalogException:  # no runs table: not written by analyse
+    except (duckdb.CatalogException, duckdb.BinderException):  # no (or a foreign) runs table
         return None
     return None if row is None else str(row[0])
 

@@ -5,11 +5,16 @@ which costs a file copy, so results are first appended to a JSON-lines journal (
 finished record, flushed and fsynced) and moved into the database in batches. Applying a
 journal is idempotent: each record first deletes the rows it replaces. After a successful
 move the journal is emptied; a crash in between only means the next flush re-applies it.
+
+Each record carries the fingerprint of the SAE whose features it describes. Records left
+over from before a rerun of analyse with another SAE are not applied to the new features:
+they go to the ``retired_*`` tables under their own fingerprint, with a WARNING.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from datetime import UTC, datetime
@@ -20,6 +25,8 @@ import duckdb
 import pyarrow as pa
 
 from workbench import db
+
+log = logging.getLogger("workbench.label")
 
 
 class RunRow(NamedTuple):
@@ -56,6 +63,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sync_seconds = sync_seconds
         self._synced = 0.0
+        self.sae = _analysed_sae(self.run)  # stamped on every record appended
 
     def records(self) -> list[dict]:
         """Records written and not yet moved (a torn last line from a crash is ignored)."""
@@ -69,9 +77,15 @@ class Journal:
                 continue
         return out
 
+    def pending(self) -> list[dict]:
+        """Records not yet moved that describe the current SAE's features."""
+        return [r for r in self.records() if r.get("sae") in (None, self.sae)]
+
     def append(self, records: list[dict]) -> None:
         if not records:
             return
+        if self.sae is not None:
+            records = [{"sae": self.sae, **r} for r in records]
         with open(self.path, "a") as fh:
             fh.write("".join(json.dumps(r) + "\n" for r in records))
             fh.flush()  # in the OS now: survives the process being killed
@@ -86,7 +100,10 @@ class Journal:
             return 0
         with db.rewrite(self.run) as con:
             con.execute("BEGIN TRANSACTION")
-            _apply_all(con, records)
+            current = _analysed_sae(con)
+            stale = [r for r in records if r.get("sae") not in (None, current)]
+            _apply_all(con, [r for r in records if r.get("sae") in (None, current)])
+            _retire(con, stale, current)
             if runs is not None:
                 insert_run_row(con, runs)
             con.execute("COMMIT")
@@ -94,6 +111,57 @@ class Journal:
         tmp.write_text("")
         os.replace(tmp, self.path)
         return len(records)
+
+
+def _analysed_sae(where: Path | duckdb.DuckDBPyConnection) -> str | None:
+    """Fingerprint of the SAE of the latest analyse (a run directory or a connection)."""
+    sql = (
+        "SELECT sae_fingerprint FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
+    )
+    if isinstance(where, duckdb.DuckDBPyConnection):
+        rows = where.execute(sql).fetchall()  # fetchall: leaves no result open in a transaction
+        return rows[0][0] if rows else None
+    if not db.db_path(where).exists():
+        return None
+    con = db.connect(where)
+    try:
+        row = con.execute(sql).fetchone()
+    except (duckdb.CatalogException, duckdb.BinderException):  # no (or a foreign) runs table
+        row = None
+    finally:
+        con.close()
+    return None if row is None else row[0]
+
+
+def _retire(con: duckdb.DuckDBPyConnection, stale: list[dict], current: str | None) -> None:
+    """Journal records of another SAE into the ``retired_*`` tables, under their fingerprint."""
+    if not stale:
+        return
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for sae in sorted({r["sae"] for r in stale}):
+        labels, scores = _latest([r for r in stale if r["sae"] == sae])
+        con.register("old_labels", _label_table(labels))
+        con.register("old_scores", _score_tables(scores)[0])
+        try:
+            con.execute(
+                "INSERT INTO retired_feature_labels SELECT feature, method, label, score, model, "
+                "details, ?, ?, ? FROM old_labels",
+                [now, sae, now],
+            )
+            con.execute(
+                "INSERT INTO retired_feature_scores SELECT feature, method, scorer, metric, "
+                "value, n_examples, ?, ?, ? FROM old_scores",
+                [now, sae, now],
+            )
+        finally:
+            con.unregister("old_labels")
+            con.unregister("old_scores")
+        log.warning(
+            "%d journal records (%d labels, %d scores) describe the features of SAE %s, but "
+            "features.duckdb now holds SAE %s (analyse was rerun): moved to the retired_* "
+            "tables, not applied",
+            len(labels) + len(scores), len(labels), len(scores), sae, current,
+        )  # fmt: skip
 
 
 def _latest(records: list[dict]) -> tuple[dict, dict]:
@@ -187,7 +255,7 @@ def done_features(
         ).fetchall()
         pending = {
             r["feature"]
-            for r in journal.records()
+            for r in journal.pending()
             if r["type"] == "label" and r["method"] == method
         }
     else:
@@ -197,7 +265,7 @@ def done_features(
         ).fetchall()
         pending = {
             r["feature"]
-            for r in journal.records()
+            for r in journal.pending()
             if r["type"] == "score" and r["method"] == method and r["scorer"] == scorer
         }
     return {r[0] for r in rows} | pending

@@ -78,3 +78,38 @@ def test_segmentation_results_are_written_while_a_reader_holds_the_database(tmp_
         os.write(done_w, b"1")
         os.waitpid(pid, 0)
     assert [r["value"] for r in read_results(tmp_path / db.DB_NAME)] == [0.9]
+
+
+def test_label_journal_of_another_sae_is_retired_not_applied(tmp_path, caplog):
+    """A label run killed with work in its journal, then analyse rerun with another SAE:
+    before the fix the next flush wrote the old SAE's labels onto the new SAE's features."""
+    import logging
+
+    from workbench.label_store import Journal, done_features
+
+    def analysed(fingerprint: str) -> None:
+        with db.rewrite(tmp_path, fresh=True) as con:
+            con.execute(
+                "INSERT INTO runs (run_id, stage, finished_at, sae_fingerprint) "
+                "VALUES (?, 'analyse', now()::TIMESTAMP, ?)",
+                [fingerprint, fingerprint],
+            )
+
+    analysed("sae-a")
+    record = {"type": "label", "feature": 3, "method": "llm:m", "label": "old meaning",
+              "score": 0.9, "model": "m", "details": {}}  # fmt: skip
+    Journal(tmp_path / "journal.jsonl", tmp_path).append([record])  # then the kill
+    analysed("sae-b")
+    journal = Journal(tmp_path / "journal.jsonl", tmp_path)  # the rerun of label
+    con = db.connect(tmp_path)
+    assert done_features(con, journal, "llm:m", None) == set()  # feature 3 is still to do
+    con.close()
+    with caplog.at_level(logging.WARNING, logger="workbench.label"):
+        journal.flush()
+    con = db.connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM feature_labels").fetchone()[0] == 0
+    assert con.execute(
+        "SELECT feature, label, sae_fingerprint FROM retired_feature_labels"
+    ).fetchall() == [(3, "old meaning", "sae-a")]
+    con.close()
+    assert "SAE sae-a" in caplog.text and "moved to the retired_* tables" in caplog.text

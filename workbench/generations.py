@@ -28,10 +28,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.run import ACTS_NAME, DB_NAME
+
 log = logging.getLogger("workbench.generations")
 
-DB_NAME = "features.duckdb"
-ACTS_NAME = "feature_acts.parquet"
 PREFIX = "feature_acts-"
 
 

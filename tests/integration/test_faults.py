@@ -49,7 +49,7 @@ def _no_duplicates(run: Path, table: str, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def record_world(tmp_path_factory):
-    from tests.integration.record_fixtures import make_phantom, save_tiny_maira2
+    from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
 
     root = tmp_path_factory.mktemp("fault-record")
     return make_phantom(root / "phantom", studies=6), save_tiny_maira2(root / "model", n_layers=2)
@@ -85,7 +85,7 @@ def _store_is_whole(path: Path) -> None:
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 def test_record_survives_kills(record_world, tmp_path, rounds):
-    from workbench.record import RecordConfig, record
+    from workbench.record.run import RecordConfig, record
 
     def cfg(out):
         phantom, model = record_world
@@ -162,8 +162,8 @@ def _analysis(run: Path) -> dict[str, list[tuple]]:
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 def test_analyse_survives_kills(tmp_path, rounds):
-    from tests.integration.test_analyse_world import make_run, planted_sae
-    from workbench.analyse import AnalyseConfig, analyse
+    from tests.fixtures.analyse_world import make_run, planted_sae
+    from workbench.analyse.run import AnalyseConfig, analyse
     from workbench.sae import save_sae
 
     def second_sae(run: Path) -> None:
@@ -215,7 +215,7 @@ def _old_or_new(run: Path, fingerprints: set[str]) -> None:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The planted run of the label/steer tests, with a tiny MAIRA-2 and an SAE to steer."""
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
     from workbench.models.hooks import resid_post_name
     from workbench.models.processor import Maira2Processor
     from workbench.models.tiny import tiny_maira2, tiny_tokenizer
@@ -239,7 +239,7 @@ SCORES = "SELECT * EXCLUDE (created_at) FROM feature_scores ORDER BY ALL"
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 def test_label_survives_kills(planted, tmp_path, rounds):
-    from workbench.label import LabelConfig, run_label
+    from workbench.label.run import LabelConfig, run_label
 
     clean = shutil.copytree(planted, tmp_path / "clean")
     duration = timed(lambda: run_label(LabelConfig(run=clean)))
@@ -270,7 +270,7 @@ def _steered(run: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("rounds", ROUNDS)
 def test_steer_survives_kills(planted, tmp_path, rounds):
-    from workbench.steer import SteerConfig, run_steer
+    from workbench.steer.run import SteerConfig, run_steer
 
     def cfg(run: Path) -> SteerConfig:
         return SteerConfig(run=run, sae=run / "sae-steer", feature=(0, 1), scale=(0.0, 80.0),

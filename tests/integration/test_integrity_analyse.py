@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.integration.test_analyse_world import make_run, planted_sae
+from tests.fixtures.analyse_world import make_run, planted_sae
 from workbench import db, generations
-from workbench.analyse import AnalyseConfig, AnalyseError, analyse, main
+from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse, main
 from workbench.sae import save_sae
 from workbench.store import ActivationStore
 

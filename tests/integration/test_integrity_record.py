@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from tests.integration.record_fixtures import make_phantom, save_tiny_maira2
-from workbench.record import RecordConfig, record
-from workbench.record_data import load_collection
+from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
+from workbench.record.data import load_collection
+from workbench.record.run import RecordConfig, record
 from workbench.store import ActivationStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]

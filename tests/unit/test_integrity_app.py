@@ -13,9 +13,9 @@ import os
 import pytest
 import torch
 
-from tests.integration.test_analyse_world import make_run, planted_sae
+from tests.fixtures.analyse_world import make_run, planted_sae
 from workbench import db
-from workbench.analyse import AnalyseConfig, analyse
+from workbench.analyse.run import AnalyseConfig, analyse
 from workbench.sae import save_sae
 from workbench.ui.context import DbLimits, open_context
 from workbench.ui.runinfo import run_sql
@@ -105,7 +105,7 @@ def test_a_large_query_fails_cleanly_under_the_memory_limit(run):
 
 def test_app_config_carries_the_limits():
     from workbench.config import parse_config
-    from workbench.ui.build import AppConfig
+    from workbench.ui.app import AppConfig
 
     default = AppConfig()
     assert default.db_memory_limit == "1GB" and default.db_threads == 2

@@ -85,7 +85,7 @@ def test_label_journal_of_another_sae_is_retired_not_applied(tmp_path, caplog):
     before the fix the next flush wrote the old SAE's labels onto the new SAE's features."""
     import logging
 
-    from workbench.label_store import Journal, done_features
+    from workbench.label.journal import Journal, done_features
 
     def analysed(fingerprint: str) -> None:
         with db.rewrite(tmp_path, fresh=True) as con:

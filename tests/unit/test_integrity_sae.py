@@ -44,7 +44,7 @@ def test_a_save_killed_before_its_weights_is_refused(tmp_path, monkeypatch):
 
 def test_a_save_killed_before_its_json_leaves_no_weights(tmp_path, monkeypatch):
     out = tmp_path / "sae"
-    monkeypatch.setattr(sae_io, "_atomic_json", lambda *a: (_ for _ in ()).throw(Killed()))
+    monkeypatch.setattr(sae_io, "write_json", lambda *a: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
         save_sae(signed_identity_sae(4, k=2), out)
     assert not (out / sae_io.SAELENS_WEIGHTS).exists()  # the demo's old check sees nothing

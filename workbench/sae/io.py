@@ -17,7 +17,6 @@ decoder rows (norms are folded into the encoder, as SAELens ``fold_W_dec_norm`` 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from workbench.io import atomic_path, write_json
 from workbench.sae.matryoshka import MatryoshkaSAE
 
 SAELENS_CFG = "cfg.json"
@@ -40,12 +40,6 @@ SAVE_ID = "workbench_save_id"
 
 class SAEFormatError(ValueError):
     """A directory holds no SAE we can read, or a malformed one (message names the file)."""
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def saelens_cfg(sae: MatryoshkaSAE, model_name: str | None = None) -> dict[str, Any]:
@@ -89,7 +83,7 @@ def save_sae(
         "threshold": (thr * torch.ones(sae.d_sae)).to(sae.W_enc_DF.dtype).contiguous(),
     }
     save_id = uuid.uuid4().hex  # ties the three files of one save together (sae_incomplete)
-    _atomic_json(saelens_cfg(sae, model_name), path / SAELENS_CFG)
+    write_json(path / SAELENS_CFG, saelens_cfg(sae, model_name))
     meta = {
         "format_version": FORMAT_VERSION,
         "d_in": sae.d_in,
@@ -101,10 +95,9 @@ def save_sae(
         **(extra or {}),
         SAVE_ID: save_id,
     }
-    _atomic_json(meta, path / WORKBENCH_META)
-    tmp = path / (SAELENS_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", SAVE_ID: save_id})
-    os.replace(tmp, path / SAELENS_WEIGHTS)  # last: the weights' presence means a whole save
+    write_json(path / WORKBENCH_META, meta)
+    with atomic_path(path / SAELENS_WEIGHTS) as tmp:  # last: present means a whole save
+        save_file(tensors, str(tmp), metadata={"format": "pt", SAVE_ID: save_id})
     return path
 
 

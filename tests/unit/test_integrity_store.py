@@ -104,14 +104,15 @@ def _record(tmp_path, lateral_ok: bool) -> StudyRecord:
 
 def test_unreadable_lateral_keeps_the_study_frontal_only(tmp_path, caplog):
     rec = _record(tmp_path, lateral_ok=False)
+    named: list[str] = []
     with caplog.at_level(logging.WARNING):
-        images = rec.load_images()
-    assert images.frontal is not None and images.lateral is None
-    assert len(images.dropped) == 1 and "l.jpg" in images.dropped[0]
+        images = rec.load_images(named)
+    assert images.frontal is not None and images.lateral is None and len(images) == 3
+    assert len(named) == 1 and "l.jpg" in named[0]
     assert "lateral image left out" in caplog.text
     inputs, dropped = model_input(rec, with_images=True)
     assert inputs["lateral"] is None and inputs["frontal"].size == (8, 8)
-    assert inputs["indication"] == "cough" and dropped == images.dropped
+    assert inputs["indication"] == "cough" and dropped == tuple(named)
 
 
 def test_model_input_passes_readable_studies_and_text_sources_unchanged(tmp_path):

@@ -56,21 +56,21 @@ class StudyRecord:
     report_path: Path
     labels: dict[str, float | None] = field(default_factory=mimic.empty_labels)
 
-    def load_images(self) -> StudyImages:
+    def load_images(self, dropped: list[str] | None = None) -> StudyImages:
         """Read frontal, lateral and prior frontal images ('L').
 
         The frontal image is required (:class:`CXRDataError`). An unreadable lateral or prior
-        frontal image is left out with a warning and named in ``StudyImages.dropped``: the
-        study is kept without it, as bulk iteration keeps it (module docstring).
+        frontal image is left out with a warning (and, when ``dropped`` is given, named there
+        with the reason): the study is kept without it, as bulk iteration keeps it (module
+        docstring).
         """
-        dropped: list[str] = []
+        dropped = [] if dropped is None else dropped
         return StudyImages(
             frontal=load_image(self.frontal_path),
             lateral=_optional_pixels(self.study_id, self.lateral_path, "lateral", dropped),
             prior_frontal=_optional_pixels(
                 self.study_id, self.prior_frontal_path, "prior frontal", dropped
             ),
-            dropped=tuple(dropped),
         )
 
 
@@ -94,7 +94,6 @@ class StudyImages(NamedTuple):
     frontal: Image.Image
     lateral: Image.Image | None
     prior_frontal: Image.Image | None
-    dropped: tuple[str, ...] = ()  # optional images left out as unreadable, with the reason
 
 
 class Skip(NamedTuple):

@@ -53,7 +53,8 @@ def model_input(source: Any, with_images: bool) -> tuple[Any, tuple[str, ...]]:
     """
     if not with_images or not hasattr(source, "load_images"):
         return source, ()
-    images = source.load_images()
+    dropped: list[str] = []
+    images = source.load_images(dropped)
     inputs = {
         "frontal": images.frontal,
         "lateral": images.lateral,
@@ -61,7 +62,7 @@ def model_input(source: Any, with_images: bool) -> tuple[Any, tuple[str, ...]]:
         **{k: getattr(source, k) for k in ("indication", "technique", "comparison")},
         "prior_report": source.prior_report,
     }
-    return inputs, images.dropped
+    return inputs, tuple(dropped)
 
 
 class Collection(NamedTuple):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from segmentation.data import DataError, SegSample
+from segmentation.io import DataError, SegSample
 
 
 class SubsetSpec(NamedTuple):

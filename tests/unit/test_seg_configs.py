@@ -1,10 +1,12 @@
 """The segmentation presets in configs/ load, validate and build their models."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from segmentation.models import build_model
+from segmentation.semantic_gan.config import SemanticGANConfig
 from segmentation.train import TrainConfig
 from workbench.config import ConfigError, build_parser, load_config
 
@@ -13,13 +15,18 @@ PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("seg-*.toml"))
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_preset_loads_and_builds(path):
-    cfg = load_config(TrainConfig, path)
+    gan = tomllib.loads(path.read_text()).get("model") == "semantic-gan"
+    cfg = load_config(SemanticGANConfig if gan else TrainConfig, path)
     model = build_model(cfg.spec())
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_presets_exist():
-    assert {p.name for p in PRESETS} >= {"seg-lidc-ssn.toml", "seg-phantom-nodules-ssn.toml"}
+    assert {p.name for p in PRESETS} >= {
+        "seg-lidc-ssn.toml",
+        "seg-phantom-nodules-ssn.toml",
+        "seg-phantom-lungs-semantic-gan.toml",
+    }
 
 
 def test_help_text_comes_from_field_docstrings():

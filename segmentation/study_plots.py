@@ -50,11 +50,7 @@ def plot_fractions(rows: list[dict], path: Path) -> Path | None:
 
 def plot_robustness(rows: list[dict], path: Path) -> Path | None:
     rob = [r for r in rows if r["analysis"] == "robustness"]
-    clean = {
-        (r["model"], r["fraction"]): r
-        for r in rows
-        if r["analysis"] == "fractions" and r["metric"] == "dice"
-    }
+    clean = {(r["model"], r["fraction"]): r for r in rows if r["analysis"] == "robustness_clean"}
     conditions = sorted({r["condition"] for r in rob})
     if not conditions:
         return None

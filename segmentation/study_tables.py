@@ -10,7 +10,8 @@ arranged as a ``[seeds, images]`` matrix over the images all seeds share, which 
     value, low, high, n_images, n_seeds
 
 ``analysis`` is one of fractions, fraction_difference, robustness, robustness_drop,
-subgroups, subgroup_gap, imbalance_gap_change, ood.
+robustness_clean (the clean Dice on the robustness runs' seeds), subgroups, subgroup_gap,
+imbalance_gap_change, ood.
 """
 
 from __future__ import annotations
@@ -96,17 +97,22 @@ def fraction_rows(cs: dict, n_boot: int) -> tuple[list[dict], dict]:
 
 def robustness_rows(cs: dict, n_boot: int) -> list[dict]:
     """Dice per perturbation and strength, and its drop from the same run's clean Dice."""
-    out = []
+    out, clean_done = [], set()
     for key, c in sorted(cs.items()):
         model, f, ts, ds, cond, _ = key
         if ts != "full" or ds != "phantom-lungs" or cond == "clean":
             continue
-        clean = cs.get((model, f, ts, ds, "clean", 0.0))
         out.append(_row("robustness", key, "all", "dice", B.mean_ci(c.matrix("dice"), n_boot)))
-        if clean is not None:
-            seeds = [s for s in clean.seeds if s in c.seeds]
-            sub = Cell(seeds, clean.ids, clean.meta, clean.rows)
-            out.append(_row("robustness_drop", key, "all", "dice", _paired(sub, c, "dice", n_boot)))
+        clean_key = (model, f, ts, ds, "clean", 0.0)
+        if clean_key not in cs:
+            continue
+        clean = cs[clean_key]
+        sub = Cell([s for s in clean.seeds if s in c.seeds], clean.ids, clean.meta, clean.rows)
+        out.append(_row("robustness_drop", key, "all", "dice", _paired(sub, c, "dice", n_boot)))
+        if clean_key not in clean_done:  # the curves' clean point, on the same seeds
+            clean_done.add(clean_key)
+            iv = B.mean_ci(sub.matrix("dice"), n_boot)
+            out.append(_row("robustness_clean", clean_key, "all", "dice", iv))
     return out
 
 

@@ -42,7 +42,7 @@ from segmentation.train import (
 from workbench.config import parse_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
-ALLOWED_CHANGES = RESUMABLE_CHANGES | {"enc_max_time_s", "tto_steps", "tto_lr"}
+ALLOWED_CHANGES = RESUMABLE_CHANGES | {"enc_steps", "enc_max_time_s", "tto_steps", "tto_lr"}
 
 
 class GANBatches:
@@ -212,6 +212,11 @@ def train(cfg: SemanticGANConfig) -> TrainResult:
     """Run (or resume) both phases; write samples.png and model.pt; return a summary."""
     run, counters = _setup(cfg)
     t0 = time.monotonic()
+    if counters["encoder"] and counters["gan"] < cfg.steps:
+        log.warning(
+            "%s: the encoder phase has started, so the GAN stays at %d of %d steps",
+            cfg.out, counters["gan"], cfg.steps,
+        )  # fmt: skip
     with open(cfg.out / "log.jsonl", "a") as logf:
         if counters["encoder"] == 0:
             _phase(run, counters, "gan", cfg.steps, cfg.max_time_s, gan_iteration, logf)

@@ -36,12 +36,12 @@ def test_perturbations_move_image_statistics_the_expected_way():
         perturb(s, "gamma", 2.0).image.mean()
         < s.image.mean()
         < perturb(s, "gamma", 0.5).image.mean()
-    )  # noqa: E501
+    )
     assert (
         perturb(s, "contrast", 2.0).image.std()
         > s.image.std()
         > perturb(s, "contrast", 0.5).image.std()
-    )  # noqa: E501
+    )
     assert perturb(s, "blur", 2.0).image.std() < s.image.std()
     assert perturb(s, "noise", 0.2).image.std() > s.image.std()
 

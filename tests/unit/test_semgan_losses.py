@@ -13,7 +13,7 @@ def test_logistic_losses_reward_the_right_direction():
     assert L.d_logistic_loss(hi, lo) < L.d_logistic_loss(lo, hi)
     assert L.d_logistic_loss(hi, lo).item() == pytest.approx(
         2 * torch.nn.functional.softplus(torch.tensor(-3.0)).item()
-    )  # noqa: E501
+    )
     # G: fakes scored high is better
     assert L.g_nonsaturating_loss(hi) < L.g_nonsaturating_loss(lo)
 

@@ -26,10 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.data import DataError, load_dataset, stack
+from segmentation.data import stack
 from segmentation.models import ModelSpec, build_model, save_model, training_loss
+from segmentation.runs import (
+    TrainResult,
+    check_resumable,
+    load_training_samples,
+)
 from segmentation.ssn import SSNConfig
-from segmentation.subsets import labelled_indices, parse_subset, select_training_set
+from segmentation.subsets import labelled_indices, parse_subset
 from segmentation.unet import UNetConfig
 from workbench.config import ConfigError, parse_config, save_config, to_dict
 
@@ -166,14 +171,6 @@ class TrainConfig:
         return ModelSpec(self.model, self.num_classes, unet, ssn)
 
 
-class TrainResult(NamedTuple):
-    out: Path
-    steps: int
-    """Optimiser steps completed (may be < cfg.steps when max_time_s stopped training)."""
-    last_loss: float
-    elapsed_s: float
-
-
 class Batches:
     """Random batches with one random annotator per image, and random flips."""
 
@@ -196,28 +193,6 @@ class Batches:
                     roi[flip] = np.flip(roi[flip], axis)
         as_t = torch.from_numpy
         return as_t(x.copy()), as_t(y.astype(np.int64)), None if roi is None else as_t(roi.copy())
-
-
-# Fields that may change between a run and its resumption without changing the model.
-RESUMABLE_CHANGES = frozenset(
-    {"out", "steps", "max_time_s", "resume", "progress", "threads", "log_every", "checkpoint_every"}
-)
-
-
-def check_resumable(cfg, allowed: frozenset[str] = RESUMABLE_CHANGES) -> None:
-    """Refuse to resume a run directory whose saved cfg.json describes a different model.
-
-    ``allowed`` names the fields that may differ (run length, logging, threads...)."""
-    path = cfg.out / "cfg.json"
-    if not (cfg.resume and (cfg.out / "checkpoint.pt").exists() and path.exists()):
-        return
-    old, new = json.loads(path.read_text()), to_dict(cfg)
-    changed = sorted(k for k in new if k not in allowed and old.get(k) != new[k])
-    if changed:
-        raise ConfigError(
-            f"{cfg.out} holds a checkpoint of a different configuration (fields {changed}); "
-            "use another --out or --no-resume"
-        )
 
 
 def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
@@ -287,14 +262,6 @@ def _setup(cfg: TrainConfig) -> _State:
     if "numpy" in rng_state:
         rng.bit_generator.state = rng_state["numpy"]
     return _State(spec, model, opt, Batches(samples, cfg.batch_size, cfg.augment, rng), step)
-
-
-def load_training_samples(cfg) -> list:
-    """The train split of ``cfg.dataset``, restricted by ``cfg.train_subset`` if set."""
-    samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
-    if not samples:
-        raise DataError(f"{cfg.data}: no {cfg.dataset} images in split 'train'")
-    return select_training_set(samples, cfg.train_subset, cfg.train_subset_size, cfg.seed)
 
 
 def train(cfg: TrainConfig) -> TrainResult:

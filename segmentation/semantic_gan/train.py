@@ -26,6 +26,12 @@ from tqdm import tqdm
 
 from segmentation.data import stack
 from segmentation.models import save_model
+from segmentation.runs import (
+    RESUMABLE_CHANGES,
+    TrainResult,
+    check_resumable,
+    load_training_samples,
+)
 from segmentation.semantic_gan import gan_steps as S
 from segmentation.semantic_gan.config import SemanticGANConfig
 from segmentation.semantic_gan.encoder_steps import build_encoder_phase, encoder_iteration
@@ -33,12 +39,6 @@ from segmentation.semantic_gan.generator import labels_to_seg_target
 from segmentation.semantic_gan.inference import SemanticGANSegmenter
 from segmentation.semantic_gan.samples import save_sample_grid
 from segmentation.subsets import labelled_indices
-from segmentation.train import (
-    RESUMABLE_CHANGES,
-    TrainResult,
-    check_resumable,
-    load_training_samples,
-)
 from workbench.config import parse_config, save_config, to_dict
 
 log = logging.getLogger(__name__)

@@ -62,7 +62,7 @@ def _montgomery(root, n=3):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     tmp = tmp_path_factory.mktemp("study")
     phantom = tmp / "phantom"

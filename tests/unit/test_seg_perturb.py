@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from segmentation.data import SegSample, load_dataset
+from segmentation.data import load_dataset
+from segmentation.io import SegSample
 from segmentation.metrics import hausdorff95
 from segmentation.perturb import PERTURBATIONS, SCANNER_SHIFT, perturb, scanner_shift
 
@@ -62,7 +63,7 @@ def test_unknown_perturbation_is_named():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     root = tmp_path_factory.mktemp("ph")
     generate(PhantomConfig(out=root, studies=6, size=64, seed=3))
@@ -83,7 +84,7 @@ def test_scanner_shift_rerenders_the_same_anatomy(phantom):
 
 
 def test_scanner_shift_needs_the_generator_records(tmp_path, phantom):
-    from segmentation.data import DataError
+    from segmentation.io import DataError
 
     clean = load_dataset("phantom-lungs", phantom, None, 64)[:1]
     with pytest.raises(DataError, match="cfg.json"):

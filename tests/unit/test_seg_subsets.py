@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segmentation.data import DataError, SegSample
+from segmentation.io import DataError, SegSample
 from segmentation.subsets import (
     labelled_indices,
     parse_subset,

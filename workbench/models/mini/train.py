@@ -110,6 +110,39 @@ def _log_to_file(out: Path) -> logging.Handler:
     return handler
 
 
+def run_tokenizer(cfg: MiniConfig, records, work: Path):
+    """The tokenizer of a continuation's source model, else the run's own (trained once)."""
+    source = cfg.init_from or cfg.init_decoder_from
+    if source is None:
+        return load_or_train_tokenizer(cfg, records, work)
+    from workbench.models.registry import model_tokenizer
+
+    return model_tokenizer(source)
+
+
+def initial_model(cfg: MiniConfig, tokenizer):
+    """A fresh maira2-mini, or one starting from ``init_from`` (all weights) or from
+    ``init_decoder_from`` (the language model and LM head only: vision and projector fresh)."""
+    from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+    model = build_mini(cfg, tokenizer)
+    source = cfg.init_from or cfg.init_decoder_from
+    if source is None:
+        return model
+    start = Maira2ForConditionalGeneration.from_pretrained(source).state_dict()
+    if cfg.init_from is not None:
+        model.load_state_dict(start)
+        log.info("stage 2 continues from %s (stage 1 skipped)", source)
+        return model
+    keep = ("language_model.", "lm_head.")
+    decoder = {k: v for k, v in start.items() if k.startswith(keep)}
+    missing = model.load_state_dict(decoder, strict=False).missing_keys
+    if any(k.startswith(keep) for k in missing):
+        raise ValueError(f"{source}: decoder weights do not fit this config ({missing[:3]} ...)")
+    log.info("decoder initialised from %s (%d tensors)", source, len(decoder))
+    return model
+
+
 def train(cfg: MiniConfig) -> Path:
     """Train maira2-mini as ``cfg`` says and save it to ``cfg.out``; returns that path."""
     cfg.validate()
@@ -125,27 +158,15 @@ def train(cfg: MiniConfig) -> Path:
             records = records[: cfg.max_train_studies]
         work = cfg.out / ".train"
         work.mkdir(parents=True, exist_ok=True)
-        if cfg.init_from is not None:
-            from workbench.models.registry import model_tokenizer
-
-            tokenizer = model_tokenizer(cfg.init_from)
-        else:
-            tokenizer = load_or_train_tokenizer(cfg, records, work)
+        tokenizer = run_tokenizer(cfg, records, work)
         processor = Maira2Processor(tokenizer, image_size=cfg.image_size, patch_size=cfg.patch_size)
         t0 = time.perf_counter()
         examples = encode_all(
             processor, records, read_phantom_labels(cfg.phantom), cfg.image_only_prob > 0
         )
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
-        model = build_mini(cfg, tokenizer)
-        if cfg.init_from is not None:
-            from workbench.models.maira2 import Maira2ForConditionalGeneration
-
-            start = Maira2ForConditionalGeneration.from_pretrained(cfg.init_from)
-            model.load_state_dict(start.state_dict())
-            log.info("stage 2 continues from %s (stage 1 skipped)", cfg.init_from)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("maira2-mini: %.2f M parameters", n_params / 1e6)
+        model = initial_model(cfg, tokenizer)
+        log.info("maira2-mini: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
         vision_stats = {}
         if cfg.vision_steps and cfg.init_from is None:
             vision_stats = stage1(cfg, model, processor, records, work)

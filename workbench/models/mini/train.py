@@ -208,26 +208,29 @@ def step_loss(model, probe: AuxProbe, batch, aux_weight: float) -> tuple[torch.T
     return out.loss + aux_weight * aux, aux.item()
 
 
+def stage1_corpus(cfg: MiniConfig, processor: Maira2Processor, train_records) -> list:
+    """Frontal images of the stage-1 phantom (all splits) and of the evaluation train split."""
+    from workbench.models.mini.dense import encode_frontals
+
+    t0 = time.perf_counter()
+    root = ensure_phantom(cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed)
+    corpus = encode_frontals(processor, root, list(iter_studies(root)), read_phantom_labels(root))
+    corpus += encode_frontals(
+        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
+    )
+    log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
+    return corpus
+
+
 def stage1(cfg: MiniConfig, model, processor: Maira2Processor, train_records, work: Path) -> dict:
     """Pretrain the vision tower alone (dense + image-level targets), then freeze it.
 
     The corpus is the stage-1 phantom (all splits) plus the evaluation phantom's train split;
     the heads are kept in ``work`` and shipped beside the model for the stage-1 gate.
     """
-    from workbench.models.mini.dense import encode_frontals
-    from workbench.models.mini.vision import HEADS_FILE, pretrain_encoder, save_heads
+    from workbench.models.mini.vision import HEADS_FILE, STAGE1_FINAL, pretrain_encoder, save_heads
 
-    t0 = time.perf_counter()
-    corpus_root = ensure_phantom(
-        cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed
-    )
-    corpus = encode_frontals(
-        processor, corpus_root, list(iter_studies(corpus_root)), read_phantom_labels(corpus_root)
-    )
-    corpus += encode_frontals(
-        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
-    )
-    log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
+    corpus = [] if (work / STAGE1_FINAL).is_file() else stage1_corpus(cfg, processor, train_records)
     heads, stats = pretrain_encoder(cfg, model.vision_tower, corpus, work)
     save_heads(heads, work / HEADS_FILE)
     return stats

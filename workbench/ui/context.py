@@ -26,6 +26,7 @@ from workbench.run import RunLayout
 from workbench.ui.safety import restrict
 
 SAE_WEIGHTS = "sae_weights.safetensors"
+DL_WEIGHTS = "ae.pt"  # a dictionary_learning SAE (workbench.sae.io.DL_WEIGHTS)
 
 
 class RunStatus(NamedTuple):
@@ -79,9 +80,12 @@ class RunNotReadyError(RuntimeError):
 
 
 def sae_state(run_dir: Path) -> str:
-    """'trained' when the SAE artefact is complete, 'training' when only logs/state exist."""
+    """'trained' when the SAE artefact is complete (ours, SAELens or a dictionary_learning
+    ``ae.pt``), 'training' when only logs/state exist."""
     sae_dir = RunLayout(run_dir).sae
     if (sae_dir / SAE_WEIGHTS).exists() and (sae_dir / "cfg.json").exists():
+        return "trained"
+    if (sae_dir / DL_WEIGHTS).exists():
         return "trained"
     if sae_dir.is_dir() and any(sae_dir.iterdir()):
         return "training"

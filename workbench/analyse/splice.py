@@ -69,8 +69,8 @@ def next_token_ce(
         keep &= mask[:, 1:] & mask[:, :-1]
     if loss_mask_BT is not None:
         keep &= loss_mask_BT.to(logits.device).bool()[:, 1:]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    ce = ce.view_as(targets)[keep]
+    flat = logits.reshape(-1, logits.shape[-1])
+    ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none").view_as(targets)[keep]
     return float(ce.sum()), int(keep.sum())
 
 

@@ -16,7 +16,7 @@ Walkthrough: ``docs/interop.md``. The CE loss with an SAE spliced in is
 from workbench.io import lazy_exports
 
 _EXPORTS = {
-    "InstallRefused": "guard",
+    "InstallRefusedError": "guard",
     "InteropError": "lens",
     "causal_lm": "lens",
     "export_saelens": "saelens",

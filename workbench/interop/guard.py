@@ -5,7 +5,7 @@ in a subprocess when it wraps a multimodal model whose processor it cannot load 
 torchvision does not import. On the project's machines that replaced the CPU torch wheel with
 a multi-GB CUDA build (``docs/interop.md``). Library code never installs packages, so every
 call into TransformerLens made by :mod:`workbench.interop` runs inside :func:`refuse_installs`:
-starting ``pip``/``uv`` with ``install`` raises :class:`InstallRefused` instead, and the
+starting ``pip``/``uv`` with ``install`` raises :class:`InstallRefusedError` instead, and the
 attempt is recorded and logged. TransformerLens swallows that exception (its install is
 wrapped in ``except Exception``), which is why the attempts are recorded, not only raised.
 
@@ -28,7 +28,7 @@ log = logging.getLogger("workbench.interop")
 _INSTALLERS = frozenset({"pip", "pip3", "uv", "conda", "mamba"})
 
 
-class InstallRefused(RuntimeError):
+class InstallRefusedError(RuntimeError):
     """Code tried to start a package installer inside :func:`refuse_installs`."""
 
 
@@ -55,7 +55,7 @@ def refuse_installs() -> Iterator[list]:
     def guarded(self, args, *a, **kw):
         if is_install_command(args):
             attempts.append(args)
-            raise InstallRefused(f"refused to run a package installer: {args}")
+            raise InstallRefusedError(f"refused to run a package installer: {args}")
         real_init(self, args, *a, **kw)
 
     subprocess.Popen.__init__ = guarded

@@ -54,7 +54,9 @@ def _resolve(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
     if isinstance(model, ModelAdapter):
         return model.model, tokenizer or model.tokenizer, model.name
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise InteropError(f"expected a model directory, a ModelAdapter or an HF model, got {model!r}")
+        raise InteropError(
+            f"expected a model directory, a ModelAdapter or an HF model, got {model!r}"
+        )
     if tokenizer is None:
         raise InteropError(f"{type(model).__name__}: pass its tokenizer (tokenizer=...)")
     name = getattr(model.config, "name_or_path", "") or type(model).__name__
@@ -76,9 +78,9 @@ def causal_lm(model: nn.Module) -> nn.Module:
     if not is_vision_language(model):
         return model
     inner = getattr(model, "language_model", None)
-    if isinstance(inner, nn.Module) and hasattr(inner, "get_output_embeddings"):
-        if inner.get_output_embeddings() is not None:
-            return inner
+    has_head = isinstance(inner, nn.Module) and hasattr(inner, "get_output_embeddings")
+    if has_head and inner.get_output_embeddings() is not None:
+        return inner
     decoder = getattr(getattr(model, "model", None), "language_model", None)
     head = getattr(model, "lm_head", None)
     if decoder is None or head is None:
@@ -136,7 +138,9 @@ def hooked_transformer(
         tok = _stage(lm, tokenizer, Path(tmp))
         arch = lm.config.architectures or [type(lm).__name__]
         try:
-            cfg = loading.get_pretrained_model_config(tmp, fold_ln=False, device=device, dtype=dtype)
+            cfg = loading.get_pretrained_model_config(
+                tmp, fold_ln=False, device=device, dtype=dtype
+            )
             state = loading.get_pretrained_state_dict(tmp, cfg, lm, dtype=dtype)
         except (NotImplementedError, ValueError, KeyError, AttributeError) as exc:
             raise InteropError(

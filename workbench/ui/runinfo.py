@@ -125,8 +125,7 @@ def _foreign_sae_facts(sae: Path) -> dict[str, Any]:
     }
 
 
-def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    sae = RunLayout(run_dir).sae
+def _sae_facts(sae: Path) -> list[tuple[str, Any]]:
     ours = read_json(sae / "workbench_sae.json") or {}
     theirs = _foreign_sae_facts(sae)
     final = ours.get("final_metrics") or {}
@@ -167,7 +166,7 @@ def log_files(run_dir: Path) -> list[Path]:
 def runs_view(ctx: AppContext) -> RunsView:
     """The Runs tab: model, layer, SAE, token counts, and the training curves."""
     facts = [("run", ctx.run_dir.name), ("SAE", ctx.status.sae_state)]
-    facts += _store_facts(ctx.run_dir) + _sae_facts(ctx.run_dir)
+    facts += _store_facts(ctx.run_dir) + _sae_facts(ctx.sae_dir or RunLayout(ctx.run_dir).sae)
     try:
         db_html = _db_runs(ctx) if ctx.con is not None else ""
     except duckdb.Error as exc:

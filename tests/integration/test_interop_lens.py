@@ -166,6 +166,7 @@ def _pinned_torch() -> str:
     return match.group(1)
 
 
+@pytest.mark.filterwarnings("ignore:Hook alias:UserWarning")  # CLIP tower hooks, not used
 def test_transformer_lens_install_attempt_refused_and_torch_unchanged(tmp_path):
     """TransformerLens runs `pip install torchvision` for a multimodal model without a local
     processor; inside refuse_installs it is refused, and the installed torch is unchanged."""

@@ -94,7 +94,7 @@ def test_spliced_loss_equals_saelens_and_transformer_lens(run, studies):
         got = get_recons_loss(theirs, tl, ActivationScaler(), ids[None], False, True)
         for key in per_token:
             per_token[key].append(got[key].flatten())
-        with tl.saes(saes=[theirs]):  # the SAE attached at its hook, reconstruction spliced in
+        with torch.no_grad(), tl.saes(saes=[theirs]):  # attached at its hook: spliced in
             attached.append(tl(ids[None], return_type="loss", loss_per_token=True).flatten())
     mean = {k: float(torch.cat(v).mean()) for k, v in per_token.items()}
     assert mine.n_tokens == sum(len(ids) - 1 for ids, _ in studies.values())

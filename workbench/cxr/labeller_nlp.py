@@ -48,7 +48,7 @@ _NEGEX = {"negex": ("negated", "negex"), "uncertainty": ("uncertain", "uncertain
           "history": ("historical", "historical")}  # fmt: skip
 _HEADER_NAMES = sorted({*SYNONYMS, *SYNONYMS.values(), "indication", "technique"}, key=len)
 _HEADER = re.compile(
-    r"(?:^|(?<=[\n.:;]))[ \t]*(" + "|".join(re.escape(h) for h in reversed(_HEADER_NAMES)) + r")"
+    r"(?<![\w-])(" + "|".join(re.escape(h) for h in reversed(_HEADER_NAMES)) + r")"
     r"[ \t]*:",
     re.IGNORECASE,
 )

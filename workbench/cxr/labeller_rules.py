@@ -53,7 +53,7 @@ MENTIONS = MappingProxyType(
         "nodule": (r"nodul(?:e|es|ar|arity)(?: (?:opacit(?:y|ies)|densit(?:y|ies)|lesions?))?",),
         "rib_fracture": (
             r"rib fx",
-            r"(?:\w+ )?rib fractures?",
+            r"(?:(?!(?:no|not|any|without) )\w+ )?rib fractures?",
             r"fractures? (?:of|involving|in|through) (?:the )?(?:\w+ ){0,4}?ribs?",
             r"fractured (?:\w+ ){0,3}?ribs?",
         ),

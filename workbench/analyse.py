@@ -40,6 +40,8 @@ from workbench.analyse_inputs import (
     sae_fingerprint,
     write_studies_and_labels,
 )
+from workbench.analyse_meaning import write_meaning
+from workbench.analyse_report import meaning_report
 from workbench.concepts import LabelMatrix, recovery_report, write_feature_concepts, write_recovery
 from workbench.config import parse_config, save_config, to_dict
 from workbench.directions import logit_effects, matryoshka_groups, nearest_neighbors
@@ -104,14 +106,33 @@ class AnalyseConfig:
     """Print the phantom recovery table (best feature per ground-truth concept)."""
     reuse: bool = False
     """Keep an existing features.duckdb instead of recomputing (e.g. with --report)."""
+    labels: Path | None = None
+    """Your own study labels: a CSV with study_id and concept columns (1 / 0 / -1 / blank),
+    scored like the dataset's labels and stored as source 'user' (never as ground truth)."""
+    mention_scores: bool = True
+    """Score features on each concept mention of the report tokens: asserted vs negated."""
+    localise: bool = True
+    """Score image features against the dataset's masks (pointing game, patch AUROC)."""
+    loc_min_image: float = 0.5
+    """Localise only features with at least this share of their mass on image tokens."""
+    loc_dilation: int = 1
+    """Patches the mask is dilated by for the pointing game."""
+    probe_folds: int = 5
+    """Folds (split by subject) of the residual-stream probe ceiling; 0: no probes."""
+    probe_max_studies: int = 2000
+    """Studies pooled for the probes at most (a seeded sample beyond; bounds memory)."""
 
     def validate(self) -> None:
         for name in ("batch_tokens", "top_k", "n_quantiles", "per_quantile", "block"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("context", "n_neighbors", "n_logits", "n_ngrams"):
+        for name in ("context", "n_neighbors", "n_logits", "n_ngrams", "loc_dilation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.loc_min_image <= 1.0:
+            raise ValueError(f"loc_min_image must be in [0, 1], got {self.loc_min_image}")
+        if self.probe_folds == 1 or self.probe_folds < 0 or self.probe_max_studies < 10:
+            raise ValueError("probe_folds must be 0 or >= 2 and probe_max_studies >= 10")
 
 
 def _device(name: str) -> torch.device:
@@ -239,9 +260,11 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
         ft.build_examples(con, acts, cfg.context)
     with _timed(timings, "labels + AUROC"):
-        labels = write_studies_and_labels(con, inp.data_root, notes)
+        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels)
         write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
         write_recovery(con, cfg.recovery_threshold)
+    with _timed(timings, "mentions, localisation, probes"):
+        write_meaning(con, inp, cfg, labels, (acts, notes))
     with _timed(timings, "n-grams + statistical labels"):
         if cfg.n_ngrams:
             ft.build_ngrams(con, acts, cfg.n_ngrams)
@@ -311,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     print(path)
     if cfg.report:
         print(recovery_report(cfg.run))
+        print(meaning_report(cfg.run))
     return 0
 
 

@@ -1,0 +1,125 @@
+"""analyse's meaning scores on a planted run: mentions, localisation, probe ceiling, report.
+
+The run (:mod:`tests.integration.meaning_world`) plants a *lexical* feature (fires on the
+word "effusion", also in "No pleural effusion.") and a *semantic* one (only in asserted
+mentions); the study-level AUROC ranks both as effusion features, the mention scores must
+tell them apart. Image features are planted inside and outside the phantom masks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration import meaning_world as w
+from workbench import db
+from workbench.analyse import AnalyseConfig, analyse, main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = w.make_run(tmp_path_factory.mktemp("meaning"))
+    analyse(AnalyseConfig(run=run, device="cpu", top_k=4, per_quantile=1))
+    return run
+
+
+@pytest.fixture
+def con(run):
+    c = db.connect(run)
+    yield c
+    c.close()
+
+
+def test_mentions_follow_the_report_text(con):
+    rows = con.execute(
+        "SELECT study_id, concept, status, text, row_lo, row_hi FROM mentions "
+        "WHERE concept IN ('pleural_effusion', 'pacemaker') ORDER BY study_id, char_start"
+    ).fetchall()
+    expected = []
+    for i in range(w.N):
+        if w.effusion(i) or i % 4 == 1:
+            expected.append(
+                (
+                    w.sid(i),
+                    "pleural_effusion",
+                    "asserted" if w.effusion(i) else "negated",
+                    "pleural effusion",
+                )
+            )
+        if w.pacemaker(i) or i % 3 == 1:
+            expected.append(
+                (w.sid(i), "pacemaker", "asserted" if w.pacemaker(i) else "negated", "pacemaker")
+            )
+    assert [r[:4] for r in rows] == expected
+    toks = dict(con.execute("SELECT row, token FROM tokens").fetchall())
+    for *_, lo, hi in rows:  # the mention's store rows are exactly its tokens
+        words = " ".join(toks[r].strip() for r in range(lo, hi + 1))
+        assert words in ("pleural effusion", "pacemaker")
+
+
+def test_mention_scores_tell_lexical_from_semantic(con):
+    got = {
+        r[0]: r[1:]
+        for r in con.execute(
+            "SELECT feature, n_fired, mean_asserted, mean_negated, mean_uncertain, selectivity "
+            "FROM feature_mentions WHERE concept = 'pleural_effusion' AND feature IN (?, ?)",
+            [w.LEXICAL, w.SEMANTIC],
+        ).fetchall()
+    }
+    n_pos, n_neg = w.N // 2, w.N // 4
+    assert got[w.LEXICAL] == (n_pos + n_neg, 1.5, 1.5, None, 0.5)
+    assert got[w.SEMANTIC] == (n_pos, 1.5, 0.0, None, 1.0)
+    # both look like effusion features at study level; only one of them means "present"
+    auroc = dict(con.execute(
+        "SELECT feature, auroc FROM feature_concepts WHERE source = 'phantom' "
+        "AND concept = 'pleural_effusion' AND feature IN (?, ?)", [w.LEXICAL, w.SEMANTIC],
+    ).fetchall())  # fmt: skip
+    assert auroc[w.SEMANTIC] == 1.0 and auroc[w.LEXICAL] == pytest.approx(0.75)
+
+
+def test_localisation_against_the_masks(con):
+    got = {
+        (r[0], r[1]): r[2:]
+        for r in con.execute(
+            "SELECT feature, concept, n_studies, pointing_game, patch_auroc, mean_inside, "
+            "mean_outside FROM feature_localisation"
+        ).fetchall()
+    }
+    assert {f for f, _ in got} == {w.PACER_IMAGE, w.CORNER, w.EFFUSION_IMAGE}  # image features
+    n_pacer = sum(w.pacemaker(i) for i in range(w.N))
+    n_pace, point, auc, inside, outside = got[(w.PACER_IMAGE, "pacemaker")]
+    assert (n_pace, point, auc, inside) == (n_pacer, 1.0, 1.0, 2.0)
+    assert outside == pytest.approx(1.0 / 15)
+    n_corner, point, auc, _, _ = got[(w.CORNER, "pacemaker")]
+    assert point == 0.0 and auc == pytest.approx(0.5 * 14 / 15)  # fires, but off the device
+    assert got[(w.EFFUSION_IMAGE, "pleural_effusion")][1:3] == (1.0, 1.0)
+    assert got[(w.PACER_IMAGE, "pleural_effusion")][1] == 0.0
+
+
+def test_probe_ceiling_against_the_best_feature(con):
+    rows = {
+        (r[0], r[1]): r[2:]
+        for r in con.execute(
+            "SELECT concept, source, n_pos, n_neg, probe_auroc, best_feature, feature_auroc, "
+            "ratio, inputs, n_folds FROM concept_probes"
+        ).fetchall()
+    }
+    n_pos, n_neg, probe, best, feat, ratio, inputs, folds = rows[("pleural_effusion", "phantom")]
+    assert (n_pos, n_neg, feat, folds) == (w.N // 2, w.N // 2, 1.0, 5)
+    assert probe >= 0.95 and ratio == pytest.approx(feat / probe)
+    assert best == w.SEMANTIC  # ties (EFFUSION_IMAGE also has 1.0) go to the lower index
+    assert inputs == "image max, image mean, report max, report mean"
+    assert rows[("pacemaker", "phantom")][2] >= 0.95
+    assert rows[("nodule", "phantom")][2] is None  # no positives: not probed
+
+
+def test_report_prints_meaning_and_probe_tables(run, capsys):
+    assert main(["--run", str(run), "--reuse", "--report"]) == 0
+    out = capsys.readouterr().out
+    meaning = out.split("features that mean the concept", 1)[1].split("probe ceiling", 1)[0]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in meaning.splitlines()[2:] if ln.strip()}
+    assert rows["pleural_effusion"][2:] == [str(w.SEMANTIC), "1.000", "1.000", "-"]
+    assert rows["pacemaker"][2:] == [str(w.PACER_IMAGE), "1.000", "-", "1.000"]
+    assert "with meaning: 1 of the 1 most common findings, 1 of 1 devices" in meaning
+    probes = out.split("probe ceiling", 1)[1]
+    assert [ln.split()[0] for ln in probes.splitlines()[2:-1]] == ["pacemaker", "pleural_effusion"]
+    assert "best feature >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in probes

@@ -98,7 +98,9 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float, iters: int = 100) -> t
     n = M.sum(0).clamp(min=1)
     W = torch.zeros(Z.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], max_iter=iters, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b], max_iter=iters, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()

@@ -123,3 +123,16 @@ def test_report_prints_meaning_and_probe_tables(run, capsys):
     probes = out.split("probe ceiling", 1)[1]
     assert [ln.split()[0] for ln in probes.splitlines()[2:-1]] == ["pacemaker", "pleural_effusion"]
     assert "best feature >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in probes
+
+
+def test_documented_meaning_queries_find_the_planted_features(con):
+    from tests.integration.test_analyse_schema import QUERIES
+
+    present = next(q for q in QUERIES if "m.selectivity >= 0.9" in q)
+    assert [r[0] for r in con.execute(present).fetchall()] == [w.SEMANTIC]
+    negated = next(q for q in QUERIES if "m.status = 'negated'" in q)
+    assert con.execute(negated.replace("a.feature = 1", "a.feature = 0")).fetchall()  # lexical
+    assert con.execute(negated).fetchall() == []  # the semantic feature never fires there
+    pointing = next(q for q in QUERIES if "FROM feature_localisation" in q)
+    top = {r[0]: r[1] for r in con.execute(pointing).fetchall() if r[3] == 1.0}
+    assert top["pacemaker"] == w.PACER_IMAGE and top["pleural_effusion"] == w.EFFUSION_IMAGE

@@ -136,3 +136,44 @@ def test_documented_meaning_queries_find_the_planted_features(con):
     pointing = next(q for q in QUERIES if "FROM feature_localisation" in q)
     top = {r[0]: r[1] for r in con.execute(pointing).fetchall() if r[3] == 1.0}
     assert top["pacemaker"] == w.PACER_IMAGE and top["pleural_effusion"] == w.EFFUSION_IMAGE
+
+
+def test_user_labels_are_scored_but_never_ground_truth(tmp_path, caplog):
+    run = w.make_run(tmp_path)  # its own run: the module's run stays without user labels
+    csv = tmp_path / "my-labels.csv"
+    lines = ["study_id,my_effusion,left_side"]
+    lines += [f"{w.sid(i)},{int(w.effusion(i))},{'' if i % 5 else 1}" for i in range(w.N)]
+    lines.append("99999999,1,0")  # not in the store
+    csv.write_text("\n".join(lines) + "\n")
+    cfg = AnalyseConfig(run=run, device="cpu", top_k=4, per_quantile=1, labels=csv)
+    analyse(cfg)
+    con = db.connect(run)
+    try:
+        counts = con.execute(
+            "SELECT concept, n_pos, n_neg, n_missing FROM concepts WHERE source = 'user' ORDER BY 1"
+        ).fetchall()
+        assert counts == [("left_side", w.N // 5, 0, w.N - w.N // 5), ("my_effusion", 20, 20, 0)]
+        best = con.execute(
+            "SELECT feature, auroc FROM feature_concepts WHERE source = 'user' "
+            "AND concept = 'my_effusion' ORDER BY auroc DESC, feature LIMIT 1"
+        ).fetchone()
+        assert best == (w.SEMANTIC, 1.0)
+        assert (
+            con.execute(
+                "SELECT count(*) FROM concept_recovery WHERE concept IN ('my_effusion', 'left_side')"
+            ).fetchone()[0]
+            == 0
+        )
+        probe = con.execute(
+            "SELECT probe_auroc FROM concept_probes "
+            "WHERE source = 'user' AND concept = 'my_effusion'"
+        ).fetchone()[0]
+        assert probe >= 0.95
+        notes = con.execute("SELECT notes FROM runs WHERE stage = 'analyse'").fetchone()[0]
+    finally:
+        con.close()
+    assert "1 of 41 study ids are not in the store" in notes
+    assert "column 'left_side' lacks positives or negatives" in notes
+    csv.write_text("study_id,bad\n" + f"{w.sid(0)},maybe\n")
+    assert main(["--run", str(run), "--labels", str(csv)]) == 1
+    assert "1 values are not 1 / 0 / -1 / blank (line 2: 'maybe')" in caplog.text

@@ -31,16 +31,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import NamedTuple
-
-import negspacy.negation  # noqa: F401  (registers the "negex" factory)
-import spacy
-from spacy.language import Language
-from spacy.tokens import Doc
+from typing import TYPE_CHECKING, NamedTuple
 
 from workbench.cxr import labeller_rules as rules
 from workbench.cxr import labeller_terms as terms
 from workbench.cxr.sections import SYNONYMS
+
+if TYPE_CHECKING:  # spaCy is imported when the pipeline is first built (it takes a second)
+    from spacy.language import Language
+    from spacy.tokens import Doc
 
 STATUSES: tuple[str, ...] = ("asserted", "negated", "uncertain", "historical")
 # Negex component name -> (status it gives, span extension it sets)
@@ -115,7 +114,6 @@ def find_spans(low: str) -> list[tuple[int, int, tuple[str, ...], bool]]:
     return [(s, e, cs, normal) for (s, e), (cs, normal) in sorted(merged.items())]
 
 
-@Language.component("cxr_boundaries")
 def cxr_boundaries(doc: Doc) -> Doc:
     """Start a sentence after a blank line and at (and after) a section header."""
     starts: set[int] = set()
@@ -131,7 +129,6 @@ def cxr_boundaries(doc: Doc) -> Doc:
     return doc
 
 
-@Language.component("cxr_mentions")
 def cxr_mentions(doc: Doc) -> Doc:
     """Concept mentions and normal statements as ``doc.ents`` (non-overlapping)."""
     low, index = collapse(doc.text)
@@ -149,6 +146,13 @@ def cxr_mentions(doc: Doc) -> Doc:
 @lru_cache(maxsize=1)
 def pipeline() -> Language:
     """The labeller's pipeline (built once per process; needs no download)."""
+    import negspacy.negation  # noqa: F401  (registers the "negex" factory)
+    import spacy
+    from spacy.language import Language
+
+    for name, fn in (("cxr_boundaries", cxr_boundaries), ("cxr_mentions", cxr_mentions)):
+        if name not in Language.factories:
+            Language.component(name, func=fn)
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     nlp.add_pipe("cxr_boundaries")

@@ -160,7 +160,8 @@ def test_user_labels_are_scored_but_never_ground_truth(tmp_path, caplog):
         assert best == (w.SEMANTIC, 1.0)
         assert (
             con.execute(
-                "SELECT count(*) FROM concept_recovery WHERE concept IN ('my_effusion', 'left_side')"
+                "SELECT count(*) FROM concept_recovery "
+                "WHERE concept IN ('my_effusion', 'left_side')"
             ).fetchone()[0]
             == 0
         )

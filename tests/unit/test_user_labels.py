@@ -1,4 +1,4 @@
-"""``analyse --labels FILE.csv``: reading, checking and merging a researcher's own labels."""
+"""analyse inputs: a researcher's own labels (`--labels FILE.csv`) and the manifest's model."""
 
 from __future__ import annotations
 
@@ -67,3 +67,20 @@ def test_merge_appends_user_columns(tmp_path):
     assert got.concepts == ("pacemaker", "mine") and got.sources == ("phantom", "user")
     np.testing.assert_array_equal(got.values[:, 1], [np.nan, 1, 0])
     assert merge(base, None) is base
+
+
+def test_analyse_falls_back_to_the_model_in_the_store_manifest(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.analyse_inputs import _manifest_model
+
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    notes: list[str] = []
+    store = SimpleNamespace(manifest={"model": str(model)})
+    assert _manifest_model(store, notes) == model and notes == []
+    missing = SimpleNamespace(manifest={"model": str(tmp_path / "gone")})
+    assert _manifest_model(missing, notes) is None
+    assert notes and "was not found here" in notes[0]
+    assert _manifest_model(SimpleNamespace(manifest={}), notes) is None

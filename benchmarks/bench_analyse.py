@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from workbench.analyse import AnalyseConfig, analyse
+from workbench.analyse.run import AnalyseConfig, analyse
 from workbench.cxr.findings import concept_names
 from workbench.sae import MatryoshkaSAE, save_sae
 from workbench.store import ActivationStore, StoreWriter

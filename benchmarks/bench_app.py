@@ -59,12 +59,12 @@ class BenchAppConfig:
 
 def build_run(cfg: BenchAppConfig) -> None:
     """Dataset, store, random SAE and analyse under ``cfg.out`` (skipped when built)."""
-    from workbench.analyse import AnalyseConfig, analyse
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.analyse.run import AnalyseConfig, analyse
+    from workbench.cxr.phantom.run import PhantomConfig, generate
     from workbench.models.hooks import resid_post_name
     from workbench.sae import MatryoshkaSAE, save_sae
     from workbench.store import StoreWriter
-    from workbench.ui import tiny_run
+    from workbench.testing import tiny_run
 
     run = cfg.out
     if db.db_path(run).exists():

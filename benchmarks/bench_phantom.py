@@ -30,8 +30,8 @@ from PIL import Image
 def _sample_arrays(size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """One real phantom study's frontal, lateral and masks: content like the generator's,
     so the floor pays the same encoder cost (noise images would compress far slower)."""
-    from workbench.cxr.cohort import plan_subjects, rng_for, subject_studies
-    from workbench.cxr.render import render_study
+    from workbench.cxr.phantom.cohort import plan_subjects, rng_for, subject_studies
+    from workbench.cxr.phantom.render import render_study
 
     subject, first, n = next(plan_subjects(0, 1, (0.8, 0.1)))
     study = subject_studies(0, subject, first, n)[0]
@@ -65,7 +65,7 @@ def child(kind: str, studies: int, size: int, workers: int, out: str) -> None:
     """Run one measurement in this (fresh) process and print JSON to stdout."""
     t0 = time.perf_counter()
     if kind == "generator":
-        from workbench.cxr.phantom import PhantomConfig, generate
+        from workbench.cxr.phantom.run import PhantomConfig, generate
 
         cfg = PhantomConfig(
             out=Path(out), studies=studies, size=size, workers=workers, all_lateral=True

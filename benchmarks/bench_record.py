@@ -68,7 +68,7 @@ def throughput(adapter, items, layer: int) -> dict:
     the forward, so the forward ratio can be set against the FLOP ideal and the end-to-end
     ratio (prepare + forward + filter) is reported beside it.
     """
-    from workbench.record import keep_mask
+    from workbench.record.run import keep_mask
 
     cpu = {"prepare": 0.0, "record": 0.0, "naive": 0.0}
     wall = dict.fromkeys(cpu, 0.0)
@@ -95,7 +95,7 @@ def throughput(adapter, items, layer: int) -> dict:
 _CHILD = """
 import resource, sys, time
 from pathlib import Path
-from workbench.record import RecordConfig, record
+from workbench.record.run import RecordConfig, record
 t = time.perf_counter()
 record(RecordConfig(model=sys.argv[1], data=Path(sys.argv[2]), out=Path(sys.argv[3]),
                     limit=int(sys.argv[4]), image_tokens="all", shard_tokens=2048,
@@ -128,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from workbench.models.registry import load_model
-    from workbench.record import resolve_layer
-    from workbench.record_data import load_collection
+    from workbench.record.data import load_collection
+    from workbench.record.run import resolve_layer
 
     data = args.data or ROOT / "benchmarks" / "out" / "record-phantom"
     if not (data / "phantom-summary.json").is_file():
-        from workbench.cxr.phantom import PhantomConfig, generate
+        from workbench.cxr.phantom.run import PhantomConfig, generate
 
         generate(PhantomConfig(out=data, studies=200, size=256, seed=7, masks=False))
     adapter = load_model(args.model)

@@ -81,7 +81,7 @@ def ensure_phantom(root: Path, studies: int, seed: int) -> Path:
     """Generate the phantom (with masks) at ``root`` unless it is already there."""
     if (root / "masks").is_dir():
         return root
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     generate(PhantomConfig(out=root, studies=studies, size=256, seed=seed, workers=1, masks=True))
     return root

@@ -14,11 +14,10 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from segmentation.data import DataError
 from segmentation.evaluate import EvalConfig, evaluate
 from segmentation.train import TrainConfig, train
+from workbench.io import torch_threads, write_json
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +105,8 @@ def run(
     sample_diversity,hm_iou}``, ``nodules_annotator_diversity``, ``elapsed_s``; a task the
     phantom has no train/test images for is reported under ``skipped``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see DEMO_THREADS_NOTE
-    try:
+    with torch_threads(1):  # see DEMO_THREADS_NOTE
         return _run(Path(phantom_root), Path(out_dir), budget_s, db, seed, eval_images, num_samples)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(
@@ -156,7 +151,5 @@ def _run(
         if task == "nodules":
             metrics["nodules_annotator_diversity"] = round(res["annotator_diversity"], 4)
     metrics["elapsed_s"] = round(time.monotonic() - t0, 1)
-    tmp = out_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out_dir / "summary.json")
+    write_json(out_dir / "summary.json", metrics, sort_keys=False)
     return metrics

@@ -27,6 +27,7 @@ from segmentation.data import DataError, SegSample, load_dataset
 from segmentation.models import Prediction, load_model, predict
 from segmentation.results_db import ResultRow, write_results
 from workbench.config import parse_config
+from workbench.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +176,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "per_image": per_image,
     }
     path = run_dir / f"eval-{cfg.dataset}-{cfg.split}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(path)
+    write_text(path, json.dumps(result, indent=1, default=str))
     if cfg.db is not None:
         ckpt = str(cfg.model_dir / "model.pt" if cfg.model_dir.is_dir() else cfg.model_dir)
         write_results(cfg.db, name, dataset, rows, cfg.split, cfg.num_samples, ckpt)

@@ -20,6 +20,7 @@ from torch import nn
 
 from segmentation.ssn import SSNConfig, StochasticSegmentationNetwork, sample_logits
 from segmentation.unet import UNetConfig, UNetSegmenter
+from workbench.io import atomic_path
 
 ModelKind = Literal["unet", "ssn", "ssn-diag"]
 MODEL_KINDS = ("unet", "ssn", "ssn-diag")
@@ -76,12 +77,9 @@ def training_loss(
 
 def save_model(path: Path, model: nn.Module, spec: ModelSpec, **extra) -> Path:
     """Atomically write ``{spec, state_dict, **extra}`` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
+    return Path(path)
 
 
 def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict]:

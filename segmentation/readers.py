@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation.data import (
+from segmentation.io import (
     DataError,
     SegSample,
     hash_split,

@@ -12,18 +12,21 @@ import sys
 # stage name -> (module with main(argv), one-line description). Order follows the data flow.
 STAGES: dict[str, tuple[str, str]] = {
     "demo": ("workbench.demo", "run the whole pipeline on the embedded phantom benchmark"),
-    "phantom": ("workbench.cxr.phantom", "generate the phantom chest X-ray benchmark"),
+    "phantom": ("workbench.cxr.phantom.run", "generate the phantom chest X-ray benchmark"),
     "label-reports": (
-        "workbench.cxr.report_labels",
+        "workbench.cxr.labeller.run",
         "label report texts (CheXpert + phantom concepts) and score them against ground truth",
     ),
-    "train-mini": ("workbench.models.mini", "train maira2-mini on the phantom benchmark"),
-    "record": ("workbench.record", "record residual-stream activations into a store"),
+    "train-mini": ("workbench.models.mini.ensure", "train maira2-mini on the phantom benchmark"),
+    "record": ("workbench.record.run", "record residual-stream activations into a store"),
     "train-sae": ("workbench.train_sae", "train a Matryoshka BatchTopK SAE on a store"),
-    "analyse": ("workbench.analyse", "SAE over the store -> features.duckdb"),
-    "label": ("workbench.label", "explain features with an LLM (or offline) and score the labels"),
-    "steer": ("workbench.steer", "steer generation with SAE features and evaluate the effect"),
-    "app": ("workbench.ui.build", "serve the browser app for a run on 127.0.0.1"),
+    "analyse": ("workbench.analyse.run", "SAE over the store -> features.duckdb"),
+    "label": (
+        "workbench.label.run",
+        "explain features with an LLM (or offline) and score the labels",
+    ),
+    "steer": ("workbench.steer.run", "steer generation with SAE features and evaluate the effect"),
+    "app": ("workbench.ui.app", "serve the browser app for a run on 127.0.0.1"),
     "seg-train": ("segmentation.train", "train a U-Net / SSN segmentation model"),
     "seg-evaluate": ("segmentation.evaluate", "evaluate segmentation models (GED, Dice, ...)"),
 }

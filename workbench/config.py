@@ -21,6 +21,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workbench.io import write_json
+
 T = TypeVar("T")
 
 
@@ -134,12 +136,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as JSON (``cfg.json`` beside an artefact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, to_dict(cfg))
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

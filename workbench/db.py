@@ -11,26 +11,30 @@ instance cache would otherwise hand back a stale copy after a rewrite) and a tem
 
 Writers never touch the live file: :func:`rewrite` builds ``features.duckdb.tmp`` (empty, or
 a copy of the current database) and ``os.replace``-s it over the original on success, under
-a lock file. A reader that is open meanwhile keeps its view of the old file.
+a lock file. A reader that is open meanwhile keeps its view of the old file. Every stage that
+writes records itself in ``runs`` through :func:`insert_run_row`, and checks the tables it
+reads with :func:`require_tables`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 
+from workbench.config import to_dict
+from workbench.run import ACTS_NAME, DB_NAME
 from workbench.schema_meaning import SPECS
-
-DB_NAME = "features.duckdb"
-ACTS_NAME = "feature_acts.parquet"
 
 
 class Column(NamedTuple):
@@ -242,8 +246,8 @@ TABLES: tuple[Table, ...] = (
         Scores of labels, e.g. detection scoring of an LLM label on held-out examples.
         feature INTEGER | SAE latent index.
         method VARCHAR | Label method scored (matches feature_labels.method).
-        scorer VARCHAR | 'detection', 'fuzz', ...
-        metric VARCHAR | 'accuracy', 'f1', 'auroc', 'balanced_accuracy', ...
+        scorer VARCHAR | 'name:judge', name: detection, detection_hard, fuzz or simulation.
+        metric VARCHAR | 'accuracy', 'f1', 'auroc', 'balanced_accuracy', 'correlation', ...
         value DOUBLE | The metric.
         n_examples INTEGER | Examples scored.
         created_at TIMESTAMP | UTC time written.
@@ -348,6 +352,68 @@ def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyCon
             raise
         con.close()
         os.replace(tmp, path)
+
+
+class RunRow(NamedTuple):
+    """The ``runs`` row of one execution of a stage (:func:`run_row` fills the id)."""
+
+    run_id: str
+    stage: str
+    started_at: datetime
+    config: str
+    notes: list[str]
+
+
+class Provenance(NamedTuple):
+    """What a run read: analyse states it, later stages copy it from the latest analyse row."""
+
+    store_path: str
+    sae_path: str
+    sae_fingerprint: str
+    hook_name: str
+    n_tokens: int
+    n_studies: int
+    d_sae: int
+
+
+def utc_now() -> datetime:
+    """The current UTC time as the naive TIMESTAMP the ``runs`` table stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def run_row(stage: str, started_at: datetime, cfg: Any, notes: list[str]) -> RunRow:
+    """A fresh ``runs`` row for ``stage`` with its resolved config ``cfg`` as JSON."""
+    return RunRow(uuid.uuid4().hex, stage, started_at, json.dumps(to_dict(cfg)), list(notes))
+
+
+def insert_run_row(con, row: RunRow, provenance: Provenance | None = None) -> None:
+    """Insert ``row`` (finished now); without ``provenance``, copy the latest analyse row's."""
+    head = [row.run_id, row.stage, row.started_at, utc_now(), row.config]
+    if provenance is not None:
+        con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [*head, *provenance, json.dumps(row.notes)],
+        )
+        return
+    con.execute(
+        """INSERT INTO runs
+           SELECT ?, ?, ?, ?, ?, a.store_path, a.sae_path, a.sae_fingerprint, a.hook_name,
+                  a.n_tokens, a.n_studies, a.d_sae, ?
+           FROM (SELECT 1) LEFT JOIN (
+               SELECT * FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1
+           ) a ON true""",
+        [*head, json.dumps(row.notes)],
+    )
+
+
+def require_tables(con, names: tuple[str, ...], run) -> None:
+    """A clear error when ``analyse`` has not written the tables a stage reads."""
+    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(
+            f"{run}: features.duckdb lacks {', '.join(missing)}; run `python -m workbench.analyse`"
+        )
 
 
 def markdown() -> str:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from workbench.config import parse_config, save_config
+from workbench.io import torch_threads
+from workbench.run import RunLayout
 
 log = logging.getLogger("workbench.demo")
 
@@ -43,9 +43,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def step_phantom(cfg: DemoConfig) -> str:
     """Generate the phantom benchmark (skipped when its summary already exists)."""
-    from workbench.cxr.phantom import PhantomConfig, generate, summarize
+    from workbench.cxr.phantom.run import PhantomConfig, generate, summarize
 
-    out = cfg.run / "phantom"
+    out = RunLayout(cfg.run).phantom
     if not (out / "phantom-summary.json").exists():
         generate(
             PhantomConfig(out=out, studies=cfg.studies, size=cfg.size, seed=cfg.seed, workers=2)
@@ -55,10 +55,10 @@ def step_phantom(cfg: DemoConfig) -> str:
 
 def step_model(cfg: DemoConfig) -> str:
     """Point the run at maira2-mini: the shipped weights, or train them if absent."""
-    from workbench.models.mini import ensure_mini
+    from workbench.models.mini.ensure import ensure_mini
 
     path = ensure_mini().resolve()
-    model_dir = cfg.run / "model"
+    model_dir = RunLayout(cfg.run).model
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "pointer.txt").write_text(f"{path}\n")
     return f"maira2-mini at {path}"
@@ -66,15 +66,16 @@ def step_model(cfg: DemoConfig) -> str:
 
 def step_record(cfg: DemoConfig) -> str:
     """Record the middle decoder block over every phantom study (resumes a partial store)."""
-    from workbench.record import RecordConfig, record
+    from workbench.record.run import RecordConfig, record
     from workbench.store import ActivationStore
 
-    out = cfg.run / "activations"
+    layout = RunLayout(cfg.run)
+    out = layout.activations
     if not _store_complete(out):
         record(
             RecordConfig(
-                model=str(cfg.run / "model"),
-                data=cfg.run / "phantom",
+                model=str(layout.model),
+                data=layout.phantom,
                 out=out,
                 layer=cfg.layer,
                 image_tokens="all",
@@ -105,10 +106,11 @@ def step_sae(cfg: DemoConfig) -> str:
     from workbench.sae.config import TrainSAEConfig
     from workbench.sae.trainer import train
 
-    out = cfg.run / "sae"
+    layout = RunLayout(cfg.run)
+    out = layout.sae
     if not (out / "sae_weights.safetensors").exists():
         preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
-        preset.update(store=cfg.run / "activations", out=out, seed=cfg.seed, progress=False)
+        preset.update(store=layout.activations, out=out, seed=cfg.seed, progress=False)
         train(from_dict(TrainSAEConfig, preset))
     sae = load_sae(out)
     return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
@@ -116,23 +118,23 @@ def step_sae(cfg: DemoConfig) -> str:
 
 def step_analyse(cfg: DemoConfig) -> str:
     """Feature statistics into features.duckdb, then the phantom recovery table."""
-    from workbench.analyse import AnalyseConfig, analyse, recovery_report
+    from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
 
-    if not (cfg.run / "features.duckdb").exists():
+    if not RunLayout(cfg.run).database.exists():
         analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
     return recovery_report(cfg.run)
 
 
 def step_label(cfg: DemoConfig) -> str:
     """Offline labels and detection scores for every live feature (resumes its journal)."""
-    from workbench.label import demo_step
+    from workbench.label.run import demo_step
 
     return demo_step(cfg.run)
 
 
 def step_steer(cfg: DemoConfig) -> str:
     """Steer the features that recovered phantom concepts; count concepts made to appear."""
-    from workbench.steer import demo_step
+    from workbench.steer.run import demo_step
 
     return demo_step(cfg.run)
 
@@ -172,15 +174,11 @@ def run_demo(cfg: DemoConfig) -> None:
     """Run the steps in order, printing what each produced and how long it took."""
     cfg.run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.run / "demo-cfg.json")
-    default_threads = torch.get_num_threads()
     for name, step, threads in STEPS:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
-        torch.set_num_threads(threads or default_threads)
-        try:
+        with torch_threads(threads or None):  # 0: all threads
             print(step(cfg), flush=True)
-        finally:
-            torch.set_num_threads(default_threads)
         print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
     from workbench.ui import launch_line
 

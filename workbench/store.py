@@ -17,7 +17,6 @@ buffer and a rerun skips exactly the studies the manifest lists. ``row`` is glob
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
+
+from workbench.io import atomic_path, write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -52,12 +53,6 @@ META_SCHEMA = pa.schema(
 
 class StoreError(ValueError):
     """An activation store is missing, malformed, or inconsistent with what was asked."""
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _shard_stem(i: int) -> str:
@@ -108,26 +103,7 @@ class StoreWriter:
             "d_model": d_model,
             "dtype": dtype,
         }
-        manifest_path = self.path / MANIFEST
-        if manifest_path.exists():
-            self.manifest = json.loads(manifest_path.read_text())
-            clash = {k: (self.manifest.get(k), v) for k, v in header.items()}
-            clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
-            if clash:
-                raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
-            self._drop_orphan_shards()
-        else:
-            self.manifest = {
-                "format_version": FORMAT_VERSION,
-                **header,
-                "n_tokens": 0,
-                "shards": [],
-                "studies_complete": [],
-                "skipped": {},
-                "extra": extra or {},
-                "complete": False,
-            }
-            _atomic_json(manifest_path, self.manifest)
+        self.manifest = self._open_manifest(header, extra or {})
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
@@ -138,6 +114,31 @@ class StoreWriter:
         """Study ids already stored or skipped: a resumed run must not record them again."""
         done = set(self.manifest["studies_complete"]) | set(self._pending)
         return done | {int(s) for s in self.manifest["skipped"]}
+
+    def _open_manifest(self, header: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """The existing manifest when its settings match ``header`` (resume), else a new one."""
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                **header,
+                "n_tokens": 0,
+                "shards": [],
+                "studies_complete": [],
+                "skipped": {},
+                "extra": extra,
+                "complete": False,
+            }
+            write_json(manifest_path, manifest)
+            return manifest
+        manifest = json.loads(manifest_path.read_text())
+        clash = {k: (manifest.get(k), v) for k, v in header.items()}
+        clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
+        if clash:
+            raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
+        self.manifest = manifest
+        self._drop_orphan_shards()
+        return manifest
 
     def _drop_orphan_shards(self) -> None:
         """Remove shard files written by a killed run after its last manifest update."""
@@ -167,7 +168,7 @@ class StoreWriter:
     def skip(self, study_id: int, reason: str) -> None:
         """Record that a study was not stored, and why (kept in the manifest)."""
         self.manifest["skipped"][str(int(study_id))] = reason
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
 
     def flush(self) -> None:
         """Write buffered studies as one shard, then mark them complete in the manifest."""
@@ -181,20 +182,19 @@ class StoreWriter:
             (".safetensors", lambda p: save_file({"acts": acts}, str(p))),
             (".parquet", lambda p: pq.write_table(table, p)),
         ):
-            tmp = self.path / f"{stem}.tmp{suffix}"
-            write(tmp)
-            os.replace(tmp, self.path / f"{stem}{suffix}")
+            with atomic_path(self.path / f"{stem}{suffix}") as tmp:
+                write(tmp)
         self.manifest["shards"].append({"stem": stem, "n_tokens": int(acts.shape[0])})
         self.manifest["n_tokens"] = start + int(acts.shape[0])
         self.manifest["studies_complete"].extend(self._pending)
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
         self._acts, self._cols, self._pending, self._buffered = [], [], [], 0
 
     def close(self) -> Path:
         """Flush and mark the store complete."""
         self.flush()
         self.manifest["complete"] = True
-        _atomic_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
         return self.path
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.test_analyse_world import (
+from tests.fixtures.analyse_world import (
     EFFUSION,
     N_STUDIES,
     PACEMAKER,
@@ -17,7 +17,7 @@ from tests.integration.test_analyse_world import (
     study_tokens,
 )
 from workbench import db
-from workbench.analyse import AnalyseConfig, analyse, main
+from workbench.analyse.run import AnalyseConfig, analyse, main
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_analyse_world import HOOK, make_run, planted_sae
-from workbench.analyse import AnalyseConfig, AnalyseError, analyse, main
+from tests.fixtures.analyse_world import HOOK, make_run, planted_sae
+from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse, main
 from workbench.sae import save_sae
 from workbench.store import StoreWriter
 
@@ -59,7 +59,7 @@ def test_no_labels_at_all_leaves_concepts_empty_and_says_so(tmp_path):
     import shutil
 
     from workbench import db
-    from workbench.analyse import recovery_report
+    from workbench.analyse.run import recovery_report
 
     run = make_run(tmp_path)
     shutil.rmtree(run / "phantom")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.test_analyse_world import D, make_run
+from tests.fixtures.analyse_world import D, make_run
 from workbench import db
-from workbench.analyse import AnalyseConfig, AnalyseError, analyse
+from workbench.analyse.run import AnalyseConfig, AnalyseError, analyse
 
 pytestmark = pytest.mark.slow  # importing transformers dominates (seconds on a busy CPU)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration import meaning_world as w
+from tests.fixtures import meaning_world as w
 from workbench import db
 from workbench.analyse import AnalyseConfig, analyse, main
 

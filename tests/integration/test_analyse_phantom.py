@@ -13,9 +13,9 @@ import csv
 import pytest
 import torch
 
-from tests.integration.test_analyse_world import HOOK, planted_sae
+from tests.fixtures.analyse_world import HOOK, planted_sae
 from workbench import db
-from workbench.analyse import AnalyseConfig, analyse, recovery_report
+from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
 from workbench.cxr.findings import DEVICES, FINDINGS
 from workbench.sae import save_sae
 from workbench.store import StoreWriter
@@ -27,7 +27,7 @@ D = 16
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     run = tmp_path_factory.mktemp("phantom_run")
     generate(PhantomConfig(out=run / "phantom", studies=24, size=64, seed=3, masks=False))

@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from tests.integration.test_analyse_world import make_run, planted_sae
+from tests.fixtures.analyse_world import make_run, planted_sae
 from workbench import db
-from workbench.analyse import AnalyseConfig, analyse
+from workbench.analyse.run import AnalyseConfig, analyse
 from workbench.sae import save_sae
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_analyse_world import make_run
+from tests.fixtures.analyse_world import make_run
 from workbench import db
-from workbench.analyse import AnalyseConfig, analyse
+from workbench.analyse.run import AnalyseConfig, analyse
 
 SCHEMA_MD = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", SCHEMA_MD.read_text(), flags=re.S)

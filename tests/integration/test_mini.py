@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.record_fixtures import make_phantom
-from workbench.models import mini_train
+from tests.fixtures.record_fixtures import make_phantom
 from workbench.models.mini import MiniConfig, ensure_mini, is_trained, mini_config
-from workbench.models.mini_data import collate, epoch_batches
-from workbench.models.mini_tokenizer import train_tokenizer
+from workbench.models.mini import train as mini_train
+from workbench.models.mini.data import collate, epoch_batches
+from workbench.models.mini.tokenizer import train_tokenizer
 from workbench.models.processor import Maira2Processor
 from workbench.models.registry import load_model
 
@@ -19,14 +19,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    return make_phantom(tmp_path_factory.mktemp("mini") / "phantom", studies=12, seed=2)
+    return make_phantom(tmp_path_factory.mktemp("mini") / "phantom", studies=12, seed=2, masks=True)
 
 
 def tiny_cfg(phantom, out, **kw) -> MiniConfig:
     sizes = dict(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1,
                  text_hidden=64, text_layers=2, text_intermediate=64, vocab_size=320)  # fmt: skip
     run = dict(epochs=2, batch_size=4, warmup_steps=1, threads=1, eval_studies=2,
-               vision_steps=4, vision_batch=4)  # fmt: skip
+               vision_steps=4, vision_batch=4, vision_phantom=phantom)  # fmt: skip
     return MiniConfig(phantom=phantom, out=out, **{**sizes, **run, **kw})
 
 
@@ -59,6 +59,7 @@ def test_train_saves_a_loadable_model_and_ensure_reuses_it(phantom, tmp_path):
     assert is_trained(out) and not (out / ".train").exists()
     stats = (out / "train-stats.json").read_text()
     assert '"steps"' in stats and "validate_macro_f1" in stats
+    assert '"vision_steps_done": 4' in stats and (out / "stage1-heads.safetensors").is_file()
     adapter = load_model(str(out))
     assert adapter.kind == "vision_language" and adapter.n_layers == 2
     from workbench.cxr.studies import iter_studies
@@ -66,6 +67,12 @@ def test_train_saves_a_loadable_model_and_ensure_reuses_it(phantom, tmp_path):
     study = next(iter(iter_studies(phantom, split="validate")))
     text = adapter.generate(adapter.prepare(study), max_new_tokens=5)
     assert isinstance(text, str)
+    from workbench.models.mini.eval import evaluate_split
+
+    blind = evaluate_split(adapter.model, adapter.processor, phantom, "validate", 2, "blank", True)
+    assert blind.n_studies == 2 and set(blind.generated) <= {
+        r.study_id for r in iter_studies(phantom)
+    }
     weights = next(out.glob("*.safetensors"))
     mtime = weights.stat().st_mtime_ns
     assert ensure_mini(out) == out and weights.stat().st_mtime_ns == mtime  # reused
@@ -73,12 +80,15 @@ def test_train_saves_a_loadable_model_and_ensure_reuses_it(phantom, tmp_path):
 
 def test_teacher_forcing_labels_cover_only_the_findings(phantom):
     from workbench.cxr.studies import iter_studies
-    from workbench.models.mini_data import encode_study
+    from workbench.models.mini.data import encode_study
 
     tok = train_tokenizer(["Heart size is normal. No effusion."] * 5, vocab_size=300)
     processor = Maira2Processor(tok, image_size=32, patch_size=16)
     rec = next(iter(iter_studies(phantom, split="train")))
-    ex = encode_study(processor, rec, torch.zeros(13))
+    ex, image_only = encode_study(processor, rec, torch.zeros(13), image_only_too=True)
+    assert image_only.pixels is ex.pixels  # the variants share one pixel tensor
+    full_text, blind_text = (tok.decode(e.input_ids.tolist()) for e in (ex, image_only))
+    assert "N/A" in blind_text and len(blind_text) < len(full_text)
     labelled = ex.input_ids[ex.labels != -100]
     assert labelled[-1].item() == tok.eos_token_id
     assert tok.decode(labelled[:-1].tolist()).strip() == rec.findings.strip()
@@ -92,9 +102,9 @@ def test_a_killed_training_resumes_to_the_same_weights(phantom, tmp_path, monkey
     calls = {"n": 0}
     real = mini_train.collate
 
-    def dies_on_third_batch(*args, **kwargs):  # of stage 2, after 4 stage-1 batches
+    def dies_on_third_batch(*args, **kwargs):  # of stage 2 (stage 1 does not collate)
         calls["n"] += 1
-        if calls["n"] == 4 + 3:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -123,3 +133,23 @@ def test_continuation_run_starts_from_trained_weights(phantom, tmp_path):
     b = load_file(next(second.glob("*.safetensors")))
     for key in a:  # learning rate 0: the weights are carried over unchanged
         torch.testing.assert_close(a[key], b[key])
+
+
+def test_ablation_images_are_blank_or_another_studys(phantom):
+    import numpy as np
+
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.eval import study_images
+
+    records = list(iter_studies(phantom, split="train"))
+    blank = study_images(records, 0, "blank")
+    assert (
+        np.asarray(blank[0]).std() == 0 and blank[0].size == records[0].load_images().frontal.size
+    )
+    assert all((b is None) == (r is None) for b, r in zip(blank, records[0].load_images()))
+    swapped = study_images(records, 0, "swapped")
+    other = records[len(records) // 2].load_images().frontal
+    assert np.array_equal(np.asarray(swapped[0]), np.asarray(other))
+    assert not np.array_equal(np.asarray(swapped[0]), np.asarray(records[0].load_images().frontal))
+    with pytest.raises(ValueError, match="image condition"):
+        study_images(records, 0, "noise")

@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from tests.integration.record_fixtures import make_phantom, save_tiny_maira2
+from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
 from workbench.models.hooks import decoder_layers
 from workbench.models.registry import load_model
-from workbench.record import RecordConfig, RecordError, main, record
-from workbench.record_data import load_collection
+from workbench.record.data import load_collection
+from workbench.record.run import RecordConfig, RecordError, main, record
 from workbench.store import ActivationStore
 
 # a tiny phantom and model per module: ~10-60 s in all
@@ -69,7 +69,7 @@ def test_records_every_study_once_and_matches_full_forward(world, tmp_path):
 
 
 def test_forward_stops_at_the_recorded_layer(world, tmp_path, monkeypatch):
-    from workbench import record as rec_mod
+    from workbench.record import run as rec_mod
 
     calls = []
     real = rec_mod.record_item
@@ -114,7 +114,7 @@ def test_no_image_tokens_mode(world, tmp_path):
 
 
 def test_resume_after_a_kill_records_each_study_once(world, tmp_path, monkeypatch):
-    from workbench import record as rec_mod
+    from workbench.record import run as rec_mod
 
     real, seen = rec_mod.record_item, []
 

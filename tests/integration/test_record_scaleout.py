@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.record_fixtures import make_phantom, save_tiny_llama, save_tiny_maira2
-from workbench.record import RecordConfig, record
+from tests.fixtures.record_fixtures import make_phantom, save_tiny_llama, save_tiny_maira2
+from workbench.record.run import RecordConfig, record
 from workbench.store import ActivationStore
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_vision_model_refuses_text_only_data(tmp_path):
     model = save_tiny_maira2(tmp_path / "m", n_layers=2)
     data = tmp_path / "r.csv"
     data.write_text("text\nNo effusion.\n")
-    from workbench.record import RecordError
+    from workbench.record.run import RecordError
 
     with pytest.raises(RecordError, match="needs images"):
         record(RecordConfig(model=str(model), data=data, out=tmp_path / "a", progress=False))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench import db
-from workbench.steer import SteerConfig, main, run_steer
+from workbench.steer.run import SteerConfig, main, run_steer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 SAE_DIR = "sae-steer"
@@ -17,7 +17,7 @@ SAE_DIR = "sae-steer"
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    from tests.unit import planted_run
+    from tests.fixtures import planted_run
     from workbench.models.hooks import resid_post_name
     from workbench.models.processor import Maira2Processor
     from workbench.models.tiny import single_thread, tiny_maira2, tiny_tokenizer
@@ -116,7 +116,7 @@ def test_documented_steering_query(run):
 
 
 def test_demo_step_steers_recovered_concepts(run):
-    from workbench.steer import demo_step
+    from workbench.steer.run import demo_step
 
     shutil.rmtree(run / "sae")
     shutil.copytree(run / SAE_DIR, run / "sae")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration import meaning_world as w
+from tests.fixtures import meaning_world as w
 from workbench.analyse import AnalyseConfig, analyse
 from workbench.ui import handlers
 from workbench.ui.context import open_context

@@ -19,7 +19,7 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run built by the real pipeline (dataset, store, planted SAE, analyse) in seconds."""
-    from workbench.ui.tiny_run import build
+    from workbench.testing.tiny_run import build
 
     return build(tmp_path_factory.mktemp("ui") / "run")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.analyse_localise import dilate, patch_coverage
+from workbench.analyse.localise import dilate, patch_coverage
 
 
 def test_coverage_uses_the_central_square_of_a_wide_image():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.analyse_mentions import score_mentions, section_mentions, token_spans
+from workbench.analyse.mentions import score_mentions, section_mentions, token_spans
 
 
 def test_byte_level_tokens_keep_their_spaces():

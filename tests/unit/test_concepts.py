@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from workbench.concepts import auroc_sparse, concept_category, load_labels
+from workbench.analyse.concepts import auroc_sparse, concept_category, load_labels
 from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
 
 
@@ -119,7 +119,7 @@ def test_concept_category():
 def test_feature_blocks_bound_rows_and_features():
     import duckdb
 
-    from workbench.concepts import feature_blocks
+    from workbench.analyse.concepts import feature_blocks
 
     con = duckdb.connect()
     con.execute("CREATE TABLE study_features (study_id BIGINT, feature INTEGER)")

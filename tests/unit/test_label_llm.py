@@ -1,95 +1,16 @@
-"""The OpenAI backend against a fake OpenAI-compatible server on 127.0.0.1.
-
-:class:`FakeLLM` implements ``POST /v1/chat/completions`` with ``http.server`` in a thread.
-It answers from a script (status codes and texts, in order) and then from a plausible
-default: an explanation naming the words of the examples it was shown, and detection
-answers that say 1 for examples containing a word of the explanation.
-"""
+"""The OpenAI backend against a fake OpenAI-compatible server on 127.0.0.1
+(:class:`tests.fixtures.fake_llm.FakeLLM`)."""
 
 from __future__ import annotations
 
-import json
-import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
 
-from workbench.label_llm import LabelError, LLMSettings, OpenAIBackend, PrivacyError
-from workbench.prompts import Example
-
-
-def default_answer(request: dict) -> str:
-    """Explain: name the marked tokens; detect: 1 where an example contains a named word."""
-    system, user = request["messages"][0]["content"], request["messages"][-1]["content"]
-    if "[EXPLANATION]" in system:
-        marked = re.findall(r"<<([^>]+)>>", user) or ["nothing"]
-        return f"The examples share a token.\n[EXPLANATION]: {marked[0].strip().lower()}"
-    words = re.match(r"Explanation: (.*)", user).group(1).lower().split()
-    lines = re.findall(r"^Example \d+: (.*)$", user, re.M)
-    if "Excerpts:" in user:  # fuzzing: judge the marked tokens only
-        lines = [" ".join(re.findall(r"<<([^>]+)>>", line)) for line in lines]
-    return str([int(any(w in line.lower() for w in words)) for line in lines])
-
-
-class FakeLLM:
-    """A scripted OpenAI-compatible chat server; ``requests`` records every request body."""
-
-    def __init__(self, model: str = "fake-model"):
-        self.model, self.script, self.requests = model, [], []
-        self.logprobs = None  # content list to attach when the request asks for log-probs
-        self.fail_if = None  # predicate on the request body: answer 500 when it holds
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, **body})
-                if fake.fail_if is not None and fake.fail_if(body):
-                    return self._send(500, {"error": {"message": "scripted failure"}})
-                item = fake.script.pop(0) if fake.script else default_answer
-                if isinstance(item, int):
-                    return self._send(item, {"error": {"message": "scripted failure"}})
-                content = item(body) if callable(item) else item
-                self._send(200, fake.completion(content, body))
-
-            def _send(self, status: int, payload: dict):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def completion(self, content: str, body: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}}
-        choice |= {"finish_reason": "stop", "logprobs": None}
-        if body.get("logprobs") and self.logprobs is not None:
-            choice["logprobs"] = {"content": self.logprobs}
-        return {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [choice],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+from tests.fixtures.fake_llm import FakeLLM
+from workbench.label.backends import LabelError, LLMSettings, OpenAIBackend, PrivacyError
+from workbench.label.prompts import Example
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench import prompts
-from workbench.label_llm import LabelError, PrivacyError, check_endpoint, is_local
-from workbench.label_scoring import auroc, chunks, detection_metrics, shuffled
-from workbench.prompts import Example, MalformedAnswerError
+from workbench.label import prompts
+from workbench.label.backends import LabelError, PrivacyError, check_endpoint, is_local
+from workbench.label.prompts import Example, MalformedAnswerError
+from workbench.label.scoring import auroc, chunks, detection_metrics, shuffled
 
 
 def test_detection_metrics_hand_computed():
@@ -82,9 +82,13 @@ def test_parse_explanation():
     assert prompts.parse_explanation(answer) == "Cardiac pacemaker devices"
     assert prompts.parse_explanation("just one line") == "just one line"
     assert prompts.parse_explanation('**[EXPLANATION]: "effusion"**') == "effusion"
-    for bad in ("", "  \n ", "x" * 500):
+    for bad in ("", "  \n "):
         with pytest.raises(MalformedAnswerError):
             prompts.parse_explanation(bad)
+    from workbench.label.text import clean_label
+
+    with pytest.raises(MalformedAnswerError, match="500 characters"):
+        clean_label(prompts.parse_explanation("x" * 500))  # the length bound is clean_label's
 
 
 def test_parse_detection():
@@ -133,7 +137,7 @@ def test_label_presets_load():
     from pathlib import Path
 
     from workbench.config import load_config
-    from workbench.label import LabelConfig
+    from workbench.label.run import LabelConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
     offline = load_config(LabelConfig, root / "label-offline.toml")
@@ -143,7 +147,7 @@ def test_label_presets_load():
 
 
 def test_split_examples_never_scores_a_shown_token():
-    from workbench.label_data import split_examples
+    from workbench.label.data import split_examples
 
     def ex(row, act):
         return Example(row, "text", (" a",), (act,), 0, act, row=row)
@@ -160,7 +164,7 @@ def test_split_examples_never_scores_a_shown_token():
 
 
 def test_offline_backend_on_image_examples():
-    from workbench.label_llm import OfflineBackend
+    from workbench.label.offline import OfflineBackend
 
     ex = Example(2, "image", ("<image>",), (1.0,), 0, 1.0, patch=(1, 1), labels=("Cardiomegaly",))
     assert "the study is labelled with: Cardiomegaly" in prompts.render_for_judge(ex)
@@ -179,7 +183,7 @@ def test_offline_backend_on_image_examples():
 
 
 def test_fuzz_set_pairs_true_and_misplaced_marks():
-    from workbench.label_scoring import fuzz_set, misplace_marks
+    from workbench.label.scoring import fuzz_set, misplace_marks
 
     ex = Example(1, "text", (" a", " b", " c", " d"), (0.0, 2.0, 0.5, 0.0), 1, 2.0)
     moved = misplace_marks(ex, random.Random(0))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from workbench import db
-from workbench.label_store import Journal, RunRow, done_features, statistical_labels
+from workbench.db import RunRow
+from workbench.label.journal import Journal, done_features, statistical_labels
 
 
 def label(feature: int, text: str) -> dict:
@@ -74,9 +75,39 @@ def test_journal_survives_a_crash_and_applies_once(tmp_path):
 def test_missing_tables_are_a_clear_error(tmp_path, capsys):
     import duckdb
 
-    from workbench.label import main
+    from workbench.label.run import main
 
     duckdb.connect(str(tmp_path / "features.duckdb")).execute("CREATE TABLE runs (x INT)").close()
     assert main(["--run", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "features.duckdb lacks feature_stats" in out and "workbench.analyse" in out
+
+
+def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):
+    path = tmp_path / "label" / "journal.jsonl"
+    Journal(path, tmp_path).append([label(1, "first")])
+    with open(path, "a") as fh:
+        fh.write('{"type": "score", "feature": 1, "met')  # killed mid-write
+    rerun = Journal(path, tmp_path)
+    rerun.append([label(2, "after the crash")])  # the next run goes on appending
+    assert [(r["feature"], r["label"]) for r in rerun.records()] == [
+        (1, "first"),
+        (2, "after the crash"),
+    ]
+    lines = path.read_text().splitlines()
+    assert lines[1].endswith('"met') and lines[2].startswith('{"type": "label"')
+    assert rerun.flush() == 2
+    assert table(tmp_path, "SELECT feature, label FROM feature_labels ORDER BY feature") == [
+        (1, "first"),
+        (2, "after the crash"),
+    ]
+
+
+def test_the_reader_recovers_a_record_glued_to_a_torn_line(tmp_path):
+    import json
+
+    path = tmp_path / "label" / "journal.jsonl"
+    path.parent.mkdir(parents=True)
+    # what an older writer left: the torn fragment and the next record on one line
+    path.write_text('{"type": "label", "feat' + json.dumps(label(3, "glued")) + "\n{broken\n")
+    assert [r["label"] for r in Journal(path, tmp_path).records()] == ["glued"]

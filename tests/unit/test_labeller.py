@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from workbench.cxr.findings import CHEXPERT_LABELS
-from workbench.cxr.labeller import PHANTOM_CONCEPTS, label_report, label_reports, score_labels
+from workbench.cxr.labeller.context import (
+    PHANTOM_CONCEPTS,
+    label_report,
+    label_reports,
+    score_labels,
+)
 
 # (text, expected phantom-concept values; concepts not listed must be None)
 CONCEPT_CASES = [
@@ -219,7 +224,7 @@ def test_wrapped_lines_and_paragraphs():
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory):
     """~40 phantom studies (small images, no masks): MIMIC layout with known ground truth."""
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     root = tmp_path_factory.mktemp("phantom")
     generate(PhantomConfig(out=root, studies=40, size=64, masks=False, seed=3))
@@ -258,7 +263,7 @@ def test_report_labels_cli_writes_table_and_scores(tmp_path, capsys):
     import csv
     import json
 
-    from workbench.cxr.report_labels import main
+    from workbench.cxr.labeller.run import main
 
     texts = tmp_path / "generated.jsonl"
     rows = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.cxr.labeller import STATUS_VALUE, label_report, report_mentions
-from workbench.cxr.labeller_nlp import STATUSES, collapse, pipeline
+from workbench.cxr.labeller.context import STATUS_VALUE, label_report, report_mentions
+from workbench.cxr.labeller.nlp import STATUSES, collapse, pipeline
 
 A, N, U, H = "asserted", "negated", "uncertain", "historical"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from workbench.models.mini_tokenizer import (
+from workbench.models.mini.tokenizer import (
     BASE_SPECIALS,
     check_layout,
     maira2_added_tokens,

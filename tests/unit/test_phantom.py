@@ -15,7 +15,7 @@ from PIL import Image
 from workbench.config import ConfigError, load_config
 from workbench.cxr import layout
 from workbench.cxr.findings import CHEXPERT_LABELS, DEVICES, FINDINGS, concept_names
-from workbench.cxr.phantom import PhantomConfig, generate, main, summarize
+from workbench.cxr.phantom.run import PhantomConfig, generate, main, summarize
 
 DICOM_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 SECTION_RE = re.compile(r"\n ([A-Z ()/,-]+):\s")  # MIT-LCP section_parser.py

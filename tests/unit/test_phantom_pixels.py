@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from workbench.cxr.cohort import rng_for, sample_params, sample_subject, subject_studies
-from workbench.cxr.render import render_study
+from workbench.cxr.phantom.cohort import rng_for, sample_params, sample_subject, subject_studies
+from workbench.cxr.phantom.render import render_study
 
 SIZE = 160
 

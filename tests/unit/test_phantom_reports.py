@@ -7,9 +7,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from workbench.cxr.cohort import PREVALENCE, plan_subjects, rng_for, subject_studies
 from workbench.cxr.findings import CHEXPERT_LABELS, CHEXPERT_OF, DEVICES, FINDINGS
-from workbench.cxr.reports import merge_labels, phrases, write_report
+from workbench.cxr.phantom.cohort import PREVALENCE, plan_subjects, rng_for, subject_studies
+from workbench.cxr.phantom.reports import merge_labels, phrases, write_report
 
 COMPARISON_WORDS = re.compile(
     r"\b(interval|unchanged|increased|decreased|resolved|stable|previously|no longer|"
@@ -137,8 +137,8 @@ def test_report_is_deterministic(corpus):
 
 
 def test_every_template_fills_for_every_parameter_set():
-    from workbench.cxr.cohort import sample_params
-    from workbench.cxr.reports import _fill, _vars
+    from workbench.cxr.phantom.cohort import sample_params
+    from workbench.cxr.phantom.reports import _fill, _vars
 
     ph = phrases()
     families = [ph["present"], ph["hedged"], *ph["change"].values()]

@@ -13,6 +13,7 @@ from PIL import Image
 from workbench.models.processor import Maira2Processor
 from workbench.models.prompts import (
     CHAT_TEMPLATE,
+    ReportingRequest,
     phrase_grounding_messages,
     phrase_grounding_prompt,
     reporting_messages,
@@ -44,15 +45,19 @@ def case_inputs(case: dict) -> dict:
     return inputs
 
 
-def render_case(case: dict) -> str:
-    if case["task"] == "phrase_grounding":
-        return phrase_grounding_prompt(case["phrase"]).text
-    return reporting_prompt(
+def request_of(case: dict) -> ReportingRequest:
+    return ReportingRequest(
         has_lateral=case["lateral"],
         has_prior=case["prior"],
         get_grounding=case["grounded"],
         **case_inputs(case),
-    ).text
+    )
+
+
+def render_case(case: dict) -> str:
+    if case["task"] == "phrase_grounding":
+        return phrase_grounding_prompt(case["phrase"]).text
+    return reporting_prompt(request_of(case)).text
 
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -77,7 +82,7 @@ def test_prompt_matches_golden(case):
 def test_spec_example_matches_exactly():
     assert golden_text("reporting_frontal_lateral.txt") == SPEC_EXAMPLE
     prompt = reporting_prompt(
-        True, False, "Dyspnea.", "PA and lateral views of the chest.", "None.", None
+        ReportingRequest(True, False, "Dyspnea.", "PA and lateral views of the chest.", "None.")
     )
     assert prompt.text == SPEC_EXAMPLE
 
@@ -92,9 +97,7 @@ def test_python_rendering_equals_the_jinja_chat_template(case, tokenizer):
     else:
         inputs = case_inputs(case)
         assistant = inputs["assistant_text"]
-        messages = reporting_messages(
-            case["lateral"], case["prior"], get_grounding=case["grounded"], **inputs
-        )
+        messages = reporting_messages(request_of(case))
     rendered = tokenizer.apply_chat_template(
         messages,
         chat_template=CHAT_TEMPLATE,
@@ -192,7 +195,7 @@ def test_phrase_grounding_inputs(tokenizer):
 
 def test_image_count_must_match_prompt(tokenizer):
     processor = Maira2Processor(tokenizer, image_size=56, patch_size=14)
-    prompt = reporting_prompt(True, False, None, None, None, None)
+    prompt = reporting_prompt(ReportingRequest(has_lateral=True))
     with pytest.raises(ValueError, match="2 image slots but 1 images"):
         processor.encode(prompt, [_image(0)])
 
@@ -228,7 +231,7 @@ def test_llama_style_tokenizer_from_a_local_directory(tmp_path):
     from transformers import LlamaTokenizer
 
     prompt = reporting_prompt(
-        False, True, "Dyspnea.", None, "None.", "Old.", assistant_text="Clear."
+        ReportingRequest(False, True, "Dyspnea.", None, "None.", "Old.", assistant_text="Clear.")
     )
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
     for char in sorted(set(prompt.text.replace("<image>", "").replace("</s>", "")) - {" "}):

@@ -8,7 +8,8 @@ import pytest
 
 from workbench.config import ConfigError, parse_config
 from workbench.cxr.images import CXRDataError
-from workbench.record import (
+from workbench.record.data import Collection, Item, Skipped, load_collection
+from workbench.record.run import (
     RecordConfig,
     RecordError,
     keep_mask,
@@ -16,7 +17,6 @@ from workbench.record import (
     part_dir,
     token_metadata,
 )
-from workbench.record_data import Collection, Item, Skipped, load_collection
 
 
 def _tok(kind, section, image_index=None, **kw):

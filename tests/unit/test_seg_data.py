@@ -7,19 +7,9 @@ import pytest
 from PIL import Image
 
 from segmentation import readers
-from segmentation.data import (
-    DataError,
-    age_group,
-    crop_around,
-    hash_split,
-    load_dataset,
-    load_phantom_lungs,
-    load_phantom_nodules,
-    normalise_sex,
-    read_grey,
-    stack,
-)
+from segmentation.data import load_dataset, load_phantom_lungs, load_phantom_nodules, stack
 from segmentation.fixtures import write_phantom_fixture
+from segmentation.io import DataError, age_group, crop_around, hash_split, normalise_sex, read_grey
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from segmentation.ssn import (
 )
 from segmentation.unet import UNetConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only spin-waits (10x slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_threaded")  # tiny tensors: one thread is fastest
 
 
 def random_output(B=2, R=3, C=2, H=2, W=3, seed=0, diagonal=False):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.stats import KINDS, FeatureAccumulator, kind_codes, sparsify
+from workbench.analyse.stats import KINDS, FeatureAccumulator, kind_codes, sparsify
 
 
 def _random_latents(n=300, F=12, seed=0) -> torch.Tensor:

@@ -7,7 +7,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from workbench.directions import Unembedding, logit_effects, matryoshka_groups, nearest_neighbors
+from workbench.analyse.directions import (
+    Unembedding,
+    logit_effects,
+    matryoshka_groups,
+    nearest_neighbors,
+)
 
 
 def _cat(tables) -> dict:

@@ -11,7 +11,7 @@ from workbench.models.hooks import capture, intervene, resid_post_name
 from workbench.models.registry import adapter_for
 from workbench.models.tiny import tiny_maira2, tiny_tokenizer
 from workbench.sae import MatryoshkaSAE
-from workbench.steering import (
+from workbench.steer.intervene import (
     SteeringError,
     SteeringHook,
     effective_scales,

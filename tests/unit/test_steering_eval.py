@@ -11,14 +11,14 @@ import torch
 from workbench import db
 from workbench.models.hooks import resid_post_name
 from workbench.sae import MatryoshkaSAE
-from workbench.steer_eval import (
+from workbench.steer.evaluate import (
     StudyCase,
     concept_value,
     evaluate_feature,
     summarise,
     target_concept,
 )
-from workbench.steering import SteeringError
+from workbench.steer.intervene import SteeringError
 
 
 class ScriptedAdapter:
@@ -135,7 +135,7 @@ def test_steer_preset_loads():
     from pathlib import Path
 
     from workbench.config import load_config
-    from workbench.steer import SteerConfig
+    from workbench.steer.run import SteerConfig
 
     cfg = load_config(SteerConfig, Path(__file__).resolve().parents[2] / "configs" / "steer.toml")
     assert cfg.scale == (0.0, 1.0, 2.0, 4.0, 8.0) and cfg.unit == "max_act"

@@ -210,7 +210,7 @@ def test_phantom_tree_matches_generator_ground_truth(tmp_path):
     """Priors, frontal images and splits agree with what the phantom generator says it made."""
     import json
 
-    from workbench.cxr.phantom import PhantomConfig, generate
+    from workbench.cxr.phantom.run import PhantomConfig, generate
 
     generate(PhantomConfig(out=tmp_path, studies=30, size=64, masks=False, seed=5))
     with (tmp_path / "phantom-studies.jsonl").open() as fh:

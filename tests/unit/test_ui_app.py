@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.ui.tiny_run import build
+from workbench.testing.tiny_run import build
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_analytics_off_before_gradio():
 def test_serve_binds_loopback_never_shares(run, monkeypatch):
     import gradio as gr
 
-    from workbench.ui.build import AppConfig, serve
+    from workbench.ui.app import AppConfig, serve
 
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
@@ -47,7 +47,7 @@ def test_serve_binds_loopback_never_shares(run, monkeypatch):
 def test_missing_run_still_builds_with_message(tmp_path, monkeypatch):
     import gradio as gr
 
-    from workbench.ui.build import AppConfig, serve
+    from workbench.ui.app import AppConfig, serve
 
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: None)
     app, ctx = serve(AppConfig(run=tmp_path / "missing"), block=False)
@@ -57,7 +57,7 @@ def test_missing_run_still_builds_with_message(tmp_path, monkeypatch):
 
 def test_cli_parses_flags():
     from workbench.config import parse_config
-    from workbench.ui.build import AppConfig
+    from workbench.ui.app import AppConfig
 
     cfg = parse_config(AppConfig, ["--run", "runs/x", "--port", "8000", "--open-feature", "3"])
     assert cfg.run == Path("runs/x") and cfg.port == 8000 and cfg.open_feature == 3

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from workbench import db
+from workbench.testing.tiny_run import build, coverage, positives, studies
 from workbench.ui import charts, handlers, handlers_study, launch_line, runinfo
 from workbench.ui.context import open_context
-from workbench.ui.tiny_run import build, coverage, positives, studies
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_sql(ctx):
 
 
 def test_sql_examples_all_run(ctx):
-    from workbench.ui.sql import EXAMPLES
+    from workbench.ui.tabs.sql import EXAMPLES
 
     for name, sql in EXAMPLES.items():
         res = runinfo.run_sql(ctx, sql)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.analyse_user_labels import UserLabelError, check_known, merge, read_user_labels
-from workbench.concepts import LabelMatrix
+from workbench.analyse.concepts import LabelMatrix
+from workbench.analyse.user_labels import UserLabelError, check_known, merge, read_user_labels
 
 
 def _write(tmp_path, text: str):
@@ -72,7 +72,7 @@ def test_merge_appends_user_columns(tmp_path):
 def test_analyse_falls_back_to_the_model_in_the_store_manifest(tmp_path):
     from types import SimpleNamespace
 
-    from workbench.analyse_inputs import _manifest_model
+    from workbench.analyse.inputs import _manifest_model
 
     model = tmp_path / "my-model"
     model.mkdir()

@@ -27,6 +27,9 @@ DEVICES: tuple[str, ...] = (
     "sternotomy_wires",
 )
 
+# Every concept the phantom renders into the frontal image (findings, then devices).
+RENDERED: tuple[str, ...] = FINDINGS + DEVICES
+
 # The 14 CheXpert labels, in MIMIC-CXR's column order.
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Atelectasis",

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from workbench.cxr.findings import CHANGES, CHEXPERT_LABELS, DEVICES, FINDINGS, concept_names
-from workbench.cxr.reports import examination
+from workbench.cxr.phantom.reports import examination
+from workbench.io import write_bytes
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT = "mimic-cxr-2.0.0-split.csv"
@@ -74,15 +75,6 @@ def mask_dir(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
     """``masks/pXX/pSUBJECT/sSTUDY/<dicom_id>`` (one PNG per mask)."""
     s = str(subject_id)
     return Path(root) / "masks" / f"p{s[:2]}" / f"p{s}" / f"s{study_id}" / dicom_id
-
-
-def write_bytes(path: Path, data: bytes, mkdir: bool = True) -> None:
-    """Write atomically: a reader never sees a truncated file."""
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def jpeg_bytes(img_u8: np.ndarray, quality: int) -> bytes:

@@ -16,13 +16,14 @@ in the local Hugging Face cache (``local_files_only``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from workbench.io import atomic_path, write_text
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -192,13 +193,10 @@ def save_checkpoint(
         paths.append(directory / name)
         mapping.update({k: name for k in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(mapping.items()))}
-    tmp = directory / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, directory / INDEX_NAME)
+    write_text(directory / INDEX_NAME, json.dumps(index, indent=2))
     return paths
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})

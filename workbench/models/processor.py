@@ -36,6 +36,7 @@ from workbench.models.grounding import BoxType, adjust_box_for_original_image_si
 from workbench.models.prompts import (
     CHAT_TEMPLATE,
     Prompt,
+    ReportingRequest,
     Segment,
     phrase_grounding_prompt,
     reporting_prompt,
@@ -227,7 +228,7 @@ class Maira2Processor:
         Images go in the order frontal, [lateral], [prior frontal], as in the prompt. With
         ``assistant_text`` the findings are teacher-forced as the assistant turn.
         """
-        prompt = reporting_prompt(
+        request = ReportingRequest(
             has_lateral=current_lateral is not None,
             has_prior=prior_frontal is not None,
             indication=indication,
@@ -236,8 +237,8 @@ class Maira2Processor:
             prior_report=prior_report,
             get_grounding=get_grounding,
             assistant_text=assistant_text,
-            eos_token=self.tokenizer.eos_token or "",
         )
+        prompt = reporting_prompt(request, eos_token=self.tokenizer.eos_token or "")
         images = [im for im in (current_frontal, current_lateral, prior_frontal) if im is not None]
         return self.encode(prompt, images)
 

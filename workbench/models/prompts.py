@@ -14,6 +14,7 @@ role (``current_frontal``, ``current_lateral``, ``prior_frontal``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 SYSTEM_PROMPT = (
@@ -95,30 +96,47 @@ def image_items(has_lateral: bool, has_prior: bool) -> list[dict]:
     return items
 
 
-def reporting_messages(
-    has_lateral: bool,
-    has_prior: bool,
-    indication: str | None,
-    technique: str | None,
-    comparison: str | None,
-    prior_report: str | None,
-    get_grounding: bool = False,
-    assistant_text: str | None = None,
-) -> list[dict]:
+@dataclass(frozen=True)
+class ReportingRequest:
+    """What a MAIRA-2 findings prompt is made of (``format_and_preprocess_reporting_input``).
+
+    The images themselves are not part of it: only which of them the prompt has slots for.
+    """
+
+    has_lateral: bool = False
+    """The prompt has a slot for the current lateral image."""
+    has_prior: bool = False
+    """The prompt has a slot for the prior frontal image (and a PRIOR_REPORT section)."""
+    indication: str | None = None
+    """INDICATION section text (None or empty: "None")."""
+    technique: str | None = None
+    """TECHNIQUE section text."""
+    comparison: str | None = None
+    """COMPARISON section text."""
+    prior_report: str | None = None
+    """The prior study's report; only rendered when ``has_prior``."""
+    get_grounding: bool = False
+    """Ask for grounded findings (boxes) instead of plain findings."""
+    assistant_text: str | None = None
+    """Findings teacher-forced as the assistant turn; None adds the generation prompt."""
+
+
+def reporting_messages(request: ReportingRequest) -> list[dict]:
     """Chat messages for (grounded) findings generation; the prior report needs a prior image."""
-    items = image_items(has_lateral, has_prior)
-    if has_prior:
-        items += [_text(" PRIOR_REPORT: "), _text(section_text(prior_report), "prior_report")]
-    instruction = _FINDINGS_INSTRUCTION + (_GROUNDING_INSTRUCTION if get_grounding else "")
+    r = request
+    items = image_items(r.has_lateral, r.has_prior)
+    if r.has_prior:
+        items += [_text(" PRIOR_REPORT: "), _text(section_text(r.prior_report), "prior_report")]
+    instruction = _FINDINGS_INSTRUCTION + (_GROUNDING_INSTRUCTION if r.get_grounding else "")
     items += [
         _text(instruction + " INDICATION: "),
-        _text(section_text(indication), "indication"),
+        _text(section_text(r.indication), "indication"),
         _text(" TECHNIQUE: "),
-        _text(section_text(technique), "technique"),
+        _text(section_text(r.technique), "technique"),
         _text(" COMPARISON: "),
-        _text(section_text(comparison), "comparison"),
+        _text(section_text(r.comparison), "comparison"),
     ]
-    return _with_assistant([{"role": "user", "content": items}], assistant_text)
+    return _with_assistant([{"role": "user", "content": items}], r.assistant_text)
 
 
 def phrase_grounding_messages(phrase: str, assistant_text: str | None = None) -> list[dict]:
@@ -163,29 +181,10 @@ def render(messages: list[dict], eos_token: str, add_generation_prompt: bool) ->
     return Prompt(tuple(seg for seg in segments if seg.text))
 
 
-def reporting_prompt(
-    has_lateral: bool,
-    has_prior: bool,
-    indication: str | None,
-    technique: str | None,
-    comparison: str | None,
-    prior_report: str | None,
-    get_grounding: bool = False,
-    assistant_text: str | None = None,
-    eos_token: str = "</s>",
-) -> Prompt:
+def reporting_prompt(request: ReportingRequest, eos_token: str = "</s>") -> Prompt:
     """The rendered findings prompt; the generation prompt is added without assistant text."""
-    messages = reporting_messages(
-        has_lateral,
-        has_prior,
-        indication,
-        technique,
-        comparison,
-        prior_report,
-        get_grounding,
-        assistant_text,
-    )
-    return render(messages, eos_token, add_generation_prompt=assistant_text is None)
+    messages = reporting_messages(request)
+    return render(messages, eos_token, add_generation_prompt=request.assistant_text is None)
 
 
 def phrase_grounding_prompt(

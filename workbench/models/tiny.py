@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from transformers import (
     Dinov2Config,
     LlamaConfig,
@@ -21,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from workbench.io import torch_threads
 from workbench.models.maira2 import Maira2Config, Maira2ForConditionalGeneration
 
 # Enough radiology text for the BPE to learn a few hundred merges in well under a second.
@@ -37,7 +37,7 @@ _CORPUS = (
 
 def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """maira2-mini's tokenizer layout (byte-level BPE + MAIRA-2's 207 tokens), trained tiny."""
-    from workbench.models.mini_tokenizer import train_tokenizer
+    from workbench.models.mini.tokenizer import train_tokenizer
 
     return train_tokenizer([_CORPUS] * 4, vocab_size=vocab_size)
 
@@ -123,9 +123,5 @@ def single_thread() -> Iterator[None]:
     Matrices this small gain nothing from threads, and on a shared 2-core machine
     oversubscribed threads make a tiny forward ~20x slower (measured 1.9 s vs 0.1 s).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.config import ConfigError
+from workbench.run import RunLayout
 
 
 @dataclass
@@ -18,10 +19,12 @@ class TrainSAEConfig:
     input on its own, so early latents learn general features and later ones refine them.
     """
 
+    run: Path | None = None
+    """Run directory: store and out default to <run>/activations and <run>/sae."""
     store: Path | None = None
     """Activation store directory to train on (written by `python -m workbench.record`)."""
     out: Path | None = None
-    """Output directory for the SAE; default: `sae/` next to the store (runs/x/sae)."""
+    """Output directory for the SAE; default: <run>/sae, else `sae/` next to the store."""
     d_in: int = 0
     """Width of the activations; 0 takes it from the store (a mismatch is an error)."""
     d_sae: int = 0
@@ -123,6 +126,8 @@ class TrainSAEConfig:
         """runs/x/activations -> runs/x/sae."""
         if self.out is not None:
             return Path(self.out)
+        if self.run is not None:
+            return RunLayout(self.run).sae
         if self.store is None:
             raise ConfigError("give --out (no --store to place the SAE beside)")
         return Path(self.store).parent / "sae"

@@ -17,13 +17,13 @@ decoder rows (norms are folded into the encoder, as SAELens ``fold_W_dec_norm`` 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from workbench.io import atomic_path, write_json
 from workbench.sae.matryoshka import MatryoshkaSAE
 
 SAELENS_CFG = "cfg.json"
@@ -37,12 +37,6 @@ SAELENS_FORMAT = "6.0.0"
 
 class SAEFormatError(ValueError):
     """A directory holds no SAE we can read, or a malformed one (message names the file)."""
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def saelens_cfg(sae: MatryoshkaSAE, model_name: str | None = None) -> dict[str, Any]:
@@ -85,10 +79,9 @@ def save_sae(
         "b_dec": sae.b_dec_D.detach().cpu().contiguous(),
         "threshold": (thr * torch.ones(sae.d_sae)).to(sae.W_enc_DF.dtype).contiguous(),
     }
-    tmp = path / (SAELENS_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path / SAELENS_WEIGHTS)
-    _atomic_json(saelens_cfg(sae, model_name), path / SAELENS_CFG)
+    with atomic_path(path / SAELENS_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json(path / SAELENS_CFG, saelens_cfg(sae, model_name))
     meta = {
         "format_version": FORMAT_VERSION,
         "d_in": sae.d_in,
@@ -99,7 +92,7 @@ def save_sae(
         "threshold": thr.tolist(),
         **(extra or {}),
     }
-    _atomic_json(meta, path / WORKBENCH_META)
+    write_json(path / WORKBENCH_META, meta)
     return path
 
 

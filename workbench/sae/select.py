@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from workbench.io import torch_threads
+
 _SAMPLE = 1 << 16  # elements sampled to bound the cut
 _CHUNK_ELEMS = 1 << 22  # pre-activations per chunk (16 MB in fp32: stays in the L3 cache)
 
@@ -93,12 +95,8 @@ def _mm(a: torch.Tensor, b: torch.Tensor, threads: int | None) -> torch.Tensor:
     """``a @ b``, on ``threads`` CPU threads if given (restored afterwards)."""
     if threads is None or a.device.type != "cpu":
         return torch.mm(a, b)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return torch.mm(a, b)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _dense(x_aug, W_aug, n_keep, dead_idx, threshold, out_dtype, threads) -> Selection:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.config import save_config, to_dict
+from workbench.io import atomic_path, torch_threads
+from workbench.run import RunLayout
 from workbench.sae.config import TrainSAEConfig
 from workbench.sae.data import (
     DataError,
@@ -174,9 +175,8 @@ class Trainer:
                 "fingerprint": self._fingerprint(),
             }
             path = self.ckpt_dir / f"step_{self.step:08d}.pt"
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
             for old in self._checkpoints()[:-2]:
                 old.unlink()
         self.dist.barrier()
@@ -243,12 +243,8 @@ class Trainer:
         """One step; on CPU all but the encoder product run on ``sparse_threads`` threads."""
         full = torch.get_num_threads()
         narrow = self.dist.device.type == "cpu" and 0 < self.cfg.sparse_threads < full
-        if narrow:
-            torch.set_num_threads(self.cfg.sparse_threads)
-        try:
+        with torch_threads(self.cfg.sparse_threads if narrow else None):
             return self._step(logging, dense_threads=full if narrow else None)
-        finally:
-            torch.set_num_threads(full)
 
     def _step(self, logging: bool, dense_threads: int | None) -> StepStats:
         """Forward, backward, all-reduce, project, clip, Adam, renormalise, threshold."""
@@ -382,6 +378,8 @@ def train_on(source: ShardSource, cfg: TrainSAEConfig, stop_after: int | None = 
 def train(cfg: TrainSAEConfig) -> Path:
     """Train an SAE on ``cfg.store`` and return the artefact directory (runs/x/sae)."""
     cfg.validate()
+    if cfg.store is None and cfg.run is not None:
+        cfg = dataclasses.replace(cfg, store=RunLayout(cfg.run).activations)
     if cfg.store is None:
-        raise DataError("no activation store given (--store runs/x/activations)")
+        raise DataError("no activation store given (--run runs/x or --store runs/x/activations)")
     return train_on(StoreSource(cfg.store), dataclasses.replace(cfg))

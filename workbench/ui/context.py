@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from workbench import db
+from workbench.run import RunLayout
 from workbench.ui.safety import restrict
 
 SAE_WEIGHTS = "sae_weights.safetensors"
@@ -79,7 +80,7 @@ class RunNotReadyError(RuntimeError):
 
 def sae_state(run_dir: Path) -> str:
     """'trained' when the SAE artefact is complete, 'training' when only logs/state exist."""
-    sae_dir = run_dir / "sae"
+    sae_dir = RunLayout(run_dir).sae
     if (sae_dir / SAE_WEIGHTS).exists() and (sae_dir / "cfg.json").exists():
         return "trained"
     if sae_dir.is_dir() and any(sae_dir.iterdir()):

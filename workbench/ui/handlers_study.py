@@ -52,35 +52,55 @@ def study_view(ctx: AppContext, study_id: int | float | str | None, feature=None
     if st is None:
         return _empty_study(render.message(f"Study {sid} is not in this run.", "error"))
     sections = queries.study_sections(ctx, sid)
-    choices: list[tuple[str, int]] = []
-    for r in sections:
-        if all(r["feature"] != f for _, f in choices):
-            choices.append((f"#{r['feature']} {r['label'] or ''} ({r['section']})", r["feature"]))
     f = (
         render.as_int(feature)
         if render.as_int(feature) is not None
         else (sections[0]["feature"] if sections else None)
     )
-    header_rows = queries.feature_header(ctx, f) if f is not None else None
-    vmax = float(header_rows["max_act"] or 0) if header_rows else 0.0
-    uri = study_heatmap_uri(ctx, sid, f, vmax)
-    cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
-    toks = queries.study_tokens(ctx, sid, f)
-    report = _report_html(toks, vmax or 1.0) if toks else escape(_report_text(st))
+    vmax = _feature_vmax(ctx, f)
     return StudyView(
         header=_header(ctx, st),
-        image=render.card(
-            "Images",
-            render.image_block(uri, cap if uri else "Image not available.")
-            + _other_images(ctx, st.get("frontal_path")),
-        ),
-        report=render.card(
-            "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
-            f'<div class="wb-report">{report}</div>',
-        ),
+        image=_images_card(ctx, st, f, vmax),
+        report=_report_card(ctx, st, f, vmax),
         sections=render.card("Most active features", _sections_html(sections)),
-        choices=choices,
+        choices=_feature_choices(sections),
         feature=f,
+    )
+
+
+def _feature_choices(sections: list[dict]) -> list[tuple[str, int]]:
+    """The study's active features for the picker, first occurrence (section) of each."""
+    choices: list[tuple[str, int]] = []
+    for r in sections:
+        if all(r["feature"] != f for _, f in choices):
+            choices.append((f"#{r['feature']} {r['label'] or ''} ({r['section']})", r["feature"]))
+    return choices
+
+
+def _feature_vmax(ctx: AppContext, feature: int | None) -> float:
+    """The feature's maximum activation over the run (0 when unknown): the colour scale."""
+    header_rows = queries.feature_header(ctx, feature) if feature is not None else None
+    return float(header_rows["max_act"] or 0) if header_rows else 0.0
+
+
+def _images_card(ctx: AppContext, st: dict, f: int | None, vmax: float) -> str:
+    """The frontal image coloured by feature ``f`` and thumbnails of the other views."""
+    uri = study_heatmap_uri(ctx, st["study_id"], f, vmax)
+    cap = f"frontal image, coloured by feature #{f}" if f is not None else "frontal image"
+    return render.card(
+        "Images",
+        render.image_block(uri, cap if uri else "Image not available.")
+        + _other_images(ctx, st.get("frontal_path")),
+    )
+
+
+def _report_card(ctx: AppContext, st: dict, f: int | None, vmax: float) -> str:
+    """The report text, its tokens coloured by feature ``f`` when it has recorded tokens."""
+    toks = queries.study_tokens(ctx, st["study_id"], f)
+    report = _report_html(toks, vmax or 1.0) if toks else escape(_report_text(st))
+    return render.card(
+        "Report" + (f" (coloured by feature #{f})" if f is not None else ""),
+        f'<div class="wb-report">{report}</div>',
     )
 
 

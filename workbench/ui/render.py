@@ -2,7 +2,7 @@
 
 Anything that came from the database or a report is passed through :func:`html.escape`;
 elements the user can click carry ``data-feature`` / ``data-study`` attributes that the
-page's small click script turns into Gradio events (see :mod:`workbench.ui.build`).
+page's small click script turns into Gradio events (see :mod:`workbench.ui.app`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import duckdb
 
+from workbench.run import RunLayout
 from workbench.ui import charts, render
 from workbench.ui.context import AppContext, read_json
 from workbench.ui.safety import UnsafeQueryError, check_sql, run_limited
@@ -94,7 +95,7 @@ def _show(v: Any) -> str:
 
 
 def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    m = read_json(run_dir / "activations" / "manifest.json") or {}
+    m = read_json(RunLayout(run_dir).activations / "manifest.json") or {}
     studies = m.get("studies_complete")
     return [
         ("model", m.get("model")),
@@ -107,8 +108,9 @@ def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
 
 
 def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    ours = read_json(run_dir / "sae" / "workbench_sae.json") or {}
-    lens = read_json(run_dir / "sae" / "cfg.json") or {}
+    sae = RunLayout(run_dir).sae
+    ours = read_json(sae / "workbench_sae.json") or {}
+    lens = read_json(RunLayout.cfg(sae)) or {}
     final = ours.get("final_metrics") or {}
     d_in, d_sae = ours.get("d_in", lens.get("d_in")), ours.get("d_sae", lens.get("d_sae"))
     return [
@@ -135,7 +137,7 @@ def _db_runs(ctx: AppContext) -> str:
 
 def log_files(run_dir: Path) -> list[Path]:
     """The SAE training logs under ``sae/``: the trainer's own log last, else newest last."""
-    sae = run_dir / "sae"
+    sae = RunLayout(run_dir).sae
     if not sae.is_dir():
         return []
     logs = sae.rglob("*.jsonl")

@@ -1,0 +1,100 @@
+"""maira2-mini stage 1: cost of the input-size choices, and the gate table of a trained encoder.
+
+``python benchmarks/bench_mini_vision.py speed [--sizes 128/16 192/16 256/16]``
+    times stage-1 steps (encoder forward + backward + heads, batch 32) at each
+    image_size/patch_size and prints images/s and the relative cost.
+``python benchmarks/bench_mini_vision.py gate [--model data/maira2-mini]``
+    the linear-probe AUROC and pointing-game table (:mod:`workbench.models.mini.probe`) of the
+    model's frozen encoder on the phantom test split (probe fitted on the train split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def time_size(image_size: int, patch: int, steps: int, batch: int) -> float:
+    """Images/s of stage-1 training steps at one input size (random pixels and targets)."""
+    from transformers import Dinov2Backbone, Dinov2Config
+
+    from workbench.models.maira2 import Maira2ForConditionalGeneration  # noqa: F401 (registers)
+    from workbench.models.mini.dense import DENSE_CHANNELS
+    from workbench.models.mini.vision import VisionHeads, encoder_tokens
+
+    cfg = Dinov2Config(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
+        patch_size=patch, image_size=image_size, out_features=["stage4"],
+        reshape_hidden_states=False, apply_layernorm=True,
+    )  # fmt: skip
+    tower, heads = Dinov2Backbone(cfg), VisionHeads(128)
+    opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=1e-4)
+    grid = image_size // patch
+    pixels = torch.randn(batch, 3, image_size, image_size)
+    cover = torch.rand(batch, grid * grid, len(DENSE_CHANNELS))
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        dense, image = heads(encoder_tokens(tower, pixels))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(dense, cover) + image.mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def speed(args) -> None:
+    rows = []
+    for spec in args.sizes:
+        size, patch = (int(v) for v in spec.split("/"))
+        rows.append((spec, (size // patch) ** 2, time_size(size, patch, args.steps, 32)))
+    base = rows[0][2]
+    print(f"threads {torch.get_num_threads()}, batch 32, {args.steps} timed steps each")
+    print("| size/patch | tokens | images/s | cost per image vs first |")
+    print("|---|---|---|---|")
+    for spec, tokens, ips in rows:
+        print(f"| {spec} | {tokens} | {ips:.0f} | {base / ips:.2f}x |")
+
+
+def gate(args) -> None:
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.dense import encode_frontals
+    from workbench.models.mini.eval import read_phantom_labels
+    from workbench.models.mini.probe import gate_markdown, gate_table
+    from workbench.models.mini.vision import load_heads
+    from workbench.models.registry import load_model
+
+    adapter = load_model(str(args.model))
+    tower, heads = adapter.model.vision_tower, load_heads(args.model)
+    truth = read_phantom_labels(args.phantom)
+    split = {s: list(iter_studies(args.phantom, split=s)) for s in ("train", "test")}
+    train = encode_frontals(adapter.processor, args.phantom, split["train"], truth)
+    test = encode_frontals(adapter.processor, args.phantom, split["test"], truth)
+    print(gate_markdown(gate_table(tower, heads, train, test)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--sizes", nargs="+", default=["128/16", "192/16", "224/16", "256/16"])
+    s.add_argument("--steps", type=int, default=5)
+    g = sub.add_parser("gate")
+    g.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
+    g.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    speed(args) if args.cmd == "speed" else gate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""``python -m workbench.analyse``: one pass of an SAE over an activation store -> DuckDB.
+
+Reads the run's activation store, SAE, dataset labels and (optionally) model, and writes
+``features.duckdb`` and ``feature_acts.parquet`` beside them (schema: ``docs/schema.md``).
+
+The only pass over the activations encodes each batch, keeps its non-zero latents, feeds
+them to the streaming accumulators of :mod:`workbench.analyse.stats` and appends them to the
+Parquet. Everything that needs a feature's whole distribution or a join with the tokens
+(study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
+(:mod:`workbench.analyse.tables`); concept AUROCs come from :mod:`workbench.analyse.concepts`,
+decoder geometry from :mod:`workbench.analyse.directions`. The database is built as a temporary
+file and swapped in atomically (:func:`workbench.db.rewrite`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from workbench import db
+from workbench.analyse import tables as ft
+from workbench.analyse.concepts import (
+    LabelMatrix,
+    recovery_report,
+    write_feature_concepts,
+    write_recovery,
+)
+from workbench.analyse.config import AnalyseConfig
+from workbench.analyse.directions import logit_effects, matryoshka_groups, nearest_neighbors
+from workbench.analyse.inputs import (
+    AnalyseError,
+    Inputs,
+    carry_over,
+    open_inputs,
+    sae_fingerprint,
+    write_studies_and_labels,
+)
+from workbench.analyse.meaning import write_meaning
+from workbench.analyse.report import meaning_report
+from workbench.analyse.stats import (
+    FeatureAccumulator,
+    FeatureSummary,
+    histogram_table,
+    kind_codes,
+    sparsify,
+    stats_table,
+)
+from workbench.config import parse_config, save_config
+from workbench.io import torch_threads
+
+log = logging.getLogger("workbench.analyse")
+
+ACTS_SCHEMA = pa.schema([("row", pa.int64()), ("feature", pa.int32()), ("value", pa.float32())])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """Run the per-batch bookkeeping on one CPU thread.
+
+    Its ops are small (a few hundred thousand entries), and torch's intra-op threads cost
+    more in synchronisation than they save there, badly so on a shared, busy CPU (measured
+    10-25x slower with 2 threads under load, benchmarks/RESULTS.md). The matmul of
+    ``encode`` keeps all threads.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    with torch_threads(1):
+        yield
+
+
+@torch.no_grad()
+def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
+    """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
+    device = _device(cfg.device)
+    sae = inp.sae.to(device)
+    acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave, device=device)
+    # no dictionary pages, delta-coded rows: 6x cheaper to write than pyarrow's defaults
+    # and smaller (rows are sorted; features and values have too many distinct values)
+    opts = {"use_dictionary": False, "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
+    with pq.ParquetWriter(acts_path, ACTS_SCHEMA, **opts) as writer:
+        for i in range(inp.store.num_shards):
+            acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
+            rows = meta.column("row").to_numpy()
+            r0 = int(rows[0]) if len(rows) else 0
+            if len(rows) != acts_ND.shape[0] or not np.array_equal(rows, r0 + np.arange(len(rows))):
+                raise AnalyseError(f"{inp.store.path}: shard {i} rows are not dense/aligned")
+            codes = kind_codes(meta.column("kind").to_pylist(), f"{inp.store.path} shard {i}")
+            codes = codes.to(device)
+            ft.insert_tokens(con, meta)
+            for b0 in range(0, acts_ND.shape[0], cfg.batch_tokens):
+                x_BD = acts_ND[b0 : b0 + cfg.batch_tokens].to(device, torch.float32)
+                lat_BF = sae.encode(x_BD)
+                if lat_BF.shape != (x_BD.shape[0], sae.d_sae):
+                    raise AnalyseError(f"SAE encode returned {tuple(lat_BF.shape)}")
+                with _single_thread(device):
+                    sb = sparsify(lat_BF, r0 + b0)
+                    acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
+                s_rows, s_feats, s_vals = (t.cpu().numpy() for t in sb)
+                writer.write_table(
+                    pa.table([s_rows, s_feats.astype(np.int32), s_vals], schema=ACTS_SCHEMA)
+                )
+            log.info("shard %d/%d encoded (%d tokens)", i + 1, inp.store.num_shards, len(rows))
+    inp.sae.cpu()
+    return acc.summary()
+
+
+def _insert(con, table: str, rows: pa.Table, select: str = "SELECT * FROM _src") -> None:
+    """``INSERT INTO table <select>`` where ``_src`` is the Arrow table ``rows``."""
+    con.register("_src", rows)
+    con.execute(f"INSERT INTO {table} {select}")
+    con.unregister("_src")
+
+
+def write_feature_tables(con, inp: Inputs, s: FeatureSummary) -> None:
+    """``features``, ``feature_stats`` (with n_studies) and ``feature_histograms``."""
+    sae, F = inp.sae, inp.sae.d_sae
+    features = {
+        "feature": np.arange(F, dtype=np.int32),
+        "matryoshka_group": matryoshka_groups(tuple(sae.group_sizes), F),
+        "encoder_bias": sae.b_enc_F.detach().float().cpu().numpy(),
+        "decoder_norm": sae.W_dec_FD.detach().float().norm(dim=1).cpu().numpy(),
+    }
+    _insert(con, "features", pa.table(features))
+    _insert(
+        con,
+        "feature_stats",
+        stats_table(s),
+        "SELECT s.*, coalesce(n.n, 0), s.n_fires = 0 FROM _src s "
+        "LEFT JOIN (SELECT feature, count(*)::INTEGER AS n FROM study_features GROUP BY 1) n "
+        "USING (feature) ORDER BY feature",
+    )
+    _insert(con, "feature_histograms", histogram_table(s))
+
+
+def write_directions(con, inp: Inputs, cfg: AnalyseConfig) -> None:
+    """``feature_neighbors`` and, when the model's unembedding is available, ``feature_logits``."""
+    W_dec = inp.sae.W_dec_FD.detach().float().cpu()
+    blocks = [("feature_neighbors", nearest_neighbors(W_dec, cfg.n_neighbors, cfg.block))]
+    if inp.unembed is not None:
+        blocks.append(
+            ("feature_logits", logit_effects(W_dec, inp.unembed, cfg.n_logits, cfg.block))
+        )
+    for name, tables in blocks:
+        for table in tables:
+            _insert(con, name, table)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    yield
+    cpu = time.process_time() - c0
+    timings[name] = timings.get(name, 0.0) + cpu
+    log.info("%s: %.2f s (%.2f CPU s)", name, time.perf_counter() - t0, cpu)
+
+
+def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict]) -> LabelMatrix:
+    """Every analyse table, in dependency order, inside the writer connection ``con``."""
+    acts, notes, timings = sinks  # sparse Parquet being written, run notes, step timings
+    with _timed(timings, "encode pass"):
+        summary = encode_pass(con, inp, cfg, acts)
+    with _timed(timings, "study maxima + stats"):
+        ft.build_study_features(con, acts)
+        write_feature_tables(con, inp, summary)
+    with _timed(timings, "examples"):
+        ft.stage_top_examples(con, summary.top_vals, summary.top_rows)
+        ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
+        ft.build_examples(con, acts, cfg.context)
+    with _timed(timings, "labels + AUROC"):
+        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels)
+        write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
+        write_recovery(con, cfg.recovery_threshold)
+    with _timed(timings, "mentions, localisation, probes"):
+        write_meaning(con, inp, cfg, labels, (acts, notes))
+    with _timed(timings, "n-grams + statistical labels"):
+        if cfg.n_ngrams:
+            ft.build_ngrams(con, acts, cfg.n_ngrams)
+        ft.build_statistical_labels(con, cfg.label_min_auroc)
+    with _timed(timings, "neighbours + logits"):
+        write_directions(con, inp, cfg)
+    return labels
+
+
+def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path:
+    """Analyse the run's SAE over its store; returns the path of ``features.duckdb``.
+
+    ``timings``, if given, receives the CPU seconds spent in each step (for benchmarks).
+    """
+    timings = {} if timings is None else timings
+    cfg.validate()
+    path = db.db_path(cfg.run)
+    if cfg.reuse and path.exists():
+        log.info("%s exists and reuse=True: not recomputed", path)
+        return path
+    notes: list[str] = []
+    inp = open_inputs(cfg, notes)
+    started = db.utc_now()
+    fingerprint = sae_fingerprint(inp.sae)
+    acts = path.parent / db.ACTS_NAME
+    acts_tmp = acts.with_name(acts.name + ".tmp")
+    try:
+        with db.rewrite(cfg.run, fresh=True) as con:
+            labels = _build(con, inp, cfg, (acts_tmp, notes, timings))
+            carry_over(con, path, fingerprint, notes)
+            db.insert_run_row(
+                con,
+                db.run_row("analyse", started, cfg, notes),
+                db.Provenance(
+                    str(inp.store.path),
+                    str(inp.sae_path),
+                    fingerprint,
+                    inp.store.hook_name,
+                    inp.store.n_tokens,
+                    len(labels.study_ids),
+                    inp.sae.d_sae,
+                ),
+            )
+            with _timed(timings, "indexes"):
+                db.create_indexes(con)
+            os.replace(acts_tmp, acts)
+    finally:
+        acts_tmp.unlink(missing_ok=True)
+    save_config(cfg, path.parent / "analyse-cfg.json")
+    for note in notes:
+        log.info("note: %s", note)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(AnalyseConfig, argv, prog="python -m workbench.analyse")
+    try:
+        path = analyse(cfg)
+    except AnalyseError as exc:
+        log.error("%s", exc)
+        return 1
+    print(path)
+    if cfg.report:
+        print(recovery_report(cfg.run))
+        print(meaning_report(cfg.run))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""One study's ground truth -> frontal (and lateral) pixels plus the frontal masks.
+
+``render_study`` is the single entry the generator calls per study. It is a pure function of
+the study record and a generator seeded from ``(seed, study index)``, so a study renders to the
+same bytes in any process and in any order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from workbench.cxr.phantom import lesions
+from workbench.cxr.phantom.anatomy import (
+    AIR,
+    body_density,
+    bone_density,
+    frontal_geometry,
+    heart_fields,
+    heart_mask,
+    heart_width_px,
+    lung_layers,
+    place_heart,
+    thorax_width_px,
+)
+from workbench.cxr.phantom.devices import draw_devices
+from workbench.cxr.phantom.draw import Frame, smooth, smooth_noise
+from workbench.cxr.phantom.lateral import render_lateral
+
+
+class Rendered(NamedTuple):
+    frontal: np.ndarray  # uint8 [S, S]
+    lateral: np.ndarray | None  # uint8 [S, S] or None when the study has no lateral view
+    masks: dict[str, np.ndarray]  # name -> bool [S, S], frontal only
+    measured: dict[str, float]  # quantities measured on the masks (e.g. the CTR)
+
+
+def to_grey(density: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndarray:
+    """Density -> 8-bit grey: exposure and contrast, quantum noise, detector blur."""
+    img = 1.0 - np.exp(-2.1 * density * acq["exposure"])
+    img = img / (1.0 - np.exp(-2.1 * 1.05)) + acq["brightness"]
+    img = smooth(img, 0.8)  # detector unsharpness
+    half = max(img.shape[0] // 2, 16)
+    noise = Image.fromarray(rng.standard_normal((half, half), dtype=np.float32), mode="F")
+    noise = np.asarray(noise.resize(img.shape[::-1], Image.BILINEAR), dtype=np.float32)
+    img = img + acq["noise"] * (0.6 + 0.6 * (1.0 - np.clip(img, 0, 1))) * noise * 0.9
+    return np.round(np.clip(img, 0.0, 1.0) ** 1.1 * 255.0).astype(np.uint8)
+
+
+def _apply_findings(study, g, frame, lay, masks, rng) -> None:
+    """Draw each present finding into ``lay`` and add its mask to ``masks``."""
+    f = study["findings"]
+    lungs = {k: masks[k] for k in ("left_lung", "right_lung")}
+    if "cardiomegaly" in f:
+        masks["cardiomegaly"] = masks["heart"].copy()
+    for name, fn in (
+        ("consolidation", lesions.consolidation),
+        ("atelectasis", lesions.atelectasis),
+        ("edema", lesions.edema),
+    ):
+        if name in f:
+            masks[name] = fn(g, frame, lay, lungs, f[name], rng)
+    if "nodule" in f:
+        masks["nodule"], profile = lesions.nodule(g, frame, lay, lungs, f["nodule"], rng)
+        for i, m in enumerate(lesions.annotators(profile, f["nodule"]["contrast"], frame, rng)):
+            masks[f"nodule_annotator_{i}"] = m
+    if "pleural_effusion" in f:
+        supine = study["acquisition"]["position"] == "supine"
+        masks["pleural_effusion"] = lesions.effusion(
+            g, frame, lay, lungs, f["pleural_effusion"], supine
+        )
+    if "pneumothorax" in f:
+        masks["pneumothorax"] = lesions.pneumothorax(g, frame, lay, lungs, f["pneumothorax"])
+    if "rib_fracture" in f:
+        masks["rib_fracture"] = lesions.fracture_mask(g, frame, f["rib_fracture"])
+
+
+def render_frontal(study: dict, size: int, rng: np.random.Generator):
+    """Frontal image, masks and measurements of one study."""
+    acq, hab = study["acquisition"], study["subject"]["habitus"]
+    # independent streams: adding a finding never changes the anatomy or the noise
+    anatomy_rng, findings_rng, noise_rng = rng.spawn(3)
+    frame = Frame(size, acq["rotation_deg"])
+    g = frontal_geometry(study)
+    masks, air, markings, texture = lung_layers(g, frame, acq["rotation_deg"], anatomy_rng)
+    thorax = thorax_width_px(masks["left_lung"], masks["right_lung"])
+    place_heart(g, study["ctr"], thorax, frame)
+    heart = heart_mask(g, frame)
+    masks["heart"] = heart
+    for k in ("left_lung", "right_lung"):
+        masks[k] = masks[k] & ~heart
+    heart_soft = heart.astype(np.float32)
+    lv, ra = heart_fields(g, frame)
+    bulk = np.sqrt(np.clip(1.0 - np.minimum(lv, ra), 0.0, 1.0)) * heart_soft
+    lay = lesions.Layers(
+        body=body_density(g, frame, hab, acq["position"] != "supine")
+        + 0.04 * heart_soft
+        + 0.03 * bulk,
+        bone=bone_density(g, frame, hab["bone_density"], study["findings"].get("rib_fracture")),
+        air=air * (1.0 - heart_soft),
+        markings=markings * (1.0 - 0.8 * heart_soft),
+        extra=np.zeros_like(air),
+        metal=np.zeros_like(air),
+    )
+    _apply_findings(study, g, frame, lay, masks, findings_rng)
+    lay.metal, device_masks = draw_devices(g, frame, study["devices"])
+    masks.update(device_masks)
+    mottle = smooth_noise(frame, anatomy_rng, max(2.0, size / 16)) * np.clip(lay.body, 0.0, 0.3)
+    density = (
+        0.06 * mottle  # uneven soft tissue, so the body is not a flat grey
+        + lay.body
+        + lay.bone
+        - AIR * lay.air
+        + 0.13 * lay.markings
+        + 0.025 * (texture - 0.5) * lay.air
+        + lay.extra
+        + 0.75 * lay.metal
+    )
+    measured = {
+        "thorax_width_px": thorax,
+        "heart_width_px": heart_width_px(heart),
+        "ctr_measured": round(heart_width_px(heart) / max(thorax, 1), 4),
+    }
+    return to_grey(density, acq, noise_rng), masks, measured, g
+
+
+def render_study(study: dict, size: int, rng: np.random.Generator) -> Rendered:
+    """Frontal + optional lateral view of one study, with the frontal masks."""
+    frontal_rng, lateral_rng = rng.spawn(2)
+    frontal, masks, measured, g = render_frontal(study, size, frontal_rng)
+    lateral = None
+    if study["acquisition"]["lateral"]:
+        lat_rng, lat_noise = lateral_rng.spawn(2)
+        lateral = to_grey(render_lateral(study, g, size, lat_rng), study["acquisition"], lat_noise)
+    return Rendered(frontal, lateral, masks, measured)

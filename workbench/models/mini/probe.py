@@ -1,0 +1,130 @@
+"""The stage-1 gate: does the frozen encoder see each phantom concept, and where?
+
+- **Linear probe AUROC**: a logistic regression (L2, fitted with L-BFGS on standardised
+  features) on the frozen encoder's [mean; max] pooled tokens of the train split's frontal
+  images, scored by image-level AUROC on the test split (subject-disjoint).
+- **Pointing game** (Zhang et al., 2016): for each test image where the concept is present
+  and has a mask, the patch with the highest dense-head logit for that concept must overlap
+  the mask. The score is the hit rate.
+
+The gate of issue 11 is AUROC >= 0.95 and pointing game >= 0.8 for each of the 13 concepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from workbench.cxr.findings import RENDERED
+from workbench.label.scoring import auroc
+from workbench.models.mini.dense import VisionExample, stack
+from workbench.models.mini.vision import VisionHeads, encoder_tokens
+
+
+class GateRow(NamedTuple):
+    """One concept's stage-1 gate figures on the test split."""
+
+    concept: str
+    positives: int
+    auroc: float | None
+    pointing: float | None  # None when no positive test image has a mask
+    pointed: int  # positive test images with a mask (the pointing game's denominator)
+
+
+@torch.no_grad()
+def frozen_outputs(
+    tower: torch.nn.Module, heads: VisionHeads, examples: Sequence[VisionExample], batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features [N, 2V] and dense-head logits [N, P, K] of the frozen encoder."""
+    tower.eval()
+    pooled, dense = [], []
+    for start in range(0, len(examples), batch):
+        pixels, _, _ = stack(examples[start : start + batch])
+        tokens_BPV = encoder_tokens(tower, pixels)
+        pooled.append(torch.cat([tokens_BPV.mean(1), tokens_BPV.amax(1)], dim=-1))
+        dense.append(heads.dense(tokens_BPV))
+    return torch.cat(pooled), torch.cat(dense)
+
+
+def fit_logistic(
+    x_ND: torch.Tensor, y_NC: torch.Tensor, l2: float = 1e-3, iters: int = 200
+) -> torch.nn.Linear:
+    """Multi-label logistic regression on standardised features (L-BFGS, L2 on weights)."""
+    mean, std = x_ND.mean(0), x_ND.std(0).clamp_min(1e-6)
+    z_ND = (x_ND - mean) / std
+    linear = torch.nn.Linear(x_ND.shape[1], y_NC.shape[1]).double()
+    z_ND, y_NC = z_ND.double(), y_NC.double()
+    opt = torch.optim.LBFGS(
+        linear.parameters(), lr=1.0, max_iter=iters, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(linear(z_ND), y_NC)
+        loss = loss + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    # fold the standardisation into the weights so the probe reads raw features
+    with torch.no_grad():
+        weight = linear.weight / std.double()
+        linear.bias -= (weight * mean.double()).sum(1)
+        linear.weight.copy_(weight)
+    return linear.float()
+
+
+def pointing_game(
+    dense_NPK: torch.Tensor, cover_NPK: torch.Tensor, k: int
+) -> tuple[float | None, int]:
+    """Hit rate of channel ``k``'s top patch on the images whose ``k`` mask is non-empty."""
+    has_mask = cover_NPK[:, :, k].sum(1) > 0
+    if not has_mask.any():
+        return None, 0
+    top_N = dense_NPK[has_mask, :, k].argmax(1)
+    hits = cover_NPK[has_mask, :, k].gather(1, top_N[:, None]).squeeze(1) > 0
+    return float(hits.float().mean()), int(has_mask.sum())
+
+
+def gate_table(
+    tower: torch.nn.Module,
+    heads: VisionHeads,
+    train: Sequence[VisionExample],
+    test: Sequence[VisionExample],
+) -> list[GateRow]:
+    """Probe AUROC and pointing game of every rendered concept (see the module docstring)."""
+    x_train, _ = frozen_outputs(tower, heads, train)
+    x_test, dense_test = frozen_outputs(tower, heads, test)
+    y_train = torch.stack([e.concepts for e in train])
+    y_test = torch.stack([e.concepts for e in test])
+    cover_test = torch.stack([e.cover for e in test]).float()
+    probe = fit_logistic(x_train, y_train)
+    with torch.no_grad():
+        scores = probe(x_test)
+    rows = []
+    for k, concept in enumerate(RENDERED):
+        truth = y_test[:, k].int().tolist()
+        point, n = pointing_game(dense_test, cover_test, k)
+        rows.append(GateRow(concept, sum(truth), auroc(truth, scores[:, k].tolist()), point, n))
+    return rows
+
+
+def gate_markdown(rows: Sequence[GateRow]) -> str:
+    """The gate as a Markdown table, with the pass count of each criterion."""
+    lines = [
+        "| concept | test positives | probe AUROC | pointing game (n) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        au = "-" if r.auroc is None else f"{r.auroc:.3f}"
+        pt = "-" if r.pointing is None else f"{r.pointing:.2f} ({r.pointed})"
+        lines.append(f"| {r.concept} | {r.positives} | {au} | {pt} |")
+    n_auroc = sum(1 for r in rows if r.auroc is not None and r.auroc >= 0.95)
+    n_point = sum(1 for r in rows if r.pointing is not None and r.pointing >= 0.8)
+    lines.append(
+        f"| **passing** | | {n_auroc} of {len(rows)} >= 0.95 | {n_point} of {len(rows)} >= 0.8 |"
+    )
+    return "\n".join(lines)

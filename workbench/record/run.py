@@ -1,0 +1,257 @@
+"""``python -m workbench.record``: residual-stream activations of a model into an activation store.
+
+For every study the model sees the exact prompt with the ground-truth FINDINGS teacher-forced
+after it (the SAE must see report tokens), and the residual stream after decoder block L
+(``blocks.{L}.hook_resid_post``) is captured by a forward hook that then *stops the forward
+pass*: later blocks and the LM head never run (:func:`workbench.models.hooks.capture`).
+
+Tokens are filtered as in the MAIRA-2 SAE study (Bouzid et al. 2025, Fig. 1: "we filter out
+token indices corresponding to intermediate image tokens and boilerplate parts of the
+prompt"), configurably: image tokens all / first_last / none, prompt tokens that carry the
+study's own text (indication, technique, comparison, prior report) / all / none; report
+tokens are always kept. The ``kind`` and ``section`` columns say what each stored row is.
+
+Resumable: the store's manifest lists finished studies, and a rerun skips them. Under
+``accelerate launch`` process r of W records every W-th study (by sorted study id) into
+``<out>/rank<r>``, and :class:`workbench.store.ActivationStore` reads the parts as one store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from workbench.config import parse_config, save_config
+from workbench.cxr.images import CXRDataError
+from workbench.record.data import Collection, Item, load_collection
+from workbench.run import RunLayout
+from workbench.store import ActivationStore, StoreError, StoreWriter
+
+log = logging.getLogger("workbench.record")
+PROMPT_SECTIONS = frozenset({"indication", "technique", "comparison", "prior_report", "phrase"})
+META_KEYS = ("position", "token_id", "token", "kind", "section", "patch_row", "patch_col")
+
+
+class RecordError(RuntimeError):
+    """Recording cannot go on (non-finite activations, inconsistent store, wrong data)."""
+
+
+@dataclass
+class RecordConfig:
+    """Record the residual stream at one layer over a study collection into a store."""
+
+    model: str = "maira2-mini"
+    """Model: 'maira2-mini', a local model directory, or a cached HF repo id (no download)."""
+    run: Path = Path("runs/demo")
+    """Run directory: data and out default to <run>/phantom and <run>/activations."""
+    data: Path | None = None
+    """MIMIC-CXR / phantom root, a MIMIC reports tree, or a CSV/JSON/Parquet file of texts."""
+    out: Path | None = None
+    """Activation store directory (resumed when it exists)."""
+    layer: int = -1
+    """Decoder block L whose output is recorded; -1: the middle block (n_layers - 1) // 2."""
+    split: str | None = None
+    """Only studies of this split (train/validate/test); empty: all."""
+    limit: int = 0
+    """Record at most this many studies (first by study id; 0: all)."""
+    image_tokens: Literal["first_last", "all", "none"] = "first_last"
+    """Image tokens kept: first and last of each image (MAIRA-2 SAE study), all (for image
+    heatmaps), or none."""
+    prompt_tokens: Literal["sections", "all", "none"] = "sections"
+    """Prompt tokens kept: the study's own text (indication, technique, comparison, prior
+    report) without the fixed boilerplate, all of them, or none."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Storage dtype of the activations."""
+    shard_tokens: int = 65536
+    """Tokens per shard (bounds the memory a run holds)."""
+    device: str = "cpu"
+    """torch device for the model ('cuda' under accelerate launch picks the local GPU)."""
+    text_column: str = "text"
+    """Text column of a CSV/JSON/Parquet input (text-only mode)."""
+    id_column: str = ""
+    """Id column of a table input ('' : study_id if present, else the row number)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        if self.shard_tokens < 1:
+            raise ValueError("config field 'shard_tokens' must be >= 1")
+        if self.layer < -1:
+            raise ValueError(f"config field 'layer' must be >= -1, got {self.layer}")
+
+
+def keep_mask(tokens: list[dict], image_tokens: str, prompt_tokens: str) -> list[bool]:
+    """Which token positions are stored, by kind/section (see the module docstring)."""
+    first: dict[object, int] = {}
+    last: dict[object, int] = {}
+    for pos, t in enumerate(tokens):
+        if t["kind"] == "image":
+            key = t.get("image_index", t.get("section"))
+            first.setdefault(key, pos)
+            last[key] = pos
+    edges = set(first.values()) | set(last.values())
+    keep = []
+    for pos, t in enumerate(tokens):
+        kind = t["kind"]
+        if kind == "image":
+            keep.append(image_tokens == "all" or (image_tokens == "first_last" and pos in edges))
+        elif kind == "prompt":
+            in_section = t.get("section") in PROMPT_SECTIONS
+            keep.append(prompt_tokens == "all" or (prompt_tokens == "sections" and in_section))
+        else:
+            keep.append(True)
+    return keep
+
+
+def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None) -> dict:
+    """Store columns (contracts.md) for the kept positions."""
+    kept = [t for t, k in zip(tokens, keep, strict=True) if k]
+    cols = {key: [t.get(key) for t in kept] for key in META_KEYS}
+    cols["subject_id"] = [subject_id] * len(kept)
+    return cols
+
+
+def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> tuple[torch.Tensor, dict]:
+    """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite."""
+    inp = adapter.prepare(item.source, findings=item.findings)
+    acts_TD = adapter.residual(inp, layer)
+    if not torch.isfinite(acts_TD).all():
+        n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
+        raise RecordError(
+            f"study {item.study_id}: {n_nan} NaN and {n_inf} inf values in "
+            f"{adapter.hook_name(layer)} of {adapter.name}; stopping (finished studies are "
+            "kept; check the model weights, dtype and this study's inputs)"
+        )
+    keep = keep_mask(inp.tokens, cfg.image_tokens, cfg.prompt_tokens)
+    keep_T = torch.tensor(keep, dtype=torch.bool, device=acts_TD.device)
+    return acts_TD[keep_T], token_metadata(inp.tokens, keep, item.subject_id)
+
+
+def part_dir(out: Path, rank: int, world: int) -> Path:
+    """This process's store directory: ``out`` alone, ``out/rank<r>`` when sharded."""
+    single = (out / "manifest.json").is_file()
+    sharded = any(out.glob("rank*/manifest.json"))
+    if world > 1 and single:
+        raise RecordError(
+            f"{out} holds a single-process store; resume it with one process or pick a new --out"
+        )
+    return out / f"rank{rank}" if world > 1 or sharded else out
+
+
+def finished_studies(out: Path) -> set[int]:
+    """Studies complete or skipped in any part of the store at ``out`` (empty if none)."""
+    try:
+        manifest = ActivationStore(out).manifest
+    except StoreError:
+        return set()
+    return set(manifest["studies_complete"]) | {int(s) for s in manifest["skipped"]}
+
+
+def resolve_layer(adapter, layer: int) -> int:
+    """``layer``, or the middle block (n - 1) // 2 for -1 (15 of MAIRA-2's 32, as the study)."""
+    return (adapter.n_layers - 1) // 2 if layer == -1 else layer
+
+
+def record(cfg: RecordConfig) -> Path:
+    """Record ``cfg`` into ``cfg.out`` (resuming); returns the store directory."""
+    from accelerate import PartialState
+
+    from workbench.models.registry import load_model
+
+    cfg.validate()
+    run = RunLayout(cfg.run)
+    cfg = dataclasses.replace(cfg, data=cfg.data or run.phantom, out=cfg.out or run.activations)
+    state = PartialState(cpu=cfg.device == "cpu")
+    device = state.device if cfg.device != "cpu" else "cpu"
+    adapter = load_model(cfg.model, device=device)
+    layer = resolve_layer(adapter, cfg.layer)
+    hook_name = adapter.hook_name(layer)
+    collection = load_collection(cfg.data, cfg.split or None, cfg.text_column, cfg.id_column)
+    if adapter.kind == "vision_language" and collection.kind != "studies":
+        raise RecordError(f"{adapter.name} needs images; {cfg.data} holds only report text")
+    out = Path(cfg.out)
+    writer = StoreWriter(
+        part_dir(out, state.process_index, state.num_processes),
+        model=adapter.name, layer=layer, hook_name=hook_name, d_model=adapter.d_model,
+        dtype=cfg.dtype, shard_tokens=cfg.shard_tokens,
+        extra={"image_tokens": cfg.image_tokens, "prompt_tokens": cfg.prompt_tokens,
+               "data": str(cfg.data), "source_kind": collection.kind},
+    )  # fmt: skip
+    mine = my_share(collection, cfg.limit, state.process_index, state.num_processes)
+    run_items(adapter, writer, mine, finished_studies(out), layer, cfg)
+    writer.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        save_config(cfg, out / "cfg.json")
+    return out
+
+
+def my_share(collection: Collection, limit: int, rank: int, world: int) -> Collection:
+    """This process's disjoint share: every ``world``-th study id from ``rank`` (of the first
+    ``limit`` ids), with the skips that fall in it."""
+    ids = sorted(
+        {it.study_id for it in collection.items} | {s.study_id for s in collection.skipped}
+    )
+    ids = ids[:limit] if limit else ids
+    mine = set(ids[rank::world])
+    items = [it for it in collection.items if it.study_id in mine]
+    skipped = [s for s in collection.skipped if s.study_id in mine]
+    return Collection(collection.kind, items, skipped)
+
+
+def run_items(
+    adapter, writer: StoreWriter, share: Collection, done: set[int], layer: int, cfg
+) -> None:
+    """Record every unfinished study of ``share``; unreadable ones become manifest skips."""
+    from tqdm import tqdm
+
+    done = done | writer.completed
+    for s in share.skipped:
+        if s.study_id not in done:
+            writer.skip(s.study_id, s.reason)
+    todo = [it for it in share.items if it.study_id not in done]
+    log.info(
+        "%s: %d studies to record (%d already done)",
+        writer.path,
+        len(todo),
+        len(share.items) - len(todo),
+    )
+    t0, n_tokens = time.perf_counter(), 0
+    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{layer}")
+    for item in bar:
+        try:
+            acts_ND, meta = record_item(adapter, item, layer, cfg)
+        except (CXRDataError, OSError) as exc:
+            writer.skip(item.study_id, f"unreadable input: {exc}")
+            continue
+        writer.add(item.study_id, acts_ND, meta)
+        n_tokens += acts_ND.shape[0]
+        bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+    elapsed = max(time.perf_counter() - t0, 1e-9)
+    log.info(
+        "recorded %d studies, %d tokens in %.1f s (%.1f studies/s, %.0f tokens/s)",
+        len(todo), n_tokens, elapsed, len(todo) / elapsed, n_tokens / elapsed,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = parse_config(RecordConfig, argv, prog="python -m workbench.record")
+    try:
+        print(record(cfg))
+    except (RecordError, StoreError, CXRDataError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""Planted runs for tests, the app's tiny run and benchmarks: complete run directories whose
+features are known by construction (no training needed).
+"""

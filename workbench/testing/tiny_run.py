@@ -1,0 +1,122 @@
+"""A tiny but complete run for the app's tests and benchmark, built from the phantom benchmark.
+
+Builds in a few seconds on a CPU: the phantom generator writes studies in MIMIC-CXR layout
+(images, reports, CSVs, ground truth and masks); activations are planted from that ground
+truth, so what each feature means is known; a planted SAE reads them; the real ``analyse``
+writes ``features.duckdb``. The app then meets exactly the files a real run has.
+
+Planted coordinates of the activations (the SAE's feature f reads coordinate f, feature
+D + f reads its negative and stays dead):
+
+- :data:`PLANTED` concepts: on every image patch the concept's mask touches (2 + covered
+  fraction, so a present finding always beats a word) and on report words naming it (1.2,
+  negated or not, as a word feature would);
+- coordinate 2: every prompt token; coordinate 3: a ramp over the image patches;
+  coordinate 5: a weak detector of sentence ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from PIL import Image
+
+from workbench.cxr.studies import StudyRecord, iter_studies
+from workbench.run import RunLayout
+from workbench.testing import planted
+from workbench.testing.planted import PROMPT, PlantedSpec, token
+
+D = 8
+LAYER = 1
+# coordinate -> (phantom concept, report words that name it)
+PLANTED: Mapping[int, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        0: ("pneumothorax", ("pneumothorax",)),
+        1: ("pleural_effusion", ("effusion", "effusions")),
+        4: ("cardiomegaly", ("cardiomegaly", "enlarged")),
+        6: ("nodule", ("nodule", "nodules")),
+        7: ("endotracheal_tube", ("endotracheal",)),
+    }
+)
+
+
+def studies(root: Path) -> list[StudyRecord]:
+    """Every phantom study, in study id order."""
+    return sorted(iter_studies(root, require_findings=False), key=lambda r: r.study_id)
+
+
+def positives(root: Path, concept: str) -> set[int]:
+    """Study ids where the phantom ground truth has ``concept``."""
+    with open(root / "phantom-labels.csv", newline="") as fh:
+        return {int(r["study_id"]) for r in csv.DictReader(fh) if r[concept] == "1"}
+
+
+def coverage(root: Path, rec: StudyRecord, concept: str, grid: int) -> np.ndarray:
+    """Fraction of each of the grid x grid patches covered by the concept's frontal mask."""
+    sub = str(rec.subject_id)
+    path = (
+        root / "masks" / f"p{sub[:2]}" / f"p{sub}" / f"s{rec.study_id}"
+        / rec.frontal_path.stem / f"{concept}.png"
+    )  # fmt: skip
+    if not path.exists():
+        return np.zeros((grid, grid), np.float32)
+    mask_HW = np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
+    h, w = mask_HW.shape
+    cells = mask_HW[: h - h % grid, : w - w % grid].reshape(grid, h // grid, grid, w // grid)
+    return cells.mean(axis=(1, 3))
+
+
+def _image_tokens(root, rec, grid, rows, meta) -> None:
+    cover = {c: coverage(root, rec, concept, grid) for c, (concept, _) in PLANTED.items()}
+    for p in range(grid * grid):
+        r, col = divmod(p, grid)
+        x = np.zeros(D, np.float32)
+        x[3] = 0.6 + 2.4 * p / (grid * grid - 1)
+        for c, cov_RC in cover.items():
+            x[c] = 2.0 + cov_RC[r, col] if cov_RC[r, col] > 0 else 0.0
+        rows.append(x)
+        meta.append(token("image", "<image>", p, rec.subject_id, patch=(r, col)))
+
+
+def _word_vector(word: str) -> np.ndarray:
+    x = np.zeros(D, np.float32)
+    bare = re.sub(r"\W", "", word.lower())
+    for c, (_, words) in PLANTED.items():
+        x[c] = 1.2 if bare in words else 0.0
+    x[5] = 0.7 if word.endswith(".") else 0.0
+    return x
+
+
+def study_tokens(root: Path, rec: StudyRecord, grid: int = 4) -> tuple[torch.Tensor, list[dict]]:
+    """Planted activations [n_tokens, D] and token metadata (image, prompt, report words)."""
+    rows: list[np.ndarray] = []
+    meta: list[dict] = []
+    _image_tokens(root, rec, grid, rows, meta)
+    for tok in PROMPT:
+        x = np.zeros(D, np.float32)
+        x[2] = 1.0
+        rows.append(x)
+        meta.append(token("prompt", tok, len(meta), rec.subject_id, section="prompt"))
+    for section in ("findings", "impression"):
+        for word in (getattr(rec, section) or "").split():
+            rows.append(_word_vector(word))
+            meta.append(token("report", " " + word, len(meta), rec.subject_id, section=section))
+    return torch.from_numpy(np.stack(rows)), meta
+
+
+def build(run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0) -> Path:
+    """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done)."""
+    from workbench.cxr.phantom.run import PhantomConfig, generate
+
+    root = RunLayout(Path(run)).phantom
+    if not (root / "phantom-summary.json").exists():
+        generate(PhantomConfig(out=root, studies=n_studies, size=size, seed=seed))
+    records = {rec.study_id: rec for rec in studies(root)}
+    spec = PlantedSpec(tuple(records), lambda sid: study_tokens(root, records[sid]), d=D, k=4)
+    return planted.build(run, spec)

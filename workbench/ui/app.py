@@ -1,0 +1,158 @@
+"""Assemble the tabs into one Gradio app and launch it on 127.0.0.1.
+
+``python app.py --run runs/<name>`` lands here (:func:`main`). The app never shares a
+tunnel, keeps analytics off (set by :mod:`workbench.ui` before Gradio is imported), and
+serves no file from disk: images reach the page inline, so ``allowed_paths`` is empty and
+the browser cannot name a path at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import gradio as gr
+
+from workbench.config import parse_config
+from workbench.ui import render
+from workbench.ui.context import AppContext, open_context
+from workbench.ui.style import CLICK_JS, CSS
+from workbench.ui.tabs import feature_page, features, runs, sql, study
+
+log = logging.getLogger("workbench.ui")
+
+
+@dataclass
+class AppConfig:
+    """Serve the workbench for one run directory on this machine."""
+
+    run: Path = Path("runs/demo")
+    """Run directory (holds features.duckdb, sae/, activations/, phantom/)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; keep the loopback address unless you know who can reach the port."""
+    port: int = 7860
+    """TCP port to serve on."""
+    image_roots: tuple[Path, ...] = field(default_factory=tuple)
+    """Extra directories images may be read from (e.g. a MIMIC-CXR-JPG copy outside the run)."""
+    sql_row_limit: int = 1000
+    """Most rows the SQL tab returns."""
+    sql_timeout_s: float = 20.0
+    """A query running longer than this is interrupted."""
+    open_feature: int | None = None
+    """Feature page to show first (default: the Features tab)."""
+
+
+def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
+    """A factory of HTML panels whose chips navigate, and the list of panels it made."""
+    made: list[gr.HTML] = []
+
+    def make(**kwargs) -> gr.HTML:
+        comp = gr.HTML(js_on_load=CLICK_JS, **kwargs)
+        made.append(comp)
+        return comp
+
+    return made, make  # type: ignore[return-value]
+
+
+def _navigate(ctx: AppContext, page, tab, evt: gr.EventData) -> list:
+    """Open the feature or study a chip names; leave the other tab untouched."""
+    data = evt._data or {}
+    skip_f = [gr.skip()] * len(page.outputs)
+    skip_s = [gr.skip()] * len(tab.outputs)
+    if data.get("feature") is not None:
+        shown = feature_page.show(ctx, data["feature"])
+        return [gr.Tabs(selected="feature"), *shown, *skip_s]
+    if data.get("study") is not None:
+        return [gr.Tabs(selected="study"), *skip_f, *study.show(ctx, data["study"])]
+    return [gr.skip(), *skip_f, *skip_s]
+
+
+def _open_row(ctx: AppContext, evt: gr.SelectData) -> list:
+    """A click on a row of the features table opens that feature."""
+    row = evt.row_value or []
+    if not row:
+        return [gr.skip()] * 9
+    return [gr.Tabs(selected="feature"), *feature_page.show(ctx, row[0])]
+
+
+def _banner(ctx: AppContext) -> str:
+    name = escape(ctx.run_dir.name)
+    head = f'<div class="wb-fid">radiology interpretability workbench · run <b>{name}</b></div>'
+    return head + render.messages(ctx.status.problems)
+
+
+def build_app(ctx: AppContext, open_feature: int | None = None) -> gr.Blocks:
+    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs."""
+    made, html = _clickables()
+    with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
+        gr.HTML(_banner(ctx), elem_id="wb-banner")
+        selected = "feature" if open_feature is not None else "features"
+        with gr.Tabs(selected=selected) as tabs:
+            with gr.Tab("Features", id="features"):
+                table = features.build(ctx, html).table
+            with gr.Tab("Feature", id="feature"):
+                page = feature_page.build(ctx, html)
+            with gr.Tab("Study", id="study"):
+                tab = study.build(ctx, html)
+            with gr.Tab("Runs", id="runs"):
+                runs.build(ctx)
+            with gr.Tab("SQL", id="sql"):
+                sql.build(ctx)
+
+        def navigate(evt: gr.EventData) -> list:
+            return _navigate(ctx, page, tab, evt)
+
+        def open_row(evt: gr.SelectData) -> list:
+            return _open_row(ctx, evt)
+
+        for comp in made:
+            comp.click(navigate, None, [tabs, *page.outputs, *tab.outputs])
+        table.select(open_row, None, [tabs, *page.outputs])
+        if open_feature is not None:
+            app.load(lambda: feature_page.show(ctx, open_feature), None, page.outputs)
+    return app
+
+
+def _check_host(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning("binding %s: anyone who can reach this port sees the run's data", host)
+
+
+def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
+    """Open the run, build the app and launch it (never shared, no file routes)."""
+    _check_host(cfg.host)
+    ctx = open_context(cfg.run, tuple(cfg.image_roots))
+    ctx.sql_row_limit, ctx.sql_timeout_s = cfg.sql_row_limit, cfg.sql_timeout_s
+    app = build_app(ctx, cfg.open_feature)
+    app.launch(
+        server_name=cfg.host,
+        server_port=cfg.port,
+        share=False,
+        allowed_paths=[],
+        css=CSS,
+        footer_links=[],
+        prevent_thread_lock=not block,
+        quiet=not block,
+        mcp_server=False,
+        pwa=False,
+        ssr_mode=False,
+    )
+    return app, ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python app.py --run runs/<name> [--port N]``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(AppConfig, argv, prog="python app.py")
+    print(
+        f"workbench: serving {Path(cfg.run).resolve()} on http://{cfg.host}:{cfg.port}", flush=True
+    )
+    serve(cfg)
+    return 0

@@ -140,7 +140,7 @@ def step_steer(cfg: DemoConfig) -> str:
 
 
 def step_segmentation(cfg: DemoConfig) -> str:
-    """Small U-Net and SSN on the phantom lungs and nodules, results into features.duckdb."""
+    """Small U-Net, SemanticGAN and SSN on the phantom lungs and nodules, into features.duckdb."""
     from segmentation.demo import run as run_segmentation
 
     out = cfg.run / "segmentation"

@@ -223,7 +223,7 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
                 db.run_row("analyse", started, cfg, notes),
                 db.Provenance(
                     str(inp.store.path),
-                    str(inp.sae_path),
+                    str(Path(inp.sae_path).resolve()),  # the app finds it from any cwd
                     fingerprint,
                     inp.store.hook_name,
                     inp.store.n_tokens,

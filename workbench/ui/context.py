@@ -26,6 +26,7 @@ from workbench.run import RunLayout
 from workbench.ui.safety import restrict
 
 SAE_WEIGHTS = "sae_weights.safetensors"
+DL_WEIGHTS = "ae.pt"  # a dictionary_learning SAE (workbench.sae.io.DL_WEIGHTS)
 
 
 class RunStatus(NamedTuple):
@@ -50,6 +51,8 @@ class AppContext:
     tables: frozenset[str] = frozenset()
     sql_row_limit: int = 1000
     sql_timeout_s: float = 20.0
+    sae_dir: Path | None = None
+    """The SAE the database was made from: ``<run>/sae``, or the ``--sae DIR`` analyse used."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     sql_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -78,14 +81,32 @@ class RunNotReadyError(RuntimeError):
     """The run lacks what a view needs; the message says what to run."""
 
 
-def sae_state(run_dir: Path) -> str:
-    """'trained' when the SAE artefact is complete, 'training' when only logs/state exist."""
-    sae_dir = RunLayout(run_dir).sae
+def sae_state(run_dir: Path, sae_dir: Path | None = None) -> str:
+    """'trained' when the SAE artefact is complete (ours, SAELens or a dictionary_learning
+    ``ae.pt``), 'training' when only logs/state exist; ``sae_dir`` defaults to ``<run>/sae``."""
+    sae_dir = sae_dir or RunLayout(run_dir).sae
     if (sae_dir / SAE_WEIGHTS).exists() and (sae_dir / "cfg.json").exists():
+        return "trained"
+    if (sae_dir / DL_WEIGHTS).exists():
         return "trained"
     if sae_dir.is_dir() and any(sae_dir.iterdir()):
         return "training"
     return "missing"
+
+
+def analysed_sae_dir(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The SAE directory of the latest ``analyse`` row (``analyse --sae DIR``), if it exists."""
+    try:
+        row = con.execute(
+            "SELECT sae_path FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+    except duckdb.Error:
+        return None
+    if not row or not row[0]:
+        return None
+    path = Path(row[0])
+    path = path.parent if path.name == DL_WEIGHTS else path
+    return path if path.is_dir() else None
 
 
 def _open(run_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -143,9 +164,14 @@ def open_context(run_dir: str | Path, image_roots: tuple[Path, ...] = ()) -> App
             "No labels yet: features show their statistics only. "
             f"Run `python -m workbench label --run {run_dir}` to name them."
         )
+    sae_dir = RunLayout(run_dir).sae
+    if sae == "missing" and con is not None:  # analysed with --sae DIR: show that SAE
+        used = analysed_sae_dir(con)
+        if used is not None:
+            sae_dir, sae = used, sae_state(run_dir, used)
     status = RunStatus(True, con is not None, has_labels, sae, tuple(problems))
     roots = (run_dir, *(Path(r).resolve() for r in image_roots))
-    return AppContext(run_dir, status, con, sql_con, roots, tables)
+    return AppContext(run_dir, status, con, sql_con, roots, tables, sae_dir=sae_dir)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

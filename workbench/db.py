@@ -37,6 +37,7 @@ from workbench import generations
 from workbench.config import to_dict
 from workbench.generations import Generation
 from workbench.run import ACTS_NAME, DB_NAME  # noqa: F401 (db.ACTS_NAME is public)
+from workbench.schema_meaning import SPECS
 
 
 class Column(NamedTuple):
@@ -108,14 +109,15 @@ TABLES: tuple[Table, ...] = (
     _t("""study_labels | analyse | -
         Labels of each study in long form; a missing (study, concept) pair means unknown.
         study_id BIGINT | Study.
-        source VARCHAR | 'chexpert' (the 14 CheXpert labels) or 'phantom' (ground truth).
+        source VARCHAR | 'chexpert' (the 14 CheXpert labels), 'phantom' (ground truth) or
+            'user' (`analyse --labels FILE.csv`, never treated as ground truth).
         concept VARCHAR | Label name, e.g. 'Pleural Effusion' or 'pacemaker'.
         value DOUBLE | 1 positive, 0 negative, -1 uncertain (CheXpert).
     """),
     _t("""concepts | analyse | -
         Every concept scored against the features, with its label counts over stored studies.
         concept VARCHAR | Label name.
-        source VARCHAR | 'chexpert' or 'phantom'.
+        source VARCHAR | 'chexpert', 'phantom' or 'user'.
         n_pos INTEGER | Studies labelled 1.
         n_neg INTEGER | Studies labelled 0.
         n_uncertain INTEGER | Studies labelled -1 (left out of the AUROC).
@@ -194,7 +196,7 @@ TABLES: tuple[Table, ...] = (
         AUROC of the study-level maximum activation for every (feature, concept).
         feature INTEGER | SAE latent index.
         concept VARCHAR | Label name (see `concepts`).
-        source VARCHAR | 'chexpert' or 'phantom'.
+        source VARCHAR | 'chexpert', 'phantom' or 'user'.
         auroc DOUBLE | AUROC of study max activation vs label; NULL without both classes.
         rank INTEGER | 1 = the feature's best concept (highest AUROC).
     """),
@@ -267,6 +269,8 @@ TABLES: tuple[Table, ...] = (
         created_at TIMESTAMP | UTC time written.
     """),
 )
+
+TABLES += tuple(_t(spec) for spec in SPECS)  # mentions, localisation, probe ceiling
 
 RETIRED = ("feature_labels", "feature_scores", "steering_results")
 

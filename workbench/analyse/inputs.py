@@ -23,6 +23,13 @@ from workbench import db
 from workbench.analyse.concepts import LabelMatrix, load_labels
 from workbench.analyse.config import AnalyseConfig
 from workbench.analyse.directions import Unembedding
+from workbench.analyse.user_labels import (
+    UserLabelError,
+    UserLabels,
+    check_known,
+    merge,
+    read_user_labels,
+)
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -40,6 +47,7 @@ class Inputs(NamedTuple):
     data_root: Path | None
     model_path: Path | None
     unembed: Unembedding | None  # None: no model, logit effects skipped (noted)
+    user_labels: UserLabels | None = None  # analyse --labels FILE.csv
 
 
 def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
@@ -55,13 +63,36 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     if data is not None and not data.is_dir():
         notes.append(f"{data} is not a dataset directory: no labels")
         data = None
-    model = _optional(cfg.model, run.model, "model")
+    model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
     unembed = load_unembedding(model, notes) if cfg.n_logits else None
     if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
         raise AnalyseError(
             f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
         )
-    return Inputs(store, sae, sae_path, data, model, unembed)
+    user = None
+    if cfg.labels is not None:
+        try:
+            user = read_user_labels(cfg.labels)
+            stored = np.asarray(store.manifest.get("studies_complete") or [], np.int64)
+            check_known(user, stored, notes)
+        except UserLabelError as exc:
+            raise AnalyseError(str(exc)) from None
+    return Inputs(store, sae, sae_path, data, model, unembed, user)
+
+
+def _manifest_model(store: ActivationStore, notes: list[str]) -> Path | None:
+    """The model the store was recorded with, when it can be found on this machine."""
+    from workbench.models.registry import resolve_model_dir
+
+    name = store.manifest.get("model")
+    if not name:
+        return None
+    try:
+        path = resolve_model_dir(name)
+    except (OSError, ValueError) as exc:
+        notes.append(f"the store's model {name!r} was not found here ({exc}): no logit effects")
+        return None
+    return path if (path / "config.json").is_file() else None
 
 
 def _optional(given: Path | None, default: Path, what: str) -> Path | None:
@@ -146,8 +177,11 @@ def _dataset_info(root: Path, study_ids: np.ndarray, notes: list[str]) -> tuple[
     return info, chexpert
 
 
-def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> LabelMatrix:
-    """``studies``, ``study_labels`` and ``concepts`` for the studies in the store."""
+def write_studies_and_labels(
+    con, data_root: Path | None, notes: list[str], user: UserLabels | None = None
+) -> LabelMatrix:
+    """``studies``, ``study_labels`` and ``concepts`` for the studies in the store (plus the
+    user's own labels as source 'user')."""
     sids, subjects, counts = _study_rows(con)
     info, chexpert, phantom = {}, None, None
     if data_root is None:
@@ -159,7 +193,7 @@ def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> L
             info, chexpert = _dataset_info(data_root, sids, notes)
         phantom = data_root / "phantom-labels.csv"
         phantom = phantom if phantom.exists() else None
-    labels = load_labels(sids, chexpert, phantom, notes)
+    labels = merge(load_labels(sids, chexpert, phantom, notes), user)
     has = {
         src: ~np.isnan(labels.values[:, [s == src for s in labels.sources]]).all(1)
         if src in labels.sources

@@ -47,6 +47,8 @@ from workbench.analyse.inputs import (
     sae_fingerprint,
     write_studies_and_labels,
 )
+from workbench.analyse.meaning import write_meaning
+from workbench.analyse.report import meaning_report
 from workbench.analyse.stats import (
     FeatureAccumulator,
     FeatureSummary,
@@ -196,9 +198,11 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
         ft.build_examples(con, acts, cfg.context)
     with _timed(timings, "labels + AUROC"):
-        labels = write_studies_and_labels(con, inp.data_root, notes)
+        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels)
         write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
         write_recovery(con, cfg.recovery_threshold)
+    with _timed(timings, "mentions, localisation, probes"):
+        write_meaning(con, inp, cfg, labels, (acts, notes))
     with _timed(timings, "n-grams + statistical labels"):
         if cfg.n_ngrams:
             ft.build_ngrams(con, acts, cfg.n_ngrams)
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(path)
     if cfg.report:
         print(recovery_report(cfg.run))
+        print(meaning_report(cfg.run))
     return 0
 
 

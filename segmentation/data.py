@@ -8,7 +8,7 @@ are a few hundred images at 64-256 px. Loaders return ``list[SegSample]`` for on
 Phantom layout (``/work/notes/contracts.md``): the frontal image is
 ``files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg`` and its masks are
 ``masks/pXX/pSUBJECT/sSTUDY/<dicom_id>/<name>.png`` (0/255); ``phantom-studies.jsonl`` holds the
-split and subject attributes (sex, age) used for subgroup results.
+split and subject attributes (sex, age, body habitus) used for subgroup results.
 
 - ``phantom-lungs``: whole image resized to ``size``, target = left_lung | right_lung.
 - ``phantom-nodules``: a ``crop`` px window centred on the nodule (the LIDC-style task), resized
@@ -93,7 +93,10 @@ def _phantom_items(root: Path, split: str | None):
             "sex": _subject_attr(rec, "sex"),
             "age": _subject_attr(rec, "age"),
         }
-        yield mask_dir, image, with_subgroups(meta)
+        meta = with_subgroups(meta)
+        habitus = _subject_attr(rec, "habitus")
+        meta["habitus"] = habitus.get("build") if isinstance(habitus, dict) else None
+        yield mask_dir, image, meta
 
 
 def load_phantom_lungs(root: Path, split: str | None = None, size: int = 128) -> list[SegSample]:

@@ -66,6 +66,8 @@ class EvalConfig:
     """DuckDB file to write segmentation_results into (e.g. runs/demo/features.duckdb)."""
     seed: int = 0
     """Seed of the sampling noise."""
+    tto_steps: int | None = None
+    """SemanticGAN: test-time optimisation steps per image; None: as saved at training."""
 
 
 def image_metrics(pred: Prediction, i: int, annotations_KHW: np.ndarray, C: int) -> dict:
@@ -89,12 +91,14 @@ def image_metrics(pred: Prediction, i: int, annotations_KHW: np.ndarray, C: int)
 
 
 def subgroups_of(meta: dict) -> list[str]:
-    """'all' plus 'sex=..' and 'age=..' where the sample's attributes are known."""
+    """'all' plus 'sex=..', 'age=..' and 'habitus=..' where the sample's attributes are known."""
     groups = ["all"]
     if meta.get("sex"):
         groups.append(f"sex={meta['sex']}")
     if meta.get("age_group"):
         groups.append(f"age={meta['age_group']}")
+    if meta.get("habitus"):
+        groups.append(f"habitus={meta['habitus']}")
     return groups
 
 
@@ -145,6 +149,8 @@ def evaluate_samples(
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation; return {'rows': [...], 'per_image': [...], ...} and write outputs."""
     model, spec, extra = load_model(cfg.model_dir)
+    if cfg.tto_steps is not None and hasattr(model, "inference"):
+        model.inference.steps = cfg.tto_steps
     train_cfg = extra.get("config") or {}
     size = cfg.image_size or int(train_cfg.get("image_size", 128))
     crop = cfg.crop_size or int(train_cfg.get("crop_size", 128))

@@ -62,7 +62,7 @@ def write_phantom_fixture(
     """Write ``studies`` frontal studies in the phantom layout under ``root``; return root.
 
     Splits cycle train/train/validate/test so small fixtures still have every split; sex
-    alternates F/M and ages spread over 30-85.
+    alternates F/M, ages spread over 30-85 and the habitus cycles thin/average/obese.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -86,7 +86,11 @@ def write_phantom_fixture(
                 "study_id": study,
                 "split": splits[i % 4],
                 "view": "PA",
-                "subject": {"sex": "F" if i % 2 == 0 else "M", "age": int(30 + (i * 7) % 56)},
+                "subject": {
+                    "sex": "F" if i % 2 == 0 else "M",
+                    "age": int(30 + (i * 7) % 56),
+                    "habitus": {"build": ("thin", "average", "obese")[i % 3]},
+                },
             }
         )
     (root / "cfg.json").write_text(json.dumps({"size": size, "studies": studies, "seed": seed}))

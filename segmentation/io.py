@@ -29,7 +29,8 @@ class SegSample(NamedTuple):
     roi: np.ndarray | None
     """[H, W] uint8 region of interest (1 inside) or None."""
     meta: dict
-    """id, and where known subject_id, study_id, series_uid, sex ('F'|'M'), age, age_group."""
+    """id, and where known subject_id, study_id, series_uid, sex ('F'|'M'), age, age_group,
+    habitus (phantom: 'thin' | 'average' | 'obese', from the subject's BMI)."""
 
 
 class DataError(ValueError):

@@ -1,8 +1,11 @@
-"""One place that builds, saves, loads and queries the three segmentation models.
+"""One place that builds, saves, loads and queries the segmentation models.
 
 ``unet`` is the deterministic baseline, ``ssn`` the low-rank SSN, ``ssn-diag`` the diagonal
-ablation. A saved model is ``model.pt`` = {spec, state_dict, ...}; the spec says how to rebuild
-it, so evaluation, the demo and (later) latent recording need only the file.
+ablation, ``semantic-gan`` the generative segmenter of ``segmentation.semantic_gan`` (its spec
+is a ``SemanticGANSpec``; prediction runs test-time optimisation, so it is deterministic given
+the seed and its N samples are the prediction repeated, like the U-Net's). A saved model is
+``model.pt`` = {spec, state_dict, ...}; the spec says how to rebuild it, so evaluation, the
+demo and (later) latent recording need only the file.
 :func:`predict` gives every model the same interface for evaluation: the point prediction,
 class probabilities and N label-map samples (the deterministic U-Net's N samples are its
 prediction repeated, so its sample diversity is 0 by construction).
@@ -18,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segmentation.semantic_gan.generator import seg_to_class_logits
+from segmentation.semantic_gan.inference import KIND as SEMANTIC_GAN
+from segmentation.semantic_gan.inference import SemanticGANSegmenter, SemanticGANSpec
 from segmentation.ssn import SSNConfig, StochasticSegmentationNetwork, sample_logits
 from segmentation.unet import UNetConfig, UNetSegmenter
 from workbench.io import atomic_path
 
-ModelKind = Literal["unet", "ssn", "ssn-diag"]
-MODEL_KINDS = ("unet", "ssn", "ssn-diag")
+ModelKind = Literal["unet", "ssn", "ssn-diag", "semantic-gan"]
+MODEL_KINDS = ("unet", "ssn", "ssn-diag", SEMANTIC_GAN)
 
 
 @dataclasses.dataclass
@@ -50,9 +56,11 @@ class ModelSpec:
         return cls(d["kind"], int(d["num_classes"]), UNetConfig(**unet), SSNConfig(**d["ssn"]))
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
+def build_model(spec: ModelSpec | SemanticGANSpec) -> nn.Module:
     """A fresh model for ``spec`` (``ssn-diag`` forces the diagonal head)."""
-    if spec.kind not in MODEL_KINDS:
+    if isinstance(spec, SemanticGANSpec):
+        return SemanticGANSegmenter(spec)
+    if spec.kind not in MODEL_KINDS or spec.kind == SEMANTIC_GAN:
         raise ValueError(f"unknown model kind '{spec.kind}'; known: {MODEL_KINDS}")
     if spec.kind == "unet":
         return UNetSegmenter(spec.unet, spec.num_classes)
@@ -75,21 +83,26 @@ def training_loss(
     return model.loss(x_BCHW, target_BHW)
 
 
-def save_model(path: Path, model: nn.Module, spec: ModelSpec, **extra) -> Path:
+def save_model(path: Path, model: nn.Module, spec: ModelSpec | SemanticGANSpec, **extra) -> Path:
     """Atomically write ``{spec, state_dict, **extra}`` to ``path``."""
     with atomic_path(path) as tmp:
         torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict(), **extra}, tmp)
     return Path(path)
 
 
-def load_model(path: Path) -> tuple[nn.Module, ModelSpec, dict]:
+def spec_from_dict(d: dict) -> ModelSpec | SemanticGANSpec:
+    """The spec class that ``d['kind']`` names."""
+    return SemanticGANSpec.from_dict(d) if d["kind"] == SEMANTIC_GAN else ModelSpec.from_dict(d)
+
+
+def load_model(path: Path) -> tuple[nn.Module, ModelSpec | SemanticGANSpec, dict]:
     """Model (in eval mode), its spec and the remaining saved fields, from a file or run dir."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        spec = ModelSpec.from_dict(blob["spec"])
+        spec = spec_from_dict(blob["spec"])
     except (OSError, RuntimeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a segmentation model file: {exc}") from None
     model = build_model(spec)
@@ -118,6 +131,10 @@ def predict(
 ) -> Prediction:
     """Point prediction, probabilities and ``num_samples`` samples for a batch of images."""
     model.eval()
+    if isinstance(model, SemanticGANSegmenter):
+        logits = seg_to_class_logits(model.invert(x_BCHW, generator).seg)
+        pred = logits.argmax(1)
+        return Prediction(pred, logits.softmax(1), pred.expand(num_samples, *pred.shape))
     if isinstance(model, StochasticSegmentationNetwork):
         out = model(x_BCHW, roi_BHW)
         logits_SBCHW = sample_logits(out, num_samples, generator=generator)

@@ -1,18 +1,23 @@
-"""``python -m segmentation.train --model {unet,ssn,ssn-diag} --data ROOT --dataset NAME``.
+"""``python -m segmentation.train --model {unet,ssn,ssn-diag,semantic-gan} --data ROOT ...``.
 
 Trains one model on one dataset's train split. Each step draws a batch of images and, per
 image, one random annotator's mask (PHiSeg's ``_select_random_label``, how SSN used LIDC's four
 annotations), with random flips. The run directory holds ``cfg.json``, ``log.jsonl`` (one JSON
 object per logged step), ``checkpoint.pt`` (model, optimiser and RNG state, written
 atomically every ``checkpoint_every`` steps; a rerun resumes from it) and the final
-``model.pt`` that ``segmentation.evaluate`` reads.
+``model.pt`` that ``segmentation.evaluate`` reads. ``--labelled-fraction`` trains on a seeded
+subset of the labelled images only, ``--train-subset sex=F:0.9`` on a deliberately imbalanced
+training set (``segmentation.subsets``). ``--model semantic-gan`` hands the whole command line
+to ``segmentation.semantic_gan.train`` (its own config, ``--help`` lists it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -21,9 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.data import DataError, load_dataset, stack
+from segmentation.data import stack
 from segmentation.models import ModelSpec, build_model, save_model, training_loss
+from segmentation.runs import (
+    TrainResult,
+    check_resumable,
+    load_training_samples,
+)
 from segmentation.ssn import SSNConfig
+from segmentation.subsets import labelled_indices, parse_subset
 from segmentation.unet import UNetConfig
 from workbench.config import ConfigError, parse_config, save_config, to_dict
 
@@ -34,8 +45,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Train a U-Net, SSN or diagonal SSN on a 2-D segmentation dataset."""
 
-    model: Literal["unet", "ssn", "ssn-diag"] = "ssn"
-    """Which model: deterministic U-Net (CE), low-rank SSN, or the diagonal SSN ablation."""
+    model: Literal["unet", "ssn", "ssn-diag", "semantic-gan"] = "ssn"
+    """Which model: deterministic U-Net (CE), low-rank SSN, or the diagonal SSN ablation
+    (semantic-gan has its own flags: --model semantic-gan --help)."""
     data: Path = Path("runs/demo/phantom")
     """Dataset root (phantom root, JSRT/Montgomery/Shenzhen folder, or LIDC pickle)."""
     dataset: Literal[
@@ -96,6 +108,13 @@ class TrainConfig:
     """Steps between checkpoints."""
     log_every: int = 20
     """Steps between log.jsonl lines."""
+    labelled_fraction: float = 1.0
+    """Train on this share of the training images only (a seeded subset, nested across
+    fractions; the rest count as unlabelled and are unused by these supervised models)."""
+    train_subset: str | None = None
+    """Restrict the training split first, ATTRIBUTE=VALUE:SHARE (e.g. 'sex=F:0.9')."""
+    train_subset_size: int | None = None
+    """Size of that restricted set (None: as large as the split allows)."""
     resume: bool = True
     """Continue from out/checkpoint.pt if it exists."""
     threads: int | None = None
@@ -108,6 +127,18 @@ class TrainConfig:
             raise ConfigError("TrainConfig: steps >= 0, batch_size >= 1, lr > 0 required")
         if self.weight_decay < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
             raise ConfigError("TrainConfig: weight_decay >= 0 and grad_clip > 0 required")
+        if self.model == "semantic-gan":
+            raise ConfigError(
+                "TrainConfig: semantic-gan is configured by "
+                "segmentation.semantic_gan.config.SemanticGANConfig (seg-train dispatches to it)"
+            )
+        if not 0 < self.labelled_fraction <= 1:
+            raise ConfigError("TrainConfig.labelled_fraction must be in (0, 1]")
+        if self.train_subset:
+            try:
+                parse_subset(self.train_subset)
+            except ValueError as exc:
+                raise ConfigError(f"TrainConfig: {exc}") from None
         if self.image_size % 2 ** (len(self.channels) - 1):
             raise ConfigError(
                 f"TrainConfig.image_size {self.image_size} must be divisible by "
@@ -140,14 +171,6 @@ class TrainConfig:
         return ModelSpec(self.model, self.num_classes, unet, ssn)
 
 
-class TrainResult(NamedTuple):
-    out: Path
-    steps: int
-    """Optimiser steps completed (may be < cfg.steps when max_time_s stopped training)."""
-    last_loss: float
-    elapsed_s: float
-
-
 class Batches:
     """Random batches with one random annotator per image, and random flips."""
 
@@ -172,26 +195,6 @@ class Batches:
         return as_t(x.copy()), as_t(y.astype(np.int64)), None if roi is None else as_t(roi.copy())
 
 
-# Fields that may change between a run and its resumption without changing the model.
-RESUMABLE_CHANGES = frozenset(
-    {"out", "steps", "max_time_s", "resume", "progress", "threads", "log_every", "checkpoint_every"}
-)
-
-
-def check_resumable(cfg: TrainConfig) -> None:
-    """Refuse to resume a run directory whose saved cfg.json describes a different model."""
-    path = cfg.out / "cfg.json"
-    if not (cfg.resume and (cfg.out / "checkpoint.pt").exists() and path.exists()):
-        return
-    old, new = json.loads(path.read_text()), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise ConfigError(
-            f"{cfg.out} holds a checkpoint of a different configuration (fields {changed}); "
-            "use another --out or --no-resume"
-        )
-
-
 def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
     """Load out/checkpoint.pt into model/optimiser; drop log lines after it. Returns step."""
     ckpt_path = cfg.out / "checkpoint.pt"
@@ -211,7 +214,9 @@ def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
             for ln in log_path.read_text().splitlines()
             if ln.strip() and json.loads(ln).get("step", 0) <= step
         ]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
+        tmp = log_path.with_name(log_path.name + ".tmp")  # a kill here must not empty the log
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(log_path)
     log.info("resumed %s at step %d", ckpt_path, step)
     return step
 
@@ -247,9 +252,8 @@ def _setup(cfg: TrainConfig) -> _State:
     cfg.out.mkdir(parents=True, exist_ok=True)
     check_resumable(cfg)
     save_config(cfg, cfg.out / "cfg.json")
-    samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
-    if not samples:
-        raise DataError(f"{cfg.data}: no {cfg.dataset} images in split 'train'")
+    samples = load_training_samples(cfg)
+    samples = [samples[i] for i in labelled_indices(len(samples), cfg.labelled_fraction, cfg.seed)]
     torch.manual_seed(cfg.seed)
     spec = cfg.spec()
     model = build_model(spec)
@@ -306,7 +310,25 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(cfg.out, step, loss_value, time.monotonic() - t0)
 
 
+def wants_semantic_gan(argv: list[str] | None) -> bool:
+    """True when ``--model semantic-gan`` is given, or a ``--preset`` names that model."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--preset", type=Path)
+    ns, _ = pre.parse_known_args(argv)
+    if ns.model is not None or ns.preset is None:
+        return ns.model == "semantic-gan"
+    try:
+        return tomllib.loads(ns.preset.read_text()).get("model") == "semantic-gan"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # the regular parser reports the unreadable preset
+
+
 def main(argv: list[str] | None = None) -> int:
+    if wants_semantic_gan(argv):
+        from segmentation.semantic_gan.train import main as semantic_gan_main
+
+        return semantic_gan_main(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_config(TrainConfig, argv, prog="python -m segmentation.train")
     result = train(cfg)

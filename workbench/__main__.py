@@ -27,8 +27,12 @@ STAGES: dict[str, tuple[str, str]] = {
     ),
     "steer": ("workbench.steer.run", "steer generation with SAE features and evaluate the effect"),
     "app": ("workbench.ui.app", "serve the browser app for a run on 127.0.0.1"),
-    "seg-train": ("segmentation.train", "train a U-Net / SSN segmentation model"),
+    "seg-train": ("segmentation.train", "train a U-Net / SSN / SemanticGAN segmentation model"),
     "seg-evaluate": ("segmentation.evaluate", "evaluate segmentation models (GED, Dice, ...)"),
+    "seg-study": (
+        "segmentation.study",
+        "SemanticGAN vs U-Net: labelled fractions, robustness, subgroups, out of domain",
+    ),
 }
 
 

@@ -153,3 +153,19 @@ def test_ablation_images_are_blank_or_another_studys(phantom):
     assert not np.array_equal(np.asarray(swapped[0]), np.asarray(records[0].load_images().frontal))
     with pytest.raises(ValueError, match="image condition"):
         study_images(records, 0, "noise")
+
+
+def test_decoder_init_takes_the_language_model_and_leaves_vision_fresh(phantom, tmp_path):
+    first = mini_train.train(tiny_cfg(phantom, tmp_path / "a", eval_studies=0))
+    cfg = tiny_cfg(
+        phantom, tmp_path / "b", eval_studies=0, epochs=1, init_decoder_from=first, lr=0.0, seed=3
+    )
+    second = mini_train.train(cfg)
+    assert "decoder initialised from" in (second / "train.log").read_text()
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    a = load_file(next(first.glob("*.safetensors")))
+    b = load_file(next(second.glob("*.safetensors")))
+    decoder = [k for k in a if k.startswith(("language_model.", "lm_head."))]
+    assert decoder and all(torch.equal(a[k], b[k]) for k in decoder)  # lr 0: carried over
+    vision = [k for k in a if "vision_tower" in k and k.endswith("weight")]
+    assert any(not torch.equal(a[k], b[k]) for k in vision)  # stage 1 ran on a fresh tower

@@ -161,6 +161,7 @@ def test_demo_runs_every_task_within_budget(phantom, tmp_path):
     assert out["skipped"] == []
     for key in (
         "lungs_unet_dice",
+        "lungs_semantic_gan_dice",
         "nodules_unet_ged",
         "nodules_ssn_ged",
         "nodules_ssn_sample_diversity",

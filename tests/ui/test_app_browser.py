@@ -149,7 +149,7 @@ def test_deep_links_open_the_right_view(page, app_url, tiny_run):
     page.goto(app_url + "?feature=99999")
     page.locator("#wb-ftitle").get_by_text("feature 99999: this SAE has features 0-15").wait_for()
     page.goto(app_url + "?feature=abc")
-    page.locator("#wb-banner").get_by_text("?feature=abc is not a feature number").wait_for()
+    page.locator("#wb-linknote").get_by_text("?feature=abc is not a feature number").wait_for()
     page.goto(app_url + "?tab=features&q=effusion")
     page.wait_for_function(
         "() => (document.querySelector('#wb-features') || {}).innerText?.includes("
@@ -174,13 +174,19 @@ def test_address_bar_follows_navigation(page, app_url):
 
 def test_concept_chip_and_concept_filter(page, app_url):
     page.goto(app_url)
-    page.locator("#wb-bestconcepts a.wb-chip", has_text="pneumothorax · ground truth →").first.click()
+    page.locator(
+        "#wb-bestconcepts a.wb-chip", has_text="pneumothorax · ground truth →"
+    ).first.click()
     _title_has(page, "feature 0")
     _tab(page, "Features")
     page.locator("#wb-concept input").click()
     page.get_by_role("option", name="pleural effusion · CheXpert").click()
-    page.locator("#wb-features [role=gridcell]", has_text="AUROC 1.00 for pleural effusion").wait_for()
-    assert "associated with pleural effusion · CheXpert" in page.locator("#wb-fsummary").inner_text()
+    page.locator(
+        "#wb-features [role=gridcell]", has_text="AUROC 1.00 for pleural effusion"
+    ).wait_for()
+    assert (
+        "associated with pleural effusion · CheXpert" in page.locator("#wb-fsummary").inner_text()
+    )
 
 
 def test_sql_links_refusal_and_scroll(page, app_url):

@@ -26,6 +26,8 @@ WRITERS = (
     "workbench.models.mini.train",
     "workbench.testing",
     "segmentation.train",
+    "segmentation.semantic_gan.train",
+    "segmentation.study",
 )
 
 

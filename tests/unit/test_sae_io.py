@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.fixtures.sae_files import write_dictionary_learning
 from workbench.sae import MatryoshkaSAE, SAEFormatError, load_sae, save_sae
 
 
@@ -73,40 +74,8 @@ def test_load_sae_saved_by_saelens(tmp_path):
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
 
 
-def _write_dictionary_learning(path, d_in=16, d_sae=64, k=6, sizes=(16, 48), thr=0.2):
-    """An ae.pt + config.json laid out exactly as dictionary_learning's trainSAE writes them."""
-    g = torch.Generator().manual_seed(1)
-    W_dec = torch.randn(d_sae, d_in, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    state = {
-        "k": torch.tensor(k, dtype=torch.int),
-        "threshold": torch.tensor(thr, dtype=torch.float32),
-        "group_sizes": torch.tensor(list(sizes)),
-        "W_enc": W_dec.T.clone() + 0.01 * torch.randn(d_in, d_sae, generator=g),
-        "b_enc": torch.randn(d_sae, generator=g) * 0.05,
-        "W_dec": W_dec,
-        "b_dec": torch.randn(d_in, generator=g),
-    }
-    path.mkdir(parents=True)
-    torch.save(state, path / "ae.pt")
-    trainer = {
-        "trainer_class": "MatryoshkaBatchTopKTrainer",
-        "dict_class": "MatryoshkaBatchTopKSAE",
-        "activation_dim": d_in,
-        "dict_size": d_sae,
-        "k": k,
-        "group_fractions": [s / d_sae for s in sizes],
-        "group_sizes": list(sizes),
-        "layer": 15,
-        "lm_name": "microsoft/maira-2",
-        "submodule_name": "resid_post_layer_15",
-    }
-    (path / "config.json").write_text(json.dumps({"trainer": trainer, "buffer": {}}))
-    return state
-
-
 def test_load_dictionary_learning_matryoshka(tmp_path):
-    state = _write_dictionary_learning(tmp_path / "ef4")
+    state = write_dictionary_learning(tmp_path / "ef4")
     sae = load_sae(tmp_path / "ef4" / "ae.pt")
     assert (sae.d_in, sae.d_sae, sae.k, sae.group_sizes) == (16, 64, 6, (16, 48))
     from workbench.models.hooks import resid_post_name

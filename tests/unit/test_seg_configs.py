@@ -1,10 +1,13 @@
 """The segmentation presets in configs/ load, validate and build their models."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from segmentation.models import build_model
+from segmentation.semantic_gan.config import SemanticGANConfig
+from segmentation.study import StudyConfig
 from segmentation.train import TrainConfig
 from workbench.config import ConfigError, build_parser, load_config
 
@@ -13,13 +16,26 @@ PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("seg-*.toml"))
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_preset_loads_and_builds(path):
-    cfg = load_config(TrainConfig, path)
+    fields = tomllib.loads(path.read_text())
+    if "models" in fields:  # the study preset: its two training presets must load and agree
+        study = load_config(StudyConfig, path)
+        root = Path(__file__).parents[2]
+        unet = load_config(TrainConfig, root / study.unet_preset)
+        gan = load_config(SemanticGANConfig, root / study.semgan_preset)
+        assert unet.image_size == gan.image_size and unet.dataset == gan.dataset
+        return
+    gan = fields.get("model") == "semantic-gan"
+    cfg = load_config(SemanticGANConfig if gan else TrainConfig, path)
     model = build_model(cfg.spec())
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_presets_exist():
-    assert {p.name for p in PRESETS} >= {"seg-lidc-ssn.toml", "seg-phantom-nodules-ssn.toml"}
+    assert {p.name for p in PRESETS} >= {
+        "seg-lidc-ssn.toml",
+        "seg-phantom-nodules-ssn.toml",
+        "seg-phantom-lungs-semantic-gan.toml",
+    }
 
 
 def test_help_text_comes_from_field_docstrings():

@@ -54,7 +54,9 @@ def test_csv_export_one_row_per_feature(files):
     rows = list(csv.DictReader(io.StringIO(files["csv"])))
     assert [r["feature"] for r in rows] == ["0", "1", "5"]
     assert tuple(rows[0]) == export.CSV_COLUMNS
-    assert rows[1]["label"] == ui_run.LLM_1 and "fuzzing balanced_accuracy" in rows[1]["label_scores"]
+    assert (
+        rows[1]["label"] == ui_run.LLM_1 and "fuzzing balanced_accuracy" in rows[1]["label_scores"]
+    )
     assert rows[2]["label"] == ui_run.OFFLINE_5 and rows[2]["label_score"] == ""
     assert json.loads(rows[0]["histogram"])[0][2] > 0 and "study " in rows[0]["top_examples"]
 
@@ -99,7 +101,9 @@ def test_download_links_and_table_export(ctx):
     uri = re.search(r'href="data:application/json;charset=utf-8;base64,([^"]+)"', html).group(1)
     assert json.loads(base64.b64decode(uri))["features"][0]["feature"] == 1
     assert "feature 99999: this SAE has features 0-15" in handlers_export.export_feature(ctx, 99999)
-    listed = handlers_export.export_table(ctx, "pneumothorax", None, "any", "any", "frequency", True)
+    listed = handlers_export.export_table(
+        ctx, "pneumothorax", None, "any", "any", "frequency", True
+    )
     assert "run-2-features.json" in listed and "2 features, in the order of the table" in listed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from workbench.ui import labels, links, search
@@ -35,8 +37,13 @@ def test_route_says_what_it_could_not_read():
 
 
 def test_query_round_trips_through_route():
-    for tab, f, s, q in [("feature", 4, None, ""), ("study", 2, 9, ""), ("runs", None, None, ""),
-                         ("features", None, None, "no effusion"), ("features", None, None, "")]:
+    for tab, f, s, q in [
+        ("feature", 4, None, ""),
+        ("study", 2, 9, ""),
+        ("runs", None, None, ""),
+        ("features", None, None, "no effusion"),
+        ("features", None, None, ""),
+    ]:
         url = links.query(tab, f, s, q)
         params = dict(p.split("=", 1) for p in url.lstrip("?").split("&") if p)
         params = {k: v.replace("+", " ") for k, v in params.items()}
@@ -93,7 +100,7 @@ def test_concept_names_and_values():
 
 
 def _label(method, text, score=None, concept=None):
-    details = '{"best_concept": "%s"}' % concept if concept else None
+    details = json.dumps({"best_concept": concept}) if concept else None
     return {"method": method, "label": text, "score": score, "details": details}
 
 
@@ -111,7 +118,8 @@ def test_named_scores_and_blank_reasons():
     ]  # fmt: skip
     scores = labels.named_scores(stat, rows)
     assert [s.text() for s in scores] == [
-        "concept AUROC 0.97", "detection balanced accuracy 0.85"  # two judges averaged
+        "concept AUROC 0.97",
+        "detection balanced accuracy 0.85",  # two judges averaged
     ]
     blanks = labels.blank_reasons(stat, scores, {"detection", "fuzz"}, dead=False)
     assert "fuzzing: not scored for this label (see the label notes in the Runs tab)" in blanks

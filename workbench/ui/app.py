@@ -18,7 +18,7 @@ import gradio as gr
 
 from workbench.config import parse_config
 from workbench.ui import links, render
-from workbench.ui.context import AppContext, open_context
+from workbench.ui.context import AppContext, DbLimits, open_context
 from workbench.ui.render import as_int
 from workbench.ui.style import CLICK_JS, CSS, HEAD, URL_JS
 from workbench.ui.tabs import feature_page, features, runs, sql, study
@@ -44,6 +44,15 @@ class AppConfig:
     """A query running longer than this is interrupted."""
     open_feature: int | None = None
     """Feature page to show first (default: the Features tab)."""
+    db_memory_limit: str = "1GB"
+    """DuckDB memory_limit of each of the app's two connections: a query needing more fails
+    with an out-of-memory message instead of growing the app ('' : DuckDB's default, 80% of
+    RAM)."""
+    db_threads: int = 2
+    """DuckDB threads of each of the app's connections (0: DuckDB's default, all cores)."""
+    refresh_s: float = 10.0
+    """How often an open page checks whether features.duckdb was replaced (a rerun of analyse,
+    label or steer) and says so in its banner; 0: only when a query runs."""
 
 
 def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
@@ -91,7 +100,7 @@ def _open_url(ctx: AppContext, route: links.Route, page, tab, table) -> list:
     shown_s = study.show(ctx, route.study, route.feature) if route.study is not None else skip_s
     problem = render.message(route.problem, "error") if route.problem else ""
     search = route.search if route.search else gr.skip()
-    return [gr.Tabs(selected=route.tab), *shown_f, *shown_s, search, _banner(ctx) + problem]
+    return [gr.Tabs(selected=route.tab), *shown_f, *shown_s, search, problem]
 
 
 def _banner(ctx: AppContext) -> str:
@@ -100,12 +109,28 @@ def _banner(ctx: AppContext) -> str:
     return head + render.messages(ctx.status.problems)
 
 
-def build_app(ctx: AppContext, open_feature: int | None = None) -> gr.Blocks:
+def _live_banner(ctx: AppContext) -> str:
+    """The banner after checking whether the database was replaced (reopened if so)."""
+    ctx.refresh()
+    return _banner(ctx)
+
+
+def build_app(
+    ctx: AppContext, open_feature: int | None = None, refresh_s: float = 0.0
+) -> gr.Blocks:
     """The whole app for one context: Features, Feature, Study, Runs and SQL tabs, every view
-    reachable by its address."""
+    reachable by its address.
+
+    ``refresh_s`` > 0 re-checks the run that often and updates the banner (a rerun of
+    analyse is then announced without waiting for a click).
+    """
     made, html = _clickables()
     with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
         banner = gr.HTML(_banner(ctx), elem_id="wb-banner")
+        if refresh_s > 0:
+            timer = gr.Timer(refresh_s)
+            timer.tick(lambda: _live_banner(ctx), None, banner, show_progress="hidden")
+        note = gr.HTML(elem_id="wb-linknote")
         url = gr.Textbox(visible="hidden", elem_id="wb-url")
         with gr.Tabs(selected="features") as tabs:
             with gr.Tab("Features", id="features") as t_features:
@@ -119,14 +144,14 @@ def build_app(ctx: AppContext, open_feature: int | None = None) -> gr.Blocks:
             with gr.Tab("SQL", id="sql") as t_sql:
                 sql.build(ctx, html)
         tab_ids = tuple(t.id for t in (t_features, t_feature, t_study, t_runs, t_sql))
-        _wire(ctx, app, made, (tabs, page, tab, table, url, banner), (open_feature, tab_ids))
+        _wire(ctx, app, made, (tabs, page, tab, table, url, note), (open_feature, tab_ids))
     return app
 
 
 def _wire(ctx, app, made, parts, opening) -> None:
     """Chips, table rows and the page's address open views; the address follows (a click on
     a tab header updates it in the browser alone: :data:`workbench.ui.style.HEAD`)."""
-    tabs, page, tab, table, url, banner = parts
+    tabs, page, tab, table, url, note = parts
     open_feature, tab_ids = opening
     nav_out = [tabs, *page.outputs, *tab.outputs, url]
 
@@ -145,7 +170,7 @@ def _wire(ctx, app, made, parts, opening) -> None:
     table.table.select(open_row, None, [tabs, *page.outputs, url]).then(
         None, [url], None, js=URL_JS
     )
-    load_out = [tabs, *page.outputs, *tab.outputs, table.search, banner]
+    load_out = [tabs, *page.outputs, *tab.outputs, table.search, note]
     app.load(open_url, None, load_out, show_progress="hidden")
 
 
@@ -161,9 +186,10 @@ def _check_host(host: str) -> None:
 def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
     """Open the run, build the app and launch it (never shared, no file routes)."""
     _check_host(cfg.host)
-    ctx = open_context(cfg.run, tuple(cfg.image_roots))
+    limits = DbLimits(cfg.db_memory_limit or None, cfg.db_threads or None)
+    ctx = open_context(cfg.run, tuple(cfg.image_roots), limits)
     ctx.sql_row_limit, ctx.sql_timeout_s = cfg.sql_row_limit, cfg.sql_timeout_s
-    app = build_app(ctx, cfg.open_feature)
+    app = build_app(ctx, cfg.open_feature, cfg.refresh_s)
     app.launch(
         server_name=cfg.host,
         server_port=cfg.port,

@@ -25,7 +25,7 @@ log = logging.getLogger("workbench.ui")
 
 FEATURE_COLUMNS = (
     "feature", "label", "why", "method", "score", "concept", "AUROC", "frequency", "max act",
-    "group",
+    "group", "select.",
 )  # fmt: skip
 NO_CONCEPT = "(best concept)"
 
@@ -77,13 +77,15 @@ def feature_table(
     group: str | int | None = None,
     sort: str = "frequency",
     descending: bool = True,
+    meaning: bool = False,
     limit: int = 200,
 ) -> FeatureTable:
     """The Features tab: matching features as table rows plus a line saying what is shown.
 
     ``concept`` is a filter value ('source:name', or a bare name): the table keeps the features
     associated with it. A search ranks matches by where they matched (:mod:`workbench.ui.search`)
-    and fills the 'why' column.
+    and fills the 'why' column. ``select.`` is the assertion selectivity on the shown concept's
+    report mentions; ``meaning`` keeps the features that mean the concept rather than its word.
     """
     if ctx.con is None:
         return FeatureTable([], render.messages(ctx.status.problems))
@@ -95,7 +97,7 @@ def feature_table(
         if chosen is None:
             return FeatureTable([], render.message(f"Unknown concept {concept!r}.", "error"))
     rows, total = queries.feature_table(
-        ctx, text, chosen, density, group_i, sort, descending, limit
+        ctx, text, chosen, density, group_i, sort, descending, limit, meaning
     )
     if text:
         key = queries.SORTS.get(sort, queries.SORTS["frequency"])
@@ -123,6 +125,7 @@ def _row(r: dict, chosen: tuple[str, str] | None) -> list[Any]:
         _round(r["frequency"], 6),
         _round(r["max_act"]),
         r["group"],
+        _round(r["selectivity"]),
     ]
 
 

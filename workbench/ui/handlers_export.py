@@ -48,7 +48,7 @@ def export_files(ctx: AppContext, features: list[int], stem: str) -> list[tuple[
     """(file name, MIME type, text) of the three formats for ``features``."""
     data = qf.export_rows(ctx, features)
     meta = run_meta(ctx)
-    recs = export.records(data, features, queries.tests_run(ctx))
+    recs = export.records(data, features, qf.tests_run(ctx))
     return [
         (f"{stem}.json", "application/json", export.to_json(recs, meta)),
         (f"{stem}.csv", "text/csv", export.to_csv(recs)),

@@ -60,7 +60,7 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
     if header is None:
         return _empty_feature(render.message(missing_feature(ctx, f), "error"))
     cards = labels.cards(
-        queries.labels(ctx, f), queries.label_scores(ctx, f), queries.tests_run(ctx),
+        qf.labels(ctx, f), qf.label_scores(ctx, f), qf.tests_run(ctx),
         bool(header.get("dead")),
     )  # fmt: skip
     ex = queries.by_feature(ctx, "feature_examples", f, EXAMPLE_ORDER)
@@ -68,10 +68,11 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
     return FeatureView(
         title=render.feature_title(f, header, cards, labels.why_leads(cards)),
         histogram=_histogram(queries.by_feature(ctx, "feature_histograms", f, "bin")),
-        image=image_panel(ctx, f, header),
+        image=image_panel(ctx, f, header) + _localisation_panel(qf.localisation(ctx, f)),
         concepts=_concepts_panel(
             queries.by_feature(ctx, "feature_concepts", f, "auroc DESC NULLS LAST", 12)
-        ),
+        )
+        + _mentions_panel(qf.mention_scores(ctx, f)),
         logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
         neighbors=card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
         examples=card("Examples", examples_panel(ctx, f, ex, scale)),
@@ -165,6 +166,43 @@ def _concepts_panel(rows: list[dict]) -> str:
     chart = charts.hbars(items, 0.0, 1.0, ref=0.5, title="AUROC of study max activation")
     numbers = render.table(rows, ["concept", "source", "auroc", "rank"])
     return card("Concepts", chart + render.details("numbers", numbers))
+
+
+_STATUS_BARS = (("mean_asserted", "present"), ("mean_negated", "negated"),
+                ("mean_uncertain", "uncertain"))  # fmt: skip
+
+
+def _mentions_panel(rows: list[dict]) -> str:
+    """ "Fires on: present / negated / uncertain" bars for the concepts it fires on most."""
+    if not rows:
+        return ""
+    items = [
+        (f"{r['concept']} · {name}", r[key])
+        for r in rows[:3]
+        for key, name in _STATUS_BARS
+        if r[key] is not None
+    ]
+    top = max((v for _, v in items), default=0.0) or 1.0
+    chart = charts.hbars(items, 0.0, top, title="fires on: present / negated / uncertain")
+    cols = ["concept", "n_fired", "mean_asserted", "mean_negated", "mean_uncertain",
+            "mean_historical", "selectivity"]  # fmt: skip
+    note = (
+        '<p class="wb-empty">Mean activation over the concept\'s report mentions by status; '
+        "selectivity = AUROC of present vs negated mentions (0.5: the word, 1: the meaning)."
+        "</p>"
+    )
+    return card("On report mentions", chart + note + render.details(
+        "numbers", render.table(rows, cols)))  # fmt: skip
+
+
+def _localisation_panel(rows: list[dict]) -> str:
+    """Pointing game and patch AUROC against the ground-truth masks (phantom runs)."""
+    if not rows:
+        return ""
+    items = [(r["concept"], r["pointing_game"]) for r in rows]
+    chart = charts.hbars(items, 0.0, 1.0, title="pointing game: peak patch inside the mask")
+    numbers = render.table(rows, ["concept", "n_studies", "pointing_game", "patch_auroc"])
+    return card("Localisation vs masks", chart + render.details("numbers", numbers))
 
 
 def _logits_panel(rows: list[dict]) -> str:

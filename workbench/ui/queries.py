@@ -60,6 +60,7 @@ SORTS: Mapping[str, str] = MappingProxyType(
         "max activation": "max_act",
         "AUROC": "auroc",
         "label score": "score",
+        "selectivity": "selectivity",
     }
 )
 
@@ -91,21 +92,28 @@ def feature_table(
     sort: str = "frequency",
     descending: bool = True,
     limit: int = 200,
+    meaning: bool = False,
 ) -> tuple[Rows, int]:
     """Features matching the filters (first ``limit`` in the chosen order) and the total count.
 
     ``label`` is the label each feature is known by (:func:`known_labels`), ``score`` its rank
     score. ``concept`` = (source, name) keeps the features associated with that concept
     (AUROC >= :data:`ASSOCIATED_AUROC`) and shows its AUROC (else each feature's best concept),
-    with the assertion ``selectivity`` when analyse wrote ``feature_mentions``. ``search``
-    matches any label (case-insensitive) or the feature's index; then every match comes back
-    (up to :data:`SEARCH_CAP`) with the matching labels in ``matched``, for the handler to rank.
+    with the assertion ``selectivity`` on that concept's report mentions when analyse wrote
+    ``feature_mentions``. ``meaning`` keeps the features that mean the shown concept, not its
+    word: selectivity >= :data:`MIN_SELECTIVITY` or pointing game >= :data:`MIN_POINTING`.
+    ``search`` matches any label (case-insensitive) or the feature's index; then every match
+    comes back (up to :data:`SEARCH_CAP`) with the matching labels in ``matched``, for the
+    handler to rank.
     """
     if not ctx.has("features", "feature_stats", "feature_labels", "feature_concepts"):
         return [], 0
     where, params = _table_filters(search, concept, density, group)
     text = (search or "").strip()
-    sel_cte, sel_join = _selectivity(ctx, concept is not None)
+    sel_cte, sel_join = _meaning_sources(ctx)
+    if meaning:
+        where += " AND (sel.selectivity >= $min_sel OR loc.pointing_game >= $min_point)"
+        params.update(min_sel=MIN_SELECTIVITY, min_point=MIN_POINTING)
     con_rows = "concept = $concept AND source = $source" if concept else "rank = 1"
     sql = f"""
       WITH lab AS ({known_labels(ctx)}),
@@ -116,7 +124,7 @@ def feature_table(
       hits AS (
         SELECT f.feature, l.label, l.method, l.rank_score AS score, c.concept, c.source,
                c.auroc, s.frequency, s.max_act, f.matryoshka_group AS "group",
-               sel.selectivity, m.labels AS matched
+               sel.selectivity, loc.pointing_game, m.labels AS matched
         FROM features f
         LEFT JOIN feature_stats s USING (feature)
         LEFT JOIN lab l USING (feature)
@@ -138,17 +146,33 @@ def feature_table(
     return rows, ctx.rows(sql + "SELECT count(*) AS n FROM hits", params)[0]["n"]
 
 
-def _selectivity(ctx: AppContext, wanted: bool) -> tuple[str, str]:
-    """CTE and join adding the assertion selectivity of the shown concept (analyse's
-    ``feature_mentions``; concept names compared case- and underscore-blind), or a NULL."""
-    if not (wanted and ctx.has("feature_mentions")):
-        return ", sel AS (SELECT NULL::INTEGER AS feature, NULL::DOUBLE AS selectivity)", (
-            "LEFT JOIN sel ON false"
-        )
+# "Means the concept" (the Features tab's filter and the meaning table of analyse --report).
+MIN_SELECTIVITY, MIN_POINTING = 0.9, 0.8
+
+
+def _meaning_sources(ctx: AppContext) -> tuple[str, str]:
+    """CTEs and joins adding, for the shown concept, the assertion selectivity on its report
+    mentions (``feature_mentions``) and the pointing game against its masks
+    (``feature_localisation``); concept names are compared case- and underscore-blind (the
+    analyse tables use the phantom's names, the filter may show CheXpert's). Runs analysed
+    before those tables get NULLs."""
     norm = "lower(replace({}, '_', ' '))"
-    cte = f""", sel AS (SELECT feature, {norm.format("concept")} AS norm, selectivity
-                        FROM feature_mentions)"""
-    join = f"LEFT JOIN sel ON sel.feature = f.feature AND sel.norm = {norm.format('c.concept')}"
+    parts = []
+    for alias, table, column in (
+        ("sel", "feature_mentions", "selectivity"),
+        ("loc", "feature_localisation", "pointing_game"),
+    ):
+        if ctx.has(table):
+            body = f"SELECT feature, {norm.format('concept')} AS norm, {column} FROM {table}"
+        else:
+            body = f"SELECT NULL::INTEGER AS feature, NULL AS norm, NULL::DOUBLE AS {column}"
+        parts.append((alias, body))
+    cte = "".join(f", {alias} AS ({body})" for alias, body in parts)
+    join = " ".join(
+        f"LEFT JOIN {alias} ON {alias}.feature = f.feature "
+        f"AND {alias}.norm = {norm.format('c.concept')}"
+        for alias, _ in parts
+    )
     return cte, join
 
 
@@ -242,32 +266,6 @@ def by_feature(ctx: AppContext, table: str, feature: int, order: str, limit: int
     return ctx.rows(
         f"SELECT * FROM {table} WHERE feature = ? ORDER BY {order} LIMIT ?", [feature, limit]
     )
-
-
-def labels(ctx: AppContext, feature: int) -> Rows:
-    """Every label of the feature, the one it is known by first (:func:`ranked_labels`)."""
-    if not ctx.has("feature_labels"):
-        return []
-    sql = f"""WITH one AS (SELECT $f AS feature), ranked AS ({ranked_labels(ctx, "one")})
-              SELECT * FROM ranked ORDER BY label_rank"""
-    return ctx.rows(sql, {"f": feature})
-
-
-def label_scores(ctx: AppContext, feature: int) -> Rows:
-    """Every score of every label of the feature (``feature_scores`` rows)."""
-    if not ctx.has("feature_scores"):
-        return []
-    sql = """SELECT method, scorer, metric, value, n_examples FROM feature_scores
-             WHERE feature = ? ORDER BY method, scorer, metric"""
-    return ctx.rows(sql, [feature])
-
-
-def tests_run(ctx: AppContext) -> set[str]:
-    """Scorer names (detection, fuzz, ...) that wrote any score to this database."""
-    if not ctx.has("feature_scores"):
-        return set()
-    sql = "SELECT DISTINCT split_part(scorer, ':', 1) AS name FROM feature_scores"
-    return {r["name"] for r in ctx.rows(sql)}
 
 
 def neighbors(ctx: AppContext, feature: int, limit: int = 10) -> Rows:

@@ -22,6 +22,52 @@ from workbench.ui.queries import Rows, ranked_labels
 TEXT_KINDS = ("prompt", "report", "generated")
 
 
+def labels(ctx: AppContext, feature: int) -> Rows:
+    """Every label of the feature, the one it is known by first (:func:`ranked_labels`)."""
+    if not ctx.has("feature_labels"):
+        return []
+    sql = f"""WITH one AS (SELECT $f AS feature), ranked AS ({ranked_labels(ctx, "one")})
+              SELECT * FROM ranked ORDER BY label_rank"""
+    return ctx.rows(sql, {"f": feature})
+
+
+def label_scores(ctx: AppContext, feature: int) -> Rows:
+    """Every score of every label of the feature (``feature_scores`` rows)."""
+    if not ctx.has("feature_scores"):
+        return []
+    sql = """SELECT method, scorer, metric, value, n_examples FROM feature_scores
+             WHERE feature = ? ORDER BY method, scorer, metric"""
+    return ctx.rows(sql, [feature])
+
+
+def tests_run(ctx: AppContext) -> set[str]:
+    """Scorer names (detection, fuzz, ...) that wrote any score to this database."""
+    if not ctx.has("feature_scores"):
+        return set()
+    sql = "SELECT DISTINCT split_part(scorer, ':', 1) AS name FROM feature_scores"
+    return {r["name"] for r in ctx.rows(sql)}
+
+
+def mention_scores(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
+    """Mean activation per mention status for the concepts whose mentions it fires on most."""
+    if not ctx.has("feature_mentions"):
+        return []
+    sql = """SELECT concept, n_fired, mean_asserted, mean_negated, mean_uncertain,
+                    mean_historical, selectivity
+             FROM feature_mentions WHERE feature = ? ORDER BY n_fired DESC, concept LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
+
+
+def localisation(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
+    """Pointing game and patch AUROC against the masks, best concepts first."""
+    if not ctx.has("feature_localisation"):
+        return []
+    sql = """SELECT concept, n_studies, pointing_game, patch_auroc FROM feature_localisation
+             WHERE feature = ? ORDER BY pointing_game DESC, patch_auroc DESC NULLS LAST, concept
+             LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
+
+
 def has_column(ctx: AppContext, table: str, column: str) -> bool:
     """Whether ``table`` of the run's database has ``column`` (older runs may lack new ones)."""
     if not ctx.has(table):

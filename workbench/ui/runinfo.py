@@ -107,16 +107,34 @@ def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
     ]
 
 
-def _sae_facts(run_dir: Path) -> list[tuple[str, Any]]:
-    sae = RunLayout(run_dir).sae
-    ours = read_json(sae / "workbench_sae.json") or {}
+def _foreign_sae_facts(sae: Path) -> dict[str, Any]:
+    """Width, k and Matryoshka widths of a SAELens ``cfg.json`` or a dictionary_learning
+    ``config.json`` (SAEs trained elsewhere carry no ``workbench_sae.json``)."""
     lens = read_json(RunLayout.cfg(sae)) or {}
+    details = (lens.get("metadata") or {}).get("training_architecture_details") or {}
+    trainer = (read_json(sae / "config.json") or {}).get("trainer") or {}
+    widths = details.get("matryoshka_widths")
+    groups = [b - a for a, b in zip([0, *widths[:-1]], widths)] if widths else None
+    return {
+        "d_in": lens.get("d_in", trainer.get("activation_dim")),
+        "d_sae": lens.get("d_sae", trainer.get("dict_size")),
+        "k": details.get("k", trainer.get("k")),
+        "group_sizes": groups or trainer.get("group_sizes"),
+        "trained_with": (lens.get("metadata") or {}).get("trained_with")
+        or ("SAELens" if lens else "dictionary_learning" if trainer else None),
+    }
+
+
+def _sae_facts(sae: Path) -> list[tuple[str, Any]]:
+    ours = read_json(sae / "workbench_sae.json") or {}
+    theirs = _foreign_sae_facts(sae)
     final = ours.get("final_metrics") or {}
-    d_in, d_sae = ours.get("d_in", lens.get("d_in")), ours.get("d_sae", lens.get("d_sae"))
+    d_in, d_sae = ours.get("d_in", theirs["d_in"]), ours.get("d_sae", theirs["d_sae"])
     return [
         ("SAE width", f"{d_in} → {d_sae}" if d_in and d_sae else None),
-        ("k", ours.get("k")),
-        ("Matryoshka groups", ours.get("group_sizes")),
+        ("SAE trained with", "workbench" if ours else theirs["trained_with"]),
+        ("k", ours.get("k", theirs["k"])),
+        ("Matryoshka groups", ours.get("group_sizes", theirs["group_sizes"])),
         ("trained on tokens", ours.get("tokens")),
         ("steps", ours.get("steps")),
         ("final FVU", final.get("fvu")),
@@ -150,10 +168,12 @@ def _db_runs(ctx: AppContext) -> str:
     if not ctx.has("runs"):
         return ""
     rows = ctx.rows(
-        "SELECT stage, started_at, finished_at, hook_name, n_tokens, n_studies, d_sae, notes "
+        "SELECT stage, started_at, finished_at, sae_path, hook_name, n_tokens, n_studies, d_sae,"
+        " notes "
         "FROM runs ORDER BY started_at"
     )
-    cols = ["stage", "started_at", "finished_at", "hook_name", "n_tokens", "n_studies", "d_sae"]
+    cols = ["stage", "started_at", "finished_at", "sae_path", "hook_name", "n_tokens",
+            "n_studies", "d_sae"]  # fmt: skip
     head = "".join(f"<th>{escape(c)}</th>" for c in [*cols, "notes"])
     body = "".join(
         "<tr>"
@@ -201,7 +221,8 @@ def log_files(run_dir: Path) -> list[Path]:
 def runs_view(ctx: AppContext) -> RunsView:
     """The Runs tab: model, layer, SAE, token counts, and the training curves."""
     facts = [("run", ctx.run_dir.name), ("SAE", ctx.status.sae_state)]
-    facts += _store_facts(ctx.run_dir) + _dead_facts(ctx) + _sae_facts(ctx.run_dir)
+    sae_dir = ctx.sae_dir or RunLayout(ctx.run_dir).sae
+    facts += _store_facts(ctx.run_dir) + _dead_facts(ctx) + _sae_facts(sae_dir)
     try:
         db_html = _db_runs(ctx) if ctx.con is not None else ""
     except duckdb.Error as exc:
@@ -226,18 +247,33 @@ def run_sql(ctx: AppContext, sql: str) -> SQLResult:
         text = check_sql(sql)
     except UnsafeQueryError as exc:
         return SQLResult([], [], render.message(str(exc), "error"))
+    reopened = ctx.refresh()  # the database may have been replaced since the last query
     if ctx.sql_con is None:
         return SQLResult([], [], render.messages(ctx.status.problems or ["No database."]))
     try:
-        with ctx.sql_lock:
-            res = run_limited(ctx.sql_con, text, ctx.sql_row_limit, ctx.sql_timeout_s)
+        res = _sql(ctx, text)
     except duckdb.Error as exc:
-        return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
+        if not ctx.refresh():
+            return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
+        reopened = True
+        try:
+            res = _sql(ctx, text)
+        except duckdb.Error as exc2:
+            return SQLResult([], [], render.message(f"Query failed: {exc2}", "error"))
     rows = [[_plain(v) for v in r] for r in res.rows]
     note = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
     if res.truncated:
         note = f"more than {ctx.sql_row_limit:,} rows: the first {ctx.sql_row_limit:,} are shown"
-    return SQLResult(res.columns, rows, render.message(note, "info"))
+    message = render.message(note, "info")
+    if reopened:
+        message = render.message(ctx.status.problems[0], "info") + message
+    return SQLResult(res.columns, rows, message)
+
+
+def _sql(ctx: AppContext, text: str):
+    """One checked statement on the SQL tab's connection, under its lock."""
+    with ctx.sql_lock:
+        return run_limited(ctx.sql_con, text, ctx.sql_row_limit, ctx.sql_timeout_s)
 
 
 def _plain(v: Any) -> Any:

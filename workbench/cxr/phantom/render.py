@@ -38,15 +38,20 @@ class Rendered(NamedTuple):
 
 
 def to_grey(density: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndarray:
-    """Density -> 8-bit grey: exposure and contrast, quantum noise, detector blur."""
+    """Density -> 8-bit grey: exposure and contrast, quantum noise, detector blur.
+
+    ``acq`` may carry ``detector_blur`` (px, default 0.8) and ``display_gamma`` (default
+    1.1); the cohort never sets them, a "scanner shift" test set does (segmentation.perturb).
+    """
     img = 1.0 - np.exp(-2.1 * density * acq["exposure"])
     img = img / (1.0 - np.exp(-2.1 * 1.05)) + acq["brightness"]
-    img = smooth(img, 0.8)  # detector unsharpness
+    img = smooth(img, acq.get("detector_blur", 0.8))  # detector unsharpness
     half = max(img.shape[0] // 2, 16)
     noise = Image.fromarray(rng.standard_normal((half, half), dtype=np.float32), mode="F")
     noise = np.asarray(noise.resize(img.shape[::-1], Image.BILINEAR), dtype=np.float32)
     img = img + acq["noise"] * (0.6 + 0.6 * (1.0 - np.clip(img, 0, 1))) * noise * 0.9
-    return np.round(np.clip(img, 0.0, 1.0) ** 1.1 * 255.0).astype(np.uint8)
+    gamma = acq.get("display_gamma", 1.1)
+    return np.round(np.clip(img, 0.0, 1.0) ** gamma * 255.0).astype(np.uint8)
 
 
 def _apply_findings(study, g, frame, lay, masks, rng) -> None:

@@ -94,6 +94,10 @@ class MiniConfig:
     init_from: Path | None = None
     """Start from the weights and tokenizer of a trained maira2-mini (a continuation run:
     stage 1 is skipped, stage 2 runs ``epochs`` more epochs with a fresh schedule)."""
+    init_decoder_from: Path | None = None
+    """Start the language model and LM head from a trained maira2-mini (and use its
+    tokenizer); vision tower and projector start fresh and stage 1 runs. A decoder that already
+    writes phantom reports then only has to learn to read the new image tokens."""
     aux_weight: float = 1.0
     """Weight of the stage-2 auxiliary loss: a linear probe on the pooled projector output of
     the current frontal image predicts the phantom's ground-truth concepts. It gives the

@@ -110,6 +110,39 @@ def _log_to_file(out: Path) -> logging.Handler:
     return handler
 
 
+def run_tokenizer(cfg: MiniConfig, records, work: Path):
+    """The tokenizer of a continuation's source model, else the run's own (trained once)."""
+    source = cfg.init_from or cfg.init_decoder_from
+    if source is None:
+        return load_or_train_tokenizer(cfg, records, work)
+    from workbench.models.registry import model_tokenizer
+
+    return model_tokenizer(source)
+
+
+def initial_model(cfg: MiniConfig, tokenizer):
+    """A fresh maira2-mini, or one starting from ``init_from`` (all weights) or from
+    ``init_decoder_from`` (the language model and LM head only: vision and projector fresh)."""
+    from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+    model = build_mini(cfg, tokenizer)
+    source = cfg.init_from or cfg.init_decoder_from
+    if source is None:
+        return model
+    start = Maira2ForConditionalGeneration.from_pretrained(source).state_dict()
+    if cfg.init_from is not None:
+        model.load_state_dict(start)
+        log.info("stage 2 continues from %s (stage 1 skipped)", source)
+        return model
+    keep = ("language_model.", "lm_head.")
+    decoder = {k: v for k, v in start.items() if k.startswith(keep)}
+    missing = model.load_state_dict(decoder, strict=False).missing_keys
+    if any(k.startswith(keep) for k in missing):
+        raise ValueError(f"{source}: decoder weights do not fit this config ({missing[:3]} ...)")
+    log.info("decoder initialised from %s (%d tensors)", source, len(decoder))
+    return model
+
+
 def train(cfg: MiniConfig) -> Path:
     """Train maira2-mini as ``cfg`` says and save it to ``cfg.out``; returns that path."""
     cfg.validate()
@@ -125,27 +158,15 @@ def train(cfg: MiniConfig) -> Path:
             records = records[: cfg.max_train_studies]
         work = cfg.out / ".train"
         work.mkdir(parents=True, exist_ok=True)
-        if cfg.init_from is not None:
-            from workbench.models.registry import model_tokenizer
-
-            tokenizer = model_tokenizer(cfg.init_from)
-        else:
-            tokenizer = load_or_train_tokenizer(cfg, records, work)
+        tokenizer = run_tokenizer(cfg, records, work)
         processor = Maira2Processor(tokenizer, image_size=cfg.image_size, patch_size=cfg.patch_size)
         t0 = time.perf_counter()
         examples = encode_all(
             processor, records, read_phantom_labels(cfg.phantom), cfg.image_only_prob > 0
         )
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
-        model = build_mini(cfg, tokenizer)
-        if cfg.init_from is not None:
-            from workbench.models.maira2 import Maira2ForConditionalGeneration
-
-            start = Maira2ForConditionalGeneration.from_pretrained(cfg.init_from)
-            model.load_state_dict(start.state_dict())
-            log.info("stage 2 continues from %s (stage 1 skipped)", cfg.init_from)
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("maira2-mini: %.2f M parameters", n_params / 1e6)
+        model = initial_model(cfg, tokenizer)
+        log.info("maira2-mini: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
         vision_stats = {}
         if cfg.vision_steps and cfg.init_from is None:
             vision_stats = stage1(cfg, model, processor, records, work)
@@ -187,26 +208,29 @@ def step_loss(model, probe: AuxProbe, batch, aux_weight: float) -> tuple[torch.T
     return out.loss + aux_weight * aux, aux.item()
 
 
+def stage1_corpus(cfg: MiniConfig, processor: Maira2Processor, train_records) -> list:
+    """Frontal images of the stage-1 phantom (all splits) and of the evaluation train split."""
+    from workbench.models.mini.dense import encode_frontals
+
+    t0 = time.perf_counter()
+    root = ensure_phantom(cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed)
+    corpus = encode_frontals(processor, root, list(iter_studies(root)), read_phantom_labels(root))
+    corpus += encode_frontals(
+        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
+    )
+    log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
+    return corpus
+
+
 def stage1(cfg: MiniConfig, model, processor: Maira2Processor, train_records, work: Path) -> dict:
     """Pretrain the vision tower alone (dense + image-level targets), then freeze it.
 
     The corpus is the stage-1 phantom (all splits) plus the evaluation phantom's train split;
     the heads are kept in ``work`` and shipped beside the model for the stage-1 gate.
     """
-    from workbench.models.mini.dense import encode_frontals
-    from workbench.models.mini.vision import HEADS_FILE, pretrain_encoder, save_heads
+    from workbench.models.mini.vision import HEADS_FILE, STAGE1_FINAL, pretrain_encoder, save_heads
 
-    t0 = time.perf_counter()
-    corpus_root = ensure_phantom(
-        cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed
-    )
-    corpus = encode_frontals(
-        processor, corpus_root, list(iter_studies(corpus_root)), read_phantom_labels(corpus_root)
-    )
-    corpus += encode_frontals(
-        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
-    )
-    log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
+    corpus = [] if (work / STAGE1_FINAL).is_file() else stage1_corpus(cfg, processor, train_records)
     heads, stats = pretrain_encoder(cfg, model.vision_tower, corpus, work)
     save_heads(heads, work / HEADS_FILE)
     return stats

@@ -41,6 +41,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
         group = gr.Dropdown(group_choices, value="any", label="Matryoshka group")
         sort = gr.Dropdown(list(queries.SORTS), value="frequency", label="Sort by")
         descending = gr.Checkbox(value=True, label="descending")
+        meaning = gr.Checkbox(value=False, label="means present, not the word")
     first = handlers.feature_table(ctx)
     with gr.Row():
         with gr.Column(scale=3):
@@ -52,7 +53,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
         with gr.Column(scale=2):
             gr.HTML(handlers.density_chart(ctx), elem_id="wb-density")
     table = _table(first.rows)
-    inputs = [search, concept, density, group, sort, descending]
+    inputs = [search, concept, density, group, sort, descending, meaning]
 
     def refresh(*values):
         view = handlers.feature_table(ctx, *values)
@@ -82,10 +83,10 @@ def _table(rows: list) -> gr.Dataframe:
         value=rows,
         headers=list(handlers.FEATURE_COLUMNS),
         datatype=["number", "str", "str", "str", "number", "str", "number", "number", "number",
-                  "number"],
+                  "number", "number"],
         interactive=False,
         wrap=True,
         max_height=640,
-        column_widths=["6%", "32%", "14%", "7%", "6%", "12%", "6%", "7%", "6%", "4%"],
+        column_widths=["6%", "30%", "13%", "7%", "6%", "12%", "6%", "7%", "5%", "4%", "4%"],
         elem_id="wb-features",
     )  # fmt: skip

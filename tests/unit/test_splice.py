@@ -1,0 +1,89 @@
+"""CE loss recovered: exact reconstructions recover 1, empty ones 0, masks count tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.analyse.splice import SpliceLosses, next_token_ce, splice_losses
+from workbench.models.tiny import tiny_llama, tiny_tokenizer
+from workbench.sae.synthetic import signed_identity_sae
+
+pytestmark = pytest.mark.usefixtures("single_threaded")
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    return tiny_llama(tok, n_layers=3), tok
+
+
+def _batches(tok):
+    ids = tok(["The heart size is normal. No pneumothorax.", "Lungs are clear."])["input_ids"]
+    return [{"input_ids": torch.tensor([x]), "attention_mask": torch.ones(1, len(x))} for x in ids]
+
+
+def test_exact_reconstruction_recovers_everything(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    sae.threshold.fill_(-1.0)  # plain ReLU: relu(x) - relu(-x) == x, an exact reconstruction
+    out = splice_losses(model, sae, _batches(tok))
+    assert out.spliced == pytest.approx(out.clean, abs=1e-5)
+    assert abs(out.zero_ablated - out.clean) > 1e-3  # ablation changes the loss (random model)
+    assert out.recovered == pytest.approx(1.0, abs=1e-3)
+    partial = splice_losses(model, sae, _batches(tok), n_groups=1)  # only +x[:24] survives
+    assert partial.clean == out.clean and partial.spliced != pytest.approx(out.clean, abs=1e-5)
+
+
+def test_empty_reconstruction_recovers_nothing(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    sae.threshold.fill_(1e6)  # nothing fires, b_dec = 0: the reconstruction is zero
+    out = splice_losses(model, sae, _batches(tok))
+    assert out.spliced == pytest.approx(out.zero_ablated, abs=1e-6)
+    assert out.recovered == pytest.approx(0.0, abs=1e-6)
+
+
+def test_losses_are_token_weighted_means_of_next_token_ce(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    batches = _batches(tok)
+    out = splice_losses(model, sae, batches)
+    per_token = []
+    with torch.no_grad():
+        for b in batches:
+            logits = model(**b).logits[0, :-1]
+            per_token.append(F.cross_entropy(logits, b["input_ids"][0, 1:], reduction="none"))
+    flat = torch.cat(per_token)
+    assert out.n_tokens == flat.numel()
+    assert out.clean == pytest.approx(float(flat.mean()), rel=1e-5)
+
+
+def test_masks_choose_the_counted_targets():
+    logits = torch.randn(1, 5, 7)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    total, n = next_token_ce(logits, ids)
+    assert n == 4
+    _, n_att = next_token_ce(logits, ids, attention_mask_BT=torch.tensor([[1, 1, 1, 0, 0]]))
+    assert n_att == 2
+    total_m, n_m = next_token_ce(logits, ids, loss_mask_BT=torch.tensor([[0, 0, 0, 1, 1]]))
+    full = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none")
+    assert n_m == 2 and total_m == pytest.approx(float(full[2:].sum()), rel=1e-6)
+    assert total == pytest.approx(float(full.sum()), rel=1e-6)
+
+
+def test_bad_inputs_are_refused(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4)
+    with pytest.raises(ValueError, match="no hook name"):
+        splice_losses(model, sae, _batches(tok))
+    with pytest.raises(ValueError, match="n_groups=3"):
+        splice_losses(model, sae, _batches(tok), hook_name=HOOK, n_groups=3)
+    with pytest.raises(ValueError, match="no predicted tokens"):
+        splice_losses(model, sae, [], hook_name=HOOK)
+    assert math.isnan(SpliceLosses(1.0, 2.0, 1.0, 3).recovered)

@@ -100,8 +100,11 @@ def test_examples_sentence_collapse_and_patches():
     assert ex.acts == [0.0, 2.0, 0.0]
     same = ex._replace(study_id=8)
     other = ex._replace(tokens=[" Small", " effusion<"], center=1)
-    folded = examples.collapse([ex, same, other])
-    assert [studies for _, studies in folded] == [[6, 8], [6]]
+    sized = [" A", " 3.0", " cm", " nodule."]
+    cm3, cm2 = (ex._replace(tokens=sized, center=3, study_id=s) for s in (1, 2))
+    cm2 = cm2._replace(tokens=[" a", " 2.5", " cm", " nodule."])
+    folded = examples.collapse([ex, same, other, cm3, cm2])
+    assert [studies for _, studies in folded] == [[6, 8], [6], [1, 2]]  # numbers aside
     rows = [
         {"example_group": "top", "quantile": None, "study_id": 5, "kind": "image",
          "patch_row": 1, "patch_col": 2, "activation": 3.0},
@@ -113,7 +116,7 @@ def test_examples_sentence_collapse_and_patches():
     html = examples.panel(rows, texts, {0: "data:image/jpeg;base64,AA"}, scale=3.0, feature=4)
     assert html.index("Top activations") < html.index("Quantile 3")
     assert html.count('class="wb-patch"') == 1 and html.count('class="wb-ex"') == 2
-    assert "×2 identical" in html and " effusion&lt;" in html
+    assert "×2 alike" in html and " effusion&lt;" in html
     assert 'data-study="5" data-feature="4"' in html and 'src="data:image/jpeg;base64,AA"' in html
 
 

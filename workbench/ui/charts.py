@@ -115,7 +115,7 @@ def hbars(
     """
     if not items:
         return '<p class="wb-empty">Nothing to show.</p>'
-    row, label_w, width = (20, 100, 380) if narrow else (20, 170, 560)
+    row, label_w, width = (20, 100, 380) if narrow else (20, 210, 580)
     height = 22 + row * len(items) + 18
     scale = (width - label_w - 60) / (hi - lo if hi > lo else 1.0)
     x_of = lambda v: label_w + (min(max(v, lo), hi) - lo) * scale  # noqa: E731
@@ -127,7 +127,7 @@ def hbars(
         fill = neg_color if ref is not None and value < ref else color
         body.append(
             f'<text x="{label_w - 6}" y="{y + 13}" font-size="12" text-anchor="end" '
-            f'fill="#212529">{escape(name[: 14 if narrow else 26])}</text>'
+            f'fill="#212529">{escape(name[: 14 if narrow else 32])}</text>'
             f'<rect x="{x1:.1f}" y="{y + 2}" width="{max(x2 - x1, 1):.1f}" height="{row - 5}" '
             f'fill="{fill}" rx="2"><title>{escape(name)}: {fmt(value)}</title></rect>'
             f'<text x="{max(x1, x2) + 4:.1f}" y="{y + 13}" font-size="11" '

@@ -108,10 +108,12 @@ def _stored(example: Row) -> TextExample:
 
 
 def dedupe_key(ex: TextExample) -> str:
-    """What makes two examples the same to a reader: the sentence text and the marked word."""
+    """What makes two examples the same to a reader: the sentence and the marked word, case,
+    spacing and numbers aside ("3.0 cm nodule" and "2.5 cm nodule" read the same)."""
     text = "".join(token_text(t) for t in ex.tokens)
     word = token_text(ex.tokens[ex.center]) if ex.tokens else ""
-    return re.sub(r"\s+", " ", f"{text}|{word}").strip().lower()
+    key = re.sub(r"\d+(\.\d+)?", "#", f"{text}|{word}")
+    return re.sub(r"\s+", " ", key).strip().lower()
 
 
 def collapse(examples: Sequence[TextExample]) -> list[tuple[TextExample, list[int]]]:
@@ -127,10 +129,10 @@ def collapse(examples: Sequence[TextExample]) -> list[tuple[TextExample, list[in
 
 
 def text_card(ex: TextExample, studies: Sequence[int], scale: float, feature: int) -> str:
-    """One text example (or several identical ones) with its sentence highlighted."""
+    """One text example (or several that read alike) with its sentence highlighted."""
     body = highlight(ex.tokens, ex.acts, scale, ex.center)
     links = " ".join(study_link(s, feature) for s in dict.fromkeys(studies))
-    more = f' · <span class="wb-dupes">×{len(studies)} identical</span>' if len(studies) > 1 else ""
+    more = f' · <span class="wb-dupes">×{len(studies)} alike</span>' if len(studies) > 1 else ""
     return (
         f'<div class="wb-ex"><div class="wb-exmeta">{links} · {escape(ex.section)} · '
         f"<b>{fmt(ex.activation)}</b>{more}</div>"
@@ -172,7 +174,7 @@ def panel(
     feature: int,
 ) -> str:
     """Every example group under its heading: patch crops in a row, then text cards with
-    identical sentences folded. ``texts`` and ``crops`` are keyed by the example's index."""
+    sentences that read alike folded. ``texts`` and ``crops`` are keyed by the example's index."""
     if not rows:
         return '<p class="wb-empty">No examples recorded.</p>'
     groups: dict[str, list[int]] = {}

@@ -168,8 +168,15 @@ def context_windows(
     acts = ctx.rows(
         """WITH w AS (SELECT unnest($los::BIGINT[]) AS lo, unnest($his::BIGINT[]) AS hi)
            SELECT DISTINCT a.row, a.value FROM feature_acts a
-           JOIN w ON a.row BETWEEN w.lo AND w.hi WHERE a.feature = $f""",
-        {"los": [c - reach for c in centres], "his": [c + reach for c in centres], "f": feature},
+           JOIN w ON a.row BETWEEN w.lo AND w.hi
+           WHERE a.feature = $f AND a.row BETWEEN $lo AND $hi""",
+        {
+            "los": [c - reach for c in centres],
+            "his": [c + reach for c in centres],
+            "f": feature,
+            "lo": wanted[0],
+            "hi": wanted[-1],
+        },  # fmt: skip
     )
     return toks, {r["row"]: float(r["value"]) for r in acts}
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 def naive_forward(adapter, inp, layer: int) -> torch.Tensor:
     """The naive peer: full forward with every hidden state, then layer L's rows."""
     with torch.no_grad():
-        out = adapter.model(**adapter._device_inputs(inp), output_hidden_states=True)
+        out = adapter.model(**adapter.device_inputs(inp), output_hidden_states=True)
     return out.hidden_states[layer + 1][0]
 
 
@@ -51,7 +51,7 @@ def flops(adapter, item, layer: int) -> tuple[int, int]:
 
     inp = adapter.prepare(item.source, findings=item.findings)
     with FlopCounterMode(display=False) as full, torch.no_grad():
-        adapter.model(**adapter._device_inputs(inp))
+        adapter.model(**adapter.device_inputs(inp))
     with FlopCounterMode(display=False) as part:
         adapter.residual(inp, layer)
     return full.get_total_flops(), part.get_total_flops()
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", default="25,100", help="study counts for the memory runs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from workbench.cxr.collection import load_collection
     from workbench.models.registry import load_model
-    from workbench.record.data import load_collection
     from workbench.record.run import resolve_layer
 
     data = args.data or ROOT / "benchmarks" / "out" / "record-phantom"

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from workbench.io import atomic_path, write_json
@@ -256,6 +257,27 @@ class ActivationStore:
         if acts.shape != (s["n_tokens"], self.d_model):
             raise StoreError(f"{f}: shape {tuple(acts.shape)} disagrees with the manifest")
         return acts
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Activations of global rows ``[start, stop)`` as stored, reading only those rows."""
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise StoreError(f"{self.path}: rows [{start}, {stop}) outside 0..{self.n_tokens}")
+        parts = []
+        first = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        for i in range(max(first, 0), self.num_shards):
+            lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+            if lo >= stop:
+                break
+            part, s = self._shards[i]
+            f = part / f"{s['stem']}.safetensors"
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    parts.append(handle.get_slice("acts")[max(start, lo) - lo : min(stop, hi) - lo])
+            except (OSError, KeyError, RuntimeError) as exc:
+                raise StoreError(f"{f}: cannot read shard: {exc}") from None
+        if not parts:
+            return torch.zeros((0, self.d_model), dtype=DTYPES.get(self.manifest["dtype"]))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def metadata(self, i: int) -> pa.Table:
         """Token metadata of shard ``i``, with ``row`` made global across per-rank parts."""

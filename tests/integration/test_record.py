@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
+from workbench.cxr.collection import load_collection
 from workbench.models.hooks import decoder_layers
 from workbench.models.registry import load_model
-from workbench.record.data import load_collection
 from workbench.record.run import RecordConfig, RecordError, main, record
 from workbench.store import ActivationStore
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from workbench.config import ConfigError, parse_config
+from workbench.cxr.collection import Collection, Item, Skipped, load_collection
 from workbench.cxr.images import CXRDataError
-from workbench.record.data import Collection, Item, Skipped, load_collection
 from workbench.record.run import (
     RecordConfig,
     RecordError,

@@ -59,7 +59,7 @@ def residuals(adapter, hook, layer: int) -> torch.Tensor:
         intervene(adapter.model, interventions),  # registered first: runs before the capture
         capture(adapter.model, resid_post_name(layer)) as cap,
     ):
-        adapter.model(**adapter._device_inputs(inp))
+        adapter.model(**adapter.device_inputs(inp))
     return cap.acts[0]
 
 

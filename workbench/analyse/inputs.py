@@ -22,6 +22,7 @@ from workbench import db
 from workbench.analyse.concepts import LabelMatrix, load_labels
 from workbench.analyse.config import AnalyseConfig
 from workbench.analyse.directions import Unembedding
+from workbench.analyse.quality import OFF, QualityPlan, plan_quality
 from workbench.analyse.user_labels import (
     UserLabelError,
     UserLabels,
@@ -29,6 +30,7 @@ from workbench.analyse.user_labels import (
     merge,
     read_user_labels,
 )
+from workbench.cxr.collection import TABLE_FORMATS
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -47,6 +49,7 @@ class Inputs(NamedTuple):
     model_path: Path | None
     unembed: Unembedding | None  # None: no model, logit effects skipped (noted)
     user_labels: UserLabels | None = None  # analyse --labels FILE.csv
+    quality: QualityPlan = OFF  # how SAE quality is measured (workbench.analyse.quality)
 
 
 def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
@@ -59,15 +62,19 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     store, sae = open_store_and_sae(cfg.store or run.activations, sae_path, notes)
     default_data = run.data_or_recorded(store.manifest.get("extra", {}).get("data"))
     data = _optional(cfg.data, default_data, "dataset root")
-    if data is not None and not data.is_dir():
-        notes.append(f"{data} is not a dataset directory: no labels")
+    if data is not None and not (data.is_dir() or data.suffix.lower() in TABLE_FORMATS):
+        notes.append(f"{data} is neither a dataset directory nor a table of texts: no labels")
         data = None
     model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
-    unembed = load_unembedding(model, notes) if cfg.n_logits else None
-    if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
+    device = cfg.torch_device()
+    adapter = None
+    if cfg.n_logits or cfg.quality_studies:
+        adapter = load_adapter(model, device, notes)
+    if adapter is not None and adapter.d_model != sae.d_in:
         raise AnalyseError(
-            f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
+            f"{model}: model width {adapter.d_model} differs from the SAE's d_in={sae.d_in}"
         )
+    unembed = unembedding(adapter) if adapter is not None and cfg.n_logits else None
     user = None
     if cfg.labels is not None:
         try:
@@ -76,7 +83,8 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
             check_known(user, stored, notes)
         except UserLabelError as exc:
             raise AnalyseError(str(exc)) from None
-    return Inputs(store, sae, sae_path, data, model, unembed, user)
+    quality = plan_quality(cfg.quality_studies, cfg.seed, store, adapter, device, notes)
+    return Inputs(store, sae, sae_path, data, model, unembed, user, quality)
 
 
 def _manifest_model(store: ActivationStore, notes: list[str]) -> Path | None:
@@ -176,11 +184,40 @@ def _dataset_info(root: Path, study_ids: np.ndarray, notes: list[str]) -> tuple[
     return info, chexpert
 
 
+def _text_info(data: Path, study_ids: np.ndarray, recorded: dict, notes: list[str]) -> dict:
+    """Per stored study of a reports tree or a table of texts: its FINDINGS and IMPRESSION."""
+    from workbench.cxr.collection import study_texts
+
+    try:
+        texts = study_texts(
+            data,
+            set(map(int, study_ids)),
+            recorded.get("text_column") or "text",
+            recorded.get("id_column") or "",
+            recorded.get("sections") or "findings",
+        )
+    except (OSError, ValueError) as exc:
+        notes.append(f"no report texts read from {data}: {exc}")
+        return {}
+    if len(texts) < len(study_ids):
+        notes.append(f"{len(study_ids) - len(texts)} stored studies have no report text in {data}")
+    return {s: {"findings": f, "impression": i} for s, (f, i) in texts.items()}
+
+
 def write_studies_and_labels(
-    con, data_root: Path | None, notes: list[str], user: UserLabels | None = None
+    con,
+    data_root: Path | None,
+    notes: list[str],
+    user: UserLabels | None = None,
+    recorded: dict | None = None,
 ) -> LabelMatrix:
     """``studies``, ``study_labels`` and ``concepts`` for the studies in the store (plus the
-    user's own labels as source 'user')."""
+    user's own labels as source 'user').
+
+    ``data_root`` is a MIMIC-CXR root (splits, frontal images, report sections, CheXpert and
+    phantom labels), or a reports tree or table of texts (report sections only, read with the
+    store's recording settings ``recorded``: its manifest's ``extra``).
+    """
     sids, subjects, counts = _study_rows(con)
     info, chexpert, phantom = {}, None, None
     if data_root is None:
@@ -188,7 +225,9 @@ def write_studies_and_labels(
     else:
         from workbench.cxr import mimic
 
-        if mimic.find_table(data_root, "metadata") is not None:
+        if data_root.is_file() or mimic.find_table(data_root, "metadata") is None:
+            info = _text_info(data_root, sids, recorded or {}, notes)
+        else:
             info, chexpert = _dataset_info(data_root, sids, notes)
         phantom = data_root / "phantom-labels.csv"
         phantom = phantom if phantom.exists() else None
@@ -259,31 +298,37 @@ def _write_label_tables(con, labels: LabelMatrix) -> None:
         con.unregister(name)
 
 
-def load_unembedding(model_path: Path | None, notes: list[str]) -> Unembedding | None:
-    """The model's unembedding for logit effects, or None (with a note) when there is no model.
+def load_adapter(model_path: Path | None, device, notes: list[str]):
+    """The model (logit effects, SAE quality), or None (with a note) when there is none.
 
     Loaded through :func:`workbench.models.registry.load_model` (any model the workbench
-    supports), on the CPU, in bfloat16 when the checkpoint is large (MAIRA-2: 7B); the final
-    norm's scale is folded into ``W_U`` and every id is decoded to its text.
+    supports) on ``device``: on the CPU in float32, or bfloat16 when the checkpoint is large
+    (MAIRA-2: 7B); on a GPU in its default half precision.
     """
     if model_path is None:
         notes.append("no model: logit effects skipped")
         log.info("no model given or found: logit effects skipped")
         return None
-    from workbench.models.registry import load_model, resolve_model_dir
+    from workbench.models.registry import default_dtype, load_model, resolve_model_dir
 
     try:
         directory = resolve_model_dir(model_path)
         size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-        adapter = load_model(directory, "cpu", torch.bfloat16 if size > 4e9 else torch.float32)
+        dtype = default_dtype(device)
+        if device.type == "cpu" and size > 4e9:
+            dtype = torch.bfloat16
+        return load_model(directory, device, dtype)
     except (OSError, ValueError) as exc:
-        raise AnalyseError(
-            f"{model_path}: cannot load the model for logit effects: {exc}"
-        ) from None
-    W_U_DV = adapter.unembed.detach().float()
+        raise AnalyseError(f"{model_path}: cannot load the model: {exc}") from None
+
+
+def unembedding(adapter) -> Unembedding:
+    """The model's unembedding for logit effects, on the CPU in float32: the final norm's scale
+    folded into ``W_U``, every id decoded to its text."""
+    W_U_DV = adapter.unembed.detach().float().cpu()
     scale = getattr(adapter.final_norm, "weight", None)
     if isinstance(scale, torch.Tensor) and scale.shape == (W_U_DV.shape[0],):
-        W_U_DV = W_U_DV * scale.detach().float()[:, None]
+        W_U_DV = W_U_DV * scale.detach().float().cpu()[:, None]
     tok = adapter.tokenizer
     n_known = len(tok)
     tokens = [tok.decode([i]) if i < n_known else f"<id {i}>" for i in range(W_U_DV.shape[1])]

@@ -1,7 +1,8 @@
 """``python -m workbench.record``: residual-stream activations of a model into an activation store.
 
 For every study the model sees the exact prompt with the ground-truth FINDINGS teacher-forced
-after it (the SAE must see report tokens), and the residual stream after decoder block L
+after it (the SAE must see report tokens; a text-only LM can be given the IMPRESSION or both
+instead, ``--sections``), and the residual stream after decoder block L
 (``blocks.{L}.hook_resid_post``) is captured by a forward hook that then *stops the forward
 pass*: later blocks and the LM head never run (:func:`workbench.models.hooks.capture`).
 
@@ -28,8 +29,8 @@ from typing import Literal
 import torch
 
 from workbench.config import parse_config, save_config
+from workbench.cxr.collection import Collection, Item, load_collection
 from workbench.cxr.images import CXRDataError
-from workbench.record.data import Collection, Item, load_collection
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError, StoreWriter
 
@@ -72,8 +73,13 @@ class RecordConfig:
     """Tokens per shard (bounds the memory a run holds)."""
     device: str = "cpu"
     """torch device for the model ('cuda' under accelerate launch picks the local GPU)."""
+    sections: Literal["findings", "impression", "both"] = "findings"
+    """Report sections teacher-forced: FINDINGS (MAIRA-2's task), IMPRESSION or both (FINDINGS
+    then IMPRESSION); other than findings only for a text-only causal LM. Studies without a
+    chosen section are skipped."""
     text_column: str = "text"
-    """Text column of a CSV/JSON/Parquet input (text-only mode)."""
+    """Text column of a CSV/JSON/Parquet input (text-only mode); without it, the column named
+    after the section (findings / impression; both sections read those two columns)."""
     id_column: str = ""
     """Id column of a table input ('' : study_id if present, else the row number)."""
     progress: bool = True
@@ -117,9 +123,18 @@ def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None)
     return cols
 
 
+def prepare_item(adapter, item: Item):
+    """The model inputs of one item, its chosen report sections teacher-forced."""
+    if item.impression is None:
+        return adapter.prepare(item.source, findings=item.findings)
+    if adapter.kind != "causal_lm":
+        raise RecordError(f"{adapter.name} is given FINDINGS only; --sections needs a text LM")
+    return adapter.prepare(item.source, findings=item.findings, impression=item.impression)
+
+
 def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> tuple[torch.Tensor, dict]:
     """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite."""
-    inp = adapter.prepare(item.source, findings=item.findings)
+    inp = prepare_item(adapter, item)
     acts_TD = adapter.residual(inp, layer)
     if not torch.isfinite(acts_TD).all():
         n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
@@ -142,6 +157,17 @@ def part_dir(out: Path, rank: int, world: int) -> Path:
             f"{out} holds a single-process store; resume it with one process or pick a new --out"
         )
     return out / f"rank{rank}" if world > 1 or sharded else out
+
+
+def check_resume(out: Path, cfg: RecordConfig) -> None:
+    """Refuse to resume a store recorded with other report sections (they would mix)."""
+    try:
+        extra = ActivationStore(out).manifest.get("extra") or {}
+    except StoreError:
+        return
+    was = extra.get("sections", "findings")
+    if was != cfg.sections:
+        raise RecordError(f"{out} was recorded with --sections {was}; got {cfg.sections}")
 
 
 def finished_studies(out: Path) -> set[int]:
@@ -172,16 +198,25 @@ def record(cfg: RecordConfig) -> Path:
     adapter = load_model(cfg.model, device=device)
     layer = resolve_layer(adapter, cfg.layer)
     hook_name = adapter.hook_name(layer)
-    collection = load_collection(cfg.data, cfg.split or None, cfg.text_column, cfg.id_column)
+    if adapter.kind == "vision_language" and cfg.sections != "findings":
+        raise RecordError(
+            f"{adapter.name} writes FINDINGS; --sections {cfg.sections} needs a text-only LM"
+        )
+    collection = load_collection(
+        cfg.data, cfg.split or None, cfg.text_column, cfg.id_column, cfg.sections
+    )
     if adapter.kind == "vision_language" and collection.kind != "studies":
         raise RecordError(f"{adapter.name} needs images; {cfg.data} holds only report text")
     out = Path(cfg.out)
+    check_resume(out, cfg)
     writer = StoreWriter(
         part_dir(out, state.process_index, state.num_processes),
         model=adapter.name, layer=layer, hook_name=hook_name, d_model=adapter.d_model,
         dtype=cfg.dtype, shard_tokens=cfg.shard_tokens,
         extra={"image_tokens": cfg.image_tokens, "prompt_tokens": cfg.prompt_tokens,
-               "data": str(cfg.data), "source_kind": collection.kind},
+               "data": str(Path(cfg.data).resolve()), "source_kind": collection.kind,
+               "sections": cfg.sections, "text_column": cfg.text_column,
+               "id_column": cfg.id_column},
     )  # fmt: skip
     mine = my_share(collection, cfg.limit, state.process_index, state.num_processes)
     run_items(adapter, writer, mine, finished_studies(out), layer, cfg)

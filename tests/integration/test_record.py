@@ -113,6 +113,23 @@ def test_no_image_tokens_mode(world, tmp_path):
     assert kinds == {"report"}
 
 
+def test_sections_other_than_findings_need_a_text_model(world, tmp_path):
+    with pytest.raises(RecordError, match="writes FINDINGS; --sections both needs a text-only"):
+        record(_cfg(world, tmp_path / "acts", sections="both"))
+
+
+def test_resume_with_other_sections_is_refused(world, tmp_path):
+    from tests.fixtures.record_fixtures import save_tiny_llama
+
+    llama = save_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "text"
+    record(_cfg(world, out, model=str(llama), limit=2, sections="impression"))
+    meta = ActivationStore(out).metadata_all(["kind", "section"]).to_pylist()
+    assert {m["section"] for m in meta if m["kind"] == "report"} == {"impression"}
+    with pytest.raises(RecordError, match="recorded with --sections impression; got findings"):
+        record(_cfg(world, out, model=str(llama), limit=3))
+
+
 def test_resume_after_a_kill_records_each_study_once(world, tmp_path, monkeypatch):
     from workbench.record import run as rec_mod
 

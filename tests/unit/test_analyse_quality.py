@@ -95,3 +95,6 @@ def test_plan_without_model_samples_stored_studies(tmp_path):
     assert off.mode == "off" and "quality_studies = 0" in notes[-1]
     big = plan_quality(50, 0, store, None, torch.device("cpu"), [])
     assert sorted(big.store_sample) == [1, 2, 3, 4, 5]
+    many = _store(tmp_path / "many", studies=range(100, 200))
+    capped = plan_quality(50, 0, many, None, torch.device("cpu"), [])
+    assert len(capped.store_sample) == 10  # a tenth of the store rides along the encode pass

@@ -8,8 +8,10 @@ them to the streaming accumulators of :mod:`workbench.analyse.stats` and appends
 Parquet. Everything that needs a feature's whole distribution or a join with the tokens
 (study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
 (:mod:`workbench.analyse.tables`); concept AUROCs come from :mod:`workbench.analyse.concepts`,
-decoder geometry from :mod:`workbench.analyse.directions`. The database is built as a temporary
-file and swapped in atomically (:func:`workbench.db.rewrite`).
+decoder geometry from :mod:`workbench.analyse.directions`, the SAE's quality on held-out
+studies (or on a sample measured within the one pass) from :mod:`workbench.analyse.quality`.
+The database is built as a temporary file and swapped in atomically
+(:func:`workbench.db.rewrite`).
 """
 
 from __future__ import annotations

@@ -182,9 +182,7 @@ def test_reports_tree_sections(tmp_path):
 
 def test_table_sections_and_columns(tmp_path):
     csv = tmp_path / "r.csv"
-    csv.write_text(
-        "study_id,findings,impression\n1,Small effusion.,Effusion.\n2,Clear lungs.,\n"
-    )
+    csv.write_text("study_id,findings,impression\n1,Small effusion.,Effusion.\n2,Clear lungs.,\n")
     both = load_collection(csv, sections="both")
     assert [(it.study_id, it.findings, it.impression) for it in both.items] == [
         (1, "Small effusion.", "Effusion.")

@@ -115,7 +115,7 @@ def test_summaries_and_the_operating_point():
     assert points[("sae", "pacemaker", "add")].strength == 1.0
     assert points[("dim", "pacemaker", "add")] is None
     assert points[("prompt", "pacemaker", "add")].success == 1.0
-    table = format_report(points, limits)
+    table = format_report(summaries, limits)
     assert "pacemaker" in table and "side effects <= 10%" in table
     assert "SAE >= 80% success at its operating point for 0 of 1" in table
     assert "difference of means for 1 of 1" in table  # 50 % >= none
@@ -124,8 +124,10 @@ def test_summaries_and_the_operating_point():
 
 
 def test_ties_go_to_the_weaker_strength():
-    rows = [row("sae", 8.0, True), row("sae", 2.0, True), row("sae", 4.0, True)]
-    points = operating_points(summarise(rows), Limits())
+    rows = [row("sae", 10.0, True), row("sae", 2.0, True), row("sae", 4.0, True)]
+    summaries = summarise(rows)
+    assert [s.strength for s in summaries] == [2.0, 4.0, 10.0]  # numeric order
+    points = operating_points(summaries, Limits())
     assert points[("sae", "pacemaker", "add")].strength == 2.0
 
 

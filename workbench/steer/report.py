@@ -82,7 +82,7 @@ def summarise(rows: Iterable[dict]) -> list[Summary]:
         key = tuple(tuple(r[g] or ()) if g == "features" else r[g] for g in GROUP)
         groups[(*key, float(r["strength"]))].append(r)
     out = []
-    for key, rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for key, rs in sorted(groups.items(), key=lambda kv: (tuple(map(str, kv[0][:-1])), kv[0][-1])):
         n = len(rs)
         eligible = [r for r in rs if r["eligible"]]
         base = _geo_mean(r["baseline_ppl"] for r in rs)
@@ -168,15 +168,23 @@ def _point(p: Summary | None, with_strength: bool = True) -> list[str]:
     return head + [_pct(p.success), _pct(p.side_effects), ppl]
 
 
-def format_report(points: dict[tuple[str, str, str], Summary | None], limits: Limits) -> str:
-    """SAE feature vs difference of means vs prompt at their operating points, per concept."""
-    pairs = sorted({(c, d) for _, c, d in points})
-    head = ["concept", "dir", "sae@", "sae", "side", "ppl_x", "dim@", "dim", "side", "ppl_x"]
-    head += ["prompt", "side", "ppl_x"]
+def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
+    """SAE feature vs difference of means vs prompt at their operating points, per concept.
+
+    ``elig`` is the number of studies that could flip (the same for every method: it depends
+    on the unsteered findings only).
+    """
+    points = operating_points(summaries, limits)
+    eligible: dict[tuple[str, str], int] = {}
+    for s in summaries:
+        key = (s.concept, s.direction)
+        eligible[key] = max(eligible.get(key, 0), s.n_eligible)
+    head = ["concept", "dir", "elig", "sae@", "sae", "side", "ppl_x", "dim@", "dim", "side"]
+    head += ["ppl_x", "prompt", "side", "ppl_x"]
     cells = [head]
-    for concept, direction in pairs:
+    for concept, direction in sorted(eligible):
         cells.append(
-            [concept, direction]
+            [concept, direction, str(eligible[(concept, direction)])]
             + _point(points.get(("sae", concept, direction)))
             + _point(points.get(("dim", concept, direction)))
             + _point(points.get(("prompt", concept, direction)), with_strength=False)

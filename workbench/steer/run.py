@@ -25,7 +25,7 @@ from workbench.steer.config import SteerConfig
 from workbench.steer.evaluate import Arm, Case, Evaluator, existing_keys, pick_cases, write_rows
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.peers import Direction, dim_direction, study_means
-from workbench.steer.report import format_report, format_sweep, load_rows, operating_points
+from workbench.steer.report import format_report, format_sweep, load_rows
 from workbench.steer.report import summarise as summarise_rows
 from workbench.store import KINDS
 
@@ -95,12 +95,19 @@ def make_plan(cfg: SteerConfig, data: Path) -> Plan:
     return Plan(chosen, notes, typical, cases, labels, done)
 
 
-def directions_for(cfg: SteerConfig, plan: Plan) -> tuple[dict[str, Direction], list[str]]:
+def directions_for(
+    cfg: SteerConfig, plan: Plan, d_model: int | None
+) -> tuple[dict[str, Direction], list[str]]:
     """Difference-of-means directions of the concepts (held-out studies excluded)."""
     if "dim" not in cfg.methods or not plan.candidates:
         return {}, []
     store = Path(cfg.store or RunLayout(cfg.run).activations)
     means = study_means(store, cfg.dim_tokens or KINDS)
+    if d_model is not None and means.means.shape[1] != d_model:
+        return {}, [
+            f"difference of means skipped: the store {store} is {means.means.shape[1]} wide, "
+            f"the model's residual stream {d_model}"
+        ]
     out, notes = {}, []
     for c in plan.candidates:
         held_out = {case.study_id for d in cfg.directions for case in plan.cases[(c.concept, d)]}
@@ -154,10 +161,10 @@ def run_steer(cfg: SteerConfig) -> str:
     save_config(cfg, RunLayout.cfg(RunLayout(cfg.run).steering))
     data = Path(cfg.data or RunLayout(cfg.run).phantom)
     plan = make_plan(cfg, data)
-    directions, dim_notes = directions_for(cfg, plan)
+    adapter, sae = _load(cfg) if plan.candidates else (None, None)
+    directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
     notes = plan.notes + dim_notes
     todo = arms(cfg, plan, directions)
-    adapter, sae = _load(cfg) if todo else (None, None)
     evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions)
     for arm in todo:
         rows = evaluator.run_arm(arm, plan.cases[(arm.concept, arm.direction)], plan.done)
@@ -192,8 +199,7 @@ def summary_text(cfg: SteerConfig, todo: list[Arm] | None = None) -> str:
     if not rows:
         return "no steering results stored yet"
     summaries = summarise_rows(rows)
-    points = operating_points(summaries, cfg.limits)
-    return "\n".join([format_sweep(summaries), "", format_report(points, cfg.limits)])
+    return "\n".join([format_sweep(summaries), "", format_report(summaries, cfg.limits)])
 
 
 def _same_settings(cfg: SteerConfig, r: dict) -> bool:

@@ -221,3 +221,13 @@ def test_difference_of_means_from_the_store(tmp_path):
         dim_direction(means, {1: 1, 2: 1, 3: 0}, exclude={3}, concept="nodule")
     with pytest.raises(SteeringError, match=r"token kinds \['words'\] unknown"):
         study_means(tmp_path, ["words"])
+
+
+def test_the_preset_loads():
+    from pathlib import Path
+
+    from workbench.config import load_config
+    from workbench.steer.config import SteerConfig
+
+    cfg = load_config(SteerConfig, Path(__file__).parents[2] / "configs" / "steer.toml")
+    assert cfg.methods == ("sae", "dim", "prompt") and cfg.n_studies == 20

@@ -179,15 +179,19 @@ def verdicts(baseline: str, steered: str) -> str:
     return f'<table class="wb-table wb-verdicts"><thead>{head}</thead><tbody>{body}</tbody></table>'
 
 
+def report_html(elem_id: str, body: str) -> str:
+    """Generated text (already escaped) in the report style; long runs of letters wrap."""
+    return f'<div class="wb-report" style="overflow-wrap:anywhere" id="{elem_id}">{body}</div>'
+
+
 def result_view(out: SteerOutput) -> SteerView:
     """Side by side findings with the differences marked, and the verdicts."""
     a, b = word_diff(out.baseline_text, out.steered_text)
     same = out.baseline_text == out.steered_text
     note = render.message("The steered findings are the same as the baseline.") if same else ""
     return SteerView(
-        render.card("Baseline findings", f'<div class="wb-report" id="wb-base-text">{a}</div>'),
-        render.card("Steered findings", f'<div class="wb-report" id="wb-steer-text">{b}</div>')
-        + note,
+        render.card("Baseline findings", report_html("wb-base-text", a)),
+        render.card("Steered findings", report_html("wb-steer-text", b)) + note,
         render.card(
             "What the report labeller reads", verdicts(out.baseline_text, out.steered_text)
         ),

@@ -27,6 +27,7 @@ from workbench.models.hooks import parse_hook_name
 from workbench.steer.intervene import generate, steering_hook_name
 from workbench.ui import heatmap, render
 from workbench.ui.context import AppContext
+from workbench.ui.handlers_steer import report_html
 from workbench.ui.live import LiveModel, Progress, progress_html, stream
 
 log = logging.getLogger("workbench.ui")
@@ -185,9 +186,7 @@ def heatmap_html(result: TryResult | None, feature: Any) -> str:
 def findings_html(ctx: AppContext, result: TryResult) -> str:
     """The findings, then each generated token with its strongest features as links."""
     names = labels(ctx, sorted({f for _, fs in result.tokens for f, _ in fs}))
-    findings = render.card(
-        "Findings", f'<div class="wb-report" id="wb-try-findings">{escape(result.findings)}</div>'
-    )
+    findings = render.card("Findings", report_html("wb-try-findings", escape(result.findings)))
     rows = []
     for tok, feats in result.tokens:
         chips = "".join(
@@ -196,8 +195,9 @@ def findings_html(ctx: AppContext, result: TryResult) -> str:
         )
         rows.append(f"<tr><td><code>{escape(tok)}</code></td>"
                     f'<td><div class="wb-chips">{chips}</div></td></tr>')  # fmt: skip
-    table = ('<table class="wb-table"><thead><tr><th>token</th><th>strongest features</th></tr>'
-             f"</thead><tbody>{''.join(rows)}</tbody></table>") if rows else ""  # fmt: skip
+    table = ('<div style="max-height:420px;overflow-y:auto"><table class="wb-table"><thead><tr>'
+             "<th>token</th><th>strongest features</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table></div>") if rows else ""  # fmt: skip
     image = "".join(render.feature_link(f, f"#{f} {names.get(f) or ''}".strip(), f" · {v:.2f}")
                     for f, v in result.image_features)  # fmt: skip
     return (

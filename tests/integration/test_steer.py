@@ -194,3 +194,23 @@ def test_demo_step_steers_recovered_concepts(run):
     assert "candidate rule" in text and "operating point" in text
     concepts = {r["concept"] for r in stored(run)}
     assert concepts and concepts <= {"pacemaker", "pleural_effusion", "cardiomegaly"}
+
+
+def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):
+    from workbench.steer import evaluate
+
+    real, calls = evaluate.Evaluator.run_arm, []
+
+    def failing(self, arm, cases, done):
+        calls.append(arm)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, arm, cases, done)
+
+    monkeypatch.setattr(evaluate.Evaluator, "run_arm", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_steer(config(run, methods=("sae",), write_every_s=3600.0))
+    assert len(stored(run)) == 2 + 2  # two 'add' arms over two studies, written on the way out
+    monkeypatch.setattr(evaluate.Evaluator, "run_arm", real)
+    run_steer(config(run, methods=("sae",)))
+    assert len(stored(run)) == 2 * 2 + 2 * 1

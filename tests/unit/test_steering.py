@@ -262,3 +262,18 @@ def test_low_precision_activations_keep_their_dtype():
     out = SteeringHook(feature_steering(sae, {1: 2.0}), every)(acts)
     expected = (acts.float() + 2.0 * sae.W_dec_FD[1]).to(torch.bfloat16)
     assert torch.equal(out, expected)
+
+
+def test_the_steering_benchmark_measures_every_intervention(adapter, sae):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "bench_steer.py"
+    spec = importlib.util.spec_from_file_location("bench_steer", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    timings = bench.measure(adapter, sae, study(), max_new_tokens=3, repeats=1)
+    assert [t.name for t in timings][0] == "unsteered" and len(timings) == 4
+    assert all(t.seconds > 0 and 1 <= t.tokens <= 3 for t in timings)
+    lines = bench.table(timings).splitlines()
+    assert len(lines) == 6 and lines[2].startswith("| unsteered |") and "| 1.00 |" in lines[2]

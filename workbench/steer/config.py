@@ -61,6 +61,9 @@ class SteerConfig:
     """torch device of the model and SAE."""
     overwrite: bool = False
     """Recompute results already stored for the same arm and study."""
+    write_every_s: float = 60.0
+    """Store the rows generated so far at most this often (each write rewrites the database
+    file; an interrupted run keeps what it made and a rerun resumes)."""
     report: bool = False
     """Only print the comparison table from the stored results (nothing is generated)."""
     max_side_effects: float = 0.10

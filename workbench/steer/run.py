@@ -6,7 +6,8 @@ the steered findings are generated for a sweep of strengths and judged
 (:mod:`workbench.steer.metrics`): success, side effects, fluency (repeated n-grams, perplexity
 under the unsteered model) and whether the findings still parse. The same studies are steered
 by the peers (:mod:`workbench.steer.peers`): the difference-of-means direction and the concept
-named in the INDICATION. Rows go to ``steering_results`` after every arm (resumable); the
+named in the INDICATION. Rows go to ``steering_results`` (at most every ``--write-every-s``
+and when the run ends or is interrupted; a rerun resumes); the
 command prints the candidates, every arm's rates and the comparison at each method's operating
 point (:mod:`workbench.steer.report`). ``--report`` prints the comparison from stored rows.
 """
@@ -14,6 +15,7 @@ point (:mod:`workbench.steer.report`). ``--report`` prints the comparison from s
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -166,11 +168,19 @@ def run_steer(cfg: SteerConfig) -> str:
     notes = plan.notes + dim_notes
     todo = arms(cfg, plan, directions)
     evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions)
-    for arm in todo:
-        rows = evaluator.run_arm(arm, plan.cases[(arm.concept, arm.direction)], plan.done)
-        write_rows(cfg.run, rows, replace=cfg.overwrite)
-        log.info("%s %s %s %g: %d new rows", arm.method, arm.concept, arm.direction,
-                 arm.strength, len(rows))  # fmt: skip
+    pending: list[dict] = []
+    last_write = time.monotonic()
+    try:
+        for arm in todo:
+            rows = evaluator.run_arm(arm, plan.cases[(arm.concept, arm.direction)], plan.done)
+            pending += rows
+            log.info("%s %s %s %g: %d new rows", arm.method, arm.concept, arm.direction,
+                     arm.strength, len(rows))  # fmt: skip
+            if time.monotonic() - last_write >= cfg.write_every_s:
+                write_rows(cfg.run, pending, replace=cfg.overwrite)
+                pending, last_write = [], time.monotonic()
+    finally:  # an interrupted run keeps what it generated; a rerun resumes from there
+        write_rows(cfg.run, pending, replace=cfg.overwrite)
     for (concept, direction), cases in plan.cases.items():
         if not cases:
             notes.append(f"{concept} ({direction}): no held-out study in split {cfg.split}")

@@ -170,11 +170,11 @@ def candidate_db(tmp_path, meaning: bool) -> duckdb.DuckDBPyConnection:
             "('pacemaker', 'phantom', 5, 5), ('nodule', 'phantom', 2, 8), "
             "('change_new', 'phantom', 3, 3), ('Cardiomegaly', 'chexpert', 4, 4)"
         )
-        if meaning:
-            con.execute("CREATE TABLE feature_mentions (feature INTEGER, concept VARCHAR, "
-                        "selectivity DOUBLE)")  # fmt: skip
-            con.execute("INSERT INTO feature_mentions VALUES (0, 'pacemaker', 0.5), "
-                        "(1, 'pacemaker', 0.95)")  # fmt: skip
+        if meaning:  # analyse's meaning tables (feature_mentions, feature_localisation)
+            con.execute("INSERT INTO feature_mentions (feature, concept, selectivity) VALUES "
+                        "(0, 'pacemaker', 0.5), (1, 'pacemaker', 0.95)")  # fmt: skip
+            con.execute("INSERT INTO feature_localisation (feature, concept, pointing_game) "
+                        "VALUES (3, 'nodule', 0.9)")  # fmt: skip
     return db.connect(tmp_path)
 
 
@@ -192,8 +192,9 @@ def test_candidates_follow_the_rule(tmp_path):
     ]
     con.close()
     con = candidate_db(tmp_path / "b", meaning=True)
-    (pace,) = cand.choose(con, ["pacemaker"])[0]
+    pace, nodule = cand.choose(con, ["pacemaker", "nodule"])[0]
     assert pace.features == (1,) and pace.means_it and pace.selectivity == 0.95
+    assert nodule.features == (3,) and nodule.means_it and nodule.pointing == 0.9
     assert "means it" in cand.describe([pace])
     con.close()
 

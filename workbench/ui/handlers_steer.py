@@ -49,21 +49,30 @@ class SteerView(NamedTuple):
 
 
 def feature_choices(ctx: AppContext, limit: int = 5000) -> list[tuple[str, int]]:
-    """Live features as dropdown choices ``"12 · label"``, searchable by number or label."""
+    """Live features as dropdown choices ``"12 · label"``, searchable by number or label.
+
+    At most ``limit`` (a page holds four such lists), those with the best concept AUROC first;
+    any other feature can still be typed by number.
+    """
     if not ctx.has("feature_stats"):
         return []
-    label_sql = "NULL"
-    joins = ""
+    label_sql, joins, order = "NULL", "", "s.feature"
     if ctx.has("feature_labels"):
-        joins = (
-            "LEFT JOIN (SELECT feature, arg_max(label, CASE method WHEN 'human' THEN 3 WHEN "
+        joins += (
+            " LEFT JOIN (SELECT feature, arg_max(label, CASE method WHEN 'human' THEN 3 WHEN "
             "'statistical' THEN 1 ELSE 2 END) AS label FROM feature_labels GROUP BY feature) l "
             "USING (feature)"
         )
         label_sql = "l.label"
+    if ctx.has("feature_concepts"):
+        joins += (
+            " LEFT JOIN (SELECT feature, max(auroc) AS auroc FROM feature_concepts "
+            "GROUP BY feature) c USING (feature)"
+        )
+        order = "c.auroc DESC NULLS LAST, s.feature"
     rows = ctx.rows(
-        f"SELECT s.feature, {label_sql} AS label FROM feature_stats s {joins} "
-        "WHERE NOT s.dead ORDER BY s.feature LIMIT ?",
+        f"SELECT * FROM (SELECT s.feature, {label_sql} AS label FROM feature_stats s {joins} "
+        f"WHERE NOT s.dead ORDER BY {order} LIMIT ?) ORDER BY feature",
         [limit],
     )
     return [(f"{r['feature']} · {r['label'] or 'unlabelled'}", int(r["feature"])) for r in rows]

@@ -214,3 +214,27 @@ def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):
     monkeypatch.setattr(evaluate.Evaluator, "run_arm", real)
     run_steer(config(run, methods=("sae",)))
     assert len(stored(run)) == 2 * 2 + 2 * 1
+
+
+def test_analyse_reruns_keep_steering_rows_old_and_new(run):
+    from workbench.analyse.run import AnalyseConfig, analyse
+
+    def reanalyse():
+        analyse(AnalyseConfig(run=run, data=run / "phantom", device="cpu", top_k=8,
+                              per_quantile=2, n_logits=0))  # fmt: skip
+
+    with db.rewrite(run) as con:  # a table in the shape of an older version, with one row
+        con.execute("DROP TABLE steering_results")
+        con.execute(
+            "CREATE TABLE steering_results (feature INTEGER, strength DOUBLE, study_id BIGINT, "
+            "concept VARCHAR, baseline_text VARCHAR, steered_text VARCHAR, baseline_mentions "
+            "BOOLEAN, steered_mentions BOOLEAN, details VARCHAR, created_at TIMESTAMP)"
+        )
+        con.execute(
+            "INSERT INTO steering_results VALUES (0, 4, 7, 'x', 'a', 'b', 0, 0, '{}', NULL)"
+        )
+    reanalyse()
+    assert [r["method"] for r in stored(run)] == [None]
+    run_steer(config(run, methods=("prompt",), directions=("add",)))
+    reanalyse()
+    assert sorted(str(r["method"]) for r in stored(run)) == ["None", "prompt", "prompt"]

@@ -143,6 +143,7 @@ def test_an_older_table_gains_the_new_columns(tmp_path):
         "BOOLEAN, steered_mentions BOOLEAN, details VARCHAR, created_at TIMESTAMP)"
     )
     con.execute("INSERT INTO steering_results VALUES (1, 4, 7, 'x', 'a', 'b', 0, 0, '{}', NULL)")
+    db.create_schema(con, ("runs",))
     con.close()
     con = db.connect(tmp_path)
     assert existing_keys(con) == set()  # old rows have no arm

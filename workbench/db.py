@@ -7,7 +7,8 @@ Every table and column is declared once here, with its description. The DDL, the
 Readers (notebooks, the app) call :func:`connect`; it attaches the file read-only inside a
 private in-memory database, so every call sees the file as it is now (DuckDB's per-process
 instance cache would otherwise hand back a stale copy after a rewrite) and a temporary view
-``feature_acts`` reads the sparse activations Parquet stored beside the database.
+``feature_acts`` reads the sparse activations Parquet of the same analyse run
+(:mod:`workbench.generations`), never a newer or older one.
 
 Writers never touch the live file: :func:`rewrite` builds ``features.duckdb.tmp`` (empty, or
 a copy of the current database) and ``os.replace``-s it over the original on success, under
@@ -25,15 +26,17 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
 
+from workbench import generations
 from workbench.config import to_dict
-from workbench.run import ACTS_NAME, DB_NAME
+from workbench.generations import Generation
+from workbench.run import ACTS_NAME, DB_NAME  # noqa: F401 (db.ACTS_NAME is public)
 from workbench.schema_meaning import SPECS
 
 
@@ -253,21 +256,66 @@ TABLES: tuple[Table, ...] = (
         created_at TIMESTAMP | UTC time written.
     """),
     _t("""steering_results | steer | feature
-        Steering evaluations: generations with a feature's decoder direction added.
-        feature INTEGER | SAE latent index steered.
-        strength DOUBLE | Multiple of the direction added to the residual stream.
-        study_id BIGINT | Study whose image/prompt was used.
-        concept VARCHAR | Concept the steering aims at (NULL if none).
-        baseline_text VARCHAR | Generated report without steering.
-        steered_text VARCHAR | Generated report with steering.
-        baseline_mentions BOOLEAN | Baseline report mentions the concept.
-        steered_mentions BOOLEAN | Steered report mentions the concept.
-        details VARCHAR | JSON with anything else (layer, positions, seed, ...).
+        Steering evaluations (`python -m workbench steer`, docs/steering.md): one row per arm
+        and held-out study, the findings generated without and with the intervention and what
+        the report labeller reads in both. An arm is (method, concept, direction, features,
+        strength, unit, mode, positions, details.variant).
+        feature INTEGER | First SAE feature steered (NULL for the dim and prompt methods).
+        strength DOUBLE | Signed strength in `unit` (negative: removing); prompt: +1 names the
+            concept in the INDICATION, -1 rules it out.
+        study_id BIGINT | Held-out study whose images and prompt were used.
+        concept VARCHAR | Target concept (a phantom finding/device or a CheXpert label).
+        baseline_text VARCHAR | Findings generated without intervention.
+        steered_text VARCHAR | Findings generated with it.
+        baseline_mentions BOOLEAN | The baseline mentions the concept (any reading).
+        steered_mentions BOOLEAN | The steered findings mention it (any reading).
+        details VARCHAR | JSON: variant (settings that change the text: max_new_tokens, dim
+            token kinds), raw strengths, hook, model, steered indication (prompt), readings.
         created_at TIMESTAMP | UTC time written.
+        method VARCHAR | 'sae' (SAE features), 'dim' (difference-of-means direction) or
+            'prompt' (concept named in the INDICATION); NULL in rows of older versions.
+        direction VARCHAR | 'add' (studies without the concept) or 'remove' (studies with it).
+        features INTEGER[] | SAE features steered together (empty for dim and prompt).
+        unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the
+            whole with-minus-without difference), prompt.
+        mode VARCHAR | add or clamp (sae), add (dim), prompt.
+        positions VARCHAR | Steered positions: all, image, prompt, generated, or kinds joined
+            by '+'; prompt for the prompt method.
+        baseline_value INTEGER | Labeller reading of the concept in the baseline: 1 stated,
+            0 negated, -1 uncertain, NULL not mentioned.
+        steered_value INTEGER | The same in the steered findings.
+        eligible BOOLEAN | The baseline is not already in the intended state, so it can flip.
+        success BOOLEAN | Flipped as intended: eligible and now stated (add) / no longer stated
+            (remove).
+        side_effects VARCHAR[] | Other phantom findings/devices whose stated/not-stated reading
+            changed.
+        baseline_ppl DOUBLE | Perplexity of the baseline findings under the unsteered model.
+        steered_ppl DOUBLE | Perplexity of the steered findings under the unsteered model (same
+            prompt as the baseline).
+        repeat_rate DOUBLE | Share of repeated word 3-grams in the steered findings.
+        parses BOOLEAN | The steered findings still parse as a FINDINGS section of sentences.
     """),
 )
 
 TABLES += tuple(_t(spec) for spec in SPECS)  # mentions, localisation, probe ceiling
+
+RETIRED = ("feature_labels", "feature_scores", "steering_results")
+
+
+def _retired(t: Table) -> Table:
+    """``retired_<t>``: rows of ``t`` that belonged to an SAE the run no longer analyses."""
+    extra = (
+        Column("sae_fingerprint", "VARCHAR", "Fingerprint of the SAE the row belonged to."),
+        Column("retired_at", "TIMESTAMP", "UTC time analyse moved it here."),
+    )
+    doc = (
+        f"`{t.name}` rows of an earlier SAE, moved aside when analyse ran with another one; "
+        "moved back when that SAE is analysed again."
+    )
+    return Table(f"retired_{t.name}", doc, t.columns + extra, "analyse", ())
+
+
+TABLES = TABLES + tuple(_retired(t) for t in TABLES if t.name in RETIRED)
 TABLE = {t.name: t for t in TABLES}
 
 
@@ -279,6 +327,7 @@ def create_schema(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | None 
             continue
         cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {t.name} ({cols})")
+        add_missing_columns(con, t.name)
         con.execute(f"COMMENT ON TABLE {t.name} IS {_lit(t.doc)}")
         for c in t.columns:
             con.execute(f'COMMENT ON COLUMN {t.name}."{c.name}" IS {_lit(c.doc)}')
@@ -292,6 +341,28 @@ def create_indexes(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f'CREATE INDEX IF NOT EXISTS {t.name}_{col}_idx ON {t.name} ("{col}")')
 
 
+def add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    """Add the columns of table ``name`` that a database written by an older version lacks.
+
+    Called by :func:`create_schema`, so a writer's rows fit a table that grew columns (the old
+    rows get NULL in them). Returns the columns added.
+    """
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+            "AND database_name = current_database()",
+            [name],
+        ).fetchall()
+    }
+    added = []
+    for c in TABLE[name].columns:
+        if c.name not in have:
+            con.execute(f'ALTER TABLE {name} ADD COLUMN "{c.name}" {c.type}')
+            added.append(c.name)
+    return added
+
+
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -302,43 +373,69 @@ def db_path(run: str | Path) -> Path:
     return run if run.suffix == ".duckdb" else run / DB_NAME
 
 
-def connect(run: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(
+    run: str | Path,
+    read_only: bool = True,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
     """Open a run's ``features.duckdb`` for reading (notebooks, the app).
 
     The connection sees the tables by their plain names plus a temporary view
-    ``feature_acts`` (row, feature, value) over the Parquet beside the database. Writers
+    ``feature_acts`` (row, feature, value) over the Parquet written by the same analyse run;
+    when that file is missing the view raises an error saying why and what to run. Writers
     must use :func:`rewrite`; ``read_only=False`` is refused to keep the live file safe.
+    ``memory_limit`` (e.g. ``'2GB'``) and ``threads`` bound what one query may take; a query
+    over the limit fails with DuckDB's out-of-memory error and the connection stays usable.
     """
+    return connect_pinned(run, read_only, memory_limit, threads)[0]
+
+
+def connect_pinned(
+    run: str | Path,
+    read_only: bool = True,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> tuple[duckdb.DuckDBPyConnection, Generation]:
+    """:func:`connect`, and the generation (analyse run and Parquet) the connection reads."""
     if not read_only:
         raise ValueError("connect() is read-only; write through workbench.db.rewrite(run)")
     path = db_path(run).resolve()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no features database; run `python -m workbench.analyse`")
-    con = duckdb.connect()
+    config: dict[str, str | int] = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if threads:
+        config["threads"] = int(threads)
+    con = duckdb.connect(config=config)
     con.execute(f"ATTACH {_lit(str(path))} AS features (READ_ONLY)")
     con.execute("USE features")
-    acts = path.parent / ACTS_NAME
-    if acts.exists():
-        con.execute(
-            f"CREATE TEMP VIEW feature_acts AS SELECT * FROM read_parquet({_lit(str(acts))})"
-        )
-    return con
+    gen = generations.resolve(con, path)
+    generations.create_view(con, gen)
+    return con, gen
 
 
 @contextlib.contextmanager
-def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def rewrite(
+    run: str | Path, fresh: bool = False, on_replaced: Callable[[], None] | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Yield a read-write connection on a private copy; replace the live file on success.
 
     ``fresh=True`` starts from an empty database (analyse), otherwise from a copy of the
     current one (label, steer append to it). A lock file serialises concurrent writers;
     on an exception the copy is discarded and the live database is untouched.
+    ``on_replaced`` runs right after the switch, still under the lock (analyse publishes
+    its Parquet there: :func:`workbench.generations.publish`).
     """
     path = db_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    wal = tmp.with_name(tmp.name + ".wal")  # a killed writer's WAL would be replayed: remove
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         tmp.unlink(missing_ok=True)
+        wal.unlink(missing_ok=True)
         if not fresh and path.exists():
             shutil.copyfile(path, tmp)
         con = duckdb.connect(str(tmp))
@@ -349,9 +446,12 @@ def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyCon
         except BaseException:
             con.close()
             tmp.unlink(missing_ok=True)
+            wal.unlink(missing_ok=True)
             raise
         con.close()
         os.replace(tmp, path)
+        if on_replaced is not None:
+            on_replaced()
 
 
 class RunRow(NamedTuple):

@@ -9,7 +9,9 @@ A store is a directory::
 
 Writers append whole studies; a shard is written (tensor and table, each atomically) before
 the manifest records its studies as complete, so a killed run loses at most the unflushed
-buffer and a rerun skips exactly the studies the manifest lists. ``row`` is global and dense
+buffer and a rerun skips exactly the studies the manifest lists. The buffer is flushed when it
+holds ``shard_tokens`` tokens or ``flush_seconds`` after its first study, whichever comes
+first, so the work a crash can lose is bounded in tokens and in time. ``row`` is global and dense
 (0..N-1 in shard order). Under ``accelerate launch`` each process writes its own store in
 ``<dir>/rank<r>``; :class:`ActivationStore` reads such a directory as one store.
 """
@@ -17,7 +19,8 @@ buffer and a rerun skips exactly the studies the manifest lists. ``row`` is glob
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +93,16 @@ class StoreWriter:
         dtype: str = "float32",
         shard_tokens: int = 65536,
         extra: dict[str, Any] | None = None,
+        flush_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.shard_tokens = shard_tokens
+        self.flush_seconds = flush_seconds  # a crash loses at most this long of recording
+        self._clock = clock
         self.torch_dtype = DTYPES[dtype]
         header = {
             "model": model,
@@ -108,7 +115,9 @@ class StoreWriter:
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
+        self._dropped: dict[str, list[str]] = {}
         self._buffered = 0
+        self._buffer_since: float | None = None
 
     @property
     def completed(self) -> set[int]:
@@ -127,6 +136,7 @@ class StoreWriter:
                 "shards": [],
                 "studies_complete": [],
                 "skipped": {},
+                "dropped_images": {},
                 "extra": extra,
                 "complete": False,
             }
@@ -148,8 +158,18 @@ class StoreWriter:
             if f.name.split(".")[0] not in known:
                 f.unlink()
 
-    def add(self, study_id: int, acts_ND: torch.Tensor, meta: list[dict] | dict[str, list]) -> None:
-        """Buffer one whole study's activations and per-token metadata."""
+    def add(
+        self,
+        study_id: int,
+        acts_ND: torch.Tensor,
+        meta: list[dict] | dict[str, list],
+        dropped: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """Buffer one whole study's activations and per-token metadata.
+
+        ``dropped`` names input files the study was recorded without (an unreadable lateral
+        or prior image); they go into the manifest's ``dropped_images`` with the study.
+        """
         if acts_ND.ndim != 2 or acts_ND.shape[1] != self.manifest["d_model"]:
             raise StoreError(
                 f"study {study_id}: activations of shape {tuple(acts_ND.shape)}, "
@@ -162,9 +182,17 @@ class StoreWriter:
         self._acts.append(acts_ND.detach().to("cpu", self.torch_dtype).contiguous())
         self._cols.append(cols)
         self._pending.append(int(study_id))
+        if dropped:
+            self._dropped[str(int(study_id))] = list(dropped)
         self._buffered += acts_ND.shape[0]
-        if self._buffered >= self.shard_tokens:
+        if self._buffer_since is None:
+            self._buffer_since = self._clock()
+        if self._buffered >= self.shard_tokens or self._buffer_age() >= self.flush_seconds:
             self.flush()
+
+    def _buffer_age(self) -> float:
+        """Seconds since the oldest unflushed study was buffered (0 when the buffer is empty)."""
+        return 0.0 if self._buffer_since is None else self._clock() - self._buffer_since
 
     def skip(self, study_id: int, reason: str) -> None:
         """Record that a study was not stored, and why (kept in the manifest)."""
@@ -188,8 +216,10 @@ class StoreWriter:
         self.manifest["shards"].append({"stem": stem, "n_tokens": int(acts.shape[0])})
         self.manifest["n_tokens"] = start + int(acts.shape[0])
         self.manifest["studies_complete"].extend(self._pending)
+        self.manifest.setdefault("dropped_images", {}).update(self._dropped)
         write_json(self.path / MANIFEST, self.manifest)
         self._acts, self._cols, self._pending, self._buffered = [], [], [], 0
+        self._dropped, self._buffer_since = {}, None
 
     def close(self) -> Path:
         """Flush and mark the store complete."""
@@ -279,6 +309,26 @@ class ActivationStore:
             return torch.zeros((0, self.d_model), dtype=DTYPES.get(self.manifest["dtype"]))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
+    def check_finite(self, i: int, acts_ND: torch.Tensor) -> None:
+        """Raise :class:`StoreError` naming the shard file, row and study of the first NaN/inf.
+
+        Every stage that reads a store calls this on each shard it loads, so a poisoned store
+        fails with the same message wherever it is read (record refuses to write one).
+        """
+        bad = ~torch.isfinite(acts_ND).all(dim=1)
+        if not bool(bad.any()):
+            return
+        local = int(bad.nonzero()[0, 0])
+        part, s = self._shards[i]
+        studies = self.metadata(i).column("study_id")
+        study = studies[local].as_py() if local < len(studies) else None
+        raise StoreError(
+            f"{part / (s['stem'] + '.safetensors')}: non-finite activation (NaN or inf) in "
+            f"shard {i} at row {int(self._offsets[i]) + local} (row {local} of the shard, "
+            f"study {study}); {int(bad.sum())} row(s) of this shard are affected. Re-record "
+            "the store (record refuses NaN/inf, so the file was changed after it was written)"
+        )
+
     def metadata(self, i: int) -> pa.Table:
         """Token metadata of shard ``i``, with ``row`` made global across per-rank parts."""
         part, s = self._shards[i]
@@ -312,6 +362,9 @@ def _merge_manifests(manifests: list[dict], path: Path) -> dict[str, Any]:
     merged["n_tokens"] = sum(m["n_tokens"] for m in manifests)
     merged["studies_complete"] = [s for m in manifests for s in m["studies_complete"]]
     merged["skipped"] = {k: v for m in manifests for k, v in m["skipped"].items()}
+    merged["dropped_images"] = {
+        k: v for m in manifests for k, v in m.get("dropped_images", {}).items()
+    }
     merged["complete"] = all(m.get("complete") for m in manifests)
     merged["n_parts"] = len(manifests)
     return merged

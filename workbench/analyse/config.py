@@ -60,7 +60,8 @@ class AnalyseConfig:
     report: bool = False
     """Print the phantom recovery table (best feature per ground-truth concept)."""
     reuse: bool = False
-    """Keep an existing features.duckdb instead of recomputing (e.g. with --report)."""
+    """Keep the existing features.duckdb when it and its Parquet are complete (e.g. with
+    --report); an incomplete pair is recomputed."""
     labels: Path | None = None
     """Your own study labels: a CSV with study_id and concept columns (1 / 0 / -1 / blank),
     scored like the dataset's labels and stored as source 'user' (never as ground truth)."""

@@ -143,7 +143,7 @@ def _collection(data: Path, extra: dict, only) -> list:
 
 def _kept_residual(adapter, item, store, extra: dict):
     """(prepared inputs, keep mask, residual at the recorded layer of the kept positions)."""
-    prepared = prepare_item(adapter, item)
+    prepared, _ = prepare_item(adapter, item)
     keep = keep_mask(
         prepared.tokens, extra.get("image_tokens", "all"), extra.get("prompt_tokens", "all")
     )

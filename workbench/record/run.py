@@ -24,13 +24,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from workbench.config import parse_config, save_config
-from workbench.cxr.collection import Collection, Item, load_collection
+from workbench.cxr.collection import Collection, Item, load_collection, model_input
 from workbench.cxr.images import CXRDataError
+from workbench.progress import Heartbeat
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError, StoreWriter
 
@@ -84,10 +85,17 @@ class RecordConfig:
     """Id column of a table input ('' : study_id if present, else the row number)."""
     progress: bool = True
     """Show a progress bar."""
+    log_seconds: float = 60.0
+    """Log a progress line this often (seconds), with or without the bar; 0: never."""
+    flush_seconds: float = 300.0
+    """Write buffered studies to a shard at least this often (seconds), so a crash loses at
+    most this long of recording (a shard is also written every shard_tokens tokens)."""
 
     def validate(self) -> None:
         if self.shard_tokens < 1:
             raise ValueError("config field 'shard_tokens' must be >= 1")
+        if self.flush_seconds <= 0:
+            raise ValueError(f"config field 'flush_seconds' must be > 0, got {self.flush_seconds}")
         if self.layer < -1:
             raise ValueError(f"config field 'layer' must be >= -1, got {self.layer}")
 
@@ -123,18 +131,29 @@ def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None)
     return cols
 
 
+class Recorded(NamedTuple):
+    """One study's stored rows: activations [n_kept, d_model], their metadata columns, and
+    the optional input files it was recorded without (unreadable lateral / prior image)."""
+
+    acts: torch.Tensor
+    meta: dict
+    dropped: tuple[str, ...]
+
+
 def prepare_item(adapter, item: Item):
-    """The model inputs of one item, its chosen report sections teacher-forced."""
+    """The model inputs of one item (its chosen report sections teacher-forced) and the
+    optional images left out because they were unreadable (see ``model_input``)."""
+    source, dropped = model_input(item.source, adapter.kind == "vision_language")
     if item.impression is None:
-        return adapter.prepare(item.source, findings=item.findings)
+        return adapter.prepare(source, findings=item.findings), dropped
     if adapter.kind != "causal_lm":
         raise RecordError(f"{adapter.name} is given FINDINGS only; --sections needs a text LM")
-    return adapter.prepare(item.source, findings=item.findings, impression=item.impression)
+    return adapter.prepare(source, findings=item.findings, impression=item.impression), dropped
 
 
-def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> tuple[torch.Tensor, dict]:
+def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> Recorded:
     """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite."""
-    inp = prepare_item(adapter, item)
+    inp, dropped = prepare_item(adapter, item)
     acts_TD = adapter.residual(inp, layer)
     if not torch.isfinite(acts_TD).all():
         n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
@@ -145,7 +164,7 @@ def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> tuple[tor
         )
     keep = keep_mask(inp.tokens, cfg.image_tokens, cfg.prompt_tokens)
     keep_T = torch.tensor(keep, dtype=torch.bool, device=acts_TD.device)
-    return acts_TD[keep_T], token_metadata(inp.tokens, keep, item.subject_id)
+    return Recorded(acts_TD[keep_T], token_metadata(inp.tokens, keep, item.subject_id), dropped)
 
 
 def part_dir(out: Path, rank: int, world: int) -> Path:
@@ -212,7 +231,7 @@ def record(cfg: RecordConfig) -> Path:
     writer = StoreWriter(
         part_dir(out, state.process_index, state.num_processes),
         model=adapter.name, layer=layer, hook_name=hook_name, d_model=adapter.d_model,
-        dtype=cfg.dtype, shard_tokens=cfg.shard_tokens,
+        dtype=cfg.dtype, shard_tokens=cfg.shard_tokens, flush_seconds=cfg.flush_seconds,
         extra={"image_tokens": cfg.image_tokens, "prompt_tokens": cfg.prompt_tokens,
                "data": str(Path(cfg.data).resolve()), "source_kind": collection.kind,
                "sections": cfg.sections, "text_column": cfg.text_column,
@@ -247,9 +266,9 @@ def run_items(
     from tqdm import tqdm
 
     done = done | writer.completed
-    for s in share.skipped:
-        if s.study_id not in done:
-            writer.skip(s.study_id, s.reason)
+    skips = [(s.study_id, s.reason) for s in share.skipped if s.study_id not in done]
+    for study_id, reason in skips:
+        writer.skip(study_id, reason)
     todo = [it for it in share.items if it.study_id not in done]
     log.info(
         "%s: %d studies to record (%d already done)",
@@ -257,21 +276,39 @@ def run_items(
         len(todo),
         len(share.items) - len(todo),
     )
-    t0, n_tokens = time.perf_counter(), 0
+    t0, n_tokens, n_stored = time.perf_counter(), 0, 0
+    beat = Heartbeat(log, f"record L{layer}", len(todo), cfg.log_seconds)
     bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{layer}")
-    for item in bar:
+    for i, item in enumerate(bar):
         try:
-            acts_ND, meta = record_item(adapter, item, layer, cfg)
+            acts_ND, meta, dropped = record_item(adapter, item, layer, cfg)
         except (CXRDataError, OSError) as exc:
             writer.skip(item.study_id, f"unreadable input: {exc}")
-            continue
-        writer.add(item.study_id, acts_ND, meta)
-        n_tokens += acts_ND.shape[0]
-        bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+            skips.append((item.study_id, f"unreadable input: {exc}"))
+        else:
+            writer.add(item.study_id, acts_ND, meta, dropped)
+            n_tokens += acts_ND.shape[0]
+            n_stored += 1
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        beat.update(i + 1, stored=n_stored, skipped=len(skips), tokens=n_tokens)
     elapsed = max(time.perf_counter() - t0, 1e-9)
     log.info(
         "recorded %d studies, %d tokens in %.1f s (%.1f studies/s, %.0f tokens/s)",
-        len(todo), n_tokens, elapsed, len(todo) / elapsed, n_tokens / elapsed,
+        n_stored, n_tokens, elapsed, n_stored / elapsed, n_tokens / elapsed,
+    )  # fmt: skip
+    warn_skipped(writer.path, skips)
+
+
+def warn_skipped(store: Path, skips: list[tuple[int, str]], show: int = 5) -> None:
+    """One WARNING with the number of studies left out and the first few reasons (the
+    manifest's ``skipped`` lists them all)."""
+    if not skips:
+        return
+    first = "; ".join(f"study {sid}: {reason}" for sid, reason in skips[:show])
+    more = f" (and {len(skips) - show} more)" if len(skips) > show else ""
+    log.warning(
+        "%d studies skipped, not recorded (all listed under 'skipped' in %s): %s%s",
+        len(skips), Path(store) / "manifest.json", first, more,
     )  # fmt: skip
 
 

@@ -66,6 +66,15 @@ class StoreSource:
     def describe(self, i: int) -> str:
         return f"{self.path} shard {i}"
 
+    def check(self, i: int, x_ND: torch.Tensor) -> None:
+        """NaN/inf refused with the store's own message: shard file, global row and study."""
+        from workbench.store import StoreError
+
+        try:
+            self.store.check_finite(i, x_ND)
+        except StoreError as exc:
+            raise DataError(str(exc)) from None
+
 
 class TensorSource:
     """In-memory activations cut into pseudo-shards (tests, benchmarks, notebooks)."""
@@ -100,13 +109,23 @@ def check_finite(x_ND: torch.Tensor, where: str, first_row: int = 0) -> None:
         raise DataError(f"{where}: non-finite activation (NaN or inf) at row {row}")
 
 
+def check_shard(source: ShardSource, i: int, x_ND: torch.Tensor) -> None:
+    """Refuse NaN/inf in shard ``i``: the source's own check if it has one (the store names
+    file, row and study, as every stage reading a store does), else :func:`check_finite`."""
+    own = getattr(source, "check", None)
+    if own is not None:
+        own(i, x_ND)
+    else:
+        check_finite(x_ND, source.describe(i))
+
+
 def scan_source(source: ShardSource) -> None:
     """Read every shard once and refuse NaN/inf or a wrong width before training starts."""
     for i, size in enumerate(source.shard_sizes()):
         x = source.read(i)
         if tuple(x.shape) != (size, source.d_in):
             raise DataError(f"{source.describe(i)}: shape {tuple(x.shape)}, expected {size} rows")
-        check_finite(x, source.describe(i))
+        check_shard(source, i, x)
 
 
 def _rng(*key: int) -> torch.Generator:
@@ -156,7 +175,7 @@ class ShuffledBatches:
             x = self.source.read(i)
             if x.ndim != 2 or x.shape[1] != self.source.d_in:
                 raise DataError(f"{self.source.describe(i)}: shape {tuple(x.shape)}")
-            check_finite(x, self.source.describe(i))
+            check_shard(self.source, i, x)
             parts.append(x)
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         perm = torch.randperm(rows.shape[0], generator=_rng(self.seed, epoch, w + 1))

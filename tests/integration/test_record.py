@@ -194,3 +194,17 @@ def test_cli_writes_config_and_resumes_with_nothing_to_do(world, tmp_path, capsy
     assert len(store.manifest["studies_complete"]) == 3
     assert store.shard(0).dtype == torch.bfloat16
     assert json.loads((tmp_path / "a" / "cfg.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_study_collection_sections(world, tmp_path):
+    phantom = shutil.copytree(world[0], tmp_path / "phantom")
+    items = load_collection(phantom).items
+    report = items[0].source.report_path
+    report.write_text(report.read_text().split("IMPRESSION:")[0])  # FINDINGS only
+    both = load_collection(phantom, sections="both")
+    assert [s.study_id for s in both.skipped] == [items[0].study_id]
+    assert "no IMPRESSION" in both.skipped[0].reason
+    assert all(it.findings and it.impression for it in both.items)
+    imp = load_collection(phantom, sections="impression", only=[it.study_id for it in items[1:3]])
+    assert {it.study_id for it in imp.items} == {it.study_id for it in items[1:3]}
+    assert all(it.findings is None and it.impression for it in imp.items)

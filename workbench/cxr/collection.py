@@ -165,13 +165,14 @@ def _studies(root: Path, split: str | None, names: tuple[str, ...], only) -> Col
     records = iter_studies(
         root, split=split, require_findings=names == ("findings",), skipped=skips, only=only
     )
-    items, skipped = [], [Skipped(s.study_id, f"{s.reason}: {s.detail}") for s in skips]
-    for r in records:
+    items, skipped = [], []
+    for r in records:  # iterating fills ``skips`` with the studies iter_studies leaves out
         got = _chosen(r.study_id, r, names, str(r.report_path))
         if isinstance(got, Skipped):
             skipped.append(got)
         else:
             items.append(Item(r.study_id, r.subject_id, r, *got))
+    skipped += [Skipped(s.study_id, f"{s.reason}: {s.detail}") for s in skips]
     return Collection("studies", items, sorted(skipped))
 
 

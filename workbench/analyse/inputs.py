@@ -72,9 +72,11 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     if cfg.n_logits or cfg.quality_studies:
         adapter = load_adapter(model, device, notes)
     if adapter is not None and adapter.d_model != sae.d_in:
-        raise AnalyseError(
-            f"{model}: model width {adapter.d_model} differs from the SAE's d_in={sae.d_in}"
-        )
+        problem = f"{model}: model width {adapter.d_model} differs from the SAE's d_in={sae.d_in}"
+        if cfg.n_logits:  # logit effects need the model the SAE reads
+            raise AnalyseError(problem)
+        notes.append(f"{problem}: not used")
+        adapter = None
     unembed = unembedding(adapter) if adapter is not None and cfg.n_logits else None
     user = None
     if cfg.labels is not None:

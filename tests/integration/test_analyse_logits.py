@@ -68,8 +68,11 @@ def test_model_of_another_width_is_refused(run_with_model, tmp_path):
     with pytest.raises(AnalyseError, match="model width 48 differs from the SAE's d_in=8"):
         analyse(AnalyseConfig(run=run, model=tmp_path / "wide"))
     # without logit effects the model is only wanted for the SAE quality: noted, not fatal
-    analyse(AnalyseConfig(run=run, model=tmp_path / "wide", n_logits=0))
-    con = db.connect(run)
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / "copy")  # the module's run stays as it is
+    analyse(AnalyseConfig(run=copy, model=tmp_path / "wide", n_logits=0))
+    con = db.connect(copy)
     notes = con.execute("SELECT notes FROM runs WHERE stage = 'analyse'").fetchone()[0]
     source = con.execute("SELECT DISTINCT source FROM sae_quality").fetchall()
     con.close()

@@ -305,8 +305,8 @@ def load_adapter(model_path: Path | None, device, notes: list[str]):
     """The model (logit effects, SAE quality), or None (with a note) when there is none.
 
     Loaded through :func:`workbench.models.registry.load_model` (any model the workbench
-    supports) on ``device``: on the CPU in float32, or bfloat16 when the checkpoint is large
-    (MAIRA-2: 7B); on a GPU in its default half precision.
+    supports) on ``device``, in float32, or in half precision when the checkpoint is large
+    (MAIRA-2: 7B; bfloat16 on the CPU, the GPU's default half type on a GPU).
     """
     if model_path is None:
         notes.append("no model: logit effects skipped")
@@ -317,9 +317,9 @@ def load_adapter(model_path: Path | None, device, notes: list[str]):
     try:
         directory = resolve_model_dir(model_path)
         size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-        dtype = default_dtype(device)
-        if device.type == "cpu" and size > 4e9:
-            dtype = torch.bfloat16
+        dtype = torch.float32  # exact logit effects and losses for every model that fits
+        if size > 4e9:
+            dtype = default_dtype(device) if device.type == "cuda" else torch.bfloat16
         return load_model(directory, device, dtype)
     except (OSError, ValueError) as exc:
         raise AnalyseError(f"{model_path}: cannot load the model: {exc}") from None

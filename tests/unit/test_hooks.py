@@ -8,6 +8,7 @@ from torch import nn
 
 from workbench.models.hooks import (
     capture,
+    capture_many,
     decoder_layers,
     final_norm,
     intervene,
@@ -96,6 +97,28 @@ def test_capture_equals_hidden_states_and_stops(name, models, tokenizer):
     assert calls == []
     torch.testing.assert_close(cap.acts, hidden[2])
     assert len(layers[1]._forward_hooks) == n_hooks
+
+
+def test_capture_many_takes_every_hook_and_stops_after_the_deepest(models, tokenizer):
+    model = models["llama"]  # 3 blocks
+    kwargs = _forward_kwargs("llama", model, tokenizer)
+    with torch.no_grad():
+        hidden = model(**kwargs, output_hidden_states=True).hidden_states
+    calls = []
+    before = [len(layer._forward_hooks) for layer in decoder_layers(model)]
+    handle = decoder_layers(model)[2].register_forward_hook(lambda *a: calls.append("layer2"))
+    try:
+        names = [resid_post_name(1), resid_post_name(0), resid_post_name(1)]
+        with torch.no_grad(), capture_many(model, names) as caps:
+            model(**kwargs)
+    finally:
+        handle.remove()
+    assert calls == [] and list(caps) == [resid_post_name(1), resid_post_name(0)]
+    torch.testing.assert_close(caps[resid_post_name(0)].acts, hidden[1])
+    torch.testing.assert_close(caps[resid_post_name(1)].acts, hidden[2])
+    assert [len(layer._forward_hooks) for layer in decoder_layers(model)] == before
+    with pytest.raises(ValueError, match="at least one"), capture_many(model, []):
+        pass
 
 
 def test_capture_without_stop_runs_everything(models, tokenizer):

@@ -14,7 +14,7 @@ whose first element is the hidden state; both are handled.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -147,6 +147,43 @@ def capture(model: nn.Module, hook_name: str, stop: bool = True) -> Iterator[Cap
         pass
     finally:
         handle.remove()
+
+
+@contextmanager
+def capture_many(
+    model: nn.Module, hook_names: Sequence[str], stop: bool = True
+) -> Iterator[dict[str, Captured]]:
+    """Capture several hooks in one forward; with ``stop`` the forward ends after the deepest.
+
+    Every hook stores its activation as the forward passes it; the deepest one then raises,
+    so blocks below the deepest named one (and the LM head) never run::
+
+        with capture_many(model, [resid_post_name(2), resid_post_name(4)]) as caps:
+            model(**inputs)
+        acts_BTD = caps["blocks.2.hook_resid_post"].acts
+    """
+    names = list(dict.fromkeys(hook_names))
+    if not names:
+        raise ValueError("capture_many needs at least one hook name")
+    deepest = max(names, key=parse_hook_name)
+    captured = {name: Captured(name) for name in names}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            captured[name]._acts = _hidden(output).detach()
+            if stop and name == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [resolve_module(model, n).register_forward_hook(make_hook(n)) for n in names]
+    try:
+        yield captured
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

@@ -11,7 +11,12 @@ prompt"), configurably: image tokens all / first_last / none, prompt tokens that
 study's own text (indication, technique, comparison, prior report) / all / none; report
 tokens are always kept. The ``kind`` and ``section`` columns say what each stored row is.
 
-Resumable: the store's manifest lists finished studies, and a rerun skips them. Under
+``--layers 2,4`` records several blocks from one forward pass that stops after the deepest,
+sharing the input preparation, token filtering and metadata: one store per hook in
+``<out>/<hook name>/``, listed in ``<out>/hooks.json`` (each the store a single-layer run
+would write; ``train_sae`` on ``<out>`` trains one SAE per hook).
+
+Resumable: the store's log lists finished studies, and a rerun skips them. Under
 ``accelerate launch`` process r of W records every W-th study (by sorted study id) into
 ``<out>/rank<r>``, and :class:`workbench.store.ActivationStore` reads the parts as one store.
 """
@@ -31,7 +36,14 @@ from workbench.config import parse_config, save_config
 from workbench.cxr.images import CXRDataError
 from workbench.record.data import Collection, Item, load_collection
 from workbench.run import RunLayout
-from workbench.store import ActivationStore, StoreError, StoreWriter
+from workbench.store import (
+    MANIFEST,
+    ActivationStore,
+    StoreError,
+    StoreWriter,
+    hook_stores,
+    write_hook_index,
+)
 
 log = logging.getLogger("workbench.record")
 PROMPT_SECTIONS = frozenset({"indication", "technique", "comparison", "prior_report", "phrase"})
@@ -56,6 +68,9 @@ class RecordConfig:
     """Activation store directory (resumed when it exists)."""
     layer: int = -1
     """Decoder block L whose output is recorded; -1: the middle block (n_layers - 1) // 2."""
+    layers: tuple[int, ...] = ()
+    """Several decoder blocks from one forward pass (stopping after the deepest): one store per
+    hook in <out>/<hook name>, listed in <out>/hooks.json; empty: only `layer`."""
     split: str | None = None
     """Only studies of this split (train/validate/test); empty: all."""
     limit: int = 0
@@ -82,8 +97,9 @@ class RecordConfig:
     def validate(self) -> None:
         if self.shard_tokens < 1:
             raise ValueError("config field 'shard_tokens' must be >= 1")
-        if self.layer < -1:
-            raise ValueError(f"config field 'layer' must be >= -1, got {self.layer}")
+        for value in (self.layer, *self.layers):
+            if value < -1:
+                raise ValueError(f"config fields 'layer'/'layers' must be >= -1, got {value}")
 
 
 def keep_mask(tokens: list[dict], image_tokens: str, prompt_tokens: str) -> list[bool]:
@@ -117,20 +133,32 @@ def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None)
     return cols
 
 
-def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> tuple[torch.Tensor, dict]:
-    """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite."""
+def record_item(
+    adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordConfig
+) -> tuple[torch.Tensor | dict[int, torch.Tensor], dict]:
+    """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite.
+
+    With a tuple of layers, one forward (stopped after the deepest) gives ``{layer: acts}``;
+    the inputs, the kept positions and the metadata are prepared once for all of them.
+    """
     inp = adapter.prepare(item.source, findings=item.findings)
-    acts_TD = adapter.residual(inp, layer)
-    if not torch.isfinite(acts_TD).all():
-        n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
-        raise RecordError(
-            f"study {item.study_id}: {n_nan} NaN and {n_inf} inf values in "
-            f"{adapter.hook_name(layer)} of {adapter.name}; stopping (finished studies are "
-            "kept; check the model weights, dtype and this study's inputs)"
-        )
+    if isinstance(layer, int):
+        acts = {layer: adapter.residual(inp, layer)}
+    else:
+        acts = adapter.residuals(inp, layer)
+    for at, acts_TD in acts.items():
+        if not torch.isfinite(acts_TD).all():
+            n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
+            raise RecordError(
+                f"study {item.study_id}: {n_nan} NaN and {n_inf} inf values in "
+                f"{adapter.hook_name(at)} of {adapter.name}; stopping (finished studies are "
+                "kept; check the model weights, dtype and this study's inputs)"
+            )
     keep = keep_mask(inp.tokens, cfg.image_tokens, cfg.prompt_tokens)
-    keep_T = torch.tensor(keep, dtype=torch.bool, device=acts_TD.device)
-    return acts_TD[keep_T], token_metadata(inp.tokens, keep, item.subject_id)
+    keep_T = torch.tensor(keep, dtype=torch.bool, device=next(iter(acts.values())).device)
+    kept = {at: acts_TD[keep_T] for at, acts_TD in acts.items()}
+    meta = token_metadata(inp.tokens, keep, item.subject_id)
+    return (kept[layer] if isinstance(layer, int) else kept), meta
 
 
 def part_dir(out: Path, rank: int, world: int) -> Path:
@@ -158,6 +186,23 @@ def resolve_layer(adapter, layer: int) -> int:
     return (adapter.n_layers - 1) // 2 if layer == -1 else layer
 
 
+def resolve_layers(adapter, cfg: RecordConfig) -> tuple[int, ...]:
+    """The blocks to record, ascending: ``layers`` (each -1 = the middle block) or ``layer``."""
+    layers = sorted({resolve_layer(adapter, layer) for layer in (cfg.layers or (cfg.layer,))})
+    for layer in layers:
+        adapter.hook_name(layer)  # ValueError naming the model's range
+    return tuple(layers)
+
+
+def _store_dirs(adapter, out: Path, layers: tuple[int, ...], multi: bool) -> dict[int, Path]:
+    """Where each layer's store goes: ``out`` alone, or ``out/<hook name>`` with ``--layers``."""
+    if multi and ((out / MANIFEST).is_file() or any(out.glob(f"rank*/{MANIFEST}"))):
+        raise RecordError(f"{out} holds a single-layer store; pick a new --out for --layers")
+    if not multi and hook_stores(out) is not None:
+        raise RecordError(f"{out} holds one store per hook (--layers); pass the same --layers")
+    return {layer: out / adapter.hook_name(layer) if multi else out for layer in layers}
+
+
 def record(cfg: RecordConfig) -> Path:
     """Record ``cfg`` into ``cfg.out`` (resuming); returns the store directory."""
     from accelerate import PartialState
@@ -170,22 +215,37 @@ def record(cfg: RecordConfig) -> Path:
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device != "cpu" else "cpu"
     adapter = load_model(cfg.model, device=device)
-    layer = resolve_layer(adapter, cfg.layer)
-    hook_name = adapter.hook_name(layer)
+    layers = resolve_layers(adapter, cfg)
     collection = load_collection(cfg.data, cfg.split or None, cfg.text_column, cfg.id_column)
     if adapter.kind == "vision_language" and collection.kind != "studies":
         raise RecordError(f"{adapter.name} needs images; {cfg.data} holds only report text")
     out = Path(cfg.out)
-    writer = StoreWriter(
-        part_dir(out, state.process_index, state.num_processes),
-        model=adapter.name, layer=layer, hook_name=hook_name, d_model=adapter.d_model,
-        dtype=cfg.dtype, shard_tokens=cfg.shard_tokens,
-        extra={"image_tokens": cfg.image_tokens, "prompt_tokens": cfg.prompt_tokens,
-               "data": str(cfg.data), "source_kind": collection.kind},
-    )  # fmt: skip
+    dirs = _store_dirs(adapter, out, layers, multi=bool(cfg.layers))
+    writers = {
+        layer: StoreWriter(
+            part_dir(path, state.process_index, state.num_processes),
+            model=adapter.name,
+            layer=layer,
+            hook_name=adapter.hook_name(layer),
+            d_model=adapter.d_model,
+            dtype=cfg.dtype,
+            shard_tokens=cfg.shard_tokens,
+            extra={
+                "image_tokens": cfg.image_tokens,
+                "prompt_tokens": cfg.prompt_tokens,
+                "data": str(cfg.data),
+                "source_kind": collection.kind,
+            },
+        )  # fmt: skip
+        for layer, path in dirs.items()
+    }
+    if cfg.layers and state.is_main_process:
+        write_hook_index(out, {path.name: path.name for path in dirs.values()})
     mine = my_share(collection, cfg.limit, state.process_index, state.num_processes)
-    run_items(adapter, writer, mine, finished_studies(out), layer, cfg)
-    writer.close()
+    done = {layer: finished_studies(path) for layer, path in dirs.items()}
+    run_items(adapter, writers, mine, done, cfg)
+    for writer in writers.values():
+        writer.close()
     state.wait_for_everyone()
     if state.is_main_process:
         save_config(cfg, out / "cfg.json")
@@ -206,32 +266,38 @@ def my_share(collection: Collection, limit: int, rank: int, world: int) -> Colle
 
 
 def run_items(
-    adapter, writer: StoreWriter, share: Collection, done: set[int], layer: int, cfg
+    adapter, writers: dict[int, StoreWriter], share: Collection, done: dict[int, set[int]], cfg
 ) -> None:
-    """Record every unfinished study of ``share``; unreadable ones become manifest skips."""
+    """Record every unfinished study of ``share`` into each layer's writer; unreadable ones
+    become skips. A study some stores already hold (a run killed between two stores' flushes)
+    is recorded only into the others."""
     from tqdm import tqdm
 
-    done = done | writer.completed
+    done = {layer: done[layer] | w.completed for layer, w in writers.items()}
     for s in share.skipped:
-        if s.study_id not in done:
-            writer.skip(s.study_id, s.reason)
-    todo = [it for it in share.items if it.study_id not in done]
-    log.info(
-        "%s: %d studies to record (%d already done)",
-        writer.path,
-        len(todo),
-        len(share.items) - len(todo),
-    )
+        for layer, writer in writers.items():
+            if s.study_id not in done[layer]:
+                writer.skip(s.study_id, s.reason)
+    finished = set.intersection(*done.values())
+    todo = [it for it in share.items if it.study_id not in finished]
+    where = ", ".join(str(w.path) for w in writers.values())
+    log.info("%s: %d studies to record (%d already done)", where, len(todo),
+             len(share.items) - len(todo))  # fmt: skip
     t0, n_tokens = time.perf_counter(), 0
-    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{layer}")
+    names = ",".join(map(str, writers))
+    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{names}")
     for item in bar:
+        need = tuple(layer for layer in writers if item.study_id not in done[layer])
         try:
-            acts_ND, meta = record_item(adapter, item, layer, cfg)
+            acts, meta = record_item(adapter, item, need if cfg.layers else need[0], cfg)
         except (CXRDataError, OSError) as exc:
-            writer.skip(item.study_id, f"unreadable input: {exc}")
+            for layer in need:
+                writers[layer].skip(item.study_id, f"unreadable input: {exc}")
             continue
-        writer.add(item.study_id, acts_ND, meta)
-        n_tokens += acts_ND.shape[0]
+        acts = acts if isinstance(acts, dict) else {need[0]: acts}
+        for layer, acts_ND in acts.items():
+            writers[layer].add(item.study_id, acts_ND, meta)
+        n_tokens += next(iter(acts.values())).shape[0]
         bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
     elapsed = max(time.perf_counter() - t0, 1e-9)
     log.info(

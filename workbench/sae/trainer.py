@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from workbench.config import save_config, to_dict
@@ -187,9 +188,10 @@ class Trainer:
             return self._step(logging, dense_threads=full if narrow else None)
 
     def _step(self, logging: bool, dense_threads: int | None) -> StepStats:
-        """Forward, backward, all-reduce, project, clip, Adam, renormalise, threshold."""
+        """Forward, backward, all-reduce, then the update (:meth:`_update`)."""
         cfg, sae = self.cfg, self.sae
-        x = self._local_batch(self.step)
+        with record_function("sae.batch"):
+            x = self._local_batch(self.step)
         dead = self.since_fired >= cfg.dead_tokens
         thr = float(sae.threshold) if logging else None
         grads, stats = forward_backward(
@@ -199,7 +201,15 @@ class Trainer:
         # BatchTopK's cut moves slowly: 0.8 x this step's smallest kept value bounds the next
         # one from below (a wrong guess costs time, not exactness; not checkpointed)
         self.cut_hint = 0.8 * float(stats.min_act) if stats.n_active else None
-        grads, stats = self._reduce(grads, stats)
+        with record_function("sae.reduce"):
+            grads, stats = self._reduce(grads, stats)
+        with record_function("sae.update"):
+            self._update(grads, stats)
+        return stats
+
+    def _update(self, grads: Grads, stats: StepStats) -> None:
+        """Project, clip, Adam, renormalise the decoder, threshold and dead-latent counters."""
+        cfg, sae = self.cfg, self.sae
         project_grad_(sae.W_dec_FD, grads.W_dec)
         self.last["grad_norm"] = clip_grads_(grads, cfg.max_grad_norm)
         for param, grad in zip(sae.parameters(), grads):
@@ -217,7 +227,6 @@ class Trainer:
             self.since_fired.add_(cfg.batch_size).masked_fill_(stats.fired > 0, 0)
         self.last["lr"] = lr
         self.step += 1
-        return stats
 
     # ---- logs and the run --------------------------------------------------------------
     def metrics(self, stats: StepStats, tokens_per_s: float) -> dict[str, Any]:

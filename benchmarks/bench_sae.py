@@ -57,10 +57,11 @@ def timed(fn, device: str) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def limit_fn(shape: Shape, device: str):
-    """The limit: one encoder-shaped product in float32 on ``device``."""
-    a = torch.randn(shape.batch, shape.d_in, device=device)
-    b = torch.randn(shape.d_in, shape.d_sae, device=device)
+def limit_fn(shape: Shape, device: str, dtype: str = "float32"):
+    """The limit: one encoder-shaped product in ``dtype`` (ours' encoder dtype) on ``device``."""
+    dt = getattr(torch, dtype)
+    a = torch.randn(shape.batch, shape.d_in, device=device, dtype=dt)
+    b = torch.randn(shape.d_in, shape.d_sae, device=device, dtype=dt)
     torch.mm(a, b)
     return lambda: torch.mm(a, b)
 
@@ -75,7 +76,7 @@ def flattened(curve: list[dict], key: str, window: int, tol: float) -> bool:
 
 def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
     """The interleaved loop: per-step times, eval curves, and who stopped when."""
-    limit = limit_fn(shape, args.device)
+    limit = limit_fn(shape, args.device, args.dtype)
     names = [p.name for p in peers] + ["limit"]
     times: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in names}
     curves: dict[str, list[dict]] = {p.name: [] for p in peers}
@@ -194,6 +195,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam lr for every peer")
     p.add_argument("--sparse-threads", type=int, default=1, help="ours: sparse_threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="ours' encoder product (SAELens: bf16 autocast), the limit's")  # fmt: skip
     p.add_argument("--shard-tokens", type=int, default=65536, help="synthetic shard size")
     p.add_argument("--memory", action="store_true", help="peak memory of each peer alone")
     p.add_argument("--memory-steps", type=int, default=5)
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     source = StreamSource(shape, args.max_steps * args.batch, args.shard_tokens)
     held_out = source.held_out(args.held_out)
     names = args.peers.split(",")
-    kw = {"sparse_threads": args.sparse_threads}
+    kw = {"sparse_threads": args.sparse_threads, "dtype": args.dtype}
     peers = make_peers(names, shape, source, args.max_steps, args.lr, args.device, **kw)
     run = train(peers, shape, held_out, args)
     figures = {

@@ -103,6 +103,7 @@ def memory_report(names: list[str], args) -> dict:
             "--d-sae", str(args.d_sae), "--k", str(args.k), "--batch", str(args.batch),
             "--steps", str(args.memory_steps), "--device", args.device,
             "--threads", str(args.threads), "--shard-tokens", str(args.shard_tokens),
+            "--dtype", args.dtype,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,6 +129,7 @@ def _child(argv: list[str] | None = None) -> int:
     for flag in ("--d-in", "--d-sae", "--k", "--batch", "--steps", "--threads", "--shard-tokens"):
         p.add_argument(flag, type=int, required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     shape = Shape(a.d_in, a.d_sae, a.k, a.batch)
@@ -136,11 +138,11 @@ def _child(argv: list[str] | None = None) -> int:
     first = [batches.batch(s) for s in range(5)]
     reset = _reset_peak_rss()
     if a.peer == "ours":
-        peer = Ours(shape, source, a.steps, 1e-3, a.device)
+        peer = Ours(shape, source, a.steps, 1e-3, a.device, dtype=a.dtype)
         for s in range(a.steps):
             peer.step(peer.batch(s))
     elif a.peer != "none":
-        peer = saelens_peer(a.peer, shape, a.steps, 1e-3, a.device, first)
+        peer = saelens_peer(a.peer, shape, a.steps, 1e-3, a.device, first, a.dtype != "float32")
         for s in range(a.steps):
             peer.step(batches.batch(s))
     _sync(a.device)

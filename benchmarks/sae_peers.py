@@ -108,11 +108,13 @@ class Ours:
     name = "ours"
 
     def __init__(self, shape: Shape, source, steps: int, lr: float, device: str, **kw):
+        out = kw.get("out") or Path(tempfile.mkdtemp(prefix="bench-ours-"))
         self.cfg = TrainSAEConfig(
-            out=Path(tempfile.mkdtemp(prefix="bench-ours-")), d_sae=shape.d_sae, k=shape.k,
+            out=out, d_sae=shape.d_sae, k=shape.k,
             group_sizes=shape.group_sizes, batch_size=shape.batch, tokens=steps * shape.batch,
             lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=kw.get("norm_batches", 5),
-            threshold_start_step=0, buffer_tokens=source.shard_tokens, progress=False,
+            threshold_start_step=0, progress=False,
+            buffer_tokens=getattr(source, "shard_tokens", TrainSAEConfig.buffer_tokens),
             device=device, checkpoint_every=0, resume=False, scan_store=False,
             sparse_threads=kw.get("sparse_threads", TrainSAEConfig.sparse_threads),
             dtype=kw.get("dtype", "float32"),
@@ -148,7 +150,8 @@ class SAELens:
     """SAELens' Matryoshka BatchTopK SAE and ``SAETrainer``, defaults or best-configured."""
 
     def __init__(self, shape: Shape, steps: int, lr: float, device: str, *, best: bool,
-                 sparse: bool = False, dead_tokens: int = 10_000_000):  # fmt: skip
+                 sparse: bool = False, autocast: bool = False,
+                 dead_tokens: int = 10_000_000):  # fmt: skip
         from sae_lens import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
         from sae_lens.config import LoggingConfig
         from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
@@ -165,7 +168,8 @@ class SAELens:
         trainer_cfg = SAETrainerConfig(
             total_training_samples=steps * shape.batch, train_batch_size_samples=shape.batch,
             lr=lr, lr_end=lr, lr_scheduler_name="constant", lr_warm_up_steps=0, device=device,
-            dead_feature_window=window, logger=LoggingConfig(log_to_wandb=False),
+            dead_feature_window=window, autocast=autocast,
+            logger=LoggingConfig(log_to_wandb=False),
         )  # fmt: skip
         self.sae = MatryoshkaBatchTopKTrainingSAE(sae_cfg)
         self.trainer = SAETrainer(
@@ -232,12 +236,17 @@ def make_peers(names: list[str], shape: Shape, source, steps: int, lr: float, de
         raise SystemExit(f"peers: 'ours' first, then any of {PEERS[1:]}; got {names}")
     ours = Ours(shape, source, steps, lr, device, **ours_kw)
     first = [ours.batch(s) for s in range(ours.cfg.norm_batches)]
-    return [ours, *(saelens_peer(name, shape, steps, lr, device, first) for name in names[1:])]
+    bf16 = ours.cfg.dtype != "float32"
+    others = (saelens_peer(n, shape, steps, lr, device, first, bf16) for n in names[1:])
+    return [ours, *others]
 
 
-def saelens_peer(name: str, shape: Shape, steps: int, lr: float, device: str, first) -> SAELens:
-    """One SAELens peer by name, started (normalisation, b_dec) on the ``first`` batches."""
+def saelens_peer(
+    name: str, shape: Shape, steps: int, lr: float, device: str, first, autocast: bool = False
+) -> SAELens:
+    """One SAELens peer by name, started (normalisation, b_dec) on the ``first`` batches;
+    ``autocast``: bfloat16 autocast, SAELens' counterpart of our bf16 encoder product."""
     peer = SAELens(shape, steps, lr, device, best=name != "saelens-default",
-                   sparse=name.endswith("sparse"))  # fmt: skip
+                   sparse=name.endswith("sparse"), autocast=autocast)  # fmt: skip
     peer.start(first)
     return peer

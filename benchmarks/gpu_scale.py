@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -284,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if not (phantom / "phantom-summary.json").is_file():
         size = 64 if args.tiny else 518
-        generate(PhantomConfig(out=phantom, studies=args.studies, size=size, seed=7, masks=False))
+        workers = 1 if args.tiny else min(8, os.cpu_count() or 1)
+        generate(PhantomConfig(out=phantom, studies=args.studies, size=size, seed=7,
+                               masks=False, workers=workers))  # fmt: skip
     report["phantom_s"] = time.perf_counter() - t0
     tokenizer = tiny_tokenizer()
     t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """The ``segmentation_results`` DuckDB table: evaluation results beside the feature tables.
 
 One row per (model, dataset, subgroup, metric). ``segmentation.evaluate --db`` replaces all
-rows of its model+dataset in one transaction, so reruns never duplicate and other models'
-rows are untouched. Documented in ``docs/segmentation.md``; the notebooks and the app read it
+rows of its model+dataset in one atomic rewrite of the database (:func:`workbench.db.rewrite`),
+so reruns never duplicate, other models' rows are untouched, and readers never block it.
+Documented in ``docs/segmentation.md``; the notebooks and the app read it
 with ``duckdb.connect(path, read_only=True)`` like every other table.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
+
+from workbench import db as workbench_db
 
 TABLE = "segmentation_results"
 SCHEMA = f"""
@@ -51,36 +54,20 @@ def write_results(
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    con = duckdb.connect(str(db_path))
-    try:
+    # a rewrite of a copy, swapped in atomically (workbench.db): works while the app or a
+    # notebook holds the database open, and under the writers' lock, so a concurrent analyse
+    # or label cannot drop these rows by replacing the file after its own copy
+    with workbench_db.rewrite(db_path) as con:
         con.execute(SCHEMA)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DELETE FROM {TABLE} WHERE model = ? AND dataset = ?", [model, dataset])
-            con.executemany(
-                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    [
-                        model,
-                        dataset,
-                        r.subgroup,
-                        r.metric,
-                        r.value,
-                        r.n_images,
-                        split,
-                        num_samples,
-                        checkpoint,
-                        now,
-                    ]
-                    for r in rows
-                ],
-            )
-        except duckdb.Error:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
-    finally:
-        con.close()
+        con.execute(f"DELETE FROM {TABLE} WHERE model = ? AND dataset = ?", [model, dataset])
+        con.executemany(
+            f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [model, dataset, r.subgroup, r.metric, r.value, r.n_images, split,
+                 num_samples, checkpoint, now]
+                for r in rows
+            ],
+        )  # fmt: skip
     return len(rows)
 
 

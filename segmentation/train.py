@@ -214,7 +214,9 @@ def _resume(cfg: TrainConfig, model, opt, rng_state: dict) -> int:
             for ln in log_path.read_text().splitlines()
             if ln.strip() and json.loads(ln).get("step", 0) <= step
         ]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
+        tmp = log_path.with_name(log_path.name + ".tmp")  # a kill here must not empty the log
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(log_path)
     log.info("resumed %s at step %d", ckpt_path, step)
     return step
 

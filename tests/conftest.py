@@ -54,3 +54,21 @@ def single_threaded():
     """
     with single_thread():
         yield
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="also run the long fault-injection loops (tests marked soak)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``soak`` run only with ``--soak`` or WORKBENCH_SOAK=1 (minutes each)."""
+    if config.getoption("--soak") or os.environ.get("WORKBENCH_SOAK") == "1":
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak or WORKBENCH_SOAK=1")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

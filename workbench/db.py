@@ -7,7 +7,8 @@ Every table and column is declared once here, with its description. The DDL, the
 Readers (notebooks, the app) call :func:`connect`; it attaches the file read-only inside a
 private in-memory database, so every call sees the file as it is now (DuckDB's per-process
 instance cache would otherwise hand back a stale copy after a rewrite) and a temporary view
-``feature_acts`` reads the sparse activations Parquet stored beside the database.
+``feature_acts`` reads the sparse activations Parquet of the same analyse run
+(:mod:`workbench.generations`), never a newer or older one.
 
 Writers never touch the live file: :func:`rewrite` builds ``features.duckdb.tmp`` (empty, or
 a copy of the current database) and ``os.replace``-s it over the original on success, under
@@ -25,15 +26,18 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
 
+from workbench import generations
 from workbench.config import to_dict
-from workbench.run import ACTS_NAME, DB_NAME
+from workbench.generations import Generation
+from workbench.run import ACTS_NAME, DB_NAME  # noqa: F401 (db.ACTS_NAME is public)
+from workbench.schema_meaning import SPECS
 
 
 class Column(NamedTuple):
@@ -105,14 +109,15 @@ TABLES: tuple[Table, ...] = (
     _t("""study_labels | analyse | -
         Labels of each study in long form; a missing (study, concept) pair means unknown.
         study_id BIGINT | Study.
-        source VARCHAR | 'chexpert' (the 14 CheXpert labels) or 'phantom' (ground truth).
+        source VARCHAR | 'chexpert' (the 14 CheXpert labels), 'phantom' (ground truth) or
+            'user' (`analyse --labels FILE.csv`, never treated as ground truth).
         concept VARCHAR | Label name, e.g. 'Pleural Effusion' or 'pacemaker'.
         value DOUBLE | 1 positive, 0 negative, -1 uncertain (CheXpert).
     """),
     _t("""concepts | analyse | -
         Every concept scored against the features, with its label counts over stored studies.
         concept VARCHAR | Label name.
-        source VARCHAR | 'chexpert' or 'phantom'.
+        source VARCHAR | 'chexpert', 'phantom' or 'user'.
         n_pos INTEGER | Studies labelled 1.
         n_neg INTEGER | Studies labelled 0.
         n_uncertain INTEGER | Studies labelled -1 (left out of the AUROC).
@@ -191,7 +196,7 @@ TABLES: tuple[Table, ...] = (
         AUROC of the study-level maximum activation for every (feature, concept).
         feature INTEGER | SAE latent index.
         concept VARCHAR | Label name (see `concepts`).
-        source VARCHAR | 'chexpert' or 'phantom'.
+        source VARCHAR | 'chexpert', 'phantom' or 'user'.
         auroc DOUBLE | AUROC of study max activation vs label; NULL without both classes.
         rank INTEGER | 1 = the feature's best concept (highest AUROC).
     """),
@@ -265,6 +270,25 @@ TABLES: tuple[Table, ...] = (
     """),
 )
 
+TABLES += tuple(_t(spec) for spec in SPECS)  # mentions, localisation, probe ceiling
+
+RETIRED = ("feature_labels", "feature_scores", "steering_results")
+
+
+def _retired(t: Table) -> Table:
+    """``retired_<t>``: rows of ``t`` that belonged to an SAE the run no longer analyses."""
+    extra = (
+        Column("sae_fingerprint", "VARCHAR", "Fingerprint of the SAE the row belonged to."),
+        Column("retired_at", "TIMESTAMP", "UTC time analyse moved it here."),
+    )
+    doc = (
+        f"`{t.name}` rows of an earlier SAE, moved aside when analyse ran with another one; "
+        "moved back when that SAE is analysed again."
+    )
+    return Table(f"retired_{t.name}", doc, t.columns + extra, "analyse", ())
+
+
+TABLES = TABLES + tuple(_retired(t) for t in TABLES if t.name in RETIRED)
 TABLE = {t.name: t for t in TABLES}
 
 
@@ -299,43 +323,69 @@ def db_path(run: str | Path) -> Path:
     return run if run.suffix == ".duckdb" else run / DB_NAME
 
 
-def connect(run: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(
+    run: str | Path,
+    read_only: bool = True,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> duckdb.DuckDBPyConnection:
     """Open a run's ``features.duckdb`` for reading (notebooks, the app).
 
     The connection sees the tables by their plain names plus a temporary view
-    ``feature_acts`` (row, feature, value) over the Parquet beside the database. Writers
+    ``feature_acts`` (row, feature, value) over the Parquet written by the same analyse run;
+    when that file is missing the view raises an error saying why and what to run. Writers
     must use :func:`rewrite`; ``read_only=False`` is refused to keep the live file safe.
+    ``memory_limit`` (e.g. ``'2GB'``) and ``threads`` bound what one query may take; a query
+    over the limit fails with DuckDB's out-of-memory error and the connection stays usable.
     """
+    return connect_pinned(run, read_only, memory_limit, threads)[0]
+
+
+def connect_pinned(
+    run: str | Path,
+    read_only: bool = True,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> tuple[duckdb.DuckDBPyConnection, Generation]:
+    """:func:`connect`, and the generation (analyse run and Parquet) the connection reads."""
     if not read_only:
         raise ValueError("connect() is read-only; write through workbench.db.rewrite(run)")
     path = db_path(run).resolve()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no features database; run `python -m workbench.analyse`")
-    con = duckdb.connect()
+    config: dict[str, str | int] = {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if threads:
+        config["threads"] = int(threads)
+    con = duckdb.connect(config=config)
     con.execute(f"ATTACH {_lit(str(path))} AS features (READ_ONLY)")
     con.execute("USE features")
-    acts = path.parent / ACTS_NAME
-    if acts.exists():
-        con.execute(
-            f"CREATE TEMP VIEW feature_acts AS SELECT * FROM read_parquet({_lit(str(acts))})"
-        )
-    return con
+    gen = generations.resolve(con, path)
+    generations.create_view(con, gen)
+    return con, gen
 
 
 @contextlib.contextmanager
-def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def rewrite(
+    run: str | Path, fresh: bool = False, on_replaced: Callable[[], None] | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Yield a read-write connection on a private copy; replace the live file on success.
 
     ``fresh=True`` starts from an empty database (analyse), otherwise from a copy of the
     current one (label, steer append to it). A lock file serialises concurrent writers;
     on an exception the copy is discarded and the live database is untouched.
+    ``on_replaced`` runs right after the switch, still under the lock (analyse publishes
+    its Parquet there: :func:`workbench.generations.publish`).
     """
     path = db_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    wal = tmp.with_name(tmp.name + ".wal")  # a killed writer's WAL would be replayed: remove
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         tmp.unlink(missing_ok=True)
+        wal.unlink(missing_ok=True)
         if not fresh and path.exists():
             shutil.copyfile(path, tmp)
         con = duckdb.connect(str(tmp))
@@ -346,9 +396,12 @@ def rewrite(run: str | Path, fresh: bool = False) -> Iterator[duckdb.DuckDBPyCon
         except BaseException:
             con.close()
             tmp.unlink(missing_ok=True)
+            wal.unlink(missing_ok=True)
             raise
         con.close()
         os.replace(tmp, path)
+        if on_replaced is not None:
+            on_replaced()
 
 
 class RunRow(NamedTuple):

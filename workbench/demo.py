@@ -104,11 +104,12 @@ def step_sae(cfg: DemoConfig) -> str:
     from workbench.config import from_dict, load_config, to_dict
     from workbench.sae import load_sae
     from workbench.sae.config import TrainSAEConfig
+    from workbench.sae.io import sae_incomplete
     from workbench.sae.trainer import train
 
     layout = RunLayout(cfg.run)
     out = layout.sae
-    if not (out / "sae_weights.safetensors").exists():
+    if sae_incomplete(out) is not None:  # a whole save, not just a weights file
         preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
         preset.update(store=layout.activations, out=out, seed=cfg.seed, progress=False)
         train(from_dict(TrainSAEConfig, preset))
@@ -119,8 +120,11 @@ def step_sae(cfg: DemoConfig) -> str:
 def step_analyse(cfg: DemoConfig) -> str:
     """Feature statistics into features.duckdb, then the phantom recovery table."""
     from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
+    from workbench.generations import incomplete
 
-    if not RunLayout(cfg.run).database.exists():
+    why = incomplete(cfg.run)  # the database and its Parquet as one generation, not a file
+    if why is not None:
+        log.info("analyse needed: %s", why)
         analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
     return recovery_report(cfg.run)
 

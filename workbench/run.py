@@ -8,6 +8,7 @@ A run is one directory that the stages fill in order (``python -m workbench demo
     DIR/sae/                  the SAE artefact (SAELens layout) + logs    train_sae
     DIR/features.duckdb       the notebook API                            analyse, label, steer
     DIR/feature_acts.parquet  sparse feature activations beside it        analyse
+                              (a symlink to feature_acts-<run_id>.parquet: workbench.generations)
     DIR/label/                label's journal and cfg.json                label
     DIR/steering/             steer's cfg.json                            steer
     DIR/segmentation/         the segmentation demo's models and results  segmentation
@@ -64,7 +65,8 @@ class RunLayout:
 
     @property
     def feature_acts(self) -> Path:
-        """The sparse feature activations Parquet beside the database."""
+        """The sparse feature activations Parquet beside the database (the documented name,
+        a symlink to the analyse run's own file; readers use workbench.generations)."""
         return self.root / ACTS_NAME
 
     @property

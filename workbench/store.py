@@ -3,32 +3,31 @@
 A store is a directory::
 
     manifest.json                 model, layer, hook name, d_model, dtype, extra, complete
-    log.jsonl                     append-only: one line per committed shard (its size and
-                                  studies), one per skipped study
+    log.jsonl                     append-only: one line per committed shard (size, studies),
+                                  one per skipped study (workbench.store_log)
     shard_00000.safetensors       tensor "acts": [n_tokens, d_model]
     shard_00000.parquet           one row per token: row, study_id, subject_id, position,
                                   token_id, token, kind, section, patch_row, patch_col, ...
 
-Writers append whole studies. A shard is written (tensor and table, each atomically), then
-one line naming it and its studies is appended to ``log.jsonl``: that line is the commit. A
-killed run loses at most the unflushed buffer (and a torn last line, dropped on reopen), and a
-rerun skips exactly the studies the log lists. Nothing is rewritten per flush, so resuming
-stays cheap at 10^5-10^6 studies (format 1 kept every study id in ``manifest.json`` and
-rewrote it on every flush; such stores are still read, and a writer migrates them).
-``row`` is global and dense (0..N-1 in shard order).
+Writers append whole studies. A shard is written (tensor and table, each atomically), then a
+log line naming it and its studies is appended: that line is the commit. A killed run loses
+at most the unflushed buffer (a torn last line is dropped on reopen) and a rerun skips exactly
+the logged studies; nothing is rewritten per flush, so resuming stays cheap at 10^6 studies
+(format 1 rewrote every study id in ``manifest.json`` per flush; it is read and migrated).
+The buffer is flushed at ``shard_tokens`` tokens or ``flush_seconds`` after its first study,
+so the work a crash can lose is bounded in tokens and in time. ``row`` is global and dense.
 
-Under ``accelerate launch`` each process writes its own store in ``<dir>/rank<r>``;
-:class:`ActivationStore` reads such a directory as one store. ``record --layers 2,4`` writes
-one store per hook in ``<dir>/<hook name>/`` and lists them in ``<dir>/hooks.json``
-(:func:`hook_stores`). :meth:`ActivationStore.read_rows` reads chosen rows of a shard without
-reading the rest (data-parallel training reads only each process's share).
+Under ``accelerate launch`` each process writes ``<dir>/rank<r>``; :class:`ActivationStore`
+reads the parts as one store. ``record --layers`` writes one store per hook in
+``<dir>/<hook name>/``, listed in ``hooks.json`` (:func:`hook_stores`).
+:meth:`ActivationStore.read_rows` reads chosen rows of a shard without the rest.
 """
 
 from __future__ import annotations
 
 import json
-import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +39,24 @@ from safetensors.torch import load_file, save_file
 
 from workbench.io import atomic_path, write_json
 from workbench.store_log import (
+    HOOK_INDEX,
     LOG,
     StoreError,
     append_records,
+    cut_torn_tail,
+    hook_stores,
+    merge_manifests,
     read_log,
+    tensor_region,
     v1_records,
     view,
 )
+from workbench.store_log import write_hook_index as write_hook_index  # re-exported
 
 MANIFEST = "manifest.json"
-HOOK_INDEX = "hooks.json"
 FORMAT_VERSION = 2
 KINDS = ("image", "prompt", "report", "generated", "latent")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_HEADER_KEYS = ("model", "layer", "hook_name", "d_model", "dtype")
 
 # Token metadata schema: columns every shard has, in this order (extra columns may follow).
 META_SCHEMA = pa.schema(
@@ -107,12 +109,16 @@ class StoreWriter:
         dtype: str = "float32",
         shard_tokens: int = 65536,
         extra: dict[str, Any] | None = None,
+        flush_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.shard_tokens = shard_tokens
+        self.flush_seconds = flush_seconds  # a crash loses at most this long of recording
+        self._clock = clock
         self.torch_dtype = DTYPES[dtype]
         header = {
             "model": model,
@@ -123,17 +129,20 @@ class StoreWriter:
         }
         self.manifest = self._open_manifest(header, extra or {})
         log = read_log(self.path / LOG)
-        self._truncate_torn_tail(log.valid_bytes)
+        cut_torn_tail(self.path / LOG, log.valid_bytes)
         self.shards = log.shards
         self.n_tokens = sum(s["n_tokens"] for s in log.shards)
         self.n_studies = len(log.studies)
         self.skipped = log.skipped
+        self.dropped_images = log.dropped
         self._done = set(log.studies) | {int(s) for s in log.skipped}
         self._drop_orphan_shards()
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
+        self._dropped: dict[str, list[str]] = {}
         self._buffered = 0
+        self._buffer_since: float | None = None
 
     @property
     def completed(self) -> set[int]:
@@ -162,14 +171,6 @@ class StoreWriter:
         write_json(manifest_path, manifest)
         return manifest
 
-    def _truncate_torn_tail(self, valid_bytes: int) -> None:
-        log = self.path / LOG
-        if log.exists() and log.stat().st_size > valid_bytes:
-            with open(log, "r+b") as f:
-                f.truncate(valid_bytes)
-        elif not log.exists():
-            log.touch()
-
     def _drop_orphan_shards(self) -> None:
         """Remove shard files written by a killed run after its last commit."""
         known = {s["stem"] for s in self.shards}
@@ -177,8 +178,18 @@ class StoreWriter:
             if f.name.split(".")[0] not in known:
                 f.unlink()
 
-    def add(self, study_id: int, acts_ND: torch.Tensor, meta: list[dict] | dict[str, list]) -> None:
-        """Buffer one whole study's activations and per-token metadata."""
+    def add(
+        self,
+        study_id: int,
+        acts_ND: torch.Tensor,
+        meta: list[dict] | dict[str, list],
+        dropped: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """Buffer one whole study's activations and per-token metadata.
+
+        ``dropped`` names input files the study was recorded without (an unreadable lateral
+        or prior image); they go into the manifest's ``dropped_images`` with the study.
+        """
         if acts_ND.ndim != 2 or acts_ND.shape[1] != self.manifest["d_model"]:
             raise StoreError(
                 f"study {study_id}: activations of shape {tuple(acts_ND.shape)}, "
@@ -192,9 +203,17 @@ class StoreWriter:
         self._cols.append(cols)
         self._pending.append(int(study_id))
         self._done.add(int(study_id))
+        if dropped:
+            self._dropped[str(int(study_id))] = list(dropped)
         self._buffered += acts_ND.shape[0]
-        if self._buffered >= self.shard_tokens:
+        if self._buffer_since is None:
+            self._buffer_since = self._clock()
+        if self._buffered >= self.shard_tokens or self._buffer_age() >= self.flush_seconds:
             self.flush()
+
+    def _buffer_age(self) -> float:
+        """Seconds since the oldest unflushed study was buffered (0 when the buffer is empty)."""
+        return 0.0 if self._buffer_since is None else self._clock() - self._buffer_since
 
     def skip(self, study_id: int, reason: str) -> None:
         """Record that a study was not stored, and why (one appended log line)."""
@@ -216,11 +235,16 @@ class StoreWriter:
             with atomic_path(self.path / f"{stem}{suffix}") as tmp:
                 write(tmp)
         n = int(acts.shape[0])
-        append_records(self.path / LOG, [{"shard": stem, "n_tokens": n, "studies": self._pending}])
+        record = {"shard": stem, "n_tokens": n, "studies": self._pending}
+        if self._dropped:
+            record["dropped"] = self._dropped
+        append_records(self.path / LOG, [record])
         self.shards.append({"stem": stem, "n_tokens": n})
+        self.dropped_images.update(self._dropped)
         self.n_tokens += n
         self.n_studies += len(self._pending)
         self._acts, self._cols, self._pending, self._buffered = [], [], [], 0
+        self._dropped, self._buffer_since = {}, None
 
     def close(self) -> Path:
         """Flush and mark the store complete (the manifest gets the final counts)."""
@@ -231,6 +255,7 @@ class StoreWriter:
             n_shards=len(self.shards),
             n_studies=self.n_studies,
             n_skipped=len(self.skipped),
+            n_dropped_images=len(self.dropped_images),
         )
         write_json(self.path / MANIFEST, self.manifest)
         return self.path
@@ -254,43 +279,6 @@ def _to_table(cols_list: list[dict[str, list]], start: int) -> pa.Table:
         arrays.append(arr)
         fields.append(pa.field(k, arr.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-def tensor_region(path: Path) -> tuple[int, torch.dtype, tuple[int, ...]]:
-    """Byte offset, dtype and shape of tensor ``acts`` in a safetensors file.
-
-    The format is an 8-byte little-endian header length, a JSON header, then the raw bytes;
-    reading the header lets rows be read without loading the file.
-    """
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        info = header["acts"]
-        return (
-            8 + n + int(info["data_offsets"][0]),
-            _SAFETENSORS_DTYPES[info["dtype"]],
-            tuple(info["shape"]),
-        )
-    except (OSError, KeyError, ValueError, struct.error) as exc:
-        raise StoreError(f"{path}: cannot read the safetensors header: {exc}") from None
-
-
-def write_hook_index(path: str | Path, hooks: dict[str, str]) -> Path:
-    """Record a multi-hook store: ``{hook name: sub-directory}`` in ``<path>/hooks.json``."""
-    return write_json(Path(path) / HOOK_INDEX, {"hooks": hooks})
-
-
-def hook_stores(path: str | Path) -> dict[str, Path] | None:
-    """``{hook name: store directory}`` of a multi-hook store, or None for a plain store."""
-    index = Path(path) / HOOK_INDEX
-    if not index.is_file():
-        return None
-    try:
-        hooks = json.loads(index.read_text())["hooks"]
-    except (ValueError, KeyError) as exc:
-        raise StoreError(f"{index}: malformed hook index: {exc}") from None
-    return {name: Path(path) / sub for name, sub in hooks.items()}
 
 
 class ActivationStore:
@@ -317,7 +305,7 @@ class ActivationStore:
             raise StoreError(f"{self.path}: no {MANIFEST} here (not an activation store)")
         self.parts = parts
         manifests = [view(json.loads((p / MANIFEST).read_text()), p) for p in parts]
-        self.manifest = _merge_manifests(manifests, self.path)
+        self.manifest = merge_manifests(manifests, self.path)
         self._shards = [(p, s) for p, m in zip(parts, manifests) for s in m["shards"]]
         self._offsets = np.cumsum([0] + [s["n_tokens"] for _, s in self._shards])
         self.bytes_read = 0
@@ -359,16 +347,37 @@ class ActivationStore:
         if shape != (n, self.d_model):
             raise StoreError(f"{f}: shape {shape} disagrees with the manifest")
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
+        if rows.size == 0:
+            return torch.empty(0, self.d_model, dtype=dtype)
+        if rows.min() < 0 or rows.max() >= n:
             raise StoreError(f"{f}: row indices outside 0..{n - 1}")
         row_bytes = self.d_model * torch.empty((), dtype=dtype).element_size()
-        if rows.size == 0 or n == 0:
-            return torch.empty(0, self.d_model, dtype=dtype)
         region = np.memmap(f, dtype=np.uint8, mode="r", offset=offset, shape=(n, row_bytes))
-        picked = np.ascontiguousarray(region[rows])
-        del region
+        picked = np.ascontiguousarray(region[rows])  # the gather reads only these rows' pages
         self.bytes_read += picked.nbytes
         return torch.from_numpy(picked).view(dtype).view(len(rows), self.d_model)
+
+    def check_finite(self, i: int, acts_ND: torch.Tensor, rows: np.ndarray | None = None) -> None:
+        """Raise :class:`StoreError` naming the shard file, row and study of the first NaN/inf.
+
+        Every stage that reads a store calls this on each shard it loads, so a poisoned store
+        fails with the same message wherever it is read (record refuses to write one).
+        ``rows``: the shard rows of ``acts_ND``'s rows when they came from :meth:`read_rows`.
+        """
+        bad = ~torch.isfinite(acts_ND).all(dim=1)
+        if not bool(bad.any()):
+            return
+        first = int(bad.nonzero()[0, 0])
+        local = int(rows[first]) if rows is not None else first
+        part, s = self._shards[i]
+        studies = self.metadata(i).column("study_id")
+        study = studies[local].as_py() if local < len(studies) else None
+        raise StoreError(
+            f"{part / (s['stem'] + '.safetensors')}: non-finite activation (NaN or inf) in "
+            f"shard {i} at row {int(self._offsets[i]) + local} (row {local} of the shard, "
+            f"study {study}); {int(bad.sum())} row(s) read from this shard are affected. Re-record "
+            "the store (record refuses NaN/inf, so the file was changed after it was written)"
+        )
 
     def metadata(self, i: int) -> pa.Table:
         """Token metadata of shard ``i``, with ``row`` made global across per-rank parts."""
@@ -390,20 +399,3 @@ class ActivationStore:
     def iter_shards(self) -> Iterator[tuple[torch.Tensor, pa.Table]]:
         for i in range(self.num_shards):
             yield self.shard(i), self.metadata(i)
-
-
-def _merge_manifests(manifests: list[dict], path: Path) -> dict[str, Any]:
-    """One manifest view over per-rank parts; refuses parts recorded with different settings."""
-    first = manifests[0]
-    for key in _HEADER_KEYS:
-        values = {json.dumps(m.get(key)) for m in manifests}
-        if len(values) > 1:
-            raise StoreError(f"{path}: parts disagree on '{key}': {sorted(values)}")
-    merged = dict(first)
-    merged["n_tokens"] = sum(m["n_tokens"] for m in manifests)
-    merged["shards"] = [s for m in manifests for s in m["shards"]]
-    merged["studies_complete"] = [s for m in manifests for s in m["studies_complete"]]
-    merged["skipped"] = {k: v for m in manifests for k, v in m["skipped"].items()}
-    merged["complete"] = all(m.get("complete") for m in manifests)
-    merged["n_parts"] = len(manifests)
-    return merged

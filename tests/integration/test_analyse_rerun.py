@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
@@ -50,21 +51,40 @@ def test_rerun_replaces_tables_while_a_reader_keeps_working(tmp_path):
     assert not list(run.glob("*.tmp"))
 
 
-def test_rerun_with_another_sae_drops_its_labels_and_says_so(tmp_path):
+def test_rerun_with_another_sae_retires_its_rows_loudly_and_restores_them(tmp_path, caplog):
     run = make_run(tmp_path)
     analyse(AnalyseConfig(run=run))
     _add_llm_label(run)
+    first = db.connect(run).execute("SELECT sae_fingerprint FROM runs").fetchone()[0]
     sae = planted_sae()
     with torch.no_grad():
         sae.b_enc_F.fill_(0.01)
     save_sae(sae, run / "sae")
-    analyse(AnalyseConfig(run=run))
+    with caplog.at_level(logging.WARNING, logger="workbench.analyse"):
+        analyse(AnalyseConfig(run=run))
     con = db.connect(run)
     assert (
         con.execute("SELECT count(*) FROM feature_labels WHERE method = 'llm'").fetchone()[0] == 0
     )
+    # not dropped: moved aside under the old SAE's fingerprint, with a WARNING and counts
+    assert con.execute(
+        "SELECT feature, label, sae_fingerprint FROM retired_feature_labels"
+    ).fetchall() == [(0, "pacemaker generator", first)]
+    assert con.execute("SELECT count(*) FROM retired_feature_scores").fetchone()[0] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 rows of the previous SAE" in w and "1 feature_labels" in w for w in warned)
     notes = json.loads(con.execute("SELECT notes FROM runs").fetchone()[0])
-    assert "2 label/score/steering rows of a different SAE dropped" in notes
+    assert any("moved to the retired_* tables (1 feature_labels, 1 feature_scores)" in n
+               for n in notes)  # fmt: skip
+    # analysing the first SAE again brings them back
+    save_sae(planted_sae(), run / "sae")
+    analyse(AnalyseConfig(run=run))
+    con = db.connect(run)
+    assert con.execute("SELECT label FROM feature_labels WHERE method = 'llm'").fetchall() == [
+        ("pacemaker generator",)
+    ]
+    assert con.execute("SELECT count(*) FROM feature_scores").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM retired_feature_labels").fetchone()[0] == 0
 
 
 def test_reuse_keeps_the_existing_database(tmp_path):

@@ -113,11 +113,17 @@ def test_append_rewrite_keeps_existing_rows(tmp_path):
 
 
 def test_feature_acts_view_reads_the_parquet_beside_the_database(tmp_path):
-    with db.rewrite(tmp_path, fresh=True):
-        pass
+    from workbench import generations
+
     pq.write_table(
-        pa.table({"row": [0, 1], "feature": [3, 3], "value": [0.5, 1.5]}), tmp_path / db.ACTS_NAME
+        pa.table({"row": [0, 1], "feature": [3, 3], "value": [0.5, 1.5]}),
+        generations.acts_file(tmp_path, "g1"),
     )
+    with db.rewrite(
+        tmp_path, fresh=True, on_replaced=lambda: generations.publish(tmp_path, "g1")
+    ) as con:
+        con.execute("INSERT INTO runs (run_id, stage) VALUES ('g1', 'analyse')")
+    assert pq.read_table(tmp_path / db.ACTS_NAME).num_rows == 2  # the documented name
     con = db.connect(tmp_path / "features.duckdb")  # a path to the file works too
     assert con.execute("SELECT sum(value) FROM feature_acts WHERE feature = 3").fetchone()[0] == 2.0
 

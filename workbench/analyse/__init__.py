@@ -6,6 +6,10 @@
 - :mod:`~workbench.analyse.tables`: SQL over the activations Parquet (examples, n-grams, ...).
 - :mod:`~workbench.analyse.concepts`: concept AUROCs and the phantom recovery table.
 - :mod:`~workbench.analyse.directions`: decoder geometry (neighbours, logit effects, groups).
+- :mod:`~workbench.analyse.meaning`: mention scores (:mod:`~workbench.analyse.mentions`),
+  image localisation (:mod:`~workbench.analyse.localise`), the probe ceiling
+  (:mod:`~workbench.analyse.probes`); :mod:`~workbench.analyse.report` prints them.
+- :mod:`~workbench.analyse.user_labels`: ``--labels FILE.csv``, a researcher's own labels.
 - :mod:`~workbench.analyse.splice`: CE loss recovered with the SAE spliced into the model.
 - :mod:`~workbench.analyse.run`: the stage itself, ``analyse(cfg)`` and ``main(argv)``.
 """

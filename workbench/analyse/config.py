@@ -56,12 +56,32 @@ class AnalyseConfig:
     report: bool = False
     """Print the phantom recovery table (best feature per ground-truth concept)."""
     reuse: bool = False
-    """Keep an existing features.duckdb instead of recomputing (e.g. with --report)."""
+    """Keep the existing features.duckdb when it and its Parquet are complete (e.g. with
+    --report); an incomplete pair is recomputed."""
+    labels: Path | None = None
+    """Your own study labels: a CSV with study_id and concept columns (1 / 0 / -1 / blank),
+    scored like the dataset's labels and stored as source 'user' (never as ground truth)."""
+    mention_scores: bool = True
+    """Score features on each concept mention of the report tokens: asserted vs negated."""
+    localise: bool = True
+    """Score image features against the dataset's masks (pointing game, patch AUROC)."""
+    loc_min_image: float = 0.5
+    """Localise only features with at least this share of their mass on image tokens."""
+    loc_dilation: int = 1
+    """Patches the mask is dilated by for the pointing game."""
+    probe_folds: int = 5
+    """Folds (split by subject) of the residual-stream probe ceiling; 0: no probes."""
+    probe_max_studies: int = 2000
+    """Studies pooled for the probes at most (a seeded sample beyond; bounds memory)."""
 
     def validate(self) -> None:
         for name in ("batch_tokens", "top_k", "n_quantiles", "per_quantile", "block"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("context", "n_neighbors", "n_logits", "n_ngrams"):
+        for name in ("context", "n_neighbors", "n_logits", "n_ngrams", "loc_dilation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.loc_min_image <= 1.0:
+            raise ValueError(f"loc_min_image must be in [0, 1], got {self.loc_min_image}")
+        if self.probe_folds == 1 or self.probe_folds < 0 or self.probe_max_studies < 10:
+            raise ValueError("probe_folds must be 0 or >= 2 and probe_max_studies >= 10")

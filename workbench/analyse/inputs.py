@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +23,13 @@ from workbench import db
 from workbench.analyse.concepts import LabelMatrix, load_labels
 from workbench.analyse.config import AnalyseConfig
 from workbench.analyse.directions import Unembedding
+from workbench.analyse.user_labels import (
+    UserLabelError,
+    UserLabels,
+    check_known,
+    merge,
+    read_user_labels,
+)
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -39,6 +47,7 @@ class Inputs(NamedTuple):
     data_root: Path | None
     model_path: Path | None
     unembed: Unembedding | None  # None: no model, logit effects skipped (noted)
+    user_labels: UserLabels | None = None  # analyse --labels FILE.csv
 
 
 def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
@@ -54,13 +63,36 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     if data is not None and not data.is_dir():
         notes.append(f"{data} is not a dataset directory: no labels")
         data = None
-    model = _optional(cfg.model, run.model, "model")
+    model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
     unembed = load_unembedding(model, notes) if cfg.n_logits else None
     if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
         raise AnalyseError(
             f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
         )
-    return Inputs(store, sae, sae_path, data, model, unembed)
+    user = None
+    if cfg.labels is not None:
+        try:
+            user = read_user_labels(cfg.labels)
+            stored = np.asarray(store.manifest.get("studies_complete") or [], np.int64)
+            check_known(user, stored, notes)
+        except UserLabelError as exc:
+            raise AnalyseError(str(exc)) from None
+    return Inputs(store, sae, sae_path, data, model, unembed, user)
+
+
+def _manifest_model(store: ActivationStore, notes: list[str]) -> Path | None:
+    """The model the store was recorded with, when it can be found on this machine."""
+    from workbench.models.registry import resolve_model_dir
+
+    name = store.manifest.get("model")
+    if not name:
+        return None
+    try:
+        path = resolve_model_dir(name)
+    except (OSError, ValueError) as exc:
+        notes.append(f"the store's model {name!r} was not found here ({exc}): no logit effects")
+        return None
+    return path if (path / "config.json").is_file() else None
 
 
 def _optional(given: Path | None, default: Path, what: str) -> Path | None:
@@ -145,8 +177,11 @@ def _dataset_info(root: Path, study_ids: np.ndarray, notes: list[str]) -> tuple[
     return info, chexpert
 
 
-def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> LabelMatrix:
-    """``studies``, ``study_labels`` and ``concepts`` for the studies in the store."""
+def write_studies_and_labels(
+    con, data_root: Path | None, notes: list[str], user: UserLabels | None = None
+) -> LabelMatrix:
+    """``studies``, ``study_labels`` and ``concepts`` for the studies in the store (plus the
+    user's own labels as source 'user')."""
     sids, subjects, counts = _study_rows(con)
     info, chexpert, phantom = {}, None, None
     if data_root is None:
@@ -158,7 +193,7 @@ def write_studies_and_labels(con, data_root: Path | None, notes: list[str]) -> L
             info, chexpert = _dataset_info(data_root, sids, notes)
         phantom = data_root / "phantom-labels.csv"
         phantom = phantom if phantom.exists() else None
-    labels = load_labels(sids, chexpert, phantom, notes)
+    labels = merge(load_labels(sids, chexpert, phantom, notes), user)
     has = {
         src: ~np.isnan(labels.values[:, [s == src for s in labels.sources]]).all(1)
         if src in labels.sources
@@ -269,7 +304,9 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
 
     Tables the schema does not know (e.g. ``segmentation_results``) and other stages' ``runs``
     rows are copied as they are. Feature-keyed rows (LLM labels, scores, steering results)
-    are copied only while the SAE is the same one: another SAE's feature 12 is another thing.
+    stay in place while the SAE is the same one; rows of another SAE (another SAE's feature
+    12 is another thing) are moved to the ``retired_*`` tables under that SAE's fingerprint,
+    with a WARNING, and come back when that SAE is analysed again (:func:`_carry_feature_rows`).
     """
     if not old.exists():
         return
@@ -277,42 +314,86 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         con.execute(f"ATTACH {db._lit(str(old.resolve()))} AS old (READ_ONLY)")
     except duckdb.Error as exc:
         notes.append(f"previous {old.name} unreadable, nothing carried over: {exc}")
+        log.warning("%s", notes[-1])
         return
     try:
-        foreign = [
+        old_tables = {
             r[0]
             for r in con.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'old'"
             ).fetchall()
-            if r[0] not in db.TABLE
-        ]
-        for name in foreign:
+        }
+        for name in sorted(old_tables - set(db.TABLE)):
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM old."{name}"')
             notes.append(f"table {name} kept from the previous database")
-        con.execute("INSERT INTO runs SELECT * FROM old.runs WHERE stage <> 'analyse'")
+        con.execute("INSERT INTO runs BY NAME SELECT * FROM old.runs WHERE stage <> 'analyse'")
+        for name in db.RETIRED:
+            if f"retired_{name}" in old_tables:
+                con.execute(f"INSERT INTO retired_{name} SELECT * FROM old.retired_{name}")
         _carry_feature_rows(con, fingerprint, notes)
     finally:
         con.execute("DETACH old")
 
 
+# rows of each feature-keyed table that other stages wrote (analyse rebuilds the rest)
+_THEIRS = {
+    "feature_labels": "method <> 'statistical'",
+    "feature_scores": "true",
+    "steering_results": "true",
+}
+
+
 def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
+    """Same SAE: keep the rows. Another SAE: retire them under its fingerprint, loudly.
+
+    Rows retired earlier under *this* SAE's fingerprint are restored (analysing an SAE,
+    then another, then the first again loses nothing).
+    """
     prev = con.execute(
         "SELECT sae_fingerprint FROM old.runs WHERE stage = 'analyse' "
         "ORDER BY finished_at DESC LIMIT 1"
     ).fetchone()
-    n_old = con.execute(
-        "SELECT (SELECT count(*) FROM old.feature_labels WHERE method <> 'statistical')"
-        " + (SELECT count(*) FROM old.feature_scores)"
-        " + (SELECT count(*) FROM old.steering_results)"
-    ).fetchone()[0]
-    if not n_old:
-        return
-    if prev is None or prev[0] != fingerprint:
-        notes.append(f"{n_old} label/score/steering rows of a different SAE dropped")
-        return
-    con.execute(
-        "INSERT INTO feature_labels SELECT * FROM old.feature_labels WHERE method <> 'statistical'"
-    )
-    con.execute("INSERT INTO feature_scores SELECT * FROM old.feature_scores")
-    con.execute("INSERT INTO steering_results SELECT * FROM old.steering_results")
-    notes.append(f"{n_old} label/score/steering rows kept from the previous database")
+    prev_fp = None if prev is None else prev[0]
+    counts = {
+        t: con.execute(f"SELECT count(*) FROM old.{t} WHERE {w}").fetchone()[0]
+        for t, w in _THEIRS.items()
+    }
+    if prev_fp == fingerprint:
+        for t, where in _THEIRS.items():
+            con.execute(f"INSERT INTO {t} SELECT * FROM old.{t} WHERE {where}")
+        if sum(counts.values()):
+            notes.append(f"{sum(counts.values())} label/score/steering rows kept (same SAE)")
+    elif sum(counts.values()):
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for t, where in _THEIRS.items():
+            con.execute(
+                f"INSERT INTO retired_{t} SELECT *, ?, ? FROM old.{t} WHERE {where}", [prev_fp, now]
+            )
+        detail = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
+        notes.append(
+            f"SAE changed ({prev_fp} -> {fingerprint}): {sum(counts.values())} rows of the "
+            f"previous SAE moved to the retired_* tables ({detail})"
+        )
+        log.warning("%s; they come back if that SAE is analysed again", notes[-1])
+    _restore_retired(con, fingerprint, notes)
+
+
+def _restore_retired(con, fingerprint: str, notes: list[str]) -> None:
+    """Move rows retired under ``fingerprint`` back into their tables."""
+    restored = {}
+    for t in _THEIRS:
+        n = con.execute(
+            f"SELECT count(*) FROM retired_{t} WHERE sae_fingerprint = ?", [fingerprint]
+        ).fetchone()[0]
+        if n:
+            con.execute(
+                f"INSERT INTO {t} SELECT * EXCLUDE (sae_fingerprint, retired_at) "
+                f"FROM retired_{t} WHERE sae_fingerprint = ?",
+                [fingerprint],
+            )
+            con.execute(f"DELETE FROM retired_{t} WHERE sae_fingerprint = ?", [fingerprint])
+            restored[t] = n
+    if restored:
+        detail = ", ".join(f"{n} {t}" for t, n in restored.items())
+        notes.append(f"rows retired earlier under this SAE ({fingerprint}) restored: {detail}")
+        log.warning("%s", notes[-1])

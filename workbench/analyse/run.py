@@ -9,7 +9,9 @@ Parquet. Everything that needs a feature's whole distribution or a join with the
 (study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
 (:mod:`workbench.analyse.tables`); concept AUROCs come from :mod:`workbench.analyse.concepts`,
 decoder geometry from :mod:`workbench.analyse.directions`. The database is built as a temporary
-file and swapped in atomically (:func:`workbench.db.rewrite`).
+file and swapped in atomically (:func:`workbench.db.rewrite`); the Parquet is a generation
+file named after the run and comes into force with that same switch
+(:mod:`workbench.generations`), so the pair is replaced as a unit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from workbench import db
+from workbench import db, generations
 from workbench.analyse import tables as ft
 from workbench.analyse.concepts import (
     LabelMatrix,
@@ -44,6 +47,8 @@ from workbench.analyse.inputs import (
     sae_fingerprint,
     write_studies_and_labels,
 )
+from workbench.analyse.meaning import write_meaning
+from workbench.analyse.report import meaning_report
 from workbench.analyse.stats import (
     FeatureAccumulator,
     FeatureSummary,
@@ -54,6 +59,7 @@ from workbench.analyse.stats import (
 )
 from workbench.config import parse_config, save_config
 from workbench.io import torch_threads
+from workbench.store import ActivationStore, StoreError
 
 log = logging.getLogger("workbench.analyse")
 
@@ -82,6 +88,17 @@ def _single_thread(device: torch.device) -> Iterator[None]:
         yield
 
 
+def read_shard(store: ActivationStore, i: int) -> tuple[torch.Tensor, pa.Table]:
+    """Shard ``i`` and its token metadata; unreadable or non-finite -> AnalyseError naming
+    the shard file, row and study (the message every stage that reads a store gives)."""
+    try:
+        acts_ND = store.shard(i)
+        store.check_finite(i, acts_ND)
+        return acts_ND, store.metadata(i)
+    except (StoreError, OSError, pa.ArrowException) as exc:
+        raise AnalyseError(str(exc)) from None
+
+
 @torch.no_grad()
 def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
     """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
@@ -93,7 +110,7 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
     opts = {"use_dictionary": False, "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
     with pq.ParquetWriter(acts_path, ACTS_SCHEMA, **opts) as writer:
         for i in range(inp.store.num_shards):
-            acts_ND, meta = inp.store.shard(i), inp.store.metadata(i)
+            acts_ND, meta = read_shard(inp.store, i)
             rows = meta.column("row").to_numpy()
             r0 = int(rows[0]) if len(rows) else 0
             if len(rows) != acts_ND.shape[0] or not np.array_equal(rows, r0 + np.arange(len(rows))):
@@ -181,9 +198,11 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
         ft.build_examples(con, acts, cfg.context)
     with _timed(timings, "labels + AUROC"):
-        labels = write_studies_and_labels(con, inp.data_root, notes)
+        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels)
         write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
         write_recovery(con, cfg.recovery_threshold)
+    with _timed(timings, "mentions, localisation, probes"):
+        write_meaning(con, inp, cfg, labels, (acts, notes))
     with _timed(timings, "n-grams + statistical labels"):
         if cfg.n_ngrams:
             ft.build_ngrams(con, acts, cfg.n_ngrams)
@@ -201,22 +220,33 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
     timings = {} if timings is None else timings
     cfg.validate()
     path = db.db_path(cfg.run)
-    if cfg.reuse and path.exists():
-        log.info("%s exists and reuse=True: not recomputed", path)
-        return path
+    if cfg.reuse:
+        why = generations.incomplete(cfg.run)
+        if why is None:
+            log.info("%s is complete and reuse=True: not recomputed", path)
+            return path
+        log.warning("reuse=True but the previous analysis is incomplete (%s): recomputing", why)
     notes: list[str] = []
     inp = open_inputs(cfg, notes)
     started = db.utc_now()
     fingerprint = sae_fingerprint(inp.sae)
-    acts = path.parent / db.ACTS_NAME
+    run_id = uuid.uuid4().hex
+    acts = generations.acts_file(path.parent, run_id)
     acts_tmp = acts.with_name(acts.name + ".tmp")
+    published = False
+
+    def publish() -> None:
+        nonlocal published
+        published = True
+        generations.publish(path.parent, run_id)
+
     try:
-        with db.rewrite(cfg.run, fresh=True) as con:
+        with db.rewrite(cfg.run, fresh=True, on_replaced=publish) as con:
             labels = _build(con, inp, cfg, (acts_tmp, notes, timings))
             carry_over(con, path, fingerprint, notes)
             db.insert_run_row(
                 con,
-                db.run_row("analyse", started, cfg, notes),
+                db.run_row("analyse", started, cfg, notes)._replace(run_id=run_id),
                 db.Provenance(
                     str(inp.store.path),
                     str(Path(inp.sae_path).resolve()),  # the app finds it from any cwd
@@ -229,9 +259,11 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
             )
             with _timed(timings, "indexes"):
                 db.create_indexes(con)
-            os.replace(acts_tmp, acts)
+            os.replace(acts_tmp, acts)  # complete, under its own name; in force at the switch
     finally:
         acts_tmp.unlink(missing_ok=True)
+        if not published:  # the database was not switched: this generation never existed
+            acts.unlink(missing_ok=True)
     save_config(cfg, path.parent / "analyse-cfg.json")
     for note in notes:
         log.info("note: %s", note)
@@ -249,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(path)
     if cfg.report:
         print(recovery_report(cfg.run))
+        print(meaning_report(cfg.run))
     return 0
 
 

@@ -56,13 +56,36 @@ class StudyRecord:
     report_path: Path
     labels: dict[str, float | None] = field(default_factory=mimic.empty_labels)
 
-    def load_images(self) -> StudyImages:
-        """Read frontal, lateral and prior frontal images ('L'); raises CXRDataError."""
+    def load_images(self, dropped: list[str] | None = None) -> StudyImages:
+        """Read frontal, lateral and prior frontal images ('L').
+
+        The frontal image is required (:class:`CXRDataError`). An unreadable lateral or prior
+        frontal image is left out with a warning (and, when ``dropped`` is given, named there
+        with the reason): the study is kept without it, as bulk iteration keeps it (module
+        docstring).
+        """
+        dropped = [] if dropped is None else dropped
         return StudyImages(
             frontal=load_image(self.frontal_path),
-            lateral=load_image(self.lateral_path) if self.lateral_path else None,
-            prior_frontal=load_image(self.prior_frontal_path) if self.prior_frontal_path else None,
+            lateral=_optional_pixels(self.study_id, self.lateral_path, "lateral", dropped),
+            prior_frontal=_optional_pixels(
+                self.study_id, self.prior_frontal_path, "prior frontal", dropped
+            ),
         )
+
+
+def _optional_pixels(
+    study_id: int, path: Path | None, what: str, dropped: list[str]
+) -> Image.Image | None:
+    """The image at ``path``, or None (noted in ``dropped``) when it is absent or unreadable."""
+    if path is None:
+        return None
+    try:
+        return load_image(path)
+    except CXRDataError as exc:
+        log.warning("study %s: %s image left out: %s", study_id, what, exc)
+        dropped.append(f"{what} image {path}: {exc}")
+        return None
 
 
 class StudyImages(NamedTuple):

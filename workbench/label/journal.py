@@ -5,11 +5,16 @@ which costs a file copy, so results are first appended to a JSON-lines journal (
 finished record, flushed and fsynced) and moved into the database in batches. Applying a
 journal is idempotent: each record first deletes the rows it replaces. After a successful
 move the journal is emptied; a crash in between only means the next flush re-applies it.
+
+Each record carries the fingerprint of the SAE whose features it describes. Records left
+over from before a rerun of analyse with another SAE are not applied to the new features:
+they go to the ``retired_*`` tables under their own fingerprint, with a WARNING.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +24,8 @@ import pyarrow as pa
 
 from workbench import db
 from workbench.io import write_text
+
+log = logging.getLogger("workbench.label")
 
 
 class Journal:
@@ -30,6 +37,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sync_seconds = sync_seconds
         self._synced = 0.0
+        self.sae = _analysed_sae(self.run)  # stamped on every record appended
 
     def records(self) -> list[dict]:
         """Records written and not yet moved (a torn line from a crash is skipped, and a
@@ -51,11 +59,17 @@ class Journal:
         except FileNotFoundError:
             return False
 
+    def pending(self) -> list[dict]:
+        """Records not yet moved that describe the current SAE's features."""
+        return [r for r in self.records() if r.get("sae") in (None, self.sae)]
+
     def append(self, records: list[dict]) -> None:
         """Append ``records``, one JSON line each; after a torn last line, start a new line
         first so the torn fragment cannot swallow the first record."""
         if not records:
             return
+        if self.sae is not None:  # after the record's own keys: a record starts '{"type"'
+            records = [{**r, "sae": self.sae} for r in records]
         lead = "\n" if self._torn() else ""
         with open(self.path, "a") as fh:
             fh.write(lead + "".join(json.dumps(r) + "\n" for r in records))
@@ -71,12 +85,66 @@ class Journal:
             return 0
         with db.rewrite(self.run) as con:
             con.execute("BEGIN TRANSACTION")
-            _apply_all(con, records)
+            current = _analysed_sae(con)
+            stale = [r for r in records if r.get("sae") not in (None, current)]
+            _apply_all(con, [r for r in records if r.get("sae") in (None, current)])
+            _retire(con, stale, current)
             if runs is not None:
                 db.insert_run_row(con, runs)
             con.execute("COMMIT")
         write_text(self.path, "")
         return len(records)
+
+
+def _analysed_sae(where: Path | duckdb.DuckDBPyConnection) -> str | None:
+    """Fingerprint of the SAE of the latest analyse (a run directory or a connection)."""
+    sql = (
+        "SELECT sae_fingerprint FROM runs WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
+    )
+    if isinstance(where, duckdb.DuckDBPyConnection):
+        rows = where.execute(sql).fetchall()  # fetchall: leaves no result open in a transaction
+        return rows[0][0] if rows else None
+    if not db.db_path(where).exists():
+        return None
+    con = db.connect(where)
+    try:
+        row = con.execute(sql).fetchone()
+    except (duckdb.CatalogException, duckdb.BinderException):  # no (or a foreign) runs table
+        row = None
+    finally:
+        con.close()
+    return None if row is None else row[0]
+
+
+def _retire(con: duckdb.DuckDBPyConnection, stale: list[dict], current: str | None) -> None:
+    """Journal records of another SAE into the ``retired_*`` tables, under their fingerprint."""
+    if not stale:
+        return
+    now = db.utc_now()
+    for sae in sorted({r["sae"] for r in stale}):
+        labels, scores = _latest([r for r in stale if r["sae"] == sae])
+        con.register("old_labels", _label_table(labels))
+        con.register("old_scores", _score_tables(scores)[0])
+        try:
+            con.execute(
+                "INSERT INTO retired_feature_labels SELECT feature, method, label, score, model, "
+                "details, ?, ?, ? FROM old_labels",
+                [now, sae, now],
+            )
+            con.execute(
+                "INSERT INTO retired_feature_scores SELECT feature, method, scorer, metric, "
+                "value, n_examples, ?, ?, ? FROM old_scores",
+                [now, sae, now],
+            )
+        finally:
+            con.unregister("old_labels")
+            con.unregister("old_scores")
+        log.warning(
+            "%d journal records (%d labels, %d scores) describe the features of SAE %s, but "
+            "features.duckdb now holds SAE %s (analyse was rerun): moved to the retired_* "
+            "tables, not applied",
+            len(labels) + len(scores), len(labels), len(scores), sae, current,
+        )  # fmt: skip
 
 
 def _parse_line(line: str) -> dict | None:
@@ -186,7 +254,7 @@ def done_features(
         ).fetchall()
         pending = {
             r["feature"]
-            for r in journal.records()
+            for r in journal.pending()
             if r["type"] == "label" and r["method"] == method
         }
     else:
@@ -196,7 +264,7 @@ def done_features(
         ).fetchall()
         pending = {
             r["feature"]
-            for r in journal.records()
+            for r in journal.pending()
             if r["type"] == "score" and r["method"] == method and r["scorer"] == scorer
         }
     return {r[0] for r in rows} | pending

@@ -43,6 +43,28 @@ class Skipped(NamedTuple):
     reason: str
 
 
+def model_input(source: Any, with_images: bool) -> tuple[Any, tuple[str, ...]]:
+    """What ``adapter.prepare`` gets for one item, and the optional images left out.
+
+    A study record's images are read here when the model takes images: an unreadable lateral
+    or prior frontal image is left out (the study is kept, frontal only) and named in the
+    second value, so that the store's manifest can list it; an unreadable frontal image still
+    raises :class:`CXRDataError` (the study is skipped). Other sources pass unchanged.
+    """
+    if not with_images or not hasattr(source, "load_images"):
+        return source, ()
+    dropped: list[str] = []
+    images = source.load_images(dropped)
+    inputs = {
+        "frontal": images.frontal,
+        "lateral": images.lateral,
+        "prior_frontal": images.prior_frontal,
+        **{k: getattr(source, k) for k in ("indication", "technique", "comparison")},
+        "prior_report": source.prior_report,
+    }
+    return inputs, tuple(dropped)
+
+
 class Collection(NamedTuple):
     """Everything a recording run will see: usable items and skipped studies."""
 

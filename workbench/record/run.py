@@ -28,13 +28,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from workbench.config import parse_config, save_config
 from workbench.cxr.images import CXRDataError
-from workbench.record.data import Collection, Item, load_collection
+from workbench.progress import Heartbeat
+from workbench.record.data import Collection, Item, load_collection, model_input
 from workbench.run import RunLayout
 from workbench.store import (
     MANIFEST,
@@ -93,10 +94,17 @@ class RecordConfig:
     """Id column of a table input ('' : study_id if present, else the row number)."""
     progress: bool = True
     """Show a progress bar."""
+    log_seconds: float = 60.0
+    """Log a progress line this often (seconds), with or without the bar; 0: never."""
+    flush_seconds: float = 300.0
+    """Write buffered studies to a shard at least this often (seconds), so a crash loses at
+    most this long of recording (a shard is also written every shard_tokens tokens)."""
 
     def validate(self) -> None:
         if self.shard_tokens < 1:
             raise ValueError("config field 'shard_tokens' must be >= 1")
+        if self.flush_seconds <= 0:
+            raise ValueError(f"config field 'flush_seconds' must be > 0, got {self.flush_seconds}")
         for value in (self.layer, *self.layers):
             if value < -1:
                 raise ValueError(f"config fields 'layer'/'layers' must be >= -1, got {value}")
@@ -133,15 +141,24 @@ def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None)
     return cols
 
 
-def record_item(
-    adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordConfig
-) -> tuple[torch.Tensor | dict[int, torch.Tensor], dict]:
+class Recorded(NamedTuple):
+    """One study's stored rows: activations [n_kept, d_model] (``{layer: acts}`` when several
+    layers were asked), their metadata columns, and the optional input files it was recorded
+    without (unreadable lateral / prior image)."""
+
+    acts: torch.Tensor | dict[int, torch.Tensor]
+    meta: dict
+    dropped: tuple[str, ...]
+
+
+def record_item(adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordConfig) -> Recorded:
     """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite.
 
     With a tuple of layers, one forward (stopped after the deepest) gives ``{layer: acts}``;
     the inputs, the kept positions and the metadata are prepared once for all of them.
     """
-    inp = adapter.prepare(item.source, findings=item.findings)
+    source, dropped = model_input(item.source, adapter.kind == "vision_language")
+    inp = adapter.prepare(source, findings=item.findings)
     if isinstance(layer, int):
         acts = {layer: adapter.residual(inp, layer)}
     else:
@@ -158,7 +175,7 @@ def record_item(
     keep_T = torch.tensor(keep, dtype=torch.bool, device=next(iter(acts.values())).device)
     kept = {at: acts_TD[keep_T] for at, acts_TD in acts.items()}
     meta = token_metadata(inp.tokens, keep, item.subject_id)
-    return (kept[layer] if isinstance(layer, int) else kept), meta
+    return Recorded(kept[layer] if isinstance(layer, int) else kept, meta, dropped)
 
 
 def part_dir(out: Path, rank: int, world: int) -> Path:
@@ -230,6 +247,7 @@ def record(cfg: RecordConfig) -> Path:
             d_model=adapter.d_model,
             dtype=cfg.dtype,
             shard_tokens=cfg.shard_tokens,
+            flush_seconds=cfg.flush_seconds,
             extra={
                 "image_tokens": cfg.image_tokens,
                 "prompt_tokens": cfg.prompt_tokens,
@@ -274,6 +292,7 @@ def run_items(
     from tqdm import tqdm
 
     done = {layer: done[layer] | w.completed for layer, w in writers.items()}
+    skips = [(s.study_id, s.reason) for s in share.skipped if s.study_id not in done[max(done)]]
     for s in share.skipped:
         for layer, writer in writers.items():
             if s.study_id not in done[layer]:
@@ -283,26 +302,44 @@ def run_items(
     where = ", ".join(str(w.path) for w in writers.values())
     log.info("%s: %d studies to record (%d already done)", where, len(todo),
              len(share.items) - len(todo))  # fmt: skip
-    t0, n_tokens = time.perf_counter(), 0
-    names = ",".join(map(str, writers))
-    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{names}")
-    for item in bar:
+    t0, n_tokens, n_stored = time.perf_counter(), 0, 0
+    what = f"record L{','.join(map(str, writers))}"
+    beat = Heartbeat(log, what, len(todo), cfg.log_seconds)
+    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=what)
+    for i, item in enumerate(bar):
         need = tuple(layer for layer in writers if item.study_id not in done[layer])
         try:
-            acts, meta = record_item(adapter, item, need if cfg.layers else need[0], cfg)
+            acts, meta, dropped = record_item(adapter, item, need if cfg.layers else need[0], cfg)
         except (CXRDataError, OSError) as exc:
             for layer in need:
                 writers[layer].skip(item.study_id, f"unreadable input: {exc}")
-            continue
-        acts = acts if isinstance(acts, dict) else {need[0]: acts}
-        for layer, acts_ND in acts.items():
-            writers[layer].add(item.study_id, acts_ND, meta)
-        n_tokens += next(iter(acts.values())).shape[0]
-        bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+            skips.append((item.study_id, f"unreadable input: {exc}"))
+        else:
+            acts = acts if isinstance(acts, dict) else {need[0]: acts}
+            for layer, acts_ND in acts.items():
+                writers[layer].add(item.study_id, acts_ND, meta, dropped)
+            n_tokens += next(iter(acts.values())).shape[0]
+            n_stored += 1
+            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
+        beat.update(i + 1, stored=n_stored, skipped=len(skips), tokens=n_tokens)
     elapsed = max(time.perf_counter() - t0, 1e-9)
     log.info(
         "recorded %d studies, %d tokens in %.1f s (%.1f studies/s, %.0f tokens/s)",
-        len(todo), n_tokens, elapsed, len(todo) / elapsed, n_tokens / elapsed,
+        n_stored, n_tokens, elapsed, n_stored / elapsed, n_tokens / elapsed,
+    )  # fmt: skip
+    warn_skipped(writers[max(writers)].path, skips)
+
+
+def warn_skipped(store: Path, skips: list[tuple[int, str]], show: int = 5) -> None:
+    """One WARNING with the number of studies left out and the first few reasons (the
+    manifest's ``skipped`` lists them all)."""
+    if not skips:
+        return
+    first = "; ".join(f"study {sid}: {reason}" for sid, reason in skips[:show])
+    more = f" (and {len(skips) - show} more)" if len(skips) > show else ""
+    log.warning(
+        "%d studies skipped, not recorded (all listed under 'skipped' in %s): %s%s",
+        len(skips), Path(store) / "manifest.json", first, more,
     )  # fmt: skip
 
 

@@ -82,6 +82,16 @@ class StoreSource:
     def describe(self, i: int) -> str:
         return f"{self.path} shard {i}"
 
+    def check(self, i: int, x_ND: torch.Tensor, rows: np.ndarray | None = None) -> None:
+        """NaN/inf refused with the store's own message: shard file, global row and study
+        (``rows``: the shard rows of ``x_ND``'s rows, for a gather)."""
+        from workbench.store import StoreError
+
+        try:
+            self.store.check_finite(i, x_ND, rows)
+        except StoreError as exc:
+            raise DataError(str(exc)) from None
+
 
 class TensorSource:
     """In-memory activations cut into pseudo-shards (tests, benchmarks, notebooks)."""
@@ -128,6 +138,19 @@ def check_finite(
         raise DataError(f"{where}: non-finite activation (NaN or inf) at row {row}")
 
 
+def check_shard(
+    source: ShardSource, i: int, x_ND: torch.Tensor, rows: np.ndarray | None = None
+) -> None:
+    """Refuse NaN/inf in (rows ``rows`` of) shard ``i``: the source's own check if it has one
+    (the store names file, row and study, as every stage reading a store does), else
+    :func:`check_finite`."""
+    own = getattr(source, "check", None)
+    if own is not None:
+        own(i, x_ND, rows)
+    else:
+        check_finite(x_ND, source.describe(i), rows=rows)
+
+
 def scan_source(source: ShardSource, rank: int = 0, world: int = 1) -> None:
     """Read every shard once and refuse NaN/inf or a wrong width before training starts.
 
@@ -139,7 +162,7 @@ def scan_source(source: ShardSource, rank: int = 0, world: int = 1) -> None:
         x = source.read(i)
         if tuple(x.shape) != (size, source.d_in):
             raise DataError(f"{source.describe(i)}: shape {tuple(x.shape)}, expected {size} rows")
-        check_finite(x, source.describe(i))
+        check_shard(source, i, x)
 
 
 def _rng(*key: int) -> torch.Generator:
@@ -197,7 +220,7 @@ class ShuffledBatches:
             x = self.source.read(i)
             if x.ndim != 2 or x.shape[1] != self.source.d_in:
                 raise DataError(f"{self.source.describe(i)}: shape {tuple(x.shape)}")
-            check_finite(x, self.source.describe(i))
+            check_shard(self.source, i, x)
             parts.append(x)
         rows = torch.cat(parts) if len(parts) > 1 else parts[0]
         perm = torch.randperm(rows.shape[0], generator=_rng(self.seed, epoch, w + 1))
@@ -291,7 +314,7 @@ class ShuffledBatches:
             x = self.source.read_rows(shard, rows)
             if x.ndim != 2 or x.shape[1] != self.source.d_in:
                 raise DataError(f"{self.source.describe(shard)}: shape {tuple(x.shape)}")
-            check_finite(x, self.source.describe(shard), rows=rows)
+            check_shard(self.source, shard, x, rows)
             out[torch.from_numpy(slots)] = x.float()
         return out
 

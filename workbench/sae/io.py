@@ -17,10 +17,12 @@ decoder rows (norms are folded into the encoder, as SAELens ``fold_W_dec_norm`` 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from workbench.io import atomic_path, write_json
@@ -33,6 +35,7 @@ DL_WEIGHTS = "ae.pt"
 DL_CONFIG = "config.json"
 FORMAT_VERSION = 1
 SAELENS_FORMAT = "6.0.0"
+SAVE_ID = "workbench_save_id"
 
 
 class SAEFormatError(ValueError):
@@ -79,8 +82,7 @@ def save_sae(
         "b_dec": sae.b_dec_D.detach().cpu().contiguous(),
         "threshold": (thr * torch.ones(sae.d_sae)).to(sae.W_enc_DF.dtype).contiguous(),
     }
-    with atomic_path(path / SAELENS_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp))
+    save_id = uuid.uuid4().hex  # ties the three files of one save together (sae_incomplete)
     write_json(path / SAELENS_CFG, saelens_cfg(sae, model_name))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -91,9 +93,48 @@ def save_sae(
         "hook_name": sae.hook_name,
         "threshold": thr.tolist(),
         **(extra or {}),
+        SAVE_ID: save_id,
     }
     write_json(path / WORKBENCH_META, meta)
+    with atomic_path(path / SAELENS_WEIGHTS) as tmp:  # last: present means a whole save
+        save_file(tensors, str(tmp), metadata={"format": "pt", SAVE_ID: save_id})
     return path
+
+
+def sae_incomplete(path: str | Path) -> str | None:
+    """None when ``path`` holds one whole :func:`save_sae` artefact, else what is wrong.
+
+    The "already done?" check of SAE training: all three files exist and the weights carry
+    the save id of the JSON beside them (a save interrupted between its files, or a
+    retraining interrupted half-way through saving, leaves ids that differ).
+    """
+    path = Path(path)
+    for name in (SAELENS_CFG, WORKBENCH_META, SAELENS_WEIGHTS):
+        if not (path / name).is_file():
+            return f"{path / name} does not exist"
+    try:
+        meta = _read_json(path / WORKBENCH_META)
+    except SAEFormatError as exc:
+        return str(exc)
+    return _save_id_problem(path, meta)
+
+
+def _save_id_problem(path: Path, meta: dict[str, Any]) -> str | None:
+    """A mismatch between the save id in ``meta`` and the weights' header, in words."""
+    expected = meta.get(SAVE_ID)
+    if expected is None:  # written before save ids: nothing to compare
+        return None
+    try:
+        with safe_open(str(path / SAELENS_WEIGHTS), "pt") as fh:
+            found = (fh.metadata() or {}).get(SAVE_ID)
+    except (OSError, RuntimeError, ValueError) as exc:  # safetensors' header errors
+        return f"{path / SAELENS_WEIGHTS}: cannot read: {exc}"
+    if found != expected:
+        return (
+            f"{path}: {SAELENS_WEIGHTS} (save {found}) and {WORKBENCH_META} (save {expected}) "
+            "come from different saves (a save was interrupted); rerun train_sae to resume"
+        )
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -161,6 +202,9 @@ def _widths_to_sizes(widths: list[int] | None, d_sae: int) -> tuple[int, ...] | 
 def load_ours(path: Path, device: str | torch.device = "cpu") -> MatryoshkaSAE:
     """Read an artefact written by :func:`save_sae`."""
     meta = _read_json(path / WORKBENCH_META)
+    problem = _save_id_problem(path, meta)
+    if problem is not None:
+        raise SAEFormatError(problem)
     sae = load_saelens(path, device)
     sae.k = meta.get("k")
     sae.group_sizes = tuple(meta.get("group_sizes") or sae.group_sizes)

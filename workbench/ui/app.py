@@ -18,7 +18,7 @@ import gradio as gr
 
 from workbench.config import parse_config
 from workbench.ui import render
-from workbench.ui.context import AppContext, open_context
+from workbench.ui.context import AppContext, DbLimits, open_context
 from workbench.ui.style import CLICK_JS, CSS
 from workbench.ui.tabs import feature_page, features, runs, sql, study
 
@@ -43,6 +43,15 @@ class AppConfig:
     """A query running longer than this is interrupted."""
     open_feature: int | None = None
     """Feature page to show first (default: the Features tab)."""
+    db_memory_limit: str = "1GB"
+    """DuckDB memory_limit of each of the app's two connections: a query needing more fails
+    with an out-of-memory message instead of growing the app ('' : DuckDB's default, 80% of
+    RAM)."""
+    db_threads: int = 2
+    """DuckDB threads of each of the app's connections (0: DuckDB's default, all cores)."""
+    refresh_s: float = 10.0
+    """How often an open page checks whether features.duckdb was replaced (a rerun of analyse,
+    label or steer) and says so in its banner; 0: only when a query runs."""
 
 
 def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
@@ -84,11 +93,26 @@ def _banner(ctx: AppContext) -> str:
     return head + render.messages(ctx.status.problems)
 
 
-def build_app(ctx: AppContext, open_feature: int | None = None) -> gr.Blocks:
-    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs."""
+def _live_banner(ctx: AppContext) -> str:
+    """The banner after checking whether the database was replaced (reopened if so)."""
+    ctx.refresh()
+    return _banner(ctx)
+
+
+def build_app(
+    ctx: AppContext, open_feature: int | None = None, refresh_s: float = 0.0
+) -> gr.Blocks:
+    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs.
+
+    ``refresh_s`` > 0 re-checks the run that often and updates the banner (a rerun of
+    analyse is then announced without waiting for a click).
+    """
     made, html = _clickables()
     with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
-        gr.HTML(_banner(ctx), elem_id="wb-banner")
+        banner = gr.HTML(_banner(ctx), elem_id="wb-banner")
+        if refresh_s > 0:
+            timer = gr.Timer(refresh_s)
+            timer.tick(lambda: _live_banner(ctx), None, banner, show_progress="hidden")
         selected = "feature" if open_feature is not None else "features"
         with gr.Tabs(selected=selected) as tabs:
             with gr.Tab("Features", id="features"):
@@ -128,9 +152,10 @@ def _check_host(host: str) -> None:
 def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
     """Open the run, build the app and launch it (never shared, no file routes)."""
     _check_host(cfg.host)
-    ctx = open_context(cfg.run, tuple(cfg.image_roots))
+    limits = DbLimits(cfg.db_memory_limit or None, cfg.db_threads or None)
+    ctx = open_context(cfg.run, tuple(cfg.image_roots), limits)
     ctx.sql_row_limit, ctx.sql_timeout_s = cfg.sql_row_limit, cfg.sql_timeout_s
-    app = build_app(ctx, cfg.open_feature)
+    app = build_app(ctx, cfg.open_feature, cfg.refresh_s)
     app.launch(
         server_name=cfg.host,
         server_port=cfg.port,

@@ -25,6 +25,7 @@ log = logging.getLogger("workbench.ui")
 
 FEATURE_COLUMNS = (
     "feature", "label", "method", "score", "concept", "AUROC", "frequency", "max act", "group",
+    "select.",
 )  # fmt: skip
 
 
@@ -84,13 +85,18 @@ def feature_table(
     sort: str = "frequency",
     descending: bool = True,
     limit: int = 200,
+    meaning: bool = False,
 ) -> FeatureTable:
-    """The Features tab: matching features as table rows plus a count line."""
+    """The Features tab: matching features as table rows plus a count line.
+
+    ``select.`` is the assertion selectivity on the shown concept's report mentions;
+    ``meaning`` keeps the features that mean the concept rather than its word.
+    """
     if ctx.con is None:
         return FeatureTable([], render.messages(ctx.status.problems))
     group_i = int(group) if group not in (None, "", "any") else None
     rows, total = queries.feature_table(
-        ctx, search, concept or None, density, group_i, sort, descending, limit
+        ctx, search, concept or None, density, group_i, sort, descending, limit, meaning
     )
     out = [
         [
@@ -103,6 +109,7 @@ def feature_table(
             _round(r["frequency"], 6),
             _round(r["max_act"]),
             r["group"],
+            _round(r["selectivity"]),
         ]
         for r in rows
     ]
@@ -193,10 +200,12 @@ def feature_view(ctx: AppContext, feature: int | float | str | None) -> FeatureV
     return FeatureView(
         title=title,
         histogram=histogram,
-        image=_feature_image(ctx, f, top_sid, grid, scale),
+        image=_feature_image(ctx, f, top_sid, grid, scale)
+        + _localisation_panel(queries.localisation(ctx, f)),
         concepts=_concepts_panel(
             queries.by_feature(ctx, "feature_concepts", f, "auroc DESC NULLS LAST", 12)
-        ),
+        )
+        + _mentions_panel(queries.mention_scores(ctx, f)),
         logits=_logits_panel(queries.by_feature(ctx, "feature_logits", f, "direction, rank", 40)),
         neighbors=render.card("Nearest features", render.neighbors(queries.neighbors(ctx, f))),
         examples=render.card("Examples", render.examples(ex, scale, shape)),
@@ -208,6 +217,43 @@ def _concepts_panel(rows: list[dict]) -> str:
     chart = charts.hbars(items, 0.0, 1.0, ref=0.5, title="AUROC of study max activation")
     numbers = render.table(rows, ["concept", "source", "auroc", "rank"])
     return render.card("Concepts", chart + render.details("numbers", numbers))
+
+
+_STATUS_BARS = (("mean_asserted", "present"), ("mean_negated", "negated"),
+                ("mean_uncertain", "uncertain"))  # fmt: skip
+
+
+def _mentions_panel(rows: list[dict]) -> str:
+    """ "Fires on: present / negated / uncertain" bars for the concepts it fires on most."""
+    if not rows:
+        return ""
+    items = [
+        (f"{r['concept']} · {name}", r[key])
+        for r in rows[:3]
+        for key, name in _STATUS_BARS
+        if r[key] is not None
+    ]
+    top = max((v for _, v in items), default=0.0) or 1.0
+    chart = charts.hbars(items, 0.0, top, title="fires on: present / negated / uncertain")
+    cols = ["concept", "n_fired", "mean_asserted", "mean_negated", "mean_uncertain",
+            "mean_historical", "selectivity"]  # fmt: skip
+    note = (
+        '<p class="wb-empty">Mean activation over the concept\'s report mentions by status; '
+        "selectivity = AUROC of present vs negated mentions (0.5: the word, 1: the meaning)."
+        "</p>"
+    )
+    return render.card("On report mentions", chart + note + render.details(
+        "numbers", render.table(rows, cols)))  # fmt: skip
+
+
+def _localisation_panel(rows: list[dict]) -> str:
+    """Pointing game and patch AUROC against the ground-truth masks (phantom runs)."""
+    if not rows:
+        return ""
+    items = [(r["concept"], r["pointing_game"]) for r in rows]
+    chart = charts.hbars(items, 0.0, 1.0, title="pointing game: peak patch inside the mask")
+    numbers = render.table(rows, ["concept", "n_studies", "pointing_game", "patch_auroc"])
+    return render.card("Localisation vs masks", chart + render.details("numbers", numbers))
 
 
 def _logits_panel(rows: list[dict]) -> str:

@@ -37,6 +37,7 @@ SORTS: Mapping[str, str] = MappingProxyType(
         "max activation": "max_act",
         "AUROC": "auroc",
         "label score": "score",
+        "selectivity": "selectivity",
     }
 )
 
@@ -62,15 +63,22 @@ def feature_table(
     sort: str = "frequency",
     descending: bool = True,
     limit: int = 200,
+    meaning: bool = False,
 ) -> tuple[Rows, int]:
     """Features matching the filters (first ``limit`` in the chosen order) and the total count.
 
     With ``concept`` set, the concept columns show that concept's AUROC (else the best one).
-    ``search`` matches any label of the feature (case-insensitive) or its index.
+    ``search`` matches any label of the feature (case-insensitive) or its index. ``meaning``
+    keeps the features that mean the shown concept, not its word: assertion selectivity >=
+    :data:`MIN_SELECTIVITY` on report mentions or pointing game >= :data:`MIN_POINTING`.
     """
     if not ctx.has("features", "feature_stats", "feature_labels", "feature_concepts"):
         return [], 0
     where, params = _table_filters(search, concept, density, group)
+    sel, loc = _meaning_sources(ctx)
+    if meaning:
+        where += " AND (m.selectivity >= $min_sel OR p.pointing_game >= $min_point)"
+        params.update(min_sel=MIN_SELECTIVITY, min_point=MIN_POINTING)
     order = SORTS.get(sort, SORTS["frequency"])
     direction = "DESC" if descending else "ASC"
     concept_rows = "concept = $concept" if concept else "rank = 1"
@@ -79,11 +87,14 @@ def feature_table(
       con AS (SELECT feature, concept, auroc FROM feature_concepts WHERE {concept_rows}),
       hits AS (
         SELECT f.feature, l.label, l.method, l.score, c.concept, c.auroc,
-               s.frequency, s.max_act, f.matryoshka_group AS "group"
+               s.frequency, s.max_act, f.matryoshka_group AS "group", m.selectivity,
+               p.pointing_game
         FROM features f
         LEFT JOIN feature_stats s USING (feature)
         LEFT JOIN lab l USING (feature)
         LEFT JOIN con c USING (feature)
+        LEFT JOIN {sel} m ON m.feature = f.feature AND m.concept = c.concept
+        LEFT JOIN {loc} p ON p.feature = f.feature AND p.concept = c.concept
         WHERE {where})"""
     page = f"SELECT * FROM hits ORDER BY {order} {direction} NULLS LAST, feature LIMIT $limit"
     rows = ctx.rows(sql + page, {**params, "limit": limit})
@@ -91,6 +102,45 @@ def feature_table(
         return rows, len(rows)
     # a full page: count separately (cheaper than a window over every matching row)
     return rows, ctx.rows(sql + "SELECT count(*) AS n FROM hits", params)[0]["n"]
+
+
+# "Means the concept" (the Features tab's filter and the meaning table of analyse --report).
+MIN_SELECTIVITY, MIN_POINTING = 0.9, 0.8
+
+
+def _meaning_sources(ctx: AppContext) -> tuple[str, str]:
+    """The mention and localisation tables, or empty stand-ins for runs analysed before them."""
+    sel = (
+        "feature_mentions"
+        if ctx.has("feature_mentions")
+        else ("(SELECT NULL::INTEGER AS feature, NULL AS concept, NULL::DOUBLE AS selectivity)")
+    )
+    loc = (
+        "feature_localisation"
+        if ctx.has("feature_localisation")
+        else ("(SELECT NULL::INTEGER AS feature, NULL AS concept, NULL::DOUBLE AS pointing_game)")
+    )
+    return sel, loc  # fmt: skip
+
+
+def mention_scores(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
+    """Mean activation per mention status for the concepts whose mentions it fires on most."""
+    if not ctx.has("feature_mentions"):
+        return []
+    sql = """SELECT concept, n_fired, mean_asserted, mean_negated, mean_uncertain,
+                    mean_historical, selectivity
+             FROM feature_mentions WHERE feature = ? ORDER BY n_fired DESC, concept LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
+
+
+def localisation(ctx: AppContext, feature: int, limit: int = 6) -> Rows:
+    """Pointing game and patch AUROC against the masks, best concepts first."""
+    if not ctx.has("feature_localisation"):
+        return []
+    sql = """SELECT concept, n_studies, pointing_game, patch_auroc FROM feature_localisation
+             WHERE feature = ? ORDER BY pointing_game DESC, patch_auroc DESC NULLS LAST, concept
+             LIMIT ?"""
+    return ctx.rows(sql, [feature, limit])
 
 
 def _table_filters(

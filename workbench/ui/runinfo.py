@@ -193,18 +193,33 @@ def run_sql(ctx: AppContext, sql: str) -> SQLResult:
         text = check_sql(sql)
     except UnsafeQueryError as exc:
         return SQLResult([], [], render.message(str(exc), "error"))
+    reopened = ctx.refresh()  # the database may have been replaced since the last query
     if ctx.sql_con is None:
         return SQLResult([], [], render.messages(ctx.status.problems or ["No database."]))
     try:
-        with ctx.sql_lock:
-            res = run_limited(ctx.sql_con, text, ctx.sql_row_limit, ctx.sql_timeout_s)
+        res = _sql(ctx, text)
     except duckdb.Error as exc:
-        return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
+        if not ctx.refresh():
+            return SQLResult([], [], render.message(f"Query failed: {exc}", "error"))
+        reopened = True
+        try:
+            res = _sql(ctx, text)
+        except duckdb.Error as exc2:
+            return SQLResult([], [], render.message(f"Query failed: {exc2}", "error"))
     rows = [[_plain(v) for v in r] for r in res.rows]
     note = f"{len(rows):,} row{'s' if len(rows) != 1 else ''}"
     if res.truncated:
         note = f"more than {ctx.sql_row_limit:,} rows: the first {ctx.sql_row_limit:,} are shown"
-    return SQLResult(res.columns, rows, render.message(note, "info"))
+    message = render.message(note, "info")
+    if reopened:
+        message = render.message(ctx.status.problems[0], "info") + message
+    return SQLResult(res.columns, rows, message)
+
+
+def _sql(ctx: AppContext, text: str):
+    """One checked statement on the SQL tab's connection, under its lock."""
+    with ctx.sql_lock:
+        return run_limited(ctx.sql_con, text, ctx.sql_row_limit, ctx.sql_timeout_s)
 
 
 def _plain(v: Any) -> Any:

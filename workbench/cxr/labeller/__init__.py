@@ -1,7 +1,9 @@
-"""The rule-based report labeller (ConText-style negation and uncertainty) and its CLI.
+"""The report labeller (spaCy + negspacy: NegEx negation, uncertainty, history) and its CLI.
 
-- :mod:`~workbench.cxr.labeller.rules`: the phrase patterns and cues (data, no logic).
-- :mod:`~workbench.cxr.labeller.context`: mentions, negation/uncertainty, CheXpert aggregation.
+- :mod:`~workbench.cxr.labeller.rules`: the concept phrase patterns (data, no logic).
+- :mod:`~workbench.cxr.labeller.terms`: the NegEx termsets (negation, uncertainty, history).
+- :mod:`~workbench.cxr.labeller.nlp`: the spaCy pipeline, mention spans and statuses.
+- :mod:`~workbench.cxr.labeller.context`: mentions per concept, CheXpert aggregation.
 - :mod:`~workbench.cxr.labeller.run`: ``python -m workbench label-reports``.
 """
 
@@ -14,6 +16,7 @@ _EXPORTS = {
     "ReportLabels": "context",
     "label_report": "context",
     "label_reports": "context",
+    "report_mentions": "context",
     "score_labels": "context",
     "main": "run",
 }

@@ -1,8 +1,9 @@
-"""The phrase lists of the rule-based report labeller (see :mod:`workbench.cxr.labeller`).
+"""The concept phrase lists of the report labeller (see :mod:`workbench.cxr.labeller`).
 
-Every pattern is a regular expression matched against lower-cased sentences with word
-boundaries added around it. Mentions follow CheXpert's mention lists in spirit (Irvin et al.
-2019, section 3.1: mention extraction, then negation and uncertainty classification), with
+Every pattern is a regular expression matched against the lower-cased text (whitespace runs
+collapsed to one space) with word boundaries added around it; the negation, uncertainty and
+history cues are NegEx termsets in :mod:`workbench.cxr.labeller.terms`. Mentions follow
+CheXpert's mention lists in spirit (Irvin et al. 2019, section 3.1), with
 the synonyms radiologists use in MIMIC-CXR reports ("pacer", "ET tube", "PICC", "sternotomy
 wires", "enlarged cardiac silhouette", "vascular congestion", "collapse", ...).
 """
@@ -52,7 +53,7 @@ MENTIONS = MappingProxyType(
         "nodule": (r"nodul(?:e|es|ar|arity)(?: (?:opacit(?:y|ies)|densit(?:y|ies)|lesions?))?",),
         "rib_fracture": (
             r"rib fx",
-            r"(?:\w+ )?rib fractures?",
+            r"(?:(?!(?:no|not|any|without) )\w+ )?rib fractures?",
             r"fractures? (?:of|involving|in|through) (?:the )?(?:\w+ ){0,4}?ribs?",
             r"fractured (?:\w+ ){0,3}?ribs?",
         ),
@@ -187,57 +188,6 @@ NORMALS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"extubat\w+", ("endotracheal_tube",)),
 )
 
-# "No change in the effusion" states a finding, it does not negate it: masked before cues.
-PSEUDO_NEGATIONS: tuple[str, ...] = (
-    r"no (?:significant |substantial |appreciable |definite |interval |other |further )*(?:change|increase|decrease|progression|improvement|worsening)",  # noqa: E501
-    r"not (?:significantly |substantially |much |appreciably )?(?:changed|increased|decreased|improved|worsened|progressed)",  # noqa: E501
-    r"without (?:significant |substantial |interval )*change",
-    r"not only",
-    r"tips? (?:is |are )?not (?:well |clearly |definitely )?(?:visuali[sz]ed|seen|identified|assessed)",  # noqa: E501
-    r"no longer (?:intubated)",
-)
-
-# Cues before a mention, searched back to the clause start; the nearest cue decides.
-PRE_UNCERTAIN: tuple[str, ...] = (
-    r"can ?not (?:be )?(?:entirely |completely |definitely |totally |fully )?(?:exclude[ds]?|rule[ds]? out)",  # noqa: E501
-    r"can't (?:be )?(?:exclude|rule out)",
-    r"(?:difficult|hard) to (?:exclude|rule out)",
-    r"possibl[ey]|probabl[ey]|(?:un)?likely|presumed|potential(?:ly)?|suspected|suspect",
-    r"may|might|could",
-    r"questionabl[ey]|question of|equivocal|indeterminate|borderline",
-    r"suspicious for|concern(?:ing)? for|worrisome for|suggest\w*",
-    r"versus|vs\.?|differential",
-    r"r/o|rule out|to exclude|evaluat(?:e|ion) for|assess(?:ment)? for",
-)
-PRE_NEGATION: tuple[str, ...] = (
-    r"no|not|nor|neither|without|absence of|absent|negative for|free of|clear of",
-    r"resolution of|resolved|removal of|removed|interval removal|rather than|instead of",
-)
-# Cues after a mention (same clause, up to POST_WINDOW words after its list of mentions).
-POST_UNCERTAIN: tuple[str, ...] = (
-    r"(?:can ?not|can't|could not|may not|not) (?:be )?(?:entirely |completely |fully |definitely )?(?:excluded|ruled out)",  # noqa: E501
-    r"(?:is|are) (?:also )?(?:possible|suspected|questioned|(?:un)?likely|probable|not excluded)",
-    r"versus|vs\.?|suspected|questioned|is possible|could be present|may be present",
-)
-POST_NEGATION: tuple[str, ...] = (
-    r"not|no longer|absent|ruled out|disappeared",
-    r"(?:has |have )?resolved|(?:been )?removed|(?:has|have) healed",
-)
-POST_WINDOW = 20
-
-# Phrases that close a clause: a cue before them does not reach a mention after them.
-TERMINATORS: tuple[str, ...] = (
-    r"but|however|although|though|whereas|while|except|aside from|apart from|other than",
-    r"with the exception of|which|there is|there are|there has been|there have been",
-    r"(?:,|and|with) (?:a |an )?(?:small|moderate|large|mild|severe|trace|minimal|tiny|new|increas\w*|persistent|stable|unchanged|enlarged)",  # noqa: E501
-    r"(?:,|and) (?:the|a|an|there)",
-)
-# Words allowed between two mentions of one list ("no effusion, focal consolidation or PTX").
-LIST_GLUE = (
-    r"(?:[\s,/]|\b(?:and|or|nor|and/or|the|a|an|any|left|right|bilateral|small|large|"
-    r"moderate|mild|focal|definite|significant|acute|new|overt|frank|pulmonary|pleural|"
-    r"lobe|lower|upper|middle|basilar|apical)\b)*"
-)
 # Between a described observation and a diagnosis of the same concept ("nodular opacity ...
 # may represent a nodule"): the observation takes the diagnosis' value.
 INFERENCE_LINK = (

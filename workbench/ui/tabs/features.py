@@ -35,6 +35,7 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
         group = gr.Dropdown(group_choices, value="any", label="Matryoshka group")
         sort = gr.Dropdown(list(queries.SORTS), value="frequency", label="Sort by")
         descending = gr.Checkbox(value=True, label="descending")
+        meaning = gr.Checkbox(value=False, label="means present, not the word")
     first = handlers.feature_table(ctx)
     with gr.Row():
         with gr.Column(scale=3):
@@ -45,18 +46,31 @@ def build(ctx: AppContext, html: type[gr.HTML]) -> FeaturesTab:
     table = gr.Dataframe(
         value=first.rows,
         headers=list(handlers.FEATURE_COLUMNS),
-        datatype=["number", "str", "str", "number", "str", "number", "number", "number", "number"],
+        datatype=[
+            "number",
+            "str",
+            "str",
+            "number",
+            "str",
+            "number",
+            "number",
+            "number",
+            "number",
+            "number",
+        ],  # fmt: skip
         interactive=False,
         wrap=True,
         max_height=640,
-        column_widths=["6%", "34%", "9%", "7%", "14%", "7%", "9%", "8%", "6%"],
+        column_widths=["6%", "30%", "9%", "7%", "14%", "7%", "8%", "7%", "5%", "7%"],
         elem_id="wb-features",
     )
-    inputs = [search, concept, density, group, sort, descending]
+    inputs = [search, concept, density, group, sort, descending, meaning]
 
-    def refresh(search_, concept_, density_, group_, sort_, desc_):
+    def refresh(search_, concept_, density_, group_, sort_, desc_, meaning_):
         chosen = None if concept_ in (None, "(best concept)") else concept_
-        view = handlers.feature_table(ctx, search_, chosen, density_, group_, sort_, desc_)
+        view = handlers.feature_table(
+            ctx, search_, chosen, density_, group_, sort_, desc_, meaning=meaning_
+        )
         return view.rows, view.summary
 
     for comp in inputs[1:]:

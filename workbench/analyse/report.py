@@ -1,0 +1,103 @@
+"""``analyse --report``, part two: does a feature *mean* the concept, and how close to the ceiling?
+
+Two tables after the recovery table of :func:`workbench.analyse.concepts.recovery_report`:
+
+- **meaning**, per phantom concept: the best feature by study AUROC among those that mean
+  the concept, i.e. assertion selectivity >= ``min_selectivity`` on report mentions or a
+  pointing game >= ``min_pointing`` on the frontal image, with both scores; the verdict counts
+  the 8 most common findings and all devices that have such a feature with AUROC >= the
+  recovery threshold (the issue's target);
+- **probe ceiling**, per concept with labels: best-feature AUROC, probe AUROC, their ratio,
+  and how many concepts with >= 20 positives reach ``ratio >= 0.95``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MEANING_SQL = """
+WITH sel AS (SELECT feature, concept, selectivity FROM feature_mentions),
+loc AS (SELECT feature, concept, pointing_game FROM feature_localisation),
+cand AS (
+    SELECT c.concept, c.feature, c.auroc, s.selectivity, l.pointing_game
+    FROM feature_concepts c
+    LEFT JOIN sel s USING (feature, concept) LEFT JOIN loc l USING (feature, concept)
+    WHERE c.source = 'phantom' AND c.auroc IS NOT NULL
+      AND (s.selectivity >= $sel OR l.pointing_game >= $point)
+),
+best AS (SELECT concept, first(feature ORDER BY auroc DESC, feature) AS f, max(auroc) AS a
+      FROM cand GROUP BY 1)
+SELECT r.concept, r.category, r.n_pos, r.prevalence_rank, b.f, b.a, s.selectivity,
+       l.pointing_game, r.threshold
+FROM concept_recovery r LEFT JOIN best b USING (concept)
+LEFT JOIN sel s ON s.feature = b.f AND s.concept = r.concept
+LEFT JOIN loc l ON l.feature = b.f AND l.concept = r.concept
+WHERE r.category IN ('finding', 'device')
+ORDER BY r.category DESC, r.prevalence_rank
+"""
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def meaning_table(con, min_selectivity: float = 0.9, min_pointing: float = 0.8) -> str:
+    """The meaning table and its verdict line (see the module docstring)."""
+    rows = con.execute(MEANING_SQL, {"sel": min_selectivity, "point": min_pointing}).fetchall()
+    if not rows:
+        return "no phantom ground truth in this run: meaning table not computed"
+    lines = [
+        f"features that mean the concept (selectivity >= {min_selectivity:g} on report "
+        f"mentions or pointing game >= {min_pointing:g} on the image):",
+        f"{'concept':<22} {'category':<8} {'n_pos':>6} {'feature':>8} {'AUROC':>6} "
+        f"{'select':>7} {'point':>6}",
+    ]
+    for concept, cat, n_pos, _, feat, auc, sel, point, _ in rows:
+        lines.append(
+            f"{concept:<22} {cat:<8} {n_pos:>6} {_fmt(feat, 'd'):>8} {_fmt(auc):>6} "
+            f"{_fmt(sel):>7} {_fmt(point):>6}"
+        )
+    thr = rows[0][8]
+    top = [r for r in rows if r[1] == "finding" and r[3] <= 8 and r[2] > 0]
+    devices = [r for r in rows if r[1] == "device" and r[2] > 0]
+    ok = [sum(1 for r in group if r[5] is not None and r[5] >= thr) for group in (top, devices)]
+    lines.append(
+        f"AUROC >= {thr:g} with meaning: {ok[0]} of the {len(top)} most common findings, "
+        f"{ok[1]} of {len(devices)} devices"
+    )
+    return "\n".join(lines)
+
+
+def probe_table(con, min_pos: int = 20, target: float = 0.95) -> str:
+    """Best feature vs probe per concept, and the count of concepts that reach ``target``."""
+    rows = con.execute(
+        "SELECT concept, source, n_pos, feature_auroc, probe_auroc, ratio FROM concept_probes "
+        "WHERE n_pos > 0 AND n_neg > 0 ORDER BY source DESC, concept"
+    ).fetchall()
+    if not rows:
+        return "probe ceiling: no concept with both positive and negative studies"
+    lines = [
+        "probe ceiling (logistic probe on the residual stream, out of fold by subject):",
+        f"{'concept':<26} {'source':<8} {'n_pos':>6} {'feat.AUC':>8} {'probe':>6} {'ratio':>6}",
+    ]
+    for concept, source, n_pos, feat, probe, ratio in rows:
+        lines.append(
+            f"{concept[:26]:<26} {source:<8} {n_pos:>6} {_fmt(feat):>8} {_fmt(probe):>6} "
+            f"{_fmt(ratio):>6}"
+        )
+    big = [r for r in rows if r[2] >= min_pos and r[5] is not None]
+    hits = sum(1 for r in big if r[5] >= target)
+    lines.append(f"best feature >= {target:g} x probe: {hits} of {len(big)} concepts with >= "
+                 f"{min_pos} positives")  # fmt: skip
+    return "\n".join(lines)
+
+
+def meaning_report(run: Path) -> str:
+    """Both tables for ``analyse --report``."""
+    from workbench import db
+
+    con = db.connect(run)
+    try:
+        return meaning_table(con) + "\n\n" + probe_table(con)
+    finally:
+        con.close()

@@ -1,0 +1,71 @@
+"""Table specs of analyse's meaning scores: mentions, localisation, probe ceiling.
+
+Kept apart from :mod:`workbench.db` only to keep that file short; :data:`workbench.db.TABLES`
+appends these, so the DDL, the DuckDB comments and ``docs/schema.md`` come from here the same
+way (the spec format is :func:`workbench.db._t`'s).
+"""
+
+from __future__ import annotations
+
+SPECS: tuple[str, ...] = (
+    """mentions | analyse | -
+        Every concept mention in the stored report tokens, as the report labeller reads it
+        (spaCy + negspacy, `workbench.cxr.labeller`).
+        mention_id BIGINT | Dense id 0..n-1.
+        study_id BIGINT | Study.
+        section VARCHAR | Report section of the tokens (findings, impression).
+        concept VARCHAR | Concept mentioned (phantom names plus the labeller's extra concepts).
+        status VARCHAR | asserted, negated, uncertain or historical ("stable effusion").
+        cue VARCHAR | Phrase that decided the status ("no", "possible", "normal", ...); NULL
+            when asserted.
+        char_start INTEGER | First character of the mention in the section text.
+        char_end INTEGER | One past its last character.
+        text VARCHAR | The mention as written.
+        row_lo BIGINT | Store row of the mention's first token.
+        row_hi BIGINT | Store row of its last token (its tokens are rows row_lo..row_hi).
+    """,
+    """feature_mentions | analyse | feature
+        What a feature does on a concept's mentions: fires on "effusion present" or on the
+        word "effusion"? A mention's value is the feature's largest activation on its tokens
+        (0 when silent); only (feature, concept) pairs where it fires on a mention are stored.
+        feature INTEGER | SAE latent index.
+        concept VARCHAR | Concept (see `mentions`).
+        n_fired INTEGER | Mentions of the concept on which the feature fires.
+        mean_asserted DOUBLE | Mean value over asserted mentions (NULL: none in the run).
+        mean_negated DOUBLE | Mean value over negated mentions ("no effusion").
+        mean_uncertain DOUBLE | Mean value over uncertain mentions ("possible effusion").
+        mean_historical DOUBLE | Mean value over historical mentions ("stable effusion").
+        selectivity DOUBLE | Assertion selectivity: AUROC of the value for present (asserted
+            or historical) vs negated mentions; 1 = means present, 0.5 = fires on the word.
+            NULL without both kinds of mention.
+    """,
+    """feature_localisation | analyse | feature
+        Where on the frontal image a feature fires, scored against the phantom's masks
+        (findings and devices), over the studies where the concept is present. Computed for
+        features with at least `loc_min_image` of their mass on image tokens.
+        feature INTEGER | SAE latent index.
+        concept VARCHAR | Phantom concept with a mask.
+        n_studies INTEGER | Positive studies with a mask and stored image patches.
+        pointing_game DOUBLE | Fraction of them whose peak patch lies inside the mask dilated
+            by one patch (a study where the feature is silent is a miss).
+        patch_auroc DOUBLE | AUROC of the patch activation (0 when silent) for patches that
+            overlap the mask vs the other patches of the same studies.
+        mean_inside DOUBLE | Mean activation on patches overlapping the mask.
+        mean_outside DOUBLE | Mean activation on the other patches.
+    """,
+    """concept_probes | analyse | -
+        The probe ceiling: a logistic-regression probe on the raw residual stream (same
+        layer) against the best SAE feature, per concept with both classes.
+        concept VARCHAR | Label name.
+        source VARCHAR | 'phantom', 'chexpert' or 'user'.
+        n_pos INTEGER | Studies labelled 1 (and pooled).
+        n_neg INTEGER | Studies labelled 0.
+        probe_auroc DOUBLE | Out-of-fold AUROC of the probe (folds split by subject).
+        l2 DOUBLE | L2 strength chosen (the best out-of-fold AUROC of a small grid).
+        best_feature INTEGER | Feature with the highest study-level AUROC for the concept.
+        feature_auroc DOUBLE | Its AUROC (see `feature_concepts`).
+        ratio DOUBLE | feature_auroc / probe_auroc (target: >= 0.95).
+        inputs VARCHAR | Pooled inputs of the probe, e.g. 'image max+mean, report max+mean'.
+        n_folds INTEGER | Cross-validation folds.
+    """,
+)

@@ -132,3 +132,20 @@ def test_multi_hook_index(tmp_path):
     assert hook_stores(tmp_path / "blocks.2.hook_resid_post") is None
     with pytest.raises(StoreError, match="one store per hook"):
         ActivationStore(tmp_path)
+
+
+def test_gathered_rows_with_nan_name_file_row_and_study(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from workbench.sae.data import DataError, ShuffledBatches, StoreSource
+
+    _write(tmp_path / "s", [1, 2, 3], n=4, shard_tokens=100).close()  # one shard of 12 rows
+    f = tmp_path / "s/shard_00000.safetensors"
+    acts = load_file(f)["acts"]
+    acts[9, 2] = float("nan")  # study 3's second row
+    save_file({"acts": acts}, f)
+    with pytest.raises(DataError, match=r"shard_00000.safetensors.* row 9 .*study 3"):
+        for rank in (0, 1):  # 3 batches of 4 cover the 12 rows; one process reads row 9
+            stream = ShuffledBatches(StoreSource(tmp_path / "s"), 4, 100, gather=True)
+            for step in range(3):
+                stream.local(step, rank, 2)

@@ -329,7 +329,7 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         con.execute("INSERT INTO runs BY NAME SELECT * FROM old.runs WHERE stage <> 'analyse'")
         for name in db.RETIRED:
             if f"retired_{name}" in old_tables:
-                con.execute(f"INSERT INTO retired_{name} SELECT * FROM old.retired_{name}")
+                con.execute(f"INSERT INTO retired_{name} BY NAME SELECT * FROM old.retired_{name}")
         _carry_feature_rows(con, fingerprint, notes)
     finally:
         con.execute("DETACH old")
@@ -346,6 +346,9 @@ _THEIRS = {
 def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
     """Same SAE: keep the rows. Another SAE: retire them under its fingerprint, loudly.
 
+    Rows are copied by column name: a table that grew columns since the old database was
+    written (``steering_results``) takes the old rows with NULL in the new columns.
+
     Rows retired earlier under *this* SAE's fingerprint are restored (analysing an SAE,
     then another, then the first again loses nothing).
     """
@@ -360,14 +363,16 @@ def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
     }
     if prev_fp == fingerprint:
         for t, where in _THEIRS.items():
-            con.execute(f"INSERT INTO {t} SELECT * FROM old.{t} WHERE {where}")
+            con.execute(f"INSERT INTO {t} BY NAME SELECT * FROM old.{t} WHERE {where}")
         if sum(counts.values()):
             notes.append(f"{sum(counts.values())} label/score/steering rows kept (same SAE)")
     elif sum(counts.values()):
         now = datetime.now(UTC).replace(tzinfo=None)
         for t, where in _THEIRS.items():
             con.execute(
-                f"INSERT INTO retired_{t} SELECT *, ?, ? FROM old.{t} WHERE {where}", [prev_fp, now]
+                f"INSERT INTO retired_{t} BY NAME SELECT *, ? AS sae_fingerprint, ? AS retired_at "
+                f"FROM old.{t} WHERE {where}",
+                [prev_fp, now],
             )
         detail = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
         notes.append(
@@ -387,7 +392,7 @@ def _restore_retired(con, fingerprint: str, notes: list[str]) -> None:
         ).fetchone()[0]
         if n:
             con.execute(
-                f"INSERT INTO {t} SELECT * EXCLUDE (sae_fingerprint, retired_at) "
+                f"INSERT INTO {t} BY NAME SELECT * EXCLUDE (sae_fingerprint, retired_at) "
                 f"FROM retired_{t} WHERE sae_fingerprint = ?",
                 [fingerprint],
             )

@@ -19,8 +19,9 @@ import gradio as gr
 from workbench.config import parse_config
 from workbench.ui import render
 from workbench.ui.context import AppContext, DbLimits, open_context
+from workbench.ui.live import LiveModel
 from workbench.ui.style import CLICK_JS, CSS
-from workbench.ui.tabs import feature_page, features, runs, sql, study
+from workbench.ui.tabs import feature_page, features, runs, sql, steering, study, try_study
 
 log = logging.getLogger("workbench.ui")
 
@@ -52,6 +53,8 @@ class AppConfig:
     refresh_s: float = 10.0
     """How often an open page checks whether features.duckdb was replaced (a rerun of analyse,
     label or steer) and says so in its banner; 0: only when a query runs."""
+    device: str = "cpu"
+    """torch device of the live model (Steering and Try-a-study tabs), loaded on first use."""
 
 
 def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
@@ -100,13 +103,19 @@ def _live_banner(ctx: AppContext) -> str:
 
 
 def build_app(
-    ctx: AppContext, open_feature: int | None = None, refresh_s: float = 0.0
+    ctx: AppContext,
+    open_feature: int | None = None,
+    refresh_s: float = 0.0,
+    live: LiveModel | None = None,
 ) -> gr.Blocks:
-    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs.
+    """The whole app for one context: Features, Feature, Study, Steering, Try a study, Runs and
+    SQL tabs.
 
     ``refresh_s`` > 0 re-checks the run that often and updates the banner (a rerun of
-    analyse is then announced without waiting for a click).
+    analyse is then announced without waiting for a click). ``live`` is the model the live
+    tabs share (loaded on first use, never here).
     """
+    live = live or LiveModel(ctx.run_dir)
     made, html = _clickables()
     with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
         banner = gr.HTML(_banner(ctx), elem_id="wb-banner")
@@ -121,6 +130,10 @@ def build_app(
                 page = feature_page.build(ctx, html)
             with gr.Tab("Study", id="study"):
                 tab = study.build(ctx, html)
+            with gr.Tab("Steering", id="steering"):
+                steering.build(ctx, live, html)
+            with gr.Tab("Try a study", id="try"):
+                try_study.build(ctx, live, html)
             with gr.Tab("Runs", id="runs"):
                 runs.build(ctx)
             with gr.Tab("SQL", id="sql"):
@@ -155,12 +168,13 @@ def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
     limits = DbLimits(cfg.db_memory_limit or None, cfg.db_threads or None)
     ctx = open_context(cfg.run, tuple(cfg.image_roots), limits)
     ctx.sql_row_limit, ctx.sql_timeout_s = cfg.sql_row_limit, cfg.sql_timeout_s
-    app = build_app(ctx, cfg.open_feature, cfg.refresh_s)
+    app = build_app(ctx, cfg.open_feature, cfg.refresh_s, LiveModel(ctx.run_dir, cfg.device))
     app.launch(
         server_name=cfg.host,
         server_port=cfg.port,
         share=False,
         allowed_paths=[],
+        max_file_size="20mb",
         css=CSS,
         footer_links=[],
         prevent_thread_lock=not block,

@@ -30,6 +30,7 @@ from workbench.analyse.user_labels import (
     merge,
     read_user_labels,
 )
+from workbench.models.hooks import is_language_residual
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -64,7 +65,11 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
         notes.append(f"{data} is not a dataset directory: no labels")
         data = None
     model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
-    unembed = load_unembedding(model, notes) if cfg.n_logits else None
+    unembed = None
+    if cfg.n_logits and not is_language_residual(store.hook_name):
+        notes.append(f"{store.hook_name} is not the language model's residual: no logit effects")
+    elif cfg.n_logits:
+        unembed = load_unembedding(model, notes)
     if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
         raise AnalyseError(
             f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
@@ -326,6 +331,8 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         for name in sorted(old_tables - set(db.TABLE)):
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM old."{name}"')
             notes.append(f"table {name} kept from the previous database")
+        if "runs" not in old_tables:  # a file only another stage wrote (seg-evaluate --db)
+            return
         con.execute("INSERT INTO runs BY NAME SELECT * FROM old.runs WHERE stage <> 'analyse'")
         for name in db.RETIRED:
             if f"retired_{name}" in old_tables:

@@ -16,6 +16,13 @@ sharing the input preparation, token filtering and metadata: one store per hook 
 ``<out>/<hook name>/``, listed in ``<out>/hooks.json`` (each the store a single-layer run
 would write; ``train_sae`` on ``<out>`` trains one SAE per hook).
 
+Other hooks (``--hook``; every name is listed in docs/sae.md): the vision side of a
+vision-language model (``vision.blocks.{L}.hook_resid_post``, ``vision.hook_projector_out``;
+:mod:`workbench.record.vision`), and with ``--model segmentation:RUN_DIR`` a segmentation
+model's latents (:mod:`segmentation.latents`). All write the same store format, through the
+same token API (:mod:`workbench.record.tokens`), so ``train-sae`` and ``analyse`` read them
+unchanged.
+
 Resumable: the store's log lists finished studies, and a rerun skips them. Under
 ``accelerate launch`` process r of W records every W-th study (by sorted study id) into
 ``<out>/rank<r>``, and :class:`workbench.store.ActivationStore` reads the parts as one store.
@@ -34,8 +41,17 @@ import torch
 
 from workbench.config import parse_config, save_config
 from workbench.cxr.images import CXRDataError
+from workbench.models.hooks import SEGMENTATION_MODEL, hook_site
 from workbench.progress import Heartbeat
 from workbench.record.data import Collection, Item, load_collection, model_input
+from workbench.record.tokens import groups_of
+from workbench.record.vision import (
+    coverage_names,
+    frontal_coverage,
+    is_vision_hook,
+    vision_tokens,
+    vision_width,
+)
 from workbench.run import RunLayout
 from workbench.store import (
     MANIFEST,
@@ -72,6 +88,11 @@ class RecordConfig:
     layers: tuple[int, ...] = ()
     """Several decoder blocks from one forward pass (stopping after the deepest): one store per
     hook in <out>/<hook name>, listed in <out>/hooks.json; empty: only `layer`."""
+    hook: str = ""
+    """Hook to record instead of decoder blocks (docs/sae.md lists every name):
+    vision.blocks.<L>.hook_resid_post or vision.hook_projector_out for the image encoder;
+    backbone.hook_bottleneck, backbone.hook_features, head.hook_cov_factor,
+    generator.hook_w_plus or generator.blocks.<i>.hook_out with --model segmentation:RUN_DIR."""
     split: str | None = None
     """Only studies of this split (train/validate/test); empty: all."""
     limit: int = 0
@@ -99,6 +120,12 @@ class RecordConfig:
     flush_seconds: float = 300.0
     """Write buffered studies to a shard at least this often (seconds), so a crash loses at
     most this long of recording (a shard is also written every shard_tokens tokens)."""
+    pool: int = 1
+    """Segmentation models: average-pool the hooked feature map pool x pool into one token."""
+    samples: int = 32
+    """Segmentation SSN: samples per image behind the per-pixel sample variance."""
+    tto_steps: int = -1
+    """Segmentation SemanticGAN: test-time optimisation steps (-1: the model's saved value)."""
 
     def validate(self) -> None:
         if self.shard_tokens < 1:
@@ -108,6 +135,12 @@ class RecordConfig:
         for value in (self.layer, *self.layers):
             if value < -1:
                 raise ValueError(f"config fields 'layer'/'layers' must be >= -1, got {value}")
+        if self.hook and (self.layer != -1 or self.layers):
+            raise ValueError("give config field 'hook' or 'layer'/'layers', not both")
+        if self.hook:
+            hook_site(self.hook)  # ValueError naming the known forms
+        if self.pool < 1 or self.samples < 1:
+            raise ValueError("config fields 'pool' and 'samples' must be >= 1")
 
 
 def keep_mask(tokens: list[dict], image_tokens: str, prompt_tokens: str) -> list[bool]:
@@ -158,6 +191,8 @@ def record_item(adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordCo
     the inputs, the kept positions and the metadata are prepared once for all of them.
     """
     source, dropped = model_input(item.source, adapter.kind == "vision_language")
+    if is_vision_hook(cfg.hook):
+        return _vision_item(adapter, item, source, dropped, cfg)
     inp = adapter.prepare(source, findings=item.findings)
     if isinstance(layer, int):
         acts = {layer: adapter.residual(inp, layer)}
@@ -176,6 +211,38 @@ def record_item(adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordCo
     kept = {at: acts_TD[keep_T] for at, acts_TD in acts.items()}
     meta = token_metadata(inp.tokens, keep, item.subject_id)
     return Recorded(kept[layer] if isinstance(layer, int) else kept, meta, dropped)
+
+
+def _vision_item(adapter, item: Item, source, dropped: tuple, cfg: RecordConfig) -> Recorded:
+    """One study's image-patch tokens at a vision hook, with frontal mask coverage."""
+    inp = adapter.prepare(source)
+    acts_TD, image_tokens = vision_tokens(adapter, inp, cfg.hook)
+    if not torch.isfinite(acts_TD).all():
+        raise RecordError(
+            f"study {item.study_id}: NaN or inf values in {cfg.hook} of {adapter.name}; stopping "
+            "(finished studies are kept)"
+        )
+    keep = keep_mask(image_tokens, cfg.image_tokens, "none")
+    kept = [t for t, k in zip(image_tokens, keep, strict=True) if k]
+    meta = token_metadata(image_tokens, keep, item.subject_id)
+    meta.update(frontal_coverage(adapter, item.source, cfg.data, kept))
+    keep_T = torch.tensor(keep, dtype=torch.bool, device=acts_TD.device)
+    return Recorded(acts_TD[keep_T], meta, dropped)
+
+
+def plain_hook(cfg: RecordConfig) -> RecordConfig:
+    """``cfg`` with a language-model ``--hook blocks.L.hook_resid_post`` turned into
+    ``--layer L``; a segmentation hook is refused (it needs ``--model segmentation:RUN``)."""
+    if not cfg.hook:
+        return cfg
+    site = hook_site(cfg.hook)
+    if site.site == "resid_post":
+        return dataclasses.replace(cfg, hook="", layer=site.layer)
+    if not is_vision_hook(cfg.hook):
+        raise RecordError(
+            f"{cfg.hook} is a segmentation-model hook: use --model segmentation:RUN_DIR"
+        )
+    return cfg
 
 
 def part_dir(out: Path, rank: int, world: int) -> Path:
@@ -227,14 +294,20 @@ def record(cfg: RecordConfig) -> Path:
     from workbench.models.registry import load_model
 
     cfg.validate()
+    if cfg.model.startswith(SEGMENTATION_MODEL):
+        from segmentation.latents import record_segmentation
+
+        return record_segmentation(cfg)
     run = RunLayout(cfg.run)
     cfg = dataclasses.replace(cfg, data=cfg.data or run.phantom, out=cfg.out or run.activations)
+    cfg = plain_hook(cfg)
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device != "cpu" else "cpu"
     adapter = load_model(cfg.model, device=device)
-    layers = resolve_layers(adapter, cfg)
+    layers = (hook_site(cfg.hook).layer or 0,) if cfg.hook else resolve_layers(adapter, cfg)
+    width = vision_width(adapter, cfg.hook) if cfg.hook else adapter.d_model
     collection = load_collection(cfg.data, cfg.split or None, cfg.text_column, cfg.id_column)
-    if adapter.kind == "vision_language" and collection.kind != "studies":
+    if (adapter.kind == "vision_language" or cfg.hook) and collection.kind != "studies":
         raise RecordError(f"{adapter.name} needs images; {cfg.data} holds only report text")
     out = Path(cfg.out)
     dirs = _store_dirs(adapter, out, layers, multi=bool(cfg.layers))
@@ -243,8 +316,8 @@ def record(cfg: RecordConfig) -> Path:
             part_dir(path, state.process_index, state.num_processes),
             model=adapter.name,
             layer=layer,
-            hook_name=adapter.hook_name(layer),
-            d_model=adapter.d_model,
+            hook_name=cfg.hook or adapter.hook_name(layer),
+            d_model=width,
             dtype=cfg.dtype,
             shard_tokens=cfg.shard_tokens,
             flush_seconds=cfg.flush_seconds,
@@ -253,6 +326,7 @@ def record(cfg: RecordConfig) -> Path:
                 "prompt_tokens": cfg.prompt_tokens,
                 "data": str(cfg.data),
                 "source_kind": collection.kind,
+                "concept_groups": groups_of(coverage_names()) if cfg.hook else {},
             },
         )  # fmt: skip
         for layer, path in dirs.items()
@@ -351,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(record(cfg))
     except (RecordError, StoreError, CXRDataError, FileNotFoundError, ValueError) as exc:
+        # segmentation.io.DataError is a ValueError
         log.error("%s", exc)
         return 1
     return 0

@@ -182,3 +182,26 @@ def test_train_sae_and_analyse_run_unchanged_on_a_latent_store(runs, tmp_path, c
     assert "token-level concepts" in printed and "sample_variance" in printed
     assert "nodule_annotator_0" in printed
     assert store.hook_name in (tmp_path / "run" / "sae" / "cfg.json").read_text()
+
+
+def test_demo_step_builds_the_latent_run(runs, tmp_path):
+    import shutil
+
+    from workbench import db
+    from workbench.demo import DemoConfig, step_seg_latents
+    from workbench.run import RunLayout
+
+    layout = RunLayout(tmp_path / "demo")
+    assert step_seg_latents(DemoConfig(run=layout.root)).startswith("skipped")
+    shutil.copytree(runs["nodules-ssn"], layout.segmentation / "nodules-ssn")
+    report = step_seg_latents(DemoConfig(run=layout.root))
+    assert "token-level concepts" in report and "sample_variance" in report
+    latent = RunLayout(layout.seg_latents)
+    assert ActivationStore(latent.activations).hook_name == H.SEG_FEATURES
+    con = db.connect(latent.root)
+    try:
+        n = con.execute("SELECT count(*) FROM feature_token_concepts").fetchone()[0]
+    finally:
+        con.close()
+    assert n > 0
+    assert step_seg_latents(DemoConfig(run=layout.root)) == report  # a rerun reuses everything

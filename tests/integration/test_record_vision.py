@@ -130,3 +130,5 @@ def test_default_filter_keeps_first_and_last_patch_and_bad_hooks_fail(world, tmp
     assert "--model segmentation:RUN" in caplog.text
     with pytest.raises(ValueError, match="not both"):  # refused while parsing the flags
         main([*base, "--hook", resid_post_name(0), "--layer", "1"])
+    with pytest.raises(ValueError, match="not both"):
+        main([*base, "--hook", VISION_PROJECTOR, "--layers", "0,1"])

@@ -128,6 +128,7 @@ def test_continuation_run_starts_from_trained_weights(phantom, tmp_path):
     cfg = tiny_cfg(phantom, tmp_path / "b", eval_studies=0, epochs=1, init_from=first, lr=0.0)
     second = mini_train.train(cfg)
     assert "continues from" in (second / "train.log").read_text()
+    assert (second / "stage1-heads.safetensors").is_file()  # carried from the first run
     assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     a = load_file(next(first.glob("*.safetensors")))
     b = load_file(next(second.glob("*.safetensors")))

@@ -211,6 +211,16 @@ TABLES: tuple[Table, ...] = (
         recovered BOOLEAN | auroc >= threshold.
         threshold DOUBLE | The threshold used.
     """),
+    _t("""feature_token_concepts | analyse | feature
+        Image-model stores (segmentation latents, vision tower): each feature scored against the
+        ground truth stored with every token (docs/segmentation.md, *Latents*).
+        feature INTEGER | SAE latent index.
+        concept VARCHAR | Concept or target name, e.g. lung, nodule, sex=F, sample_variance.
+        concept_group VARCHAR | structure, finding, device, annotation, attribute or uncertainty.
+        metric VARCHAR | 'auroc' (token activation vs concept value >= 0.5) or 'spearman'
+            (rank correlation with a continuous target).
+        value DOUBLE | The score; NULL when undefined (one class only, or a constant side).
+    """),
     _t("""feature_logits | analyse | feature
         Tokens each decoder direction promotes / suppresses most through the unembedding.
         feature INTEGER | SAE latent index.

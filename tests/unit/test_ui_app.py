@@ -49,7 +49,9 @@ def test_serve_binds_loopback_never_shares(run, monkeypatch):
         assert isinstance(app, gr.Blocks) and ctx.status.problems == ()
         assert seen["max_file_size"] == "20mb"
         tabs = [b.label for b in app.blocks.values() if isinstance(b, gr.Tab)]
-        assert tabs == ["Features", "Feature", "Study", "Steering", "Try a study", "Runs", "SQL"]
+        assert tabs == [
+            "Features", "Feature", "Study", "Steering", "Try a study", "Segmentation", "Runs", "SQL"
+        ]  # fmt: skip
     finally:
         ctx.close()
 

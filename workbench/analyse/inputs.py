@@ -32,6 +32,7 @@ from workbench.analyse.user_labels import (
     read_user_labels,
 )
 from workbench.cxr.collection import TABLE_FORMATS
+from workbench.models.hooks import is_language_residual
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -68,8 +69,10 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
         data = None
     model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
     device = cfg.torch_device()
-    adapter = None
-    if cfg.n_logits or cfg.quality_studies:
+    adapter, language = None, is_language_residual(store.hook_name)
+    if not language:  # vision / segmentation hooks: no unembedding, no splicing into the LM
+        notes.append(f"{store.hook_name} is not the language model's residual: no logit effects")
+    elif cfg.n_logits or cfg.quality_studies:
         adapter = load_adapter(model, device, notes)
     if adapter is not None and adapter.d_model != sae.d_in:
         problem = f"{model}: model width {adapter.d_model} differs from the SAE's d_in={sae.d_in}"
@@ -373,6 +376,8 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         for name in sorted(old_tables - set(db.TABLE)):
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM old."{name}"')
             notes.append(f"table {name} kept from the previous database")
+        if "runs" not in old_tables:  # a file only another stage wrote (seg-evaluate --db)
+            return
         con.execute("INSERT INTO runs BY NAME SELECT * FROM old.runs WHERE stage <> 'analyse'")
         for name in db.RETIRED:
             if f"retired_{name}" in old_tables:

@@ -38,6 +38,7 @@ from workbench.analyse.splice import LOSS_MASK, SPLICE_MASK, splice_losses_by_pr
 from workbench.cxr.collection import load_collection, study_ids
 from workbench.cxr.images import CXRDataError
 from workbench.io import torch_threads
+from workbench.models.hooks import is_language_residual
 from workbench.record.run import RecordError, keep_mask, prepare_item
 
 DENSE_FREQ = 0.1  # a latent firing on more than this share of tokens counts as dense
@@ -143,7 +144,7 @@ def _collection(data: Path, extra: dict, only) -> list:
 
 def _kept_residual(adapter, item, store, extra: dict):
     """(prepared inputs, keep mask, residual at the recorded layer of the kept positions)."""
-    prepared, _ = prepare_item(adapter, item)
+    prepared = prepare_item(adapter, item)
     keep = keep_mask(
         prepared.tokens, extra.get("image_tokens", "all"), extra.get("prompt_tokens", "all")
     )
@@ -153,10 +154,9 @@ def _kept_residual(adapter, item, store, extra: dict):
 
 def _reproduces(store, adapter, data: Path, extra: dict) -> str | None:
     """None when the model recomputes the first stored study's activations, else why not."""
-    meta = store.metadata(0).select(["row", "study_id"]).to_pydict()
-    sid = meta["study_id"][0]
-    rows = [r for r, s in zip(meta["row"], meta["study_id"], strict=True) if s == sid]
-    stored = store.rows(rows[0], rows[-1] + 1).float()
+    studies = store.metadata(0).column("study_id").to_numpy()
+    sid = int(studies[0])
+    stored = store.read_rows(0, np.flatnonzero(studies == sid)).float()  # whole studies a shard
     try:
         items = _collection(data, extra, [sid])
         if not items:
@@ -178,6 +178,8 @@ def _model_problem(store, adapter, device: torch.device) -> str | None:
     extra, data = _recorded(store)
     if adapter is None:
         return "no model"
+    if not is_language_residual(store.hook_name):
+        return f"{store.hook_name} is not the language model's residual"
     if data is None:
         return "the store does not say what it was recorded from (not workbench.record)"
     if not data.exists():

@@ -60,6 +60,7 @@ from workbench.analyse.stats import (
     sparsify,
     stats_table,
 )
+from workbench.analyse.token_concepts import token_concept_report, write_token_concepts
 from workbench.config import parse_config, save_config
 from workbench.io import torch_threads
 from workbench.store import ActivationStore, StoreError
@@ -215,6 +216,8 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         write_meaning(con, inp, cfg, labels, (acts, notes))
     with _timed(timings, "SAE quality"):
         write_quality(con, inp.quality, inp.sae, inp.store, sample, notes)
+    with _timed(timings, "token concepts"):
+        write_token_concepts(con, inp.store, acts, inp.sae.d_sae, notes)
     with _timed(timings, "n-grams + statistical labels"):
         if cfg.n_ngrams:
             ft.build_ngrams(con, acts, cfg.n_ngrams)
@@ -294,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.report:
         print(recovery_report(cfg.run))
         print(meaning_report(cfg.run))
+        con = db.connect(cfg.run)
+        try:
+            tokens = token_concept_report(con)
+        finally:
+            con.close()
+        if tokens:
+            print(tokens)
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +24,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from workbench.models.checkpoint import resolve_checkpoint_dir
-from workbench.models.hooks import InterventionFn, capture, decoder_layers, final_norm, intervene
+from workbench.models.hooks import (
+    InterventionFn,
+    capture,
+    capture_many,
+    decoder_layers,
+    final_norm,
+    intervene,
+)
 from workbench.models.hooks import resid_post_name as _resid_post_name
 from workbench.models.processor import (
     EncodedInputs,
@@ -150,6 +157,15 @@ class ModelAdapter(ABC):
         with capture(self.model, self.hook_name(layer)) as cap:
             self.model(**self.device_inputs(inp))
         return cap.acts[0]
+
+    @torch.no_grad()
+    def residuals(self, inp: PreparedInputs, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residual streams after each of ``layers`` from one forward, [T, d_model] each; the
+        forward stops after the deepest of them."""
+        names = {layer: self.hook_name(layer) for layer in layers}
+        with capture_many(self.model, list(names.values())) as caps:
+            self.model(**self._device_inputs(inp))
+        return {layer: caps[name].acts[0] for layer, name in names.items()}
 
     @torch.no_grad()
     def generate(

@@ -21,7 +21,16 @@ from workbench.ui import render
 from workbench.ui.context import AppContext, DbLimits, open_context
 from workbench.ui.live import LiveModel
 from workbench.ui.style import CLICK_JS, CSS
-from workbench.ui.tabs import feature_page, features, runs, sql, steering, study, try_study
+from workbench.ui.tabs import (
+    feature_page,
+    features,
+    runs,
+    segmentation,
+    sql,
+    steering,
+    study,
+    try_study,
+)
 
 log = logging.getLogger("workbench.ui")
 
@@ -108,8 +117,8 @@ def build_app(
     refresh_s: float = 0.0,
     live: LiveModel | None = None,
 ) -> gr.Blocks:
-    """The whole app for one context: Features, Feature, Study, Steering, Try a study, Runs and
-    SQL tabs.
+    """The whole app for one context: Features, Feature, Study, Steering, Try a study,
+    Segmentation, Runs and SQL tabs.
 
     ``refresh_s`` > 0 re-checks the run that often and updates the banner (a rerun of
     analyse is then announced without waiting for a click). ``live`` is the model the live
@@ -134,6 +143,8 @@ def build_app(
                 steering.build(ctx, live, html)
             with gr.Tab("Try a study", id="try"):
                 try_study.build(ctx, live, html)
+            with gr.Tab("Segmentation", id="segmentation"):
+                segmentation.build(ctx, html)
             with gr.Tab("Runs", id="runs"):
                 runs.build(ctx)
             with gr.Tab("SQL", id="sql"):

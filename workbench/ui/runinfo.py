@@ -98,14 +98,16 @@ def _show(v: Any) -> str:
 
 def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
     m = read_json(RunLayout(run_dir).activations / "manifest.json") or {}
-    studies = m.get("studies_complete")
+    studies = m.get("studies_complete")  # format 1; format 2 counts them at close
+    n_studies = len(studies) if isinstance(studies, list) else m.get("n_studies")
+    n_skipped = len(m["skipped"]) if m.get("skipped") else m.get("n_skipped")
     return [
         ("model", m.get("model")),
         ("hook", m.get("hook_name")),
         ("d_model", m.get("d_model")),
         ("tokens recorded", m.get("n_tokens")),
-        ("studies recorded", len(studies) if isinstance(studies, list) else None),
-        ("skipped studies", len(m["skipped"]) if m.get("skipped") else None),
+        ("studies recorded", n_studies),
+        ("skipped studies", n_skipped or None),
     ]
 
 

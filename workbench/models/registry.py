@@ -164,7 +164,7 @@ class ModelAdapter(ABC):
         forward stops after the deepest of them."""
         names = {layer: self.hook_name(layer) for layer in layers}
         with capture_many(self.model, list(names.values())) as caps:
-            self.model(**self._device_inputs(inp))
+            self.model(**self.device_inputs(inp))
         return {layer: caps[name].acts[0] for layer, name in names.items()}
 
     @torch.no_grad()

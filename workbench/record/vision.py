@@ -55,7 +55,7 @@ def vision_width(adapter, hook: str) -> int:
 def vision_acts(adapter, inp, hook: str) -> torch.Tensor:
     """``[n_images, tokens_per_image, d]`` at ``hook``; nothing after the hooked module runs."""
     with capture(adapter.model, hook) as cap:
-        adapter.model(**adapter._device_inputs(inp))
+        adapter.model(**adapter.device_inputs(inp))
     return cap.acts
 
 

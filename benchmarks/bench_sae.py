@@ -1,13 +1,25 @@
-"""Matryoshka BatchTopK SAE training speed: workbench vs SAELens, side by side in one run.
+"""Matryoshka BatchTopK SAE training: workbench vs SAELens, interleaved step by step.
 
-Same synthetic superposition activations, same configuration (d_in 576, d_sae 4608, k 32,
-Matryoshka widths 288/1152/4608, batch 4096, same learning rate and number of steps, same
-batches in the same order), on the CPU threads given. Reports tokens/s of each, their
-ratio, each as a fraction of this machine's limit (the one dense product a step cannot avoid,
-``4096x576 @ 576x4608`` fp32, timed here), and the held-out FVU of both SAEs encoding with
-BatchTopK at the same L0 (and with their inference thresholds).
+Every step, in one process and on the same raw batch: our step, the *limit* (the one dense
+product a step cannot avoid, ``B x d_in @ d_in x d_sae``, the encoder's) and each SAELens
+peer's step, in an order that rotates, each timed in wall and CPU seconds. Load from other
+jobs therefore falls on all of them alike, and the fraction of the limit is measured on the
+same steps as our speed. Peers: ``saelens-default`` (SAELens' defaults),
+``saelens-best`` (configured as well as SAELens allows; ``sae_peers.BEST_SETTINGS`` says
+what and why), ``saelens-best-sparse`` (plus SAELens' sparse code path).
 
-    .venv/bin/python benchmarks/bench_sae.py --steps 40 --threads 2 [--json out.json]
+Quality: held-out FVU every ``--eval-every`` steps (BatchTopK at L0 = k, and each SAE's
+inference threshold). Run length: ``--steps``, or a token budget ``--tokens 20e6``; with
+``--until-flat`` a peer stops once its FVU improved by less than ``--flat-tol`` (relative)
+over the last ``--flat-window`` evals, so the comparison is between converged SAEs. The
+inference-threshold FVU is reported only once that peer's threshold has settled too.
+
+    .venv/bin/python benchmarks/bench_sae.py --d-in 576 --d-sae 4608 --k 32 --batch 4096 \\
+        --steps 200 --threads 2 [--memory] [--profile 20] [--json out.json]
+
+``--memory`` runs each peer alone in a fresh process for a few steps (peak RSS above a
+process that only draws batches; peak CUDA memory on a GPU). ``--profile N`` runs N more of
+our steps under ``torch.profiler`` and splits a step into its stages.
 """
 
 from __future__ import annotations
@@ -15,166 +27,211 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 # On a shared machine, OpenMP threads that spin while waiting for a descheduled sibling burn
-# the cores both runs need (measured here: 3x slower steps). Sleeping waiters, for both peers
-# alike; must be set before torch loads its OpenMP runtime. Override from the environment.
+# the cores all peers need. Sleeping waiters, for every peer alike; must be set before torch
+# loads its OpenMP runtime. Override from the environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-from workbench.sae import load_sae  # noqa: E402
-from workbench.sae.config import TrainSAEConfig  # noqa: E402
-from workbench.sae.data import ShuffledBatches, TensorSource  # noqa: E402
-from workbench.sae.synthetic import superposition  # noqa: E402
-from workbench.sae.trainer import Trainer  # noqa: E402
-
-D_IN, D_SAE, K, WIDTHS, BATCH = 576, 4608, 32, (288, 1152, 4608), 4096
+from sae_measure import memory_report, profile_ours  # noqa: E402
+from sae_peers import BEST_SETTINGS, PEERS, Shape, StreamSource, make_peers  # noqa: E402
 
 
-class Clock:
-    """Wall and process CPU seconds of a block (CPU time is less sensitive to a shared machine)."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
-def limit_seconds(repeats: int = 7) -> tuple[float, float]:
-    """Median wall and CPU seconds of the one dense product a step cannot avoid."""
-    a, b = torch.randn(BATCH, D_IN), torch.randn(D_IN, D_SAE)
+def timed(fn, device: str) -> tuple[float, float]:
+    """Wall and process-CPU seconds of ``fn()`` (the device synchronised on both sides)."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def limit_fn(shape: Shape, device: str, dtype: str = "float32"):
+    """The limit: one encoder-shaped product in ``dtype`` (ours' encoder dtype) on ``device``."""
+    dt = getattr(torch, dtype)
+    a = torch.randn(shape.batch, shape.d_in, device=device, dtype=dt)
+    b = torch.randn(shape.d_in, shape.d_sae, device=device, dtype=dt)
     torch.mm(a, b)
-    walls, cpus = [], []
-    for _ in range(repeats):
-        with Clock() as c:
-            torch.mm(a, b)
-        walls.append(c.wall)
-        cpus.append(c.cpu)
-    return statistics.median(walls), statistics.median(cpus)
+    return lambda: torch.mm(a, b)
 
 
-def fvu(x_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
-    err = (x_ND - recon_ND).pow(2).sum(1).mean()
-    return float(err / (x_ND - x_ND.mean(0)).pow(2).sum(1).mean())
+def flattened(curve: list[dict], key: str, window: int, tol: float) -> bool:
+    """Whether ``key`` changed by less than ``tol`` (relative) over the last ``window`` evals."""
+    if len(curve) <= window:
+        return False
+    now, then = curve[-1][key], curve[-1 - window][key]
+    return abs(then - now) <= tol * max(abs(now), 1e-12)
 
 
-def run_ours(
-    acts: torch.Tensor, steps: int, lr: float, out: Path, sparse_threads: int
-) -> tuple[Clock, Path]:
-    cfg = TrainSAEConfig(
-        out=out, d_sae=D_SAE, k=K, group_sizes=(288, 864, 3456), batch_size=BATCH,
-        tokens=steps * BATCH, lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=5,
-        threshold_start_step=0, buffer_tokens=acts.shape[0], progress=False, device="cpu",
-        checkpoint_every=0, resume=False, log_every=10, scan_store=False,
-        sparse_threads=sparse_threads,
-    )  # fmt: skip
-    trainer = Trainer(cfg, TensorSource(acts, shard_tokens=acts.shape[0]))
-    with Clock() as clock:
-        trainer.run()
-    return clock, out
+def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
+    """The interleaved loop: per-step times, eval curves, and who stopped when."""
+    limit = limit_fn(shape, args.device, args.dtype)
+    names = [p.name for p in peers] + ["limit"]
+    times: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in names}
+    curves: dict[str, list[dict]] = {p.name: [] for p in peers}
+    active = {p.name: True for p in peers}
+    ours = peers[0]
+    for step in range(args.max_steps):
+        x = ours.batch(step)  # drawn before timing: every peer gets it ready
+        jobs = [(p.name, lambda p=p, x=x: p.step(x)) for p in peers if active[p.name]]
+        if active["ours"]:
+            jobs.append(("limit", limit))
+        shift = step % len(jobs)
+        for name, fn in jobs[shift:] + jobs[:shift]:
+            times[name][step] = timed(fn, args.device)
+        last = step + 1 == args.max_steps
+        if (step + 1) % args.eval_every and not last:
+            continue
+        for p in peers:
+            if active[p.name]:
+                row = {"step": step + 1, "tokens": (step + 1) * shape.batch}
+                curves[p.name].append({**row, **p.evaluate(held_out)})
+                if args.until_flat and flattened(
+                    curves[p.name], "fvu_batchtopk", args.flat_window, args.flat_tol
+                ):
+                    active[p.name] = False
+        if not any(active.values()):
+            break
+    return {"times": times, "curves": curves}
 
 
-def run_saelens(batches: list[torch.Tensor], steps: int, lr: float, out: Path):
-    from sae_lens import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
-    from sae_lens.config import LoggingConfig
-    from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
-
-    sae_cfg = MatryoshkaBatchTopKTrainingSAEConfig(
-        d_in=D_IN, d_sae=D_SAE, k=K, matryoshka_widths=list(WIDTHS),
-        normalize_activations="expected_average_only_in",
-    )  # fmt: skip
-    sae = MatryoshkaBatchTopKTrainingSAE(sae_cfg)
-
-    def provider():
-        while True:
-            yield from batches
-
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * BATCH, train_batch_size_samples=BATCH, lr=lr,
-        lr_end=lr, lr_scheduler_name="constant", lr_warm_up_steps=0, device="cpu",
-        n_batches_for_norm_estimate=5, logger=LoggingConfig(log_to_wandb=False),
-    )  # fmt: skip
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider(), evaluator=None)
-    with Clock() as clock:
-        trained = trainer.fit()
-    trained.save_inference_model(str(out))
-    return clock, trained
+def speed(times: dict, shape: Shape) -> dict:
+    """Tokens/s of each peer, our speed-up over each SAELens peer and our fraction of the
+    limit, each over the steps both sides of the ratio ran (wall and CPU)."""
+    out: dict = {}
+    ours = times["ours"]
+    for name, per_step in times.items():
+        if name == "limit" or not per_step:
+            continue
+        wall, cpu = (sum(t[i] for t in per_step.values()) for i in (0, 1))
+        n = len(per_step) * shape.batch
+        out[name] = {"steps": len(per_step), "tokens_per_s": n / wall, "cpu_tokens_per_s": n / cpu}
+        if name != "ours":
+            both = ours.keys() & per_step.keys()
+            for i, unit in ((0, "wall"), (1, "cpu")):
+                ratio = sum(per_step[s][i] for s in both) / sum(ours[s][i] for s in both)
+                out[name][f"ours_speedup_{unit}"] = ratio
+    lim = times["limit"]
+    for i, unit in ((0, "wall"), (1, "cpu")):
+        out["ours"][f"fraction_of_limit_{unit}"] = sum(lim[s][i] for s in lim) / sum(
+            ours[s][i] for s in lim
+        )
+    out["limit_matmul_ms"] = 1000 * sorted(t[0] for t in lim.values())[len(lim) // 2]
+    return out
 
 
-def evaluate(held_out: torch.Tensor, ours_dir: Path, saelens_trained, saelens_dir: Path) -> dict:
-    """FVU of both SAEs on held-out tokens: BatchTopK at L0 = k, and inference thresholds."""
-    from sae_lens import SAE
+def quality(curves: dict, peers: list, held_out: torch.Tensor, args) -> dict:
+    """Last eval of each peer; the inference row only where the threshold has settled."""
+    out = {}
+    for p in peers:
+        curve = curves[p.name]
+        last = dict(curve[-1])
+        last["converged"] = flattened(curve, "fvu_batchtopk", args.flat_window, args.flat_tol)
+        last["threshold_settled"] = flattened(curve, "threshold", args.flat_window, args.thr_tol)
+        if not last["threshold_settled"]:
+            last["fvu_inference_reported"] = None  # not settled: not a converged figure
+        else:
+            last["fvu_inference_reported"] = last["fvu_inference"]
+        if hasattr(p, "saved_inference_fvu"):
+            last["fvu_inference_as_saved"] = p.saved_inference_fvu(held_out)
+        out[p.name] = last
+    return out
 
-    ours = load_sae(ours_dir)
-    theirs = SAE.load_from_disk(str(saelens_dir))
-    with torch.no_grad():
-        ours_topk = ours.decode(ours.encode_batch_topk(held_out))
-        theirs_topk = saelens_trained.decode(saelens_trained.encode(held_out))
-        ours_lat, theirs_lat = ours.encode(held_out), theirs.encode(held_out)
-        return {
-            "fvu_batchtopk_ours": fvu(held_out, ours_topk),
-            "fvu_batchtopk_saelens": fvu(held_out, theirs_topk),
-            "fvu_inference_ours": fvu(held_out, ours.decode(ours_lat)),
-            "fvu_inference_saelens": fvu(held_out, theirs.decode(theirs_lat)),
-            "l0_inference_ours": float((ours_lat > 0).sum(1).float().mean()),
-            "l0_inference_saelens": float((theirs_lat > 0).sum(1).float().mean()),
-        }
+
+def table(figures: dict) -> str:
+    """Markdown rows for RESULTS.md."""
+    sp, q = figures["speed"], figures["quality"]
+    lines = [
+        "| peer | tokens/s | ours speed-up (wall / CPU) | FVU BatchTopK | converged | "
+        "FVU inference (L0) | threshold settled |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in q.items():
+        s = sp[name]
+        up = (
+            f"{s['ours_speedup_wall']:.2f}x / {s['ours_speedup_cpu']:.2f}x"
+            if "ours_speedup_wall" in s
+            else f"limit fraction {s['fraction_of_limit_wall']:.2f} / "
+            f"{s['fraction_of_limit_cpu']:.2f}"
+        )
+        inf = row["fvu_inference_reported"]
+        inf_s = f"{inf:.3f} ({row['l0_inference']:.1f})" if inf is not None else "not settled"
+        lines.append(
+            f"| {name} | {s['tokens_per_s']:,.0f} | {up} | {row['fvu_batchtopk']:.3f} | "
+            f"{'yes' if row['converged'] else 'no'} ({row['tokens']:,} tok) | {inf_s} | "
+            f"{'yes' if row['threshold_settled'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--d-in", type=int, default=576)
+    p.add_argument("--d-sae", type=int, default=4608)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=40, help="steps (unless --tokens)")
+    p.add_argument("--tokens", type=float, default=0, help="token budget, e.g. 20e6")
+    p.add_argument("--until-flat", action="store_true", help="stop each peer once converged")
+    p.add_argument("--eval-every", type=int, default=20, help="steps between held-out evals")
+    p.add_argument("--flat-window", type=int, default=3, help="evals the FVU must be flat for")
+    p.add_argument("--flat-tol", type=float, default=0.01, help="relative FVU change = flat")
+    p.add_argument("--thr-tol", type=float, default=0.02, help="relative threshold change")
+    p.add_argument("--held-out", type=int, default=8192, help="held-out tokens")
+    p.add_argument("--peers", default="ours,saelens-default,saelens-best",
+                   help=f"comma list from {','.join(PEERS)} (ours first)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam lr for every peer")
+    p.add_argument("--sparse-threads", type=int, default=1, help="ours: sparse_threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="ours' encoder product (SAELens: bf16 autocast), the limit's")  # fmt: skip
+    p.add_argument("--shard-tokens", type=int, default=65536, help="synthetic shard size")
+    p.add_argument("--memory", action="store_true", help="peak memory of each peer alone")
+    p.add_argument("--memory-steps", type=int, default=5)
+    p.add_argument("--profile", type=int, default=0, help="profile this many more steps")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    args.max_steps = int(args.tokens) // args.batch if args.tokens else args.steps
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="training steps for each")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam lr for both")
-    parser.add_argument(
-        "--sparse-threads", type=int, default=TrainSAEConfig.sparse_threads,
-        help="our TrainSAEConfig.sparse_threads (0 = all threads)",
-    )  # fmt: skip
-    parser.add_argument("--json", type=Path, default=None, help="also write figures here")
-    args = parser.parse_args(argv)
+    args = parse(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    acts = superposition((args.steps + 2) * BATCH, D_IN, n_features=4 * D_SAE, active=K, seed=0)
-    train, held_out = acts[: args.steps * BATCH], acts[args.steps * BATCH :]
-    order = ShuffledBatches(TensorSource(train, shard_tokens=train.shape[0]), BATCH, train.shape[0])
-    batches = [order.batch(s) for s in range(args.steps)]  # the batches our trainer sees
-    tokens = args.steps * BATCH
-    with tempfile.TemporaryDirectory() as tmp:
-        before = limit_seconds()
-        ours, ours_dir = run_ours(
-            train, args.steps, args.lr, Path(tmp) / "ours", args.sparse_threads
-        )
-        theirs, trained = run_saelens(batches, args.steps, args.lr, Path(tmp) / "sl")
-        after = limit_seconds()
-        mm_wall, mm_cpu = min(before[0], after[0]), min(before[1], after[1])
-        figures = {
-            "steps": args.steps, "threads": args.threads, "lr": args.lr,
-            "sparse_threads": args.sparse_threads,
-            "tokens_per_s_ours": tokens / ours.wall,
-            "tokens_per_s_saelens": tokens / theirs.wall,
-            "speedup": theirs.wall / ours.wall,
-            "limit_tokens_per_s": BATCH / mm_wall,
-            "fraction_of_limit_ours": (tokens / ours.wall) / (BATCH / mm_wall),
-            "fraction_of_limit_saelens": (tokens / theirs.wall) / (BATCH / mm_wall),
-            "matmul_ms": 1000 * mm_wall,
-            "cpu_speedup": theirs.cpu / ours.cpu,
-            "cpu_fraction_of_limit_ours": mm_cpu * args.steps / ours.cpu,
-            "cpu_fraction_of_limit_saelens": mm_cpu * args.steps / theirs.cpu,
-            "load_average": os.getloadavg()[0],
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            **evaluate(held_out, ours_dir, trained, Path(tmp) / "sl"),
-        }  # fmt: skip
-    for key, value in figures.items():
-        print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
+    shape = Shape(args.d_in, args.d_sae, args.k, args.batch)
+    source = StreamSource(shape, args.max_steps * args.batch, args.shard_tokens)
+    held_out = source.held_out(args.held_out)
+    names = args.peers.split(",")
+    kw = {"sparse_threads": args.sparse_threads, "dtype": args.dtype}
+    peers = make_peers(names, shape, source, args.max_steps, args.lr, args.device, **kw)
+    run = train(peers, shape, held_out, args)
+    figures = {
+        "shape": vars(shape), "threads": args.threads, "device": args.device, "lr": args.lr,
+        "peers": names, "best_settings": BEST_SETTINGS,
+        "load_average": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "speed": speed(run["times"], shape),
+        "quality": quality(run["curves"], peers, held_out, args),
+        "curves": run["curves"],
+    }  # fmt: skip
+    if args.profile:
+        figures["profile"] = profile_ours(peers[0], args.profile, args.max_steps, args.device)
+    if args.memory:
+        figures["memory"] = memory_report(names, args)
+    print(json.dumps({k: v for k, v in figures.items() if k != "curves"}, indent=2))
+    print(table(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -13,6 +13,10 @@ split and subject attributes (sex, age, body habitus) used for subgroup results.
 - ``phantom-lungs``: whole image resized to ``size``, target = left_lung | right_lung.
 - ``phantom-nodules``: a ``crop`` px window centred on the nodule (the LIDC-style task), resized
   to ``size``, four targets ``nodule_annotator_0..3``; the ROI is the lung field in the crop.
+
+Phantom samples name their frame in ``meta``: ``mask_dir`` (every mask of the image, which
+``segmentation.latents`` reads for per-position ground truth) and, for crops, ``crop_centre``
+(row, col in source px) and ``crop`` (side in source px).
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def _phantom_items(root: Path, split: str | None):
             "study_id": study,
             "sex": _subject_attr(rec, "sex"),
             "age": _subject_attr(rec, "age"),
+            "mask_dir": str(mask_dir),
         }
         meta = with_subgroups(meta)
         habitus = _subject_attr(rec, "habitus")
@@ -135,7 +140,7 @@ def load_phantom_nodules(
         img = resize_image(crop_around(image, centre, crop), size)
         m = np.stack([resize_labels(crop_around(mk, centre, crop), size) for mk in masks])
         roi = resize_labels(crop_around(lung | union, centre, crop), size)
-        samples.append(SegSample(img, m, roi, meta))
+        samples.append(SegSample(img, m, roi, {**meta, "crop_centre": list(centre), "crop": crop}))
     return samples
 
 

@@ -137,3 +137,16 @@ def with_subgroups(meta: dict) -> dict:
     meta["sex"] = normalise_sex(meta.get("sex"))
     meta["age_group"] = age_group(meta.get("age"))
     return meta
+
+
+def study_key(meta: dict) -> tuple[int, int | None]:
+    """(study id, subject id) of a sample, as the activation store keys it.
+
+    Datasets without study ids (the public sets) get a stable 60-bit hash of the image id,
+    so every image is its own study.
+    """
+    sid = meta.get("study_id")
+    if sid is None:
+        sid = int(hashlib.sha256(str(meta.get("id")).encode()).hexdigest()[:15], 16)
+    subject = meta.get("subject_id")
+    return int(sid), (int(subject) if isinstance(subject, int | np.integer) else None)

@@ -213,6 +213,16 @@ TABLES: tuple[Table, ...] = (
         recovered BOOLEAN | auroc >= threshold.
         threshold DOUBLE | The threshold used.
     """),
+    _t("""feature_token_concepts | analyse | feature
+        Image-model stores (segmentation latents, vision tower): each feature scored against the
+        ground truth stored with every token (docs/segmentation.md, *Latents*).
+        feature INTEGER | SAE latent index.
+        concept VARCHAR | Concept or target name, e.g. lung, nodule, sex=F, sample_variance.
+        concept_group VARCHAR | structure, finding, device, annotation, attribute or uncertainty.
+        metric VARCHAR | 'auroc' (token activation vs concept value >= 0.5) or 'spearman'
+            (rank correlation with a continuous target).
+        value DOUBLE | The score; NULL when undefined (one class only, or a constant side).
+    """),
     _t("""feature_logits | analyse | feature
         Tokens each decoder direction promotes / suppresses most through the unembedding.
         feature INTEGER | SAE latent index.
@@ -258,17 +268,44 @@ TABLES: tuple[Table, ...] = (
         created_at TIMESTAMP | UTC time written.
     """),
     _t("""steering_results | steer | feature
-        Steering evaluations: generations with a feature's decoder direction added.
-        feature INTEGER | SAE latent index steered.
-        strength DOUBLE | Multiple of the direction added to the residual stream.
-        study_id BIGINT | Study whose image/prompt was used.
-        concept VARCHAR | Concept the steering aims at (NULL if none).
-        baseline_text VARCHAR | Generated report without steering.
-        steered_text VARCHAR | Generated report with steering.
-        baseline_mentions BOOLEAN | Baseline report mentions the concept.
-        steered_mentions BOOLEAN | Steered report mentions the concept.
-        details VARCHAR | JSON with anything else (layer, positions, seed, ...).
+        Steering evaluations (`python -m workbench steer`, docs/steering.md): one row per arm
+        and held-out study, the findings generated without and with the intervention and what
+        the report labeller reads in both. An arm is (method, concept, direction, features,
+        strength, unit, mode, positions, details.variant).
+        feature INTEGER | First SAE feature steered (NULL for the dim and prompt methods).
+        strength DOUBLE | Signed strength in `unit` (negative: removing); prompt: +1 names the
+            concept in the INDICATION, -1 rules it out.
+        study_id BIGINT | Held-out study whose images and prompt were used.
+        concept VARCHAR | Target concept (a phantom finding/device or a CheXpert label).
+        baseline_text VARCHAR | Findings generated without intervention.
+        steered_text VARCHAR | Findings generated with it.
+        baseline_mentions BOOLEAN | The baseline mentions the concept (any reading).
+        steered_mentions BOOLEAN | The steered findings mention it (any reading).
+        details VARCHAR | JSON: variant (settings that change the text: max_new_tokens, dim
+            token kinds), raw strengths, hook, model, steered indication (prompt), readings.
         created_at TIMESTAMP | UTC time written.
+        method VARCHAR | 'sae' (SAE features), 'dim' (difference-of-means direction) or
+            'prompt' (concept named in the INDICATION); NULL in rows of older versions.
+        direction VARCHAR | 'add' (studies without the concept) or 'remove' (studies with it).
+        features INTEGER[] | SAE features steered together (empty for dim and prompt).
+        unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the
+            whole with-minus-without difference), prompt.
+        mode VARCHAR | add or clamp (sae), add (dim), prompt.
+        positions VARCHAR | Steered positions: all, image, prompt, generated, or kinds joined
+            by '+'; prompt for the prompt method.
+        baseline_value INTEGER | Labeller reading of the concept in the baseline: 1 stated,
+            0 negated, -1 uncertain, NULL not mentioned.
+        steered_value INTEGER | The same in the steered findings.
+        eligible BOOLEAN | The baseline is not already in the intended state, so it can flip.
+        success BOOLEAN | Flipped as intended: eligible and now stated (add) / no longer stated
+            (remove).
+        side_effects VARCHAR[] | Other phantom findings/devices whose stated/not-stated reading
+            changed.
+        baseline_ppl DOUBLE | Perplexity of the baseline findings under the unsteered model.
+        steered_ppl DOUBLE | Perplexity of the steered findings under the unsteered model (same
+            prompt as the baseline).
+        repeat_rate DOUBLE | Share of repeated word 3-grams in the steered findings.
+        parses BOOLEAN | The steered findings still parse as a FINDINGS section of sentences.
     """),
 )
 
@@ -302,6 +339,7 @@ def create_schema(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | None 
             continue
         cols = ", ".join(f'"{c.name}" {c.type}' for c in t.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {t.name} ({cols})")
+        add_missing_columns(con, t.name)
         con.execute(f"COMMENT ON TABLE {t.name} IS {_lit(t.doc)}")
         for c in t.columns:
             con.execute(f'COMMENT ON COLUMN {t.name}."{c.name}" IS {_lit(c.doc)}')
@@ -313,6 +351,28 @@ def create_indexes(con: duckdb.DuckDBPyConnection) -> None:
     for t in TABLES:
         for col in t.index:
             con.execute(f'CREATE INDEX IF NOT EXISTS {t.name}_{col}_idx ON {t.name} ("{col}")')
+
+
+def add_missing_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    """Add the columns of table ``name`` that a database written by an older version lacks.
+
+    Called by :func:`create_schema`, so a writer's rows fit a table that grew columns (the old
+    rows get NULL in them). Returns the columns added.
+    """
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+            "AND database_name = current_database()",
+            [name],
+        ).fetchall()
+    }
+    added = []
+    for c in TABLE[name].columns:
+        if c.name not in have:
+            con.execute(f'ALTER TABLE {name} ADD COLUMN "{c.name}" {c.type}')
+            added.append(c.name)
+    return added
 
 
 def _lit(text: str) -> str:

@@ -1,7 +1,8 @@
 """``python -m workbench demo``: the whole pipeline on the embedded default.
 
 Phantom benchmark -> maira2-mini -> activations -> Matryoshka SAE -> features.duckdb ->
-segmentation -> the line that opens the app. Each step writes its artefact under the run
+segmentation -> an SAE on the nodule SSN's latents (<run>/seg-latents) -> the line that opens
+the app. Each step writes its artefact under the run
 directory and is skipped when that artefact is already complete, so an interrupted demo
 resumes where it stopped.
 """
@@ -159,6 +160,40 @@ def step_segmentation(cfg: DemoConfig) -> str:
     return "\n".join(f"{k:>34}: {v}" for k, v in shown.items())
 
 
+def step_seg_latents(cfg: DemoConfig) -> str:
+    """The nodule SSN's pre-head features -> store -> SAE -> analyse, in <run>/seg-latents."""
+    from workbench import db
+    from workbench.analyse.run import AnalyseConfig, analyse
+    from workbench.analyse.token_concepts import token_concept_report
+    from workbench.config import from_dict, load_config, to_dict
+    from workbench.generations import incomplete
+    from workbench.models.hooks import SEG_FEATURES
+    from workbench.record.run import RecordConfig, record
+    from workbench.sae.config import TrainSAEConfig
+    from workbench.sae.io import sae_incomplete
+    from workbench.sae.trainer import train
+
+    layout = RunLayout(cfg.run)
+    latent = RunLayout(layout.seg_latents)
+    ssn = layout.segmentation / "nodules-ssn"
+    if not (ssn / "model.pt").is_file():
+        return f"skipped: no nodule SSN at {ssn}"
+    if not _store_complete(latent.activations):
+        record(RecordConfig(model=f"segmentation:{ssn}", hook=SEG_FEATURES, run=latent.root,
+                            progress=False))  # fmt: skip
+    if sae_incomplete(latent.sae) is not None:
+        preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-seg-latents.toml"))
+        preset.update(run=latent.root, seed=cfg.seed, progress=False)
+        train(from_dict(TrainSAEConfig, preset))
+    if incomplete(latent.root) is not None:
+        analyse(AnalyseConfig(run=latent.root, seed=cfg.seed))
+    con = db.connect(latent.root)
+    try:
+        return token_concept_report(con)
+    finally:
+        con.close()
+
+
 # (name, step, torch threads). maira2-mini forwards a few hundred tokens at a time, where a
 # second thread only adds synchronisation: on a busy 2-core machine one thread made recording
 # and steering ~10x faster. SAE training keeps every thread for its dense encoder product.
@@ -171,6 +206,7 @@ STEPS = (
     ("label features", step_label, 1),
     ("steer features", step_steer, 1),
     ("segmentation", step_segmentation, 1),
+    ("segmentation latents", step_seg_latents, 0),
 )
 
 

@@ -50,10 +50,12 @@ def acts_file(run_dir: Path, run_id: str) -> Path:
 
 def analyse_run_id(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> str | None:
     """``run_id`` of the latest ``analyse`` row of ``runs`` (in ``catalog``), or None."""
-    runs = f'"{catalog}".runs' if catalog else "runs"
+    # (no local variable may be named ``runs``: DuckDB's replacement scan would read it as the
+    # table when the database has none)
+    table = f'"{catalog}".runs' if catalog else "runs"
     try:
         row = con.execute(
-            f"SELECT run_id FROM {runs} WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
+            f"SELECT run_id FROM {table} WHERE stage = 'analyse' ORDER BY finished_at DESC LIMIT 1"
         ).fetchone()
     except (duckdb.CatalogException, duckdb.BinderException):  # no (or a foreign) runs table
         return None

@@ -12,6 +12,8 @@ A run is one directory that the stages fill in order (``python -m workbench demo
     DIR/label/                label's journal and cfg.json                label
     DIR/steering/             steer's cfg.json                            steer
     DIR/segmentation/         the segmentation demo's models and results  segmentation
+    DIR/seg-latents/          a run of its own: a segmentation model's    record, train_sae,
+                              latents, their SAE and features.duckdb      analyse
 
 Each artefact's resolved config is ``cfg.json`` inside its directory (:meth:`RunLayout.cfg`).
 A stage takes ``--run DIR`` and derives its default paths from here; explicit path flags win.
@@ -83,6 +85,11 @@ class RunLayout:
     def segmentation(self) -> Path:
         """The segmentation demo's models, evaluations and summary."""
         return self.root / "segmentation"
+
+    @property
+    def seg_latents(self) -> Path:
+        """A nested run directory (same layout) for an SAE on a segmentation model's latents."""
+        return self.root / "seg-latents"
 
     @staticmethod
     def cfg(artefact: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Table specs of analyse's meaning scores: mentions, localisation, probe ceiling.
+"""Table specs of analyse's meaning scores: mentions, localisation, probe ceiling, SAE quality.
 
 Kept apart from :mod:`workbench.db` only to keep that file short; :data:`workbench.db.TABLES`
 appends these, so the DDL, the DuckDB comments and ``docs/schema.md`` come from here the same
@@ -67,5 +67,29 @@ SPECS: tuple[str, ...] = (
         ratio DOUBLE | feature_auroc / probe_auroc (target: >= 0.95).
         inputs VARCHAR | Pooled inputs of the probe, e.g. 'image max+mean, report max+mean'.
         n_folds INTEGER | Cross-validation folds.
+    """,
+    """sae_quality | analyse | -
+        How well the SAE reconstructs the residual stream, per Matryoshka prefix, on a sample
+        of `quality_studies` studies (`workbench.analyse.quality`): held-out studies of the
+        dataset run through the recorded model when it is here, else stored studies.
+        n_groups INTEGER | The prefix: the first n groups of latents (the largest n = the SAE).
+        n_latents INTEGER | Latents in the prefix.
+        source VARCHAR | 'model' (activations recomputed by the recorded model) or 'store'
+            (stored activations; no CE loss).
+        held_out BOOLEAN | The studies are not in the store, so the SAE never trained on them.
+        n_studies INTEGER | Studies evaluated.
+        n_tokens BIGINT | Tokens evaluated (the positions the store keeps).
+        fvu DOUBLE | Fraction of variance unexplained: the summed squared reconstruction error
+            over the summed squared deviation of the tokens from their mean.
+        l0 DOUBLE | Active latents of the prefix per token.
+        dead_frac DOUBLE | Share of the prefix's latents that never fire on these tokens.
+        dense_frac DOUBLE | Share that fire on more than 10 % of them.
+        ce_clean DOUBLE | Mean next-token cross entropy (nats) on the report tokens, clean.
+        ce_spliced DOUBLE | The same with the prefix's reconstruction spliced in at the
+            recorded layer (on the positions the store keeps).
+        ce_zero_ablated DOUBLE | The same with those activations set to zero.
+        ce_recovered DOUBLE | CE loss recovered, (zero - spliced) / (zero - clean): 1 = as good
+            as the clean model, 0 = as bad as zero-ablation (SAELens' ce_loss_score).
+        n_ce_tokens BIGINT | Report tokens the losses average over.
     """,
 )

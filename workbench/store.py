@@ -2,18 +2,25 @@
 
 A store is a directory::
 
-    manifest.json                 model, layer, hook name, d_model, dtype, counts, studies done
+    manifest.json                 model, layer, hook name, d_model, dtype, extra, complete
+    log.jsonl                     append-only: one line per committed shard (size, studies),
+                                  one per skipped study (workbench.store_log)
     shard_00000.safetensors       tensor "acts": [n_tokens, d_model]
     shard_00000.parquet           one row per token: row, study_id, subject_id, position,
                                   token_id, token, kind, section, patch_row, patch_col, ...
 
-Writers append whole studies; a shard is written (tensor and table, each atomically) before
-the manifest records its studies as complete, so a killed run loses at most the unflushed
-buffer and a rerun skips exactly the studies the manifest lists. The buffer is flushed when it
-holds ``shard_tokens`` tokens or ``flush_seconds`` after its first study, whichever comes
-first, so the work a crash can lose is bounded in tokens and in time. ``row`` is global and dense
-(0..N-1 in shard order). Under ``accelerate launch`` each process writes its own store in
-``<dir>/rank<r>``; :class:`ActivationStore` reads such a directory as one store.
+Writers append whole studies. A shard is written (tensor and table, each atomically), then a
+log line naming it and its studies is appended: that line is the commit. A killed run loses
+at most the unflushed buffer (a torn last line is dropped on reopen) and a rerun skips exactly
+the logged studies; nothing is rewritten per flush, so resuming stays cheap at 10^6 studies
+(format 1 rewrote every study id in ``manifest.json`` per flush; it is read and migrated).
+The buffer is flushed at ``shard_tokens`` tokens or ``flush_seconds`` after its first study,
+so the work a crash can lose is bounded in tokens and in time. ``row`` is global and dense.
+
+Under ``accelerate launch`` each process writes ``<dir>/rank<r>``; :class:`ActivationStore`
+reads the parts as one store. ``record --layers`` writes one store per hook in
+``<dir>/<hook name>/``, listed in ``hooks.json`` (:func:`hook_stores`).
+:meth:`ActivationStore.read_rows` reads chosen rows of a shard without the rest.
 """
 
 from __future__ import annotations
@@ -31,9 +38,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workbench.io import atomic_path, write_json
+from workbench.store_log import (
+    HOOK_INDEX,
+    LOG,
+    StoreError,
+    append_records,
+    cut_torn_tail,
+    hook_stores,
+    merge_manifests,
+    read_log,
+    tensor_region,
+    v1_records,
+    view,
+)
+from workbench.store_log import write_hook_index as write_hook_index  # re-exported
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = ("image", "prompt", "report", "generated", "latent")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,10 +73,6 @@ META_SCHEMA = pa.schema(
         ("patch_col", pa.int32()),
     ]
 )
-
-
-class StoreError(ValueError):
-    """An activation store is missing, malformed, or inconsistent with what was asked."""
 
 
 def _shard_stem(i: int) -> str:
@@ -79,7 +96,7 @@ def _columns_from_meta(meta: list[dict] | dict[str, list], n: int, path: Path) -
 
 
 class StoreWriter:
-    """Append whole studies to a store; resumes from the manifest if the store exists."""
+    """Append whole studies to a store; resumes from its log if the store exists."""
 
     def __init__(
         self,
@@ -111,6 +128,15 @@ class StoreWriter:
             "dtype": dtype,
         }
         self.manifest = self._open_manifest(header, extra or {})
+        log = read_log(self.path / LOG)
+        cut_torn_tail(self.path / LOG, log.valid_bytes)
+        self.shards = log.shards
+        self.n_tokens = sum(s["n_tokens"] for s in log.shards)
+        self.n_studies = len(log.studies)
+        self.skipped = log.skipped
+        self.dropped_images = log.dropped
+        self._done = set(log.studies) | {int(s) for s in log.skipped}
+        self._drop_orphan_shards()
         self._acts: list[torch.Tensor] = []
         self._cols: list[dict[str, list]] = []
         self._pending: list[int] = []
@@ -120,39 +146,34 @@ class StoreWriter:
 
     @property
     def completed(self) -> set[int]:
-        """Study ids already stored or skipped: a resumed run must not record them again."""
-        done = set(self.manifest["studies_complete"]) | set(self._pending)
-        return done | {int(s) for s in self.manifest["skipped"]}
+        """Study ids already stored, buffered or skipped: a resumed run must not record them."""
+        return self._done
 
     def _open_manifest(self, header: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        """The existing manifest when its settings match ``header`` (resume), else a new one."""
+        """The existing manifest when its settings match ``header`` (resume), else a new one.
+
+        Opening marks the store incomplete until :meth:`close`; a format-1 store is migrated
+        (its study list moves into the log).
+        """
         manifest_path = self.path / MANIFEST
-        if not manifest_path.exists():
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                **header,
-                "n_tokens": 0,
-                "shards": [],
-                "studies_complete": [],
-                "skipped": {},
-                "dropped_images": {},
-                "extra": extra,
-                "complete": False,
-            }
-            write_json(manifest_path, manifest)
-            return manifest
-        manifest = json.loads(manifest_path.read_text())
-        clash = {k: (manifest.get(k), v) for k, v in header.items()}
-        clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
-        if clash:
-            raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
-        self.manifest = manifest
-        self._drop_orphan_shards()
+        if manifest_path.exists():
+            old = json.loads(manifest_path.read_text())
+            clash = {k: (old.get(k), v) for k, v in header.items()}
+            clash = {k: pair for k, pair in clash.items() if pair[0] != pair[1]}
+            if clash:
+                raise StoreError(f"{manifest_path}: cannot resume, settings differ: {clash}")
+            if old.get("format_version", 1) < 2:
+                with atomic_path(self.path / LOG) as tmp:
+                    tmp.write_text("")
+                append_records(self.path / LOG, v1_records(old))
+            extra = old.get("extra", extra)
+        manifest = {"format_version": FORMAT_VERSION, **header, "extra": extra, "complete": False}
+        write_json(manifest_path, manifest)
         return manifest
 
     def _drop_orphan_shards(self) -> None:
-        """Remove shard files written by a killed run after its last manifest update."""
-        known = {s["stem"] for s in self.manifest["shards"]}
+        """Remove shard files written by a killed run after its last commit."""
+        known = {s["stem"] for s in self.shards}
         for f in self.path.glob("shard_*"):
             if f.name.split(".")[0] not in known:
                 f.unlink()
@@ -181,6 +202,7 @@ class StoreWriter:
         self._acts.append(acts_ND.detach().to("cpu", self.torch_dtype).contiguous())
         self._cols.append(cols)
         self._pending.append(int(study_id))
+        self._done.add(int(study_id))
         if dropped:
             self._dropped[str(int(study_id))] = list(dropped)
         self._buffered += acts_ND.shape[0]
@@ -194,36 +216,47 @@ class StoreWriter:
         return 0.0 if self._buffer_since is None else self._clock() - self._buffer_since
 
     def skip(self, study_id: int, reason: str) -> None:
-        """Record that a study was not stored, and why (kept in the manifest)."""
-        self.manifest["skipped"][str(int(study_id))] = reason
-        write_json(self.path / MANIFEST, self.manifest)
+        """Record that a study was not stored, and why (one appended log line)."""
+        append_records(self.path / LOG, [{"skip": int(study_id), "reason": reason}])
+        self.skipped[str(int(study_id))] = reason
+        self._done.add(int(study_id))
 
     def flush(self) -> None:
-        """Write buffered studies as one shard, then mark them complete in the manifest."""
+        """Write buffered studies as one shard, then commit it with one appended log line."""
         if not self._acts:
             return
         acts = torch.cat(self._acts)
-        start = self.manifest["n_tokens"]
-        table = _to_table(self._cols, start)
-        stem = _shard_stem(len(self.manifest["shards"]))
+        table = _to_table(self._cols, self.n_tokens)
+        stem = _shard_stem(len(self.shards))
         for suffix, write in (
             (".safetensors", lambda p: save_file({"acts": acts}, str(p))),
             (".parquet", lambda p: pq.write_table(table, p)),
         ):
             with atomic_path(self.path / f"{stem}{suffix}") as tmp:
                 write(tmp)
-        self.manifest["shards"].append({"stem": stem, "n_tokens": int(acts.shape[0])})
-        self.manifest["n_tokens"] = start + int(acts.shape[0])
-        self.manifest["studies_complete"].extend(self._pending)
-        self.manifest.setdefault("dropped_images", {}).update(self._dropped)
-        write_json(self.path / MANIFEST, self.manifest)
+        n = int(acts.shape[0])
+        record = {"shard": stem, "n_tokens": n, "studies": self._pending}
+        if self._dropped:
+            record["dropped"] = self._dropped
+        append_records(self.path / LOG, [record])
+        self.shards.append({"stem": stem, "n_tokens": n})
+        self.dropped_images.update(self._dropped)
+        self.n_tokens += n
+        self.n_studies += len(self._pending)
         self._acts, self._cols, self._pending, self._buffered = [], [], [], 0
         self._dropped, self._buffer_since = {}, None
 
     def close(self) -> Path:
-        """Flush and mark the store complete."""
+        """Flush and mark the store complete (the manifest gets the final counts)."""
         self.flush()
-        self.manifest["complete"] = True
+        self.manifest.update(
+            complete=True,
+            n_tokens=self.n_tokens,
+            n_shards=len(self.shards),
+            n_studies=self.n_studies,
+            n_skipped=len(self.skipped),
+            n_dropped_images=len(self.dropped_images),
+        )
         write_json(self.path / MANIFEST, self.manifest)
         return self.path
 
@@ -249,7 +282,11 @@ def _to_table(cols_list: list[dict[str, list]], start: int) -> pa.Table:
 
 
 class ActivationStore:
-    """Read a store (or a directory of per-rank stores ``rank<r>/``) as one sequence of rows."""
+    """Read a store (or a directory of per-rank stores ``rank<r>/``) as one sequence of rows.
+
+    ``bytes_read`` counts the activation bytes this object has read (whole shards and
+    :meth:`read_rows`), so a caller can check that it reads only what it needs.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -259,12 +296,19 @@ class ActivationStore:
             parts = sorted(self.path.glob("rank*/"), key=lambda p: int(p.name[4:] or 0))
             parts = [p for p in parts if (p / MANIFEST).exists()]
         if not parts:
+            hooks = hook_stores(self.path)
+            if hooks:
+                raise StoreError(
+                    f"{self.path} holds one store per hook ({HOOK_INDEX}); open one of "
+                    f"{', '.join(str(p) for p in hooks.values())}"
+                )
             raise StoreError(f"{self.path}: no {MANIFEST} here (not an activation store)")
         self.parts = parts
-        manifests = [json.loads((p / MANIFEST).read_text()) for p in parts]
-        self.manifest = _merge_manifests(manifests, self.path)
+        manifests = [view(json.loads((p / MANIFEST).read_text()), p) for p in parts]
+        self.manifest = merge_manifests(manifests, self.path)
         self._shards = [(p, s) for p, m in zip(parts, manifests) for s in m["shards"]]
         self._offsets = np.cumsum([0] + [s["n_tokens"] for _, s in self._shards])
+        self.bytes_read = 0
 
     d_model = property(lambda self: int(self.manifest["d_model"]))
     hook_name = property(lambda self: str(self.manifest["hook_name"]))
@@ -275,35 +319,63 @@ class ActivationStore:
     def shard_sizes(self) -> list[int]:
         return [s["n_tokens"] for _, s in self._shards]
 
+    def _file(self, i: int) -> Path:
+        part, s = self._shards[i]
+        return part / f"{s['stem']}.safetensors"
+
     def shard(self, i: int) -> torch.Tensor:
         """Activations of shard ``i`` as stored: [n_tokens, d_model]."""
-        part, s = self._shards[i]
-        f = part / f"{s['stem']}.safetensors"
+        f = self._file(i)
         try:
             acts = load_file(str(f))["acts"]
         except (OSError, KeyError, RuntimeError) as exc:
             raise StoreError(f"{f}: cannot read shard: {exc}") from None
-        if acts.shape != (s["n_tokens"], self.d_model):
+        if acts.shape != (self._shards[i][1]["n_tokens"], self.d_model):
             raise StoreError(f"{f}: shape {tuple(acts.shape)} disagrees with the manifest")
+        self.bytes_read += acts.numel() * acts.element_size()
         return acts
 
-    def check_finite(self, i: int, acts_ND: torch.Tensor) -> None:
+    def read_rows(self, i: int, rows: np.ndarray) -> torch.Tensor:
+        """Rows ``rows`` (indices within shard ``i``, any order) as stored: [len(rows), d_model].
+
+        Only those rows' bytes are read (a memory map of the tensor's region, gathered in C),
+        so a process that needs part of a shard does not pay for all of it.
+        """
+        f = self._file(i)
+        offset, dtype, shape = tensor_region(f)
+        n = self._shards[i][1]["n_tokens"]
+        if shape != (n, self.d_model):
+            raise StoreError(f"{f}: shape {shape} disagrees with the manifest")
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return torch.empty(0, self.d_model, dtype=dtype)
+        if rows.min() < 0 or rows.max() >= n:
+            raise StoreError(f"{f}: row indices outside 0..{n - 1}")
+        row_bytes = self.d_model * torch.empty((), dtype=dtype).element_size()
+        region = np.memmap(f, dtype=np.uint8, mode="r", offset=offset, shape=(n, row_bytes))
+        picked = np.ascontiguousarray(region[rows])  # the gather reads only these rows' pages
+        self.bytes_read += picked.nbytes
+        return torch.from_numpy(picked).view(dtype).view(len(rows), self.d_model)
+
+    def check_finite(self, i: int, acts_ND: torch.Tensor, rows: np.ndarray | None = None) -> None:
         """Raise :class:`StoreError` naming the shard file, row and study of the first NaN/inf.
 
         Every stage that reads a store calls this on each shard it loads, so a poisoned store
         fails with the same message wherever it is read (record refuses to write one).
+        ``rows``: the shard rows of ``acts_ND``'s rows when they came from :meth:`read_rows`.
         """
         bad = ~torch.isfinite(acts_ND).all(dim=1)
         if not bool(bad.any()):
             return
-        local = int(bad.nonzero()[0, 0])
+        first = int(bad.nonzero()[0, 0])
+        local = int(rows[first]) if rows is not None else first
         part, s = self._shards[i]
         studies = self.metadata(i).column("study_id")
         study = studies[local].as_py() if local < len(studies) else None
         raise StoreError(
             f"{part / (s['stem'] + '.safetensors')}: non-finite activation (NaN or inf) in "
             f"shard {i} at row {int(self._offsets[i]) + local} (row {local} of the shard, "
-            f"study {study}); {int(bad.sum())} row(s) of this shard are affected. Re-record "
+            f"study {study}); {int(bad.sum())} row(s) read from this shard are affected. Re-record "
             "the store (record refuses NaN/inf, so the file was changed after it was written)"
         )
 
@@ -327,22 +399,3 @@ class ActivationStore:
     def iter_shards(self) -> Iterator[tuple[torch.Tensor, pa.Table]]:
         for i in range(self.num_shards):
             yield self.shard(i), self.metadata(i)
-
-
-def _merge_manifests(manifests: list[dict], path: Path) -> dict[str, Any]:
-    """One manifest view over per-rank parts; refuses parts recorded with different settings."""
-    first = manifests[0]
-    for key in ("model", "layer", "hook_name", "d_model", "dtype"):
-        values = {json.dumps(m.get(key)) for m in manifests}
-        if len(values) > 1:
-            raise StoreError(f"{path}: parts disagree on '{key}': {sorted(values)}")
-    merged = dict(first)
-    merged["n_tokens"] = sum(m["n_tokens"] for m in manifests)
-    merged["studies_complete"] = [s for m in manifests for s in m["studies_complete"]]
-    merged["skipped"] = {k: v for m in manifests for k, v in m["skipped"].items()}
-    merged["dropped_images"] = {
-        k: v for m in manifests for k, v in m.get("dropped_images", {}).items()
-    }
-    merged["complete"] = all(m.get("complete") for m in manifests)
-    merged["n_parts"] = len(manifests)
-    return merged

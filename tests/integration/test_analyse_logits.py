@@ -67,3 +67,14 @@ def test_model_of_another_width_is_refused(run_with_model, tmp_path):
     tok.save_pretrained(tmp_path / "wide")
     with pytest.raises(AnalyseError, match="model width 48 differs from the SAE's d_in=8"):
         analyse(AnalyseConfig(run=run, model=tmp_path / "wide"))
+    # without logit effects the model is only wanted for the SAE quality: noted, not fatal
+    import shutil
+
+    copy = shutil.copytree(run, tmp_path / "copy")  # the module's run stays as it is
+    analyse(AnalyseConfig(run=copy, model=tmp_path / "wide", n_logits=0))
+    con = db.connect(copy)
+    notes = con.execute("SELECT notes FROM runs WHERE stage = 'analyse'").fetchone()[0]
+    source = con.execute("SELECT DISTINCT source FROM sae_quality").fetchall()
+    con.close()
+    assert "model width 48 differs from the SAE's d_in=8: not used" in notes
+    assert source == [("store",)]

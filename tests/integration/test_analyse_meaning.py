@@ -120,9 +120,11 @@ def test_report_prints_meaning_and_probe_tables(run, capsys):
     assert rows["pleural_effusion"][2:] == [str(w.SEMANTIC), "1.000", "1.000", "-"]
     assert rows["pacemaker"][2:] == [str(w.PACER_IMAGE), "1.000", "-", "1.000"]
     assert "with meaning: 1 of the 1 most common findings, 1 of 1 devices" in meaning
-    probes = out.split("probe ceiling", 1)[1]
+    probes, quality = out.split("probe ceiling", 1)[1].split("\n\n", 1)
     assert [ln.split()[0] for ln in probes.splitlines()[2:-1]] == ["pacemaker", "pleural_effusion"]
     assert "best feature >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in probes
+    assert quality.startswith("SAE quality on 8 stored (not held-out) studies")
+    assert "CE loss recovered by the whole SAE: not measured (no model)" in quality
 
 
 def test_documented_meaning_queries_find_the_planted_features(con):

@@ -257,7 +257,7 @@ def test_label_survives_kills(planted, tmp_path, rounds):
         assert _query(run, SCORES) == _query(clean, SCORES)
 
 
-STEERED = "SELECT * EXCLUDE (created_at) FROM steering_results ORDER BY ALL"
+STEERED = "SELECT * EXCLUDE (created_at, details), details FROM steering_results ORDER BY ALL"
 
 
 def _steered(run: Path) -> list[tuple]:
@@ -272,13 +272,16 @@ def _steered(run: Path) -> list[tuple]:
 def test_steer_survives_kills(planted, tmp_path, rounds):
     from workbench.steer.run import SteerConfig, run_steer
 
-    def cfg(run: Path) -> SteerConfig:
-        return SteerConfig(run=run, sae=run / "sae-steer", feature=(0, 1), scale=(0.0, 80.0),
-                           unit="raw", n_studies=2, max_new_tokens=4)  # fmt: skip
+    def cfg(run: Path) -> SteerConfig:  # rows written after every arm (write_every_s=0)
+        return SteerConfig(run=run, sae=run / "sae-steer", concepts=("pacemaker",),
+                           feature=(0, 1), strengths=(0.5, 80.0), methods=("sae", "prompt"),
+                           unit="raw", n_studies=2, max_new_tokens=4,
+                           write_every_s=0.0)  # fmt: skip
 
     clean = shutil.copytree(planted, tmp_path / "clean")
     duration = timed(lambda: run_steer(cfg(clean)))
-    rng, key = random.Random(SEED), "feature, strength, study_id, concept"
+    rng = random.Random(SEED)
+    key = "method, direction, features, strength, study_id, concept"
     for r in range(rounds):
         run = shutil.copytree(planted, tmp_path / f"faulty{r}")
         check = lambda run=run: _no_duplicates(run, "steering_results", key)  # noqa: E731

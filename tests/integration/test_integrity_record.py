@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
-from workbench.record.data import load_collection
+from workbench.cxr.collection import load_collection
 from workbench.record.run import RecordConfig, record
 from workbench.store import ActivationStore
 

@@ -36,7 +36,7 @@ def test_config_has_maira2_structure():
     assert cfg.model_type == "maira2" and cfg.projector_n_layers == 4
     assert cfg.vision_config.model_type == "dinov2" and cfg.text_config.model_type == "llama"
     assert cfg.image_token_index == tok.convert_tokens_to_ids("<image>")
-    assert cfg.image_tokens_per_image == (128 // 16) ** 2
+    assert cfg.image_tokens_per_image == (192 // 16) ** 2
     processor = Maira2Processor.for_model(cfg, tok)
     assert processor.image_seq_length == cfg.image_tokens_per_image
     assert cfg.text_config.num_hidden_layers == 6 and cfg.text_config.vocab_size == len(tok)
@@ -128,6 +128,7 @@ def test_continuation_run_starts_from_trained_weights(phantom, tmp_path):
     cfg = tiny_cfg(phantom, tmp_path / "b", eval_studies=0, epochs=1, init_from=first, lr=0.0)
     second = mini_train.train(cfg)
     assert "continues from" in (second / "train.log").read_text()
+    assert (second / "stage1-heads.safetensors").is_file()  # carried from the first run
     assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     a = load_file(next(first.glob("*.safetensors")))
     b = load_file(next(second.glob("*.safetensors")))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.fixtures.record_fixtures import make_phantom, save_tiny_maira2
+from workbench.cxr.collection import load_collection
 from workbench.models.hooks import decoder_layers
 from workbench.models.registry import load_model
-from workbench.record.data import load_collection
 from workbench.record.run import RecordConfig, RecordError, main, record
 from workbench.store import ActivationStore
 
@@ -113,6 +113,23 @@ def test_no_image_tokens_mode(world, tmp_path):
     assert kinds == {"report"}
 
 
+def test_sections_other_than_findings_need_a_text_model(world, tmp_path):
+    with pytest.raises(RecordError, match="writes FINDINGS; --sections both needs a text-only"):
+        record(_cfg(world, tmp_path / "acts", sections="both"))
+
+
+def test_resume_with_other_sections_is_refused(world, tmp_path):
+    from tests.fixtures.record_fixtures import save_tiny_llama
+
+    llama = save_tiny_llama(tmp_path / "llama")
+    out = tmp_path / "text"
+    record(_cfg(world, out, model=str(llama), limit=2, sections="impression"))
+    meta = ActivationStore(out).metadata_all(["kind", "section"]).to_pylist()
+    assert {m["section"] for m in meta if m["kind"] == "report"} == {"impression"}
+    with pytest.raises(RecordError, match="recorded with --sections impression; got findings"):
+        record(_cfg(world, out, model=str(llama), limit=3))
+
+
 def test_resume_after_a_kill_records_each_study_once(world, tmp_path, monkeypatch):
     from workbench.record import run as rec_mod
 
@@ -177,3 +194,17 @@ def test_cli_writes_config_and_resumes_with_nothing_to_do(world, tmp_path, capsy
     assert len(store.manifest["studies_complete"]) == 3
     assert store.shard(0).dtype == torch.bfloat16
     assert json.loads((tmp_path / "a" / "cfg.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_study_collection_sections(world, tmp_path):
+    phantom = shutil.copytree(world[0], tmp_path / "phantom")
+    items = load_collection(phantom).items
+    report = items[0].source.report_path
+    report.write_text(report.read_text().split("IMPRESSION:")[0])  # FINDINGS only
+    both = load_collection(phantom, sections="both")
+    assert [s.study_id for s in both.skipped] == [items[0].study_id]
+    assert "no IMPRESSION" in both.skipped[0].reason
+    assert all(it.findings and it.impression for it in both.items)
+    imp = load_collection(phantom, sections="impression", only=[it.study_id for it in items[1:3]])
+    assert {it.study_id for it in imp.items} == {it.study_id for it in items[1:3]}
+    assert all(it.findings is None and it.impression for it in imp.items)

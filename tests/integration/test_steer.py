@@ -1,18 +1,47 @@
-"""``steer`` end to end on a tiny run: tiny MAIRA-2 saved to disk, tiny SAE, phantom-style data."""
+"""``steer`` end to end on a tiny run: tiny MAIRA-2 on disk, tiny SAE, planted dataset and analysis.
+
+The planted run's analysis chooses the candidate (feature 0 = pacemaker); a store of the
+model's width, whose pacemaker studies are shifted along a known direction, feeds the
+difference of means.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench import db
-from workbench.steer.run import SteerConfig, main, run_steer
+from workbench.steer.config import SteerConfig
+from workbench.steer.run import main, run_steer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
-SAE_DIR = "sae-steer"
+SAE_DIR, STORE_DIR = "sae-steer", "store-steer"
+N_STUDIES = 12  # split: study i is 'test' when i % 5 == 0; pacemaker when i % 3 == 0
+SHIFT = torch.linspace(-1.0, 1.0, 48)
+
+
+def write_store(path, n: int) -> None:
+    """48-wide activations: study i's tokens are noise, plus SHIFT when it has a pacemaker."""
+    from tests.fixtures.planted_run import findings_of, study_id
+    from workbench.models.hooks import resid_post_name
+    from workbench.store import StoreWriter
+
+    writer = StoreWriter(path, model="tiny", layer=1, hook_name=resid_post_name(1), d_model=48)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        acts = 0.01 * torch.randn(5, 48, generator=gen)
+        if findings_of(i)["pacemaker"]:
+            acts += SHIFT
+        meta = [{"subject_id": 1, "position": p, "token_id": 0, "token": "t",
+                 "kind": "report", "section": None, "patch_row": None, "patch_col": None}
+                for p in range(5)]  # fmt: skip
+        writer.add(study_id(i), acts, meta)
+    writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +54,7 @@ def base_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("steer") / "run"
     with single_thread():
-        planted_run.build(run, n_studies=6)  # dataset + features.duckdb (feature 0 = pacemaker)
+        planted_run.build(run, n_studies=N_STUDIES)  # dataset + features.duckdb
         tokenizer = tiny_tokenizer()
         torch.manual_seed(0)
         model = tiny_maira2(tokenizer)
@@ -33,6 +62,7 @@ def base_run(tmp_path_factory):
         Maira2Processor.for_model(model.config, tokenizer).save_pretrained(run / "model")
         torch.manual_seed(1)
         save_sae(MatryoshkaSAE(48, 16, k=4, hook_name=resid_post_name(1)), run / SAE_DIR)
+        write_store(run / STORE_DIR, N_STUDIES)
     return run
 
 
@@ -43,10 +73,11 @@ def run(base_run, tmp_path):
     return copy
 
 
-def stored(run):
+def stored(run, where: str = "true"):
     con = db.connect(run)
     try:
-        cur = con.execute("SELECT * FROM steering_results ORDER BY strength, study_id")
+        cur = con.execute(f"SELECT * FROM steering_results WHERE {where} "
+                          "ORDER BY method, direction, strength, study_id")  # fmt: skip
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
     finally:
@@ -54,65 +85,102 @@ def stored(run):
 
 
 def config(run, **kw):
-    base = {"run": run, "sae": run / SAE_DIR, "feature": (0,), "scale": (0.0, 80.0)}
-    base |= {"unit": "raw", "n_studies": 2, "max_new_tokens": 4}
+    base = {"run": run, "sae": run / SAE_DIR, "store": run / STORE_DIR, "concepts": ("pacemaker",)}
+    base |= {"unit": "raw", "strengths": (0.5, 80.0), "n_studies": 2, "max_new_tokens": 4}
     return SteerConfig(**(base | kw))
 
 
-def test_evaluation_writes_rows_and_resumes(run):
-    summaries = run_steer(config(run))
+def test_evaluation_of_every_method_and_resume(run):
+    out = run_steer(config(run))
+    assert "candidate rule: study-level AUROC >= 0.75" in out
+    assert re.search(r"pacemaker\s+feature 0 ", out)  # chosen from the analysis
     rows = stored(run)
-    assert len(rows) == 4 and {r["concept"] for r in rows} == {"pacemaker"}
-    # 'absent': studies 0 and 3 of the tiny run have a pacemaker, so 1 and 2 are used
-    assert sorted({r["study_id"] for r in rows}) == [50000001, 50000002]
-    zero, big = rows[:2], rows[2:]
-    assert all(r["baseline_text"] == r["steered_text"] for r in zero)
-    assert all(r["baseline_text"] != r["steered_text"] for r in big)
-    assert [r["baseline_text"] for r in zero] == [r["baseline_text"] for r in big]
-    details = json.loads(big[0]["details"])
-    assert details["mode"] == "add" and details["hook_name"] == "blocks.1.hook_resid_post"
-    assert {"baseline_label", "steered_label"} <= set(details)
-    assert [(s["scale"], s["n"], s["changed"]) for s in summaries] == [
-        (0.0, 2, 0.0),
-        (80.0, 2, 1.0),
-    ]
-    again = run_steer(config(run))  # resumed: nothing recomputed, same summary
-    assert len(stored(run)) == 4 and again == summaries
-    run_steer(config(run, overwrite=True))
-    assert len(stored(run)) == 4
+    # held-out 'test' studies: 0 and 10 have no pacemaker (add: 2), 0 of 12 ... study 0 has one
+    add = {r["study_id"] for r in rows if r["direction"] == "add"}
+    remove = {r["study_id"] for r in rows if r["direction"] == "remove"}
+    assert add == {50000005, 50000010} and remove == {50000000}
+    by_arm = {(r["method"], r["direction"], r["strength"]) for r in rows}
+    assert by_arm == {
+        ("sae", "add", 0.5), ("sae", "add", 80.0), ("sae", "remove", -0.5),
+        ("sae", "remove", -80.0), ("dim", "add", 0.5), ("dim", "add", 80.0),
+        ("dim", "remove", -0.5), ("dim", "remove", -80.0), ("prompt", "add", 1.0),
+        ("prompt", "remove", -1.0),
+    }  # fmt: skip
+    assert len(rows) == 3 * 5
+    strong = [r for r in rows if abs(r["strength"]) == 80.0 and r["method"] == "sae"]
+    assert all(r["baseline_text"] != r["steered_text"] for r in strong)
+    assert all(r["baseline_ppl"] > 1.0 for r in rows)
+    assert all(r["steered_ppl"] > 1.0 for r in rows if r["steered_text"].strip())
+    assert all(not r["parses"] for r in rows if not r["steered_text"].strip())
+    sae_row = next(r for r in rows if r["method"] == "sae")
+    assert sae_row["features"] == [0] and sae_row["feature"] == 0 and sae_row["unit"] == "raw"
+    dim_row = next(r for r in rows if r["method"] == "dim")
+    assert dim_row["features"] == [] and dim_row["unit"] == "mean_diff"
+    prompt = next(r for r in rows if r["method"] == "prompt" and r["direction"] == "add")
+    assert "pacemaker" in json.loads(prompt["details"])["indication"]
+    assert "operating point: best success" in out and "dim@" in out
+    again = run_steer(config(run))  # resumed: nothing recomputed
+    assert len(stored(run)) == 15 and again.split("\n", 2)[2] == out.split("\n", 2)[2]
+    run_steer(config(run, overwrite=True, methods=("prompt",)))
+    assert len(stored(run)) == 15
     con = db.connect(run)
     assert con.execute("SELECT count(*) FROM runs WHERE stage = 'steer'").fetchone()[0] == 3
     con.close()
 
 
-def test_cli_in_max_act_units_and_errors(run, capsys):
-    argv = ["--run", str(run), "--sae", str(run / SAE_DIR), "--n-studies", "1"]
-    assert main(argv + ["--feature", "1", "--scale", "30", "--max-new-tokens", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "pleural_effusion" in out
-    (row,) = stored(run)
+def test_difference_of_means_comes_from_training_studies(run):
+    from workbench.steer.config import SteerConfig as Cfg
+    from workbench.steer.run import directions_for, make_plan
+
+    cfg = config(run, methods=("dim",))
+    plan = make_plan(cfg, run / "phantom")
+    directions, notes = directions_for(cfg, plan, 48)
+    assert notes == []
+    d = directions["pacemaker"]
+    torch.testing.assert_close(d.vector, SHIFT, atol=0.02, rtol=0)
+    assert (d.n_pos, d.n_neg) == (3, 6)  # train-split studies 3, 6, 9 vs the other six
+    _, narrow = directions_for(cfg, plan, 32)
+    assert "48 wide, the model's residual stream 32" in narrow[0]
+    assert isinstance(Cfg.limits.fget(cfg).max_ppl_ratio, float)
+
+
+def test_cli_clamp_and_report(run, capsys):
+    argv = ["--run", str(run), "--sae", str(run / SAE_DIR), "--store", str(run / STORE_DIR),
+            "--concepts", "pacemaker", "--n-studies", "1", "--max-new-tokens", "3"]  # fmt: skip
+    clamp = ["--mode", "clamp", "--strengths", "2", "--methods", "sae", "--unit", "max_act"]
+    assert main(argv + clamp + ["--positions", "generated+image"]) == 0
+    capsys.readouterr()
+    rows = stored(run)
+    assert {(r["direction"], r["strength"]) for r in rows} == {
+        ("add", 2.0), ("remove", 0.0), ("remove", -2.0),  # 0: ablation
+    }  # fmt: skip
+    assert {r["positions"] for r in rows} == {"image+generated"}
     con = db.connect(run)
-    max_act = con.execute("SELECT max_act FROM feature_stats WHERE feature = 1").fetchone()[0]
+    max_act = con.execute("SELECT max_act FROM feature_stats WHERE feature = 0").fetchone()[0]
     con.close()
-    assert json.loads(row["details"])["raw_scale"] == pytest.approx(30 * max_act)
-    assert main(argv) == 1 and "no --feature" in capsys.readouterr().out
-    assert main(argv + ["--feature", "1", "--concept", "change_new"]) == 1
-    assert "cannot be read from report text" in capsys.readouterr().out
+    add = next(r for r in rows if r["direction"] == "add")
+    assert json.loads(add["details"])["raw_strengths"] == {"0": pytest.approx(2 * max_act)}
+    assert main(argv + clamp + ["--positions", "generated+image", "--report"]) == 0
+    report = capsys.readouterr().out
+    assert "pacemaker" in report and "operating point" in report
+    assert main(argv + ["--positions", "words"]) == 1
+    assert "'words' is not one of" in capsys.readouterr().out
+    assert main(argv + ["--feature", "1", "--concepts", "pacemaker,nodule"]) == 1
+    assert "exactly one --concepts" in capsys.readouterr().out
 
 
 def test_documented_steering_query(run):
-    import re
-    from pathlib import Path
-
-    run_steer(config(run))
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "labelling.md").read_text()
-    sql = [b for b in re.findall(r"```sql\n(.*?)```", doc, re.S) if "steering_results" in b]
+    run_steer(config(run, methods=("sae", "prompt"), directions=("add",)))
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "steering.md").read_text()
+    blocks = [b for b in re.findall(r"```sql\n(.*?)```", doc, re.S) if "steering_results" in b]
+    assert blocks
     con = db.connect(run)
     try:
-        got = con.execute(sql[0]).fetchall()
+        results = [con.execute(sql).fetchall() for sql in blocks]
     finally:
         con.close()
-    assert [(r[0], r[1], r[3], r[6]) for r in got] == [(0, 0.0, 2, 0.0), (0, 80.0, 2, 1.0)]
+    methods = {r[0] for r in results[0]}
+    assert methods == {"sae", "prompt"}
 
 
 def test_demo_step_steers_recovered_concepts(run):
@@ -120,9 +188,53 @@ def test_demo_step_steers_recovered_concepts(run):
 
     shutil.rmtree(run / "sae")
     shutil.copytree(run / SAE_DIR, run / "sae")
-    table = demo_step(run, scales=(0.0, 60.0), n_studies=1, max_new_tokens=3).splitlines()
-    assert table[0].split()[:3] == ["feature", "scale", "concept"]
-    body = [line.split() for line in table[1:]]
-    assert {(r[0], r[2]) for r in body} == {("0", "pacemaker"), ("1", "pleural_effusion")}
-    assert {r[1] for r in body} == {"0.00", "60.00"}
-    assert len(stored(run)) == 4
+    shutil.rmtree(run / "activations")
+    shutil.copytree(run / STORE_DIR, run / "activations")
+    text = demo_step(run, n_studies=1, max_new_tokens=3)
+    assert "candidate rule" in text and "operating point" in text
+    concepts = {r["concept"] for r in stored(run)}
+    assert concepts and concepts <= {"pacemaker", "pleural_effusion", "cardiomegaly"}
+
+
+def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):
+    from workbench.steer import evaluate
+
+    real, calls = evaluate.Evaluator.run_arm, []
+
+    def failing(self, arm, cases, done):
+        calls.append(arm)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, arm, cases, done)
+
+    monkeypatch.setattr(evaluate.Evaluator, "run_arm", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_steer(config(run, methods=("sae",), write_every_s=3600.0))
+    assert len(stored(run)) == 2 + 2  # two 'add' arms over two studies, written on the way out
+    monkeypatch.setattr(evaluate.Evaluator, "run_arm", real)
+    run_steer(config(run, methods=("sae",)))
+    assert len(stored(run)) == 2 * 2 + 2 * 1
+
+
+def test_analyse_reruns_keep_steering_rows_old_and_new(run):
+    from workbench.analyse.run import AnalyseConfig, analyse
+
+    def reanalyse():
+        analyse(AnalyseConfig(run=run, data=run / "phantom", device="cpu", top_k=8,
+                              per_quantile=2, n_logits=0))  # fmt: skip
+
+    with db.rewrite(run) as con:  # a table in the shape of an older version, with one row
+        con.execute("DROP TABLE steering_results")
+        con.execute(
+            "CREATE TABLE steering_results (feature INTEGER, strength DOUBLE, study_id BIGINT, "
+            "concept VARCHAR, baseline_text VARCHAR, steered_text VARCHAR, baseline_mentions "
+            "BOOLEAN, steered_mentions BOOLEAN, details VARCHAR, created_at TIMESTAMP)"
+        )
+        con.execute(
+            "INSERT INTO steering_results VALUES (0, 4, 7, 'x', 'a', 'b', 0, 0, '{}', NULL)"
+        )
+    reanalyse()
+    assert [r["method"] for r in stored(run)] == [None]
+    run_steer(config(run, methods=("prompt",), directions=("add",)))
+    reanalyse()
+    assert sorted(str(r["method"]) for r in stored(run)) == ["None", "prompt", "prompt"]

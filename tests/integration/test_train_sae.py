@@ -27,9 +27,9 @@ SMALL = [
 ]  # fmt: skip
 
 
-def write_store(path, acts_ND, per_study=500, shard_tokens=1500):
+def write_store(path, acts_ND, per_study=500, shard_tokens=1500, layer=3):
     w = StoreWriter(
-        path, model="synthetic", layer=3, hook_name="blocks.3.hook_resid_post",
+        path, model="synthetic", layer=layer, hook_name=f"blocks.{layer}.hook_resid_post",
         d_model=acts_ND.shape[1], shard_tokens=shard_tokens,
     )  # fmt: skip
     for i, start in enumerate(range(0, acts_ND.shape[0], per_study)):

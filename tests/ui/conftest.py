@@ -19,10 +19,11 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run built by the real pipeline (dataset, store, planted SAE, analyse) in seconds, with
-    labels of several methods and a feature whose image peak its examples do not show."""
+    labels of several methods, a feature whose image peak its examples do not show, and a
+    random tiny model of its width for the live tabs."""
     from tests.fixtures.ui_run import build
 
-    return build(tmp_path_factory.mktemp("ui") / "run")
+    return build(tmp_path_factory.mktemp("ui") / "run", model=True)
 
 
 def _free_port() -> int:

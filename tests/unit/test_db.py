@@ -154,7 +154,7 @@ def test_table_specs_parse_into_the_columns_other_stages_insert():
         "created_at",
     ]
     assert len(db.TABLE["feature_scores"].columns) == 7
-    assert len(db.TABLE["steering_results"].columns) == 10
+    assert len(db.TABLE["steering_results"].columns) == 25
     assert len(db.TABLE["runs"].columns) == 13
     runs = db.TABLE["runs"]
     assert runs.stage == "every stage" and runs.index == ()

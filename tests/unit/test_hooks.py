@@ -8,6 +8,7 @@ from torch import nn
 
 from workbench.models.hooks import (
     capture,
+    capture_many,
     decoder_layers,
     final_norm,
     intervene,
@@ -98,6 +99,28 @@ def test_capture_equals_hidden_states_and_stops(name, models, tokenizer):
     assert len(layers[1]._forward_hooks) == n_hooks
 
 
+def test_capture_many_takes_every_hook_and_stops_after_the_deepest(models, tokenizer):
+    model = models["llama"]  # 3 blocks
+    kwargs = _forward_kwargs("llama", model, tokenizer)
+    with torch.no_grad():
+        hidden = model(**kwargs, output_hidden_states=True).hidden_states
+    calls = []
+    before = [len(layer._forward_hooks) for layer in decoder_layers(model)]
+    handle = decoder_layers(model)[2].register_forward_hook(lambda *a: calls.append("layer2"))
+    try:
+        names = [resid_post_name(1), resid_post_name(0), resid_post_name(1)]
+        with torch.no_grad(), capture_many(model, names) as caps:
+            model(**kwargs)
+    finally:
+        handle.remove()
+    assert calls == [] and list(caps) == [resid_post_name(1), resid_post_name(0)]
+    torch.testing.assert_close(caps[resid_post_name(0)].acts, hidden[1])
+    torch.testing.assert_close(caps[resid_post_name(1)].acts, hidden[2])
+    assert [len(layer._forward_hooks) for layer in decoder_layers(model)] == before
+    with pytest.raises(ValueError, match="at least one"), capture_many(model, []):
+        pass
+
+
 def test_capture_without_stop_runs_everything(models, tokenizer):
     model = models["llama"]
     kwargs = _forward_kwargs("llama", model, tokenizer)
@@ -162,3 +185,51 @@ def test_tuple_outputs_are_handled():
     torch.testing.assert_close(cap.acts, x * 2)
     with intervene(net, {resid_post_name(0): lambda a: a * 0}):
         assert not net(x).any()
+
+
+# ----------------------------------------------------------------------------- other sites
+
+
+def test_hook_site_reads_every_form_and_names_the_known_ones():
+    from workbench.models import hooks as H
+
+    assert H.hook_site("blocks.3.hook_resid_post") == ("resid_post", 3)
+    assert H.hook_site(H.vision_resid_post_name(1)) == ("vision_resid_post", 1)
+    assert H.hook_site(H.VISION_PROJECTOR) == ("projector", None)
+    assert H.hook_site(H.generator_block_name(2)) == ("generator_block", 2)
+    for name in (H.SEG_BOTTLENECK, H.SEG_FEATURES, H.SEG_COV_FACTOR, H.GAN_W_PLUS):
+        assert H.hook_site(name).layer is None
+    with pytest.raises(ValueError, match="vision.blocks.<L>.hook_resid_post"):
+        H.hook_site("vision.blocks.x.hook_resid_post")
+    assert H.is_language_residual("blocks.0.hook_resid_post")
+    assert not H.is_language_residual(H.VISION_PROJECTOR)
+    with pytest.raises(ValueError, match="segmentation-model hook"):
+        resolve_module(nn.Linear(2, 2), H.SEG_FEATURES)
+
+
+@pytest.mark.parametrize("name", ["maira2", "llava"])
+def test_vision_hooks_capture_the_tower_and_projector_and_stop(models, tokenizer, name):
+    from workbench.models.hooks import VISION_PROJECTOR, vision_resid_post_name
+
+    model = models[name]
+    kwargs = _forward_kwargs(name, model, tokenizer)
+    lm_ran = []
+    handle = decoder_layers(model)[0].register_forward_hook(lambda *a: lm_ran.append(1))
+    try:
+        with capture(model, vision_resid_post_name(1)) as cap:
+            model(**kwargs)
+        with capture(model, VISION_PROJECTOR) as proj:
+            model(**kwargs)
+    finally:
+        handle.remove()
+    assert lm_ran == []  # the language model never ran
+    tower = resolve_module(model, vision_resid_post_name(0))
+    assert type(tower).__name__ == "Dinov2Layer"
+    assert cap.acts.shape == (1, 17, 32)  # CLS + 16 patches, vision width
+    with torch.no_grad():
+        feats = model.get_image_features(kwargs["pixel_values"])
+    if not isinstance(feats, torch.Tensor):  # transformers 5 LLaVA: projected features pooled
+        feats = feats.pooler_output[0]
+    torch.testing.assert_close(proj.acts.reshape(feats.shape), feats)
+    with pytest.raises(ValueError, match="0..1"):
+        resolve_module(model, vision_resid_post_name(2))

@@ -113,3 +113,14 @@ def test_label_journal_of_another_sae_is_retired_not_applied(tmp_path, caplog):
     ).fetchall() == [(3, "old meaning", "sae-a")]
     con.close()
     assert "SAE sae-a" in caplog.text and "moved to the retired_* tables" in caplog.text
+
+
+def test_a_database_without_a_runs_table_has_no_generation(tmp_path):
+    import duckdb
+
+    from workbench.generations import analyse_run_id
+
+    con = duckdb.connect(str(tmp_path / "bare.duckdb"))
+    con.execute("CREATE TABLE other (x INTEGER)")
+    assert analyse_run_id(con) is None  # not a Python variable read as the table
+    con.close()

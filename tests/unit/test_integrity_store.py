@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from workbench.cxr.collection import model_input
 from workbench.cxr.studies import StudyRecord
 from workbench.progress import Heartbeat
-from workbench.record.data import model_input
 from workbench.store import ActivationStore, StoreError, StoreWriter
 
 HEADER = dict(model="tiny", layer=1, hook_name="blocks.1.hook_resid_post", d_model=4)

@@ -293,4 +293,4 @@ def test_report_labels_cli_writes_table_and_scores(tmp_path, capsys):
     assert table[3]["pneumothorax"] == "" and table[3]["No Finding"] == "1"
     texts.write_text('{"study_id": "x", "findings": "No effusion."}\n')
     assert main(["--input", str(texts), "--out", str(out)]) == 1
-    assert "generated.jsonl:1: study_id is not an integer" in capsys.readouterr().err
+    assert "generated.jsonl: row 1: study_id 'x' is not an integer" in capsys.readouterr().err

@@ -86,3 +86,32 @@ def test_prompt_variants_are_drawn_deterministically():
     assert 5 <= a.count("image-only") <= 25
     assert set(pick_variants(variants, ids, prob=0.0, seed=0, step=5)) == {"full"}
     assert pick_variants([("full",)] * 3, [0, 1, 2], prob=1.0, seed=0, step=0) == ["full"] * 3
+
+
+def test_gate_table_scores_every_concept_of_a_tiny_encoder():
+    from transformers import Dinov2Backbone, Dinov2Config
+
+    from workbench.cxr.findings import RENDERED
+    from workbench.models.mini.probe import gate_markdown, gate_table
+    from workbench.models.mini.vision import VisionHeads
+
+    cfg = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=1, mlp_ratio=2, patch_size=16,
+        image_size=32, out_features=["stage1"], reshape_hidden_states=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tower, heads = Dinov2Backbone(cfg), VisionHeads(16)
+    examples = []
+    for i in range(12):
+        concepts = torch.zeros(len(RENDERED))
+        concepts[0] = float(i % 2)  # cardiomegaly in half the images, the rest never
+        cover = torch.zeros(4, len(DENSE_CHANNELS))
+        cover[i % 4, 0] = concepts[0]
+        pixels = torch.randn(32, 32) + 3.0 * concepts[0]  # brighter when present
+        examples.append(VisionExample(i, pixels.half(), cover.half(), concepts))
+    rows = gate_table(tower, heads, examples[:8], examples[8:])
+    assert [r.concept for r in rows] == list(RENDERED)
+    assert rows[0].positives == 2 and rows[0].auroc is not None and rows[0].pointed == 2
+    assert rows[1].auroc is None and rows[1].dense_auroc is None and rows[1].pointing is None
+    table = gate_markdown(rows)
+    assert "dense-max AUROC" in table and "of 13 >= 0.95" in table

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from workbench.config import ConfigError, parse_config
+from workbench.cxr.collection import Collection, Item, Skipped, load_collection
 from workbench.cxr.images import CXRDataError
-from workbench.record.data import Collection, Item, Skipped, load_collection
 from workbench.record.run import (
     RecordConfig,
     RecordError,
@@ -141,3 +141,81 @@ def test_reports_tree_collection(tmp_path):
     with pytest.raises(CXRDataError, match="neither"):
         (tmp_path / "empty").mkdir()
         load_collection(tmp_path / "empty")
+
+
+def _tree(root):
+    """Three reports: both sections, FINDINGS only, IMPRESSION only."""
+    texts = {
+        (10000032, 50000001): " FINDINGS: Small left effusion.\n\n IMPRESSION: Effusion.\n",
+        (10000032, 50000002): " FINDINGS: Lungs are clear.\n",
+        (10000099, 50000003): " IMPRESSION: No acute process.\n",
+    }
+    for (subject, study), body in texts.items():
+        path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("FINAL REPORT\n INDICATION: Cough.\n\n" + body)
+    return root
+
+
+def test_reports_tree_sections(tmp_path):
+    root = _tree(tmp_path)
+    got = {s: load_collection(root, sections=s) for s in ("findings", "impression", "both")}
+    assert [(it.study_id, it.findings, it.impression) for it in got["findings"].items] == [
+        (50000001, "Small left effusion.", None),
+        (50000002, "Lungs are clear.", None),
+    ]
+    assert [s.study_id for s in got["findings"].skipped] == [50000003]
+    assert "no FINDINGS" in got["findings"].skipped[0].reason
+    assert [(it.study_id, it.impression) for it in got["impression"].items] == [
+        (50000001, "Effusion."),
+        (50000003, "No acute process."),
+    ]
+    assert [it.findings for it in got["impression"].items] == [None, None]
+    [both] = got["both"].items
+    assert (both.findings, both.impression) == ("Small left effusion.", "Effusion.")
+    assert [s.study_id for s in got["both"].skipped] == [50000002, 50000003]
+    only = load_collection(root, sections="both", only=[50000001, 7])
+    assert [it.study_id for it in only.items] == [50000001] and only.skipped == []
+    with pytest.raises(ValueError, match="sections must be one of"):
+        load_collection(root, sections="all")
+
+
+def test_table_sections_and_columns(tmp_path):
+    csv = tmp_path / "r.csv"
+    csv.write_text("study_id,findings,impression\n1,Small effusion.,Effusion.\n2,Clear lungs.,\n")
+    both = load_collection(csv, sections="both")
+    assert [(it.study_id, it.findings, it.impression) for it in both.items] == [
+        (1, "Small effusion.", "Effusion.")
+    ]
+    assert both.skipped == [Skipped(2, "empty 'impression'")]
+    # without the text column, a single section reads the column named after it
+    imp = load_collection(csv, sections="impression")
+    assert [(it.study_id, it.findings, it.impression) for it in imp.items] == [
+        (1, None, "Effusion.")
+    ]
+    text = tmp_path / "t.csv"
+    text.write_text("study_id,text\n5,No effusion.\n")
+    [item] = load_collection(text, sections="impression").items
+    assert (item.findings, item.impression) == (None, "No effusion.")
+    with pytest.raises(ValueError, match=r"no column \['findings', 'impression'\]"):
+        load_collection(text, sections="both")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("study_id,text\nx,No effusion.\n")
+    with pytest.raises(ValueError, match="row 1: study_id 'x' is not an integer"):
+        load_collection(bad)
+
+
+def test_study_ids_and_texts(tmp_path):
+    from workbench.cxr.collection import study_ids, study_texts
+
+    root = _tree(tmp_path / "tree")
+    assert study_ids(root) == [50000001, 50000002, 50000003]
+    assert study_texts(root, [50000001, 50000003]) == {
+        50000001: ("Small left effusion.", "Effusion."),
+        50000003: (None, "No acute process."),
+    }
+    csv = tmp_path / "r.csv"
+    csv.write_text("text\nNo effusion.\nSmall effusion.\n")
+    assert study_ids(csv) == [0, 1]
+    assert study_texts(csv, [1]) == {1: ("Small effusion.", None)}
+    assert study_texts(csv, [1], sections="impression") == {1: (None, "Small effusion.")}

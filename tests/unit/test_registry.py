@@ -125,6 +125,25 @@ def test_text_only_prompt(adapters):
     assert {t["section"] for t in inp.tokens if t["kind"] == "report"} == {"findings"}
 
 
+def test_text_only_prompt_with_impression(adapters):
+    llama = adapters["llama"]
+    study = _study(prior_report=None)
+    both = llama.prepare(study, findings="Heart normal.", impression="No acute process.")
+    assert both.text.endswith("FINDINGS: Heart normal. IMPRESSION: No acute process.")
+    sections = {}
+    for t in both.tokens:
+        if t["kind"] == "report":
+            sections[t["section"]] = sections.get(t["section"], "") + t["token"]
+    assert {k: v.strip() for k, v in sections.items()} == {
+        "findings": "Heart normal.",
+        "impression": "No acute process.",
+    }
+    alone = llama.prepare(study, impression="No acute process.")
+    assert alone.text.endswith("COMPARISON: None. IMPRESSION: No acute process.")
+    assert "FINDINGS" not in alone.text
+    assert llama.prepare(study).text.endswith("FINDINGS:")  # generation prompt unchanged
+
+
 def test_bad_layer_is_rejected(adapters):
     with pytest.raises(ValueError, match="outside 0..2"):
         adapters["llama"].hook_name(3)

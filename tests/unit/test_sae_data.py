@@ -55,3 +55,36 @@ def test_bad_sources_are_named():
     with pytest.raises(DataError, match="non-finite"):
         for s in range(3):
             stream.batch(s)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_gathered_slices_equal_full_batch_slices_and_read_a_share(world):
+    acts = torch.randn(1000, 3)
+    full_src, part_src = TensorSource(acts, 100), TensorSource(acts, 100)
+    full = ShuffledBatches(full_src, 64, buffer_tokens=250, seed=5)
+    steps = 47  # three epochs: batches straddle windows and epochs
+    share = 64 // world
+    for rank in range(world):
+        part_src.bytes_read = 0
+        part = ShuffledBatches(part_src, 64, buffer_tokens=250, seed=5, gather=True)
+        for s in range(steps):
+            want = full.batch(s)[rank * share : (rank + 1) * share]
+            assert torch.equal(part.local(s, rank, world), want)
+        # each process read its rows of the windows it visited: about 1/world of them
+        assert part_src.bytes_read < 1.1 * 3 * acts.numel() * 4 / world
+    assert full_src.bytes_read >= 3 * acts.numel() * 4  # every window whole, once a pass
+    gathered = ShuffledBatches(part_src, 64, buffer_tokens=250, seed=5, gather=True)
+    for s in (0, 15, 16, 31):
+        assert torch.equal(gathered.batch(s), full.batch(s))
+
+
+def test_gathered_rows_are_checked_and_named():
+    acts = torch.randn(300, 4)
+    acts[250, 1] = float("nan")
+    src = TensorSource(acts, shard_tokens=100)
+    with pytest.raises(DataError, match="in-memory shard 2: non-finite .* row 50"):
+        for rank in (0, 1):  # one of the two processes reads row 250
+            ShuffledBatches(src, 100, buffer_tokens=300, seed=0, gather=True).local(0, rank, 2)
+    with pytest.raises(DataError, match="shard 2"):
+        scan_source(src, rank=2, world=3)  # process 2 of 3 scans shard 2 (of 0, 1, 2)
+    scan_source(src, rank=0, world=3)  # shard 0 only: clean

@@ -8,7 +8,7 @@ import torch
 from workbench.config import ConfigError
 from workbench.sae.config import TrainSAEConfig
 from workbench.sae.data import DataError, TensorSource, geometric_median
-from workbench.sae.trainer import lr_factor, make_plan
+from workbench.sae.plan import lr_factor, make_plan
 
 
 def test_plan_resolves_defaults():

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.analyse.splice import SpliceLosses, next_token_ce, splice_losses
+from workbench.analyse.splice import (
+    SPLICE_MASK,
+    SpliceLosses,
+    next_token_ce,
+    splice_losses,
+    splice_losses_by_prefix,
+)
 from workbench.models.tiny import tiny_llama, tiny_tokenizer
 from workbench.sae.synthetic import signed_identity_sae
 
@@ -87,3 +93,46 @@ def test_bad_inputs_are_refused(lm):
     with pytest.raises(ValueError, match="no predicted tokens"):
         splice_losses(model, sae, [], hook_name=HOOK)
     assert math.isnan(SpliceLosses(1.0, 2.0, 1.0, 3).recovered)
+
+
+def test_splice_mask_replaces_only_the_marked_positions(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    sae.threshold.fill_(1e6)  # reconstruction = zeros: spliced positions are ablated
+    plain = _batches(tok)
+    none = [{**b, SPLICE_MASK: torch.zeros_like(b["input_ids"])} for b in plain]
+    out = splice_losses(model, sae, none)
+    assert out.spliced == pytest.approx(out.clean) and out.zero_ablated == pytest.approx(out.clean)
+    assert math.isnan(out.recovered)
+    some = [{**b, SPLICE_MASK: torch.arange(b["input_ids"].shape[1])[None] < 3} for b in plain]
+    part, full = splice_losses(model, sae, some), splice_losses(model, sae, plain)
+    assert part.zero_ablated != pytest.approx(full.zero_ablated, abs=1e-4)
+    assert part.zero_ablated != pytest.approx(part.clean, abs=1e-4)
+    # by hand: zero the first three positions of block 1's output
+    from workbench.models.hooks import intervene
+
+    total = 0.0
+    with torch.no_grad():
+        for b in plain:
+
+            def first_three(h):
+                h = h.clone()
+                h[:, :3] = 0
+                return h
+
+            with intervene(model, {HOOK: first_three}):
+                logits = model(**b).logits
+            total += next_token_ce(logits, b["input_ids"])[0]
+    assert part.zero_ablated == pytest.approx(total / part.n_tokens, rel=1e-5)
+
+
+def test_all_prefixes_in_one_pass_equal_separate_calls(lm):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    together = splice_losses_by_prefix(model, sae, iter(_batches(tok)), prefixes=(1, 2, None))
+    for n in (1, 2, None):
+        alone = splice_losses(model, sae, _batches(tok), n_groups=n)
+        assert together[n].spliced == pytest.approx(alone.spliced, rel=1e-6)
+        assert together[n].clean == pytest.approx(alone.clean, rel=1e-6)
+        assert together[n].zero_ablated == pytest.approx(alone.zero_ablated, rel=1e-6)
+    assert together[2].spliced == pytest.approx(together[None].spliced, rel=1e-6)

@@ -90,8 +90,10 @@ def test_manifest_disagreeing_with_shard_is_caught(tmp_path):
     w = StoreWriter(tmp_path / "s", **HEADER)
     w.add(1, *_study(1, 2))
     w.close()
-    m = json.loads((tmp_path / "s/manifest.json").read_text())
-    m["shards"][0]["n_tokens"] = 5
-    (tmp_path / "s/manifest.json").write_text(json.dumps(m))
+    log = tmp_path / "s/log.jsonl"
+    record = json.loads(log.read_text())
+    log.write_text(json.dumps({**record, "n_tokens": 5}) + "\n")
     with pytest.raises(StoreError, match="disagrees"):
         ActivationStore(tmp_path / "s").shard(0)
+    with pytest.raises(StoreError, match="disagrees"):
+        ActivationStore(tmp_path / "s").read_rows(0, [0])

@@ -25,6 +25,15 @@ def test_analytics_off_before_gradio():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_uploads_go_to_a_private_directory():
+    """Gradio's upload folder is set before Gradio is imported, readable by this user only."""
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    code = "import os, workbench.ui; print(os.environ['GRADIO_TEMP_DIR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    path = Path(out.stdout.strip())
+    assert path.is_dir() and path.stat().st_mode & 0o077 == 0, out.stderr
+
+
 @pytest.mark.slow  # imports Gradio and builds every tab
 def test_serve_binds_loopback_never_shares(run, monkeypatch):
     import gradio as gr
@@ -38,8 +47,11 @@ def test_serve_binds_loopback_never_shares(run, monkeypatch):
         assert seen["server_name"] == "127.0.0.1" and seen["server_port"] == 7999
         assert seen["share"] is False and seen["allowed_paths"] == []
         assert isinstance(app, gr.Blocks) and ctx.status.problems == ()
+        assert seen["max_file_size"] == "20mb"
         tabs = [b.label for b in app.blocks.values() if isinstance(b, gr.Tab)]
-        assert tabs == ["Features", "Feature", "Study", "Runs", "SQL"]
+        assert tabs == [
+            "Features", "Feature", "Study", "Steering", "Try a study", "Segmentation", "Runs", "SQL"
+        ]  # fmt: skip
     finally:
         ctx.close()
 

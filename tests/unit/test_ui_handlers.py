@@ -259,6 +259,15 @@ def test_sae_still_training(tmp_path):
     assert "fvu_prefix" not in view.curves and "l0_inference" not in view.curves
 
 
+def test_runs_tab_shows_sae_quality(ctx):
+    facts = runinfo.runs_view(ctx).facts
+    assert "FVU (stored)" in facts and "dead latents" in facts
+    assert "stored studies (the SAE trained on them), from the store, no CE" in facts
+    assert "<i>CE loss recovered</i>" not in facts  # no model in the tiny run: no CE tile
+    rows = ctx.rows("SELECT n_groups, fvu, l0 FROM sae_quality ORDER BY n_groups")
+    assert [r["n_groups"] for r in rows] == [1, 2] and rows[-1]["l0"] > 0
+
+
 def test_curves_use_steps_and_skip_non_numbers():
     series = runinfo.curves([{"step": 5, "fvu": 0.5, "note": "x"}, {"fvu": 0.25, "dead": True}])
     assert series == {"fvu": [(5.0, 0.5), (1.0, 0.25)]}

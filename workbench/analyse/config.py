@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -73,12 +77,25 @@ class AnalyseConfig:
     """Folds (split by subject) of the residual-stream probe ceiling; 0: no probes."""
     probe_max_studies: int = 2000
     """Studies pooled for the probes at most (a seeded sample beyond; bounds memory)."""
+    quality_studies: int = 32
+    """Studies the SAE quality (FVU, L0, dead/dense fractions, CE loss recovered per Matryoshka
+    prefix) is measured on: held-out studies through the recorded model when it is here,
+    else stored studies (no CE loss); 0: not measured."""
+
+    def torch_device(self) -> torch.device:
+        """``device`` as a torch device (auto: cuda when available, else cpu)."""
+        import torch  # not at import time: --help stays fast
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def validate(self) -> None:
         for name in ("batch_tokens", "top_k", "n_quantiles", "per_quantile", "block"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("context", "n_neighbors", "n_logits", "n_ngrams", "loc_dilation"):
+        for name in ("context", "n_neighbors", "n_logits", "n_ngrams", "loc_dilation",
+                     "quality_studies"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.loc_min_image <= 1.0:

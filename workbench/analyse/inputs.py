@@ -23,6 +23,7 @@ from workbench import db
 from workbench.analyse.concepts import LabelMatrix, load_labels
 from workbench.analyse.config import AnalyseConfig
 from workbench.analyse.directions import Unembedding
+from workbench.analyse.quality import OFF, QualityPlan, plan_quality
 from workbench.analyse.user_labels import (
     UserLabelError,
     UserLabels,
@@ -30,6 +31,8 @@ from workbench.analyse.user_labels import (
     merge,
     read_user_labels,
 )
+from workbench.cxr.collection import TABLE_FORMATS
+from workbench.models.hooks import is_language_residual
 from workbench.run import RunLayout
 from workbench.store import ActivationStore, StoreError
 
@@ -48,6 +51,7 @@ class Inputs(NamedTuple):
     model_path: Path | None
     unembed: Unembedding | None  # None: no model, logit effects skipped (noted)
     user_labels: UserLabels | None = None  # analyse --labels FILE.csv
+    quality: QualityPlan = OFF  # how SAE quality is measured (workbench.analyse.quality)
 
 
 def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
@@ -60,15 +64,23 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
     store, sae = open_store_and_sae(cfg.store or run.activations, sae_path, notes)
     default_data = run.data_or_recorded(store.manifest.get("extra", {}).get("data"))
     data = _optional(cfg.data, default_data, "dataset root")
-    if data is not None and not data.is_dir():
-        notes.append(f"{data} is not a dataset directory: no labels")
+    if data is not None and not (data.is_dir() or data.suffix.lower() in TABLE_FORMATS):
+        notes.append(f"{data} is neither a dataset directory nor a table of texts: no labels")
         data = None
     model = _optional(cfg.model, run.model, "model") or _manifest_model(store, notes)
-    unembed = load_unembedding(model, notes) if cfg.n_logits else None
-    if unembed is not None and unembed.W_U_DV.shape[0] != sae.d_in:
-        raise AnalyseError(
-            f"{model}: model width {unembed.W_U_DV.shape[0]} differs from the SAE's d_in={sae.d_in}"
-        )
+    device = cfg.torch_device()
+    adapter, language = None, is_language_residual(store.hook_name)
+    if not language:  # vision / segmentation hooks: no unembedding, no splicing into the LM
+        notes.append(f"{store.hook_name} is not the language model's residual: no logit effects")
+    elif cfg.n_logits or cfg.quality_studies:
+        adapter = load_adapter(model, device, notes)
+    if adapter is not None and adapter.d_model != sae.d_in:
+        problem = f"{model}: model width {adapter.d_model} differs from the SAE's d_in={sae.d_in}"
+        if cfg.n_logits:  # logit effects need the model the SAE reads
+            raise AnalyseError(problem)
+        notes.append(f"{problem}: not used")
+        adapter = None
+    unembed = unembedding(adapter) if adapter is not None and cfg.n_logits else None
     user = None
     if cfg.labels is not None:
         try:
@@ -77,7 +89,8 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
             check_known(user, stored, notes)
         except UserLabelError as exc:
             raise AnalyseError(str(exc)) from None
-    return Inputs(store, sae, sae_path, data, model, unembed, user)
+    quality = plan_quality(cfg.quality_studies, cfg.seed, store, adapter, device, notes)
+    return Inputs(store, sae, sae_path, data, model, unembed, user, quality)
 
 
 def _manifest_model(store: ActivationStore, notes: list[str]) -> Path | None:
@@ -177,11 +190,40 @@ def _dataset_info(root: Path, study_ids: np.ndarray, notes: list[str]) -> tuple[
     return info, chexpert
 
 
+def _text_info(data: Path, study_ids: np.ndarray, recorded: dict, notes: list[str]) -> dict:
+    """Per stored study of a reports tree or a table of texts: its FINDINGS and IMPRESSION."""
+    from workbench.cxr.collection import study_texts
+
+    try:
+        texts = study_texts(
+            data,
+            set(map(int, study_ids)),
+            recorded.get("text_column") or "text",
+            recorded.get("id_column") or "",
+            recorded.get("sections") or "findings",
+        )
+    except (OSError, ValueError) as exc:
+        notes.append(f"no report texts read from {data}: {exc}")
+        return {}
+    if len(texts) < len(study_ids):
+        notes.append(f"{len(study_ids) - len(texts)} stored studies have no report text in {data}")
+    return {s: {"findings": f, "impression": i} for s, (f, i) in texts.items()}
+
+
 def write_studies_and_labels(
-    con, data_root: Path | None, notes: list[str], user: UserLabels | None = None
+    con,
+    data_root: Path | None,
+    notes: list[str],
+    user: UserLabels | None = None,
+    recorded: dict | None = None,
 ) -> LabelMatrix:
     """``studies``, ``study_labels`` and ``concepts`` for the studies in the store (plus the
-    user's own labels as source 'user')."""
+    user's own labels as source 'user').
+
+    ``data_root`` is a MIMIC-CXR root (splits, frontal images, report sections, CheXpert and
+    phantom labels), or a reports tree or table of texts (report sections only, read with the
+    store's recording settings ``recorded``: its manifest's ``extra``).
+    """
     sids, subjects, counts = _study_rows(con)
     info, chexpert, phantom = {}, None, None
     if data_root is None:
@@ -189,7 +231,9 @@ def write_studies_and_labels(
     else:
         from workbench.cxr import mimic
 
-        if mimic.find_table(data_root, "metadata") is not None:
+        if data_root.is_file() or mimic.find_table(data_root, "metadata") is None:
+            info = _text_info(data_root, sids, recorded or {}, notes)
+        else:
             info, chexpert = _dataset_info(data_root, sids, notes)
         phantom = data_root / "phantom-labels.csv"
         phantom = phantom if phantom.exists() else None
@@ -260,31 +304,37 @@ def _write_label_tables(con, labels: LabelMatrix) -> None:
         con.unregister(name)
 
 
-def load_unembedding(model_path: Path | None, notes: list[str]) -> Unembedding | None:
-    """The model's unembedding for logit effects, or None (with a note) when there is no model.
+def load_adapter(model_path: Path | None, device, notes: list[str]):
+    """The model (logit effects, SAE quality), or None (with a note) when there is none.
 
     Loaded through :func:`workbench.models.registry.load_model` (any model the workbench
-    supports), on the CPU, in bfloat16 when the checkpoint is large (MAIRA-2: 7B); the final
-    norm's scale is folded into ``W_U`` and every id is decoded to its text.
+    supports) on ``device``, in float32, or in half precision when the checkpoint is large
+    (MAIRA-2: 7B; bfloat16 on the CPU, the GPU's default half type on a GPU).
     """
     if model_path is None:
         notes.append("no model: logit effects skipped")
         log.info("no model given or found: logit effects skipped")
         return None
-    from workbench.models.registry import load_model, resolve_model_dir
+    from workbench.models.registry import default_dtype, load_model, resolve_model_dir
 
     try:
         directory = resolve_model_dir(model_path)
         size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-        adapter = load_model(directory, "cpu", torch.bfloat16 if size > 4e9 else torch.float32)
+        dtype = torch.float32  # exact logit effects and losses for every model that fits
+        if size > 4e9:
+            dtype = default_dtype(device) if device.type == "cuda" else torch.bfloat16
+        return load_model(directory, device, dtype)
     except (OSError, ValueError) as exc:
-        raise AnalyseError(
-            f"{model_path}: cannot load the model for logit effects: {exc}"
-        ) from None
-    W_U_DV = adapter.unembed.detach().float()
+        raise AnalyseError(f"{model_path}: cannot load the model: {exc}") from None
+
+
+def unembedding(adapter) -> Unembedding:
+    """The model's unembedding for logit effects, on the CPU in float32: the final norm's scale
+    folded into ``W_U``, every id decoded to its text."""
+    W_U_DV = adapter.unembed.detach().float().cpu()
     scale = getattr(adapter.final_norm, "weight", None)
     if isinstance(scale, torch.Tensor) and scale.shape == (W_U_DV.shape[0],):
-        W_U_DV = W_U_DV * scale.detach().float()[:, None]
+        W_U_DV = W_U_DV * scale.detach().float().cpu()[:, None]
     tok = adapter.tokenizer
     n_known = len(tok)
     tokens = [tok.decode([i]) if i < n_known else f"<id {i}>" for i in range(W_U_DV.shape[1])]
@@ -326,10 +376,12 @@ def carry_over(con, old: Path, fingerprint: str, notes: list[str]) -> None:
         for name in sorted(old_tables - set(db.TABLE)):
             con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM old."{name}"')
             notes.append(f"table {name} kept from the previous database")
+        if "runs" not in old_tables:  # a file only another stage wrote (seg-evaluate --db)
+            return
         con.execute("INSERT INTO runs BY NAME SELECT * FROM old.runs WHERE stage <> 'analyse'")
         for name in db.RETIRED:
             if f"retired_{name}" in old_tables:
-                con.execute(f"INSERT INTO retired_{name} SELECT * FROM old.retired_{name}")
+                con.execute(f"INSERT INTO retired_{name} BY NAME SELECT * FROM old.retired_{name}")
         _carry_feature_rows(con, fingerprint, notes)
     finally:
         con.execute("DETACH old")
@@ -346,6 +398,9 @@ _THEIRS = {
 def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
     """Same SAE: keep the rows. Another SAE: retire them under its fingerprint, loudly.
 
+    Rows are copied by column name: a table that grew columns since the old database was
+    written (``steering_results``) takes the old rows with NULL in the new columns.
+
     Rows retired earlier under *this* SAE's fingerprint are restored (analysing an SAE,
     then another, then the first again loses nothing).
     """
@@ -360,14 +415,16 @@ def _carry_feature_rows(con, fingerprint: str, notes: list[str]) -> None:
     }
     if prev_fp == fingerprint:
         for t, where in _THEIRS.items():
-            con.execute(f"INSERT INTO {t} SELECT * FROM old.{t} WHERE {where}")
+            con.execute(f"INSERT INTO {t} BY NAME SELECT * FROM old.{t} WHERE {where}")
         if sum(counts.values()):
             notes.append(f"{sum(counts.values())} label/score/steering rows kept (same SAE)")
     elif sum(counts.values()):
         now = datetime.now(UTC).replace(tzinfo=None)
         for t, where in _THEIRS.items():
             con.execute(
-                f"INSERT INTO retired_{t} SELECT *, ?, ? FROM old.{t} WHERE {where}", [prev_fp, now]
+                f"INSERT INTO retired_{t} BY NAME SELECT *, ? AS sae_fingerprint, ? AS retired_at "
+                f"FROM old.{t} WHERE {where}",
+                [prev_fp, now],
             )
         detail = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
         notes.append(
@@ -387,7 +444,7 @@ def _restore_retired(con, fingerprint: str, notes: list[str]) -> None:
         ).fetchone()[0]
         if n:
             con.execute(
-                f"INSERT INTO {t} SELECT * EXCLUDE (sae_fingerprint, retired_at) "
+                f"INSERT INTO {t} BY NAME SELECT * EXCLUDE (sae_fingerprint, retired_at) "
                 f"FROM retired_{t} WHERE sae_fingerprint = ?",
                 [fingerprint],
             )

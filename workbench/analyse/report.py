@@ -8,7 +8,9 @@ Two tables after the recovery table of :func:`workbench.analyse.concepts.recover
   the 8 most common findings and all devices that have such a feature with AUROC >= the
   recovery threshold (the issue's target);
 - **probe ceiling**, per concept with labels: best-feature AUROC, probe AUROC, their ratio,
-  and how many concepts with >= 20 positives reach ``ratio >= 0.95``.
+  and how many concepts with >= 20 positives reach ``ratio >= 0.95``;
+- **SAE quality**, per Matryoshka prefix (``sae_quality``): FVU, L0, dead and dense fractions
+  and CE loss recovered, with the whole SAE's CE loss recovered against the 0.9 target.
 """
 
 from __future__ import annotations
@@ -92,12 +94,38 @@ def probe_table(con, min_pos: int = 20, target: float = 0.95) -> str:
     return "\n".join(lines)
 
 
+def quality_report(con, target: float = 0.9) -> str:
+    """The SAE quality per Matryoshka prefix and the whole SAE's CE loss recovered."""
+    rows = con.execute(
+        "SELECT n_groups, n_latents, fvu, l0, dead_frac, dense_frac, ce_recovered, held_out, "
+        "source, n_studies, n_tokens FROM sae_quality ORDER BY n_groups"
+    ).fetchall()
+    if not rows:
+        return "SAE quality: not measured (see the run's notes)"
+    held, source, n_studies, n_tokens = rows[-1][7:]
+    where = "held-out" if held else "stored (not held-out)"
+    lines = [
+        f"SAE quality on {n_studies} {where} studies ({n_tokens} tokens, from the {source}):",
+        f"{'prefix':>6} {'latents':>8} {'FVU':>7} {'L0':>7} {'dead':>6} {'dense':>6} "
+        f"{'CE rec.':>8}",
+    ]
+    for g, n, fvu, l0, dead, dense, rec, *_ in rows:
+        lines.append(
+            f"{g:>6} {n:>8} {_fmt(fvu):>7} {_fmt(l0, '.1f'):>7} {_fmt(dead):>6} "
+            f"{_fmt(dense):>6} {_fmt(rec):>8}"
+        )
+    rec = rows[-1][6]
+    verdict = "not measured (no model)" if rec is None else f"{rec:.3f} (target >= {target:g})"
+    lines.append(f"CE loss recovered by the whole SAE: {verdict}")
+    return "\n".join(lines)
+
+
 def meaning_report(run: Path) -> str:
-    """Both tables for ``analyse --report``."""
+    """The meaning, probe and SAE-quality tables for ``analyse --report``."""
     from workbench import db
 
     con = db.connect(run)
     try:
-        return meaning_table(con) + "\n\n" + probe_table(con)
+        return "\n\n".join((meaning_table(con), probe_table(con), quality_report(con)))
     finally:
         con.close()

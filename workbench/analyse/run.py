@@ -8,10 +8,12 @@ them to the streaming accumulators of :mod:`workbench.analyse.stats` and appends
 Parquet. Everything that needs a feature's whole distribution or a join with the tokens
 (study maxima, quantile examples, context windows, n-grams) is SQL over that Parquet
 (:mod:`workbench.analyse.tables`); concept AUROCs come from :mod:`workbench.analyse.concepts`,
-decoder geometry from :mod:`workbench.analyse.directions`. The database is built as a temporary
-file and swapped in atomically (:func:`workbench.db.rewrite`); the Parquet is a generation
-file named after the run and comes into force with that same switch
-(:mod:`workbench.generations`), so the pair is replaced as a unit.
+decoder geometry from :mod:`workbench.analyse.directions`, the SAE's quality on held-out
+studies (or on a sample measured within the one pass) from :mod:`workbench.analyse.quality`.
+The database is built as a temporary file and swapped in atomically
+(:func:`workbench.db.rewrite`); the Parquet is a generation file named after the run and
+comes into force with that same switch (:mod:`workbench.generations`), so the pair is
+replaced as a unit.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from workbench.analyse.inputs import (
     write_studies_and_labels,
 )
 from workbench.analyse.meaning import write_meaning
+from workbench.analyse.quality import QualityAccumulator, write_quality
 from workbench.analyse.report import meaning_report
 from workbench.analyse.stats import (
     FeatureAccumulator,
@@ -57,6 +60,7 @@ from workbench.analyse.stats import (
     sparsify,
     stats_table,
 )
+from workbench.analyse.token_concepts import token_concept_report, write_token_concepts
 from workbench.config import parse_config, save_config
 from workbench.io import torch_threads
 from workbench.store import ActivationStore, StoreError
@@ -64,12 +68,6 @@ from workbench.store import ActivationStore, StoreError
 log = logging.getLogger("workbench.analyse")
 
 ACTS_SCHEMA = pa.schema([("row", pa.int64()), ("feature", pa.int32()), ("value", pa.float32())])
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @contextlib.contextmanager
@@ -100,9 +98,15 @@ def read_shard(store: ActivationStore, i: int) -> tuple[torch.Tensor, pa.Table]:
 
 
 @torch.no_grad()
-def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> FeatureSummary:
-    """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table."""
-    device = _device(cfg.device)
+def encode_pass(
+    con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path, quality: QualityAccumulator | None
+) -> FeatureSummary:
+    """Encode every token once: accumulators, sparse Parquet and the ``tokens`` table.
+
+    ``quality``, if given, also receives the tokens of the studies in the quality plan's
+    store sample (SAE quality without the model, :mod:`workbench.analyse.quality`).
+    """
+    device = cfg.torch_device()
     sae = inp.sae.to(device)
     acc = FeatureAccumulator(sae.d_sae, cfg.top_k, cfg.bins_per_octave, device=device)
     # no dictionary pages, delta-coded rows: 6x cheaper to write than pyarrow's defaults
@@ -118,6 +122,7 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
             codes = kind_codes(meta.column("kind").to_pylist(), f"{inp.store.path} shard {i}")
             codes = codes.to(device)
             ft.insert_tokens(con, meta)
+            sample = np.isin(meta.column("study_id").to_numpy(), inp.quality.store_sample)
             for b0 in range(0, acts_ND.shape[0], cfg.batch_tokens):
                 x_BD = acts_ND[b0 : b0 + cfg.batch_tokens].to(device, torch.float32)
                 lat_BF = sae.encode(x_BD)
@@ -126,6 +131,10 @@ def encode_pass(con, inp: Inputs, cfg: AnalyseConfig, acts_path: Path) -> Featur
                 with _single_thread(device):
                     sb = sparsify(lat_BF, r0 + b0)
                     acc.update(sb, codes[sb.rows - r0], x_BD.shape[0])
+                picked = np.flatnonzero(sample[b0 : b0 + cfg.batch_tokens])
+                if quality is not None and picked.size:
+                    idx = torch.from_numpy(picked).to(device)
+                    quality.update(sae, x_BD[idx], lat_BF[idx])
                 s_rows, s_feats, s_vals = (t.cpu().numpy() for t in sb)
                 writer.write_table(
                     pa.table([s_rows, s_feats.astype(np.int32), s_vals], schema=ACTS_SCHEMA)
@@ -188,8 +197,9 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict]) -> LabelMatrix:
     """Every analyse table, in dependency order, inside the writer connection ``con``."""
     acts, notes, timings = sinks  # sparse Parquet being written, run notes, step timings
+    sample = QualityAccumulator(inp.sae) if inp.quality.mode == "store" else None
     with _timed(timings, "encode pass"):
-        summary = encode_pass(con, inp, cfg, acts)
+        summary = encode_pass(con, inp, cfg, acts, sample)
     with _timed(timings, "study maxima + stats"):
         ft.build_study_features(con, acts)
         write_feature_tables(con, inp, summary)
@@ -198,11 +208,16 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         ft.stage_quantile_examples(con, acts, cfg.n_quantiles, cfg.per_quantile, cfg.seed)
         ft.build_examples(con, acts, cfg.context)
     with _timed(timings, "labels + AUROC"):
-        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels)
+        recorded = inp.store.manifest.get("extra") or {}
+        labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels, recorded)
         write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
         write_recovery(con, cfg.recovery_threshold)
     with _timed(timings, "mentions, localisation, probes"):
         write_meaning(con, inp, cfg, labels, (acts, notes))
+    with _timed(timings, "SAE quality"):
+        write_quality(con, inp.quality, inp.sae, inp.store, sample, notes)
+    with _timed(timings, "token concepts"):
+        write_token_concepts(con, inp.store, acts, inp.sae.d_sae, notes)
     with _timed(timings, "n-grams + statistical labels"):
         if cfg.n_ngrams:
             ft.build_ngrams(con, acts, cfg.n_ngrams)
@@ -282,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.report:
         print(recovery_report(cfg.run))
         print(meaning_report(cfg.run))
+        con = db.connect(cfg.run)
+        try:
+            tokens = token_concept_report(con)
+        finally:
+            con.close()
+        if tokens:
+            print(tokens)
     return 0
 
 

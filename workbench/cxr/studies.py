@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -185,6 +185,7 @@ def iter_studies(
     check_files: bool = True,
     decode_images: bool = False,
     skipped: list | None = None,
+    only: Collection[int] | None = None,
 ) -> StudyIterator:
     """Study records of ``root`` (CSV tables), ordered by subject then date.
 
@@ -193,6 +194,7 @@ def iter_studies(
     default to ``root`` (MIMIC-CXR-JPG images and CSVs, the
     MIMIC-CXR reports can live apart); ``image_ext='.dcm'`` reads the original DICOM tree.
     Tables are read now, so a missing or malformed CSV raises :class:`CXRDataError` at once.
+    ``only`` restricts the records to these study ids (ids not in the tables are ignored).
     """
     if split is not None and split not in mimic.SPLITS:
         raise CXRDataError(f"split must be one of {mimic.SPLITS}, got {split!r}")
@@ -204,6 +206,9 @@ def iter_studies(
     )
     order = sorted(index.images, key=lambda s: (index.subject[s], index.when[s], s))
     wanted = [s for s in order if split is None or index.split.get(s) == split]
+    if only is not None:
+        keep = set(only)
+        wanted = [s for s in wanted if s in keep]
 
     def produce(it: StudyIterator) -> Iterator[StudyRecord]:
         for study in wanted:

@@ -6,6 +6,19 @@ decoder block L, i.e. HF ``hidden_states[L + 1]`` (``hidden_states[0]`` is the e
 :func:`resolve_module` maps it to the HF module, in this one place; no other module spells a
 hook name or a module path.
 
+The vision side of a vision-language model and the segmentation models have names in the
+same scheme (:func:`hook_site` reads any of them; docs/sae.md lists them all):
+
+- ``vision.blocks.{L}.hook_resid_post``: output of vision-encoder block L (Dinov2 / CLIP
+  layer), every token of every image including the CLS token, before the final LayerNorm;
+- ``vision.hook_projector_out``: the projector's output, the image features that replace the
+  ``<image>`` token embeddings (width of the language model);
+- ``backbone.hook_bottleneck`` / ``backbone.hook_features``: a segmentation U-Net's coarsest
+  feature map and its full-resolution features before the head (U-Net and SSN);
+- ``head.hook_cov_factor``: an SSN's per-pixel covariance-factor loadings, rank x classes;
+- ``generator.hook_w_plus``: SemanticGAN's W+ code, one entry per style input;
+  ``generator.blocks.{i}.hook_out``: its synthesis feature map at resolution 4 * 2**i.
+
 Plain forward hooks work for every architecture (TransformerLens' LLaVA adapter does not
 handle a Dinov2 tower). transformers 5 decoder layers return a tensor, older ones a tuple
 whose first element is the hidden state; both are handled.
@@ -14,13 +27,31 @@ whose first element is the hidden state; both are handled.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_VISION_RESID_POST = re.compile(r"^vision\.blocks\.(\d+)\.hook_resid_post$")
+_GENERATOR_BLOCK = re.compile(r"^generator\.blocks\.(\d+)\.hook_out$")
+
+SEGMENTATION_MODEL = "segmentation:"  # model spec of a segmentation run: segmentation:RUN_DIR
+VISION_PROJECTOR = "vision.hook_projector_out"
+SEG_BOTTLENECK = "backbone.hook_bottleneck"
+SEG_FEATURES = "backbone.hook_features"
+SEG_COV_FACTOR = "head.hook_cov_factor"
+GAN_W_PLUS = "generator.hook_w_plus"
+# Fixed-name hooks -> their site (see hook_site).
+_FIXED_SITES = {
+    VISION_PROJECTOR: "projector",
+    SEG_BOTTLENECK: "bottleneck",
+    SEG_FEATURES: "features",
+    SEG_COV_FACTOR: "cov_factor",
+    GAN_W_PLUS: "w_plus",
+}
 
 # Attribute paths to (the decoder-layer list, the final norm before the LM head), tried in
 # order: MAIRA-2 (ours), LLaVA in transformers 5, Llama/Mistral/Qwen-style causal LMs, GPT-2,
@@ -33,6 +64,15 @@ _MODULE_PATHS = (
     ("gpt_neox.layers", "gpt_neox.final_layer_norm"),
 )
 _LAYER_PATHS = tuple(layers for layers, _ in _MODULE_PATHS)
+# The vision encoder's block list and the projector: MAIRA-2 (ours: a Dinov2Backbone), LLaVA
+# in transformers 5 (towers under ``model``), older LLaVA with a CLIP tower.
+_VISION_LAYER_PATHS = (
+    "vision_tower.encoder.layer",
+    "model.vision_tower.encoder.layer",
+    "model.vision_tower.vision_model.encoder.layers",
+    "vision_tower.vision_model.encoder.layers",
+)
+_PROJECTOR_PATHS = ("multi_modal_projector", "model.multi_modal_projector")
 
 InterventionFn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -54,6 +94,53 @@ def parse_hook_name(name: str) -> int:
     if match is None:
         raise ValueError(f"unsupported hook name {name!r}; expected 'blocks.<L>.hook_resid_post'")
     return int(match.group(1))
+
+
+class HookSite(NamedTuple):
+    """Where a hook name points: the site kind and its block index (None when it has none).
+
+    ``site`` is ``resid_post`` (language model), ``vision_resid_post``, ``projector``,
+    ``bottleneck``, ``features``, ``cov_factor``, ``w_plus`` or ``generator_block``.
+    """
+
+    site: str
+    layer: int | None
+
+
+def vision_resid_post_name(layer: int) -> str:
+    """Name of the output of vision-encoder block ``layer``."""
+    if not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    return f"vision.blocks.{layer}.hook_resid_post"
+
+
+def generator_block_name(block: int) -> str:
+    """Name of SemanticGAN's synthesis feature map at resolution 4 * 2**block."""
+    if not isinstance(block, int) or block < 0:
+        raise ValueError(f"block must be a non-negative int, got {block!r}")
+    return f"generator.blocks.{block}.hook_out"
+
+
+def hook_site(name: str) -> HookSite:
+    """The site of any hook name of the module docstring; ValueError naming the known forms."""
+    for pattern, site in (
+        (_RESID_POST, "resid_post"),
+        (_VISION_RESID_POST, "vision_resid_post"),
+        (_GENERATOR_BLOCK, "generator_block"),
+    ):
+        match = pattern.match(name)
+        if match is not None:
+            return HookSite(site, int(match.group(1)))
+    if name in _FIXED_SITES:
+        return HookSite(_FIXED_SITES[name], None)
+    known = ["blocks.<L>.hook_resid_post", "vision.blocks.<L>.hook_resid_post"]
+    known += [*_FIXED_SITES, "generator.blocks.<i>.hook_out"]
+    raise ValueError(f"unknown hook name {name!r}; known forms: {', '.join(known)}")
+
+
+def is_language_residual(name: str) -> bool:
+    """Whether ``name`` is the language model's residual stream (where logits make sense)."""
+    return _RESID_POST.match(name) is not None
 
 
 def _get_path(model: nn.Module, path: str) -> object:
@@ -88,13 +175,43 @@ def final_norm(model: nn.Module) -> nn.Module:
     return norm
 
 
+def _first_path(model: nn.Module, paths: tuple[str, ...], kind: type, what: str) -> nn.Module:
+    for path in paths:
+        found = _get_path(model, path)
+        if isinstance(found, kind):
+            return found  # type: ignore[return-value]
+    raise ValueError(f"cannot find the {what} in {type(model).__name__}; tried {', '.join(paths)}")
+
+
+def vision_layers(model: nn.Module) -> nn.ModuleList:
+    """The vision encoder's blocks of a MAIRA-2 or LLaVA model, in order."""
+    layers = _first_path(model, _VISION_LAYER_PATHS, nn.ModuleList, "vision encoder blocks")
+    return layers  # type: ignore[return-value]
+
+
+def projector(model: nn.Module) -> nn.Module:
+    """The multimodal projector of a MAIRA-2 or LLaVA model."""
+    return _first_path(model, _PROJECTOR_PATHS, nn.Module, "multimodal projector")
+
+
 def resolve_module(model: nn.Module, hook_name: str) -> nn.Module:
-    """The HF module whose forward output is the activation named ``hook_name``."""
-    layer = parse_hook_name(hook_name)
-    layers = decoder_layers(model)
+    """The HF module whose forward output is the activation named ``hook_name``.
+
+    Covers the language model's and the vision side's names; the segmentation models' names
+    are resolved by ``segmentation.latents``, which knows their structure.
+    """
+    site = hook_site(hook_name)
+    if site.site == "projector":
+        return projector(model)
+    if site.site not in ("resid_post", "vision_resid_post"):
+        raise ValueError(f"{hook_name} is a segmentation-model hook, not one of a language model")
+    layer = site.layer
+    vision = site.site == "vision_resid_post"
+    layers = vision_layers(model) if vision else decoder_layers(model)
+    what = "vision encoder" if vision else "decoder"
     if layer >= len(layers):
         raise ValueError(
-            f"{hook_name}: model has {len(layers)} decoder layers (0..{len(layers) - 1})"
+            f"{hook_name}: model has {len(layers)} {what} layers (0..{len(layers) - 1})"
         )
     return layers[layer]
 
@@ -116,10 +233,35 @@ class Captured:
 
     @property
     def acts(self) -> torch.Tensor:
-        """The captured activation, [batch, tokens, d_model]."""
+        """The captured activation ([batch, tokens, d_model] for a transformer block)."""
         if self._acts is None:
             raise RuntimeError(f"{self.hook_name} was not reached: run a forward inside the block")
         return self._acts
+
+
+@contextmanager
+def capture_module(module: nn.Module, name: str, stop: bool = True) -> Iterator[Captured]:
+    """Capture ``module``'s forward output (the first element of a tuple) inside the block.
+
+    The one recorder primitive: every hook name, of any model, comes down to a module whose
+    output is the activation. With ``stop`` the hook ends the forward pass right after the
+    capture (later layers never run); without it the last call's output is kept, e.g. the
+    final synthesis after test-time optimisation.
+    """
+    captured = Captured(name)
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        captured._acts = _hidden(output).detach()
+        if stop:
+            raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
 
 
 @contextmanager
@@ -133,20 +275,45 @@ def capture(model: nn.Module, hook_name: str, stop: bool = True) -> Iterator[Cap
             model(**inputs)
         acts_BTD = cap.acts
     """
-    captured = Captured(hook_name)
+    with capture_module(resolve_module(model, hook_name), hook_name, stop) as captured:
+        yield captured
 
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-        captured._acts = _hidden(output).detach()
-        if stop:
-            raise _StopForward
 
-    handle = resolve_module(model, hook_name).register_forward_hook(hook)
+@contextmanager
+def capture_many(
+    model: nn.Module, hook_names: Sequence[str], stop: bool = True
+) -> Iterator[dict[str, Captured]]:
+    """Capture several hooks in one forward; with ``stop`` the forward ends after the deepest.
+
+    Every hook stores its activation as the forward passes it; the deepest one then raises,
+    so blocks below the deepest named one (and the LM head) never run::
+
+        with capture_many(model, [resid_post_name(2), resid_post_name(4)]) as caps:
+            model(**inputs)
+        acts_BTD = caps["blocks.2.hook_resid_post"].acts
+    """
+    names = list(dict.fromkeys(hook_names))
+    if not names:
+        raise ValueError("capture_many needs at least one hook name")
+    deepest = max(names, key=parse_hook_name)
+    captured = {name: Captured(name) for name in names}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            captured[name]._acts = _hidden(output).detach()
+            if stop and name == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [resolve_module(model, n).register_forward_hook(make_hook(n)) for n in names]
     try:
         yield captured
     except _StopForward:
         pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

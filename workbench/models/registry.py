@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +24,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from workbench.models.checkpoint import resolve_checkpoint_dir
-from workbench.models.hooks import InterventionFn, capture, decoder_layers, final_norm, intervene
+from workbench.models.hooks import (
+    InterventionFn,
+    capture,
+    capture_many,
+    decoder_layers,
+    final_norm,
+    intervene,
+)
 from workbench.models.hooks import resid_post_name as _resid_post_name
 from workbench.models.processor import (
     EncodedInputs,
@@ -135,7 +142,8 @@ class ModelAdapter(ABC):
     def prepare(self, study: Any, findings: str | None = None) -> PreparedInputs:
         """Inputs for ``study`` (StudyRecord or mapping); ``findings`` is teacher-forced."""
 
-    def _device_inputs(self, inp: PreparedInputs) -> dict[str, torch.Tensor]:
+    def device_inputs(self, inp: PreparedInputs) -> dict[str, torch.Tensor]:
+        """``inp``'s tensors on the model's device, floating ones in the model's dtype."""
         dtype = next(self.model.parameters()).dtype
         out = {}
         for key, value in inp.model_inputs.items():
@@ -147,8 +155,17 @@ class ModelAdapter(ABC):
     def residual(self, inp: PreparedInputs, layer: int) -> torch.Tensor:
         """Residual stream after block ``layer``, [T, d_model]; later layers never run."""
         with capture(self.model, self.hook_name(layer)) as cap:
-            self.model(**self._device_inputs(inp))
+            self.model(**self.device_inputs(inp))
         return cap.acts[0]
+
+    @torch.no_grad()
+    def residuals(self, inp: PreparedInputs, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residual streams after each of ``layers`` from one forward, [T, d_model] each; the
+        forward stops after the deepest of them."""
+        names = {layer: self.hook_name(layer) for layer in layers}
+        with capture_many(self.model, list(names.values())) as caps:
+            self.model(**self.device_inputs(inp))
+        return {layer: caps[name].acts[0] for layer, name in names.items()}
 
     @torch.no_grad()
     def generate(
@@ -160,7 +177,7 @@ class ModelAdapter(ABC):
         """Greedy continuation of the prompt, decoded without special tokens, lstripped."""
         if inp.prompt_length != len(inp.tokens):
             raise ValueError("these inputs teacher-force findings; prepare(study) without them")
-        inputs = self._device_inputs(inp)
+        inputs = self.device_inputs(inp)
         with intervene(self.model, interventions or {}):
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new_ids = out[0, inputs["input_ids"].shape[1] :]
@@ -205,15 +222,19 @@ class VisionLanguageAdapter(ModelAdapter):
 
 
 class CausalLMAdapter(ModelAdapter):
-    """A text-only causal LM over the report: sections as a plain prompt, then FINDINGS.
+    """A text-only causal LM over the report: sections as a plain prompt, then the report.
 
     Prompt: ``[PRIOR_REPORT: p ]INDICATION: i TECHNIQUE: t COMPARISON: c FINDINGS:`` (missing
     sections ``N/A``, prior report only when given), findings teacher-forced after a space.
+    With an impression, ``IMPRESSION:`` and the impression follow the findings (or replace
+    them when no findings are given), so FINDINGS, IMPRESSION or both can be recorded.
     """
 
     kind = "causal_lm"
 
-    def prepare(self, study: Any, findings: str | None = None) -> PreparedInputs:
+    def prepare(
+        self, study: Any, findings: str | None = None, impression: str | None = None
+    ) -> PreparedInputs:
         s = study if isinstance(study, StudyInputs) else _text_fields(study)
         segs = []
         if s.prior_report:
@@ -226,9 +247,14 @@ class CausalLMAdapter(ModelAdapter):
         ):
             segs += [Segment(f"{label}: ", "template"), Segment(section_text(value), label.lower())]
             segs.append(Segment(" ", "template"))
-        segs.append(Segment("FINDINGS:", "template"))
+        if findings is not None or impression is None:
+            segs.append(Segment("FINDINGS:", "template"))
         if findings is not None:
             segs.append(Segment(" " + findings, "findings", "report"))
+        if impression is not None:
+            lead = " " if findings is not None else ""
+            segs.append(Segment(f"{lead}IMPRESSION:", "template"))
+            segs.append(Segment(" " + impression, "impression", "report"))
         return _prepared(encode_text(self.tokenizer, Prompt(tuple(segs))))
 
 

@@ -57,15 +57,17 @@ def tiny_vision_config(image_size: int = 56, patch_size: int = 14) -> Dinov2Conf
     )
 
 
-def tiny_text_config(vocab_size: int, n_layers: int = 3) -> LlamaConfig:
-    """A Llama decoder 48 wide with ``n_layers`` blocks and Llama's special-token ids."""
+def tiny_text_config(vocab_size: int, n_layers: int = 3, hidden_size: int = 48) -> LlamaConfig:
+    """A Llama decoder ``hidden_size`` wide (48 by default) with ``n_layers`` blocks and
+    Llama's special-token ids."""
+    heads = 4 if hidden_size % 16 == 0 else 2
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=48,
-        intermediate_size=96,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=512,
         bos_token_id=1,
         eos_token_id=2,
@@ -74,14 +76,17 @@ def tiny_text_config(vocab_size: int, n_layers: int = 3) -> LlamaConfig:
 
 
 def tiny_maira2(
-    tokenizer: PreTrainedTokenizerFast, image_size: int = 56, n_layers: int = 3
+    tokenizer: PreTrainedTokenizerFast,
+    image_size: int = 56,
+    n_layers: int = 3,
+    hidden_size: int = 48,
 ) -> Maira2ForConditionalGeneration:
     """A random-weight MAIRA-2 with MAIRA-2's config keys, sized to ``tokenizer``."""
     vision = tiny_vision_config(image_size)
     grid = image_size // vision.patch_size
     config = Maira2Config(
         vision_config=vision.to_dict(),
-        text_config=tiny_text_config(len(tokenizer), n_layers).to_dict(),
+        text_config=tiny_text_config(len(tokenizer), n_layers, hidden_size).to_dict(),
         projector_n_layers=4,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=grid * grid,

@@ -1,6 +1,8 @@
 """The record stage: residual-stream activations of a model over a collection -> a store.
 
-- :mod:`~workbench.record.data`: the collection (MIMIC-CXR layout studies or text files).
+The collection it reads (MIMIC-CXR layout studies, a reports tree or a table of texts) is
+:mod:`workbench.cxr.collection`.
+
 - :mod:`~workbench.record.run`: the stage itself, ``record(cfg)`` and ``main(argv)``.
 """
 

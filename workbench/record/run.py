@@ -1,7 +1,8 @@
 """``python -m workbench.record``: residual-stream activations of a model into an activation store.
 
 For every study the model sees the exact prompt with the ground-truth FINDINGS teacher-forced
-after it (the SAE must see report tokens), and the residual stream after decoder block L
+after it (the SAE must see report tokens; a text-only LM can be given the IMPRESSION or both
+instead, ``--sections``), and the residual stream after decoder block L
 (``blocks.{L}.hook_resid_post``) is captured by a forward hook that then *stops the forward
 pass*: later blocks and the LM head never run (:func:`workbench.models.hooks.capture`).
 
@@ -11,7 +12,19 @@ prompt"), configurably: image tokens all / first_last / none, prompt tokens that
 study's own text (indication, technique, comparison, prior report) / all / none; report
 tokens are always kept. The ``kind`` and ``section`` columns say what each stored row is.
 
-Resumable: the store's manifest lists finished studies, and a rerun skips them. Under
+``--layers 2,4`` records several blocks from one forward pass that stops after the deepest,
+sharing the input preparation, token filtering and metadata: one store per hook in
+``<out>/<hook name>/``, listed in ``<out>/hooks.json`` (each the store a single-layer run
+would write; ``train_sae`` on ``<out>`` trains one SAE per hook).
+
+Other hooks (``--hook``; every name is listed in docs/sae.md): the vision side of a
+vision-language model (``vision.blocks.{L}.hook_resid_post``, ``vision.hook_projector_out``;
+:mod:`workbench.record.vision`), and with ``--model segmentation:RUN_DIR`` a segmentation
+model's latents (:mod:`segmentation.latents`). All write the same store format, through the
+same token API (:mod:`workbench.record.tokens`), so ``train-sae`` and ``analyse`` read them
+unchanged.
+
+Resumable: the store's log lists finished studies, and a rerun skips them. Under
 ``accelerate launch`` process r of W records every W-th study (by sorted study id) into
 ``<out>/rank<r>``, and :class:`workbench.store.ActivationStore` reads the parts as one store.
 """
@@ -28,11 +41,27 @@ from typing import Literal, NamedTuple
 import torch
 
 from workbench.config import parse_config, save_config
+from workbench.cxr.collection import Collection, Item, load_collection, model_input
 from workbench.cxr.images import CXRDataError
+from workbench.models.hooks import SEGMENTATION_MODEL, hook_site
 from workbench.progress import Heartbeat
-from workbench.record.data import Collection, Item, load_collection, model_input
+from workbench.record.tokens import groups_of
+from workbench.record.vision import (
+    coverage_names,
+    frontal_coverage,
+    is_vision_hook,
+    vision_tokens,
+    vision_width,
+)
 from workbench.run import RunLayout
-from workbench.store import ActivationStore, StoreError, StoreWriter
+from workbench.store import (
+    MANIFEST,
+    ActivationStore,
+    StoreError,
+    StoreWriter,
+    hook_stores,
+    write_hook_index,
+)
 
 log = logging.getLogger("workbench.record")
 PROMPT_SECTIONS = frozenset({"indication", "technique", "comparison", "prior_report", "phrase"})
@@ -57,6 +86,14 @@ class RecordConfig:
     """Activation store directory (resumed when it exists)."""
     layer: int = -1
     """Decoder block L whose output is recorded; -1: the middle block (n_layers - 1) // 2."""
+    layers: tuple[int, ...] = ()
+    """Several decoder blocks from one forward pass (stopping after the deepest): one store per
+    hook in <out>/<hook name>, listed in <out>/hooks.json; empty: only `layer`."""
+    hook: str = ""
+    """Hook to record instead of decoder blocks (docs/sae.md lists every name):
+    vision.blocks.<L>.hook_resid_post or vision.hook_projector_out for the image encoder;
+    backbone.hook_bottleneck, backbone.hook_features, head.hook_cov_factor,
+    generator.hook_w_plus or generator.blocks.<i>.hook_out with --model segmentation:RUN_DIR."""
     split: str | None = None
     """Only studies of this split (train/validate/test); empty: all."""
     limit: int = 0
@@ -73,8 +110,13 @@ class RecordConfig:
     """Tokens per shard (bounds the memory a run holds)."""
     device: str = "cpu"
     """torch device for the model ('cuda' under accelerate launch picks the local GPU)."""
+    sections: Literal["findings", "impression", "both"] = "findings"
+    """Report sections teacher-forced: FINDINGS (MAIRA-2's task), IMPRESSION or both (FINDINGS
+    then IMPRESSION); other than findings only for a text-only causal LM. Studies without a
+    chosen section are skipped."""
     text_column: str = "text"
-    """Text column of a CSV/JSON/Parquet input (text-only mode)."""
+    """Text column of a CSV/JSON/Parquet input (text-only mode); without it, the column named
+    after the section (findings / impression; both sections read those two columns)."""
     id_column: str = ""
     """Id column of a table input ('' : study_id if present, else the row number)."""
     progress: bool = True
@@ -84,14 +126,27 @@ class RecordConfig:
     flush_seconds: float = 300.0
     """Write buffered studies to a shard at least this often (seconds), so a crash loses at
     most this long of recording (a shard is also written every shard_tokens tokens)."""
+    pool: int = 1
+    """Segmentation models: average-pool the hooked feature map pool x pool into one token."""
+    samples: int = 32
+    """Segmentation SSN: samples per image behind the per-pixel sample variance."""
+    tto_steps: int = -1
+    """Segmentation SemanticGAN: test-time optimisation steps (-1: the model's saved value)."""
 
     def validate(self) -> None:
         if self.shard_tokens < 1:
             raise ValueError("config field 'shard_tokens' must be >= 1")
         if self.flush_seconds <= 0:
             raise ValueError(f"config field 'flush_seconds' must be > 0, got {self.flush_seconds}")
-        if self.layer < -1:
-            raise ValueError(f"config field 'layer' must be >= -1, got {self.layer}")
+        for value in (self.layer, *self.layers):
+            if value < -1:
+                raise ValueError(f"config fields 'layer'/'layers' must be >= -1, got {value}")
+        if self.hook and (self.layer != -1 or self.layers):
+            raise ValueError("give config field 'hook' or 'layer'/'layers', not both")
+        if self.hook:
+            hook_site(self.hook)  # ValueError naming the known forms
+        if self.pool < 1 or self.samples < 1:
+            raise ValueError("config fields 'pool' and 'samples' must be >= 1")
 
 
 def keep_mask(tokens: list[dict], image_tokens: str, prompt_tokens: str) -> list[bool]:
@@ -126,29 +181,86 @@ def token_metadata(tokens: list[dict], keep: list[bool], subject_id: int | None)
 
 
 class Recorded(NamedTuple):
-    """One study's stored rows: activations [n_kept, d_model], their metadata columns, and
-    the optional input files it was recorded without (unreadable lateral / prior image)."""
+    """One study's stored rows: activations [n_kept, d_model] (``{layer: acts}`` when several
+    layers were asked), their metadata columns, and the optional input files it was recorded
+    without (unreadable lateral / prior image)."""
 
-    acts: torch.Tensor
+    acts: torch.Tensor | dict[int, torch.Tensor]
     meta: dict
     dropped: tuple[str, ...]
 
 
-def record_item(adapter, item: Item, layer: int, cfg: RecordConfig) -> Recorded:
-    """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite."""
+def prepare_item(adapter, item: Item, source=None):
+    """The model inputs of one item, its chosen report sections teacher-forced (``source``:
+    the item's source already read by ``model_input``; default: read it here)."""
+    if source is None:
+        source, _ = model_input(item.source, adapter.kind == "vision_language")
+    if item.impression is None:
+        return adapter.prepare(source, findings=item.findings)
+    if adapter.kind != "causal_lm":
+        raise RecordError(f"{adapter.name} is given FINDINGS only; --sections needs a text LM")
+    return adapter.prepare(source, findings=item.findings, impression=item.impression)
+
+
+def record_item(adapter, item: Item, layer: int | tuple[int, ...], cfg: RecordConfig) -> Recorded:
+    """Activations [n_kept, d_model] and metadata of one study; RecordError if not finite.
+
+    With a tuple of layers, one forward (stopped after the deepest) gives ``{layer: acts}``;
+    the inputs, the kept positions and the metadata are prepared once for all of them.
+    """
     source, dropped = model_input(item.source, adapter.kind == "vision_language")
-    inp = adapter.prepare(source, findings=item.findings)
-    acts_TD = adapter.residual(inp, layer)
-    if not torch.isfinite(acts_TD).all():
-        n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
-        raise RecordError(
-            f"study {item.study_id}: {n_nan} NaN and {n_inf} inf values in "
-            f"{adapter.hook_name(layer)} of {adapter.name}; stopping (finished studies are "
-            "kept; check the model weights, dtype and this study's inputs)"
-        )
+    if is_vision_hook(cfg.hook):
+        return _vision_item(adapter, item, source, dropped, cfg)
+    inp = prepare_item(adapter, item, source)
+    if isinstance(layer, int):
+        acts = {layer: adapter.residual(inp, layer)}
+    else:
+        acts = adapter.residuals(inp, layer)
+    for at, acts_TD in acts.items():
+        if not torch.isfinite(acts_TD).all():
+            n_nan, n_inf = int(torch.isnan(acts_TD).sum()), int(torch.isinf(acts_TD).sum())
+            raise RecordError(
+                f"study {item.study_id}: {n_nan} NaN and {n_inf} inf values in "
+                f"{adapter.hook_name(at)} of {adapter.name}; stopping (finished studies are "
+                "kept; check the model weights, dtype and this study's inputs)"
+            )
     keep = keep_mask(inp.tokens, cfg.image_tokens, cfg.prompt_tokens)
+    keep_T = torch.tensor(keep, dtype=torch.bool, device=next(iter(acts.values())).device)
+    kept = {at: acts_TD[keep_T] for at, acts_TD in acts.items()}
+    meta = token_metadata(inp.tokens, keep, item.subject_id)
+    return Recorded(kept[layer] if isinstance(layer, int) else kept, meta, dropped)
+
+
+def _vision_item(adapter, item: Item, source, dropped: tuple, cfg: RecordConfig) -> Recorded:
+    """One study's image-patch tokens at a vision hook, with frontal mask coverage."""
+    inp = adapter.prepare(source)
+    acts_TD, image_tokens = vision_tokens(adapter, inp, cfg.hook)
+    if not torch.isfinite(acts_TD).all():
+        raise RecordError(
+            f"study {item.study_id}: NaN or inf values in {cfg.hook} of {adapter.name}; stopping "
+            "(finished studies are kept)"
+        )
+    keep = keep_mask(image_tokens, cfg.image_tokens, "none")
+    kept = [t for t, k in zip(image_tokens, keep, strict=True) if k]
+    meta = token_metadata(image_tokens, keep, item.subject_id)
+    meta.update(frontal_coverage(adapter, item.source, cfg.data, kept))
     keep_T = torch.tensor(keep, dtype=torch.bool, device=acts_TD.device)
-    return Recorded(acts_TD[keep_T], token_metadata(inp.tokens, keep, item.subject_id), dropped)
+    return Recorded(acts_TD[keep_T], meta, dropped)
+
+
+def plain_hook(cfg: RecordConfig) -> RecordConfig:
+    """``cfg`` with a language-model ``--hook blocks.L.hook_resid_post`` turned into
+    ``--layer L``; a segmentation hook is refused (it needs ``--model segmentation:RUN``)."""
+    if not cfg.hook:
+        return cfg
+    site = hook_site(cfg.hook)
+    if site.site == "resid_post":
+        return dataclasses.replace(cfg, hook="", layer=site.layer)
+    if not is_vision_hook(cfg.hook):
+        raise RecordError(
+            f"{cfg.hook} is a segmentation-model hook: use --model segmentation:RUN_DIR"
+        )
+    return cfg
 
 
 def part_dir(out: Path, rank: int, world: int) -> Path:
@@ -160,6 +272,17 @@ def part_dir(out: Path, rank: int, world: int) -> Path:
             f"{out} holds a single-process store; resume it with one process or pick a new --out"
         )
     return out / f"rank{rank}" if world > 1 or sharded else out
+
+
+def check_resume(out: Path, cfg: RecordConfig) -> None:
+    """Refuse to resume a store recorded with other report sections (they would mix)."""
+    try:
+        extra = ActivationStore(out).manifest.get("extra") or {}
+    except StoreError:
+        return
+    was = extra.get("sections", "findings")
+    if was != cfg.sections:
+        raise RecordError(f"{out} was recorded with --sections {was}; got {cfg.sections}")
 
 
 def finished_studies(out: Path) -> set[int]:
@@ -176,6 +299,23 @@ def resolve_layer(adapter, layer: int) -> int:
     return (adapter.n_layers - 1) // 2 if layer == -1 else layer
 
 
+def resolve_layers(adapter, cfg: RecordConfig) -> tuple[int, ...]:
+    """The blocks to record, ascending: ``layers`` (each -1 = the middle block) or ``layer``."""
+    layers = sorted({resolve_layer(adapter, layer) for layer in (cfg.layers or (cfg.layer,))})
+    for layer in layers:
+        adapter.hook_name(layer)  # ValueError naming the model's range
+    return tuple(layers)
+
+
+def _store_dirs(adapter, out: Path, layers: tuple[int, ...], multi: bool) -> dict[int, Path]:
+    """Where each layer's store goes: ``out`` alone, or ``out/<hook name>`` with ``--layers``."""
+    if multi and ((out / MANIFEST).is_file() or any(out.glob(f"rank*/{MANIFEST}"))):
+        raise RecordError(f"{out} holds a single-layer store; pick a new --out for --layers")
+    if not multi and hook_stores(out) is not None:
+        raise RecordError(f"{out} holds one store per hook (--layers); pass the same --layers")
+    return {layer: out / adapter.hook_name(layer) if multi else out for layer in layers}
+
+
 def record(cfg: RecordConfig) -> Path:
     """Record ``cfg`` into ``cfg.out`` (resuming); returns the store directory."""
     from accelerate import PartialState
@@ -183,27 +323,61 @@ def record(cfg: RecordConfig) -> Path:
     from workbench.models.registry import load_model
 
     cfg.validate()
+    if cfg.model.startswith(SEGMENTATION_MODEL):
+        from segmentation.latents import record_segmentation
+
+        return record_segmentation(cfg)
     run = RunLayout(cfg.run)
     cfg = dataclasses.replace(cfg, data=cfg.data or run.phantom, out=cfg.out or run.activations)
+    cfg = plain_hook(cfg)
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device != "cpu" else "cpu"
     adapter = load_model(cfg.model, device=device)
-    layer = resolve_layer(adapter, cfg.layer)
-    hook_name = adapter.hook_name(layer)
-    collection = load_collection(cfg.data, cfg.split or None, cfg.text_column, cfg.id_column)
-    if adapter.kind == "vision_language" and collection.kind != "studies":
+    layers = (hook_site(cfg.hook).layer or 0,) if cfg.hook else resolve_layers(adapter, cfg)
+    width = vision_width(adapter, cfg.hook) if cfg.hook else adapter.d_model
+    if (adapter.kind == "vision_language" or cfg.hook) and cfg.sections != "findings":
+        raise RecordError(
+            f"{adapter.name} writes FINDINGS; --sections {cfg.sections} needs a text-only LM"
+        )
+    collection = load_collection(
+        cfg.data, cfg.split or None, cfg.text_column, cfg.id_column, cfg.sections
+    )
+    if (adapter.kind == "vision_language" or cfg.hook) and collection.kind != "studies":
         raise RecordError(f"{adapter.name} needs images; {cfg.data} holds only report text")
     out = Path(cfg.out)
-    writer = StoreWriter(
-        part_dir(out, state.process_index, state.num_processes),
-        model=adapter.name, layer=layer, hook_name=hook_name, d_model=adapter.d_model,
-        dtype=cfg.dtype, shard_tokens=cfg.shard_tokens, flush_seconds=cfg.flush_seconds,
-        extra={"image_tokens": cfg.image_tokens, "prompt_tokens": cfg.prompt_tokens,
-               "data": str(cfg.data), "source_kind": collection.kind},
-    )  # fmt: skip
+    dirs = _store_dirs(adapter, out, layers, multi=bool(cfg.layers))
+    for path in dirs.values():
+        check_resume(path, cfg)
+    writers = {
+        layer: StoreWriter(
+            part_dir(path, state.process_index, state.num_processes),
+            model=adapter.name,
+            layer=layer,
+            hook_name=cfg.hook or adapter.hook_name(layer),
+            d_model=width,
+            dtype=cfg.dtype,
+            shard_tokens=cfg.shard_tokens,
+            flush_seconds=cfg.flush_seconds,
+            extra={
+                "image_tokens": cfg.image_tokens,
+                "prompt_tokens": cfg.prompt_tokens,
+                "data": str(Path(cfg.data).resolve()),
+                "source_kind": collection.kind,
+                "sections": cfg.sections,
+                "text_column": cfg.text_column,
+                "id_column": cfg.id_column,
+                "concept_groups": groups_of(coverage_names()) if cfg.hook else {},
+            },
+        )  # fmt: skip
+        for layer, path in dirs.items()
+    }
+    if cfg.layers and state.is_main_process:
+        write_hook_index(out, {path.name: path.name for path in dirs.values()})
     mine = my_share(collection, cfg.limit, state.process_index, state.num_processes)
-    run_items(adapter, writer, mine, finished_studies(out), layer, cfg)
-    writer.close()
+    done = {layer: finished_studies(path) for layer, path in dirs.items()}
+    run_items(adapter, writers, mine, done, cfg)
+    for writer in writers.values():
+        writer.close()
     state.wait_for_everyone()
     if state.is_main_process:
         save_config(cfg, out / "cfg.json")
@@ -224,34 +398,41 @@ def my_share(collection: Collection, limit: int, rank: int, world: int) -> Colle
 
 
 def run_items(
-    adapter, writer: StoreWriter, share: Collection, done: set[int], layer: int, cfg
+    adapter, writers: dict[int, StoreWriter], share: Collection, done: dict[int, set[int]], cfg
 ) -> None:
-    """Record every unfinished study of ``share``; unreadable ones become manifest skips."""
+    """Record every unfinished study of ``share`` into each layer's writer; unreadable ones
+    become skips. A study some stores already hold (a run killed between two stores' flushes)
+    is recorded only into the others."""
     from tqdm import tqdm
 
-    done = done | writer.completed
-    skips = [(s.study_id, s.reason) for s in share.skipped if s.study_id not in done]
-    for study_id, reason in skips:
-        writer.skip(study_id, reason)
-    todo = [it for it in share.items if it.study_id not in done]
-    log.info(
-        "%s: %d studies to record (%d already done)",
-        writer.path,
-        len(todo),
-        len(share.items) - len(todo),
-    )
+    done = {layer: done[layer] | w.completed for layer, w in writers.items()}
+    skips = [(s.study_id, s.reason) for s in share.skipped if s.study_id not in done[max(done)]]
+    for s in share.skipped:
+        for layer, writer in writers.items():
+            if s.study_id not in done[layer]:
+                writer.skip(s.study_id, s.reason)
+    finished = set.intersection(*done.values())
+    todo = [it for it in share.items if it.study_id not in finished]
+    where = ", ".join(str(w.path) for w in writers.values())
+    log.info("%s: %d studies to record (%d already done)", where, len(todo),
+             len(share.items) - len(todo))  # fmt: skip
     t0, n_tokens, n_stored = time.perf_counter(), 0, 0
-    beat = Heartbeat(log, f"record L{layer}", len(todo), cfg.log_seconds)
-    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=f"record L{layer}")
+    what = f"record L{','.join(map(str, writers))}"
+    beat = Heartbeat(log, what, len(todo), cfg.log_seconds)
+    bar = tqdm(todo, unit="study", disable=not cfg.progress, desc=what)
     for i, item in enumerate(bar):
+        need = tuple(layer for layer in writers if item.study_id not in done[layer])
         try:
-            acts_ND, meta, dropped = record_item(adapter, item, layer, cfg)
+            acts, meta, dropped = record_item(adapter, item, need if cfg.layers else need[0], cfg)
         except (CXRDataError, OSError) as exc:
-            writer.skip(item.study_id, f"unreadable input: {exc}")
+            for layer in need:
+                writers[layer].skip(item.study_id, f"unreadable input: {exc}")
             skips.append((item.study_id, f"unreadable input: {exc}"))
         else:
-            writer.add(item.study_id, acts_ND, meta, dropped)
-            n_tokens += acts_ND.shape[0]
+            acts = acts if isinstance(acts, dict) else {need[0]: acts}
+            for layer, acts_ND in acts.items():
+                writers[layer].add(item.study_id, acts_ND, meta, dropped)
+            n_tokens += next(iter(acts.values())).shape[0]
             n_stored += 1
             bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.0f}")
         beat.update(i + 1, stored=n_stored, skipped=len(skips), tokens=n_tokens)
@@ -260,7 +441,7 @@ def run_items(
         "recorded %d studies, %d tokens in %.1f s (%.1f studies/s, %.0f tokens/s)",
         n_stored, n_tokens, elapsed, n_stored / elapsed, n_tokens / elapsed,
     )  # fmt: skip
-    warn_skipped(writer.path, skips)
+    warn_skipped(writers[max(writers)].path, skips)
 
 
 def warn_skipped(store: Path, skips: list[tuple[int, str]], show: int = 5) -> None:
@@ -284,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(record(cfg))
     except (RecordError, StoreError, CXRDataError, FileNotFoundError, ValueError) as exc:
+        # segmentation.io.DataError is a ValueError
         log.error("%s", exc)
         return 1
     return 0

@@ -90,7 +90,14 @@ class TrainSAEConfig:
     """Show a tqdm progress bar."""
     scan_store: bool = True
     """Read the whole store once before training to refuse NaN/inf early (shards are checked
-    again as they load either way)."""
+    again as they load either way; under data-parallel training each process scans a share)."""
+    read_share: bool = True
+    """Data-parallel: each process reads only the rows of its share of every batch (row
+    gathers from the store) instead of whole shards; same batches, about 1/processes of the
+    bytes. Off: every process reads whole windows and keeps its slice."""
+    hooks: tuple[str, ...] = ()
+    """Multi-hook store (record --layers): the hooks to train, one SAE each in <out>/<hook>,
+    all in one pass; empty: every hook of the store."""
 
     def validate(self) -> None:
         """Refuse values that cannot work before anything is read."""

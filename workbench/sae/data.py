@@ -10,6 +10,11 @@ uninterrupted one would, without saving any buffer state:
 * the stream is the concatenation of the windows; batch ``s`` is rows ``[s B, (s + 1) B)``.
 
 Memory is one window (about ``buffer_tokens`` rows plus one shard), whatever the store's size.
+
+Data-parallel training gives process r of W the rows ``[r B/W, (r+1) B/W)`` of every global
+batch. With ``gather=True`` (:meth:`ShuffledBatches.local`) a process reads only those rows
+of each window (``read_rows`` on the source) instead of whole shards: the same values in the
+same order as slicing the full batch, for about 1/W of the bytes.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ class ShardSource(Protocol):
     hook_name: str | None
     model: str | None
 
+    bytes_read: int
+
     def shard_sizes(self) -> list[int]: ...
 
     def read(self, i: int) -> torch.Tensor: ...
+
+    def read_rows(self, i: int, rows: np.ndarray) -> torch.Tensor: ...
 
     def describe(self, i: int) -> str: ...
 
@@ -60,18 +69,26 @@ class StoreSource:
     def shard_sizes(self) -> list[int]:
         return self.store.shard_sizes()
 
+    @property
+    def bytes_read(self) -> int:
+        return self.store.bytes_read
+
     def read(self, i: int) -> torch.Tensor:
         return self.store.shard(i)
+
+    def read_rows(self, i: int, rows: np.ndarray) -> torch.Tensor:
+        return self.store.read_rows(i, rows)
 
     def describe(self, i: int) -> str:
         return f"{self.path} shard {i}"
 
-    def check(self, i: int, x_ND: torch.Tensor) -> None:
-        """NaN/inf refused with the store's own message: shard file, global row and study."""
+    def check(self, i: int, x_ND: torch.Tensor, rows: np.ndarray | None = None) -> None:
+        """NaN/inf refused with the store's own message: shard file, global row and study
+        (``rows``: the shard rows of ``x_ND``'s rows, for a gather)."""
         from workbench.store import StoreError
 
         try:
-            self.store.check_finite(i, x_ND)
+            self.store.check_finite(i, x_ND, rows)
         except StoreError as exc:
             raise DataError(str(exc)) from None
 
@@ -89,39 +106,59 @@ class TensorSource:
         self.hook_name = hook_name
         self.model = None
         self.shard_tokens = max(1, shard_tokens)
+        self.bytes_read = 0
 
     def shard_sizes(self) -> list[int]:
         n = self.acts.shape[0]
         return [min(self.shard_tokens, n - s) for s in range(0, n, self.shard_tokens)]
 
     def read(self, i: int) -> torch.Tensor:
-        return self.acts[i * self.shard_tokens : (i + 1) * self.shard_tokens]
+        out = self.acts[i * self.shard_tokens : (i + 1) * self.shard_tokens]
+        self.bytes_read += out.numel() * out.element_size()
+        return out
+
+    def read_rows(self, i: int, rows: np.ndarray) -> torch.Tensor:
+        out = self.acts[i * self.shard_tokens : (i + 1) * self.shard_tokens][torch.as_tensor(rows)]
+        self.bytes_read += out.numel() * out.element_size()
+        return out
 
     def describe(self, i: int) -> str:
         return f"in-memory shard {i}"
 
 
-def check_finite(x_ND: torch.Tensor, where: str, first_row: int = 0) -> None:
-    """Raise :class:`DataError` naming the first row with a NaN or inf."""
+def check_finite(
+    x_ND: torch.Tensor, where: str, first_row: int = 0, rows: np.ndarray | None = None
+) -> None:
+    """Raise :class:`DataError` naming the first row with a NaN or inf (``rows``: the shard
+    row of each of ``x_ND``'s rows when they are not contiguous)."""
     bad = ~torch.isfinite(x_ND).all(dim=1)
     if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0]) + first_row
+        first = int(bad.nonzero()[0, 0])
+        row = int(rows[first]) if rows is not None else first + first_row
         raise DataError(f"{where}: non-finite activation (NaN or inf) at row {row}")
 
 
-def check_shard(source: ShardSource, i: int, x_ND: torch.Tensor) -> None:
-    """Refuse NaN/inf in shard ``i``: the source's own check if it has one (the store names
-    file, row and study, as every stage reading a store does), else :func:`check_finite`."""
+def check_shard(
+    source: ShardSource, i: int, x_ND: torch.Tensor, rows: np.ndarray | None = None
+) -> None:
+    """Refuse NaN/inf in (rows ``rows`` of) shard ``i``: the source's own check if it has one
+    (the store names file, row and study, as every stage reading a store does), else
+    :func:`check_finite`."""
     own = getattr(source, "check", None)
     if own is not None:
-        own(i, x_ND)
+        own(i, x_ND, rows)
     else:
-        check_finite(x_ND, source.describe(i))
+        check_finite(x_ND, source.describe(i), rows=rows)
 
 
-def scan_source(source: ShardSource) -> None:
-    """Read every shard once and refuse NaN/inf or a wrong width before training starts."""
+def scan_source(source: ShardSource, rank: int = 0, world: int = 1) -> None:
+    """Read every shard once and refuse NaN/inf or a wrong width before training starts.
+
+    With ``world`` processes, process ``rank`` scans every ``world``-th shard from ``rank``.
+    """
     for i, size in enumerate(source.shard_sizes()):
+        if i % world != rank:
+            continue
         x = source.read(i)
         if tuple(x.shape) != (size, source.d_in):
             raise DataError(f"{source.describe(i)}: shape {tuple(x.shape)}, expected {size} rows")
@@ -136,7 +173,12 @@ class ShuffledBatches:
     """Deterministic shuffled batches of ``batch_size`` rows; ``batch(step)`` in any order."""
 
     def __init__(
-        self, source: ShardSource, batch_size: int, buffer_tokens: int = 262144, seed: int = 0
+        self,
+        source: ShardSource,
+        batch_size: int,
+        buffer_tokens: int = 262144,
+        seed: int = 0,
+        gather: bool = False,
     ):
         self.source = source
         self.sizes = source.shard_sizes()
@@ -146,8 +188,11 @@ class ShuffledBatches:
         self.batch_size = batch_size
         self.buffer_tokens = max(1, buffer_tokens)
         self.seed = seed
+        self.gather = gather
         self._epoch_plan: tuple[int, list[list[int]], list[int]] | None = None
         self._window: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._local: tuple[tuple[int, ...], torch.Tensor, np.ndarray] | None = None
+        self._gathered: tuple[int, torch.Tensor] | None = None
 
     def _plan(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """Windows (lists of shard ids) of ``epoch`` and their start offsets in the epoch."""
@@ -199,8 +244,79 @@ class ShuffledBatches:
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def batch(self, step: int) -> torch.Tensor:
-        """Global batch ``step``: ``[batch_size, d_in]`` float32."""
-        return self.rows(step * self.batch_size, self.batch_size)
+        """Global batch ``step``: ``[batch_size, d_in]`` float32.
+
+        With ``gather`` only this batch's rows are read (no window is loaded): used for the
+        few global batches every process needs (normalisation, initialisation).
+        """
+        if not self.gather:
+            return self.rows(step * self.batch_size, self.batch_size)
+        if self._gathered is None or self._gathered[0] != step:
+            self._gathered = (step, self._walk(step * self.batch_size, self.batch_size, None))
+        return self._gathered[1]
+
+    def local(self, step: int, rank: int, world: int) -> torch.Tensor:
+        """Process ``rank``'s slice of global batch ``step``: equal to
+        ``batch(step)[rank * B / world : (rank + 1) * B / world]``, bit for bit. With
+        ``gather`` a window's rows are read only where this process will use them."""
+        share = self.batch_size // world
+        if not self.gather or world == 1:
+            return self.batch(step)[rank * share : (rank + 1) * share]
+        return self._walk(step * self.batch_size + rank * share, share, (rank, world))
+
+    def _walk(self, start: int, count: int, owner: tuple[int, int] | None) -> torch.Tensor:
+        """Stream rows ``[start, start + count)`` read by row gathers, window by window."""
+        out = []
+        while count > 0:
+            epoch, offset = divmod(start, self.n_tokens)
+            windows, starts = self._plan(epoch)
+            w = bisect.bisect_right(starts, offset) - 1
+            length = sum(self.sizes[i] for i in windows[w])
+            lo = offset - starts[w]
+            take = min(count, length - lo)
+            if owner is None:
+                out.append(self._read_positions(epoch, w, np.arange(lo, lo + take)))
+            else:
+                rows, before = self._owned_rows(epoch, w, length, *owner)
+                out.append(rows[before[lo] : before[lo] + take])
+            start += take
+            count -= take
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def _owned_rows(self, epoch: int, w: int, length: int, rank: int, world: int):
+        """The rows of window ``w`` that process ``rank`` uses (in stream order), and for each
+        window position the number of owned positions before it."""
+        key = (epoch, w, rank, world)
+        if self._local is None or self._local[0] != key:
+            self._local = None  # free the previous window first
+            _, starts = self._plan(epoch)
+            stream = epoch * self.n_tokens + starts[w] + np.arange(length, dtype=np.int64)
+            mine = (stream % self.batch_size) // (self.batch_size // world) == rank
+            before = np.cumsum(mine) - mine
+            self._local = (key, self._read_positions(epoch, w, np.flatnonzero(mine)), before)
+        return self._local[1], self._local[2]
+
+    def _read_positions(self, epoch: int, w: int, positions: np.ndarray) -> torch.Tensor:
+        """float32 rows at ``positions`` of window ``w``'s shuffled order, reading only them."""
+        windows, _ = self._plan(epoch)
+        shards = windows[w]
+        bounds = np.cumsum([0] + [self.sizes[i] for i in shards])
+        perm = torch.randperm(int(bounds[-1]), generator=_rng(self.seed, epoch, w + 1)).numpy()
+        wanted = perm[positions]
+        which = np.searchsorted(bounds, wanted, side="right") - 1
+        out = torch.empty(len(positions), self.source.d_in)
+        for j, shard in enumerate(shards):
+            slots = np.flatnonzero(which == j)
+            if not slots.size:
+                continue
+            slots = slots[np.argsort(wanted[slots])]  # read each shard in row order
+            rows = wanted[slots] - bounds[j]
+            x = self.source.read_rows(shard, rows)
+            if x.ndim != 2 or x.shape[1] != self.source.d_in:
+                raise DataError(f"{self.source.describe(shard)}: shape {tuple(x.shape)}")
+            check_shard(self.source, shard, x, rows)
+            out[torch.from_numpy(slots)] = x.float()
+        return out
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from workbench.sae.matryoshka import MatryoshkaSAE
 from workbench.sae.select import encode_select
@@ -191,33 +192,39 @@ def forward_backward(
     use_aux = dead_F is not None and k_aux > 0 and bool(dead_F.any())
     dead_idx = dead_F.nonzero().squeeze(1) if use_aux else None
     thr = None if inference_threshold is None else max(inference_threshold, 0.0)
-    sel = encode_select(
-        xc_BD, sae.W_enc_DF, sae.b_enc_F, k * B, cut_hint, dead_idx, thr, compute_dtype,
-        dense_threads=dense_threads,
-    )  # fmt: skip
-    code = make_code(sel.idx, sel.vals, sae, B)
-    # group-major bags: one embedding_bag gives every group's partial reconstruction
-    part = F.embedding_bag(
-        code.cols, W_dec, code.crow[:-1], mode="sum", per_sample_weights=code.vals
-    )
-    err_GBD, g_GBD, prefix_mse = _prefix_errors(xc_BD, part.view(G, B, D))
-    g_bag = g_GBD.view(G * B, D)
-    dvals = _sampled_dots(_csr(code.crow, code.cols, code.vals, (G * B, n_feat)), g_bag, W_dec)
-    grad_W_dec = _transposed(code.bags, code.cols, code.vals, (n_feat, G * B)) @ g_bag
-    grad_b_dec = g_GBD[0].sum(0)
+    with record_function("sae.select"):  # the encoder product and BatchTopK
+        sel = encode_select(
+            xc_BD, sae.W_enc_DF, sae.b_enc_F, k * B, cut_hint, dead_idx, thr, compute_dtype,
+            dense_threads=dense_threads,
+        )  # fmt: skip
+    with record_function("sae.decode"):
+        code = make_code(sel.idx, sel.vals, sae, B)
+        # group-major bags: one embedding_bag gives every group's partial reconstruction
+        part = F.embedding_bag(
+            code.cols, W_dec, code.crow[:-1], mode="sum", per_sample_weights=code.vals
+        )
+        err_GBD, g_GBD, prefix_mse = _prefix_errors(xc_BD, part.view(G, B, D))
+    with record_function("sae.decoder_backward"):
+        g_bag = g_GBD.view(G * B, D)
+        code_csr = _csr(code.crow, code.cols, code.vals, (G * B, n_feat))
+        dvals = _sampled_dots(code_csr, g_bag, W_dec)
+        grad_W_dec = _transposed(code.bags, code.cols, code.vals, (n_feat, G * B)) @ g_bag
+        grad_b_dec = g_GBD[0].sum(0)
     rows, cols, dpre = code.rows, code.cols, dvals
     aux = x_BD.new_zeros(())
     if use_aux:
-        out = _aux_k(sae, sel.pre_dead, dead_idx, err_GBD[-1], k_aux, aux_alpha)
-        aux = out.loss
-        if out.dec_grad is not None:
-            grad_W_dec += out.dec_grad
-            rows, cols = torch.cat([rows, out.rows]), torch.cat([cols, out.cols])
-            dpre = torch.cat([dpre, out.dvals])
+        with record_function("sae.aux"):
+            out = _aux_k(sae, sel.pre_dead, dead_idx, err_GBD[-1], k_aux, aux_alpha)
+            aux = out.loss
+            if out.dec_grad is not None:
+                grad_W_dec += out.dec_grad
+                rows, cols = torch.cat([rows, out.rows]), torch.cat([cols, out.cols])
+                dpre = torch.cat([dpre, out.dvals])
     # encoder: dL/dW_enc = (x - b_dec)^T dL/dpre with dL/dpre sparse; no input gradient
-    grad_b_enc = torch.zeros_like(sae.b_enc_F).index_add_(0, cols, dpre)
-    grad_W_enc = (_transposed(rows, cols, dpre, (n_feat, B)) @ xc_BD).T.contiguous()
-    grad_b_dec -= sae.W_enc_DF @ grad_b_enc
+    with record_function("sae.encoder_backward"):
+        grad_b_enc = torch.zeros_like(sae.b_enc_F).index_add_(0, cols, dpre)
+        grad_W_enc = (_transposed(rows, cols, dpre, (n_feat, B)) @ xc_BD).T.contiguous()
+        grad_b_dec -= sae.W_enc_DF @ grad_b_enc
     # batch variance around the mean; xc is centred near b_dec, so this is well conditioned
     mean_D = xc_BD.mean(0)
     total_var = torch.linalg.vector_norm(xc_BD).square() / B - mean_D.dot(mean_D)

@@ -13,6 +13,48 @@ import torch.nn.functional as F
 from workbench.sae.matryoshka import MatryoshkaSAE
 
 
+class Superposition:
+    """A fixed set of feature directions in superposition; :meth:`sample` draws tokens.
+
+    More ground-truth features than dimensions (``n_features``, default 4 d_in), Zipf-like
+    frequencies, ``active`` draws per token with magnitudes in [0.5, 2], dense noise and a
+    mean offset. One object serves any number of tokens, so a benchmark can stream millions.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        n_features: int | None = None,
+        active: int = 8,
+        noise: float = 0.02,
+        seed: int = 0,
+    ):
+        self.generator = torch.Generator().manual_seed(seed)
+        g = self.generator
+        self.n_features, self.active, self.noise = n_features or 4 * d_in, active, noise
+        self.dirs_FD = torch.randn(self.n_features, d_in, generator=g)
+        self.dirs_FD /= self.dirs_FD.norm(dim=1, keepdim=True)
+        freq_F = 1.0 / torch.arange(1, self.n_features + 1, dtype=torch.float32) ** 0.7
+        self.offset_D = torch.randn(d_in, generator=g) * 0.5
+        self.cdf_F = (freq_F / freq_F.sum()).cumsum(0)
+
+    def sample(self, n_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n_tokens, d_in]`` float32 tokens (``generator``: the draws' source; default the
+        one seeded at construction, continued)."""
+        g = generator or self.generator
+        a, n_f = self.active, self.n_features
+        # per token: `active` draws from the frequency distribution (sparse; no dense mask)
+        u = torch.rand(n_tokens * a, generator=g) * self.cdf_F[-1]
+        idx_NA = torch.searchsorted(self.cdf_F, u).clamp_(max=n_f - 1)
+        mag = torch.rand(n_tokens * a, generator=g) * 1.5 + 0.5
+        offsets = torch.arange(0, n_tokens * a, a)
+        out = F.embedding_bag(idx_NA, self.dirs_FD, offsets, mode="sum", per_sample_weights=mag)
+        out += (
+            self.noise * torch.randn(n_tokens, self.dirs_FD.shape[1], generator=g) + self.offset_D
+        )
+        return out
+
+
 def superposition(
     n_tokens: int,
     d_in: int,
@@ -22,21 +64,7 @@ def superposition(
     seed: int = 0,
 ) -> torch.Tensor:
     """``[n_tokens, d_in]`` float32 activations; ``active`` feature draws per token."""
-    g = torch.Generator().manual_seed(seed)
-    n_features = n_features or 4 * d_in
-    dirs_FD = torch.randn(n_features, d_in, generator=g)
-    dirs_FD /= dirs_FD.norm(dim=1, keepdim=True)
-    freq_F = 1.0 / torch.arange(1, n_features + 1, dtype=torch.float32) ** 0.7
-    offset_D = torch.randn(d_in, generator=g) * 0.5
-    # per token: `active` draws from the frequency distribution (sparse; no dense mask)
-    cdf_F = (freq_F / freq_F.sum()).cumsum(0)
-    u = torch.rand(n_tokens * active, generator=g) * cdf_F[-1]
-    idx_NA = torch.searchsorted(cdf_F, u).clamp_(max=n_features - 1)
-    mag = torch.rand(n_tokens * active, generator=g) * 1.5 + 0.5
-    offsets = torch.arange(0, n_tokens * active, active)
-    out = F.embedding_bag(idx_NA, dirs_FD, offsets, mode="sum", per_sample_weights=mag)
-    out += noise * torch.randn(n_tokens, d_in, generator=g) + offset_D
-    return out
+    return Superposition(d_in, n_features, active, noise, seed).sample(n_tokens)
 
 
 def signed_identity_sae(d: int, k: int, hook_name: str | None = None) -> MatryoshkaSAE:

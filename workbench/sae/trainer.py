@@ -17,9 +17,10 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from workbench.config import save_config, to_dict
@@ -35,110 +36,39 @@ from workbench.sae.data import (
     geometric_median,
     scan_source,
 )
+from workbench.sae.distributed import Distributed
 from workbench.sae.io import save_sae
-from workbench.sae.matryoshka import MatryoshkaSAE, check_group_sizes, group_sizes_from_fractions
+from workbench.sae.matryoshka import MatryoshkaSAE
+from workbench.sae.multi import check_fits, select_hooks
+from workbench.sae.plan import lr_factor, make_plan
 from workbench.sae.step import Grads, StepStats, clip_grads_, forward_backward
 from workbench.sae.step import project_decoder_grad_ as project_grad_
+from workbench.store import hook_stores, write_hook_index
 
 # fields that do not change the result: a resumed run may differ in these
-_VOLATILE = ("store", "out", "resume", "progress", "log_every", "checkpoint_every", "scan_store")
+_VOLATILE = (
+    "store", "out", "resume", "progress", "log_every", "checkpoint_every", "scan_store",
+    "read_share", "hooks",
+)  # fmt: skip
 _DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOG_FILE = "train_log.jsonl"
-
-
-class Plan(NamedTuple):
-    """What a config resolves to once the data's width is known."""
-
-    d_in: int
-    d_sae: int
-    group_sizes: tuple[int, ...]
-    lr: float
-    steps: int
-    k_aux: int
-    warmup: int
-    threshold_start: int
-
-
-def make_plan(cfg: TrainSAEConfig, source: ShardSource, n_tokens: int) -> Plan:
-    """Resolve defaults and refuse impossible settings before any training."""
-    if cfg.d_in and cfg.d_in != source.d_in:
-        raise DataError(f"activations have width {source.d_in}, config says d_in={cfg.d_in}")
-    d_in = source.d_in
-    d_sae = cfg.resolved_d_sae(d_in)
-    if cfg.k > d_sae:
-        raise DataError(f"k={cfg.k} is larger than d_sae={d_sae}")
-    if cfg.group_sizes:
-        sizes = check_group_sizes(d_sae, cfg.group_sizes)
-    else:
-        sizes = group_sizes_from_fractions(d_sae, cfg.group_fractions)
-    steps = (cfg.tokens or n_tokens) // cfg.batch_size
-    if steps < 1:
-        raise DataError(
-            f"token budget {cfg.tokens or n_tokens} is smaller than one batch ({cfg.batch_size})"
-        )
-    return Plan(
-        d_in=d_in,
-        d_sae=d_sae,
-        group_sizes=sizes,
-        lr=cfg.resolved_lr(d_sae),
-        steps=steps,
-        k_aux=cfg.k_aux or max(1, d_in // 2),
-        warmup=min(cfg.warmup_steps, steps // 10),
-        threshold_start=min(cfg.threshold_start_step, steps // 4),
-    )
-
-
-def lr_factor(step: int, plan: Plan, decay_start: float) -> float:
-    """Linear warm-up, constant, then linear decay to 0 from ``decay_start`` of the run."""
-    warm = (step + 1) / plan.warmup if plan.warmup and step < plan.warmup else 1.0
-    start = int(decay_start * plan.steps)
-    if decay_start < 1 and step >= start:
-        return warm * max(0.0, (plan.steps - step) / max(1, plan.steps - start))
-    return warm
-
-
-class Distributed:
-    """The accelerate process group (or a single process): rank, device and the reductions."""
-
-    def __init__(self, device: str):
-        from accelerate import Accelerator
-
-        self.acc = Accelerator(cpu=device == "cpu")
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.device = self.acc.device
-        if device.startswith("cuda") and self.world == 1:
-            self.device = torch.device(device)
-        self.main = self.acc.is_main_process
-
-    def mean_(self, flat: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-            flat.div_(self.world)
-        return flat
-
-    def min(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            value = value.clone()
-            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-        return value
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.acc.wait_for_everyone()
 
 
 class Trainer:
     """One training run: state, step, checkpoints, logs and the final artefact."""
 
-    def __init__(self, cfg: TrainSAEConfig, source: ShardSource):
+    def __init__(self, cfg: TrainSAEConfig, source: ShardSource, dist: Distributed | None = None):
         self.cfg, self.source = cfg, source
-        self.dist = Distributed(cfg.device)
+        self.dist = dist or Distributed(cfg.device)
         if cfg.batch_size % self.dist.world:
             raise DataError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world}")
-        self.batches = ShuffledBatches(source, cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+        gather = self.dist.world > 1 and cfg.read_share
+        self.batches = ShuffledBatches(
+            source, cfg.batch_size, cfg.buffer_tokens, cfg.seed, gather=gather
+        )
         self.plan = make_plan(cfg, source, self.batches.n_tokens)
         if cfg.scan_store:
-            scan_source(source)
+            self._scan()
         self.out = cfg.default_out()
         self.ckpt_dir = self.out / "checkpoints"
         torch.manual_seed(cfg.seed)
@@ -154,6 +84,18 @@ class Trainer:
         self.compute_dtype = _DTYPES[cfg.dtype]
         self.last: dict[str, Any] = {}
         self.cut_hint: float | None = None
+
+    def _scan(self) -> None:
+        """Each process scans its share of the shards; a bad shard stops every process."""
+        try:
+            scan_source(self.source, self.dist.rank, self.dist.world)
+            error = None
+        except DataError as exc:
+            error = exc
+        if self.dist.max(float(error is not None)) and error is None:
+            raise DataError("another process found unusable activations (see its message)")
+        if error is not None:
+            raise error
 
     # ---- state -------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -210,8 +152,7 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------
     def _local_batch(self, step: int) -> torch.Tensor:
         """This process's disjoint slice of global batch ``step``, normalised."""
-        share = self.cfg.batch_size // self.dist.world
-        x = self.batches.batch(step)[self.dist.rank * share : (self.dist.rank + 1) * share]
+        x = self.batches.local(step, self.dist.rank, self.dist.world)
         return x.to(self.dist.device, non_blocking=True) / self.norm_factor
 
     def _reduce(self, grads: Grads, stats: StepStats) -> tuple[Grads, StepStats]:
@@ -247,9 +188,10 @@ class Trainer:
             return self._step(logging, dense_threads=full if narrow else None)
 
     def _step(self, logging: bool, dense_threads: int | None) -> StepStats:
-        """Forward, backward, all-reduce, project, clip, Adam, renormalise, threshold."""
+        """Forward, backward, all-reduce, then the update (:meth:`_update`)."""
         cfg, sae = self.cfg, self.sae
-        x = self._local_batch(self.step)
+        with record_function("sae.batch"):
+            x = self._local_batch(self.step)
         dead = self.since_fired >= cfg.dead_tokens
         thr = float(sae.threshold) if logging else None
         grads, stats = forward_backward(
@@ -259,7 +201,15 @@ class Trainer:
         # BatchTopK's cut moves slowly: 0.8 x this step's smallest kept value bounds the next
         # one from below (a wrong guess costs time, not exactness; not checkpointed)
         self.cut_hint = 0.8 * float(stats.min_act) if stats.n_active else None
-        grads, stats = self._reduce(grads, stats)
+        with record_function("sae.reduce"):
+            grads, stats = self._reduce(grads, stats)
+        with record_function("sae.update"):
+            self._update(grads, stats)
+        return stats
+
+    def _update(self, grads: Grads, stats: StepStats) -> None:
+        """Project, clip, Adam, renormalise the decoder, threshold and dead-latent counters."""
+        cfg, sae = self.cfg, self.sae
         project_grad_(sae.W_dec_FD, grads.W_dec)
         self.last["grad_norm"] = clip_grads_(grads, cfg.max_grad_norm)
         for param, grad in zip(sae.parameters(), grads):
@@ -277,7 +227,6 @@ class Trainer:
             self.since_fired.add_(cfg.batch_size).masked_fill_(stats.fired > 0, 0)
         self.last["lr"] = lr
         self.step += 1
-        return stats
 
     # ---- logs and the run --------------------------------------------------------------
     def metrics(self, stats: StepStats, tokens_per_s: float) -> dict[str, Any]:
@@ -301,6 +250,7 @@ class Trainer:
             "grad_norm": float(self.last["grad_norm"]),
             "tokens_per_s": tokens_per_s,
             "processes": self.dist.world,
+            "bytes_read": int(self.dist.max(float(getattr(self.source, "bytes_read", 0)))),
         }
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -316,8 +266,8 @@ class Trainer:
             keep = [ln for ln in lines if json.loads(ln)["step"] <= self.step]
             path.write_text("".join(ln + "\n" for ln in keep))
 
-    def run(self, stop_after: int | None = None) -> Path:
-        """Train to the token budget (or stop after ``stop_after`` steps, as if killed)."""
+    def begin(self) -> None:
+        """Resume from the latest checkpoint or initialise; write ``train_config.json``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.try_resume():
@@ -330,28 +280,48 @@ class Trainer:
         if self.dist.main:
             save_config(cfg, self.out / "train_config.json")
         show = cfg.progress and self.dist.main
-        bar = tqdm(total=self.plan.steps, initial=self.step, unit="step", disable=not show)
-        done_here, t0, s0 = 0, time.perf_counter(), self.step
-        while self.step < self.plan.steps and (stop_after is None or done_here < stop_after):
-            logging = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.plan.steps
-            stats = self.train_step(logging)
-            done_here += 1
-            bar.update(1)
-            if logging:
-                speed = (self.step - s0) * cfg.batch_size / (time.perf_counter() - t0)
-                record = self.metrics(stats, speed)
-                self.last["metrics"] = record
-                self._log(record)
-                bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0_inference']:.1f}")
-                t0, s0 = time.perf_counter(), self.step
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
-        bar.close()
+        self.bar = tqdm(total=self.plan.steps, initial=self.step, unit="step", disable=not show)
+        self._clock = (time.perf_counter(), self.step)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the token budget is spent."""
+        return self.step >= self.plan.steps
+
+    def advance(self) -> None:
+        """One step, with its log line and checkpoint when due."""
+        cfg = self.cfg
+        logging = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.plan.steps
+        stats = self.train_step(logging)
+        self.bar.update(1)
+        if logging:
+            t0, s0 = self._clock
+            speed = (self.step - s0) * cfg.batch_size / (time.perf_counter() - t0)
+            record = self.metrics(stats, speed)
+            self.last["metrics"] = record
+            self._log(record)
+            self.bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0_inference']:.1f}")
+            self._clock = (time.perf_counter(), self.step)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def finish(self) -> Path:
+        """Checkpoint, and save the artefact if the budget is spent."""
+        self.bar.close()
         self.save_checkpoint()
-        if self.step >= self.plan.steps:
+        if self.finished:
             self.save_artefact()
         self.dist.barrier()
         return self.out
+
+    def run(self, stop_after: int | None = None) -> Path:
+        """Train to the token budget (or stop after ``stop_after`` steps, as if killed)."""
+        self.begin()
+        done_here = 0
+        while not self.finished and (stop_after is None or done_here < stop_after):
+            self.advance()
+            done_here += 1
+        return self.finish()
 
     def save_artefact(self) -> None:
         """The SAE in raw-activation units (normalisation folded in), SAELens-loadable."""
@@ -375,11 +345,42 @@ def train_on(source: ShardSource, cfg: TrainSAEConfig, stop_after: int | None = 
     return Trainer(cfg, source).run(stop_after=stop_after)
 
 
+def train_hooks(cfg: TrainSAEConfig, stores: dict[str, Path]) -> Path:
+    """One SAE per hook of a multi-hook store, stepped in lockstep (:mod:`workbench.sae.multi`);
+    returns the output directory: ``<hook>/`` per SAE and a ``hooks.json`` index."""
+    root = cfg.default_out()
+    chosen = select_hooks(stores, cfg.hooks, Path(cfg.store or "."))
+    dist = Distributed(cfg.device)
+    sources = {hook: StoreSource(path) for hook, path in chosen.items()}
+    check_fits(sources, cfg, dist)
+    trainers = [
+        Trainer(dataclasses.replace(cfg, store=chosen[h], out=root / h, hooks=()), src, dist)
+        for h, src in sources.items()
+    ]
+    for t in trainers:
+        t.begin()
+    while not all(t.finished for t in trainers):
+        for t in trainers:
+            if not t.finished:
+                t.advance()
+    for t in trainers:
+        t.finish()
+    if dist.main:
+        write_hook_index(root, {h: h for h in chosen})
+    return root
+
+
 def train(cfg: TrainSAEConfig) -> Path:
-    """Train an SAE on ``cfg.store`` and return the artefact directory (runs/x/sae)."""
+    """Train an SAE on ``cfg.store`` and return the artefact directory (runs/x/sae); a
+    multi-hook store gets one SAE per hook (:func:`train_hooks`)."""
     cfg.validate()
     if cfg.store is None and cfg.run is not None:
         cfg = dataclasses.replace(cfg, store=RunLayout(cfg.run).activations)
     if cfg.store is None:
         raise DataError("no activation store given (--run runs/x or --store runs/x/activations)")
+    stores = hook_stores(cfg.store)
+    if stores is not None:
+        return train_hooks(cfg, stores)
+    if cfg.hooks:
+        raise DataError(f"{cfg.store} holds one hook; --hooks needs a store of record --layers")
     return train_on(StoreSource(cfg.store), dataclasses.replace(cfg))

@@ -1,16 +1,22 @@
-"""The steer stage: add SAE feature directions during generation and measure the effect.
+"""The steer stage: interventions during generation, measured honestly against peers.
 
-- :mod:`~workbench.steer.intervene`: the intervention (steered generation) on any adapter.
-- :mod:`~workbench.steer.evaluate`: label the steered reports and compare against peers.
-- :mod:`~workbench.steer.run`: the stage itself, ``run_steer(cfg)`` and ``main(argv)``.
+- :mod:`~workbench.steer.intervene`: add / clamp at image, prompt or generated positions.
+- :mod:`~workbench.steer.peers`: difference-of-means direction and the prompt baseline.
+- :mod:`~workbench.steer.metrics`: success, side effects, fluency, parse check of a text.
+- :mod:`~workbench.steer.candidates`: which features to steer, chosen from the analysis.
+- :mod:`~workbench.steer.evaluate`: generate and judge arms over held-out studies.
+- :mod:`~workbench.steer.report`: rates per strength, operating points, the comparison.
+- :mod:`~workbench.steer.config` and :mod:`~workbench.steer.run`: the stage itself.
 """
 
 from workbench.io import lazy_exports
 
 _EXPORTS = {
-    "SteerConfig": "run",
+    "SteerConfig": "config",
     "SteeringError": "intervene",
     "demo_step": "run",
+    "feature_steering": "intervene",
+    "direction_steering": "intervene",
     "main": "run",
     "run_steer": "run",
     "steer_once": "intervene",

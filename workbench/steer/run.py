@@ -1,221 +1,268 @@
-"""``python -m workbench.steer``: does steering a feature make the report mention its concept?
+"""``python -m workbench steer``: does steering make the findings say what it should, at what cost?
 
-For each feature and scale, greedy reports are generated for N studies with and without the
-intervention (:mod:`workbench.steer.intervene`), both are read by the rule-based report labeller
-(:mod:`workbench.cxr.labeller`), and the rows go to ``steering_results``: the texts, whether
-each mentions the target concept (any mention, positive, negated or uncertain) and, in
-``details``, the labeller's value (1/0/-1/null) of each. The target concept is ``--concept``
-or the feature's best concept in ``feature_concepts`` that the labeller can read. By default
-only studies *without* the concept (ground truth) are used, so a positive steered report is
-the concept appearing where it was absent, as in the MAIRA-2 SAE paper's steering study.
-
-Rows are written after every (feature, scale); a rerun skips the (feature, scale, study,
-concept, mode, unit, positions) already stored unless ``--overwrite``.
+For every target concept with a candidate feature (:mod:`workbench.steer.candidates`), on
+held-out studies *without* the concept (``add``) and *with* it (``remove``), the unsteered and
+the steered findings are generated for a sweep of strengths and judged
+(:mod:`workbench.steer.metrics`): success, side effects, fluency (repeated n-grams, perplexity
+under the unsteered model) and whether the findings still parse. The same studies are steered
+by the peers (:mod:`workbench.steer.peers`): the difference-of-means direction and the concept
+named in the INDICATION. Rows go to ``steering_results`` (at most every ``--write-every-s``
+and when the run ends or is interrupted; a rerun resumes); the
+command prints the candidates, every arm's rates and the comparison at each method's operating
+point (:mod:`workbench.steer.report`). ``--report`` prints the comparison from stored rows.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from workbench import db
-from workbench.config import parse_config, save_config
+from workbench.config import ConfigError, parse_config, save_config
 from workbench.run import RunLayout
-from workbench.steer.evaluate import (
-    StudyCase,
-    concept_value,
-    evaluate_feature,
-    existing_keys,
-    pick_studies,
-    stored_rows,
-    summarise,
-    target_concept,
-    write_rows,
-)
-from workbench.steer.intervene import SteeringError
+from workbench.steer import candidates as cand
+from workbench.steer.config import SteerConfig
+from workbench.steer.evaluate import Arm, Case, Evaluator, existing_keys, pick_cases, write_rows
+from workbench.steer.intervene import SteeringError, positions_name
+from workbench.steer.peers import Direction, dim_direction, study_means
+from workbench.steer.report import format_report, format_sweep, load_rows
+from workbench.steer.report import summarise as summarise_rows
+from workbench.store import KINDS
 
 log = logging.getLogger("workbench.steer")
 
 
-@dataclass
-class SteerConfig:
-    """Steer report generation with SAE features and measure whether the concept appears."""
+class Plan(NamedTuple):
+    """What steer reads before generating anything."""
 
-    run: Path = Path("runs/demo")
-    """Run directory (features.duckdb, model/, sae/, phantom/)."""
-    feature: tuple[int, ...] = ()
-    """Feature(s) to steer, each on its own (comma-separated)."""
-    scale: tuple[float, ...] = (4.0,)
-    """Steering scale(s) to evaluate (comma-separated); see --unit."""
-    unit: Literal["max_act", "raw"] = "max_act"
-    """max_act: scale times the feature's largest activation in the store; raw: as given."""
-    mode: Literal["add", "clamp"] = "add"
-    """add: x + scale * W_dec[f]; clamp: set the feature's activation to scale."""
-    positions: Literal["all", "generated"] = "all"
-    """Steer every position, or only those that produce generated tokens."""
-    concept: str | None = None
-    """Target concept (phantom name or CheXpert label); empty: the feature's best concept."""
-    n_studies: int = 8
-    """Studies evaluated per feature and scale."""
-    select: Literal["absent", "any"] = "absent"
-    """absent: only studies whose ground truth lacks the concept; any: the first N studies."""
-    split: str | None = None
-    """Only studies of this split (train/validate/test)."""
-    model: str | None = None
-    """Model directory or name; empty: <run>/model."""
-    sae: Path | None = None
-    """SAE artefact; empty: <run>/sae."""
-    data: Path | None = None
-    """Dataset root in MIMIC-CXR layout; empty: <run>/phantom."""
-    max_new_tokens: int = 120
-    """Tokens generated per report."""
-    device: str = "cpu"
-    """torch device of the model and SAE."""
-    overwrite: bool = False
-    """Recompute results already stored for the same settings."""
-
-    def validate(self) -> None:
-        if self.n_studies <= 0 or self.max_new_tokens <= 0:
-            raise ValueError("n_studies and max_new_tokens must be positive")
+    candidates: list[cand.Candidate]
+    notes: list[str]
+    typical: dict[int, float | None]
+    cases: dict[tuple[str, str], list[Case]]
+    labels: dict[str, dict[int, int]]
+    done: set
 
 
-def _inputs(cfg: SteerConfig):
+def _candidates(con, cfg: SteerConfig) -> tuple[list[cand.Candidate], list[str]]:
+    concepts = list(cfg.concepts) or cand.default_concepts(con)
+    if cfg.feature:
+        (concept,) = concepts
+        return [cand.Candidate(concept, tuple(cfg.feature), float("nan"), None, None, False)], []
+    return cand.choose(con, concepts, cfg.n_candidates, cfg.min_auroc)
+
+
+def _records(cfg: SteerConfig, data: Path) -> tuple[list, dict | None]:
+    """The held-out studies (reader order) and the phantom ground truth when there is one."""
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.eval import read_phantom_labels
+
+    records = list(iter_studies(data, split=cfg.split, require_findings=False))
+    phantom = read_phantom_labels(data) if (data / "phantom-labels.csv").is_file() else None
+    return records, phantom
+
+
+def _training_labels(con, concept: str, split: str | None) -> dict[int, int]:
+    """Stored studies' 0/1 labels of ``concept``, outside the held-out split."""
+    sql = (
+        "SELECT l.study_id, l.value FROM study_labels l LEFT JOIN studies s USING (study_id) "
+        "WHERE l.concept = ? AND l.value IN (0, 1)"
+    )
+    params: list = [concept]
+    if split is not None:
+        sql += " AND (s.split IS NULL OR s.split <> ?)"
+        params.append(split)
+    return {int(sid): int(v) for sid, v in con.execute(sql, params).fetchall()}
+
+
+def make_plan(cfg: SteerConfig, data: Path) -> Plan:
+    """Candidates, typical activations, held-out cases and training labels per concept."""
+    con = db.connect(cfg.run)
+    try:
+        db.require_tables(con, ("feature_stats", "feature_concepts", "concepts"), cfg.run)
+        chosen, notes = _candidates(con, cfg)
+        column = "max_act" if cfg.unit == "raw" else cfg.unit
+        typical = dict(con.execute(f"SELECT feature, {column} FROM feature_stats").fetchall())
+        labels = {c.concept: _training_labels(con, c.concept, cfg.split) for c in chosen}
+        done = set() if cfg.overwrite else existing_keys(con)
+    finally:
+        con.close()
+    records, phantom = _records(cfg, data)
+    cases = {
+        (c.concept, d): pick_cases(records, c.concept, d, cfg.n_studies, phantom)
+        for c in chosen
+        for d in cfg.directions
+    }
+    return Plan(chosen, notes, typical, cases, labels, done)
+
+
+def directions_for(
+    cfg: SteerConfig, plan: Plan, d_model: int | None
+) -> tuple[dict[str, Direction], list[str]]:
+    """Difference-of-means directions of the concepts (held-out studies excluded)."""
+    if "dim" not in cfg.methods or not plan.candidates:
+        return {}, []
+    store = Path(cfg.store or RunLayout(cfg.run).activations)
+    means = study_means(store, cfg.dim_tokens or KINDS)
+    if d_model is not None and means.means.shape[1] != d_model:
+        return {}, [
+            f"difference of means skipped: the store {store} is {means.means.shape[1]} wide, "
+            f"the model's residual stream {d_model}"
+        ]
+    out, notes = {}, []
+    for c in plan.candidates:
+        held_out = {case.study_id for d in cfg.directions for case in plan.cases[(c.concept, d)]}
+        try:
+            out[c.concept] = dim_direction(means, plan.labels[c.concept], held_out, c.concept)
+        except SteeringError as err:
+            notes.append(str(err))
+    return out, notes
+
+
+def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list[Arm]:
+    """Every arm of the evaluation, concept by concept."""
+    where = positions_name(cfg.positions)
+    out = []
+    for c in plan.candidates:
+        for d in cfg.directions:
+            sign = 1.0 if d == "add" else -1.0
+            strengths = [sign * s for s in cfg.strengths]
+            if d == "remove" and cfg.mode == "clamp" and 0.0 not in strengths:
+                strengths.insert(0, 0.0)  # clamp to zero: ablation
+            if "sae" in cfg.methods:
+                out += [
+                    Arm("sae", c.concept, d, c.features, s, cfg.unit, cfg.mode, where, cfg.variant)
+                    for s in strengths
+                ]
+            if "dim" in cfg.methods and c.concept in directions:
+                out += [
+                    Arm("dim", c.concept, d, (), sign * s, "mean_diff", "add", where,
+                        cfg.dim_variant)
+                    for s in cfg.strengths
+                ]  # fmt: skip
+            if "prompt" in cfg.methods:
+                out.append(Arm("prompt", c.concept, d, (), sign, "prompt", "prompt", "prompt",
+                               cfg.variant))  # fmt: skip
+    return out
+
+
+def _load(cfg: SteerConfig):
     from workbench.models.registry import load_model
     from workbench.sae import load_sae
 
     run = RunLayout(cfg.run)
     adapter = load_model(cfg.model or run.model, device=cfg.device)
     sae = load_sae(cfg.sae or run.sae, device=cfg.device)
-    return adapter, sae, Path(cfg.data or run.phantom)
+    return adapter, sae
 
 
-def run_steer(cfg: SteerConfig) -> list[dict]:
-    """Evaluate every (feature, scale) of ``cfg``; returns one summary dict per pair."""
-    if not cfg.feature:
-        raise SteeringError("no --feature given")
+def run_steer(cfg: SteerConfig) -> str:
+    """Evaluate every arm of ``cfg`` (resuming), record the run; returns the printed text."""
     started = db.utc_now()
     save_config(cfg, RunLayout.cfg(RunLayout(cfg.run).steering))
-    adapter, sae, data = _inputs(cfg)
-    plan = _plan(cfg, data)
-    baselines: dict[int, str] = {}
-    for feature in cfg.feature:
-        concept = plan.targets[feature]
-        for scale in cfg.scale:
-            rows = evaluate_feature(
-                adapter,
-                sae,
-                cfg,
-                feature,
-                scale,
-                concept,
-                plan.cases[concept],
-                plan.max_acts,
-                baselines,
-                plan.done,
-            )
-            write_rows(cfg.run, rows, replace=cfg.overwrite)
-            log.info("feature %d scale %g: %d new rows", feature, scale, len(rows))
-    notes = [] if any(plan.cases.values()) else ["no study matched the selection"]
-    return _record_and_summarise(cfg, plan, started, notes)
-
-
-class _Plan(NamedTuple):
-    """What steer reads from features.duckdb before generating anything."""
-
-    max_acts: dict[int, float]
-    targets: dict[int, str]
-    cases: dict[str, list[StudyCase]]
-    done: set
-
-
-def _plan(cfg: SteerConfig, data: Path) -> _Plan:
-    """Each feature's target concept, the studies to steer per concept, the rows already done."""
-    con = db.connect(cfg.run)
+    data = Path(cfg.data or RunLayout(cfg.run).phantom)
+    plan = make_plan(cfg, data)
+    adapter, sae = _load(cfg) if plan.candidates else (None, None)
+    directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
+    notes = plan.notes + dim_notes
+    todo = arms(cfg, plan, directions)
+    evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions)
+    pending: list[dict] = []
+    last_write = time.monotonic()
     try:
-        db.require_tables(con, ("feature_stats", "feature_concepts", "study_labels"), cfg.run)
-        max_acts = dict(con.execute("SELECT feature, max_act FROM feature_stats").fetchall())
-        targets = {f: target_concept(con, f, cfg.concept) for f in cfg.feature}
-        cases = {
-            concept: pick_studies(con, data, concept, cfg.n_studies, cfg.select, cfg.split)
-            for concept in set(targets.values())
-        }
-        done = set() if cfg.overwrite else existing_keys(con)
-    finally:
-        con.close()
-    return _Plan(max_acts, targets, cases, done)
-
-
-def _record_and_summarise(cfg: SteerConfig, plan: _Plan, started, notes: list[str]) -> list[dict]:
-    """Write steer's runs row, then summarise the stored rows of every (feature, scale)."""
-    summaries = []
+        for arm in todo:
+            rows = evaluator.run_arm(arm, plan.cases[(arm.concept, arm.direction)], plan.done)
+            pending += rows
+            log.info("%s %s %s %g: %d new rows", arm.method, arm.concept, arm.direction,
+                     arm.strength, len(rows))  # fmt: skip
+            if time.monotonic() - last_write >= cfg.write_every_s:
+                write_rows(cfg.run, pending, replace=cfg.overwrite)
+                pending, last_write = [], time.monotonic()
+    finally:  # an interrupted run keeps what it generated; a rerun resumes from there
+        write_rows(cfg.run, pending, replace=cfg.overwrite)
+    for (concept, direction), cases in plan.cases.items():
+        if not cases:
+            notes.append(f"{concept} ({direction}): no held-out study in split {cfg.split}")
     with db.rewrite(cfg.run) as con:
         db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
-        for feature in cfg.feature:
-            concept = plan.targets[feature]
-            ids = [c.study_id for c in plan.cases[concept]]
-            for scale in cfg.scale:
-                rows = stored_rows(con, feature, scale, concept, cfg, ids)
-                summaries.append(summarise(feature, scale, concept, rows))
-    return summaries
+    rule = cand.RULE.format(min_auroc=cfg.min_auroc, min_selectivity=0.9, min_pointing=0.8,
+                            n=cfg.n_candidates)  # fmt: skip
+    head = [rule, cand.describe(plan.candidates), *(f"note: {n}" for n in notes)]
+    return "\n".join([*head, "", summary_text(cfg, todo)])
 
 
-def format_summaries(summaries: list[dict]) -> str:
-    """The per-(feature, scale) rates as an aligned text table."""
-    head = ("feature", "scale", "concept", "n", "base_mention", "steer_mention", "base_pos")
-    head += ("steer_pos", "changed")
-    cells = [list(head)]
-    for s in summaries:
-        cells.append([f"{s[k]:.2f}" if isinstance(s[k], float) else str(s[k]) for k in head])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+def summary_text(cfg: SteerConfig, todo: list[Arm] | None = None) -> str:
+    """The sweep and the comparison table from stored rows: of ``todo``'s arms when given,
+    else of every stored row made with ``cfg``'s settings (``--report``)."""
+    con = db.connect(cfg.run)
+    try:
+        rows = load_rows(con)
+    finally:
+        con.close()
+    if todo is not None:
+        wanted = {(a.method, a.concept, a.direction, a.features, a.unit, a.mode, a.positions,
+                   a.variant, float(a.strength)) for a in todo}  # fmt: skip
+        rows = [r for r in rows if _arm_of(r) in wanted]
+    else:
+        rows = [r for r in rows if _same_settings(cfg, r)]
+    if not rows:
+        return "no steering results stored yet"
+    summaries = summarise_rows(rows)
+    return "\n".join([format_sweep(summaries), "", format_report(summaries, cfg.limits)])
 
 
-def demo_step(
-    run: Path,
-    scales: tuple[float, ...] = (0.0, 4.0, 8.0),
-    n_studies: int = 4,
-    top: int = 2,
-    max_new_tokens: int = 80,
-) -> str:
-    """The demo's steering step: the best feature of the ``top`` recovered phantom concepts.
+def _same_settings(cfg: SteerConfig, r: dict) -> bool:
+    """Whether a stored row was made with ``cfg``'s unit, mode, positions and variant."""
+    if cfg.concepts and r["concept"] not in cfg.concepts:
+        return False
+    if r["method"] not in cfg.methods or r["direction"] not in cfg.directions:
+        return False
+    where = positions_name(cfg.positions)
+    if r["method"] == "sae":
+        feats_ok = not cfg.feature or tuple(r["features"] or ()) == tuple(cfg.feature)
+        return feats_ok and (r["unit"], r["mode"], r["positions"], r["variant"]) == (
+            cfg.unit, cfg.mode, where, cfg.variant)  # fmt: skip
+    if r["method"] == "dim":
+        return (r["positions"], r["variant"]) == (where, cfg.dim_variant)
+    return r["variant"] == cfg.variant
 
-    Uses ``concept_recovery`` (analyse), so each steered feature has a known meaning; the
-    summary says how often steering made an absent concept appear.
-    """
+
+def _arm_of(r: dict) -> tuple:
+    return (r["method"], r["concept"], r["direction"], tuple(r["features"] or ()), r["unit"],
+            r["mode"], r["positions"], r["variant"], float(r["strength"]))  # fmt: skip
+
+
+def demo_step(run: Path, n_studies: int = 3, top: int = 2, max_new_tokens: int = 80) -> str:
+    """The demo's steering step: the ``top`` best-recovered finding/device concepts, all peers."""
     con = db.connect(run)
     try:
         picks = con.execute(
-            "SELECT concept, best_feature FROM concept_recovery WHERE recovered "
+            "SELECT concept FROM concept_recovery WHERE recovered "
             "AND category IN ('finding', 'device') ORDER BY auroc DESC, concept LIMIT ?",
             [top],
         ).fetchall()
     finally:
         con.close()
     if not picks:
-        return "no recovered finding/device feature to steer"
-    summaries = []
-    for concept, feature in picks:
-        cfg = SteerConfig(run=Path(run), feature=(int(feature),), scale=scales, concept=concept)
-        cfg.n_studies, cfg.max_new_tokens = n_studies, max_new_tokens
-        summaries += run_steer(cfg)
-    return format_summaries(summaries)
+        return "no recovered finding/device concept to steer"
+    cfg = SteerConfig(run=Path(run), concepts=tuple(c for (c,) in picks), strengths=(1.0, 4.0))
+    cfg.n_studies, cfg.max_new_tokens = n_studies, max_new_tokens
+    return run_steer(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = parse_config(SteerConfig, argv, prog="python -m workbench.steer")
     try:
-        summaries = run_steer(cfg)
-    except (SteeringError, FileNotFoundError, ValueError) as err:
+        cfg = parse_config(SteerConfig, argv, prog="python -m workbench.steer")
+        print(summary_text(cfg) if cfg.report else run_steer(cfg))
+    except (SteeringError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"steer: error: {err}")
         return 1
-    print(format_summaries(summaries))
     return 0
 
 
-__all__ = ["SteerConfig", "concept_value", "demo_step", "format_summaries", "main", "run_steer"]
+__all__ = ["SteerConfig", "demo_step", "main", "run_steer", "summary_text"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

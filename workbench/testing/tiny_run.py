@@ -110,13 +110,39 @@ def study_tokens(root: Path, rec: StudyRecord, grid: int = 4) -> tuple[torch.Ten
     return torch.from_numpy(np.stack(rows)), meta
 
 
-def build(run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0) -> Path:
-    """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done)."""
+def write_model(path: Path, seed: int = 0) -> Path:
+    """A random tiny MAIRA-2 whose residual stream is ``D`` wide, so the planted SAE (layer
+    ``LAYER``) fits it: the live tabs (steering, try a study) can run on the tiny run."""
+    from workbench.models.processor import Maira2Processor
+    from workbench.models.tiny import tiny_maira2, tiny_tokenizer
+
+    if (path / "config.json").is_file():
+        return path
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = tiny_maira2(tokenizer, n_layers=3, hidden_size=D)
+    with torch.no_grad():  # unit-gain projector: image tokens reach the planted features' scale
+        for module in model.multi_modal_projector.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, 1.5 / module.in_features**0.5)
+    model.save_pretrained(path)
+    Maira2Processor.for_model(model.config, tokenizer).save_pretrained(path)
+    return path
+
+
+def build(
+    run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0, model: bool = False
+) -> Path:
+    """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done); with
+    ``model``, also a random tiny model of the store's width in ``<run>/model``."""
     from workbench.cxr.phantom.run import PhantomConfig, generate
 
-    root = RunLayout(Path(run)).phantom
+    layout = RunLayout(Path(run))
+    root = layout.phantom
     if not (root / "phantom-summary.json").exists():
         generate(PhantomConfig(out=root, studies=n_studies, size=size, seed=seed))
     records = {rec.study_id: rec for rec in studies(root)}
     spec = PlantedSpec(tuple(records), lambda sid: study_tokens(root, records[sid]), d=D, k=4)
+    if model:
+        write_model(layout.model, seed)
     return planted.build(run, spec)

@@ -19,9 +19,19 @@ import gradio as gr
 from workbench.config import parse_config
 from workbench.ui import links, render
 from workbench.ui.context import AppContext, DbLimits, open_context
+from workbench.ui.live import LiveModel
 from workbench.ui.render import as_int
 from workbench.ui.style import CLICK_JS, CSS, HEAD, URL_JS
-from workbench.ui.tabs import feature_page, features, runs, sql, study
+from workbench.ui.tabs import (
+    feature_page,
+    features,
+    runs,
+    segmentation,
+    sql,
+    steering,
+    study,
+    try_study,
+)
 
 log = logging.getLogger("workbench.ui")
 
@@ -53,6 +63,8 @@ class AppConfig:
     refresh_s: float = 10.0
     """How often an open page checks whether features.duckdb was replaced (a rerun of analyse,
     label or steer) and says so in its banner; 0: only when a query runs."""
+    device: str = "cpu"
+    """torch device of the live model (Steering and Try-a-study tabs), loaded on first use."""
 
 
 def _clickables() -> tuple[list[gr.HTML], type[gr.HTML]]:
@@ -116,14 +128,19 @@ def _live_banner(ctx: AppContext) -> str:
 
 
 def build_app(
-    ctx: AppContext, open_feature: int | None = None, refresh_s: float = 0.0
+    ctx: AppContext,
+    open_feature: int | None = None,
+    refresh_s: float = 0.0,
+    live: LiveModel | None = None,
 ) -> gr.Blocks:
-    """The whole app for one context: Features, Feature, Study, Runs and SQL tabs, every view
-    reachable by its address.
+    """The whole app for one context: Features, Feature, Study, Steering, Try a study,
+    Segmentation, Runs and SQL tabs, every view reachable by its address.
 
     ``refresh_s`` > 0 re-checks the run that often and updates the banner (a rerun of
-    analyse is then announced without waiting for a click).
+    analyse is then announced without waiting for a click). ``live`` is the model the live
+    tabs share (loaded on first use, never here).
     """
+    live = live or LiveModel(ctx.run_dir)
     made, html = _clickables()
     with gr.Blocks(title=f"workbench · {ctx.run_dir.name}") as app:
         banner = gr.HTML(_banner(ctx), elem_id="wb-banner")
@@ -139,11 +156,18 @@ def build_app(
                 page = feature_page.build(ctx, html, url)
             with gr.Tab("Study", id="study") as t_study:
                 tab = study.build(ctx, html, url)
+            with gr.Tab("Steering", id="steering") as t_steer:
+                steering.build(ctx, live, html)
+            with gr.Tab("Try a study", id="try") as t_try:
+                try_study.build(ctx, live, html)
+            with gr.Tab("Segmentation", id="segmentation") as t_seg:
+                segmentation.build(ctx, html)
             with gr.Tab("Runs", id="runs") as t_runs:
                 runs.build(ctx)
             with gr.Tab("SQL", id="sql") as t_sql:
                 sql.build(ctx, html)
-        tab_ids = tuple(t.id for t in (t_features, t_feature, t_study, t_runs, t_sql))
+        every = (t_features, t_feature, t_study, t_steer, t_try, t_seg, t_runs, t_sql)
+        tab_ids = tuple(t.id for t in every)
         _wire(ctx, app, made, (tabs, page, tab, table, url, note), (open_feature, tab_ids))
     return app
 
@@ -189,12 +213,13 @@ def serve(cfg: AppConfig, block: bool = True) -> tuple[gr.Blocks, AppContext]:
     limits = DbLimits(cfg.db_memory_limit or None, cfg.db_threads or None)
     ctx = open_context(cfg.run, tuple(cfg.image_roots), limits)
     ctx.sql_row_limit, ctx.sql_timeout_s = cfg.sql_row_limit, cfg.sql_timeout_s
-    app = build_app(ctx, cfg.open_feature, cfg.refresh_s)
+    app = build_app(ctx, cfg.open_feature, cfg.refresh_s, LiveModel(ctx.run_dir, cfg.device))
     app.launch(
         server_name=cfg.host,
         server_port=cfg.port,
         share=False,
         allowed_paths=[],
+        max_file_size="20mb",
         css=CSS,
         head=HEAD,
         footer_links=[],

@@ -1,9 +1,11 @@
 """The Runs and SQL tabs' handlers: what the run was made from, and the read-only query box.
 
 Run facts come from the artefacts themselves: the activation store's manifest, the SAE's
-``cfg.json``, the ``runs`` table of the database, and the SAE trainer's JSON-lines log(s) in
-``runs/<name>/sae/`` whose numeric columns (FVU, L0, dead fraction, loss) become curves, so a
-run whose SAE is still training already shows how it is going.
+``cfg.json``, the ``runs`` and ``sae_quality`` tables of the database (FVU, L0, dead and dense
+fractions and CE loss recovered on held-out studies, per Matryoshka prefix), and the SAE
+trainer's JSON-lines log(s) in ``runs/<name>/sae/`` whose numeric columns (FVU, L0, dead
+fraction, loss) become curves, so a run whose SAE is still training already shows how it is
+going.
 """
 
 from __future__ import annotations
@@ -96,14 +98,16 @@ def _show(v: Any) -> str:
 
 def _store_facts(run_dir: Path) -> list[tuple[str, Any]]:
     m = read_json(RunLayout(run_dir).activations / "manifest.json") or {}
-    studies = m.get("studies_complete")
+    studies = m.get("studies_complete")  # format 1; format 2 counts them at close
+    n_studies = len(studies) if isinstance(studies, list) else m.get("n_studies")
+    n_skipped = len(m["skipped"]) if m.get("skipped") else m.get("n_skipped")
     return [
         ("model", m.get("model")),
         ("hook", m.get("hook_name")),
         ("d_model", m.get("d_model")),
         ("tokens recorded", m.get("n_tokens")),
-        ("studies recorded", len(studies) if isinstance(studies, list) else None),
-        ("skipped studies", len(m["skipped"]) if m.get("skipped") else None),
+        ("studies recorded", n_studies),
+        ("skipped studies", n_skipped or None),
     ]
 
 
@@ -209,6 +213,40 @@ def notes_html(notes: str | None) -> str:
     )
 
 
+QUALITY_COLUMNS = (
+    "n_groups", "n_latents", "fvu", "l0", "dead_frac", "dense_frac",
+    "ce_clean", "ce_spliced", "ce_zero_ablated", "ce_recovered",
+)  # fmt: skip
+
+
+def quality_caption(row: dict[str, Any]) -> str:
+    """Where analyse measured the SAE quality: held-out or stored studies, model or store."""
+    where = "held-out studies" if row["held_out"] else "stored studies (the SAE trained on them)"
+    how = "through the recorded model" if row["source"] == "model" else "from the store, no CE"
+    return f"SAE quality per Matryoshka prefix on {row['n_studies']} {where}, {how}"
+
+
+def quality_view(ctx: AppContext) -> str:
+    """Tiles for the whole SAE and a table per Matryoshka prefix (analyse's ``sae_quality``)."""
+    if not ctx.has("sae_quality"):
+        return ""
+    rows = ctx.rows("SELECT * FROM sae_quality ORDER BY n_groups")
+    if not rows:
+        return ""
+    full = rows[-1]
+    tag = "held-out" if full["held_out"] else "stored"
+    tiles = _tiles(
+        [
+            (f"FVU ({tag})", full["fvu"]),
+            (f"L0 ({tag})", full["l0"]),
+            ("dead latents", full["dead_frac"]),
+            ("dense latents", full["dense_frac"]),
+            ("CE loss recovered", full["ce_recovered"]),
+        ]
+    )
+    return tiles + render.table(rows, QUALITY_COLUMNS, caption=quality_caption(full))
+
+
 def log_files(run_dir: Path) -> list[Path]:
     """The SAE training logs under ``sae/``: the trainer's own log last, else newest last."""
     sae = RunLayout(run_dir).sae
@@ -224,7 +262,7 @@ def runs_view(ctx: AppContext) -> RunsView:
     sae_dir = ctx.sae_dir or RunLayout(ctx.run_dir).sae
     facts += _store_facts(ctx.run_dir) + _dead_facts(ctx) + _sae_facts(sae_dir)
     try:
-        db_html = _db_runs(ctx) if ctx.con is not None else ""
+        db_html = quality_view(ctx) + _db_runs(ctx) if ctx.con is not None else ""
     except duckdb.Error as exc:
         db_html = render.message(f"Cannot read the runs table: {exc}", "error")
     where = render.message(f"run directory: {ctx.run_dir}", "info")

@@ -1,8 +1,10 @@
 """``python -m workbench label-reports``: label report texts and score them against truth.
 
-Reads texts from a JSONL or CSV file (e.g. generated findings) or from a MIMIC-CXR/phantom root
-(the reports' FINDINGS), runs the rule-based labeller (:mod:`workbench.cxr.labeller`) and writes
-one CSV row per text: ``study_id``, then every phantom concept and every CheXpert label coded
+Reads the same inputs ``record`` reads (:mod:`workbench.cxr.collection`): a MIMIC-CXR/phantom
+root, a MIMIC-CXR reports tree, or a CSV / JSON / JSON-lines / Parquet table of texts (e.g.
+generated findings); labels the chosen report sections (``--sections``: FINDINGS, IMPRESSION
+or both) with the spaCy + negspacy labeller (:mod:`workbench.cxr.labeller`) and writes one CSV
+row per study: ``study_id``, then every phantom concept and every CheXpert label coded
 1 / 0 / -1 / blank (not mentioned). With ``--truth`` (``phantom-labels.csv`` or a CheXpert
 table) it also reports per-concept precision, recall and F1 of the positives.
 """
@@ -14,9 +16,11 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from workbench.config import parse_config
 from workbench.cxr import mimic
+from workbench.cxr.collection import load_collection
 from workbench.cxr.findings import CHEXPERT_LABELS
 from workbench.cxr.images import CXRDataError
 from workbench.cxr.labeller.context import PHANTOM_CONCEPTS, label_report, score_labels
@@ -30,13 +34,16 @@ class ReportLabelsConfig:
     """Label report texts with the rule-based CheXpert-style labeller; optionally score them."""
 
     input: Path = Path("runs/demo/phantom")
-    """A JSONL or CSV file of texts, or a MIMIC-CXR / phantom root (labels its FINDINGS)."""
-    text_field: str = "findings"
-    """JSONL key / CSV column holding the text to label."""
-    id_field: str = "study_id"
-    """JSONL key / CSV column holding the integer study id."""
-    with_impression: bool = False
-    """For a dataset root: label FINDINGS + IMPRESSION instead of FINDINGS alone."""
+    """What record reads: a MIMIC-CXR / phantom root, a reports tree (files/pXX/pSUBJECT/
+    sSTUDY.txt) or a CSV / JSON / JSON-lines / Parquet file of texts."""
+    sections: Literal["findings", "impression", "both"] = "findings"
+    """Report sections labelled (joined when both); studies without them are left out."""
+    text_column: str = "text"
+    """Text column of a table input; without it, the column named after the section."""
+    id_column: str = ""
+    """Id column of a table input ('': study_id if present, else the row number)."""
+    split: str | None = None
+    """Only studies of this split (train/validate/test) of a MIMIC-CXR root; empty: all."""
     out: Path | None = None
     """CSV to write (default: <input stem>-labels.csv next to the input)."""
     truth: Path | None = None
@@ -46,42 +53,17 @@ class ReportLabelsConfig:
 
 
 def read_texts(cfg: ReportLabelsConfig) -> dict[int, str]:
-    """study_id -> text from a dataset root, a JSONL file or a CSV file."""
-    path = Path(cfg.input)
-    if path.is_dir():
-        from workbench.cxr.studies import iter_studies
-
-        records = iter_studies(path, require_findings=True)
-        return {
-            r.study_id: " ".join(filter(None, [r.findings, cfg.with_impression and r.impression]))
-            for r in records
-        }
-    if path.suffix == ".jsonl":
-        rows = _jsonl(path)
-    else:
-        rows = mimic.read_rows(path, (cfg.id_field, cfg.text_field))
-    out = {}
-    for line, row in rows:
-        if cfg.id_field not in row or cfg.text_field not in row:
-            raise CXRDataError(f"{path}:{line}: needs '{cfg.id_field}' and '{cfg.text_field}'")
-        try:
-            out[int(row[cfg.id_field])] = row[cfg.text_field] or ""
-        except (TypeError, ValueError):
-            raise CXRDataError(f"{path}:{line}: {cfg.id_field} is not an integer") from None
-    return out
-
-
-def _jsonl(path: Path):
+    """study_id -> text of the chosen sections, from any input ``record`` accepts."""
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise CXRDataError(f"{path}: cannot read: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except ValueError as exc:
-                raise CXRDataError(f"{path}:{number}: not JSON: {exc}") from None
+        collection = load_collection(
+            cfg.input, cfg.split or None, cfg.text_column, cfg.id_column, cfg.sections
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise CXRDataError(str(exc)) from None
+    return {
+        it.study_id: " ".join(t for t in (it.findings, it.impression) if t)
+        for it in collection.items
+    }
 
 
 def write_labels(labels: dict[int, dict], path: Path) -> Path:

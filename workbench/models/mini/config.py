@@ -42,7 +42,7 @@ class MiniConfig:
     """Where the trained model is saved (save_pretrained directory)."""
     seed: int = 0
     """Seed for initialisation and batch order."""
-    image_size: int = 128
+    image_size: int = 192
     """Processor crop size in pixels (MAIRA-2: 518)."""
     patch_size: int = 16
     """Dinov2 patch size: (image_size / patch_size)^2 image tokens per image (MAIRA-2: 14)."""
@@ -77,7 +77,7 @@ class MiniConfig:
     """Studies of a generated stage-1 corpus (frontal images with masks)."""
     vision_phantom_seed: int = 11
     """Seed of a generated stage-1 corpus (different subjects from the evaluation phantom)."""
-    vision_steps: int = 4000
+    vision_steps: int = 1800
     """Steps of stage 1: the vision tower alone learns, from each frontal image, the phantom's
     masks per patch (dense) and its concepts (image level), standing in for MAIRA-2's
     pretrained, frozen RAD-DINO (0 skips it)."""

@@ -112,7 +112,9 @@ def gate_table(
     for k, concept in enumerate(RENDERED):
         truth = y_test[:, k].int().tolist()
         point, n = pointing_game(dense_test, cover_test, k)
-        rows.append(GateRow(concept, sum(truth), auroc(truth, scores[:, k].tolist()), point, n))
+        peak = dense_test[:, :, k].amax(1).tolist()
+        probe_auroc = auroc(truth, scores[:, k].tolist())
+        rows.append(GateRow(concept, sum(truth), probe_auroc, auroc(truth, peak), point, n))
     return rows
 
 

@@ -354,8 +354,11 @@ def finish(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict, work
     save_config(cfg, staging / "train-cfg.json")
     from workbench.models.mini.vision import HEADS_FILE
 
-    if (work / HEADS_FILE).is_file():
-        shutil.copy2(work / HEADS_FILE, staging / HEADS_FILE)
+    heads = [work / HEADS_FILE] + ([Path(cfg.init_from) / HEADS_FILE] if cfg.init_from else [])
+    for path in heads:  # this run's stage-1 heads, else those of the model it continues
+        if path.is_file():
+            shutil.copy2(path, staging / HEADS_FILE)
+            break
     if cfg.eval_studies:
         validate(cfg, model, processor, stats)
     (staging / "train-stats.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -1,0 +1,66 @@
+"""The SAE benchmark and the GPU-scale script run end to end at tiny sizes (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench.sae import load_sae
+from workbench.store import ActivationStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _script(name: str):
+    """Import a benchmark script as a module (the folder is not a package)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_sae_runs_interleaved_with_every_section(tmp_path):
+    pytest.importorskip("sae_lens")
+    out = tmp_path / "figures.json"
+    argv = ["--d-in", "32", "--d-sae", "256", "--k", "4", "--batch", "256", "--steps", "6",
+            "--eval-every", "2", "--threads", "1", "--shard-tokens", "1024", "--held-out", "512",
+            "--peers", "ours,saelens-default,saelens-best", "--profile", "2", "--json", str(out),
+            "--until-flat", "--flat-window", "1", "--flat-tol", "10"]  # fmt: skip
+    assert _script("bench_sae").main(argv) == 0
+    fig = json.loads(out.read_text())
+    sp, q = fig["speed"], fig["quality"]
+    assert set(q) == {"ours", "saelens-default", "saelens-best"}
+    # --flat-tol 10: every peer counts as flat after its second eval, at step 4 of 6
+    assert all(row["step"] == 4 and row["converged"] for row in q.values())
+    assert sp["ours"]["steps"] == 4 and sp["saelens-best"]["ours_speedup_wall"] > 0
+    assert sp["ours"]["fraction_of_limit_wall"] > 0 and sp["limit_matmul_ms"] > 0
+    for name in ("saelens-default", "saelens-best"):  # its inference FVU is the saved SAE's
+        assert math.isclose(q[name]["fvu_inference"], q[name]["fvu_inference_as_saved"],
+                            rel_tol=1e-4)  # fmt: skip
+    assert "sae.select" in fig["profile"]["stages"]
+    assert fig["best_settings"]["decoder_init_norm"].startswith("1.0")
+
+
+def test_gpu_scale_tiny_runs_every_stage(tmp_path):
+    pytest.importorskip("sae_lens")
+    out = tmp_path / "report.json"
+    assert _script("gpu_scale").main(["--tiny", "--out", str(tmp_path / "run"), "--json",
+                                      str(out), "--device", "cpu"]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["record", "train_sae", "analyse"]
+    for s in stages.values():
+        assert s["tokens_per_s"] > 0 and 0 < s["fraction_of_matmul_limit"] < 10
+    store = ActivationStore(tmp_path / "run" / "activations")
+    assert store.hook_name == stages["record"]["hook"] and store.n_tokens > 0
+    sae = load_sae(tmp_path / "run" / "sae")
+    assert (sae.d_in, sae.d_sae, sae.k) == (store.d_model, 256, 8)
+    assert (tmp_path / "run" / "features.duckdb").is_file()
+    assert stages["train_sae"]["quality"]["saelens-best"]["fvu_batchtopk"] > 0

@@ -1,0 +1,104 @@
+"""The steer stage's configuration (``python -m workbench steer --help`` prints it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from workbench.steer.evaluate import DIRECTIONS, METHODS
+from workbench.steer.intervene import parse_positions
+from workbench.steer.report import Limits
+from workbench.store import KINDS
+
+
+@dataclass
+class SteerConfig:
+    """Steer findings generation towards / away from concepts and measure it against peers."""
+
+    run: Path = Path("runs/demo")
+    """Run directory (features.duckdb, model/, sae/, activations/, phantom/)."""
+    concepts: tuple[str, ...] = ()
+    """Target concepts (comma-separated); empty: every phantom finding and device analysed."""
+    feature: tuple[int, ...] = ()
+    """SAE features steered together instead of the chosen candidates (one concept only)."""
+    n_candidates: int = 1
+    """Candidate features per concept, steered together (see the printed candidate rule)."""
+    min_auroc: float = 0.75
+    """A candidate feature's least study-level AUROC for its concept."""
+    methods: tuple[str, ...] = METHODS
+    """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION)."""
+    directions: tuple[str, ...] = DIRECTIONS
+    """add: studies without the concept, make it appear; remove: studies with it, remove it."""
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    """Strength magnitudes swept (remove uses them negated); sae: in --unit, dim: in mean
+    differences."""
+    unit: Literal["max_act", "mean_act", "raw"] = "max_act"
+    """Unit of SAE strengths: the feature's largest or mean (when firing) activation, or raw."""
+    mode: Literal["add", "clamp"] = "add"
+    """SAE method: add strength x unit x W_dec[f], or clamp the feature to strength x unit
+    (remove then also tries 0: ablation)."""
+    positions: str = "all"
+    """Steered positions: all, image, prompt, generated, or kinds joined by '+'."""
+    dim_tokens: tuple[str, ...] = ()
+    """Token kinds pooled per study for the difference of means (empty: every stored kind)."""
+    n_studies: int = 10
+    """Held-out studies per concept and direction."""
+    split: str | None = "test"
+    """Split the held-out studies come from (empty: every study of --data; the difference of
+    means never uses the evaluated studies)."""
+    model: str | None = None
+    """Model directory or name; empty: <run>/model."""
+    sae: Path | None = None
+    """SAE artefact; empty: <run>/sae."""
+    store: Path | None = None
+    """Activation store for the difference of means; empty: <run>/activations."""
+    data: Path | None = None
+    """Dataset root in MIMIC-CXR layout; empty: <run>/phantom."""
+    max_new_tokens: int = 120
+    """Tokens generated per report."""
+    device: str = "cpu"
+    """torch device of the model and SAE."""
+    overwrite: bool = False
+    """Recompute results already stored for the same arm and study."""
+    write_every_s: float = 60.0
+    """Store the rows generated so far at most this often (each write rewrites the database
+    file; an interrupted run keeps what it made and a rerun resumes)."""
+    report: bool = False
+    """Only print the comparison table from the stored results (nothing is generated)."""
+    max_side_effects: float = 0.10
+    """Operating point: largest share of studies where another finding/device flipped."""
+    max_ppl_ratio: float = 1.5
+    """Operating point: largest steered/baseline perplexity ratio (unsteered model)."""
+    max_degenerate: float = 0.0
+    """Operating point: largest share of reports that repeat themselves or stop parsing."""
+
+    def validate(self) -> None:
+        if self.n_studies <= 0 or self.max_new_tokens <= 0 or self.n_candidates <= 0:
+            raise ValueError("n_studies, max_new_tokens and n_candidates must be positive")
+        for name, values, allowed in (
+            ("methods", self.methods, METHODS),
+            ("directions", self.directions, DIRECTIONS),
+            ("dim_tokens", self.dim_tokens, KINDS),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise ValueError(f"{name}: {bad} not in {allowed}")
+        if any(s < 0 for s in self.strengths):
+            raise ValueError("strengths are magnitudes (>= 0); direction 'remove' negates them")
+        if self.feature and len(self.concepts) != 1:
+            raise ValueError("--feature steers one concept: give exactly one --concepts")
+        parse_positions(self.positions)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_side_effects, self.max_ppl_ratio, self.max_degenerate)
+
+    @property
+    def variant(self) -> str:
+        """Settings that change the text but are not columns of ``steering_results``."""
+        return f"max_new_tokens={self.max_new_tokens}"
+
+    @property
+    def dim_variant(self) -> str:
+        return f"{self.variant};dim_tokens={'+'.join(self.dim_tokens) or 'all'}"

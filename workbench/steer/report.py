@@ -1,0 +1,221 @@
+"""From stored rows to the answer: per strength rates, operating points, the comparison table.
+
+A :class:`Summary` holds the rates of one arm over its studies. The **operating point** of a
+method for a (concept, direction) is the strength with the highest success among those whose
+
+- side-effect rate (studies where another finding/device flipped) is <= ``max_side_effects``,
+- perplexity ratio (geometric mean of steered over baseline perplexity, both under the
+  unsteered model) is <= ``max_ppl_ratio``,
+- degenerate share (reports repeating themselves or no longer parsing) is <= ``max_degenerate``;
+
+ties go to the weaker strength. Without an admissible strength there is no operating point
+(shown as ``-``), which is itself a result: the method does not steer this concept within the
+limits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import duckdb
+
+from workbench.steer.metrics import DEGENERATE_REPEAT
+
+GROUP = ("method", "concept", "direction", "features", "unit", "mode", "positions", "variant")
+_ROW_SQL = (
+    "SELECT method, concept, direction, features, unit, mode, positions, "
+    "json_extract_string(details, '$.variant') AS variant, strength, study_id, eligible, "
+    "success, side_effects, baseline_ppl, steered_ppl, repeat_rate, parses "
+    "FROM steering_results WHERE method IS NOT NULL"
+)
+
+
+class Limits(NamedTuple):
+    """The constraints an operating point must meet."""
+
+    max_side_effects: float = 0.10
+    max_ppl_ratio: float = 1.5
+    max_degenerate: float = 0.0
+
+
+class Summary(NamedTuple):
+    """Rates of one arm over its studies."""
+
+    method: str
+    concept: str
+    direction: str
+    features: tuple[int, ...]
+    unit: str
+    mode: str
+    positions: str
+    variant: str
+    strength: float
+    n: int
+    n_eligible: int
+    success: float | None
+    side_effects: float
+    ppl_ratio: float | None
+    repeat: float
+    parse_rate: float
+    degenerate: float
+
+
+def load_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Every stored row of this version's schema, as dicts (texts left out)."""
+    cur = con.execute(_ROW_SQL)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _geo_mean(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
+
+
+def summarise(rows: Iterable[dict]) -> list[Summary]:
+    """One summary per arm (group columns + strength), ordered by arm then strength."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        key = tuple(tuple(r[g] or ()) if g == "features" else r[g] for g in GROUP)
+        groups[(*key, float(r["strength"]))].append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: (tuple(map(str, kv[0][:-1])), kv[0][-1])):
+        n = len(rs)
+        eligible = [r for r in rs if r["eligible"]]
+        base = _geo_mean(r["baseline_ppl"] for r in rs)
+        steered = _geo_mean(r["steered_ppl"] for r in rs)
+        degenerate = sum(
+            1 for r in rs if (r["repeat_rate"] or 0) > DEGENERATE_REPEAT or not r["parses"]
+        )
+        out.append(
+            Summary(
+                *key,
+                n=n,
+                n_eligible=len(eligible),
+                success=sum(bool(r["success"]) for r in eligible) / len(eligible)
+                if eligible
+                else None,
+                side_effects=sum(1 for r in rs if r["side_effects"]) / n,
+                ppl_ratio=steered / base if base and steered else None,
+                repeat=sum(r["repeat_rate"] or 0.0 for r in rs) / n,
+                parse_rate=sum(bool(r["parses"]) for r in rs) / n,
+                degenerate=degenerate / n,
+            )
+        )
+    return out
+
+
+def admissible(s: Summary, limits: Limits) -> bool:
+    """Whether an arm meets the side-effect, fluency and degeneracy limits."""
+    return (
+        s.success is not None
+        and s.side_effects <= limits.max_side_effects
+        and s.ppl_ratio is not None
+        and s.ppl_ratio <= limits.max_ppl_ratio
+        and s.degenerate <= limits.max_degenerate
+    )
+
+
+def operating_points(
+    summaries: Sequence[Summary], limits: Limits
+) -> dict[tuple[str, str, str], Summary | None]:
+    """(method, concept, direction) -> the best admissible summary, or None."""
+    best: dict[tuple[str, str, str], Summary | None] = {}
+    for s in summaries:
+        key = (s.method, s.concept, s.direction)
+        best.setdefault(key, None)
+        if not admissible(s, limits):
+            continue
+        cur = best[key]
+        if cur is None or (s.success, -abs(s.strength)) > (cur.success, -abs(cur.strength)):
+            best[key] = s
+    return best
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def format_sweep(summaries: Sequence[Summary]) -> str:
+    """Every arm's rates, one line per (method, concept, direction, strength)."""
+    head = ("method", "concept", "dir", "features", "strength", "n", "elig", "success")
+    head += ("side", "ppl_x", "repeat", "parses")
+    cells = [list(head)]
+    for s in summaries:
+        feats = ",".join(map(str, s.features)) or "-"
+        ppl = "-" if s.ppl_ratio is None else f"{s.ppl_ratio:.2f}"
+        cells.append(
+            [s.method, s.concept, s.direction, feats, f"{s.strength:g}", str(s.n),
+             str(s.n_eligible), _pct(s.success), _pct(s.side_effects), ppl,
+             f"{s.repeat:.2f}", _pct(s.parse_rate)]
+        )  # fmt: skip
+    return _table(cells)
+
+
+def _table(cells: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def _point(p: Summary | None, with_strength: bool = True) -> list[str]:
+    if p is None:
+        return ["-", "-", "-", "-"] if with_strength else ["-", "-", "-"]
+    ppl = "-" if p.ppl_ratio is None else f"{p.ppl_ratio:.2f}"
+    head = [f"{p.strength:g}"] if with_strength else []
+    return head + [_pct(p.success), _pct(p.side_effects), ppl]
+
+
+def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
+    """SAE feature vs difference of means vs prompt at their operating points, per concept.
+
+    ``elig`` is the number of studies that could flip (the same for every method: it depends
+    on the unsteered findings only).
+    """
+    points = operating_points(summaries, limits)
+    eligible: dict[tuple[str, str], int] = {}
+    for s in summaries:
+        key = (s.concept, s.direction)
+        eligible[key] = max(eligible.get(key, 0), s.n_eligible)
+    head = ["concept", "dir", "elig", "sae@", "sae", "side", "ppl_x", "dim@", "dim", "side"]
+    head += ["ppl_x", "prompt", "side", "ppl_x"]
+    cells = [head]
+    for concept, direction in sorted(eligible):
+        cells.append(
+            [concept, direction, str(eligible[(concept, direction)])]
+            + _point(points.get(("sae", concept, direction)))
+            + _point(points.get(("dim", concept, direction)))
+            + _point(points.get(("prompt", concept, direction)), with_strength=False)
+        )
+    rule = (
+        f"operating point: best success with side effects <= {_pct(limits.max_side_effects)}, "
+        f"perplexity <= {limits.max_ppl_ratio:g}x baseline, degenerate reports <= "
+        f"{_pct(limits.max_degenerate)} ('-': no strength meets the limits)"
+    )
+    return "\n".join([rule, _table(cells), *verdicts(points)])
+
+
+def verdicts(points: dict[tuple[str, str, str], Summary | None]) -> list[str]:
+    """The issue's targets, counted: >= 80 % SAE success, SAE vs difference of means."""
+    lines = []
+    for direction in ("add", "remove"):
+        concepts = sorted({c for m, c, d in points if d == direction and m == "sae"})
+        if not concepts:
+            continue
+        sae = {c: points.get(("sae", c, direction)) for c in concepts}
+        dim = {c: points.get(("dim", c, direction)) for c in concepts}
+        good = [c for c in concepts if sae[c] and (sae[c].success or 0) >= 0.8]
+        compared = [c for c in concepts if dim.get(c) is not None or sae[c] is not None]
+        ge = [
+            c
+            for c in compared
+            if (sae[c].success if sae[c] else 0) >= (dim[c].success if dim[c] else 0)
+        ]
+        lines.append(
+            f"{direction}: SAE >= 80% success at its operating point for {len(good)} of "
+            f"{len(concepts)} concepts ({', '.join(good) or 'none'}); SAE success >= "
+            f"difference of means for {len(ge)} of {len(compared)}"
+        )
+    return lines

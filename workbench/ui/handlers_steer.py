@@ -20,7 +20,7 @@ from workbench.steer.intervene import (
     parse_positions,
 )
 from workbench.steer.metrics import JUDGED, readings
-from workbench.ui import charts, handlers, queries, render
+from workbench.ui import charts, pictures, queries, render
 from workbench.ui.context import AppContext
 from workbench.ui.live import LiveModel, ModelUnavailableError, Progress, progress_html, stream
 
@@ -244,14 +244,14 @@ def study_panel(ctx: AppContext, study_id: Any) -> str:
     sid = render.as_int(study_id)
     if sid is None:
         return '<p class="wb-empty">Pick a study.</p>'
-    uri = handlers.study_heatmap_uri(ctx, sid, None, 0.0)
+    uri = pictures.frontal_uri(ctx, sid)
     return render.image_block(uri, f"study {sid}" if uri else f"study {sid}: image not available")
 
 
 def study_input(ctx: AppContext, live: LiveModel, study_id: int) -> Any:
     """What the model reads for a stored study (its dataset record, else its frontal image)."""
     row = queries.study(ctx, study_id) if ctx.con is not None else None
-    frontal = handlers.resolve_image(ctx, row.get("frontal_path") if row else None)
+    frontal = pictures.resolve_image(ctx, row.get("frontal_path") if row else None)
     return live.study(study_id, frontal)
 
 

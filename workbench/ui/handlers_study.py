@@ -101,8 +101,7 @@ def _images_card(ctx: AppContext, st: dict, f: int | None) -> str:
     others = _other_images(ctx, st.get("frontal_path"))
     heat = pictures.study_heat(ctx, sid, f) if f is not None else None
     if heat is None:
-        image = pictures.frontal(ctx, sid)
-        uri = heatmap.data_uri(heatmap.thumbnail(image)) if image is not None else None
+        uri = pictures.frontal_uri(ctx, sid)
         cap = "frontal image" + (" (no image tokens recorded)" if f is not None else "")
         return render.card(
             "Images", render.image_block(uri, cap if uri else "Image not available.") + others

@@ -163,3 +163,9 @@ def patch_crops(
             )
         )
     return out
+
+
+def frontal_uri(ctx: AppContext, study_id: int, side: int = 448) -> str | None:
+    """The study's frontal radiograph alone as a JPEG data URI (None: not available)."""
+    image = frontal(ctx, study_id)
+    return None if image is None else heatmap.data_uri(heatmap.thumbnail(image, side))

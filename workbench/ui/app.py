@@ -112,7 +112,9 @@ def _open_url(ctx: AppContext, route: links.Route, page, tab, table) -> list:
     shown_s = study.show(ctx, route.study, route.feature) if route.study is not None else skip_s
     problem = render.message(route.problem, "error") if route.problem else ""
     search = route.search if route.search else gr.skip()
-    return [gr.Tabs(selected=route.tab), *shown_f, *shown_s, search, problem]
+    # the Features tab is where a page opens anyway: leave alone a tab the user already chose
+    tabs = gr.skip() if route.tab == "features" else gr.Tabs(selected=route.tab)
+    return [tabs, *shown_f, *shown_s, search, problem]
 
 
 def _banner(ctx: AppContext) -> str:

@@ -39,6 +39,7 @@ from workbench.models.mini.data import (
     prompt_corpus,
 )
 from workbench.models.mini.eval import read_phantom_labels
+from workbench.models.mini.state import restore_state, save_state
 from workbench.models.mini.tokenizer import check_layout, save_tokenizer, train_tokenizer
 from workbench.models.processor import Maira2Processor
 
@@ -91,14 +92,6 @@ def make_optimizer(model: torch.nn.Module, cfg: MiniConfig) -> torch.optim.Optim
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-
-
-def save_checkpoint(path: Path, model, probe, optimizer, step: int) -> None:
-    """Model + probe + optimiser + step, written to a temporary file then renamed (atomic)."""
-    tmp = path.with_suffix(".tmp")
-    state = {"model": model.state_dict(), "probe": probe.state_dict(), "step": step}
-    torch.save({**state, "optim": optimizer.state_dict()}, tmp)
-    os.replace(tmp, path)
 
 
 def _log_to_file(out: Path) -> logging.Handler:
@@ -236,17 +229,6 @@ def stage1(cfg: MiniConfig, model, processor: Maira2Processor, train_records, wo
     return stats
 
 
-def _restore(ckpt_path: Path, model, probe, optimizer) -> int:
-    """Load a stage-2 checkpoint if there is one; returns the step to continue from."""
-    if not ckpt_path.is_file():
-        return 0
-    state = torch.load(ckpt_path, weights_only=True)
-    model.load_state_dict(state["model"])
-    probe.load_state_dict(state["probe"])
-    optimizer.load_state_dict(state["optim"])
-    return int(state["step"])
-
-
 class StepLog:
     """Running losses and throughput of stage 2, logged every 10 steps."""
 
@@ -298,7 +280,7 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
     lengths = [len(v[0].input_ids) for v in variants]
     per_epoch = math.ceil(len(variants) / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    step = _restore(ckpt_path, model, probe, optimizer)
+    step = restore_state(ckpt_path, {"model": model, "probe": probe}, optimizer)
     if step:
         log.info("resuming from step %d/%d", step, total)
     model.train()
@@ -318,7 +300,7 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
         if step % 10 == 0 or step == total:
             progress.report(epoch, step, lr_at(step - 1, total, cfg))
         if step % cfg.checkpoint_every == 0 and step < total:
-            save_checkpoint(ckpt_path, model, probe, optimizer, step)
+            save_state(ckpt_path, {"model": model, "probe": probe}, optimizer, step)
         if cfg.max_minutes and progress.elapsed > cfg.max_minutes * 60:
             log.warning("stopping at step %d/%d: --max-minutes reached", step, total)
             break

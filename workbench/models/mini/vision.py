@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,9 @@ import torch
 from torch.nn import functional as F
 
 from workbench.cxr.findings import RENDERED
+from workbench.io import atomic_path
 from workbench.models.mini.dense import DENSE_CHANNELS, VisionExample, channel_pos_weight, stack
+from workbench.models.mini.state import restore_state, save_state
 
 log = logging.getLogger("workbench.models.mini")
 STAGE1_FINAL = "vision.pt"
@@ -75,23 +76,6 @@ def stage1_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _atomic_save(state: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _resume(path: Path, tower, heads, optimizer) -> int:
-    if not path.is_file():
-        return 0
-    state = torch.load(path, weights_only=True)
-    tower.load_state_dict(state["tower"])
-    heads.load_state_dict(state["heads"])
-    optimizer.load_state_dict(state["optim"])
-    log.info("stage 1 resumes at step %d", state["step"])
-    return int(state["step"])
-
-
 def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample], work: Path):
     """Train ``tower`` + heads for ``cfg.vision_steps`` steps; returns (heads, stats).
 
@@ -110,7 +94,9 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
     ckpt = work / STAGE1_CKPT
-    step = _resume(ckpt, tower, heads, optimizer)
+    step = restore_state(ckpt, {"tower": tower, "heads": heads}, optimizer)
+    if step:
+        log.info("stage 1 resumes at step %d", step)
     tower.train()
     t0, dense_log, image_log = time.perf_counter(), [], []
     while step < cfg.vision_steps:
@@ -138,8 +124,7 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
                 len(image_log) * cfg.vision_batch / elapsed, elapsed / 60,
             )  # fmt: skip
         if step % (cfg.checkpoint_every * 4) == 0 and step < cfg.vision_steps:
-            state = {"tower": tower.state_dict(), "heads": heads.state_dict(), "step": step}
-            _atomic_save({**state, "optim": optimizer.state_dict()}, ckpt)
+            save_state(ckpt, {"tower": tower, "heads": heads}, optimizer, step)
         if cfg.vision_minutes and elapsed > cfg.vision_minutes * 60:
             log.warning("stage 1 stops at step %d: --vision-minutes reached", step)
             break
@@ -151,8 +136,7 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
         "vision_final_dense_loss": sum(dense_log[-50:]) / max(1, len(dense_log[-50:])),
         "vision_final_image_loss": sum(image_log[-50:]) / max(1, len(image_log[-50:])),
     }
-    state = {"tower": tower.state_dict(), "heads": heads.state_dict(), "stats": stats}
-    _atomic_save(state, final)
+    save_state(final, {"tower": tower, "heads": heads}, None, step, stats=stats)
     ckpt.unlink(missing_ok=True)
     return heads, stats
 
@@ -164,9 +148,8 @@ def save_heads(heads: VisionHeads, path: Path) -> None:
     """Write the stage-1 heads (safetensors, atomic) for the gate and image heatmaps."""
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(tmp))
 
 
 def load_heads(model_dir: str | Path) -> VisionHeads:

@@ -55,13 +55,18 @@ def ablation_table(macro: dict[tuple[str, bool], float]) -> str:
     return "\n".join(lines)
 
 
-def run_ablations(adapter, args) -> dict[tuple[str, bool], float]:
-    """Macro F1 of every (image condition, image-only prompt) pair on the split."""
+def run_ablations(adapter, args, real_full: float) -> dict[tuple[str, bool], float]:
+    """Macro F1 of every (image condition, image-only prompt) pair on the split.
+
+    ``real_full`` is the main run's macro F1 (real images, full prompt), not generated again.
+    """
     from workbench.models.mini.eval import evaluate_split
 
-    macro = {}
+    macro = {("real", False): real_full}
     for image_only in (False, True):
         for condition in ("real", "blank", "swapped"):
+            if (condition, image_only) in macro:
+                continue
             report = evaluate_split(
                 adapter.model, adapter.processor, args.phantom, args.split, args.limit,
                 condition=condition, image_only=image_only,
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({str(k): v for k, v in report.generated.items()}, indent=1))
     if args.ablations:
-        print(ablation_table(run_ablations(adapter, args)))
+        print(ablation_table(run_ablations(adapter, args, report.macro_f1)))
     return 0
 
 

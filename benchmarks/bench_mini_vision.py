@@ -23,18 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 def time_size(image_size: int, patch: int, steps: int, batch: int) -> float:
     """Images/s of stage-1 training steps at one input size (random pixels and targets)."""
-    from transformers import Dinov2Backbone, Dinov2Config
+    from transformers import Dinov2Backbone
 
-    from workbench.models.maira2 import Maira2ForConditionalGeneration  # noqa: F401 (registers)
+    from workbench.models.mini.config import MiniConfig, vision_config
     from workbench.models.mini.dense import DENSE_CHANNELS
     from workbench.models.mini.vision import VisionHeads, encoder_tokens
 
-    cfg = Dinov2Config(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
-        patch_size=patch, image_size=image_size, out_features=["stage4"],
-        reshape_hidden_states=False, apply_layernorm=True,
-    )  # fmt: skip
-    tower, heads = Dinov2Backbone(cfg), VisionHeads(128)
+    cfg = vision_config(MiniConfig(image_size=image_size, patch_size=patch))  # shipped widths
+    tower, heads = Dinov2Backbone(cfg), VisionHeads(cfg.hidden_size)
     opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=1e-4)
     grid = image_size // patch
     pixels = torch.randn(batch, 3, image_size, image_size)

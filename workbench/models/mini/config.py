@@ -135,13 +135,12 @@ class MiniConfig:
                 raise ValueError(f"config field '{name}' must be >= 1")
 
 
-def mini_config(cfg: MiniConfig, tokenizer: PreTrainedTokenizerBase) -> Maira2Config:
-    """The tiny Maira2Config: MAIRA-2's config keys and structure, small widths and depths."""
-    heads_v = max(1, cfg.vision_hidden // 64)
-    vision = Dinov2Config(
+def vision_config(cfg: MiniConfig) -> Dinov2Config:
+    """The Dinov2 tower's config (RAD-DINO's family at ``cfg``'s width, depth and input size)."""
+    return Dinov2Config(
         hidden_size=cfg.vision_hidden,
         num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=heads_v,
+        num_attention_heads=max(1, cfg.vision_hidden // 64),
         mlp_ratio=2,
         patch_size=cfg.patch_size,
         image_size=cfg.image_size,
@@ -152,6 +151,11 @@ def mini_config(cfg: MiniConfig, tokenizer: PreTrainedTokenizerBase) -> Maira2Co
         out_features=[f"stage{cfg.vision_layers}"],
         reshape_hidden_states=False,
     )
+
+
+def mini_config(cfg: MiniConfig, tokenizer: PreTrainedTokenizerBase) -> Maira2Config:
+    """The tiny Maira2Config: MAIRA-2's config keys and structure, small widths and depths."""
+    vision = vision_config(cfg)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_hidden,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,12 +48,12 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"app did not answer on {url} within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny_run: Path):
-    """``python app.py --run <tiny run>`` in a subprocess; yields its URL."""
+@contextmanager
+def serve_app(*app_args: str) -> Iterator[str]:
+    """``python app.py <app_args> --port P`` in a subprocess for the block; yields its URL."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "app.py"), "--run", str(tiny_run), "--port", str(port)]
+    cmd = [sys.executable, str(ROOT / "app.py"), *app_args, "--port", str(port)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -65,6 +67,13 @@ def app_url(tiny_run: Path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_run: Path):
+    """``python app.py --run <tiny run>`` in a subprocess; yields its URL."""
+    with serve_app("--run", str(tiny_run)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

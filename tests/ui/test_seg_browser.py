@@ -4,14 +4,11 @@ segmentation run (workbench.testing.seg_run), with the models' run as an image r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import ROOT, _free_port, _wait
+from tests.ui.conftest import serve_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,22 +21,8 @@ def seg_url(tmp_path_factory):
     from workbench.testing.seg_run import build
 
     run = build(tmp_path_factory.mktemp("segui") / "run")
-    port = _free_port()
-    cmd = [sys.executable, str(ROOT / "app.py"), "--run", str(run / "seg-latents"),
-           "--image-roots", str(run), "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait(url, proc, timeout=90)
+    with serve_app("--run", str(run / "seg-latents"), "--image-roots", str(run)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_pick_an_image_see_samples_and_a_latent_heatmap(browser, seg_url):

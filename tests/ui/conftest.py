@@ -1,7 +1,10 @@
-"""Fixtures for the browser test: a tiny analysed run and the app serving it on 127.0.0.1."""
+"""Fixtures for the browser tests: a tiny analysed run, the app serving it on 127.0.0.1,
+Chromium, and the screenshots (tests/ui/screenshots/, and with ``WB_DOC_SHOTS=1`` the small
+per-tab PNGs that docs/app.md shows, docs/images/app-<tab>.png)."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -16,6 +19,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).parent / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "images"
+DOC_WIDTH = 960  # px: the docs' PNGs are scaled to this width and a 128-colour palette
+
+
+def shot(page, name: str, doc: bool = False) -> None:
+    """A full-page screenshot in tests/ui/screenshots/<name>.png for a person to look at; with
+    ``doc`` and ``WB_DOC_SHOTS=1`` also the viewport as a small docs/images/app-<name>.png."""
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+    if doc and os.environ.get("WB_DOC_SHOTS") == "1":
+        from PIL import Image
+
+        page.wait_for_timeout(1500)  # let pending spinners settle: a picture, not a check
+        img = Image.open(io.BytesIO(page.screenshot(full_page=False)))
+        img = img.resize((DOC_WIDTH, round(img.height * DOC_WIDTH / img.width)), Image.LANCZOS)
+        img.convert("P", palette=Image.ADAPTIVE, colors=128).save(
+            DOC_SHOTS / f"app-{name}.png", optimize=True
+        )
 
 
 @pytest.fixture(scope="session")

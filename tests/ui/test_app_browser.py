@@ -3,31 +3,27 @@ links and the address bar, SQL (read, links, refused write), export.
 
 Screenshots go to tests/ui/screenshots/ (gitignored) so a person can look at the pages; with
 ``WB_DOC_SHOTS=1`` the run also writes the small per-tab PNGs that docs/app.md shows
-(docs/images/app-*.png).
+(docs/images/app-*.png; :func:`tests.ui.conftest.shot`).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import ui_run
+from tests.ui.conftest import shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SHOTS = Path(__file__).parent / "screenshots"
-DOC_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "images"
 T = 30_000  # ms: generous, the CI machine has two shared cores
 
 
 @pytest.fixture(scope="module")
 def page(browser, app_url):
-    SHOTS.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     pg = ctx.new_page()
     pg.set_default_timeout(T)
@@ -58,23 +54,10 @@ def _query(page) -> str:
     return "?" + page.url.split("?", 1)[1] if "?" in page.url else ""
 
 
-def _shot(page, name: str, doc: bool = False) -> None:
-    page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
-    if doc and os.environ.get("WB_DOC_SHOTS") == "1":
-        from PIL import Image
-
-        page.wait_for_timeout(1500)  # let pending spinners settle: a picture, not a check
-        img = Image.open(io.BytesIO(page.screenshot(full_page=False)))
-        img = img.resize((960, round(img.height * 960 / img.width)), Image.LANCZOS)
-        img.convert("P", palette=Image.ADAPTIVE, colors=128).save(
-            DOC_SHOTS / f"app-{name}.png", optimize=True
-        )
-
-
 def test_search_ranks_and_opens_feature(page):
     table = page.locator("#wb-features")
     table.locator("[role=gridcell]", has_text="mostly image tokens").first.wait_for()
-    _shot(page, "features", doc=True)
+    shot(page, "features", doc=True)
     page.locator("#wb-search textarea, #wb-search input").first.fill("pneumothorax")
     page.locator("#wb-features [role=gridcell]", has_text="names “pneumothorax”").first.wait_for()
     negated = page.locator("#wb-features [role=gridcell]", has_text="only in negated phrase")
@@ -89,7 +72,7 @@ def test_search_ranks_and_opens_feature(page):
     assert page.locator("#wb-examples .wb-extext span[title]").count() >= 1
     assert page.locator("#wb-examples .wb-patch img").count() >= 1  # radiograph crops
     assert page.locator("#wb-concepts svg rect").count() >= 1
-    _shot(page, "feature", doc=True)
+    shot(page, "feature", doc=True)
 
 
 def test_heatmap_scale_caption_and_controls(page, app_url, tiny_run):
@@ -125,7 +108,7 @@ def test_study_navigation_keeps_the_feature(page, app_url):
     assert "coloured by feature #0" in page.locator("#wb-simage figcaption").first.inner_text()
     assert page.locator("#wb-sreport .wb-report span").count() > 10
     assert "<s>" not in page.locator("#wb-sreport").inner_text()
-    _shot(page, "study", doc=True)
+    shot(page, "study", doc=True)
     # any feature number colours the study, listed or not
     box = page.locator("#wb-sfeat input")
     box.fill("5")
@@ -201,7 +184,7 @@ def test_sql_links_refusal_and_scroll(page, app_url):
     assert page.locator("#wb-sqlnote").inner_text().strip() == "2 rows"
     cell = page.locator("#wb-sqlresult .wb-cell").nth(2)
     assert cell.evaluate("e => e.scrollWidth > e.clientWidth")  # the wide cell scrolls alone
-    _shot(page, "sql", doc=True)
+    shot(page, "sql", doc=True)
     page.locator("#wb-sqlresult a.wb-chip").first.click()
     _title_has(page, "feature 0")
     _tab(page, "SQL")
@@ -226,7 +209,7 @@ def test_runs_tab(page):
     facts = page.locator("#wb-runfacts")
     facts.get_by_text("blocks.1.hook_resid_post").first.wait_for()
     assert "8 of 16 (50%)" in facts.inner_text()
-    _shot(page, "runs", doc=True)
+    shot(page, "runs", doc=True)
 
 
 def test_no_file_route(page, app_url, tiny_run):

@@ -7,19 +7,17 @@ inputs reach the model, progress ends, and the panels show what the handlers mad
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+
+from tests.ui.conftest import shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SHOTS = Path(__file__).parent / "screenshots"
 T = 60_000  # ms: the first Generate also loads the model
 
 
 @pytest.fixture(scope="module")
 def page(browser, app_url):
-    SHOTS.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
     pg = ctx.new_page()
     pg.set_default_timeout(T)
@@ -52,7 +50,7 @@ def test_steering_slider_changes_the_findings(page, tiny_run):
     assert steered != base
     assert page.locator("#wb-steer-text ins").count() >= 1
     page.locator("#wb-steer-verdicts").get_by_text("report labeller").wait_for()
-    page.screenshot(path=SHOTS / "steering.png", full_page=True)
+    shot(page, "steering", doc=True)
 
 
 def test_try_a_study_upload(page, tiny_run):
@@ -64,6 +62,6 @@ def test_try_a_study_upload(page, tiny_run):
     page.locator("#wb-try-findings").wait_for()
     page.locator("#wb-try-heatmap img").wait_for()
     assert page.locator("#wb-try-out a.wb-chip").count() >= 1  # links to feature pages
-    page.screenshot(path=SHOTS / "try-a-study.png", full_page=True)
+    shot(page, "try", doc=True)
     page.locator("#wb-try-out a.wb-chip").first.click()
     page.locator("#wb-ftitle").get_by_text("feature").first.wait_for()

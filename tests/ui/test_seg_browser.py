@@ -4,15 +4,12 @@ segmentation run (workbench.testing.seg_run), with the models' run as an image r
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.ui.conftest import serve_app
+from tests.ui.conftest import serve_app, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SHOTS = Path(__file__).parent / "screenshots"
 T = 60_000  # ms: predictions and heatmaps on two shared cores
 
 
@@ -26,7 +23,6 @@ def seg_url(tmp_path_factory):
 
 
 def test_pick_an_image_see_samples_and_a_latent_heatmap(browser, seg_url):
-    SHOTS.mkdir(exist_ok=True)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
     page = ctx.new_page()
     page.set_default_timeout(T)
@@ -43,7 +39,7 @@ def test_pick_an_image_see_samples_and_a_latent_heatmap(browser, seg_url):
         heat = page.locator("#wb-seglatents figure img")
         heat.first.wait_for()
         assert page.locator("#wb-segmetrics table").count() == 1
-        page.screenshot(path=SHOTS / "segmentation.png", full_page=True)
+        shot(page, "segmentation", doc=True)
         chip = page.locator("#wb-seglatents a.wb-chip").first
         target = chip.get_attribute("data-feature")
         chip.click()

@@ -11,6 +11,8 @@ import pytest
 
 from workbench.testing.tiny_run import build
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
@@ -38,6 +40,7 @@ def test_uploads_go_to_a_private_directory():
 def test_serve_binds_loopback_never_shares(run, monkeypatch):
     import gradio as gr
 
+    from workbench.ui import links
     from workbench.ui.app import AppConfig, serve
 
     seen = {}
@@ -48,10 +51,11 @@ def test_serve_binds_loopback_never_shares(run, monkeypatch):
         assert seen["share"] is False and seen["allowed_paths"] == []
         assert isinstance(app, gr.Blocks) and ctx.status.problems == ()
         assert seen["max_file_size"] == "20mb"
-        tabs = [b.label for b in app.blocks.values() if isinstance(b, gr.Tab)]
-        assert tabs == [
+        tabs = [b for b in app.blocks.values() if isinstance(b, gr.Tab)]
+        assert [t.label for t in tabs] == [
             "Features", "Feature", "Study", "Steering", "Try a study", "Segmentation", "Runs", "SQL"
         ]  # fmt: skip
+        assert tuple(t.id for t in tabs) == links.TABS  # every tab has its ?tab= address
     finally:
         ctx.close()
 
@@ -65,6 +69,22 @@ def test_missing_run_still_builds_with_message(tmp_path, monkeypatch):
     app, ctx = serve(AppConfig(run=tmp_path / "missing"), block=False)
     banner = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "wb-banner")
     assert "No run at" in banner.value
+
+
+def test_docs_show_every_tab_and_every_link_form():
+    """docs/app.md shows a small screenshot of each tab (written by the browser tests with
+    WB_DOC_SHOTS=1) and lists each tab's address."""
+    from workbench.ui import links
+
+    docs = ROOT / "docs"
+    text = (docs / "app.md").read_text()
+    for tab in links.TABS:
+        image = docs / "images" / f"app-{tab}.png"
+        assert f"](images/app-{tab}.png)" in text and image.is_file(), tab
+        assert image.stat().st_size < 150_000, f"{image}: keep the docs' screenshots small"
+        assert f"`{tab}`" in text or f"`/?tab={tab}`" in text, tab
+    for form in ("`/?feature=N`", "`/?study=S&feature=N`", "`/?tab=features&q=effusion`"):
+        assert form in text
 
 
 def test_cli_parses_flags():

@@ -29,7 +29,7 @@ def test_route_says_what_it_could_not_read():
     bad = links.route({"feature": "abc", "tab": "nope"})
     assert bad.tab == "features" and bad.feature is None
     assert "?feature=abc is not a feature number" in bad.problem
-    assert "?tab=nope is not a tab (tabs: features, feature, study, runs, sql)" in bad.problem
+    assert "?tab=nope is not a tab (tabs: features, feature, study, steering, try, " in bad.problem
     assert links.route({"feature": "-3"}).problem == "?feature=-3 is not a feature number"
     assert links.route({"feature": "1.5"}).problem == "?feature=1.5 is not a feature number"
     assert links.route({}, open_feature=7) == links.Route("feature", feature=7)

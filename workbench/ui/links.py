@@ -4,7 +4,7 @@ Deep-link forms (also in docs/app.md):
 
 - ``?feature=N``: the feature page of feature N;
 - ``?study=S`` or ``?study=S&feature=N``: study S, coloured by feature N;
-- ``?tab=features|feature|study|runs|sql``: that tab (``?tab=features&q=effusion`` searches);
+- ``?tab=<id>`` with an id of :data:`TABS`: that tab (``?tab=features&q=effusion`` searches);
 - no query: the Features tab.
 
 The app reads the query when a page loads (:func:`route`) and writes the query of every view
@@ -21,7 +21,8 @@ from urllib.parse import urlencode
 
 from workbench.ui.render import as_int
 
-TABS = ("features", "feature", "study", "runs", "sql")
+TABS = ("features", "feature", "study", "steering", "try", "segmentation", "runs", "sql")
+"""The app's tab ids in page order (``workbench.ui.app.build_app`` makes one tab per id)."""
 
 
 class Route(NamedTuple):

@@ -199,19 +199,19 @@ def test_demo_step_steers_recovered_concepts(run):
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):
     from workbench.steer import evaluate
 
-    real, calls = evaluate.Evaluator.run_arm, []
+    real, calls = evaluate.Evaluator.run_chunk, []
 
-    def failing(self, arm, cases, done):
-        calls.append(arm)
+    def failing(self, pairs, extra=()):
+        calls.append(pairs)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, arm, cases, done)
+        return real(self, pairs, extra)
 
-    monkeypatch.setattr(evaluate.Evaluator, "run_arm", failing)
-    with pytest.raises(KeyboardInterrupt):
-        run_steer(config(run, methods=("sae",), write_every_s=3600.0))
-    assert len(stored(run)) == 2 + 2  # two 'add' arms over two studies, written on the way out
-    monkeypatch.setattr(evaluate.Evaluator, "run_arm", real)
+    monkeypatch.setattr(evaluate.Evaluator, "run_chunk", failing)
+    with pytest.raises(KeyboardInterrupt):  # one report per batch: two done, the third fails
+        run_steer(config(run, methods=("sae",), write_every_s=3600.0, batch_size=1))
+    assert len(stored(run)) == 2  # written on the way out
+    monkeypatch.setattr(evaluate.Evaluator, "run_chunk", real)
     run_steer(config(run, methods=("sae",)))
     assert len(stored(run)) == 2 * 2 + 2 * 1
 

@@ -23,7 +23,7 @@ from workbench.steer.evaluate import (
     write_rows,
 )
 from workbench.steer.intervene import SteeringError
-from workbench.steer.metrics import judge
+from workbench.steer.metrics import judge_many
 from workbench.steer.peers import Direction, dim_direction, study_means
 from workbench.store import StoreWriter
 
@@ -45,19 +45,23 @@ class ScriptedAdapter:
         tokens = [{"kind": "image"}, {"kind": "prompt"}, {"kind": "prompt"}]
         return SimpleNamespace(prompt_length=3, study=study, tokens=tokens)
 
-    def generate(self, inp, max_new_tokens=10, interventions=None):
-        self.calls += 1
-        if "pacemaker" in (inp.study.get("indication") or ""):
-            return PACED
+    def generate_batch(self, inps, max_new_tokens=10, interventions=None):
+        self.calls += len(inps)
+        moved_B = torch.zeros(len(inps), dtype=torch.bool)
         for hook in (interventions or {}).values():
-            moved = hook(torch.zeros(1, 3, 4))
-            if moved is not None and bool(moved.abs().sum() > 0):
-                return PACED
-        return inp.study["baseline"]
+            out = hook(torch.zeros(len(inps), 3, 4))
+            if out is not None:
+                moved_B |= out.abs().sum(dim=(1, 2)) > 0
+        return [
+            PACED
+            if "pacemaker" in (inp.study.get("indication") or "") or moved
+            else inp.study["baseline"]
+            for inp, moved in zip(inps, moved_B.tolist(), strict=True)
+        ]
 
 
-def no_ppl(adapter, study, text):
-    return judge(None, study, text)
+def no_ppl(adapter, study, texts):
+    return judge_many(None, study, texts)
 
 
 def cases():

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from workbench.models.batch import generate_rows
 from workbench.models.checkpoint import resolve_checkpoint_dir
 from workbench.models.hooks import (
     InterventionFn,
@@ -30,7 +31,6 @@ from workbench.models.hooks import (
     capture_many,
     decoder_layers,
     final_norm,
-    intervene,
 )
 from workbench.models.hooks import resid_post_name as _resid_post_name
 from workbench.models.processor import (
@@ -167,7 +167,6 @@ class ModelAdapter(ABC):
             self.model(**self.device_inputs(inp))
         return {layer: caps[name].acts[0] for layer, name in names.items()}
 
-    @torch.no_grad()
     def generate(
         self,
         inp: PreparedInputs,
@@ -175,13 +174,20 @@ class ModelAdapter(ABC):
         interventions: Mapping[str, InterventionFn] | None = None,
     ) -> str:
         """Greedy continuation of the prompt, decoded without special tokens, lstripped."""
-        if inp.prompt_length != len(inp.tokens):
+        return self.generate_batch([inp], max_new_tokens, interventions)[0]
+
+    def generate_batch(
+        self,
+        inps: Sequence[PreparedInputs],
+        max_new_tokens: int = 300,
+        interventions: Mapping[str, InterventionFn] | None = None,
+    ) -> list[str]:
+        """Greedy continuations of several prompts in one left-padded ``generate`` call
+        (:mod:`workbench.models.batch`); row ``b`` equals ``generate(inps[b])``."""
+        if any(inp.prompt_length != len(inp.tokens) for inp in inps):
             raise ValueError("these inputs teacher-force findings; prepare(study) without them")
-        inputs = self.device_inputs(inp)
-        with intervene(self.model, interventions or {}):
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new_ids = out[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_ids.tolist(), skip_special_tokens=True).lstrip()
+        rows = [inp.model_inputs for inp in inps]
+        return generate_rows(self.model, self.tokenizer, rows, max_new_tokens, interventions)
 
 
 def _prepared(enc: EncodedInputs) -> PreparedInputs:

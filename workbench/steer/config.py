@@ -57,6 +57,9 @@ class SteerConfig:
     """Dataset root in MIMIC-CXR layout; empty: <run>/phantom."""
     max_new_tokens: int = 120
     """Tokens generated per report."""
+    batch_size: int = 32
+    """Reports generated together in one batched call (a study's baseline and its steered
+    reports share it); 1: one at a time. The texts do not depend on it."""
     device: str = "cpu"
     """torch device of the model and SAE."""
     overwrite: bool = False
@@ -74,8 +77,10 @@ class SteerConfig:
     """Operating point: largest share of reports that repeat themselves or stop parsing."""
 
     def validate(self) -> None:
-        if self.n_studies <= 0 or self.max_new_tokens <= 0 or self.n_candidates <= 0:
-            raise ValueError("n_studies, max_new_tokens and n_candidates must be positive")
+        if min(self.n_studies, self.max_new_tokens, self.n_candidates, self.batch_size) <= 0:
+            raise ValueError(
+                "n_studies, max_new_tokens, n_candidates and batch_size must be positive"
+            )
         for name, values, allowed in (
             ("methods", self.methods, METHODS),
             ("directions", self.directions, DIRECTIONS),

@@ -25,7 +25,7 @@ from workbench.steer.intervene import (
     SteeringError,
     direction_steering,
     feature_steering,
-    generate,
+    generate_many,
 )
 from workbench.steer.peers import Direction, prompt_indication, with_indication
 
@@ -95,7 +95,14 @@ def pick_cases(
 
 
 class Evaluator:
-    """Generates and judges findings for arms over cases with one model and SAE."""
+    """Generates and judges findings for arms over cases with one model and SAE.
+
+    Work is done in batches of up to ``batch_size`` generations (:meth:`chunks`): the
+    (arm, study) pairs of a batch, plus the unsteered findings of each of its studies not yet
+    generated, go through one :func:`~workbench.steer.intervene.generate_many` call, so the
+    baseline and the steered findings come from the same call, cache and hook; a study's
+    texts are then scored in one perplexity batch.
+    """
 
     def __init__(
         self,
@@ -104,20 +111,18 @@ class Evaluator:
         max_new_tokens: int,
         typical: Mapping[int, float | None] | None,
         directions: Mapping[str, Direction] | None = None,
-        judge=metrics.judge,
+        judge=metrics.judge_many,
+        batch_size: int = 32,
     ):
         self.adapter, self.sae, self.max_new_tokens = adapter, sae, max_new_tokens
-        self.typical, self.judge = typical, judge
+        self.typical, self.judge, self.batch_size = typical, judge, max(1, batch_size)
         self.directions = dict(directions or {})
         self.baselines: dict[int, Baseline] = {}
 
     def baseline(self, case: Case) -> Baseline:
         """The unsteered findings of a study and their judgement (computed once)."""
         if case.study_id not in self.baselines:
-            inp = self.adapter.prepare(case.record)
-            text = generate(self.adapter, inp, max_new_tokens=self.max_new_tokens)
-            judged = self.judge(self.adapter, case.record, text)
-            self.baselines[case.study_id] = Baseline(text, judged)
+            self.run_chunk([], extra=[case])
         return self.baselines[case.study_id]
 
     def steering(self, arm: Arm) -> Steering:
@@ -139,39 +144,97 @@ class Evaluator:
             return direction_steering(vector, arm.strength, arm.positions)
         raise SteeringError(f"method {arm.method!r} has no steering vector")
 
-    def steered_text(self, arm: Arm, case: Case) -> tuple[str, dict]:
-        """The findings under ``arm`` and the details worth keeping about how they were made."""
+    def request(self, arm: Arm, case: Case, prepared: dict) -> tuple[Any, Steering | None, dict]:
+        """Prepared inputs, steering (None for the prompt method) and details of one pair;
+        ``prepared`` caches each study's unsteered inputs."""
         if arm.method == "prompt":
-            indication = prompt_indication(
-                getattr(case.record, "indication", None)
-                if not isinstance(case.record, Mapping)
-                else case.record.get("indication"),
-                arm.concept,
-                arm.direction,
-            )
-            inp = self.adapter.prepare(with_indication(case.record, indication))
-            text = generate(self.adapter, inp, max_new_tokens=self.max_new_tokens)
-            return text, {"indication": indication}
-        inp = self.adapter.prepare(case.record)
-        text = generate(
-            self.adapter,
-            inp,
-            max_new_tokens=self.max_new_tokens,
-            steering=self.steering(arm),
-            sae=self.sae,
-        )
+            record = case.record
+            current = (record.get("indication") if isinstance(record, Mapping)
+                       else getattr(record, "indication", None))  # fmt: skip
+            indication = prompt_indication(current, arm.concept, arm.direction)
+            inp = self.adapter.prepare(with_indication(record, indication))
+            return inp, None, {"indication": indication}
+        steering = self.steering(arm)
+        if case.study_id not in prepared:
+            prepared[case.study_id] = self.adapter.prepare(case.record)
         details = {"hook_name": self.sae.hook_name}
         if arm.method == "sae" and arm.unit != "raw":
             details["raw_strengths"] = {
                 str(f): arm.strength * float(self.typical[f]) for f in arm.features
             }
-        return text, details
+        return prepared[case.study_id], steering, details
+
+    def chunks(self, pairs: Iterable[tuple[Arm, Case]]) -> list[list[tuple[Arm, Case]]]:
+        """``pairs`` grouped by study (first-seen order), cut into generation batches that
+        leave room for each new study's unsteered row."""
+        by_study: dict[int, list[tuple[Arm, Case]]] = {}
+        for arm, case in pairs:
+            by_study.setdefault(case.study_id, []).append((arm, case))
+        out: list[list[tuple[Arm, Case]]] = []
+        current: list[tuple[Arm, Case]] = []
+        room = self.batch_size
+        for sid, group in by_study.items():
+            for pair in group:
+                needs_base = sid not in self.baselines
+                cost = 1 + (needs_base and all(c.study_id != sid for _, c in current))
+                if current and room < cost:
+                    out.append(current)
+                    current, room, cost = [], self.batch_size, 1 + needs_base
+                current.append(pair)
+                room -= cost
+        return [*out, current] if current else out
+
+    def run_chunk(
+        self, pairs: Sequence[tuple[Arm, Case]], extra: Sequence[Case] = ()
+    ) -> list[dict]:
+        """Generate (one batch) and judge ``pairs``; also the baselines of ``extra`` studies."""
+        cases = {c.study_id: c for c in [*extra, *(c for _, c in pairs)]}
+        todo = [c for sid, c in cases.items() if sid not in self.baselines]
+        prepared: dict[int, Any] = {}
+        requests = [self.request(arm, case, prepared) for arm, case in pairs]
+        for c in todo:
+            if c.study_id not in prepared:
+                prepared[c.study_id] = self.adapter.prepare(c.record)
+        inps = [prepared[c.study_id] for c in todo]
+        texts = generate_many(
+            self.adapter,
+            inps + [r[0] for r in requests],
+            [None] * len(todo) + [r[1] for r in requests],
+            max_new_tokens=self.max_new_tokens,
+            sae=self.sae,
+        )
+        base_texts = dict(zip((c.study_id for c in todo), texts, strict=False))
+        steered = texts[len(todo) :]
+        judged = self._judge_by_study(cases, base_texts, pairs, steered)
+        return [
+            self._row(arm, case, text, judged[i], {**requests[i][2]})
+            for i, ((arm, case), text) in enumerate(zip(pairs, steered, strict=True))
+        ]
+
+    def _judge_by_study(self, cases, base_texts, pairs, steered) -> list[metrics.Judgement]:
+        """Judge each study's new baseline and steered texts together (one perplexity batch)."""
+        out: list[metrics.Judgement | None] = [None] * len(pairs)
+        for sid, case in cases.items():
+            idx = [i for i, (_, c) in enumerate(pairs) if c.study_id == sid]
+            new_base = [base_texts[sid]] if sid in base_texts else []
+            got = self.judge(self.adapter, case.record, new_base + [steered[i] for i in idx])
+            if new_base:
+                self.baselines[sid] = Baseline(new_base[0], got[0])
+            for i, j in zip(idx, got[len(new_base) :], strict=True):
+                out[i] = j
+        return out
+
+    def run_many(self, pairs: Iterable[tuple[Arm, Case]]) -> list[dict]:
+        """Rows of every (arm, case) pair, generated in batches (:meth:`chunks`)."""
+        return [row for chunk in self.chunks(pairs) for row in self.run_chunk(chunk)]
 
     def row(self, arm: Arm, case: Case) -> dict:
         """Generate, judge and describe one (arm, study)."""
-        base = self.baseline(case)
-        text, details = self.steered_text(arm, case)
-        judged = self.judge(self.adapter, case.record, text)
+        return self.run_chunk([(arm, case)])[0]
+
+    def _row(self, arm: Arm, case: Case, text: str, judged, details: dict) -> dict:
+        """One ``steering_results`` row: the pair's steered text judged against its baseline."""
+        base = self.baselines[case.study_id]
         b = base.judgement.readings.get(arm.concept)
         s = judged.readings.get(arm.concept)
         eligible, success = metrics.flip(b, s, arm.direction)
@@ -213,7 +276,7 @@ class Evaluator:
 
     def run_arm(self, arm: Arm, cases: Iterable[Case], done: set) -> list[dict]:
         """Rows of ``arm`` for every case whose key is not in ``done``."""
-        return [self.row(arm, c) for c in cases if arm.key(c.study_id) not in done]
+        return self.run_many([(arm, c) for c in cases if arm.key(c.study_id) not in done])
 
 
 _KEY_SQL = (

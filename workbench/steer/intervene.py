@@ -17,15 +17,17 @@ position and every generated one, reached one at a time through the KV cache), o
 SAELens' steering tutorial skips one-token calls and so never steers generated tokens with a
 cache; here the hook tracks absolute positions across the cached calls.
 
-A :class:`GenerationMonitor` rides on the same hooks: it counts decoding steps (progress) and
+:func:`generate_many` generates many rows in one batched ``generate`` (left padding, a KV
+cache), each row with its own steering or none; the hook (:mod:`workbench.steer.hook`) keeps
+a per-row position mask, and a row's text equals its one-row generation. A
+:class:`GenerationMonitor` rides on the same hooks: it counts decoding steps (progress) and
 raises :class:`GenerationCancelledError` when its event is set, which is how the app cancels a
 running generation. :func:`steer_once` is the entry the app's sliders call.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -33,18 +35,33 @@ import torch
 from workbench.models.hooks import parse_hook_name
 from workbench.models.registry import ModelAdapter, PreparedInputs
 from workbench.sae import MatryoshkaSAE
+from workbench.steer.hook import (
+    GenerationCancelledError,
+    GenerationMonitor,
+    SteeringError,
+    SteeringHook,
+    left_padded,
+    prompt_mask,
+)
+
+__all__ = [
+    "GenerationCancelledError",
+    "GenerationMonitor",
+    "Steering",
+    "SteeringError",
+    "SteeringHook",
+    "SteerOutput",
+    "direction_steering",
+    "feature_steering",
+    "generate",
+    "generate_many",
+    "prompt_mask",
+    "steer_once",
+]
 
 Mode = Literal["add", "clamp"]
 Unit = Literal["raw", "max_act", "mean_act"]
 POSITION_KINDS = ("image", "prompt", "generated")
-
-
-class SteeringError(ValueError):
-    """A steering request that cannot be applied (wrong feature, SAE/model mismatch, ...)."""
-
-
-class GenerationCancelledError(RuntimeError):
-    """Raised inside ``generate`` when the caller set the monitor's cancel event."""
 
 
 class SteerOutput(NamedTuple):
@@ -139,99 +156,6 @@ def direction_steering(
     return Steering(float(strength) * direction_D.detach().float(), {}, parse_positions(positions))
 
 
-def prompt_mask(tokens: list[dict], prompt_length: int, positions: frozenset[str]) -> torch.Tensor:
-    """Which prompt positions are steered; 'generated' includes the last prompt position."""
-    mask = torch.zeros(prompt_length, dtype=torch.bool)
-    for i, tok in enumerate(tokens[:prompt_length]):
-        kind = "image" if tok.get("kind") == "image" else "prompt"
-        mask[i] = kind in positions
-    if "generated" in positions and prompt_length:
-        mask[prompt_length - 1] = True  # its output is the first generated token
-    return mask
-
-
-class GenerationMonitor:
-    """Counts forward calls of one ``generate`` (prefill, then one per token) and cancels it."""
-
-    def __init__(
-        self,
-        on_step: Callable[[int], None] | None = None,
-        cancel: threading.Event | None = None,
-    ):
-        self.on_step, self.cancel, self.steps = on_step, cancel, 0
-
-    def __call__(self, acts_BTD: torch.Tensor) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise GenerationCancelledError("generation cancelled")
-        self.steps += 1
-        if self.on_step is not None:
-            self.on_step(self.steps)
-
-
-class SteeringHook:
-    """Intervention ``acts_BTD -> acts_BTD`` for :func:`workbench.models.hooks.intervene`.
-
-    One instance serves one ``generate`` call: it counts positions to know, for each call,
-    which absolute positions it sees (the whole prompt first, then one token per cached step).
-    """
-
-    def __init__(
-        self,
-        steering: Steering,
-        mask_P: torch.Tensor,
-        sae: MatryoshkaSAE | None = None,
-        monitor: GenerationMonitor | None = None,
-    ):
-        if steering.clamp and sae is None:
-            raise SteeringError("clamping needs the SAE")
-        self.steering, self.mask_P, self.sae, self.monitor = steering, mask_P, sae, monitor
-        self.generated = "generated" in steering.positions
-        self.seen = 0
-        if steering.clamp:
-            device = sae.W_dec_FD.device
-            self.index_K = torch.tensor(list(steering.clamp), dtype=torch.long, device=device)
-            self.values_K = torch.tensor(
-                list(steering.clamp.values()), dtype=torch.float32, device=device
-            )
-            self.dirs_KD = sae.W_dec_FD[self.index_K].detach().float()
-
-    def _mask(self, n_tokens: int) -> torch.Tensor:
-        """Steered positions of this call (absolute positions tracked across cached steps)."""
-        start = self.seen if (n_tokens == 1 and self.seen > 0) else 0  # cached step vs full pass
-        self.seen = start + n_tokens
-        pos = torch.arange(start, start + n_tokens)
-        in_prompt = pos < len(self.mask_P)
-        mask = torch.full((n_tokens,), self.generated, dtype=torch.bool)
-        mask[in_prompt] = self.mask_P[pos[in_prompt]]
-        return mask
-
-    @torch.no_grad()
-    def delta(self, acts_ND: torch.Tensor) -> torch.Tensor:
-        """What is added to ``acts_ND`` (float32, on its device), for every position given."""
-        out = torch.zeros(acts_ND.shape, dtype=torch.float32, device=acts_ND.device)
-        if self.steering.add is not None:
-            out += self.steering.add.to(acts_ND.device)
-        if self.steering.clamp:
-            x = acts_ND.to(self.dirs_KD.device)
-            latents_NK = self.sae.encode(x)[:, self.index_K].float()
-            diff_NK = self.values_K - latents_NK  # exactly 0 where the clamp changes nothing
-            out += (diff_NK @ self.dirs_KD).to(acts_ND.device)
-        return out
-
-    @torch.no_grad()
-    def __call__(self, acts_BTD: torch.Tensor) -> torch.Tensor | None:
-        if self.monitor is not None:
-            self.monitor(acts_BTD)
-        mask = self._mask(acts_BTD.shape[1]).to(acts_BTD.device)
-        if not mask.any():
-            return None
-        out = acts_BTD.clone()
-        part = out[:, mask]
-        flat = part.reshape(-1, part.shape[-1])
-        out[:, mask] = (flat.float() + self.delta(flat)).reshape(part.shape).to(out.dtype)
-        return out
-
-
 def steering_hook_name(adapter: ModelAdapter, sae: MatryoshkaSAE, hook_name: str | None) -> str:
     """The hook to steer at: ``hook_name`` or the SAE's, checked against the model."""
     name = hook_name or sae.hook_name
@@ -244,6 +168,52 @@ def steering_hook_name(adapter: ModelAdapter, sae: MatryoshkaSAE, hook_name: str
     return adapter.hook_name(parse_hook_name(name))
 
 
+def _hook_site(
+    adapter: ModelAdapter, sae: MatryoshkaSAE | None, hook_name: str | None
+) -> str | None:
+    """Where steering sits: ``hook_name`` or the SAE's (checked); None when neither is given."""
+    if sae is not None:
+        return steering_hook_name(adapter, sae, hook_name)
+    if hook_name:
+        return adapter.hook_name(parse_hook_name(hook_name))
+    return None
+
+
+def generate_many(
+    adapter: ModelAdapter,
+    inps: Sequence[PreparedInputs],
+    steerings: Sequence[Steering | None],
+    *,
+    max_new_tokens: int = 120,
+    sae: MatryoshkaSAE | None = None,
+    hook_name: str | None = None,
+    monitor: GenerationMonitor | None = None,
+) -> list[str]:
+    """Greedy findings of several prepared inputs in one batched ``generate``, row ``b``
+    steered by ``steerings[b]`` (None: unsteered).
+
+    Every row goes through the same call, cache and hook; rows a steering does not touch are
+    bit-for-bit what they would be without it, so an unsteered row is the baseline. Without
+    any steering the monitor alone sits on block 0 (unsteered generations are cancellable).
+    """
+    if len(inps) != len(steerings):
+        raise ValueError(f"{len(inps)} inputs but {len(steerings)} steerings")
+    name = _hook_site(adapter, sae, hook_name)
+    if name is None and any(s is not None for s in steerings):
+        raise SteeringError("steering needs the SAE or an explicit hook_name")
+    if name is None or all(s is None for s in steerings):
+        hooks = {adapter.hook_name(0): monitor} if monitor is not None else {}
+        return adapter.generate_batch(inps, max_new_tokens=max_new_tokens, interventions=hooks)
+    masks = [
+        prompt_mask(inp.tokens, inp.prompt_length, s.positions)
+        if s is not None
+        else torch.zeros(inp.prompt_length, dtype=torch.bool)
+        for inp, s in zip(inps, steerings, strict=True)
+    ]
+    hook = SteeringHook(list(steerings), left_padded(masks), sae, monitor)
+    return adapter.generate_batch(inps, max_new_tokens=max_new_tokens, interventions={name: hook})
+
+
 def generate(
     adapter: ModelAdapter,
     inp: PreparedInputs,
@@ -254,23 +224,12 @@ def generate(
     hook_name: str | None = None,
     monitor: GenerationMonitor | None = None,
 ) -> str:
-    """Greedy findings for prepared inputs, steered when ``steering`` is given.
-
-    The steering hook sits at ``hook_name`` (default: the SAE's); without steering, the
-    monitor alone sits on block 0, so unsteered generations are cancellable too.
-    """
-    if steering is None:
-        hooks = {adapter.hook_name(0): monitor} if monitor is not None else {}
-        return adapter.generate(inp, max_new_tokens=max_new_tokens, interventions=hooks)
-    if sae is not None:
-        name = steering_hook_name(adapter, sae, hook_name)
-    elif hook_name:
-        name = adapter.hook_name(parse_hook_name(hook_name))
-    else:
+    """Greedy findings for prepared inputs, steered when ``steering`` is given (one row of
+    :func:`generate_many`)."""
+    if steering is not None and sae is None and not hook_name:
         raise SteeringError("steering needs the SAE or an explicit hook_name")
-    mask = prompt_mask(inp.tokens, inp.prompt_length, steering.positions)
-    hook = SteeringHook(steering, mask, sae, monitor)
-    return adapter.generate(inp, max_new_tokens=max_new_tokens, interventions={name: hook})
+    return generate_many(adapter, [inp], [steering], max_new_tokens=max_new_tokens, sae=sae,
+                         hook_name=hook_name, monitor=monitor)[0]  # fmt: skip
 
 
 def steer_once(

@@ -30,6 +30,7 @@ import torch
 from workbench.cxr.findings import CHEXPERT_LABELS, DEVICES, FINDINGS
 from workbench.cxr.labeller.context import label_report
 from workbench.cxr.sections import parse_report
+from workbench.models.batch import continuation_nll
 from workbench.models.registry import ModelAdapter
 
 JUDGED: tuple[str, ...] = FINDINGS + DEVICES
@@ -123,30 +124,59 @@ def degenerate(judgement: Judgement) -> bool:
     return judgement.repeat_rate > DEGENERATE_REPEAT or not judgement.parses
 
 
-@torch.no_grad()
 def perplexity(adapter: ModelAdapter, study: Any, text: str | None) -> float | None:
     """exp(mean NLL) of ``text``'s findings tokens after ``study``'s prompt, unsteered.
 
     Every teacher-forced position counts (the findings and the closing end-of-sequence
     token), so a text that should have ended but ran on is penalised too. None for no text.
     """
-    if not text or not text.strip():
-        return None
-    inp = adapter.prepare(study, findings=text)
-    inputs = adapter.device_inputs(inp)
-    logits_TV = adapter.model(**inputs).logits[0].float()
-    ids_T = inputs["input_ids"][0]
-    targets = [i for i, t in enumerate(inp.tokens) if t["kind"] == "report" and i > 0]
-    if not targets:
-        return None
-    idx = torch.tensor(targets, device=logits_TV.device)
-    nll = torch.nn.functional.cross_entropy(logits_TV[idx - 1], ids_T[idx], reduction="mean")
-    return float(math.exp(min(float(nll), 50.0)))
+    return perplexities(adapter, study, [text])[0]
+
+
+@torch.no_grad()
+def perplexities(
+    adapter: ModelAdapter, study: Any, texts: Sequence[str | None]
+) -> list[float | None]:
+    """:func:`perplexity` of several texts after one study's prompt, the prompt run once
+    (:func:`workbench.models.batch.continuation_nll`)."""
+    prompt = adapter.prepare(study)
+    n_prompt = prompt.prompt_length
+    ids_P = prompt.model_inputs["input_ids"][0]
+    wanted, rests = [], []
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            continue
+        full = adapter.prepare(study, findings=text)
+        ids_T = full.model_inputs["input_ids"][0]
+        kinds = [t["kind"] for t in full.tokens]
+        if not torch.equal(ids_T[:n_prompt], ids_P) or "report" in kinds[:n_prompt]:
+            raise ValueError(f"{adapter.name}: the findings do not follow the study's prompt")
+        if len(kinds) > n_prompt:
+            wanted.append(i)
+            rests.append(ids_T[n_prompt:].tolist())
+    out: list[float | None] = [None] * len(texts)
+    for i, nll_L in zip(wanted, continuation_nll(adapter.model, prompt.model_inputs, rests),
+                        strict=True):  # fmt: skip
+        out[i] = float(math.exp(min(float(nll_L.mean()), 50.0)))
+    return out
 
 
 def judge(
     adapter: ModelAdapter | None, study: Any, text: str, concepts: Sequence[str] = READABLE
 ) -> Judgement:
     """Readings, repeat rate, parse check and (with an adapter) perplexity of one text."""
-    ppl = perplexity(adapter, study, text) if adapter is not None else None
-    return Judgement(readings(text, concepts), repeat_rate(text), parses(text), ppl)
+    return judge_many(adapter, study, [text], concepts)[0]
+
+
+def judge_many(
+    adapter: ModelAdapter | None,
+    study: Any,
+    texts: Sequence[str],
+    concepts: Sequence[str] = READABLE,
+) -> list[Judgement]:
+    """:func:`judge` of several texts of one study, their perplexities scored in one batch."""
+    ppls = perplexities(adapter, study, texts) if adapter is not None else [None] * len(texts)
+    return [
+        Judgement(readings(t, concepts), repeat_rate(t), parses(t), p)
+        for t, p in zip(texts, ppls, strict=True)
+    ]

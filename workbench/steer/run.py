@@ -167,15 +167,18 @@ def run_steer(cfg: SteerConfig) -> str:
     directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
     notes = plan.notes + dim_notes
     todo = arms(cfg, plan, directions)
-    evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions)
+    evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions,
+                          batch_size=cfg.batch_size)  # fmt: skip
+    pairs = [(arm, case) for arm in todo for case in plan.cases[(arm.concept, arm.direction)]
+             if arm.key(case.study_id) not in plan.done]  # fmt: skip
+    chunks = evaluator.chunks(pairs)
     pending: list[dict] = []
-    last_write = time.monotonic()
+    last_write, made = time.monotonic(), 0
     try:
-        for arm in todo:
-            rows = evaluator.run_arm(arm, plan.cases[(arm.concept, arm.direction)], plan.done)
-            pending += rows
-            log.info("%s %s %s %g: %d new rows", arm.method, arm.concept, arm.direction,
-                     arm.strength, len(rows))  # fmt: skip
+        for chunk in chunks:
+            pending += evaluator.run_chunk(chunk)
+            made += len(chunk)
+            log.info("%d/%d steered reports", made, len(pairs))
             if time.monotonic() - last_write >= cfg.write_every_s:
                 write_rows(cfg.run, pending, replace=cfg.overwrite)
                 pending, last_write = [], time.monotonic()

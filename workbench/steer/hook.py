@@ -18,14 +18,13 @@ raises :class:`GenerationCancelledError` when its event is set.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 if TYPE_CHECKING:
     from workbench.sae import MatryoshkaSAE
-    from workbench.steer.intervene import Steering
 
 
 class SteeringError(ValueError):
@@ -34,6 +33,17 @@ class SteeringError(ValueError):
 
 class GenerationCancelledError(RuntimeError):
     """Raised inside ``generate`` when the caller set the monitor's cancel event."""
+
+
+class Steering(NamedTuple):
+    """One intervention: a vector added and/or SAE latents clamped, at ``positions``."""
+
+    add: torch.Tensor | None
+    """Added at every chosen position (float32); None: nothing added."""
+    clamp: Mapping[int, float]
+    """SAE feature -> the value its activation is set to (raw units)."""
+    positions: frozenset[str]
+    """Subset of :data:`POSITION_KINDS`."""
 
 
 def prompt_mask(tokens: list[dict], prompt_length: int, positions: frozenset[str]) -> torch.Tensor:

@@ -38,6 +38,7 @@ from workbench.sae import MatryoshkaSAE
 from workbench.steer.hook import (
     GenerationCancelledError,
     GenerationMonitor,
+    Steering,
     SteeringError,
     SteeringHook,
     left_padded,
@@ -67,17 +68,6 @@ POSITION_KINDS = ("image", "prompt", "generated")
 class SteerOutput(NamedTuple):
     baseline_text: str
     steered_text: str
-
-
-class Steering(NamedTuple):
-    """One intervention: a vector added and/or SAE latents clamped, at ``positions``."""
-
-    add: torch.Tensor | None
-    """Added at every chosen position (float32); None: nothing added."""
-    clamp: Mapping[int, float]
-    """SAE feature -> the value its activation is set to (raw units)."""
-    positions: frozenset[str]
-    """Subset of :data:`POSITION_KINDS`."""
 
 
 def parse_positions(spec: str | Iterable[str]) -> frozenset[str]:

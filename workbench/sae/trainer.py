@@ -43,6 +43,7 @@ from workbench.sae.multi import check_fits, select_hooks
 from workbench.sae.plan import lr_factor, make_plan
 from workbench.sae.step import Grads, StepStats, clip_grads_, forward_backward
 from workbench.sae.step import project_decoder_grad_ as project_grad_
+from workbench.sae.workspace import Workspace
 from workbench.store import hook_stores, write_hook_index
 
 # fields that do not change the result: a resumed run may differ in these
@@ -84,6 +85,7 @@ class Trainer:
         self.compute_dtype = _DTYPES[cfg.dtype]
         self.last: dict[str, Any] = {}
         self.cut_hint: float | None = None
+        self.workspace = Workspace()  # the step's large buffers, reused from step to step
 
     def _scan(self) -> None:
         """Each process scans its share of the shards; a bad shard stops every process."""
@@ -151,9 +153,10 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------
     def _local_batch(self, step: int) -> torch.Tensor:
-        """This process's disjoint slice of global batch ``step``, normalised."""
+        """This process's disjoint slice of global batch ``step``, in raw units (a view of
+        the loaded window on CPU: the step normalises and centres it in one pass)."""
         x = self.batches.local(step, self.dist.rank, self.dist.world)
-        return x.to(self.dist.device, non_blocking=True) / self.norm_factor
+        return x.to(self.dist.device, non_blocking=True)
 
     def _reduce(self, grads: Grads, stats: StepStats) -> tuple[Grads, StepStats]:
         """Average gradients and statistics over processes (one all-reduce)."""
@@ -197,6 +200,7 @@ class Trainer:
         grads, stats = forward_backward(
             sae, x, cfg.k, dead, self.plan.k_aux, cfg.aux_alpha, self.compute_dtype, thr,
             cut_hint=self.cut_hint, dense_threads=dense_threads,
+            x_scale=1.0 / self.norm_factor, workspace=self.workspace,
         )  # fmt: skip
         # BatchTopK's cut moves slowly: 0.8 x this step's smallest kept value bounds the next
         # one from below (a wrong guess costs time, not exactness; not checkpointed)

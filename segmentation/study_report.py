@@ -15,9 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import duckdb
+from PIL import Image
 
 from segmentation.evaluate import aggregate
 from segmentation.results_db import write_results
+from segmentation.study_jobs import RunKey
 from segmentation.study_plots import write_plots
 from segmentation.study_tables import ATTRIBUTES, METRICS, all_tables, load_rows
 
@@ -175,18 +177,52 @@ def markdown(tables: dict, intro: str) -> str:
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
 
-def write_report(cfg) -> dict:
-    """tables.json, summary.md, plots and (with ``cfg.db``) DuckDB; returns the tables."""
-    per_image = load_rows(cfg.out / "per_image.jsonl")
-    tables = all_tables(per_image, cfg.n_boot)
-    (cfg.out / "tables.json").write_text(json.dumps(tables, indent=1) + "\n")
+SAMPLES = "semantic-gan-samples.png"
+"""The study's copy of a SemanticGAN sample grid (generated images over their masks)."""
+
+
+def copy_samples(cfg) -> Path | None:
+    """The grid of the largest fraction's first-seed SemanticGAN run, as a 64-colour PNG in
+    ``out`` (grey images and red outlines survive the palette; ~1/2 the bytes, for docs)."""
+    if "semantic-gan" not in cfg.models:
+        return None
+    key = RunKey("semantic-gan", float(max(cfg.fractions)), int(cfg.seeds[0]), "full")
+    src = cfg.out / "runs" / key.dirname() / "samples.png"
+    if not src.exists():
+        return None
+    dst = cfg.out / SAMPLES
+    with Image.open(src) as grid:
+        grid.convert("RGB").quantize(64).save(dst, optimize=True)
+    return dst
+
+
+def _intro(cfg, samples: Path | None) -> str:
     fractions = ", ".join(f"{f:g}" for f in cfg.fractions)
+    robust = f"the first {cfg.robustness_images}" if cfg.robustness_images else "all"
+    tto = cfg.tto_steps if cfg.tto_steps is not None else "as in the SemanticGAN preset"
     text = (
         f"Models {', '.join(cfg.models)}; labelled fractions {fractions}; seeds "
         f"{', '.join(map(str, cfg.seeds))}; subgroup attributes {', '.join(ATTRIBUTES)}. "
+        f"Test images: {f'up to {cfg.max_test_images}' if cfg.max_test_images else 'all'} "
+        f"(perturbed sets: {robust} of them); "
+        f"SemanticGAN test-time optimisation steps: {tto}. "
         f"Intervals: 95 % hierarchical bootstrap over seeds and images ({cfg.n_boot} draws)."
     )
-    (cfg.out / "summary.md").write_text(markdown(tables, text))
+    if samples is not None:
+        text += (
+            f"\n\n![SemanticGAN samples: generated images over their generated lung masks]"
+            f"({samples.name})"
+        )
+    return text
+
+
+def write_report(cfg) -> dict:
+    """tables.json, summary.md, plots, the sample grid and (with ``cfg.db``) DuckDB; returns
+    the tables."""
+    per_image = load_rows(cfg.out / "per_image.jsonl")
+    tables = all_tables(per_image, cfg.n_boot)
+    (cfg.out / "tables.json").write_text(json.dumps(tables, indent=1) + "\n")
+    (cfg.out / "summary.md").write_text(markdown(tables, _intro(cfg, copy_samples(cfg))))
     write_plots(tables, cfg.out)
     if cfg.db is not None:
         write_study_table(Path(cfg.db), str(cfg.out), tables["rows"])

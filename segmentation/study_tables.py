@@ -96,7 +96,8 @@ def fraction_rows(cs: dict, n_boot: int) -> tuple[list[dict], dict]:
 
 
 def robustness_rows(cs: dict, n_boot: int) -> list[dict]:
-    """Dice per perturbation and strength, and its drop from the same run's clean Dice."""
+    """Dice per perturbation and strength, and its drop from the same run's clean Dice; the
+    clean point and the drop use the perturbed sets' images (``robustness_images``)."""
     out, clean_done = [], set()
     for key, c in sorted(cs.items()):
         model, f, ts, ds, cond, _ = key
@@ -106,10 +107,11 @@ def robustness_rows(cs: dict, n_boot: int) -> list[dict]:
         clean_key = (model, f, ts, ds, "clean", 0.0)
         if clean_key not in cs:
             continue
-        clean = cs[clean_key]
-        sub = Cell([s for s in clean.seeds if s in c.seeds], clean.ids, clean.meta, clean.rows)
+        clean, ids = cs[clean_key], set(c.ids)  # perturbed sets may use fewer images
+        seeds = [s for s in clean.seeds if s in c.seeds]
+        sub = Cell(seeds, [i for i in clean.ids if i in ids], clean.meta, clean.rows)
         out.append(_row("robustness_drop", key, "all", "dice", _paired(sub, c, "dice", n_boot)))
-        if clean_key not in clean_done:  # the curves' clean point, on the same seeds
+        if clean_key not in clean_done:  # the curves' clean point, on the same seeds and images
             clean_done.add(clean_key)
             iv = B.mean_ci(sub.matrix("dice"), n_boot)
             out.append(_row("robustness_clean", clean_key, "all", "dice", iv))

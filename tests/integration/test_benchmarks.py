@@ -64,3 +64,23 @@ def test_gpu_scale_tiny_runs_every_stage(tmp_path):
     assert (sae.d_in, sae.d_sae, sae.k) == (store.d_model, 256, 8)
     assert (tmp_path / "run" / "features.duckdb").is_file()
     assert stages["train_sae"]["quality"]["saelens-best"]["fvu_batchtopk"] > 0
+
+
+def test_semgan_estimate_plays_the_cpu_preset_through_two_workers():
+    """bench_semgan's estimate for configs/seg-study-cpu.toml: every run priced, longest first
+    on the worker free first (synthetic unit costs, nothing trained)."""
+    bench = _script("bench_semgan")
+    study = bench.load_config(bench.StudyConfig, bench.STUDY_PRESET)
+    cost = {"gan_iter_s": 0.2, "enc_iter_s": 0.2, "tto_image_s": 0.1, "unet_step_s": 0.05,
+            "load_image_s": 0.0, "render_image_s": 0.0, "phantom_study_s": 0.01}  # fmt: skip
+    est = bench.estimate(study, cost, test_images=250, train_images=2000, studies=2500)
+    # 2 models x (2 fractions x 2 seeds + imbalanced and balanced x 1 seed)
+    assert est["runs"] == 12 and len(est["semantic_gan_run_s"]) == 6
+    train = (study.gan_steps + study.enc_steps) * 0.2
+    robust = train + (study.max_test_images + 26 * study.robustness_images) * 0.1
+    plain = train + study.max_test_images * 0.1
+    assert est["semantic_gan_run_s"] == [round(robust)] * 2 + [round(plain)] * 4
+    assert est["unet_runs_s"] == round(6 * 400 * 0.05)
+    per_worker = robust + 2 * plain + 3 * 400 * 0.05
+    assert est["worker_busy_s"] == [round(per_worker)] * 2
+    assert est["total_wall_s"] == round(per_worker + 2500 * 0.01 / 2)

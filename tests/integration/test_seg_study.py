@@ -76,6 +76,7 @@ def study(tmp_path_factory):
         robustness=("noise", "scanner"), robustness_fractions=(0.5,), scanner_strengths=(1.0,),
         imbalance="sex=F:0.75", imbalance_fraction=1.0, n_boot=100, db=tmp / "f.duckdb",
         ood=(f"montgomery={_montgomery(tmp / 'mc')}",), max_test_images=6,
+        robustness_images=4, robustness_levels=2, imbalance_seeds=(1,), workers=2,
     )  # fmt: skip
     return cfg, run_study(cfg)
 
@@ -100,7 +101,14 @@ def test_every_analysis_has_rows(study):
     conds = {
         (r["condition"], r["strength"]) for r in tables["rows"] if r["analysis"] == "robustness"
     }
-    assert conds == {("noise", s) for s in (0.02, 0.05, 0.1, 0.2)} | {("scanner", 1.0)}
+    assert conds == {("noise", 0.02), ("noise", 0.2), ("scanner", 1.0)}  # robustness_levels=2
+    for r in tables["rows"]:  # perturbed sets, their clean point and drops: the first 4 images
+        if r["analysis"].startswith("robustness"):
+            assert r["n_images"] == 4, r
+        elif r["analysis"] == "fractions":
+            assert r["n_images"] > 4 and r["n_seeds"] == 2, r  # all 5 test images
+    imbalanced = {r["train_set"] for r in tables["rows"] if r["analysis"] == "subgroup_gap"}
+    assert imbalanced == {"full", "imbalanced", "balanced"}
 
 
 def test_outputs_on_disk_and_in_duckdb(study):
@@ -110,6 +118,8 @@ def test_outputs_on_disk_and_in_duckdb(study):
         assert f"## {heading}" in text
     for png in ("fractions.png", "robustness.png", "subgroups.png"):
         assert Image.open(cfg.out / png).size[0] > 200
+    grid = Image.open(cfg.out / "semantic-gan-samples.png")  # 16 samples: 8 x (image, mask)
+    assert grid.size == (8 * 32, 4 * 32) and "semantic-gan-samples.png" in text
     assert json.loads((cfg.out / "tables.json").read_text()) == json.loads(json.dumps(tables))
     con = duckdb.connect(str(cfg.db), read_only=True)
     try:
@@ -121,6 +131,7 @@ def test_outputs_on_disk_and_in_duckdb(study):
         con.close()
     assert n == len(tables["rows"])
     assert "semantic-gan[full,f=0.5,s=0]" in models and "unet[imbalanced,f=1,s=1]" in models
+    assert "unet[imbalanced,f=1,s=0]" not in models  # imbalance_seeds=(1,)
 
 
 def test_rerun_reuses_runs_and_scores(study):
@@ -148,3 +159,27 @@ def test_bad_study_configs_are_named(tmp_path):
         StudyConfig(robustness=("fog",)).validate()
     with pytest.raises(ValueError, match="NAME=ROOT"):
         parse_ood("lidc=/x")
+
+
+def test_resume_scores_only_what_is_missing(study):
+    """A study stopped mid-scoring (rows of one test set lost) redoes that set only."""
+    cfg, tables = study
+    ledger = cfg.out / "per_image.jsonl"
+    lines = ledger.read_text().splitlines()
+
+    def lost(line):
+        r = json.loads(line)
+        return (r["model"], r["seed"], r["condition"], r["strength"]) == (
+            "semantic-gan", 0, "noise", 0.2)  # fmt: skip
+
+    kept = [ln for ln in lines if not lost(ln)]
+    assert len(lines) - len(kept) == 4  # robustness_images
+    ledger.write_text("".join(ln + "\n" for ln in kept))
+    model_pt = cfg.out / "runs" / "semantic-gan" / "full" / "f0.5-s0" / "model.pt"
+    mtime = model_pt.stat().st_mtime
+    again = run_study(cfg)
+    redone = ledger.read_text().splitlines()
+    assert len(redone) == len(lines) and redone[: len(kept)] == kept
+    assert all(lost(ln) for ln in redone[len(kept) :])
+    assert model_pt.stat().st_mtime == mtime
+    assert again["verdicts"] == tables["verdicts"]

@@ -28,6 +28,7 @@ WRITERS = (
     "segmentation.train",
     "segmentation.semantic_gan.train",
     "segmentation.study",
+    "segmentation.study_jobs",
 )
 
 

@@ -104,3 +104,20 @@ def test_tables_from_per_image_rows():
         if r["analysis"] == "subgroup_gap"
     }
     assert gaps[("semantic-gan", "clean")]["value"] > gaps[("unet", "clean")]["value"]
+
+
+def test_robustness_clean_point_uses_the_perturbed_images_only():
+    """Perturbed sets on the first 10 of 40 images: the clean point and the drop use those
+    10 (here easier images, so the clean point differs from the all-image mean)."""
+    rows = [r for r in _rows() if r["condition"] == "clean" or int(r["id"][1:]) < 10]
+    for r in rows:
+        if r["condition"] == "clean" and int(r["id"][1:]) < 10:
+            r["dice"] += 0.1
+    rob = robustness_rows(cells(rows), n_boot=200)
+    clean = {r["model"]: r for r in rob if r["analysis"] == "robustness_clean"}
+    assert {r["n_images"] for r in rob} == {10}
+    ten = [r["dice"] for r in rows if r["model"] == "unet" and r["condition"] == "clean"
+           and int(r["id"][1:]) < 10]  # fmt: skip
+    assert clean["unet"]["value"] == pytest.approx(np.mean(ten))
+    drops = [r for r in rob if r["analysis"] == "robustness_drop"]
+    assert all(r["value"] == pytest.approx(0.3) for r in drops)

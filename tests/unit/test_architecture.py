@@ -151,3 +151,30 @@ def test_only_db_writes_the_runs_row():
         if "INSERT INTO runs" in path.read_text() and m not in ("workbench.db",)
     ]
     assert writers == ["workbench.analyse.inputs"], writers  # inputs copies old rows on rerun
+
+
+# What lies below ``models`` in the flow: a model module never reaches into these stages.
+LATER_THAN_MODELS = (
+    "workbench.record",
+    "workbench.store",
+    "workbench.sae",
+    "workbench.train_sae",
+    "workbench.analyse",
+    "workbench.db",
+    "workbench.label",
+    "workbench.steer",
+    "workbench.ui",
+    "workbench.demo",
+    "workbench.testing",
+)
+
+
+def test_models_never_import_a_later_stage():
+    graph = import_graph()
+    for module in (m for m in graph if _under(m, ("workbench.models",))):
+        bad = {m: v for m, v in reachable(graph, module).items() if _under(m, LATER_THAN_MODELS)}
+        assert not bad, f"{module} imports {sorted(bad)} (via {bad})"
+
+
+def test_shared_statistics_import_no_project_module():
+    assert import_graph()["workbench.stats"] == set()  # usable from every stage

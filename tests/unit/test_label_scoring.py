@@ -11,7 +11,7 @@ import pytest
 from workbench.label import prompts
 from workbench.label.backends import LabelError, PrivacyError, check_endpoint, is_local
 from workbench.label.prompts import Example, MalformedAnswerError
-from workbench.label.scoring import auroc, chunks, detection_metrics, shuffled
+from workbench.label.scoring import chunks, detection_metrics, shuffled
 
 
 def test_detection_metrics_hand_computed():
@@ -39,13 +39,11 @@ def test_metrics_not_computable_are_none():
         detection_metrics([1, 0], [1])
 
 
-def test_auroc_with_ties_matches_pair_counting():
+def test_detection_auroc_with_ties_matches_pair_counting():
     truth = [1, 0, 1, 0, 1, 0]
     scores = [0.9, 0.9, 0.4, 0.1, 0.4, 0.6]
     pairs = [(p, n) for p, t in zip(scores, truth) if t for n, u in zip(scores, truth) if not u]
     expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
-    assert auroc(truth, scores) == pytest.approx(expected)
-    assert auroc([1, 1], [0.2, 0.3]) is None
     assert detection_metrics(truth, [1, 1, 0, 0, 0, 1], scores).auroc == pytest.approx(expected)
 
 

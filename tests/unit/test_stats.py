@@ -1,120 +1,90 @@
-"""Streaming feature statistics agree with the same statistics computed on the dense matrix."""
+"""The shared AUROC (workbench.stats): the dense, per-column and sparse forms all equal the
+brute-force Mann-Whitney pair count, ties counting one half, and none makes up a number."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from scipy.stats import rankdata
 
-from workbench.analyse.stats import KINDS, FeatureAccumulator, kind_codes, sparsify
-
-
-def _random_latents(n=300, F=12, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    lat = torch.rand(n, F, generator=g) * 4
-    lat[torch.rand(n, F, generator=g) < 0.7] = 0
-    lat[:, 5] = 0  # a dead feature
-    lat[3, 7] = lat[9, 7] = 2.5  # a tie
-    return lat
+from workbench.stats import auroc, auroc_columns, auroc_sparse, average_ranks
 
 
-def _accumulate(lat: torch.Tensor, kinds: torch.Tensor, batch: int, top_k=5) -> tuple:
-    acc = FeatureAccumulator(lat.shape[1], top_k=top_k, bins_per_octave=2)
-    for b0 in range(0, lat.shape[0], batch):
-        sb = sparsify(lat[b0 : b0 + batch], b0)
-        acc.update(sb, kinds[sb.rows], min(batch, lat.shape[0] - b0))
-    return acc, acc.summary()
+def _brute(x: np.ndarray, y: np.ndarray) -> float:
+    keep = (y == 0) | (y == 1)
+    x, y = x[keep], y[keep]
+    pos, neg = x[y == 1], x[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return np.nan
+    gt = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+    return gt / (len(pos) * len(neg))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sparsify_gives_global_rows_and_values(dtype):
-    lat = torch.tensor([[0.0, 1.5], [2.0, 0.0], [0.0, 0.0]], dtype=dtype)
-    sb = sparsify(lat, row0=100)
-    assert sb.rows.tolist() == [100, 101] and sb.feats.tolist() == [1, 0]
-    assert sb.vals.tolist() == [1.5, 2.0] and sb.vals.dtype == torch.float32
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [True, False])
+def test_sparse_auroc_matches_brute_force_with_ties_and_gaps(seed, ties):
+    rng = np.random.default_rng(seed)
+    S, C, F = 80, 4, 7
+    labels = rng.choice([0.0, 1.0, -1.0, np.nan], size=(S, C), p=[0.5, 0.3, 0.1, 0.1])
+    values = rng.integers(1, 4, (S, F)).astype(float) if ties else rng.random((S, F)) + 0.1
+    dense = np.where(rng.random((S, F)) < 0.35, values, 0.0)
+    dense[:, 2] = 0.0  # a feature that never fires: AUROC 0.5 exactly
+    s, f = np.nonzero(dense)
+    perm = rng.permutation(len(s))  # input order must not matter
+    got = auroc_sparse(f[perm] + 100, s[perm], dense[s, f][perm], labels, 100, F)
+    want = np.array([[_brute(dense[:, i], labels[:, j]) for j in range(C)] for i in range(F)])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(got[2], 0.5)
 
 
-@pytest.mark.parametrize("batch", [1, 7, 300])
-def test_counts_sums_max_match_dense(batch):
-    lat = _random_latents()
-    kinds = torch.randint(
-        0, len(KINDS), (lat.shape[0],), generator=torch.Generator().manual_seed(1)
-    )
-    _, s = _accumulate(lat, kinds, batch)
-    dense = lat.numpy().astype(np.float64)
-    assert s.n_tokens == 300
-    np.testing.assert_array_equal(s.n_fires, (dense > 0).sum(0))
-    np.testing.assert_allclose(s.sum_act, dense.sum(0), rtol=1e-6)
-    np.testing.assert_allclose(s.max_act, dense.max(0), rtol=1e-6)
-    for k in range(len(KINDS)):
-        np.testing.assert_allclose(s.sum_by_kind[:, k], dense[kinds.numpy() == k].sum(0), rtol=1e-6)
-    assert s.n_fires[5] == 0 and s.max_act[5] == 0
+def test_perfect_and_inverted_features():
+    labels = np.array([[1.0], [1.0], [0.0], [0.0], [0.0]])
+    # feature 0 fires exactly on the positives, feature 1 exactly on the negatives
+    feats = np.array([0, 0, 1, 1, 1])
+    studies = np.array([0, 1, 2, 3, 4])
+    vals = np.array([1.0, 2.0, 1.0, 1.0, 3.0])
+    got = auroc_sparse(feats, studies, vals, labels, 0, 2)
+    assert got[0, 0] == 1.0 and got[1, 0] == 0.0
 
 
-@pytest.mark.parametrize("batch", [1, 13, 300])
-def test_top_k_is_exact_whatever_the_batching(batch):
-    lat = _random_latents()
-    _, s = _accumulate(lat, torch.zeros(300, dtype=torch.long), batch)
-    for f in range(lat.shape[1]):
-        col = lat[:, f].numpy()
-        want = np.sort(col[col > 0])[::-1][:5]
-        got = s.top_vals[f][np.isfinite(s.top_vals[f])]
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-        rows = s.top_rows[f][s.top_rows[f] >= 0]
-        np.testing.assert_allclose(col[rows], want, rtol=1e-6)  # rows point at those values
-    assert (s.top_rows[5] == -1).all()
+def test_concept_without_both_classes_is_nan_not_half():
+    labels = np.array([[1.0, 0.0], [1.0, np.nan], [np.nan, 0.0]])
+    got = auroc_sparse(np.array([0]), np.array([0]), np.array([1.0]), labels, 0, 1)
+    assert np.isnan(got).all()
 
 
-def test_histogram_bins_are_log_spaced_and_count_every_firing():
-    lat = _random_latents()
-    acc, s = _accumulate(lat, torch.zeros(300, dtype=torch.long), 64)
-    np.testing.assert_array_equal(s.hist.sum(1), s.n_fires)
-    edges = s.bin_edges
-    np.testing.assert_allclose(edges[1:] / edges[:-1], np.sqrt(2))  # 2 bins per octave
-    col = lat[:, 0].numpy()
-    vals = col[col > 0]
-    want = np.histogram(vals, bins=edges)[0]
-    np.testing.assert_array_equal(s.hist[0], want)
-    assert s.min_bin == -40  # 2^(min_bin / r) is the first edge
-    assert edges[0] == pytest.approx(2.0 ** (s.min_bin / 2))
+def test_feature_outside_block_is_an_error():
+    with pytest.raises(ValueError, match="outside the block"):
+        auroc_sparse(np.array([5]), np.array([0]), np.array([1.0]), np.ones((1, 1)), 0, 2)
 
 
-def test_out_of_range_values_are_clamped_into_end_bins():
-    acc = FeatureAccumulator(2, top_k=1, bins_per_octave=1, min_octave=-2, max_octave=2)
-    lat = torch.tensor([[1e-6, 0.0], [1e6, 0.0]])
-    acc.update(sparsify(lat, 0), torch.zeros(2, dtype=torch.long), 2)
-    h = acc.summary().hist
-    assert h[0, 0] == 1 and h[0, -1] == 1 and h.sum() == 2
+@pytest.mark.parametrize("seed", [0, 1])
+def test_average_ranks_equal_scipy_with_ties(seed):
+    x = np.random.default_rng(seed).integers(0, 5, 40).astype(float)
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x))
+    assert average_ranks(np.zeros(0)).shape == (0,)
 
 
-def test_memory_does_not_grow_with_tokens():
-    acc = FeatureAccumulator(16, top_k=4)
-    sizes = None
-    for i in range(5):
-        lat = torch.rand(1000, 16)
-        acc.update(sparsify(lat, i * 1000), torch.zeros(16000, dtype=torch.long), 1000)
-        now = [t.numel() for t in (acc.n_fires, acc.sum_by_kind, acc.hist, acc.top_vals)]
-        assert sizes is None or now == sizes
-        sizes = now
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dense_and_column_auroc_match_brute_force_and_sparse(seed):
+    rng = np.random.default_rng(seed)
+    S, C = 50, 3
+    labels = rng.choice([0.0, 1.0, np.nan], size=(S, C), p=[0.5, 0.4, 0.1])
+    scores = np.where(rng.random((S, C)) < 0.5, rng.integers(1, 4, (S, C)), 0.0)
+    want = np.array([_brute(scores[:, c], labels[:, c]) for c in range(C)])
+    np.testing.assert_allclose(auroc_columns(scores, labels), want, atol=1e-12)
+    for c in range(C):
+        known = ~np.isnan(labels[:, c])
+        one = auroc(labels[known, c].astype(int).tolist(), scores[known, c].tolist())
+        assert one == pytest.approx(want[c], abs=1e-12)
+        s, f = np.nonzero(scores[:, c : c + 1])
+        sparse = auroc_sparse(f, s, scores[s, c], labels[:, c : c + 1], 0, 1)
+        np.testing.assert_allclose(sparse[0, 0], want[c], atol=1e-12)
 
 
-def test_bad_latents_are_refused():
-    acc = FeatureAccumulator(3)
-    for bad in (-1.0, float("nan"), float("inf")):
-        lat = torch.tensor([[bad, 1.0, 0.0]])
-        sb = sparsify(lat, 0)
-        with pytest.raises(ValueError, match="finite and non-negative"):
-            acc.update(sb, torch.zeros(sb.rows.numel(), dtype=torch.long), 1)
-
-
-def test_kind_codes_maps_and_refuses_unknown_kinds():
-    assert kind_codes(["report", "image", "report", "latent"]).tolist() == [2, 0, 2, 4]
-    with pytest.raises(ValueError, match=r"shard 3: unknown token kind\(s\) \['audio'\]"):
-        kind_codes(["image", "audio"], source="shard 3")
-
-
-def test_constructor_validates():
-    with pytest.raises(ValueError):
-        FeatureAccumulator(0)
-    with pytest.raises(ValueError):
-        FeatureAccumulator(4, top_k=0)
+def test_one_class_is_none_or_nan_and_lengths_must_agree():
+    assert auroc([1, 1], [0.2, 0.3]) is None
+    assert auroc([0, 0], [0.2, 0.3]) is None
+    assert np.isnan(auroc_columns(np.ones((3, 1)), np.array([[1.0], [1.0], [np.nan]]))).all()
+    with pytest.raises(ValueError, match="2 truths but 3 scores"):
+        auroc([1, 0], [0.1, 0.2, 0.3])

@@ -6,9 +6,10 @@ fires in the study) as a classifier of the study's label, i.e. the Mann-Whitney 
 missing or uncertain (CheXpert -1) are left out of that concept's AUROC and counted; a
 concept without both a positive and a negative study gets NULL, never a made-up 0.5.
 
-The study-by-feature matrix is sparse (a feature fires in few studies), so :func:`auroc_sparse`
-works on the non-zero entries only: every silent study shares the lowest rank, and each
-positive that fires beats all silent negatives. Cost is O(nnz * concepts) per block.
+The study-by-feature matrix is sparse (a feature fires in few studies), so
+:func:`workbench.stats.auroc_sparse` works on the non-zero entries only: every silent study
+shares the lowest rank, and each positive that fires beats all silent negatives. Cost is
+O(nnz * concepts) per block.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from workbench.stats import auroc_sparse
 
 log = logging.getLogger(__name__)
 
@@ -43,59 +46,6 @@ class LabelMatrix(NamedTuple):
             "n_uncertain": (v == -1).sum(0),
             "n_missing": np.isnan(v).sum(0),
         }
-
-
-def auroc_sparse(
-    feats: np.ndarray,
-    study_idx: np.ndarray,
-    vals: np.ndarray,
-    labels: np.ndarray,
-    feature0: int,
-    n_features: int,
-) -> np.ndarray:
-    """AUROC [n_features, C] for features feature0..feature0+n_features-1.
-
-    ``feats``, ``study_idx``, ``vals``: the non-zero study maxima (any order) of these
-    features, ``study_idx`` indexing the rows of ``labels`` ([S, C]: 1/0, anything else is
-    left out). Returns NaN where a concept lacks positives or negatives.
-    """
-    # concept-major [C, ...] layout: every reduction below runs over contiguous memory
-    pos_CS = (labels == 1).T.astype(np.float64)
-    neg_CS = (labels == 0).T.astype(np.float64)
-    P_C, N_C = pos_CS.sum(1), neg_CS.sum(1)
-    C = labels.shape[1]
-    f = np.asarray(feats, np.int64) - feature0
-    if f.size and (f.min() < 0 or f.max() >= n_features):
-        raise ValueError("auroc_sparse: feature index outside the block")
-    nz_pos, nz_neg, U = (np.zeros((C, n_features)) for _ in range(3))
-    if f.size:
-        order = np.lexsort((vals, f))
-        f, s, v = f[order], np.asarray(study_idx)[order], np.asarray(vals)[order]
-        # tie groups: consecutive entries of the same feature with the same value
-        new = np.ones(f.size, bool)
-        new[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
-        starts = np.flatnonzero(new)
-        gp, gn = pos_CS[:, s], neg_CS[:, s]  # [C, G] per tie group
-        if starts.size < f.size:  # ties: sum each group (continuous values rarely tie)
-            gp, gn = np.add.reduceat(gp, starts, axis=1), np.add.reduceat(gn, starts, axis=1)
-        gf = f[starts]
-        fstart = np.flatnonzero(np.r_[True, gf[1:] != gf[:-1]])  # first group of each feature
-        fid = gf[fstart]
-        # negatives strictly below a group within its feature: cumsum minus the feature's base
-        cum = np.cumsum(gn, axis=1)
-        first = np.repeat(fstart, np.diff(np.r_[fstart, gf.size]))
-        base = np.where(first > 0, cum[:, first - 1], 0.0)
-        below = cum - gn - base
-        nz_pos[:, fid] = np.add.reduceat(gp, fstart, axis=1)
-        nz_neg[:, fid] = np.add.reduceat(gn, fstart, axis=1)
-        U[:, fid] = np.add.reduceat(gp * (below + 0.5 * gn), fstart, axis=1)
-    zero_neg = N_C[:, None] - nz_neg  # silent negatives (activation 0)
-    zero_pos = P_C[:, None] - nz_pos
-    U += nz_pos * zero_neg + 0.5 * zero_pos * zero_neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (U / (P_C * N_C)[:, None]).T
-    auc[:, (P_C == 0) | (N_C == 0)] = np.nan
-    return auc
 
 
 def _read_csv_labels(path: Path, names: tuple[str, ...] | None) -> tuple[dict, list[str]]:

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from workbench.analyse.concepts import MAX_BLOCK_ENTRIES, auroc_sparse
+from workbench.analyse.concepts import MAX_BLOCK_ENTRIES
+from workbench.stats import auroc_sparse
 
 _FRONTAL = """
     CREATE TEMP TABLE _frontal AS

@@ -28,9 +28,9 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from workbench.analyse.concepts import auroc_sparse
 from workbench.analyse.inputs import AnalyseError
 from workbench.cxr.labeller.context import report_mentions
+from workbench.stats import auroc_sparse
 
 STATUS_ORDER = ("asserted", "negated", "uncertain", "historical")
 PRESENT = ("asserted", "historical")

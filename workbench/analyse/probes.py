@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from scipy.stats import rankdata
 
 from workbench.analyse.concepts import LabelMatrix
+from workbench.stats import auroc_columns
 
 L2_GRID = (1e-3, 1e-2, 1e-1)
 MIN_CLASS = 5  # studies of each class below which a concept is not probed (NULL)
@@ -124,22 +124,10 @@ def probe_aurocs(z: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.nd
             train = folds != k
             W, b = fit_logistic(z[train], y[train], l2)
             scores[~train] = z[~train] @ W + b
-        auc = _auroc_dense(scores, y)
+        auc = auroc_columns(scores, y)
         better = np.nan_to_num(auc, nan=-1) > np.nan_to_num(best, nan=-1)
         best[better], chosen[better] = auc[better], l2
     return best, chosen
-
-
-def _auroc_dense(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """AUROC per column of dense scores against 1/0 labels (NaN left out; ties count half)."""
-    out = np.full(y.shape[1], np.nan)
-    for c in range(y.shape[1]):
-        ok = ~np.isnan(y[:, c])
-        s, pos = scores[ok, c], y[ok, c] == 1
-        P, N = int(pos.sum()), int((~pos).sum())
-        if P and N:
-            out[c] = (rankdata(s)[pos].sum() - P * (P + 1) / 2) / (P * N)
-    return out
 
 
 def write_probes(con, store, labels: LabelMatrix, folds: int, max_studies: int, seed: int,

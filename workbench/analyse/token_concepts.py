@@ -7,7 +7,7 @@ sample variance). For every feature:
 
 - **AUROC** against each concept over tokens: positive where the value is >= 0.5, negative
   below, unknown (NaN) left out. The feature's activation on a token is 0 where it is silent,
-  so :func:`workbench.analyse.concepts.auroc_sparse` scores it from the non-zero entries
+  so :func:`workbench.stats.auroc_sparse` scores it from the non-zero entries
   alone, exactly as the study-level AUROC does with studies;
 - **Spearman correlation** with each target over the tokens where it is known, also from the
   sparse entries: the silent tokens share one average rank, so the rank sums need only the
@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import rankdata
 
-from workbench.analyse.concepts import auroc_sparse
 from workbench.record.tokens import (
     CONCEPT_PREFIX,
     POSITIVE_COVER,
@@ -31,6 +30,7 @@ from workbench.record.tokens import (
     concept_columns,
     concept_group,
 )
+from workbench.stats import auroc_sparse
 from workbench.store import ActivationStore
 
 ENTRY_BUDGET = 4_000_000  # (entries x concepts) per AUROC block: bounds the [C, nnz] arrays

@@ -15,6 +15,8 @@ import random
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from workbench.stats import auroc
+
 
 class DetectionMetrics(NamedTuple):
     """Detection scores of one label on one shuffled example set."""
@@ -70,25 +72,6 @@ def simulation_score(
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
-
-
-def auroc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
-    """ROC-AUC as the Mann-Whitney statistic (ties count one half); None without both classes."""
-    pos = [s for t, s in zip(truth, scores, strict=True) if t]
-    neg = [s for t, s in zip(truth, scores, strict=True) if not t]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, t) for t, s in zip(truth, scores, strict=True))
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        mid = (i + j + 1) / 2  # 1-based average rank of positions i..j-1
-        rank_sum += mid * sum(1 for _, t in ranked[i:j] if t)
-        i = j
-    u = rank_sum - len(pos) * (len(pos) + 1) / 2
-    return u / (len(pos) * len(neg))
 
 
 def detection_metrics(

@@ -21,9 +21,9 @@ from typing import NamedTuple
 import torch
 
 from workbench.cxr.findings import RENDERED
-from workbench.label.scoring import auroc
 from workbench.models.mini.dense import VisionExample, stack
 from workbench.models.mini.vision import VisionHeads, encoder_tokens
+from workbench.stats import auroc
 
 
 class GateRow(NamedTuple):

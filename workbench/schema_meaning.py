@@ -1,8 +1,9 @@
 """Table specs of analyse's meaning scores: mentions, localisation, probe ceiling, SAE quality.
 
-Kept apart from :mod:`workbench.db` only to keep that file short; :data:`workbench.db.TABLES`
-appends these, so the DDL, the DuckDB comments and ``docs/schema.md`` come from here the same
-way (the spec format is :func:`workbench.db._t`'s).
+Kept apart from :mod:`workbench.schema` only to keep that file short;
+:data:`workbench.schema.TABLES` appends these, so the DDL, the DuckDB comments and
+``docs/schema.md`` come from here the same way (the spec format is
+:func:`workbench.schema._t`'s).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Format-1 stores kept the study list in ``manifest.json``; :func:`v1_records` con
 
 ``hooks.json`` lists the per-hook stores of ``record --layers``; :func:`tensor_region` reads a
 shard's safetensors header so rows can be read without the rest (``read_rows``).
-:mod:`workbench.store` re-exports what callers use.
+:mod:`workbench.store` re-exports what callers use; :mod:`workbench.store_writer` appends.
 """
 
 from __future__ import annotations

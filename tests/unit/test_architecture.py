@@ -150,7 +150,7 @@ def test_only_db_writes_the_runs_row():
         for m, path in module_files().items()
         if "INSERT INTO runs" in path.read_text() and m not in ("workbench.db",)
     ]
-    assert writers == ["workbench.analyse.inputs"], writers  # inputs copies old rows on rerun
+    assert writers == ["workbench.analyse.carry"], writers  # carry copies old rows on rerun
 
 
 # What lies below ``models`` in the flow: a model module never reaches into these stages.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import store as store_mod
+from workbench import store_writer
 from workbench.store import (
     ActivationStore,
     StoreError,
@@ -31,8 +31,8 @@ def _write(path, ids, n=2, **kw) -> StoreWriter:
 def test_resume_bookkeeping_stays_linear_at_1e5_studies(tmp_path, monkeypatch):
     """10^5 study ids: flushes append, the manifest is written only at open and close."""
     writes = []
-    real = store_mod.write_json
-    monkeypatch.setattr(store_mod, "write_json", lambda p, o: writes.append(p) or real(p, o))
+    real = store_writer.write_json
+    monkeypatch.setattr(store_writer, "write_json", lambda p, o: writes.append(p) or real(p, o))
     n_studies, per_shard = 100_000, 5_000
     w = StoreWriter(tmp_path / "s", shard_tokens=per_shard, **HEADER)
     one, meta = torch.ones(1, 4), {"kind": ["report"]}

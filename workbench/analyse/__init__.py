@@ -2,9 +2,11 @@
 
 - :mod:`~workbench.analyse.config`: ``AnalyseConfig``, the stage's flags.
 - :mod:`~workbench.analyse.inputs`: what it reads (store, SAE, labels, unembedding), checked.
+- :mod:`~workbench.analyse.carry`: what a rerun keeps of the other stages' rows (by SAE).
 - :mod:`~workbench.analyse.stats`: streaming per-feature accumulators over the one pass.
 - :mod:`~workbench.analyse.tables`: SQL over the activations Parquet (examples, n-grams, ...).
-- :mod:`~workbench.analyse.concepts`: concept AUROCs and the phantom recovery table.
+- :mod:`~workbench.analyse.concepts`: concept AUROCs (:mod:`workbench.stats`) and the phantom
+  recovery table.
 - :mod:`~workbench.analyse.directions`: decoder geometry (neighbours, logit effects, groups).
 - :mod:`~workbench.analyse.meaning`: mention scores (:mod:`~workbench.analyse.mentions`),
   image localisation (:mod:`~workbench.analyse.localise`), the probe ceiling

@@ -33,6 +33,7 @@ import torch
 
 from workbench import db, generations
 from workbench.analyse import tables as ft
+from workbench.analyse.carry import carry_over, sae_fingerprint
 from workbench.analyse.concepts import (
     LabelMatrix,
     recovery_report,
@@ -44,9 +45,7 @@ from workbench.analyse.directions import logit_effects, matryoshka_groups, neare
 from workbench.analyse.inputs import (
     AnalyseError,
     Inputs,
-    carry_over,
     open_inputs,
-    sae_fingerprint,
     write_studies_and_labels,
 )
 from workbench.analyse.meaning import write_meaning

@@ -3,13 +3,14 @@
 The collection it reads (MIMIC-CXR layout studies, a reports tree or a table of texts) is
 :mod:`workbench.cxr.collection`.
 
+- :mod:`~workbench.record.config`: ``RecordConfig``, what to record and how to store it.
 - :mod:`~workbench.record.run`: the stage itself, ``record(cfg)`` and ``main(argv)``.
 """
 
 from workbench.io import lazy_exports
 
 _EXPORTS = {
-    "RecordConfig": "run",
+    "RecordConfig": "config",
     "RecordError": "run",
     "main": "run",
     "record": "run",

@@ -9,17 +9,24 @@ which is what tests, the app's tiny run and the app benchmark need.
 
 A :class:`PlantedSpec` says which studies, how their tokens are planted and how the dataset is
 written; :func:`build` does the rest. Each step is skipped when its artefact exists, so a
-build is cheap to repeat.
+build is cheap to repeat. :func:`write_dataset` lays out a dataset from one
+:class:`DatasetStudy` per study (picture, report, labels, masks), so the planted fixtures say
+only what their studies hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import csv
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from PIL import Image
 
+from workbench.cxr.findings import CHEXPERT_LABELS, concept_names
 from workbench.models.hooks import resid_post_name
 from workbench.run import RunLayout
 from workbench.sae import save_sae
@@ -64,6 +71,59 @@ def token(kind: str, text: str, pos: int, subject: int, section=None, patch=None
         "patch_row": None if patch is None else patch[0],
         "patch_col": None if patch is None else patch[1],
     }
+
+
+class DatasetStudy(NamedTuple):
+    """One study of a planted dataset: what :func:`write_dataset` writes for it."""
+
+    subject_id: int
+    study_id: int
+    image: Image.Image
+    """The one frontal (PA) image."""
+    report: str
+    """The whole report file (``FINAL REPORT`` header and sections)."""
+    chexpert: Mapping[str, bool]
+    """CheXpert label -> positive ("1.0"); labels absent or False are left blank."""
+    truth: Mapping[str, bool]
+    """Phantom concept -> present, for ``phantom-labels.csv`` (absent: 0)."""
+    masks: Mapping[str, np.ndarray] | None = None
+    """Phantom concept -> boolean mask of the image, written as PNG; None: no masks."""
+
+
+def write_dataset(root: Path, studies: Sequence[DatasetStudy], jpeg_quality: int = 75) -> None:
+    """The studies in MIMIC-CXR-JPG layout under ``root``: images, masks, reports, the CSVs.
+
+    Study ``i`` of the sequence gets dicom id ``d{i:04d}``, a date in month ``1 + i % 12`` of
+    2150, and the test split when ``i % 5 == 0`` (train otherwise), so the dataset's readers
+    (metadata, split, CheXpert and phantom label CSVs) see what real data gives them.
+    """
+    meta = [["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"]]
+    split = [["dicom_id", "study_id", "subject_id", "split"]]
+    chex = [["subject_id", "study_id", *CHEXPERT_LABELS]]
+    names = concept_names()
+    truth = [["subject_id", "study_id", *names]]
+    for i, st in enumerate(studies):
+        sub, sid, dicom = st.subject_id, st.study_id, f"d{i:04d}"
+        folder = root / "files" / f"p{str(sub)[:2]}" / f"p{sub}"
+        (folder / f"s{sid}").mkdir(parents=True, exist_ok=True)
+        for name, m in (st.masks or {}).items():
+            mdir = root / "masks" / f"p{str(sub)[:2]}" / f"p{sub}" / f"s{sid}" / dicom
+            mdir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((m * 255).astype(np.uint8)).save(mdir / f"{name}.png")
+        st.image.save(folder / f"s{sid}" / f"{dicom}.jpg", quality=jpeg_quality)
+        (folder / f"s{sid}.txt").write_text(st.report)
+        meta.append([dicom, sub, sid, "PA", f"2150{1 + i % 12:02d}01", "120000.000"])
+        split.append([dicom, sid, sub, "train" if i % 5 else "test"])
+        chex.append([sub, sid, *["1.0" if st.chexpert.get(c) else "" for c in CHEXPERT_LABELS]])
+        truth.append([sub, sid, *[int(st.truth.get(c, False)) for c in names]])
+    for name, rows in (
+        ("mimic-cxr-2.0.0-metadata.csv", meta),
+        ("mimic-cxr-2.0.0-split.csv", split),
+        ("mimic-cxr-2.0.0-chexpert.csv", chex),
+        ("phantom-labels.csv", truth),
+    ):
+        with open(root / name, "w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
 
 
 def build(run: str | Path, spec: PlantedSpec) -> Path:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.fixtures.launch import launch_two
 from tests.fixtures.record_fixtures import make_phantom, save_tiny_llama, save_tiny_maira2
 from workbench.record.run import RecordConfig, record
 from workbench.store import ActivationStore
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(path) -> dict[tuple[int, int], torch.Tensor]:
@@ -74,13 +69,7 @@ def test_two_processes_record_the_same_rows_as_one(tmp_path):
             shard_tokens=300,
         )  # fmt: skip
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "-m", "workbench.record",
-              *common, "--out", str(tmp_path / "two")]  # fmt: skip
-    done = subprocess.run(launch, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch_two("workbench.record", [*common, "--out", str(tmp_path / "two")])
     two = tmp_path / "two"
     assert sorted(p.name for p in two.glob("rank*")) == ["rank0", "rank1"]
     parts = [set(ActivationStore(p).manifest["studies_complete"]) for p in two.glob("rank*")]

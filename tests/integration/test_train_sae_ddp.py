@@ -4,16 +4,13 @@ each reads about half the bytes (row gathers) for the same weights as whole-wind
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.fixtures.launch import launch_two
 from tests.integration.test_train_sae import write_store
 from workbench.sae.synthetic import superposition
 from workbench.train_sae import main
@@ -30,28 +27,19 @@ def _last(out: Path) -> dict:
     return json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
 
 
-def _launch(accelerate: str, store: Path, out: Path, *extra: str) -> None:
-    # on a machine without GPUs, --multi_gpu makes accelerate start torchrun; processes use gloo
-    cmd = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench.train_sae",
-        "--store", str(store), "--out", str(out), *ARGS, *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+def _launch(store: Path, out: Path, *extra: str) -> None:
+    args = ["--store", str(store), "--out", str(out), *ARGS, *extra]
+    launch_two("workbench.train_sae", args, env={"CUDA_VISIBLE_DEVICES": ""})
 
 
 @pytest.mark.slow
 def test_two_processes_reach_single_process_quality_reading_half(tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    if accelerate is None:
-        pytest.skip("accelerate launcher not installed")
+    pytest.importorskip("accelerate", reason="accelerate launcher not installed")
     acts = superposition(6000, 16, n_features=48, active=3, seed=1) * 5.0
     store = write_store(tmp_path / "activations", acts)
     assert main(["--store", str(store), "--out", str(tmp_path / "one"), *ARGS]) == 0
-    _launch(accelerate, store, tmp_path / "two")  # each process gathers its rows
-    _launch(accelerate, store, tmp_path / "whole", "--no-read-share")  # whole windows each
+    _launch(store, tmp_path / "two")  # each process gathers its rows
+    _launch(store, tmp_path / "whole", "--no-read-share")  # whole windows each
     one, two = _last(tmp_path / "one"), _last(tmp_path / "two")
     assert one["processes"] == 1 and two["processes"] == 2
     assert two["step"] == one["step"] == 40

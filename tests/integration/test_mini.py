@@ -170,3 +170,29 @@ def test_decoder_init_takes_the_language_model_and_leaves_vision_fresh(phantom, 
     assert decoder and all(torch.equal(a[k], b[k]) for k in decoder)  # lr 0: carried over
     vision = [k for k in a if "vision_tower" in k and k.endswith("weight")]
     assert any(not torch.equal(a[k], b[k]) for k in vision)  # stage 1 ran on a fresh tower
+
+
+def test_stage1_continuation_starts_every_part_from_a_trained_model(phantom, tmp_path):
+    first = mini_train.train(tiny_cfg(phantom, tmp_path / "a", eval_studies=0))
+    cfg = tiny_cfg(
+        phantom, tmp_path / "b", eval_studies=0, epochs=1, lr=0.0, vision_lr=0.0, seed=3,
+        init_decoder_from=first, init_projector=True, init_vision_from=first,
+    )  # fmt: skip
+    second = mini_train.train(cfg)
+    log_text = (second / "train.log").read_text()
+    assert "decoder and projector initialised from" in log_text
+    assert "vision tower initialised from" in log_text
+    a = load_file(next(first.glob("*.safetensors")))
+    b = load_file(next(second.glob("*.safetensors")))
+    for key in a:  # both learning rates 0: every weight carried over, stage 1 ran on it
+        torch.testing.assert_close(a[key], b[key])
+    heads_a = load_file(first / "stage1-heads.safetensors")
+    heads_b = load_file(second / "stage1-heads.safetensors")
+    assert all(torch.equal(heads_a[k], heads_b[k]) for k in heads_a)
+
+
+def test_continuation_options_that_contradict_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="init_vision_from"):
+        MiniConfig(init_from=tmp_path, init_vision_from=tmp_path).validate()
+    with pytest.raises(ValueError, match="init_projector"):
+        MiniConfig(init_projector=True).validate()

@@ -98,6 +98,13 @@ class MiniConfig:
     """Start the language model and LM head from a trained maira2-mini (and use its
     tokenizer); vision tower and projector start fresh and stage 1 runs. A decoder that already
     writes phantom reports then only has to learn to read the new image tokens."""
+    init_projector: bool = False
+    """With ``init_decoder_from``: start the projector from that model too (a continuation after
+    a short stage-1 continuation, when the image tokens change little)."""
+    init_vision_from: Path | None = None
+    """Start stage 1 from this maira2-mini's vision tower and stage-1 heads and pretrain
+    ``vision_steps`` more steps with a fresh schedule (continued pretraining, e.g. after the
+    phantom's rendering of a finding changed)."""
     aux_weight: float = 1.0
     """Weight of the stage-2 auxiliary loss: a linear probe on the pooled projector output of
     the current frontal image predicts the phantom's ground-truth concepts. It gives the
@@ -133,6 +140,10 @@ class MiniConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}' must be >= 1")
+        if self.init_from is not None and self.init_vision_from is not None:
+            raise ValueError("init_vision_from needs stage 1, which init_from skips: give one")
+        if self.init_projector and self.init_decoder_from is None:
+            raise ValueError("init_projector starts the projector from init_decoder_from: set it")
 
 
 def vision_config(cfg: MiniConfig) -> Dinov2Config:

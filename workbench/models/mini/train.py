@@ -114,25 +114,34 @@ def run_tokenizer(cfg: MiniConfig, records, work: Path):
 
 
 def initial_model(cfg: MiniConfig, tokenizer):
-    """A fresh maira2-mini, or one starting from ``init_from`` (all weights) or from
-    ``init_decoder_from`` (the language model and LM head only: vision and projector fresh)."""
+    """A fresh maira2-mini, or one starting from ``init_from`` (all weights), from
+    ``init_decoder_from`` (the language model and LM head, and the projector with
+    ``init_projector``) and from ``init_vision_from`` (the vision tower)."""
     from workbench.models.maira2 import Maira2ForConditionalGeneration
 
     model = build_mini(cfg, tokenizer)
-    source = cfg.init_from or cfg.init_decoder_from
-    if source is None:
-        return model
-    start = Maira2ForConditionalGeneration.from_pretrained(source).state_dict()
     if cfg.init_from is not None:
-        model.load_state_dict(start)
-        log.info("stage 2 continues from %s (stage 1 skipped)", source)
+        model.load_state_dict(
+            Maira2ForConditionalGeneration.from_pretrained(cfg.init_from).state_dict()
+        )
+        log.info("stage 2 continues from %s (stage 1 skipped)", cfg.init_from)
         return model
-    keep = ("language_model.", "lm_head.")
-    decoder = {k: v for k, v in start.items() if k.startswith(keep)}
-    missing = model.load_state_dict(decoder, strict=False).missing_keys
-    if any(k.startswith(keep) for k in missing):
-        raise ValueError(f"{source}: decoder weights do not fit this config ({missing[:3]} ...)")
-    log.info("decoder initialised from %s (%d tensors)", source, len(decoder))
+    if cfg.init_decoder_from is not None:
+        start = Maira2ForConditionalGeneration.from_pretrained(cfg.init_decoder_from).state_dict()
+        keep = ("language_model.", "lm_head.")
+        keep += ("multi_modal_projector.",) if cfg.init_projector else ()
+        part = {k: v for k, v in start.items() if k.startswith(keep)}
+        missing = model.load_state_dict(part, strict=False).missing_keys
+        if any(k.startswith(keep) for k in missing):
+            raise ValueError(
+                f"{cfg.init_decoder_from}: weights do not fit this config ({missing[:3]} ...)"
+            )
+        what = "decoder and projector" if cfg.init_projector else "decoder"
+        log.info("%s initialised from %s", what, cfg.init_decoder_from)
+    if cfg.init_vision_from is not None:
+        vision = Maira2ForConditionalGeneration.from_pretrained(cfg.init_vision_from)
+        model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
+        log.info("vision tower initialised from %s", cfg.init_vision_from)
     return model
 
 

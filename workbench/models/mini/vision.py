@@ -83,6 +83,8 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     already set). A finished stage (``work/vision.pt``) is loaded instead of retrained.
     """
     heads = VisionHeads(tower.config.hidden_size)
+    if cfg.init_vision_from is not None:
+        heads.load_state_dict(load_heads(cfg.init_vision_from).state_dict())
     final = work / STAGE1_FINAL
     if final.is_file():
         state = torch.load(final, weights_only=True)

@@ -260,8 +260,8 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
 # drawn as a radiologist sees them on a frontal film: a cortical break with a step-off (larger
 # when displaced) and the bright fusiform callus of a healing fracture around the break.
 FRACTURE_STEP = {True: 0.03, False: 0.012}  # vertical step-off of the distal fragment
-CALLUS_DENSITY = {True: 0.24, False: 0.28}  # peak density added by the callus
-CALLUS_RADIUS = (0.035, 0.014)  # along and across the rib, patient units
+CALLUS_DENSITY = {True: 0.34, False: 0.38}  # peak density added by the callus
+CALLUS_RADIUS = (0.045, 0.02)  # along and across the rib, patient units
 
 
 def _broken_rib(

@@ -9,10 +9,6 @@ import torch
 from PIL import Image
 
 from workbench.models.batch import collate
-from workbench.models.hooks import resid_post_name
-from workbench.models.registry import adapter_for
-from workbench.models.tiny import tiny_maira2, tiny_tokenizer
-from workbench.sae import MatryoshkaSAE
 from workbench.steer.evaluate import Arm, Case, Evaluator
 from workbench.steer.hook import SteeringHook, left_padded
 from workbench.steer.intervene import (
@@ -27,19 +23,6 @@ from workbench.steer.peers import Direction
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 N_NEW = 8
-
-
-@pytest.fixture(scope="module")
-def adapter():
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    return adapter_for(tiny_maira2(tokenizer), tokenizer, "tiny-maira2")
-
-
-@pytest.fixture(scope="module")
-def sae():
-    torch.manual_seed(1)
-    return MatryoshkaSAE(48, 16, k=4, group_sizes=(4, 12), hook_name=resid_post_name(1))
 
 
 def study(seed: int, indication: str | None, lateral: bool = False) -> dict:

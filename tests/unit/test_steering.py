@@ -10,8 +10,6 @@ import torch
 from PIL import Image
 
 from workbench.models.hooks import capture, intervene, resid_post_name
-from workbench.models.registry import adapter_for
-from workbench.models.tiny import tiny_maira2, tiny_tokenizer
 from workbench.sae import MatryoshkaSAE
 from workbench.sae.synthetic import signed_identity_sae
 from workbench.steer.intervene import (
@@ -33,19 +31,6 @@ from workbench.steer.intervene import (
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
 LAYER = 1
-
-
-@pytest.fixture(scope="module")
-def adapter():
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    return adapter_for(tiny_maira2(tokenizer), tokenizer, "tiny-maira2")
-
-
-@pytest.fixture(scope="module")
-def sae():
-    torch.manual_seed(1)
-    return MatryoshkaSAE(48, 16, k=4, group_sizes=(4, 12), hook_name=resid_post_name(LAYER))
 
 
 def study() -> dict:

@@ -13,19 +13,11 @@ import pytest
 
 from tests.fixtures import ui_run
 from workbench.ui import export, handlers, handlers_export, runinfo
-from workbench.ui.context import open_context
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return ui_run.build(tmp_path_factory.mktemp("uiexport") / "run")
-
-
-@pytest.fixture(scope="module")
-def ctx(run):
-    c = open_context(run)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

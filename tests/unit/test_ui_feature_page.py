@@ -20,19 +20,11 @@ from PIL import Image
 from tests.fixtures import ui_run
 from workbench.ui import handlers, handlers_feature, handlers_study, heatmap, pictures, queries
 from workbench.ui import queries_feature as qf
-from workbench.ui.context import open_context
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return ui_run.build(tmp_path_factory.mktemp("uipage") / "run")
-
-
-@pytest.fixture(scope="module")
-def ctx(run):
-    c = open_context(run)
-    yield c
-    c.close()
 
 
 def _decode(uri: str) -> Image.Image:

@@ -32,13 +32,6 @@ def run(tmp_path_factory) -> Path:
     return build(tmp_path_factory.mktemp("ui") / "run")
 
 
-@pytest.fixture(scope="module")
-def ctx(run):
-    c = open_context(run)
-    yield c
-    c.close()
-
-
 def test_context_of_a_complete_run(ctx):
     assert ctx.status.problems == () and ctx.status.sae_state == "trained"
     assert ctx.has("features", "feature_examples", "feature_acts")

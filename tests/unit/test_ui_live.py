@@ -30,13 +30,6 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ctx(run):
-    c = open_context(run)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def live(run):
     return LiveModel(run)
 

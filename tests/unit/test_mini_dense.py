@@ -88,6 +88,28 @@ def test_prompt_variants_are_drawn_deterministically():
     assert pick_variants([("full",)] * 3, [0, 1, 2], prob=1.0, seed=0, step=0) == ["full"] * 3
 
 
+def test_oversampled_epoch_repeats_only_studies_positive_for_the_chosen_concepts():
+    from workbench.cxr.findings import RENDERED
+    from workbench.models.mini.data import epoch_studies
+
+    concepts_SC = torch.zeros(4, len(RENDERED))
+    concepts_SC[1, RENDERED.index("nodule")] = 1
+    concepts_SC[2, RENDERED.index("rib_fracture")] = 1
+    concepts_SC[3, RENDERED.index("cardiomegaly")] = 1
+    assert epoch_studies(concepts_SC, (), 3) == [0, 1, 2, 3]
+    assert epoch_studies(concepts_SC, ("nodule",), 1) == [0, 1, 2, 3]
+    assert epoch_studies(concepts_SC, ("nodule", "rib_fracture"), 3) == [0, 1, 1, 1, 2, 2, 2, 3]
+
+
+def test_oversample_names_are_checked():
+    from workbench.models.mini.config import MiniConfig
+
+    with pytest.raises(ValueError, match="oversample.*nodules"):
+        MiniConfig(oversample=("nodules",)).validate()
+    with pytest.raises(ValueError, match="oversample_factor"):
+        MiniConfig(oversample_factor=0).validate()
+
+
 def test_gate_table_scores_every_concept_of_a_tiny_encoder():
     from transformers import Dinov2Backbone, Dinov2Config
 

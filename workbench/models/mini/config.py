@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import Dinov2Config, LlamaConfig, PreTrainedTokenizerBase
 
+from workbench.cxr.findings import RENDERED
 from workbench.models.maira2 import Maira2Config, Maira2ForConditionalGeneration
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -114,6 +115,13 @@ class MiniConfig:
     """Stage 2: share of training prompts with indication, comparison and prior report set to
     N/A (as MAIRA-2 allows), so that the model reports from the images when the text is
     missing instead of copying findings from the prior report (0: always the full prompt)."""
+    oversample: tuple[str, ...] = ()
+    """Stage 2: concepts (names of ``workbench.cxr.findings.RENDERED``) whose positive training
+    studies appear ``oversample_factor`` times per epoch. A rare, subtle finding seen in few
+    teacher-forced reports teaches the decoder that writing it is seldom right, so it
+    under-calls it (high precision, low recall); repeating its studies moves that prior."""
+    oversample_factor: int = 1
+    """How many times per epoch a study positive for an ``oversample`` concept is seen."""
     threads: int = 2
     """torch CPU threads (1 is faster when other jobs share the cores)."""
     checkpoint_every: int = 25
@@ -137,6 +145,7 @@ class MiniConfig:
             "vision_layers",
             "threads",
             "vision_batch",
+            "oversample_factor",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}' must be >= 1")
@@ -144,6 +153,11 @@ class MiniConfig:
             raise ValueError("init_vision_from needs stage 1, which init_from skips: give one")
         if self.init_projector and self.init_decoder_from is None:
             raise ValueError("init_projector starts the projector from init_decoder_from: set it")
+        unknown = sorted(set(self.oversample) - set(RENDERED))
+        if unknown:
+            raise ValueError(
+                f"config field 'oversample': unknown concepts {unknown}; known: {list(RENDERED)}"
+            )
 
 
 def vision_config(cfg: MiniConfig) -> Dinov2Config:

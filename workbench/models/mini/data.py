@@ -162,6 +162,17 @@ def pick_variants(
     ]
 
 
+def epoch_studies(concepts_SC: torch.Tensor, oversample: Sequence[str], factor: int) -> list[int]:
+    """Study indices of one stage-2 epoch: each study once, and ``factor`` times when it is
+    positive for any concept in ``oversample`` (names of ``RENDERED``, the columns of
+    ``concepts_SC``)."""
+    columns = [RENDERED.index(c) for c in oversample]
+    if not columns or factor == 1:
+        return list(range(len(concepts_SC)))
+    boosted = concepts_SC[:, columns].amax(dim=1) > 0
+    return [i for i, b in enumerate(boosted.tolist()) for _ in range(factor if b else 1)]
+
+
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     """Right-pad ids (pad), labels (-100) and stack every image, grey -> 3 channels."""
     length = max(len(e.input_ids) for e in examples)

@@ -35,6 +35,7 @@ from workbench.models.mini.data import (
     collate,
     encode_all,
     epoch_batches,
+    epoch_studies,
     pick_variants,
     prompt_corpus,
 )
@@ -286,8 +287,10 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
         model.vision_tower.requires_grad_(False)
     trainable = torch.nn.ModuleDict({"model": model, "probe": probe})
     optimizer = make_optimizer(trainable, cfg)
-    lengths = [len(v[0].input_ids) for v in variants]
-    per_epoch = math.ceil(len(variants) / cfg.batch_size)
+    concepts_SC = torch.stack([v[0].concepts for v in variants])
+    studies = epoch_studies(concepts_SC, cfg.oversample, cfg.oversample_factor)
+    lengths = [len(variants[i][0].input_ids) for i in studies]
+    per_epoch = math.ceil(len(studies) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     step = restore_state(ckpt_path, {"model": model, "probe": probe}, optimizer)
     if step:
@@ -298,7 +301,8 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
     progress = StepLog(total)
     while step < total:
         epoch, index = divmod(step, per_epoch)
-        batch_ids = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)[index]
+        slots = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)[index]
+        batch_ids = [studies[s] for s in slots]
         chosen = pick_variants(variants, batch_ids, cfg.image_only_prob, cfg.seed, step)
         batch = collate(chosen, pad_id)
         for group in optimizer.param_groups:

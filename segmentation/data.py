@@ -13,6 +13,9 @@ split and subject attributes (sex, age, body habitus) used for subgroup results.
 - ``phantom-lungs``: whole image resized to ``size``, target = left_lung | right_lung.
 - ``phantom-nodules``: a ``crop`` px window centred on the nodule (the LIDC-style task), resized
   to ``size``, four targets ``nodule_annotator_0..3``; the ROI is the lung field in the crop.
+  With ``lung_class`` the classes are background / lung field / nodule
+  (:data:`LUNG_NODULE_CLASSES`): each annotator's map is 2 on their nodule mask, 1 on the rest
+  of the phantom's lung field (the same for every annotator), 0 elsewhere.
 
 Phantom samples name their frame in ``meta``: ``mask_dir`` (every mask of the image, which
 ``segmentation.latents`` reads for per-position ground truth) and, for crops, ``crop_centre``
@@ -30,6 +33,7 @@ import numpy as np
 
 from segmentation import readers
 from segmentation.io import (
+    TWO_CLASSES,
     DataError,
     SegSample,
     crop_around,
@@ -42,6 +46,9 @@ from segmentation.io import (
 )
 
 log = logging.getLogger(__name__)
+
+LUNG_NODULE_CLASSES = ("background", "lung_field", "nodule")
+"""Classes of ``phantom-nodules`` with ``lung_class``: the nodule, the task's class, is last."""
 
 
 # ----------------------------------------------------------------------------- phantom
@@ -118,10 +125,23 @@ def load_phantom_lungs(root: Path, split: str | None = None, size: int = 128) ->
     return samples
 
 
+def lung_nodule_labels(nodule_KHW: np.ndarray, lung_HW: np.ndarray) -> np.ndarray:
+    """``[K, H, W]`` uint8 maps of :data:`LUNG_NODULE_CLASSES`: 2 where annotator k marks the
+    nodule, else 1 in the lung field, else 0."""
+    lung = np.broadcast_to(np.asarray(lung_HW) > 0, nodule_KHW.shape)
+    return np.where(np.asarray(nodule_KHW) > 0, 2, np.where(lung, 1, 0)).astype(np.uint8)
+
+
 def load_phantom_nodules(
-    root: Path, split: str | None = None, size: int = 128, crop: int = 128, annotators: int = 4
+    root: Path,
+    split: str | None = None,
+    size: int = 128,
+    crop: int = 128,
+    annotators: int = 4,
+    lung_class: bool = False,
 ) -> list[SegSample]:
-    """Nodule crops with ``annotators`` disagreeing masks (the LIDC-style task)."""
+    """Nodule crops with ``annotators`` disagreeing masks (the LIDC-style task); with
+    ``lung_class`` the lung field is a class of its own (:func:`lung_nodule_labels`)."""
     samples = []
     for mask_dir, image_path, meta in _phantom_items(Path(root), split):
         names = [mask_dir / f"nodule_annotator_{k}.png" for k in range(annotators)]
@@ -140,18 +160,22 @@ def load_phantom_nodules(
         img = resize_image(crop_around(image, centre, crop), size)
         m = np.stack([resize_labels(crop_around(mk, centre, crop), size) for mk in masks])
         roi = resize_labels(crop_around(lung | union, centre, crop), size)
-        samples.append(SegSample(img, m, roi, {**meta, "crop_centre": list(centre), "crop": crop}))
+        meta = {**meta, "crop_centre": list(centre), "crop": crop}
+        if lung_class:
+            m = lung_nodule_labels(m, resize_labels(crop_around(lung, centre, crop), size))
+            meta["classes"] = list(LUNG_NODULE_CLASSES)
+        samples.append(SegSample(img, m, roi, meta))
     return samples
 
 
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _loaders() -> dict[str, Callable[..., list[SegSample]]]:
+def _loaders(lung_class: bool) -> dict[str, Callable[..., list[SegSample]]]:
     return {
         "phantom-lungs": lambda root, split, size, crop: load_phantom_lungs(root, split, size),
         "phantom-nodules": lambda root, split, size, crop: load_phantom_nodules(
-            root, split, size, crop
+            root, split, size, crop, lung_class=lung_class
         ),
         "jsrt": lambda root, split, size, crop: readers.load_jsrt(root, split, size),
         "montgomery": lambda root, split, size, crop: readers.load_montgomery(root, split, size),
@@ -163,13 +187,31 @@ def _loaders() -> dict[str, Callable[..., list[SegSample]]]:
 DATASETS = ("phantom-lungs", "phantom-nodules", "jsrt", "montgomery", "shenzhen", "lidc")
 
 
+LUNG_CLASS_DATASETS = ("phantom-nodules",)
+"""Datasets that can label the lung field as a class of its own (``lung_class``)."""
+
+
+def dataset_classes(name: str, lung_class: bool = False) -> tuple[str, ...]:
+    """Class names by label of dataset ``name`` loaded with ``lung_class``."""
+    if lung_class and name not in LUNG_CLASS_DATASETS:
+        raise DataError(f"lung_class applies to {', '.join(LUNG_CLASS_DATASETS)}, not '{name}'")
+    return LUNG_NODULE_CLASSES if lung_class else TWO_CLASSES
+
+
 def load_dataset(
-    name: str, root: Path, split: str | None = None, size: int = 128, crop: int = 128
+    name: str,
+    root: Path,
+    split: str | None = None,
+    size: int = 128,
+    crop: int = 128,
+    lung_class: bool = False,
 ) -> list[SegSample]:
-    """Samples of dataset ``name`` (one of :data:`DATASETS`) for ``split`` (None: all)."""
-    loaders = _loaders()
+    """Samples of dataset ``name`` (one of :data:`DATASETS`) for ``split`` (None: all);
+    ``lung_class`` (phantom nodules) adds the lung field as a class (:func:`dataset_classes`)."""
+    loaders = _loaders(lung_class)
     if name not in loaders:
         raise DataError(f"unknown dataset '{name}'; known: {sorted(loaders)}")
+    dataset_classes(name, lung_class)
     if not Path(root).exists():
         raise DataError(f"{root}: dataset root does not exist")
     samples = loaders[name](Path(root), split, size, crop)

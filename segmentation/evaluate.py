@@ -5,9 +5,12 @@ is the argmax of the mean logits; distribution metrics use ``num_samples`` (100)
 image against all of the image's annotator masks. Per image we compute Dice and IoU of the
 prediction (mean over annotators), Dice per annotator, ECE (mean over annotators), GED
 (D^2 with d = 1 - IoU), sample diversity E[d(S,S')], the annotators' own diversity E[d(Y,Y')]
-and Hungarian-matched IoU. Results are averaged per subgroup (all, sex, age group), written
-to ``eval-<dataset>-<split>.json`` in the run directory and, with ``--db``, to the DuckDB table
-``segmentation_results`` (replacing that model+dataset's rows).
+and Hungarian-matched IoU. A model with more than two classes (the phantom nodules with
+``lung_class``) is scored on its task's class, the last, as a two-class problem, plus
+``dice_<class>`` for each other foreground class (``dice_lung_field``). Results are averaged
+per subgroup (all, sex, age group), written to ``eval-<dataset>-<split>.json`` in the run
+directory and, with ``--db``, to the DuckDB table ``segmentation_results`` (replacing that
+model+dataset's rows).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from segmentation import metrics as M
 from segmentation.data import DataError, SegSample, load_dataset
+from segmentation.io import TWO_CLASSES, class_names, task_mask
 from segmentation.models import Prediction, load_model, predict
 from segmentation.results_db import ResultRow, write_results
 from workbench.config import parse_config
@@ -70,23 +74,55 @@ class EvalConfig:
     """SemanticGAN: test-time optimisation steps per image; None: as saved at training."""
 
 
-def image_metrics(pred: Prediction, i: int, annotations_KHW: np.ndarray, C: int) -> dict:
-    """All per-image metrics for image ``i`` of a predicted batch."""
-    ann = torch.from_numpy(annotations_KHW.astype(np.int64))
+def task_view(pred: Prediction, i: int, ann_KHW: torch.Tensor, C: int) -> tuple:
+    """(point, samples, probs, annotations) of image ``i`` for the headline metrics.
+
+    With more than two classes they score the task's class alone (the last: the nodule of
+    background / lung field / nodule), as a two-class problem: label maps become task-class
+    masks and the probabilities [1 - p, p] with p that class's. So a three-class model's Dice,
+    GED and diversity compare with a two-class model's on the same task. Two classes: as is.
+    """
     point, samples, probs = pred.prediction[i], pred.samples[:, i], pred.probs[i]
-    ged = M.generalised_energy_distance(samples, ann, C)
-    dice_k = M.per_annotator_dice(point, ann, C)
+    if C <= 2:
+        return point, samples, probs, ann_KHW
+    p = probs[C - 1]
+    binary = (point, samples, ann_KHW)
+    point, samples, ann_KHW = (task_mask(t, C).long() for t in binary)
+    return point, samples, torch.stack([1 - p, p]), ann_KHW
+
+
+def other_class_dice(pred: Prediction, i: int, ann_KHW, C: int, names) -> dict[str, float]:
+    """``dice_<class>`` of the point prediction for each foreground class but the task's
+    (mean over annotators); empty for two classes."""
+    point, out = pred.prediction[i], {}
+    for c in range(1, C - 1):
+        name = names[c] if len(names) == C else f"class_{c}"
+        dice_k = M.per_annotator_dice((point == c).long(), (ann_KHW == c).long(), 2)
+        out[f"dice_{name}"] = float(np.mean(dice_k))
+    return out
+
+
+def image_metrics(
+    pred: Prediction, i: int, annotations_KHW: np.ndarray, C: int, names=TWO_CLASSES
+) -> dict:
+    """All per-image metrics for image ``i`` of a predicted batch (``names``: the classes)."""
+    full = torch.from_numpy(annotations_KHW.astype(np.int64))
+    point, samples, probs, ann = task_view(pred, i, full, C)
+    C_task = 2 if C > 2 else C
+    ged = M.generalised_energy_distance(samples, ann, C_task)
+    dice_k = M.per_annotator_dice(point, ann, C_task)
     out = {
         "dice": float(np.mean(dice_k)),
-        "iou": float(M.pairwise_iou(point[None], ann, C).mean()),
+        "iou": float(M.pairwise_iou(point[None], ann, C_task).mean()),
         "ged": ged.ged,
         "sample_diversity": ged.d_ss,
         "annotator_diversity": ged.d_yy,
         "sample_annotator_distance": ged.d_sy,
-        "hm_iou": M.hungarian_matched_iou(samples, ann, C),
+        "hm_iou": M.hungarian_matched_iou(samples, ann, C_task),
         "ece": float(np.mean([M.expected_calibration_error(probs, a) for a in ann])),
     }
     out.update({f"dice_annotator_{k}": d for k, d in enumerate(dice_k)})
+    out.update(other_class_dice(pred, i, full, C, names))
     return out
 
 
@@ -140,7 +176,9 @@ def evaluate_samples(
                 {
                     "id": s.meta.get("id"),
                     "meta": s.meta,
-                    "metrics": image_metrics(pred, i, s.masks, spec.num_classes),
+                    "metrics": image_metrics(
+                        pred, i, s.masks, spec.num_classes, class_names(s.meta)
+                    ),
                 }
             )
     return out
@@ -155,7 +193,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     size = cfg.image_size or int(train_cfg.get("image_size", 128))
     crop = cfg.crop_size or int(train_cfg.get("crop_size", 128))
     use_roi = cfg.use_roi if cfg.use_roi is not None else bool(train_cfg.get("use_roi", False))
-    samples = load_dataset(cfg.dataset, cfg.data, cfg.split, size, crop)
+    lung_class = bool(train_cfg.get("lung_class", False))
+    samples = load_dataset(cfg.dataset, cfg.data, cfg.split, size, crop, lung_class=lung_class)
     if cfg.max_images is not None:
         samples = samples[: cfg.max_images]
     if not samples:

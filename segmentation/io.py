@@ -30,11 +30,34 @@ class SegSample(NamedTuple):
     """[H, W] uint8 region of interest (1 inside) or None."""
     meta: dict
     """id, and where known subject_id, study_id, series_uid, sex ('F'|'M'), age, age_group,
-    habitus (phantom: 'thin' | 'average' | 'obese', from the subject's BMI)."""
+    habitus (phantom: 'thin' | 'average' | 'obese', from the subject's BMI); ``classes`` (the
+    class names by label) where a loader labels more than background and one foreground."""
+
+
+TWO_CLASSES = ("background", "foreground")
+"""Class names of a sample whose meta names none: label 0 and any other label."""
 
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or malformed; the message names it."""
+
+
+# ----------------------------------------------------------------------------- classes
+
+
+def class_names(meta: dict) -> tuple[str, ...]:
+    """A sample's class names by label: ``meta['classes']``, else :data:`TWO_CLASSES`."""
+    return tuple(meta.get("classes") or TWO_CLASSES)
+
+
+def task_mask(labels, num_classes: int):
+    """Where label maps (numpy or torch, any shape) mark the task's class.
+
+    With more than two classes the task's class is the last one (the nodule of background /
+    lung field / nodule: the class the annotators disagree on, which the headline metrics and
+    the uncertainty targets score); with two it is any foreground label, as always.
+    """
+    return labels == num_classes - 1 if num_classes > 2 else labels > 0
 
 
 # ----------------------------------------------------------------------------- image helpers

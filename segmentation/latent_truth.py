@@ -16,6 +16,10 @@ image resized, or a nodule crop). The concepts stored with it (:mod:`workbench.r
 - for an SSN, the target ``sample_variance``: per pixel p(1 - p) with p the share of
   ``samples`` label-map samples that mark it as foreground (the uncertainty the samples show).
 
+Annotations and sample variance are of the task's class: with the lung field as a class of its
+own (``lung_class``: background / lung field / nodule) they are the nodule's, and the lung field
+stays the ``lung`` mask concept above.
+
 Each concept also gets a group (:func:`workbench.record.tokens.concept_group`) that the
 store's manifest keeps and the analysis report prints.
 """
@@ -30,7 +34,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segmentation.io import AGE_EDGES, DataError, SegSample, crop_around, read_mask
+from segmentation.io import (
+    AGE_EDGES,
+    DataError,
+    SegSample,
+    class_names,
+    crop_around,
+    read_mask,
+    task_mask,
+)
 from workbench.cxr.findings import DEVICES, FINDINGS
 from workbench.record.tokens import (
     CONCEPT_PREFIX,
@@ -93,8 +105,13 @@ def frame_masks(sample: SegSample) -> dict[str, np.ndarray]:
 
 
 def annotation_maps(sample: SegSample) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(concept maps, target maps) from the sample's own annotator masks at model resolution."""
-    fg_KHW = (np.asarray(sample.masks) > 0).astype(np.float32)
+    """(concept maps, target maps) from the sample's own annotator masks at model resolution.
+
+    They are of the task's class (:func:`segmentation.io.task_mask`): the nodule also when the
+    lung field is a class of its own, which every annotator marks alike.
+    """
+    masks = np.asarray(sample.masks)
+    fg_KHW = task_mask(masks, len(class_names(sample.meta))).astype(np.float32)
     p_HW = fg_KHW.mean(0)
     concepts = {"annotated": p_HW}
     targets = {}
@@ -135,9 +152,10 @@ def sample_variance(
     model, x_BCHW: torch.Tensor, roi_BHW, num_samples: int, generator: torch.Generator
 ) -> np.ndarray:
     """``[B, H, W]`` per-pixel p(1 - p), p = share of an SSN's label-map samples marking
-    the pixel as foreground (any class but background)."""
+    the pixel with the task's class (any foreground with two classes; the nodule of
+    background / lung field / nodule)."""
     samples_SBHW = model.sample(x_BCHW, num_samples, roi_BHW, generator=generator)
-    p = (samples_SBHW > 0).float().mean(0)
+    p = task_mask(samples_SBHW, model.num_classes).float().mean(0)
     return (p * (1 - p)).numpy()
 
 

@@ -180,6 +180,7 @@ def _settings(run: SegRun, cfg) -> dict:
         "split": cfg.split,
         "image_size": int(t.get("image_size", 128)),
         "crop_size": int(t.get("crop_size", 128)),
+        "lung_class": bool(t.get("lung_class", False)),
         "pool": cfg.pool,
         "samples": cfg.samples,
         "seg_model": run.kind,
@@ -191,7 +192,7 @@ def _settings(run: SegRun, cfg) -> dict:
 def _studies(settings: dict, limit: int) -> dict[int, list[SegSample]]:
     samples = load_dataset(
         settings["dataset"], Path(settings["data"]), settings["split"],
-        settings["image_size"], settings["crop_size"],
+        settings["image_size"], settings["crop_size"], lung_class=settings["lung_class"],
     )  # fmt: skip
     by_study: dict[int, list[SegSample]] = defaultdict(list)
     for s in samples:
@@ -206,7 +207,7 @@ def _check_resume(out: Path, settings: dict) -> None:
         old = ActivationStore(out).manifest.get("extra", {})
     except StoreError:
         return
-    for key in ("dataset", "split", "pool", "seg_run"):
+    for key in ("dataset", "lung_class", "split", "pool", "seg_run"):
         if key in old and old[key] != settings[key]:
             raise StoreError(f"{out}: recorded with {key}={old[key]!r}, now {settings[key]!r}; "
                              "pick a new --out")  # fmt: skip

@@ -38,7 +38,8 @@ def check_resumable(cfg, allowed: frozenset[str] = RESUMABLE_CHANGES) -> None:
     if not (cfg.resume and (cfg.out / "checkpoint.pt").exists() and path.exists()):
         return
     old, new = json.loads(path.read_text()), to_dict(cfg)
-    changed = sorted(k for k in new if k not in allowed and old.get(k) != new[k])
+    defaults = _defaults(cfg)  # a field added since the run was saved: its default then held
+    changed = sorted(k for k in new if k not in allowed and old.get(k, defaults.get(k)) != new[k])
     if changed:
         raise ConfigError(
             f"{cfg.out} holds a checkpoint of a different configuration (fields {changed}); "
@@ -46,9 +47,20 @@ def check_resumable(cfg, allowed: frozenset[str] = RESUMABLE_CHANGES) -> None:
         )
 
 
+def _defaults(cfg) -> dict:
+    """The JSON view of the config class's defaults ({} if a field has none)."""
+    try:
+        return to_dict(type(cfg)())
+    except TypeError:
+        return {}
+
+
 def load_training_samples(cfg) -> list[SegSample]:
     """The train split of ``cfg.dataset``, restricted by ``cfg.train_subset`` if set."""
-    samples = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size)
+    samples = load_dataset(
+        cfg.dataset, cfg.data, "train", cfg.image_size, cfg.crop_size,
+        lung_class=getattr(cfg, "lung_class", False),
+    )  # fmt: skip
     if not samples:
         raise DataError(f"{cfg.data}: no {cfg.dataset} images in split 'train'")
     return select_training_set(samples, cfg.train_subset, cfg.train_subset_size, cfg.seed)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.data import stack
+from segmentation.data import dataset_classes, stack
+from segmentation.io import DataError
 from segmentation.models import ModelSpec, build_model, save_model, training_loss
 from segmentation.runs import (
     TrainResult,
@@ -61,7 +62,12 @@ class TrainConfig:
     crop_size: int = 128
     """Phantom nodules: side of the crop around the nodule, in source px, before resizing."""
     num_classes: int = 2
-    """Classes including background (all bundled readers produce 2)."""
+    """Classes including background (every bundled reader produces 2; 3 with lung_class)."""
+    lung_class: bool = False
+    """phantom-nodules: label the lung field as a class of its own, so the classes are
+    background / lung field / nodule (set num_classes = 3). The lung-field target is the
+    phantom's lung mask, the same for every annotator; the nodule stays per annotator and is
+    what the headline metrics (Dice, GED, diversity) score."""
     channels: tuple[int, ...] = (16, 32, 64, 128)
     """U-Net channels per level, finest first (PHiSeg LIDC: 32,64,128,192,192,192,192)."""
     convs_per_level: int = 2
@@ -132,6 +138,7 @@ class TrainConfig:
                 "TrainConfig: semantic-gan is configured by "
                 "segmentation.semantic_gan.config.SemanticGANConfig (seg-train dispatches to it)"
             )
+        self._validate_classes()
         if not 0 < self.labelled_fraction <= 1:
             raise ConfigError("TrainConfig.labelled_fraction must be in (0, 1]")
         if self.train_subset:
@@ -150,6 +157,17 @@ class TrainConfig:
             spec.ssn.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _validate_classes(self) -> None:
+        try:
+            names = dataset_classes(self.dataset, self.lung_class)
+        except DataError as exc:
+            raise ConfigError(f"TrainConfig.lung_class: {exc}") from None
+        if self.lung_class and self.num_classes != len(names):
+            raise ConfigError(
+                f"TrainConfig.lung_class needs num_classes = {len(names)} "
+                f"({' / '.join(names)}), got {self.num_classes}"
+            )
 
     def spec(self) -> ModelSpec:
         unet = UNetConfig(

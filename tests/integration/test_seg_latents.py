@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
         ("nodules-ssn", "ssn", "phantom-nodules", ["--use-roi"]),
         ("lungs-unet", "unet", "phantom-lungs", []),
         ("nodules-diag", "ssn-diag", "phantom-nodules", []),
+        ("nodules-lung-ssn", "ssn", "phantom-nodules", ["--lung-class", "--num-classes", "3"]),
     ):
         argv = ["--model", model, "--data", str(phantom), "--dataset", dataset, *TINY, *extra]
         assert tr.main([*argv, "--out", str(root / name)]) == 0
@@ -94,6 +95,24 @@ def test_ssn_hooks_are_the_model_tensors_with_the_masks_at_each_pixel(runs, tmp_
     assert {m["concept_sex=F"] for m in meta} == {1.0 if s.meta["sex"] == "F" else 0.0}
     groups = feats.manifest["extra"]["concept_groups"]
     assert groups["sample_variance"] == "uncertainty" and groups["lung"] == "structure"
+
+
+def test_a_lung_field_ssn_keeps_the_nodule_targets_and_the_lung_concept(runs, tmp_path):
+    feats = _record(runs, "nodules-lung-ssn", H.SEG_FEATURES, tmp_path / "f")
+    factor = _record(runs, "nodules-lung-ssn", H.SEG_COV_FACTOR, tmp_path / "c")
+    assert (feats.d_model, factor.d_model) == (8, 6)  # rank 2 x 3 classes
+    assert feats.manifest["extra"]["lung_class"] is True
+    two = {study_key(s.meta)[0]: s for s in load_dataset("phantom-nodules", runs["phantom"],
+                                                         None, 32, 32)}  # fmt: skip
+    for sid, (_, meta) in _by_study(feats).items():
+        s = two[sid]  # the graders' nodule masks, without the lung field
+        p = (s.masks > 0).mean(0).reshape(-1)
+        assert np.allclose([m["target_annotator_variance"] for m in meta], p * (1 - p))
+        assert np.allclose([m["concept_annotated"] for m in meta], p)
+        lung = np.array([m["concept_lung"] for m in meta])
+        assert 0.2 < lung.mean() < 1  # the lung field concept at each position, as before
+        var = np.array([m["target_sample_variance"] for m in meta])
+        assert var.min() >= 0 and var.max() <= 0.25
 
 
 def test_whole_image_tokens_are_image_kind_with_area_coverage(runs, tmp_path):

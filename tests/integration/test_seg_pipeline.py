@@ -142,6 +142,23 @@ def test_diag_model_with_roi_trains_and_evaluates(phantom, tmp_path):
     assert (tmp_path / "d" / "eval-phantom-nodules-test.json").exists()
 
 
+def test_lung_field_class_trains_and_is_scored_on_the_nodule(phantom, tmp_path):
+    _train(phantom, tmp_path / "s3", "ssn", 2, ["--lung-class", "--num-classes", "3"])
+    _train(phantom, tmp_path / "s2", "ssn", 2)
+    model, spec, extra = load_model(tmp_path / "s3")
+    assert spec.num_classes == 3 and model.head.cov_factor.out_channels == 2 * 3
+    res = {
+        n: ev.evaluate(ev.EvalConfig(model_dir=tmp_path / n, data=phantom, num_samples=4))
+        for n in ("s2", "s3")
+    }
+    three, two = ({r["metric"]: r["value"] for r in res[n]["rows"] if r["subgroup"] == "all"}
+                  for n in ("s3", "s2"))  # fmt: skip
+    assert set(three) == set(two) | {"dice_lung_field"}
+    # the graders' own diversity is the nodule's in both: the lung field adds no agreement
+    assert three["annotator_diversity"] == pytest.approx(two["annotator_diversity"])
+    assert 0 <= three["dice_lung_field"] <= 1 and 0 <= three["ged"] <= 2
+
+
 def test_bad_inputs_fail_clearly(phantom, tmp_path):
     with pytest.raises(SystemExit):
         tr.main(["--model", "nope"])
@@ -166,8 +183,12 @@ def test_demo_runs_every_task_within_budget(phantom, tmp_path):
         "nodules_ssn_ged",
         "nodules_ssn_sample_diversity",
         "nodules_annotator_diversity",
+        "nodules_ssn_dice_lung_field",
     ):
         assert key in out and out[key] == out[key], key  # present and not NaN
+    ssn = json.loads((tmp_path / "demo" / "nodules-ssn" / "cfg.json").read_text())
+    assert ssn["lung_class"] and ssn["num_classes"] == 3  # the SSN sees the lung field
+    assert "nodules_unet_dice_lung_field" not in out
     assert out["nodules_unet_sample_diversity"] == 0.0
     assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == out
     assert {r["dataset"] for r in read_results(db)} == {"phantom-lungs", "phantom-nodules"}

@@ -56,8 +56,10 @@ def test_roi_masks_the_covariance_not_the_mean():
     assert (s[:, 0, :, 0, 0] - masked.mean[0, :, 0, 0]).abs().max() < 0.05
 
 
-def test_sampler_covariance_is_low_rank_plus_diagonal():
-    out = random_output(B=1, R=2, C=2, H=1, W=3)
+@pytest.mark.parametrize("C", [2, 3])
+def test_sampler_covariance_is_low_rank_plus_diagonal(C):
+    # C = 3: one law over pixel x class logits, classes correlated through the factor
+    out = random_output(B=1, R=2, C=C, H=1, W=3)
     s_SE = sample_logits(out, 40000, generator=torch.Generator().manual_seed(1)).reshape(40000, -1)
     P = out.cov_factor.reshape(2, -1).T  # E x R, class-major flattening
     expected = P @ P.T + torch.diag(out.cov_diag.reshape(-1))
@@ -107,6 +109,28 @@ def test_full_model_backpropagates_into_every_head():
     for name in ("mean", "log_cov_diag", "cov_factor"):
         assert getattr(model.head, name).weight.grad.abs().sum() > 0, name
     assert model.sample(x, 4).shape == (4, 2, 8, 8)
+
+
+def test_three_class_model_samples_and_loss():
+    # background / lung field / nodule: the demo's SSN on a tiny input
+    torch.manual_seed(0)
+    model = StochasticSegmentationNetwork(UNetConfig(channels=(4, 8)), 3, SSNConfig(rank=2))
+    x = torch.randn(2, 1, 8, 8)
+    y = torch.randint(0, 3, (2, 8, 8))
+    out = model(x)
+    assert out.mean.shape == (2, 3, 8, 8) and out.cov_diag.shape == (2, 3, 8, 8)
+    assert out.cov_factor.shape == (2, 2, 3, 8, 8)
+    assert sample_logits(out, 4).shape == (4, 2, 3, 8, 8)
+    labels = model.sample(x, 64, generator=torch.Generator().manual_seed(0))
+    assert labels.shape == (64, 2, 8, 8) and set(labels.unique().tolist()) == {0, 1, 2}
+    loss = model.loss(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.cov_factor.weight.grad.abs().sum() > 0
+    # with no noise the loss is the pixel-summed 3-class cross-entropy of the mean
+    quiet = out._replace(cov_factor=torch.zeros_like(out.cov_factor),
+                         cov_diag=torch.full_like(out.cov_diag, 1e-12))  # fmt: skip
+    ce = F.cross_entropy(out.mean, y, reduction="none").sum((1, 2)).mean()
+    assert mc_loss(quiet, y, 4).item() == pytest.approx(ce.item(), rel=1e-4)
 
 
 def test_head_refuses_binary_with_implied_background():

@@ -40,12 +40,15 @@ def test_the_main_run_shows_every_model_metrics_and_nested_latents(run):
     choices = hs.image_choices(ctx, hs.SegState(), "phantom-nodules")
     assert choices and all(c[0].startswith("s") for c in choices)
     view = _view(ctx)
-    # image + 4 graders + U-Net prediction + SSN mean; 8 samples + the variance map
-    assert _images(view.masks) == 7 and "annotator 3" in view.masks
+    # image + 4 graders + U-Net prediction + SSN mean (nodule) and its lung field class;
+    # 8 samples + the variance map
+    assert _images(view.masks) == 8 and "annotator 3" in view.masks
+    assert "nodules-ssn: mean, lung_field" in view.masks
     assert _images(view.samples) == 9 and "variance" in view.samples
     for model in ("nodules-ssn", "nodules-unet"):
         assert model in view.metrics
     assert "<th>ged</th>" in view.metrics and "sex=" in view.metrics
+    assert "<th>dice_lung_field</th>" in view.metrics
     assert _images(view.latents) >= 1 and "AUROC" in view.latents
     assert "data-feature" not in view.latents  # another run's features: no chips here
     assert "python app.py --run" in view.latents

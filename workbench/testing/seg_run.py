@@ -1,11 +1,12 @@
 """A tiny run with segmentation models and an SAE on their latents, for the app's tests.
 
 Built by the real stages in seconds on a CPU: a phantom-layout fixture with graded nodules
-(:func:`segmentation.fixtures.write_phantom_fixture`), a U-Net and an SSN on the nodule crops
-and a U-Net on the lungs (a few steps each: they show the pipeline, not a segmentation), their
-test metrics in ``segmentation_results``, the SSN's pre-head features recorded into
-``<run>/seg-latents`` (:data:`workbench.run.RunLayout.seg_latents`), a small SAE trained on
-them and ``analyse`` over it. The app can serve either directory: ``<run>`` (models, with the
+(:func:`segmentation.fixtures.write_phantom_fixture`), a U-Net and an SSN (background / lung
+field / nodule, as the demo's) on the nodule crops and a U-Net on the lungs (a few steps each:
+they show the pipeline, not a segmentation), their test metrics in ``segmentation_results``,
+the SSN's pre-head features recorded into ``<run>/seg-latents``
+(:data:`workbench.run.RunLayout.seg_latents`), a small SAE trained on them and ``analyse``
+over it. The app can serve either directory: ``<run>`` (models, with the
 latent run nested) or ``<run>/seg-latents`` (the latent run, whose feature pages are its own).
 """
 
@@ -25,6 +26,8 @@ SAE = ["--d-sae", "16", "--k", "4", "--group-sizes", "4,12", "--batch-size", "25
        "--tokens", "4000"]  # fmt: skip
 MODELS = (("nodules-ssn", "ssn", "phantom-nodules"), ("nodules-unet", "unet", "phantom-nodules"),
           ("lungs-unet", "unet", "phantom-lungs"))  # fmt: skip
+# Per-model flags: the SSN also labels the lung field, as the demo's (segmentation.demo).
+OPTIONS = {"nodules-ssn": ["--lung-class", "--num-classes", "3"]}
 
 
 def build(root: str | Path, steps: int = 20) -> Path:
@@ -45,7 +48,8 @@ def build(root: str | Path, steps: int = 20) -> Path:
     for name, model, dataset in MODELS:
         out = run.segmentation / name
         if not (out / "model.pt").is_file():
-            argv = ["--model", model, "--data", str(run.phantom), "--dataset", dataset]
+            argv = ["--model", model, "--data", str(run.phantom), "--dataset", dataset,
+                    *OPTIONS.get(name, [])]  # fmt: skip
             if train.main([*argv, *TINY, "--steps", str(steps), "--out", str(out)]) != 0:
                 raise RuntimeError(f"training {name} failed")
     if not latent.database.is_file():

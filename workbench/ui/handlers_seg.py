@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from segmentation.data import load_dataset
-from segmentation.io import SegSample, study_key
+from segmentation.io import SegSample, class_names, study_key, task_mask
 from segmentation.models import load_model, predict
 from workbench import db
 from workbench.models.hooks import SEGMENTATION_MODEL
@@ -124,12 +124,13 @@ def _samples(ctx: AppContext, state: SegState, run: SegRunInfo) -> list[SegSampl
     """The test split of ``run``'s dataset at its input size (cached)."""
     cfg = run.cfg
     data = Path(str(cfg.get("data")))
-    key = (run.dataset, str(data), int(cfg.get("image_size", 128)), int(cfg.get("crop_size", 128)))
+    key = (run.dataset, str(data), int(cfg.get("image_size", 128)),
+           int(cfg.get("crop_size", 128)), bool(cfg.get("lung_class", False)))  # fmt: skip
     with state.lock:
         if key not in state.samples:
             if inside(data, ctx.image_roots) is None:
                 raise ValueError(f"{data}: the dataset lies outside this run and the image roots")
-            state.samples[key] = load_dataset(key[0], data, SPLIT, key[2], key[3])
+            state.samples[key] = load_dataset(key[0], data, SPLIT, key[2], key[3], key[4])
         return state.samples[key]
 
 
@@ -186,9 +187,10 @@ def seg_view(ctx: AppContext, state: SegState, dataset, image_id, n_samples: int
     if sample is None:
         return _empty(render.message(f"No test image {image_id!r} in {dataset}.", "error"))
     masks, sample_figs = [sr.figure(sr.mask_overlay(sample.image, 0 * sample.image), "image")], []
-    for k, m in enumerate(sample.masks):
+    n_classes = len(class_names(sample.meta))
+    for k, m in enumerate(sample.masks):  # the task's class (the nodule, also beside the lung)
         name = f"annotator {k}" if len(sample.masks) > 1 else "ground truth"
-        masks.append(sr.figure(sr.mask_overlay(sample.image, m > 0), name))
+        masks.append(sr.figure(sr.mask_overlay(sample.image, task_mask(m, n_classes)), name))
     for run in runs:
         own = _find(_samples(ctx, state, run), image_id)
         if own is not None:
@@ -220,12 +222,17 @@ def _predictions(state, run: SegRunInfo, s: SegSample, n: int) -> tuple[list[str
     use_roi = bool(run.cfg.get("use_roi")) and s.roi is not None and spec.kind != "unet"
     roi = torch.from_numpy(s.roi[None]) if use_roi else None
     pred = predict(model, x, n, roi, generator=torch.Generator().manual_seed(0))
-    point = pred.prediction[0].numpy() > 0
+    C, names = spec.num_classes, class_names(s.meta)
+    point = task_mask(pred.prediction[0].numpy(), C)
     what = "mean" if spec.kind.startswith("ssn") else "prediction"
     masks = [sr.figure(sr.mask_overlay(s.image, point), f"{run.name}: {what}")]
+    for c in range(1, C - 1):  # the other foreground classes (the lung field) of the point map
+        name = names[c] if len(names) == C else f"class {c}"
+        masks.append(sr.figure(sr.mask_overlay(s.image, pred.prediction[0].numpy() == c),
+                               f"{run.name}: {what}, {name}"))  # fmt: skip
     if not spec.kind.startswith("ssn"):
         return masks, []
-    fg_SHW = (pred.samples[:, 0] > 0).float().numpy()
+    fg_SHW = task_mask(pred.samples[:, 0], C).float().numpy()
     p = fg_SHW.mean(0)
     figs = [
         sr.figure(sr.mask_overlay(s.image, m), f"{run.name}: sample {i}")

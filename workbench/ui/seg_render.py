@@ -19,7 +19,8 @@ from workbench.ui.charts import fmt
 
 SIDE = 192  # px of a panel picture
 MASK_RGB = (40, 170, 255)
-METRICS = ("dice", "iou", "ged", "sample_diversity", "annotator_diversity", "hm_iou", "ece")
+METRICS = ("dice", "iou", "ged", "sample_diversity", "annotator_diversity", "hm_iou", "ece",
+           "dice_lung_field")  # fmt: skip
 
 
 def grey(image_HW: np.ndarray, side: int = SIDE) -> Image.Image:

@@ -56,17 +56,25 @@ SPECS: tuple[str, ...] = (
     """,
     """concept_probes | analyse | -
         The probe ceiling: a logistic-regression probe on the raw residual stream (same
-        layer) against the best SAE feature, per concept with both classes.
+        layer) against the best single SAE feature read through the same poolings, per
+        concept with both classes (`workbench.analyse.probes`, `workbench.analyse.pooled`).
         concept VARCHAR | Label name.
         source VARCHAR | 'phantom', 'chexpert' or 'user'.
         n_pos INTEGER | Studies labelled 1 (and pooled).
         n_neg INTEGER | Studies labelled 0.
         probe_auroc DOUBLE | Out-of-fold AUROC of the probe (folds split by subject).
         l2 DOUBLE | L2 strength chosen (the best out-of-fold AUROC of a small grid).
-        best_feature INTEGER | Feature with the highest study-level AUROC for the concept.
-        feature_auroc DOUBLE | Its AUROC (see `feature_concepts`).
+        best_feature INTEGER | Feature with the highest AUROC under one of the probe's
+            poolings.
+        pooling VARCHAR | That pooling of the feature's activation (0 where silent) per study:
+            'image max', 'image mean', 'report max' or 'report mean'.
+        feature_auroc DOUBLE | Its AUROC (studies and labels as the probe's).
         ratio DOUBLE | feature_auroc / probe_auroc (target: >= 0.95).
-        inputs VARCHAR | Pooled inputs of the probe, e.g. 'image max+mean, report max+mean'.
+        study_max_auroc DOUBLE | For reference: the best AUROC of a feature's maximum over
+            all the study's tokens (`feature_concepts`; it also reads the prompt, which the
+            probe does not).
+        inputs VARCHAR | Pooled inputs of the probe, e.g. 'image max, image mean, report max,
+            report mean'.
         n_folds INTEGER | Cross-validation folds.
     """,
     """sae_quality | analyse | -

@@ -99,17 +99,22 @@ def test_probe_ceiling_against_the_best_feature(con):
     rows = {
         (r[0], r[1]): r[2:]
         for r in con.execute(
-            "SELECT concept, source, n_pos, n_neg, probe_auroc, best_feature, feature_auroc, "
-            "ratio, inputs, n_folds FROM concept_probes"
+            "SELECT concept, source, n_pos, n_neg, probe_auroc, best_feature, pooling, "
+            "feature_auroc, ratio, study_max_auroc, inputs, n_folds FROM concept_probes"
         ).fetchall()
     }
-    n_pos, n_neg, probe, best, feat, ratio, inputs, folds = rows[("pleural_effusion", "phantom")]
-    assert (n_pos, n_neg, feat, folds) == (w.N // 2, w.N // 2, 1.0, 5)
+    n_pos, n_neg, probe, best, pooling, feat, ratio, study_max, inputs, folds = rows[
+        ("pleural_effusion", "phantom")
+    ]
+    assert (n_pos, n_neg, feat, study_max, folds) == (w.N // 2, w.N // 2, 1.0, 1.0, 5)
     assert probe >= 0.95 and ratio == pytest.approx(feat / probe)
-    assert best == w.SEMANTIC  # ties (EFFUSION_IMAGE also has 1.0) go to the lower index
+    # ties (EFFUSION_IMAGE also has 1.0 by its image max) go to the lower index; the
+    # semantic feature fires on report tokens only, so the probe's report max reads it
+    assert (best, pooling) == (w.SEMANTIC, "report max")
     assert inputs == "image max, image mean, report max, report mean"
     assert rows[("pacemaker", "phantom")][2] >= 0.95
     assert rows[("nodule", "phantom")][2] is None  # no positives: not probed
+    assert rows[("nodule", "phantom")][3:6] == (None, None, None)  # nor a best feature
 
 
 def test_report_prints_meaning_and_probe_tables(run, capsys):
@@ -122,6 +127,8 @@ def test_report_prints_meaning_and_probe_tables(run, capsys):
     assert "with meaning: 1 of the 1 most common findings, 1 of 1 devices" in meaning
     probes, quality = out.split("probe ceiling", 1)[1].split("\n\n", 1)
     assert [ln.split()[0] for ln in probes.splitlines()[2:-1]] == ["pacemaker", "pleural_effusion"]
+    effusion = next(ln for ln in probes.splitlines() if ln.startswith("pleural_effusion"))
+    assert effusion.split()[2:7] == ["20", "20", str(w.SEMANTIC), "report", "max"]
     assert "best feature >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in probes
     assert quality.startswith("SAE quality on 8 stored (not held-out) studies")
     assert "CE loss recovered by the whole SAE: not measured (no model)" in quality

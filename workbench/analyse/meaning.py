@@ -31,6 +31,4 @@ def write_meaning(con, inp: Inputs, cfg: AnalyseConfig, labels: LabelMatrix, sin
     if cfg.localise:
         write_localisation(con, acts, inp.data_root, cfg.loc_min_image, cfg.loc_dilation, notes)
     if cfg.probe_folds:
-        write_probes(
-            con, inp.store, labels, cfg.probe_folds, cfg.probe_max_studies, cfg.seed, notes
-        )
+        write_probes(con, inp.store, acts, inp.sae.d_sae, labels, cfg, notes)

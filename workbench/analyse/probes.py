@@ -4,8 +4,10 @@ For each concept, a logistic-regression probe reads the raw residual stream of t
 (same layer) pooled per study: the max and the mean over image tokens and over report tokens
 (a kind missing from the store is left out), standardised over the probed studies. Its
 AUROC, out of fold with folds split by subject (no patient in both), is the ceiling a single
-SAE feature's study-level AUROC (``feature_concepts``) is compared with: ``ratio`` =
-feature AUROC / probe AUROC.
+SAE feature is compared with, that feature read through the same four poolings
+(:mod:`workbench.analyse.pooled`): ``ratio`` = the best (feature, pooling) AUROC / probe
+AUROC. The best study maximum over all tokens (``feature_concepts``) is stored beside it for
+reference only: it reads the prompt too, which the probe does not.
 
 All concepts are fitted jointly (independent weights, one L-BFGS problem per fold) in the
 row space of the pooled matrix: with an L2 penalty the optimal weights are combinations of
@@ -17,16 +19,22 @@ should be). At most ``max_studies`` studies are pooled (a seeded sample) to boun
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from workbench.analyse.concepts import LabelMatrix
+from workbench.analyse.pooled import POOL_KINDS, best_pooled_features
 from workbench.stats import auroc_columns
+
+if TYPE_CHECKING:
+    from workbench.analyse.config import AnalyseConfig
 
 L2_GRID = (1e-3, 1e-2, 1e-1)
 MIN_CLASS = 5  # studies of each class below which a concept is not probed (NULL)
-_POOLS = (("image", ("image",)), ("report", ("report", "generated")))
+_POOLS = tuple(POOL_KINDS.items())  # the token groups, shared with the features' scoring
 
 
 def pool_store(store, study_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -130,18 +138,23 @@ def probe_aurocs(z: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.nd
     return best, chosen
 
 
-def write_probes(con, store, labels: LabelMatrix, folds: int, max_studies: int, seed: int,
+def write_probes(con, store, acts: str, d_sae: int, labels: LabelMatrix, cfg: AnalyseConfig,
                  notes: list[str]) -> None:  # fmt: skip
-    """``concept_probes``: probe AUROC vs the best feature's AUROC for every concept."""
+    """``concept_probes``: probe AUROC vs the best feature under the same poolings.
+
+    ``acts`` is the SQL source of the sparse activations (``read_parquet(...)``); ``cfg``
+    gives ``probe_folds``, ``probe_max_studies``, ``seed`` and ``block``.
+    """
+    folds = cfg.probe_folds
     if folds < 2 or not labels.concepts:
         notes.append("probe ceiling not computed (probe_folds < 2 or no labels)")
         return
-    rng = np.random.default_rng(seed)
     pick = np.arange(len(labels.study_ids))
-    if len(pick) > max_studies:
-        pick = np.sort(rng.choice(pick, max_studies, replace=False))
+    if len(pick) > cfg.probe_max_studies:
+        rng = np.random.default_rng(cfg.seed)
+        pick = np.sort(rng.choice(pick, cfg.probe_max_studies, replace=False))
         n_all = len(labels.study_ids)
-        notes.append(f"probe ceiling on a sample of {max_studies} of {n_all} studies")
+        notes.append(f"probe ceiling on a sample of {cfg.probe_max_studies} of {n_all} studies")
     ids = labels.study_ids[pick]
     x, pools = pool_store(store, ids)
     if not pools:
@@ -151,24 +164,29 @@ def write_probes(con, store, labels: LabelMatrix, folds: int, max_studies: int, 
     n_pos, n_neg = (y == 1).sum(0), (y == 0).sum(0)
     probed = (n_pos >= MIN_CLASS) & (n_neg >= MIN_CLASS)
     subjects = dict(con.execute("SELECT study_id, subject_id FROM studies").fetchall())
-    fold = subject_folds(np.array([subjects[int(s)] for s in ids]), folds, seed)
+    fold = subject_folds(np.array([subjects[int(s)] for s in ids]), folds, cfg.seed)
     auc, l2 = np.full(len(labels.concepts), np.nan), np.full(len(labels.concepts), np.nan)
     if probed.any():
         auc[probed], l2[probed] = probe_aurocs(row_space(x), y[:, probed], fold)
+    best = best_pooled_features(con, acts, ids, y, d_sae, pools, cfg.block)
+    nan = {"from_pandas": True}
     table = pa.table({
         "concept": list(labels.concepts), "source": list(labels.sources),
         "n_pos": n_pos.astype(np.int32), "n_neg": n_neg.astype(np.int32),
-        "probe_auroc": pa.array(auc, from_pandas=True), "l2": pa.array(l2, from_pandas=True),
+        "probe_auroc": pa.array(auc, **nan), "l2": pa.array(l2, **nan),
+        "feature": pa.array(np.where(best.feature >= 0, best.feature, None), pa.int32()),
+        "pooling": pa.array(best.pooling, pa.string()),
+        "feature_auroc": pa.array(best.auroc, **nan),
     })  # fmt: skip
     con.register("_pr", table)
     con.execute(
         f"""INSERT INTO concept_probes
-        WITH best AS (
-            SELECT concept, source, first(feature ORDER BY auroc DESC, feature) AS f,
-                   max(auroc) AS a
+        WITH study AS (
+            SELECT concept, source, max(auroc) AS a
             FROM feature_concepts WHERE auroc IS NOT NULL GROUP BY ALL)
-        SELECT p.concept, p.source, p.n_pos, p.n_neg, p.probe_auroc, p.l2, b.f, b.a,
-               b.a / p.probe_auroc, '{", ".join(pools)}', {int(folds)}
-        FROM _pr p LEFT JOIN best b USING (concept, source) ORDER BY p.source, p.concept"""
+        SELECT p.concept, p.source, p.n_pos, p.n_neg, p.probe_auroc, p.l2, p.feature, p.pooling,
+               p.feature_auroc, p.feature_auroc / p.probe_auroc, s.a, '{", ".join(pools)}',
+               {int(folds)}
+        FROM _pr p LEFT JOIN study s USING (concept, source) ORDER BY p.source, p.concept"""
     )
     con.unregister("_pr")

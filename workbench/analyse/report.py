@@ -7,8 +7,10 @@ Two tables after the recovery table of :func:`workbench.analyse.concepts.recover
   pointing game >= ``min_pointing`` on the frontal image, with both scores; the verdict counts
   the 8 most common findings and all devices that have such a feature with AUROC >= the
   recovery threshold (the issue's target);
-- **probe ceiling**, per concept with labels: best-feature AUROC, probe AUROC, their ratio,
-  and how many concepts with >= 20 positives reach ``ratio >= 0.95``;
+- **probe ceiling**, per concept with labels: the best feature read through the probe's
+  poolings (which pooling), its AUROC, the probe AUROC, their ratio, and how many concepts
+  with >= 20 positives reach ``ratio >= 0.95``; ``n_neg`` is printed because CheXpert's
+  blank labels are left out, so a concept can have few negatives;
 - **SAE quality**, per Matryoshka prefix (``sae_quality``): FVU, L0, dead and dense fractions
   and CE loss recovered, with the whole SAE's CE loss recovered against the 0.9 target.
 """
@@ -71,24 +73,34 @@ def meaning_table(con, min_selectivity: float = 0.9, min_pointing: float = 0.8) 
 
 
 def probe_table(con, min_pos: int = 20, target: float = 0.95) -> str:
-    """Best feature vs probe per concept, and the count of concepts that reach ``target``."""
+    """Best feature (under the probe's poolings) vs probe per concept, and the count of
+    concepts with ``min_pos`` positives that reach ``target``."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'concept_probes'"
+    ).fetchall()}  # fmt: skip
+    if "pooling" not in cols:
+        return ("probe ceiling: this features.duckdb predates the features' scoring through the "
+                "probe's poolings; rerun analyse (without --reuse)")  # fmt: skip
     rows = con.execute(
-        "SELECT concept, source, n_pos, feature_auroc, probe_auroc, ratio FROM concept_probes "
-        "WHERE n_pos > 0 AND n_neg > 0 ORDER BY source DESC, concept"
+        "SELECT concept, source, n_pos, n_neg, best_feature, pooling, feature_auroc, "
+        "probe_auroc, ratio FROM concept_probes WHERE n_pos > 0 AND n_neg > 0 "
+        "ORDER BY source DESC, concept"
     ).fetchall()
     if not rows:
         return "probe ceiling: no concept with both positive and negative studies"
     lines = [
-        "probe ceiling (logistic probe on the residual stream, out of fold by subject):",
-        f"{'concept':<26} {'source':<8} {'n_pos':>6} {'feat.AUC':>8} {'probe':>6} {'ratio':>6}",
+        "probe ceiling (logistic probe on the residual stream, out of fold by subject; the "
+        "feature read through the same poolings):",
+        f"{'concept':<26} {'source':<8} {'n_pos':>6} {'n_neg':>6} {'feature':>8} "
+        f"{'pooling':<11} {'feat.AUC':>8} {'probe':>6} {'ratio':>6}",
     ]
-    for concept, source, n_pos, feat, probe, ratio in rows:
+    for concept, source, n_pos, n_neg, feat, pooling, auc, probe, ratio in rows:
         lines.append(
-            f"{concept[:26]:<26} {source:<8} {n_pos:>6} {_fmt(feat):>8} {_fmt(probe):>6} "
-            f"{_fmt(ratio):>6}"
+            f"{concept[:26]:<26} {source:<8} {n_pos:>6} {n_neg:>6} {_fmt(feat, 'd'):>8} "
+            f"{pooling or '-':<11} {_fmt(auc):>8} {_fmt(probe):>6} {_fmt(ratio):>6}"
         )
-    big = [r for r in rows if r[2] >= min_pos and r[5] is not None]
-    hits = sum(1 for r in big if r[5] >= target)
+    big = [r for r in rows if r[2] >= min_pos and r[8] is not None]
+    hits = sum(1 for r in big if r[8] >= target)
     lines.append(f"best feature >= {target:g} x probe: {hits} of {len(big)} concepts with >= "
                  f"{min_pos} positives")  # fmt: skip
     return "\n".join(lines)

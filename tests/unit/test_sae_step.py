@@ -11,7 +11,6 @@ from workbench.sae.step import (
     clip_grads_,
     forward_backward,
     project_decoder_grad_,
-    transpose_into_,
 )
 from workbench.sae.workspace import Workspace
 
@@ -150,9 +149,7 @@ def test_top_candidates_is_topk_in_index_order():
     torch.testing.assert_close(kept_vals, vals[torch.searchsorted(idx, kept_idx)])
 
 
-def test_blocked_transpose_and_projection():
-    src = torch.randn(37, 11)
-    assert torch.equal(transpose_into_(torch.empty(11, 37), src, block=8), src.T)
+def test_blocked_projection():
     sae = _sae()
     g = torch.randn(64, 16)
     whole, blocks = g.clone(), g.clone()

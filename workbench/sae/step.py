@@ -5,12 +5,14 @@ other term touches the k active latents per token only, so it costs O(B k d_in):
 
 * BatchTopK (Bussmann et al. 2024, arXiv 2412.06410) keeps the ``k B`` largest activations of
   the batch, found exactly without a full sort (:mod:`workbench.sae.select`).
-* The code is a CSR matrix with one row per (group, token) "bag": one ``embedding_bag`` gives
-  every group's partial reconstruction and a running sum over groups gives every prefix
-  reconstruction x_hat_i (paper Sec. 3, Eq. 3) without decoding densely or once per prefix.
+* The code is a CSR matrix with one row per (group, token) "bag": one bag sum
+  (:func:`workbench.sae.bags.bag_sum_`, ``embedding_bag``) gives every group's partial
+  reconstruction and a running sum over groups gives every prefix reconstruction x_hat_i
+  (paper Sec. 3, Eq. 3) without decoding densely or once per prefix.
 * dL/dx_hat_i flows back to each group as a reverse cumulative sum; the gradient of each active
   value is a sampled dense-dense product (``sampled_addmm``), and the decoder and encoder weight
-  gradients are sparse-transposed products. No gradient w.r.t. the input is formed.
+  gradients are bag sums over the entries listed latent by latent (the transposed code). No
+  gradient w.r.t. the input is formed.
 * The aux-k loss (Gao et al. 2024, App. A.2) only touches dead latents.
 
 :func:`workbench.sae.matryoshka.reference_losses` is the same objective with autograd; the
@@ -19,13 +21,13 @@ unit tests check that both give the same loss and gradients.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from workbench.sae.bags import ColumnOrder, bag_sum_, column_order, csr
 from workbench.sae.matryoshka import MatryoshkaSAE
 from workbench.sae.select import augmented_input, encode_select, flatnonzero
 from workbench.sae.workspace import Workspace, scratch
@@ -84,36 +86,6 @@ def make_code(idx: torch.Tensor, vals: torch.Tensor, sae: MatryoshkaSAE, batch: 
     return Code(rows, cols, vals, bags, crow)
 
 
-def _csr(crow, cols, vals, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
-
-
-class ColumnOrder(NamedTuple):
-    """How to list a code's entries latent by latent: the CSR of its transpose, shared by
-    every transposed product over the same entries (one stable argsort per step)."""
-
-    order: torch.Tensor  # [N] entry positions, stably sorted by latent
-    crow: torch.Tensor  # [d_sae + 1] row pointer of the transpose
-    counts: torch.Tensor  # [d_sae] entries per latent (also: times each latent fired)
-
-
-def column_order(cols: torch.Tensor, n_feat: int) -> ColumnOrder:
-    """Stable order of the entries by latent (int32 keys: half the radix passes of int64)."""
-    keys = cols.int() if n_feat < 2**31 else cols
-    order = torch.argsort(keys, stable=True)
-    counts = torch.bincount(cols, minlength=n_feat)
-    crow = torch.zeros(n_feat + 1, dtype=torch.long, device=cols.device)
-    crow[1:] = counts.cumsum(0)
-    return ColumnOrder(order, crow, counts)
-
-
-def _transposed(keys: torch.Tensor, vals: torch.Tensor, by: ColumnOrder, shape) -> torch.Tensor:
-    """CSR of the transpose: rows = latents, columns = ``keys`` (tokens or bags)."""
-    return _csr(by.crow, keys[by.order], vals[by.order], shape)
-
-
 def _sampled_dots(pattern, left, W_dec_FD, alpha: float = 1.0) -> torch.Tensor:
     """alpha <left[row], W_dec[col]> for every stored entry of CSR ``pattern`` (SDDMM)."""
     return torch.sparse.sampled_addmm(pattern, left, W_dec_FD.T, beta=0.0, alpha=alpha).values()
@@ -124,7 +96,7 @@ class _Aux(NamedTuple):
     rows: torch.Tensor
     cols: torch.Tensor
     dvals: torch.Tensor
-    dec_grad: torch.Tensor | None  # [d_sae, d_in]
+    dec_grad: torch.Tensor | None  # [n_dead, d_in]: the dead latents' rows of dL/dW_dec
 
 
 def _aux_k(
@@ -139,13 +111,16 @@ def _aux_k(
 
     Normalised by the residual's variance as in OpenAI's implementation (Gao et al. 2024,
     App. A.2) and dictionary_learning; gradients flow to dead latents' encoder and decoder.
+    The decoder's gradient comes back for the dead latents' rows only (in ``dead_idx``
+    order): every other row's is zero.
     """
     B = residual_BD.shape[0]
     ka = min(k_aux, dead_idx.numel())
     top = pre_dead_BX.topk(ka, dim=1, sorted=False)
     ind, perm = top.indices.sort(dim=1)
     vals = top.values.gather(1, perm).clamp_min(0).reshape(-1)
-    cols = dead_idx[ind].reshape(-1)
+    local = ind.reshape(-1)  # positions in dead_idx
+    cols = dead_idx[local]
     rows = torch.arange(B, device=cols.device).repeat_interleave(ka)
     crow = torch.arange(0, B * ka + 1, ka, device=cols.device)
     recon_BD = F.embedding_bag(cols, sae.W_dec_FD, crow[:-1], mode="sum", per_sample_weights=vals)
@@ -156,10 +131,11 @@ def _aux_k(
         return _Aux(zero, rows[:0], cols[:0], vals[:0], None)
     loss = diff_BD.pow(2).sum(-1).mean() / var
     g_BD = diff_BD.mul_(-2.0 * alpha / (B * var))  # d(alpha * loss) / d recon
-    dvals = _sampled_dots(_csr(crow, cols, vals, (B, sae.d_sae)), g_BD, sae.W_dec_FD)
+    dvals = _sampled_dots(csr(crow, cols, vals, (B, sae.d_sae)), g_BD, sae.W_dec_FD)
     dvals = dvals * (vals > 0)  # ReLU
-    by = column_order(cols, sae.d_sae)
-    dec_grad = _transposed(rows, vals, by, (sae.d_sae, B)) @ g_BD
+    by = column_order(local, dead_idx.numel())
+    dec_grad = g_BD.new_empty(dead_idx.numel(), g_BD.shape[1])
+    bag_sum_(dec_grad, g_BD, rows[by.order], vals[by.order], by.crow)
     return _Aux(loss, rows, cols, dvals, dec_grad)
 
 
@@ -192,49 +168,40 @@ def _centred_input(sae, x_BD, x_scale: float, ws: Workspace | None) -> torch.Ten
 
 
 def _decode(sae, code: Code, xc_BD, ws: Workspace | None):
-    """Every group's partial reconstruction (one CSR product over group-major bags), turned
+    """Every group's partial reconstruction (one bag sum over group-major bags), turned
     in place into the suffix residuals S (:func:`prefix_residuals_`); the bags' CSR."""
     B, D = xc_BD.shape
     G = len(sae.group_sizes)
-    code_csr = _csr(code.crow, code.cols, code.vals, (G * B, sae.d_sae))
     part = scratch(ws, "step.part", (G * B, D), xc_BD)
-    torch.mm(code_csr, sae.W_dec_FD, out=part)
+    bag_sum_(part, sae.W_dec_FD, code.cols, code.vals, code.crow)
     prefix_mse = prefix_residuals_(xc_BD, part.view(G, B, D))
+    code_csr = csr(code.crow, code.cols, code.vals, (G * B, sae.d_sae))
     return part.view(G, B, D), code_csr, prefix_mse
 
 
 def _decoder_backward(sae, code: Code, code_csr, by: ColumnOrder, S_GBD, ws):
-    """dL/d(kept value) (SDDMM), dL/dW_dec (transposed CSR product) and dL/db_dec's
-    reconstruction term, all with dL/d part_g = c S_g, c = -2/B folded into sparse values."""
+    """dL/d(kept value) (SDDMM), dL/dW_dec (a bag sum per latent over the residuals) and
+    dL/db_dec's reconstruction term, all with dL/d part_g = c S_g, c = -2/B folded into the
+    sparse values."""
     G, B, D = S_GBD.shape
     c = -2.0 / B
     S_bag = S_GBD.view(G * B, D)
     dvals = _sampled_dots(code_csr, S_bag, sae.W_dec_FD, alpha=c)
     grad_W_dec = scratch(ws, "grad.W_dec", tuple(sae.W_dec_FD.shape), S_bag)
-    shape = (sae.d_sae, G * B)
-    torch.mm(_transposed(code.bags, code.vals * c, by, shape), S_bag, out=grad_W_dec)
+    bag_sum_(grad_W_dec, S_bag, code.bags[by.order], code.vals[by.order].mul_(c), by.crow)
     grad_b_dec = S_GBD[0].sum(0).mul_(c)
     return dvals, grad_W_dec, grad_b_dec
 
 
 def _encoder_backward(sae, rows, dpre, by: ColumnOrder, x_aug, ws):
     """dL/dW_enc = (x - b_dec)^T dL/dpre and dL/db_enc, with dL/dpre sparse (no input
-    gradient). One transposed CSR product with ``[x - b_dec | 1]`` gives both: its last
-    column is dL/db_enc."""
-    n_feat, (B, A) = sae.d_sae, x_aug.shape
-    grad_FA = scratch(ws, "step.grad_enc_FA", (n_feat, A), x_aug)
-    torch.mm(_transposed(rows, dpre, by, (n_feat, B)), x_aug, out=grad_FA)
-    grad_W_enc = scratch(ws, "grad.W_enc", tuple(sae.W_enc_DF.shape), x_aug)
-    transpose_into_(grad_W_enc, grad_FA[:, : A - 1])
-    return grad_W_enc, grad_FA[:, A - 1].clone()
-
-
-def transpose_into_(out_DF: torch.Tensor, src_FD: torch.Tensor, block: int = 256):
-    """``out.copy_(src.T)`` in column blocks that stay in cache: 2-4x faster on CPU than one
-    strided copy at d_sae x d_in = 4608 x 576 and 16384 x 1024."""
-    for f in range(0, src_FD.shape[0], block):
-        out_DF[:, f : f + block].copy_(src_FD[f : f + block].T)
-    return out_DF
+    gradient). One bag sum per latent over the rows of ``[x - b_dec | 1]``, written transposed
+    into one ``[d_in + 1, d_sae]`` buffer, gives both: its rows ``:d_in`` are dL/dW_enc and
+    its last row dL/db_enc (contiguous views, no copies)."""
+    A = x_aug.shape[1]
+    grad_AF = scratch(ws, "grad.W_enc_b_enc", (A, sae.d_sae), x_aug)
+    bag_sum_(grad_AF, x_aug, rows[by.order], dpre[by.order], by.crow, transposed=True)
+    return grad_AF[: A - 1], grad_AF[A - 1]
 
 
 @torch.no_grad()
@@ -287,7 +254,7 @@ def forward_backward(
             out = _aux_k(sae, sel.pre_dead, dead_idx, S_GBD[-1], k_aux, aux_alpha)
             aux = out.loss
             if out.dec_grad is not None:
-                grad_W_dec += out.dec_grad
+                grad_W_dec.index_add_(0, dead_idx, out.dec_grad)
                 rows, dpre = torch.cat([rows, out.rows]), torch.cat([dpre, out.dvals])
                 enc_by = column_order(torch.cat([code.cols, out.cols]), sae.d_sae)
     with record_function("sae.encoder_backward"):

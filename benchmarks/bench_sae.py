@@ -19,7 +19,9 @@ inference-threshold FVU is reported only once that peer's threshold has settled 
 
 ``--memory`` runs each peer alone in a fresh process for a few steps (peak RSS above a
 process that only draws batches; peak CUDA memory on a GPU). ``--profile N`` runs N more of
-our steps under ``torch.profiler`` and splits a step into its stages.
+our steps under ``torch.profiler`` and splits a step into its stages. ``--estimate N`` times
+N interleaved steps of the run asked for and prints its projected wall time instead of
+running it (decide before committing hours to a ``--tokens 20e6`` run).
 """
 
 from __future__ import annotations
@@ -104,6 +106,29 @@ def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
         if not any(active.values()):
             break
     return {"times": times, "curves": curves}
+
+
+def estimate(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
+    """Time ``--estimate`` interleaved steps (after one untimed warm-up step) and project the
+    wall time of the whole run asked for (``--tokens`` / ``--steps``, its evals included): an
+    upper bound with ``--until-flat``, where a peer that flattens stops early."""
+    n = args.estimate + 1
+    short = argparse.Namespace(**{**vars(args), "max_steps": n, "until_flat": False,
+                                  "eval_every": n})  # fmt: skip
+    median = {}
+    for name, per_step in train(peers, shape, held_out, short)["times"].items():
+        walls = sorted(t[0] for step, t in per_step.items() if step)  # step 0: warm-up
+        median[name] = walls[len(walls) // 2]
+    t0 = time.perf_counter()
+    for p in peers:
+        p.evaluate(held_out)
+    eval_s = time.perf_counter() - t0
+    total = args.max_steps * sum(median.values()) + args.max_steps // args.eval_every * eval_s
+    return {
+        "steps_timed": args.estimate, "steps_planned": args.max_steps,
+        "tokens_planned": args.max_steps * shape.batch, "median_step_s": median,
+        "eval_s": eval_s, "projected_hours": total / 3600,
+    }  # fmt: skip
 
 
 def speed(times: dict, shape: Shape) -> dict:
@@ -202,6 +227,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-steps", type=int, default=5)
     p.add_argument("--profile", type=int, default=0, help="profile this many more steps")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--estimate", type=int, default=0,
+                   help="time this many steps, print the projected run time of the run asked "
+                   "for (--tokens/--steps, an upper bound with --until-flat) and stop")  # fmt: skip
     args = p.parse_args(argv)
     args.max_steps = int(args.tokens) // args.batch if args.tokens else args.steps
     return args
@@ -217,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     names = args.peers.split(",")
     kw = {"sparse_threads": args.sparse_threads, "dtype": args.dtype}
     peers = make_peers(names, shape, source, args.max_steps, args.lr, args.device, **kw)
+    if args.estimate:
+        est = estimate(peers, shape, held_out, args)
+        print(json.dumps(est, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(est, indent=2) + "\n")
+        print(
+            f"projected wall time of the whole run: {est['projected_hours']:.2f} h "
+            f"({est['tokens_planned']:,} tokens per peer, load {os.getloadavg()[0]:.1f})"
+        )
+        return 0
     run = train(peers, shape, held_out, args)
     figures = {
         "shape": vars(shape), "threads": args.threads, "device": args.device, "lr": args.lr,

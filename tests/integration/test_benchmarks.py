@@ -48,6 +48,21 @@ def test_bench_sae_runs_interleaved_with_every_section(tmp_path):
     assert fig["best_settings"]["decoder_init_norm"].startswith("1.0")
 
 
+def test_bench_sae_estimate_projects_the_whole_run(tmp_path):
+    pytest.importorskip("sae_lens")
+    out = tmp_path / "estimate.json"
+    argv = ["--d-in", "32", "--d-sae", "256", "--k", "4", "--batch", "256", "--tokens", "1e6",
+            "--eval-every", "100", "--threads", "1", "--shard-tokens", "1024", "--held-out", "512",
+            "--peers", "ours,saelens-best", "--estimate", "3", "--json", str(out)]  # fmt: skip
+    assert _script("bench_sae").main(argv) == 0
+    est = json.loads(out.read_text())
+    assert est["steps_planned"] == 1_000_000 // 256 and est["steps_timed"] == 3
+    assert set(est["median_step_s"]) == {"ours", "saelens-best", "limit"}
+    per_step = sum(est["median_step_s"].values())
+    want = (est["steps_planned"] * per_step + est["steps_planned"] // 100 * est["eval_s"]) / 3600
+    assert est["projected_hours"] == pytest.approx(want) and est["projected_hours"] > 0
+
+
 def test_gpu_scale_tiny_runs_every_stage(tmp_path):
     pytest.importorskip("sae_lens")
     out = tmp_path / "report.json"

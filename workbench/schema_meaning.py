@@ -19,9 +19,11 @@ SPECS: tuple[str, ...] = (
         status VARCHAR | asserted, negated, uncertain or historical ("stable effusion").
         cue VARCHAR | Phrase that decided the status ("no", "possible", "normal", ...); NULL
             when asserted.
-        char_start INTEGER | First character of the mention in the section text.
+        char_start INTEGER | First character of the mention in the section text: the
+            finding's noun phrase, pre-modifiers included ("bibasilar plate-like
+            atelectasis"; the status is read on the head phrase, "atelectasis").
         char_end INTEGER | One past its last character.
-        text VARCHAR | The mention as written.
+        text VARCHAR | The mention as written (the whole noun phrase).
         row_lo BIGINT | Store row of the mention's first token.
         row_hi BIGINT | Store row of its last token (its tokens are rows row_lo..row_hi).
     """,

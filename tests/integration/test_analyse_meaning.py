@@ -34,26 +34,21 @@ def test_mentions_follow_the_report_text(con):
         "SELECT study_id, concept, status, text, row_lo, row_hi FROM mentions "
         "WHERE concept IN ('pleural_effusion', 'pacemaker') ORDER BY study_id, char_start"
     ).fetchall()
-    expected = []
+    expected = []  # a mention is the noun phrase, its pre-modifiers included
+    effusion = "Small left pleural effusion"
     for i in range(w.N):
-        if w.effusion(i) or i % 4 == 1:
-            expected.append(
-                (
-                    w.sid(i),
-                    "pleural_effusion",
-                    "asserted" if w.effusion(i) else "negated",
-                    "pleural effusion",
-                )
-            )
-        if w.pacemaker(i) or i % 3 == 1:
-            expected.append(
-                (w.sid(i), "pacemaker", "asserted" if w.pacemaker(i) else "negated", "pacemaker")
-            )
+        if w.effusion(i):
+            expected.append((w.sid(i), "pleural_effusion", "asserted", effusion))
+        elif i % 4 == 1:
+            expected.append((w.sid(i), "pleural_effusion", "negated", "pleural effusion"))
+        if w.pacemaker(i):
+            expected.append((w.sid(i), "pacemaker", "asserted", "Left chest wall pacemaker"))
+        elif i % 3 == 1:
+            expected.append((w.sid(i), "pacemaker", "negated", "pacemaker"))
     assert [r[:4] for r in rows] == expected
     toks = dict(con.execute("SELECT row, token FROM tokens").fetchall())
-    for *_, lo, hi in rows:  # the mention's store rows are exactly its tokens
-        words = " ".join(toks[r].strip() for r in range(lo, hi + 1))
-        assert words in ("pleural effusion", "pacemaker")
+    for *_, text, lo, hi in rows:  # the mention's store rows are exactly its tokens
+        assert " ".join(toks[r].strip() for r in range(lo, hi + 1)) == text
 
 
 def test_mention_scores_tell_lexical_from_semantic(con):

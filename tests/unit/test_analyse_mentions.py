@@ -34,8 +34,23 @@ def test_section_mentions_map_to_store_rows():
     got = section_mentions(rows, toks, "No pleural effusion. Small pneumothorax.")
     assert [(m[0], m[1], m[5], m[6], m[7]) for m in got] == [
         ("pleural_effusion", "negated", "pleural effusion", 101, 103),
-        ("pneumothorax", "asserted", "pneumothorax", 106, 106),
+        ("pneumothorax", "asserted", "Small pneumothorax", 105, 106),
     ]
+
+
+def test_mention_rows_cover_the_pre_modifiers():
+    """A feature on "bibasilar" or "plate-like" is read on the atelectasis mention."""
+    ref = "No bibasilar plate-like atelectasis. Left basilar atelectasis."
+    toks = ["No", "\u2581bib", "asilar", "\u2581plate", "-", "like", "\u2581atelect", "asis",
+            ".", "\u2581Left", "\u2581bas", "ilar", "\u2581atelectasis", "."]  # fmt: skip
+    got = section_mentions(np.arange(200, 214), toks, ref)
+    assert [(m[0], m[1], m[5], m[6], m[7]) for m in got] == [
+        ("atelectasis", "negated", "bibasilar plate-like atelectasis", 201, 207),
+        ("atelectasis", "asserted", "Left basilar atelectasis", 209, 212),
+    ]
+    # byte-level tokens (no reference text) map the same way
+    got = section_mentions(np.arange(4), [" No", " bibasilar", " atelect", "asis"], None)
+    assert [(m[1], m[5], m[6], m[7]) for m in got] == [("negated", "bibasilar atelectasis", 1, 3)]
 
 
 def test_scores_per_status_and_selectivity():

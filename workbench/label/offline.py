@@ -51,6 +51,7 @@ class Mention(NamedTuple):
     value: int
     """1 asserted, 0 negated, -1 uncertain."""
     words: frozenset[str]
+    """Lower-cased words of the mention's noun phrase ("small", "left", "pleural", "effusion")."""
 
 
 class Reading(NamedTuple):
@@ -59,7 +60,8 @@ class Reading(NamedTuple):
     values: dict[str, int]
     """Per concept name: 1 asserted, -1 uncertain, 0 negated (any positive wins, CheXpert)."""
     words: dict[str, frozenset[str]]
-    """Per concept name: lower-cased words of its mentions."""
+    """Per concept name: lower-cased words of its mentions' head phrases ("pleural effusion"),
+    what a label naming the concept says the feature fires on (modifiers left out)."""
     mentions: tuple[Mention, ...] = ()
 
 
@@ -72,9 +74,10 @@ def read(text: str) -> Reading:
     for m in label_report(text).mentions:
         names, ws = aliases(m.concept), frozenset(_WORD.findall(m.text.lower()))
         mentions.append(Mention(canonical(m.concept), names, m.value, ws))
+        head = _WORD.findall(text[m.head : m.end].lower())
         for name in names:
             values.setdefault(name, []).append(m.value)
-            found.setdefault(name, set()).update(ws)
+            found.setdefault(name, set()).update(head)
     agg = {c: 1 if 1 in v else (-1 if -1 in v else 0) for c, v in values.items()}
     return Reading(agg, {c: frozenset(w) for c, w in found.items()}, tuple(mentions))
 

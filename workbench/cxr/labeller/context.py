@@ -40,9 +40,11 @@ STATUS_VALUE = {"asserted": POSITIVE, "historical": POSITIVE, "negated": NEGATIV
 class Mention(NamedTuple):
     """One classified mention of a concept.
 
-    ``text`` is ``report[start:end]``; ``status`` is asserted, negated, uncertain or
-    historical, ``value`` its CheXpert code (1 / 0 / -1) and ``cue`` the deciding phrase
-    ("no", "possible", "normal", "linked", ...; None when asserted).
+    ``text`` is ``report[start:end]``, the finding's noun phrase with its pre-modifiers
+    ("bibasilar plate-like atelectasis"); ``report[head:end]`` is the phrase the concept's
+    pattern matched ("atelectasis"), on which ``status`` was decided: asserted, negated,
+    uncertain or historical. ``value`` is its CheXpert code (1 / 0 / -1) and ``cue`` the
+    deciding phrase ("no", "possible", "normal", "linked", ...; None when asserted).
     """
 
     concept: str
@@ -52,6 +54,7 @@ class Mention(NamedTuple):
     start: int
     end: int
     status: str
+    head: int
 
 
 class ReportLabels(NamedTuple):
@@ -65,10 +68,13 @@ class ReportLabels(NamedTuple):
 def report_mentions(text: str | None) -> list[Mention]:
     """Every concept mention of ``text`` with its span and status, in text order."""
     return [
-        Mention(c, text[m.start : m.end], STATUS_VALUE[m.status], m.cue, m.start, m.end, m.status)
+        Mention(
+            c, text[m.start : m.end], STATUS_VALUE[m.status], m.cue, m.start, m.end, m.status,
+            m.head,
+        )
         for m in mentions(text or "")
         for c in m.concepts
-    ]
+    ]  # fmt: skip
 
 
 def _aggregate(values: Sequence[int]) -> int | None:

@@ -23,7 +23,9 @@ resolved"); when a negation and an uncertainty cue both reach a mention the near
 ("possible atelectasis, no effusion"). *Historical* ("stable", "again seen", "no change in")
 applies only when neither does; a normal statement is negated. An observation linked to a
 diagnosis of the same concept ("nodular opacity ... may represent a nodule") takes the
-diagnosis' status. The Negex flags stay on the entities for inspection.
+diagnosis' status. The Negex flags stay on the entities for inspection. Last, each mention's
+span is extended back over its pre-modifiers ("bibasilar plate-like atelectasis",
+:mod:`workbench.cxr.labeller.phrase`); the status stays the one decided on the head phrase.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from workbench.cxr.labeller import rules, terms
+from workbench.cxr.labeller import phrase, rules, terms
 from workbench.cxr.sections import SYNONYMS
 
 if TYPE_CHECKING:  # spaCy is imported when the pipeline is first built (it takes a second)
@@ -54,13 +56,19 @@ _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
 class RawMention(NamedTuple):
-    """One concept mention: character span in the text, concepts, status and deciding cue."""
+    """One concept mention: character span in the text, concepts, status and deciding cue.
+
+    ``start``/``end`` span the finding's noun phrase, pre-modifiers included ("bibasilar
+    plate-like atelectasis"); ``head`` is the start of the phrase the concept's pattern
+    matched ("atelectasis"), on which the status was decided.
+    """
 
     start: int
     end: int
     concepts: tuple[str, ...]
     status: str
     cue: str | None
+    head: int
 
 
 def _alternation(patterns: Iterable[str]) -> re.Pattern:
@@ -241,8 +249,21 @@ def _link(found: list[RawMention], text: str) -> list[RawMention]:
     return out
 
 
+def _phrases(found: list[RawMention], text: str) -> list[RawMention]:
+    """Each mention's span extended back over its pre-modifiers (:mod:`.phrase`), never
+    into the previous mention; normal statements ("lungs are clear") keep their span."""
+    low, index = collapse(text)
+    out, floor = [], 0
+    for m in found:
+        start = m.start if m.cue == "normal" else phrase.phrase_start(low, index, floor, m.start)
+        out.append(m._replace(start=start))
+        floor = max(floor, m.end)
+    return out
+
+
 def mentions(text: str) -> list[RawMention]:
-    """Every concept mention of ``text`` in order, with character span, status and cue."""
+    """Every concept mention of ``text`` in order, with character span (the finding's noun
+    phrase), status and cue; the status is decided on the matched head phrase."""
     if not text or not text.strip():
         return []
     nlp = pipeline()
@@ -253,5 +274,6 @@ def mentions(text: str) -> list[RawMention]:
     for ent in doc.ents:
         status, cue = _status(ent, cues, (scope, post_scope), doc)
         concepts = tuple(ent.label_.removeprefix("normal:").split("|"))
-        found.append(RawMention(ent.start_char, ent.end_char, concepts, status, cue))
-    return _link(found, text)
+        s = ent.start_char
+        found.append(RawMention(s, ent.end_char, concepts, status, cue, s))
+    return _phrases(_link(found, text), text)

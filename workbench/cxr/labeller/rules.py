@@ -195,3 +195,41 @@ INFERENCE_LINK = (
     r"(?:represent|reflect|indicate|be\s+due\s+to|be)\w*|suggestive\s+of|concerning\s+for|"
     r"suspicious\s+for|worrisome\s+for|consistent\s+with|compatible\s+with)\s+(?:[\w-]+\s+){0,3}?"
 )
+
+# Pre-modifiers of a finding's noun phrase: the words before a mention that belong to it
+# ("small left pleural effusion", "bibasilar plate-like atelectasis", "1.2 cm right upper lobe
+# nodule", "left-sided dual-chamber pacemaker"). The mention span is extended back over a
+# run of them (see :mod:`workbench.cxr.labeller.phrase`); the status is decided on the matched
+# phrase alone, so these words never change a label. Only descriptors of the finding itself
+# are listed: no cue of any termset ("no", "possible", "stable", "chronic", "borderline"), no
+# change or time words ("new", "increased", "acute", "persistent"), no determiners.
+PRE_MODIFIERS = MappingProxyType(
+    {
+        "laterality": (
+            r"left|right|bilateral|unilateral|bibasilar|bibasal|biapical",
+            r"[a-z]+-sided",
+        ),
+        "location": (
+            r"upper|middle|mid|lower|lobe|lingular|basilar|basal|base|apical|apicolateral",
+            r"perihilar|hilar|infrahilar|retrocardiac|subpulmonic|peripheral|lateral|medial",
+            r"posterior|anterior|posterolateral|anterolateral|axillary|lung|pulmonary|pleural",
+            r"chest wall|interstitial|alveolar|air ?space|dependent",
+        ),
+        "size_severity": (
+            r"small|large|moderate|mild|severe|trace|tiny|minimal|minor|massive|extensive",
+            r"slight|marked|substantial|significant|[a-z]+-sized",
+            r"mildly|moderately|severely|slightly|minimally|markedly|substantially|massively",
+            r"\d+(?:\.\d+)?(?: ?x ?\d+(?:\.\d+)?)* ?(?:mm|cm)",
+        ),
+        "morphology": (
+            r"subsegmental|segmental|lobar|multilobar|focal|multifocal|patchy|streaky|linear",
+            r"discoid|platelike|[a-z]+-like|confluent|loculated|layering|compressive|rounded",
+            r"displaced|nondisplaced|non-displaced|comminuted|\d+(?:st|nd|rd|th)",
+            r"(?:single|dual|double|triple|two|three)[- ](?:chamber|lead|lumen)|transvenous",
+            r"tunnell?ed",
+        ),
+    }
+)
+
+# Words that join two pre-modifiers of one phrase ("left and right", "mild to moderate").
+MODIFIER_JOINS = (r"and", r"or", r"to", r"and/or")

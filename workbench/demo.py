@@ -102,20 +102,24 @@ def _store_complete(path: Path) -> bool:
 
 def step_sae(cfg: DemoConfig) -> str:
     """Train the Matryoshka BatchTopK SAE with the demo preset (resumes from checkpoints)."""
+    layout = RunLayout(cfg.run)
+    sae = _train_demo_sae(layout.activations, layout.sae, cfg.seed)
+    return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
+
+
+def _train_demo_sae(store: Path, out: Path, seed: int):
+    """Train the demo preset's SAE on ``store`` into ``out`` unless a whole save is there."""
     from workbench.config import from_dict, load_config, to_dict
     from workbench.sae import load_sae
     from workbench.sae.config import TrainSAEConfig
     from workbench.sae.io import sae_incomplete
     from workbench.sae.trainer import train
 
-    layout = RunLayout(cfg.run)
-    out = layout.sae
     if sae_incomplete(out) is not None:  # a whole save, not just a weights file
         preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
-        preset.update(store=layout.activations, out=out, seed=cfg.seed, progress=False)
+        preset.update(store=store, out=out, seed=seed, progress=False)
         train(from_dict(TrainSAEConfig, preset))
-    sae = load_sae(out)
-    return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
+    return load_sae(out)
 
 
 def step_analyse(cfg: DemoConfig) -> str:
@@ -128,6 +132,29 @@ def step_analyse(cfg: DemoConfig) -> str:
         log.info("analyse needed: %s", why)
         analyse(AnalyseConfig(run=cfg.run, seed=cfg.seed))
     return recovery_report(cfg.run)
+
+
+def step_image_tokens(cfg: DemoConfig) -> str:
+    """The image-token embeddings (projector output) -> store -> SAE -> analyse, in
+    <run>/image-tokens: where ``steer`` acts by default (docs/steering.md). Each part is
+    skipped when its artefact is complete, so an interrupted step resumes."""
+    from workbench.analyse.run import AnalyseConfig, analyse, recovery_report
+    from workbench.generations import incomplete
+    from workbench.models.hooks import VISION_PROJECTOR
+    from workbench.record.run import RecordConfig, record
+
+    layout = RunLayout(cfg.run)
+    nested = RunLayout(layout.image_tokens)
+    if not _store_complete(nested.activations):
+        with torch_threads(1):
+            record(RecordConfig(model=str(layout.model), data=layout.phantom,
+                                hook=VISION_PROJECTOR, out=nested.activations,
+                                image_tokens="all", progress=False))  # fmt: skip
+    _train_demo_sae(nested.activations, nested.sae, cfg.seed)
+    if incomplete(nested.root) is not None:
+        with torch_threads(1):
+            analyse(AnalyseConfig(run=nested.root, data=layout.phantom, seed=cfg.seed))
+    return recovery_report(nested.root)
 
 
 def step_label(cfg: DemoConfig) -> str:
@@ -203,6 +230,7 @@ STEPS = (
     ("record activations", step_record, 1),
     ("train SAE", step_sae, 0),
     ("analyse features", step_analyse, 1),
+    ("image-token SAE", step_image_tokens, 0),
     ("label features", step_label, 1),
     ("steer features", step_steer, 1),
     ("segmentation", step_segmentation, 1),

@@ -14,6 +14,9 @@ A run is one directory that the stages fill in order (``python -m workbench demo
     DIR/segmentation/         the segmentation demo's models and results  segmentation
     DIR/seg-latents/          a run of its own: a segmentation model's    record, train_sae,
                               latents, their SAE and features.duckdb      analyse
+    DIR/image-tokens/         a run of its own: the image-token           record, train_sae,
+                              embeddings (projector output), their SAE,   analyse, steer
+                              features.duckdb and steering_results
 
 Each artefact's resolved config is ``cfg.json`` inside its directory (:meth:`RunLayout.cfg`).
 A stage takes ``--run DIR`` and derives its default paths from here; explicit path flags win.
@@ -85,6 +88,12 @@ class RunLayout:
     def segmentation(self) -> Path:
         """The segmentation demo's models, evaluations and summary."""
         return self.root / "segmentation"
+
+    @property
+    def image_tokens(self) -> Path:
+        """A nested run directory (same layout) for an SAE on the image-token embeddings
+        (the projector output), where image-side steering acts."""
+        return self.root / "image-tokens"
 
     @property
     def seg_latents(self) -> Path:

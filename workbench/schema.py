@@ -245,8 +245,9 @@ TABLES: tuple[Table, ...] = (
         Steering evaluations (`python -m workbench steer`, docs/steering.md): one row per arm
         and held-out study, the findings generated without and with the intervention and what
         the report labeller reads in both. An arm is (method, concept, direction, features,
-        strength, unit, mode, positions, details.variant).
-        feature INTEGER | First SAE feature steered (NULL for the dim and prompt methods).
+        strength, unit, mode, positions, details.variant). Site image (the default) writes
+        into <run>/image-tokens/features.duckdb, site layer into the run's own.
+        feature INTEGER | First SAE feature steered (NULL for the other methods).
         strength DOUBLE | Signed strength in `unit` (negative: removing); prompt: +1 names the
             concept in the INDICATION, -1 rules it out.
         study_id BIGINT | Held-out study whose images and prompt were used.
@@ -256,17 +257,22 @@ TABLES: tuple[Table, ...] = (
         baseline_mentions BOOLEAN | The baseline mentions the concept (any reading).
         steered_mentions BOOLEAN | The steered findings mention it (any reading).
         details VARCHAR | JSON: variant (settings that change the text: max_new_tokens, dim
-            token kinds), raw strengths, hook, model, steered indication (prompt), readings.
+            token kinds, site and image sections), raw strengths, hook, image sections steered,
+            model, steered indication (prompt), edit (counterfactual), readings.
         created_at TIMESTAMP | UTC time written.
-        method VARCHAR | 'sae' (SAE features), 'dim' (difference-of-means direction) or
-            'prompt' (concept named in the INDICATION); NULL in rows of older versions.
+        method VARCHAR | 'sae' (SAE features), 'dim' (difference of means), 'prompt' (concept
+            named in the INDICATION) or 'counterfactual' (the concept drawn into the phantom
+            image); NULL in rows of older versions.
         direction VARCHAR | 'add' (studies without the concept) or 'remove' (studies with it).
-        features INTEGER[] | SAE features steered together (empty for dim and prompt).
+        features INTEGER[] | SAE features steered together (empty for the other methods).
         unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the
-            whole with-minus-without difference), prompt.
-        mode VARCHAR | add or clamp (sae), add (dim), prompt.
+            whole with-minus-without difference) at site layer; adjusted_map (sae) or
+            adjusted_diff (dim: 1 = one adjusted gap per patch) at site image; prompt; image
+            (counterfactual).
+        mode VARCHAR | add or clamp (sae), add (dim), prompt, render (counterfactual).
         positions VARCHAR | Steered positions: all, image, prompt, generated, or kinds joined
-            by '+'; prompt for the prompt method.
+            by '+'; prompt for the prompt method; image at site image and for the
+            counterfactual.
         baseline_value INTEGER | Labeller reading of the concept in the baseline: 1 stated,
             0 negated, -1 uncertain, NULL not mentioned.
         steered_value INTEGER | The same in the steered findings.

@@ -275,8 +275,8 @@ def test_steer_survives_kills(planted, tmp_path, rounds):
     def cfg(run: Path) -> SteerConfig:  # rows written after every arm (write_every_s=0)
         return SteerConfig(run=run, sae=run / "sae-steer", concepts=("pacemaker",),
                            feature=(0, 1), strengths=(0.5, 80.0), methods=("sae", "prompt"),
-                           unit="raw", n_studies=2, max_new_tokens=4,
-                           write_every_s=0.0)  # fmt: skip
+                           unit="raw", n_studies=2, max_new_tokens=4, site="layer",
+                           positions="all", write_every_s=0.0)  # fmt: skip
 
     clean = shutil.copytree(planted, tmp_path / "clean")
     duration = timed(lambda: run_steer(cfg(clean)))

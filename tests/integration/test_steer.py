@@ -63,7 +63,25 @@ def base_run(tmp_path_factory):
         torch.manual_seed(1)
         save_sae(MatryoshkaSAE(48, 16, k=4, hook_name=resid_post_name(1)), run / SAE_DIR)
         write_store(run / STORE_DIR, N_STUDIES)
+        image_run(run)
     return run
+
+
+def image_run(run) -> None:
+    """<run>/image-tokens: a store of the tiny model's projector output, an SAE there, and the
+    planted run's analysis tables standing in for its own (same studies and labels)."""
+    from workbench.models.hooks import VISION_PROJECTOR
+    from workbench.record.run import RecordConfig, record
+    from workbench.run import RunLayout
+    from workbench.sae import MatryoshkaSAE, save_sae
+
+    nested = RunLayout(RunLayout(run).image_tokens)
+    record(RecordConfig(model=str(run / "model"), data=run / "phantom", hook=VISION_PROJECTOR,
+                        out=nested.activations, image_tokens="all", progress=False))  # fmt: skip
+    torch.manual_seed(2)
+    save_sae(MatryoshkaSAE(48, 16, k=4, hook_name=VISION_PROJECTOR), nested.sae)
+    for path in run.glob("feature*"):
+        shutil.copy2(path, nested.root / path.name, follow_symlinks=False)
 
 
 @pytest.fixture
@@ -85,8 +103,10 @@ def stored(run, where: str = "true"):
 
 
 def config(run, **kw):
+    """The recorded block (site layer), as the evaluation ran before site image existed."""
     base = {"run": run, "sae": run / SAE_DIR, "store": run / STORE_DIR, "concepts": ("pacemaker",)}
     base |= {"unit": "raw", "strengths": (0.5, 80.0), "n_studies": 2, "max_new_tokens": 4}
+    base |= {"site": "layer", "positions": "all", "n_candidates": 1}
     return SteerConfig(**(base | kw))
 
 
@@ -146,7 +166,8 @@ def test_difference_of_means_comes_from_training_studies(run):
 
 def test_cli_clamp_and_report(run, capsys):
     argv = ["--run", str(run), "--sae", str(run / SAE_DIR), "--store", str(run / STORE_DIR),
-            "--concepts", "pacemaker", "--n-studies", "1", "--max-new-tokens", "3"]  # fmt: skip
+            "--concepts", "pacemaker", "--n-studies", "1", "--max-new-tokens", "3",
+            "--site", "layer", "--n-candidates", "1"]  # fmt: skip
     clamp = ["--mode", "clamp", "--strengths", "2", "--methods", "sae", "--unit", "max_act"]
     assert main(argv + clamp + ["--positions", "generated+image"]) == 0
     capsys.readouterr()
@@ -186,14 +207,51 @@ def test_documented_steering_query(run):
 def test_demo_step_steers_recovered_concepts(run):
     from workbench.steer.run import demo_step
 
-    shutil.rmtree(run / "sae")
-    shutil.copytree(run / SAE_DIR, run / "sae")
-    shutil.rmtree(run / "activations")
-    shutil.copytree(run / STORE_DIR, run / "activations")
     text = demo_step(run, n_studies=1, max_new_tokens=3)
     assert "candidate rule" in text and "operating point" in text
-    concepts = {r["concept"] for r in stored(run)}
+    rows = stored(run / "image-tokens")  # site image: the results live with the image SAE
+    concepts = {r["concept"] for r in rows}
     assert concepts and concepts <= {"pacemaker", "pleural_effusion", "cardiomegaly"}
+    assert {r["positions"] for r in rows} == {"image", "prompt"}
+
+
+def test_steering_at_the_image_tokens(run, capsys):
+    from workbench.sae import load_sae
+    from workbench.steer.run import image_maps_for, make_plan
+
+    cfg = config(run, site="image", positions="image", sae=None, store=None,
+                 methods=("sae", "dim", "prompt", "counterfactual"), n_candidates=2)  # fmt: skip
+    out = run_steer(cfg)
+    assert "counterfactual skipped" in out  # the planted dataset is no phantom root
+    rows = stored(run / "image-tokens")
+    assert not stored(run)  # nothing written into the parent run's database
+    units = {(r["method"], r["unit"], r["positions"]) for r in rows}
+    assert units == {("sae", "adjusted_map", "image"), ("dim", "adjusted_diff", "image"),
+                     ("prompt", "prompt", "prompt")}  # fmt: skip
+    steered = [r for r in rows if r["method"] in ("sae", "dim")]
+    details = json.loads(steered[0]["details"])
+    assert details["hook_name"] == "vision.hook_projector_out"
+    assert details["sections"] == ["current_frontal"]  # the planted studies have no lateral
+    assert "site=vision.hook_projector_out" in details["variant"]
+    strong = [r for r in steered if abs(r["strength"]) == 80.0]
+    assert any(r["baseline_text"] != r["steered_text"] for r in strong)
+    weak = [r for r in steered if abs(r["strength"]) == 0.5]
+    assert weak and all(r["baseline_text"] == r["steered_text"] for r in weak)
+    sae_row = next(r for r in rows if r["method"] == "sae")
+    assert sae_row["features"] == [0]  # the analysis' only pacemaker candidate
+    plan = make_plan(cfg, run / "phantom")
+    maps, notes = image_maps_for(cfg, plan, load_sae(run / "image-tokens" / "sae"))
+    assert notes == [] and set(maps) == {("sae", "pacemaker"), ("dim", "pacemaker")}
+    for m in maps.values():  # one [patches, d_model] map of the frontal image, fitted
+        assert set(m) == {"current_frontal"} and m["current_frontal"].shape == (16, 48)
+        assert m["current_frontal"].abs().sum() > 0
+    assert main(["--run", str(run), "--concepts", "pacemaker", "--report"]) == 0
+    assert "adjusted" not in capsys.readouterr().out  # units are columns, not printed
+    shutil.rmtree(run / "image-tokens")
+    assert main(["--run", str(run), "--concepts", "pacemaker"]) == 1
+    assert "no image-token run" in capsys.readouterr().out
+    assert main(["--run", str(run), "--mode", "clamp"]) == 1
+    assert "need --site layer" in capsys.readouterr().out
 
 
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):

@@ -1,6 +1,10 @@
 """The steer stage: interventions during generation, measured honestly against peers.
 
-- :mod:`~workbench.steer.intervene`: add / clamp at image, prompt or generated positions.
+- :mod:`~workbench.steer.image`: patch maps added to the image-token embeddings (the default
+  site) and their per-patch least-squares fit.
+- :mod:`~workbench.steer.intervene`: add / clamp at image, prompt or generated positions of a
+  block, and the batched generation both sites go through.
+- :mod:`~workbench.steer.counterfactual`: the concept drawn into the phantom image (reference).
 - :mod:`~workbench.steer.peers`: difference-of-means direction and the prompt baseline.
 - :mod:`~workbench.steer.metrics`: success, side effects, fluency, parse check of a text.
 - :mod:`~workbench.steer.candidates`: which features to steer, chosen from the analysis.

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from workbench.run import RunLayout
 from workbench.steer.evaluate import DIRECTIONS, METHODS
-from workbench.steer.intervene import parse_positions
+from workbench.steer.image import CURRENT_SECTIONS, IMAGE_HOOK, IMAGE_SECTIONS
+from workbench.steer.intervene import parse_positions, positions_name
 from workbench.steer.report import Limits
 from workbench.store import KINDS
 
@@ -18,28 +20,38 @@ class SteerConfig:
 
     run: Path = Path("runs/demo")
     """Run directory (features.duckdb, model/, sae/, activations/, phantom/)."""
+    site: Literal["image", "layer"] = "image"
+    """Where steering acts. image: the image-token embeddings (projector output), with patch
+    maps (docs/steering.md); the SAE, store and database are the run's nested image-token
+    run <run>/image-tokens, which also receives the results. layer: the residual stream at
+    the SAE's hook of <run> (the recorded block), at --positions."""
+    image_sections: tuple[str, ...] = CURRENT_SECTIONS
+    """site image: the images steered (current_frontal, current_lateral, prior_frontal)."""
     concepts: tuple[str, ...] = ()
     """Target concepts (comma-separated); empty: every phantom finding and device analysed."""
     feature: tuple[int, ...] = ()
     """SAE features steered together instead of the chosen candidates (one concept only)."""
-    n_candidates: int = 1
+    n_candidates: int = 8
     """Candidate features per concept, steered together (see the printed candidate rule)."""
     min_auroc: float = 0.75
     """A candidate feature's least study-level AUROC for its concept."""
     methods: tuple[str, ...] = METHODS
-    """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION)."""
+    """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION),
+    counterfactual (the concept drawn into the phantom image: a phantom run's reference)."""
     directions: tuple[str, ...] = DIRECTIONS
     """add: studies without the concept, make it appear; remove: studies with it, remove it."""
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-    """Strength magnitudes swept (remove uses them negated); sae: in --unit, dim: in mean
-    differences."""
+    strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    """Strength magnitudes swept (remove uses them negated). site image: in adjusted gaps (the
+    patch map); site layer: sae in --unit, dim in mean differences."""
     unit: Literal["max_act", "mean_act", "raw"] = "max_act"
-    """Unit of SAE strengths: the feature's largest or mean (when firing) activation, or raw."""
+    """site layer: unit of SAE strengths: the feature's largest or mean (when firing)
+    activation, or raw."""
     mode: Literal["add", "clamp"] = "add"
     """SAE method: add strength x unit x W_dec[f], or clamp the feature to strength x unit
-    (remove then also tries 0: ablation)."""
-    positions: str = "all"
-    """Steered positions: all, image, prompt, generated, or kinds joined by '+'."""
+    (remove then also tries 0: ablation); site image: add only."""
+    positions: str = "image"
+    """site layer: steered positions: all, image, prompt, generated, or kinds joined by '+'
+    (site image: the image tokens of --image-sections)."""
     dim_tokens: tuple[str, ...] = ()
     """Token kinds pooled per study for the difference of means (empty: every stored kind)."""
     n_studies: int = 10
@@ -94,6 +106,15 @@ class SteerConfig:
         if self.feature and len(self.concepts) != 1:
             raise ValueError("--feature steers one concept: give exactly one --concepts")
         parse_positions(self.positions)
+        if self.site == "image":
+            if self.mode != "add" or positions_name(self.positions) != "image":
+                raise ValueError(
+                    "site image adds patch maps at the image tokens: mode must be add and "
+                    "positions image (clamping and other positions need --site layer)"
+                )
+            bad = [s for s in self.image_sections if s not in IMAGE_SECTIONS]
+            if bad or not self.image_sections:
+                raise ValueError(f"image_sections: {bad or '(none)'} not in {IMAGE_SECTIONS}")
 
     @property
     def limits(self) -> Limits:
@@ -102,8 +123,18 @@ class SteerConfig:
     @property
     def variant(self) -> str:
         """Settings that change the text but are not columns of ``steering_results``."""
+        if self.site == "image":
+            return (f"max_new_tokens={self.max_new_tokens};site={IMAGE_HOOK};"
+                    f"sections={'+'.join(self.image_sections)}")  # fmt: skip
         return f"max_new_tokens={self.max_new_tokens}"
 
     @property
+    def site_run(self) -> Path:
+        """The run whose SAE, store and database steering uses (and writes results to)."""
+        return RunLayout(self.run).image_tokens if self.site == "image" else Path(self.run)
+
+    @property
     def dim_variant(self) -> str:
+        if self.site == "image":
+            return self.variant
         return f"{self.variant};dim_tokens={'+'.join(self.dim_tokens) or 'all'}"

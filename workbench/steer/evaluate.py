@@ -20,6 +20,7 @@ import duckdb
 from workbench import db
 from workbench.cxr.findings import CHEXPERT_LABELS
 from workbench.steer import metrics
+from workbench.steer.image import IMAGE_HOOK, ImageSteering, image_steering
 from workbench.steer.intervene import (
     Steering,
     SteeringError,
@@ -31,8 +32,10 @@ from workbench.steer.peers import Direction, prompt_indication, with_indication
 
 log = logging.getLogger("workbench.steer")
 
-METHODS = ("sae", "dim", "prompt")
+METHODS = ("sae", "dim", "prompt", "counterfactual")
 DIRECTIONS = ("add", "remove")
+IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff"}
+"""The unit of an image-site arm (:mod:`workbench.steer.image`): strength x patch map."""
 
 
 class Case(NamedTuple):
@@ -113,10 +116,16 @@ class Evaluator:
         directions: Mapping[str, Direction] | None = None,
         judge=metrics.judge_many,
         batch_size: int = 32,
+        image_maps: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+        counterfactuals=None,
     ):
         self.adapter, self.sae, self.max_new_tokens = adapter, sae, max_new_tokens
         self.typical, self.judge, self.batch_size = typical, judge, max(1, batch_size)
         self.directions = dict(directions or {})
+        self.image_maps = dict(image_maps or {})
+        """(method, concept) -> section -> [P, D] patch map of the image-site arms."""
+        self.counterfactuals = counterfactuals
+        """:class:`~workbench.steer.counterfactual.Counterfactuals` of a phantom run, or None."""
         self.baselines: dict[int, Baseline] = {}
 
     def baseline(self, case: Case) -> Baseline:
@@ -125,8 +134,13 @@ class Evaluator:
             self.run_chunk([], extra=[case])
         return self.baselines[case.study_id]
 
-    def steering(self, arm: Arm) -> Steering:
+    def steering(self, arm: Arm) -> Steering | ImageSteering:
         """The intervention of an SAE or difference-of-means arm."""
+        if arm.unit == IMAGE_UNITS.get(arm.method):
+            maps = self.image_maps.get((arm.method, arm.concept))
+            if maps is None:
+                raise SteeringError(f"no {arm.method} patch map for {arm.concept}")
+            return image_steering(maps, arm.strength)
         if arm.method == "sae":
             strengths = {f: arm.strength for f in arm.features}
             return feature_steering(
@@ -144,9 +158,16 @@ class Evaluator:
             return direction_steering(vector, arm.strength, arm.positions)
         raise SteeringError(f"method {arm.method!r} has no steering vector")
 
-    def request(self, arm: Arm, case: Case, prepared: dict) -> tuple[Any, Steering | None, dict]:
+    def request(
+        self, arm: Arm, case: Case, prepared: dict
+    ) -> tuple[Any, Steering | ImageSteering | None, dict]:
         """Prepared inputs, steering (None for the prompt method) and details of one pair;
         ``prepared`` caches each study's unsteered inputs."""
+        if arm.method == "counterfactual":
+            if self.counterfactuals is None:
+                raise SteeringError("the counterfactual method needs a phantom run")
+            edited = self.counterfactuals.study(case.record, arm.concept, arm.direction)
+            return self.adapter.prepare(edited), None, {"edit": arm.direction}
         if arm.method == "prompt":
             record = case.record
             current = (record.get("indication") if isinstance(record, Mapping)
@@ -157,8 +178,11 @@ class Evaluator:
         steering = self.steering(arm)
         if case.study_id not in prepared:
             prepared[case.study_id] = self.adapter.prepare(case.record)
-        details = {"hook_name": self.sae.hook_name}
-        if arm.method == "sae" and arm.unit != "raw":
+        image = isinstance(steering, ImageSteering)
+        details = {"hook_name": IMAGE_HOOK if image else self.sae.hook_name}
+        if image:
+            details["sections"] = sorted(steering.maps)
+        elif arm.method == "sae" and arm.unit != "raw":
             details["raw_strengths"] = {
                 str(f): arm.strength * float(self.typical[f]) for f in arm.features
             }

@@ -44,6 +44,7 @@ from workbench.steer.hook import (
     left_padded,
     prompt_mask,
 )
+from workbench.steer.image import IMAGE_HOOK, ImageSteering, ImageSteeringHook, image_deltas
 
 __all__ = [
     "GenerationCancelledError",
@@ -172,7 +173,7 @@ def _hook_site(
 def generate_many(
     adapter: ModelAdapter,
     inps: Sequence[PreparedInputs],
-    steerings: Sequence[Steering | None],
+    steerings: Sequence[Steering | ImageSteering | None],
     *,
     max_new_tokens: int = 120,
     sae: MatryoshkaSAE | None = None,
@@ -180,28 +181,38 @@ def generate_many(
     monitor: GenerationMonitor | None = None,
 ) -> list[str]:
     """Greedy findings of several prepared inputs in one batched ``generate``, row ``b``
-    steered by ``steerings[b]`` (None: unsteered).
+    steered by ``steerings[b]`` (None: unsteered; a :class:`Steering` acts at the SAE's hook
+    or ``hook_name``, an :class:`~workbench.steer.image.ImageSteering` at the image-token
+    embeddings).
 
-    Every row goes through the same call, cache and hook; rows a steering does not touch are
+    Every row goes through the same call, cache and hooks; rows a steering does not touch are
     bit-for-bit what they would be without it, so an unsteered row is the baseline. Without
-    any steering the monitor alone sits on block 0 (unsteered generations are cancellable).
+    a residual steering the monitor alone sits on block 0 (unsteered generations are
+    cancellable).
     """
     if len(inps) != len(steerings):
         raise ValueError(f"{len(inps)} inputs but {len(steerings)} steerings")
-    name = _hook_site(adapter, sae, hook_name)
-    if name is None and any(s is not None for s in steerings):
-        raise SteeringError("steering needs the SAE or an explicit hook_name")
-    if name is None or all(s is None for s in steerings):
-        hooks = {adapter.hook_name(0): monitor} if monitor is not None else {}
-        return adapter.generate_batch(inps, max_new_tokens=max_new_tokens, interventions=hooks)
-    masks = [
-        prompt_mask(inp.tokens, inp.prompt_length, s.positions)
-        if s is not None
-        else torch.zeros(inp.prompt_length, dtype=torch.bool)
-        for inp, s in zip(inps, steerings, strict=True)
-    ]
-    hook = SteeringHook(list(steerings), left_padded(masks), sae, monitor)
-    return adapter.generate_batch(inps, max_new_tokens=max_new_tokens, interventions={name: hook})
+    text = [s if isinstance(s, Steering) else None for s in steerings]
+    image = [s if isinstance(s, ImageSteering) else None for s in steerings]
+    hooks: dict = {}
+    if any(s is not None for s in image):
+        if getattr(adapter, "kind", None) != "vision_language":
+            raise SteeringError(f"{adapter.name} has no image tokens to steer")
+        hooks[IMAGE_HOOK] = ImageSteeringHook(image_deltas(inps, image))
+    if any(s is not None for s in text):
+        name = _hook_site(adapter, sae, hook_name)
+        if name is None:
+            raise SteeringError("steering needs the SAE or an explicit hook_name")
+        masks = [
+            prompt_mask(inp.tokens, inp.prompt_length, s.positions)
+            if s is not None
+            else torch.zeros(inp.prompt_length, dtype=torch.bool)
+            for inp, s in zip(inps, text, strict=True)
+        ]
+        hooks[name] = SteeringHook(text, left_padded(masks), sae, monitor)
+    elif monitor is not None:
+        hooks[adapter.hook_name(0)] = monitor
+    return adapter.generate_batch(inps, max_new_tokens=max_new_tokens, interventions=hooks)
 
 
 def generate(

@@ -169,18 +169,41 @@ def _point(p: Summary | None, with_strength: bool = True) -> list[str]:
 
 
 def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
-    """SAE feature vs difference of means vs prompt at their operating points, per concept.
+    """SAE feature vs difference of means vs prompt at their operating points, per concept;
+    then the same without the side-effect limit, beside the counterfactual (the concept drawn
+    into the phantom image, :mod:`workbench.steer.counterfactual`) when it was run.
 
     ``elig`` is the number of studies that could flip (the same for every method: it depends
     on the unsteered findings only).
     """
     points = operating_points(summaries, limits)
+    rule = (
+        f"operating point: best success with side effects <= {_pct(limits.max_side_effects)}, "
+        f"perplexity <= {limits.max_ppl_ratio:g}x baseline, degenerate reports <= "
+        f"{_pct(limits.max_degenerate)} ('-': no strength meets the limits)"
+    )
+    out = [rule, _comparison(summaries, points), *verdicts(points)]
+    loose = limits._replace(max_side_effects=1.0)
+    if any(admissible(s, loose) and not admissible(s, limits) for s in summaries):
+        free = operating_points(summaries, loose)
+        title = "without the side-effect limit (cf: the concept drawn into the image, unlimited)"
+        out += ["", title, _comparison(summaries, free, with_counterfactual=True)]
+        out += verdicts(free)
+    return "\n".join(out)
+
+
+def _comparison(summaries, points, with_counterfactual: bool = False) -> str:
     eligible: dict[tuple[str, str], int] = {}
+    drawn: dict[tuple[str, str], Summary] = {}
     for s in summaries:
         key = (s.concept, s.direction)
         eligible[key] = max(eligible.get(key, 0), s.n_eligible)
+        if s.method == "counterfactual":
+            drawn[key] = s
     head = ["concept", "dir", "elig", "sae@", "sae", "side", "ppl_x", "dim@", "dim", "side"]
     head += ["ppl_x", "prompt", "side", "ppl_x"]
+    with_counterfactual = with_counterfactual and bool(drawn)
+    head += ["cf", "side", "ppl_x"] if with_counterfactual else []
     cells = [head]
     for concept, direction in sorted(eligible):
         cells.append(
@@ -188,13 +211,16 @@ def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
             + _point(points.get(("sae", concept, direction)))
             + _point(points.get(("dim", concept, direction)))
             + _point(points.get(("prompt", concept, direction)), with_strength=False)
+            + (_point(drawn.get((concept, direction)), False) if with_counterfactual else [])
         )
-    rule = (
-        f"operating point: best success with side effects <= {_pct(limits.max_side_effects)}, "
-        f"perplexity <= {limits.max_ppl_ratio:g}x baseline, degenerate reports <= "
-        f"{_pct(limits.max_degenerate)} ('-': no strength meets the limits)"
-    )
-    return "\n".join([rule, _table(cells), *verdicts(points)])
+    return _table(cells)
+
+
+METHODS_COMPARED = ("sae", "dim", "prompt")
+
+
+def _success(p: Summary | None) -> float:
+    return (p.success or 0.0) if p is not None else 0.0
 
 
 def verdicts(points: dict[tuple[str, str, str], Summary | None]) -> list[str]:
@@ -213,9 +239,15 @@ def verdicts(points: dict[tuple[str, str, str], Summary | None]) -> list[str]:
             for c in compared
             if (sae[c].success if sae[c] else 0) >= (dim[c].success if dim[c] else 0)
         ]
+        best = [
+            c
+            for c in concepts
+            if max(_success(points.get((m, c, direction))) for m in METHODS_COMPARED) >= 0.8
+        ]
         lines.append(
             f"{direction}: SAE >= 80% success at its operating point for {len(good)} of "
             f"{len(concepts)} concepts ({', '.join(good) or 'none'}); SAE success >= "
-            f"difference of means for {len(ge)} of {len(compared)}"
+            f"difference of means for {len(ge)} of {len(compared)}; any method >= 80%: "
+            f"{len(best)} ({', '.join(best) or 'none'})"
         )
     return lines

@@ -16,20 +16,33 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
+
+import torch
 
 from workbench import db
 from workbench.config import ConfigError, parse_config, save_config
 from workbench.run import RunLayout
 from workbench.steer import candidates as cand
 from workbench.steer.config import SteerConfig
-from workbench.steer.evaluate import Arm, Case, Evaluator, existing_keys, pick_cases, write_rows
+from workbench.steer.counterfactual import Counterfactuals
+from workbench.steer.evaluate import (
+    IMAGE_UNITS,
+    Arm,
+    Case,
+    Evaluator,
+    existing_keys,
+    pick_cases,
+    write_rows,
+)
+from workbench.steer.image import IMAGE_HOOK, patch_regression, sae_map
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.peers import Direction, dim_direction, study_means
 from workbench.steer.report import format_report, format_sweep, load_rows
 from workbench.steer.report import summarise as summarise_rows
-from workbench.store import KINDS
+from workbench.store import KINDS, ActivationStore
 
 log = logging.getLogger("workbench.steer")
 
@@ -42,7 +55,12 @@ class Plan(NamedTuple):
     typical: dict[int, float | None]
     cases: dict[tuple[str, str], list[Case]]
     labels: dict[str, dict[int, int]]
+    """concept -> study -> 0/1, the stored studies outside the held-out split."""
     done: set
+    covariates: tuple[str, ...] = ()
+    """The concepts a patch map is adjusted for (site image): every labelled target concept."""
+    counterfactuals: Counterfactuals | None = None
+    """The phantom re-renderer of the data, when it is a phantom root."""
 
 
 def _candidates(con, cfg: SteerConfig) -> tuple[list[cand.Candidate], list[str]]:
@@ -76,15 +94,30 @@ def _training_labels(con, concept: str, split: str | None) -> dict[int, int]:
     return {int(sid): int(v) for sid, v in con.execute(sql, params).fetchall()}
 
 
+def _require_site_run(cfg: SteerConfig) -> None:
+    """A clear error when the image-token run that site image needs was never made."""
+    if cfg.site == "image" and not db.db_path(cfg.site_run).is_file():
+        raise FileNotFoundError(
+            f"{cfg.site_run}: no image-token run (site image steers with its SAE and store); "
+            f"`python -m workbench demo --run {cfg.run}` makes it, or record --hook "
+            f"vision.hook_projector_out --image-tokens all --run {cfg.site_run}, then "
+            f"train-sae and analyse there; --site layer steers the recorded block instead"
+        )
+
+
 def make_plan(cfg: SteerConfig, data: Path) -> Plan:
     """Candidates, typical activations, held-out cases and training labels per concept."""
-    con = db.connect(cfg.run)
+    _require_site_run(cfg)
+    con = db.connect(cfg.site_run)
     try:
-        db.require_tables(con, ("feature_stats", "feature_concepts", "concepts"), cfg.run)
+        db.require_tables(con, ("feature_stats", "feature_concepts", "concepts"), cfg.site_run)
         chosen, notes = _candidates(con, cfg)
         column = "max_act" if cfg.unit == "raw" else cfg.unit
         typical = dict(con.execute(f"SELECT feature, {column} FROM feature_stats").fetchall())
-        labels = {c.concept: _training_labels(con, c.concept, cfg.split) for c in chosen}
+        covariates = tuple(dict.fromkeys([*cand.default_concepts(con),
+                                          *(c.concept for c in chosen)]))  # fmt: skip
+        wanted = covariates if cfg.site == "image" else [c.concept for c in chosen]
+        labels = {c: _training_labels(con, c, cfg.split) for c in wanted}
         done = set() if cfg.overwrite else existing_keys(con)
     finally:
         con.close()
@@ -94,7 +127,13 @@ def make_plan(cfg: SteerConfig, data: Path) -> Plan:
         for c in chosen
         for d in cfg.directions
     }
-    return Plan(chosen, notes, typical, cases, labels, done)
+    counterfactuals = None
+    if "counterfactual" in cfg.methods:
+        if Counterfactuals.available(data):
+            counterfactuals = Counterfactuals(data)
+        else:
+            notes.append(f"counterfactual skipped: {data} is not a phantom root")
+    return Plan(chosen, notes, typical, cases, labels, done, covariates, counterfactuals)
 
 
 def directions_for(
@@ -120,9 +159,56 @@ def directions_for(
     return out, notes
 
 
+def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str]]:
+    """Site image: (method, concept) -> section -> ``[P, D]`` patch map, fitted on the stored
+    studies outside the held-out split and cases (``image.patch_regression``)."""
+    if cfg.site != "image" or not plan.candidates:
+        return {}, []
+    store = ActivationStore(cfg.store or RunLayout(cfg.site_run).activations)
+    if store.hook_name != IMAGE_HOOK:
+        raise SteeringError(f"{store.path} holds {store.hook_name}; site image needs {IMAGE_HOOK}")
+    held_out = {case.study_id for cases in plan.cases.values() for case in cases}
+    studies: dict[int, dict[str, int]] = {}
+    for concept, by_study in plan.labels.items():
+        for sid, value in by_study.items():
+            studies.setdefault(sid, {})[concept] = value
+    fit = partial(patch_regression, store, studies, plan.covariates, held_out, cfg.image_sections)
+    out, notes = {}, []
+    if "dim" in cfg.methods:
+        out |= _maps_of(fit(), plan, "dim", lambda c, m: m, notes)
+    if "sae" in cfg.methods:
+        union = sorted({f for c in plan.candidates for f in c.features})
+        index = torch.tensor(union, dtype=torch.long)
+
+        def encode(y_ND):
+            return sae.encode(y_ND.to(sae.W_dec_FD.device))[:, index.to(sae.W_dec_FD.device)].cpu()
+
+        def decode(c, latent):
+            cols = [union.index(f) for f in c.features]
+            return sae_map({s: m[:, cols] for s, m in latent.items()}, sae, c.features)
+
+        with torch.no_grad():
+            out |= _maps_of(fit(transform=encode), plan, "sae", decode, notes)
+    return out, notes
+
+
+def _maps_of(reg, plan: Plan, method: str, make, notes: list[str]) -> dict:
+    out = {}
+    for c in plan.candidates:
+        try:
+            out[(method, c.concept)] = make(c, reg.concept_map(c.concept))
+        except SteeringError as err:
+            notes.append(f"{method}: {err}")
+    return out
+
+
 def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list[Arm]:
-    """Every arm of the evaluation, concept by concept."""
+    """Every arm of the evaluation, concept by concept (site image: ``directions`` holds the
+    concepts that have a difference-of-means patch map)."""
     where = positions_name(cfg.positions)
+    image = cfg.site == "image"
+    sae_unit = IMAGE_UNITS["sae"] if image else cfg.unit
+    dim_unit = IMAGE_UNITS["dim"] if image else "mean_diff"
     out = []
     for c in plan.candidates:
         for d in cfg.directions:
@@ -132,18 +218,21 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
                 strengths.insert(0, 0.0)  # clamp to zero: ablation
             if "sae" in cfg.methods:
                 out += [
-                    Arm("sae", c.concept, d, c.features, s, cfg.unit, cfg.mode, where, cfg.variant)
+                    Arm("sae", c.concept, d, c.features, s, sae_unit, cfg.mode, where, cfg.variant)
                     for s in strengths
                 ]
             if "dim" in cfg.methods and c.concept in directions:
                 out += [
-                    Arm("dim", c.concept, d, (), sign * s, "mean_diff", "add", where,
+                    Arm("dim", c.concept, d, (), sign * s, dim_unit, "add", where,
                         cfg.dim_variant)
                     for s in cfg.strengths
                 ]  # fmt: skip
             if "prompt" in cfg.methods:
                 out.append(Arm("prompt", c.concept, d, (), sign, "prompt", "prompt", "prompt",
                                cfg.variant))  # fmt: skip
+            if "counterfactual" in cfg.methods and plan.counterfactuals is not None:
+                out.append(Arm("counterfactual", c.concept, d, (), sign, "image", "render",
+                               "image", cfg.variant))  # fmt: skip
     return out
 
 
@@ -151,24 +240,29 @@ def _load(cfg: SteerConfig):
     from workbench.models.registry import load_model
     from workbench.sae import load_sae
 
-    run = RunLayout(cfg.run)
-    adapter = load_model(cfg.model or run.model, device=cfg.device)
-    sae = load_sae(cfg.sae or run.sae, device=cfg.device)
+    adapter = load_model(cfg.model or RunLayout(cfg.run).model, device=cfg.device)
+    sae = load_sae(cfg.sae or RunLayout(cfg.site_run).sae, device=cfg.device)
     return adapter, sae
 
 
 def run_steer(cfg: SteerConfig) -> str:
     """Evaluate every arm of ``cfg`` (resuming), record the run; returns the printed text."""
     started = db.utc_now()
-    save_config(cfg, RunLayout.cfg(RunLayout(cfg.run).steering))
     data = Path(cfg.data or RunLayout(cfg.run).phantom)
     plan = make_plan(cfg, data)
+    save_config(cfg, RunLayout.cfg(RunLayout(cfg.site_run).steering))
     adapter, sae = _load(cfg) if plan.candidates else (None, None)
-    directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
+    maps, map_notes = image_maps_for(cfg, plan, sae)
+    if cfg.site == "image":
+        directions = {concept: None for method, concept in maps if method == "dim"}
+        dim_notes = map_notes
+    else:
+        directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
     notes = plan.notes + dim_notes
     todo = arms(cfg, plan, directions)
     evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions,
-                          batch_size=cfg.batch_size)  # fmt: skip
+                          batch_size=cfg.batch_size, image_maps=maps,
+                          counterfactuals=plan.counterfactuals)  # fmt: skip
     pairs = [(arm, case) for arm in todo for case in plan.cases[(arm.concept, arm.direction)]
              if arm.key(case.study_id) not in plan.done]  # fmt: skip
     chunks = evaluator.chunks(pairs)
@@ -180,25 +274,32 @@ def run_steer(cfg: SteerConfig) -> str:
             made += len(chunk)
             log.info("%d/%d steered reports", made, len(pairs))
             if time.monotonic() - last_write >= cfg.write_every_s:
-                write_rows(cfg.run, pending, replace=cfg.overwrite)
+                write_rows(cfg.site_run, pending, replace=cfg.overwrite)
                 pending, last_write = [], time.monotonic()
     finally:  # an interrupted run keeps what it generated; a rerun resumes from there
-        write_rows(cfg.run, pending, replace=cfg.overwrite)
+        write_rows(cfg.site_run, pending, replace=cfg.overwrite)
     for (concept, direction), cases in plan.cases.items():
         if not cases:
             notes.append(f"{concept} ({direction}): no held-out study in split {cfg.split}")
-    with db.rewrite(cfg.run) as con:
+    with db.rewrite(cfg.site_run) as con:
         db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
     rule = cand.RULE.format(min_auroc=cfg.min_auroc, min_selectivity=0.9, min_pointing=0.8,
                             n=cfg.n_candidates)  # fmt: skip
     head = [rule, cand.describe(plan.candidates), *(f"note: {n}" for n in notes)]
-    return "\n".join([*head, "", summary_text(cfg, todo)])
+    studies = {key: {c.study_id for c in cases} for key, cases in plan.cases.items()}
+    return "\n".join([*head, "", summary_text(cfg, todo, studies)])
 
 
-def summary_text(cfg: SteerConfig, todo: list[Arm] | None = None) -> str:
-    """The sweep and the comparison table from stored rows: of ``todo``'s arms when given,
-    else of every stored row made with ``cfg``'s settings (``--report``)."""
-    con = db.connect(cfg.run)
+def summary_text(
+    cfg: SteerConfig,
+    todo: list[Arm] | None = None,
+    studies: dict[tuple[str, str], set[int]] | None = None,
+) -> str:
+    """The sweep and the comparison table from stored rows: of ``todo``'s arms (and, given
+    ``studies``, only their (concept, direction)'s held-out studies: rows an earlier, larger
+    run stored are left out) when given, else of every stored row made with ``cfg``'s
+    settings (``--report``)."""
+    con = db.connect(cfg.site_run)
     try:
         rows = load_rows(con)
     finally:
@@ -207,6 +308,9 @@ def summary_text(cfg: SteerConfig, todo: list[Arm] | None = None) -> str:
         wanted = {(a.method, a.concept, a.direction, a.features, a.unit, a.mode, a.positions,
                    a.variant, float(a.strength)) for a in todo}  # fmt: skip
         rows = [r for r in rows if _arm_of(r) in wanted]
+        if studies is not None:
+            held = {(c, d, sid) for (c, d), ids in studies.items() for sid in ids}
+            rows = [r for r in rows if (r["concept"], r["direction"], r["study_id"]) in held]
     else:
         rows = [r for r in rows if _same_settings(cfg, r)]
     if not rows:
@@ -224,8 +328,9 @@ def _same_settings(cfg: SteerConfig, r: dict) -> bool:
     where = positions_name(cfg.positions)
     if r["method"] == "sae":
         feats_ok = not cfg.feature or tuple(r["features"] or ()) == tuple(cfg.feature)
+        unit = IMAGE_UNITS["sae"] if cfg.site == "image" else cfg.unit
         return feats_ok and (r["unit"], r["mode"], r["positions"], r["variant"]) == (
-            cfg.unit, cfg.mode, where, cfg.variant)  # fmt: skip
+            unit, cfg.mode, where, cfg.variant)  # fmt: skip
     if r["method"] == "dim":
         return (r["positions"], r["variant"]) == (where, cfg.dim_variant)
     return r["variant"] == cfg.variant
@@ -237,8 +342,10 @@ def _arm_of(r: dict) -> tuple:
 
 
 def demo_step(run: Path, n_studies: int = 3, top: int = 2, max_new_tokens: int = 80) -> str:
-    """The demo's steering step: the ``top`` best-recovered finding/device concepts, all peers."""
-    con = db.connect(run)
+    """The demo's steering step at the default site (the image tokens): the ``top``
+    best-recovered finding/device concepts of the image-token run, all peers."""
+    cfg = SteerConfig(run=Path(run), strengths=(1.0, 2.0))
+    con = db.connect(cfg.site_run)
     try:
         picks = con.execute(
             "SELECT concept FROM concept_recovery WHERE recovered "
@@ -249,7 +356,7 @@ def demo_step(run: Path, n_studies: int = 3, top: int = 2, max_new_tokens: int =
         con.close()
     if not picks:
         return "no recovered finding/device concept to steer"
-    cfg = SteerConfig(run=Path(run), concepts=tuple(c for (c,) in picks), strengths=(1.0, 4.0))
+    cfg.concepts = tuple(c for (c,) in picks)
     cfg.n_studies, cfg.max_new_tokens = n_studies, max_new_tokens
     return run_steer(cfg)
 

@@ -14,6 +14,7 @@ from tests.unit.test_images import write_dicom
 from workbench.steer.intervene import SteerOutput
 from workbench.ui import handlers_steer as hs
 from workbench.ui import handlers_try as ht
+from workbench.ui import steer_sweep as sw
 from workbench.ui.context import open_context
 from workbench.ui.live import Job, LiveModel, model_problem, progress_html, stream
 
@@ -107,22 +108,57 @@ def test_word_diff_and_verdicts():
     assert "same as the baseline" in view.steered
 
 
-def test_feature_choices_and_sweep(ctx, run, tmp_path):
-    choices = hs.feature_choices(ctx)
-    assert choices and choices[0][1] == 0 and choices[0][0].startswith("0 · ")
-    assert "No stored sweep" in hs.sweep_chart(ctx, 0)
+def _scripted_rows(method: str = "sae") -> list[dict]:
     from tests.unit.test_steering_eval import ScriptedAdapter, arm, evaluator
     from tests.unit.test_steering_eval import cases as scripted_cases
+
+    features = (0,) if method == "sae" else ()
+    return evaluator(ScriptedAdapter()).run_arm(
+        arm(method, features=features), scripted_cases(), set()
+    )
+
+
+def test_feature_choices_and_sweep(ctx, run, tmp_path):
+    from workbench.steer.evaluate import write_rows
+
+    choices = hs.feature_choices(ctx)
+    assert choices and choices[0][1] == 0 and choices[0][0].startswith("0 · ")
+    assert sw.sweep_rows(ctx) == []
+    hook = sw.recorded_hook(ctx)
+    assert (
+        hook and hook.endswith("hook_resid_post") and f"<code>{hook}</code>" in sw.site_note(hook)
+    )
+    assert "No stored steering sweep" in sw.sweep_chart(sw.sweep_rows(ctx), 0)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    write_rows(copy, _scripted_rows(), replace=False)
+    other = open_context(copy)
+    rows = sw.sweep_rows(other)
+    other.close()
+    assert {r["site"] for r in rows} == {"layer"}
+    chart = sw.sweep_chart(rows, 0)
+    assert "<svg" in chart and "sae pacemaker add +2" in chart and "recorded block" in chart
+    assert "No stored sweep at the recorded block for feature 5" in sw.sweep_chart(rows, 5)
+
+
+def test_the_sweep_is_found_under_the_image_token_run(run, tmp_path):
+    """steer's default site writes to <run>/image-tokens only: the panel must show it."""
+    from workbench.run import RunLayout
     from workbench.steer.evaluate import write_rows
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    rows = evaluator(ScriptedAdapter()).run_arm(arm("sae", features=(0,)), scripted_cases(), set())
-    write_rows(copy, rows, replace=False)
+    write_rows(RunLayout(copy).image_tokens, _scripted_rows() + _scripted_rows("dim"), False)
     other = open_context(copy)
-    chart = hs.sweep_chart(other, 0)
+    assert other.rows("SELECT count(*) AS n FROM steering_results") == [{"n": 0}]  # main: none
+    rows = sw.sweep_rows(other)
     other.close()
-    assert "<svg" in chart and "pacemaker add +2" in chart
+    assert {r["site"] for r in rows} == {"image"} and {r["method"] for r in rows} == {"sae", "dim"}
+    for feature in (None, 0, 7):  # the image site's SAE is another SAE: never filtered out
+        chart = sw.sweep_chart(rows, feature)
+        assert "<svg" in chart and "site: image embeddings" in chart
+        assert "sae pacemaker add +2" in chart and "dim pacemaker add +2" in chart
+        assert "<td>image embeddings</td>" in chart and "No stored steering sweep" not in chart
 
 
 def test_jobs_run_one_at_a_time_and_cancel(live):

@@ -20,7 +20,7 @@ from workbench.steer.intervene import (
     parse_positions,
 )
 from workbench.steer.metrics import JUDGED, readings
-from workbench.ui import charts, pictures, queries, render
+from workbench.ui import pictures, queries, render
 from workbench.ui.context import AppContext
 from workbench.ui.live import LiveModel, ModelUnavailableError, Progress, progress_html, stream
 
@@ -205,38 +205,6 @@ def result_view(out: SteerOutput) -> SteerView:
             "What the report labeller reads", verdicts(out.baseline_text, out.steered_text)
         ),
     )
-
-
-def sweep_chart(ctx: AppContext, feature: int | None) -> str:
-    """The stored sweep of ``feature`` (``steer``'s results): success rate per strength."""
-    if feature is None:
-        return ""
-    if not ctx.has("steering_results") or not _has_method_column(ctx):
-        return '<p class="wb-empty">No stored steering sweep (run `python -m workbench steer`).</p>'
-    rows = ctx.rows(
-        "SELECT concept, direction, strength, count(*) FILTER (WHERE eligible) AS n, "
-        "avg(success::INT) FILTER (WHERE eligible) AS success FROM steering_results "
-        "WHERE method = 'sae' AND list_contains(features, ?) "
-        "GROUP BY ALL ORDER BY concept, direction, strength",
-        [int(feature)],
-    )
-    rows = [r for r in rows if r["success"] is not None]
-    if not rows:
-        return f'<p class="wb-empty">No stored sweep for feature {int(feature)}.</p>'
-    items = [(f"{r['concept']} {r['direction']} {r['strength']:+g}", float(r["success"]))
-             for r in rows]  # fmt: skip
-    chart = charts.hbars(
-        items, 0.0, 1.0, title=f"feature {int(feature)}: success rate", narrow=True
-    )
-    return render.card("Stored sweep (steer)", chart)
-
-
-def _has_method_column(ctx: AppContext) -> bool:
-    rows = ctx.rows(
-        "SELECT count(*) AS n FROM duckdb_columns() WHERE table_name = 'steering_results' "
-        "AND column_name = 'method'"
-    )
-    return bool(rows and rows[0]["n"])
 
 
 def study_panel(ctx: AppContext, study_id: Any) -> str:

@@ -2,9 +2,11 @@
 
 Pick a study, add up to :data:`~workbench.ui.handlers_steer.MAX_SLOTS` features (by number or
 by searching their labels), set one slider each (strength in units of the feature's max
-activation, negative allowed), choose positions and add/clamp, Generate. The work runs in a
-worker with a progress bar and a Stop button (:mod:`workbench.ui.live`); the handlers are in
-:mod:`workbench.ui.handlers_steer`.
+activation, negative allowed), choose positions and add/clamp, Generate. It steers at the
+recorded block (the run's SAE hook); a notice says so and that ``steer``'s default site is the
+image-token embeddings, whose stored results the sweep panel shows beside the block's
+(:mod:`workbench.ui.steer_sweep`). The work runs in a worker with a progress bar and a Stop
+button (:mod:`workbench.ui.live`); the handlers are in :mod:`workbench.ui.handlers_steer`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import gradio as gr
 
 from workbench.ui import handlers_steer as hs
 from workbench.ui import queries, render
+from workbench.ui import steer_sweep as sw
 from workbench.ui.context import AppContext
 from workbench.ui.live import LiveModel
 
@@ -36,6 +39,7 @@ def build(ctx: AppContext, live: LiveModel, html: type[gr.HTML]) -> SteeringTab:
     problem = live.problem()
     if problem:
         gr.HTML(render.message(problem, "warn"), elem_id="wb-steer-problem")
+    gr.HTML(sw.site_note(sw.recorded_hook(ctx)), elem_id="wb-steer-site-note")
     choices = hs.feature_choices(ctx) if ctx.con else []
     with gr.Row():
         with gr.Column(scale=3):
@@ -84,7 +88,7 @@ def build(ctx: AppContext, live: LiveModel, html: type[gr.HTML]) -> SteeringTab:
             progress = gr.HTML(elem_id="wb-steer-progress")
         with gr.Column(scale=2):
             image = gr.HTML(elem_id="wb-steer-image")
-            sweep = gr.HTML(elem_id="wb-steer-sweep")
+            sweep = gr.HTML(sw.sweep_chart(sw.sweep_rows(ctx), None), elem_id="wb-steer-sweep")
     with gr.Row():
         baseline = gr.HTML(elem_id="wb-steer-base")
         steered = gr.HTML(elem_id="wb-steer-out")
@@ -104,5 +108,7 @@ def build(ctx: AppContext, live: LiveModel, html: type[gr.HTML]) -> SteeringTab:
                      concurrency_limit=1)  # fmt: skip
     stop.click(None, None, None, cancels=[event])
     study.input(lambda s: hs.study_panel(ctx, s), [study], [image])
-    features[0].input(lambda f: hs.sweep_chart(ctx, hs.parse_feature(f)), [features[0]], [sweep])
+    features[0].input(
+        lambda f: sw.sweep_chart(sw.sweep_rows(ctx), hs.parse_feature(f)), [features[0]], [sweep]
+    )
     return SteeringTab(study, image)

@@ -84,3 +84,17 @@ def test_analyse_falls_back_to_the_model_in_the_store_manifest(tmp_path):
     assert _manifest_model(missing, notes) is None
     assert notes and "was not found here" in notes[0]
     assert _manifest_model(SimpleNamespace(manifest={}), notes) is None
+
+
+def test_a_segmentation_store_is_not_looked_up_as_a_language_model(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.analyse.inputs import _manifest_model
+
+    notes: list[str] = []
+    store = SimpleNamespace(manifest={"model": f"segmentation:{tmp_path / 'nodules-ssn'}"})
+    assert _manifest_model(store, notes) is None
+    assert notes == [
+        f"the store's model 'segmentation:{tmp_path / 'nodules-ssn'}' is a "
+        "segmentation model: no logit effects"
+    ]

@@ -91,10 +91,14 @@ def open_inputs(cfg: AnalyseConfig, notes: list[str]) -> Inputs:
 
 def _manifest_model(store: ActivationStore, notes: list[str]) -> Path | None:
     """The model the store was recorded with, when it can be found on this machine."""
+    from workbench.models.hooks import SEGMENTATION_MODEL
     from workbench.models.registry import resolve_model_dir
 
     name = store.manifest.get("model")
     if not name:
+        return None
+    if str(name).startswith(SEGMENTATION_MODEL):
+        notes.append(f"the store's model {name!r} is a segmentation model: no logit effects")
         return None
     try:
         path = resolve_model_dir(name)

@@ -137,3 +137,112 @@ def test_gate_table_scores_every_concept_of_a_tiny_encoder():
     assert rows[1].auroc is None and rows[1].dense_auroc is None and rows[1].pointing is None
     table = gate_markdown(rows)
     assert "dense-max AUROC" in table and "of 13 >= 0.95" in table
+
+
+def _labelled(n: int, positive: set[int], concept: str = "nodule") -> list[VisionExample]:
+    from workbench.cxr.findings import RENDERED
+
+    out = []
+    for i in range(n):
+        concepts = torch.zeros(len(RENDERED))
+        concepts[RENDERED.index(concept)] = float(i in positive)
+        cover = torch.zeros(4, len(DENSE_CHANNELS))
+        out.append(VisionExample(i, torch.randn(32, 32).half(), cover.half(), concepts))
+    return out
+
+
+def test_stage1_draws_with_the_default_config_are_todays_uniform_draws():
+    from workbench.models.mini.config import MiniConfig
+    from workbench.models.mini.vision import oversample_weights, stage1_batch, stage1_sampling
+
+    examples = _labelled(50, {1, 2, 3})
+    assert stage1_sampling(MiniConfig(), examples) is None
+    assert oversample_weights(examples, (), 4) is None
+    assert oversample_weights(examples, ("nodule",), 1) is None
+    assert oversample_weights(examples, ("rib_fracture",), 4) is None  # no positives
+    for seed, step in [(0, 0), (0, 17), (5, 3999)]:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the pre-oversampling draw
+        expected = torch.randint(0, 50, (32,), generator=gen).tolist()
+        assert stage1_batch(50, 32, seed, step) == expected
+
+
+def test_weighted_stage1_draws_depend_only_on_seed_and_step():
+    from workbench.models.mini.vision import oversample_weights, stage1_batch
+
+    weights = oversample_weights(_labelled(50, {1, 2, 3}), ("nodule",), 4)
+    assert weights.tolist() == [4.0 if i in {1, 2, 3} else 1.0 for i in range(50)]
+    a = stage1_batch(50, 32, 0, 7, weights)
+    assert a == stage1_batch(50, 32, 0, 7, weights.clone())  # a resumed run: the same batch
+    assert a != stage1_batch(50, 32, 0, 8, weights)
+    assert a != stage1_batch(50, 32, 1, 7, weights)
+    with pytest.raises(ValueError, match="49 sampling weights for 50"):
+        stage1_batch(50, 32, 0, 7, weights[:49])
+
+
+def test_positive_images_are_drawn_factor_times_as_often():
+    from workbench.models.mini.vision import oversample_weights, stage1_batch
+
+    positive = set(range(0, 100, 10))  # 10 of 100 images
+    examples = _labelled(100, positive)
+
+    def rate_ratio(weights) -> float:
+        draws = [i for step in range(200) for i in stage1_batch(100, 32, 3, step, weights)]
+        hits = sum(i in positive for i in draws)
+        return (hits / 10) / ((len(draws) - hits) / 90)
+
+    # 6,400 draws: the ratio's standard error is ~3 %, so these bounds are ~5 sigma wide
+    assert 3.5 < rate_ratio(oversample_weights(examples, ("nodule",), 4)) < 4.5
+    assert 0.85 < rate_ratio(None) < 1.15
+
+
+def test_stage1_sampling_and_pos_weight_cap_fields_are_checked():
+    from workbench.models.mini.config import MiniConfig
+
+    with pytest.raises(ValueError, match="'vision_oversample'.*nodules"):
+        MiniConfig(vision_oversample=("nodule", "nodules")).validate()
+    with pytest.raises(ValueError, match="vision_oversample_factor"):
+        MiniConfig(vision_oversample_factor=0).validate()
+    for cap in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="dense_pos_weight_cap"):
+            MiniConfig(dense_pos_weight_cap=cap).validate()
+    MiniConfig(vision_oversample=("nodule",), vision_oversample_factor=3).validate()
+
+
+def test_pretrain_encoder_uses_the_cap_and_the_oversampling_weights(tmp_path, monkeypatch, caplog):
+    from transformers import Dinov2Backbone, Dinov2Config
+
+    from workbench.models.mini import vision
+    from workbench.models.mini.config import MiniConfig
+
+    tower_cfg = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=1, mlp_ratio=2, patch_size=16,
+        image_size=32, out_features=["stage1"], reshape_hidden_states=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tower = Dinov2Backbone(tower_cfg)
+    seen: dict[str, list] = {"pos_weight": [], "weights": []}
+    real_loss, real_batch = vision.stage1_loss, vision.stage1_batch
+
+    def spy_loss(tokens, heads, cover, concepts, pos_weight_K, dense_weight):
+        seen["pos_weight"].append(pos_weight_K)
+        return real_loss(tokens, heads, cover, concepts, pos_weight_K, dense_weight)
+
+    def spy_batch(n, batch, seed, step, weights=None):
+        seen["weights"].append(weights)
+        return real_batch(n, batch, seed, step, weights)
+
+    monkeypatch.setattr(vision, "stage1_loss", spy_loss)
+    monkeypatch.setattr(vision, "stage1_batch", spy_batch)
+    cfg = MiniConfig(
+        vision_steps=2, vision_batch=4, dense_pos_weight_cap=7.5,
+        vision_oversample=("nodule",), vision_oversample_factor=3,
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="workbench.models.mini"):
+        vision.pretrain_encoder(cfg, tower, _labelled(12, {0, 5, 9}), tmp_path)
+    # nothing is ever covered, so every channel's weight is the configured cap
+    assert len(seen["pos_weight"]) == 2
+    assert torch.equal(seen["pos_weight"][0], torch.full((len(DENSE_CHANNELS),), 7.5))
+    expected = [3.0 if i in {0, 5, 9} else 1.0 for i in range(12)]
+    assert [w.tolist() for w in seen["weights"]] == [expected, expected]
+    logged = [r.getMessage() for r in caplog.records if "oversamples" in r.getMessage()]
+    assert len(logged) == 1 and "3 of 12 images" in logged[0] and "x3" in logged[0]

@@ -88,6 +88,16 @@ class MiniConfig:
     """Peak learning rate of stage 1 (linear warm-up over 100 steps, cosine decay)."""
     dense_weight: float = 1.0
     """Weight of the dense per-patch mask loss against the image-level concept loss."""
+    dense_pos_weight_cap: float = 50.0
+    """Upper bound of the dense loss's per-channel positive weight (uncovered over covered
+    patch area over the stage-1 corpus; rare, small masks such as nodules reach it)."""
+    vision_oversample: tuple[str, ...] = ()
+    """Stage 1: concepts (names of ``workbench.cxr.findings.RENDERED``) whose positive images
+    are drawn ``vision_oversample_factor`` times as often as the others (batch draws stay a
+    function of (seed, step), so a resumed run sees the same batches)."""
+    vision_oversample_factor: int = 1
+    """Stage-1 sampling weight of an image positive for a ``vision_oversample`` concept (the
+    others weigh 1; 1 draws uniformly)."""
     vision_minutes: float = 0.0
     """Stop stage 1 early after this many minutes and go on (0: no limit)."""
     freeze_vision: bool = True
@@ -146,6 +156,7 @@ class MiniConfig:
             "threads",
             "vision_batch",
             "oversample_factor",
+            "vision_oversample_factor",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}' must be >= 1")
@@ -153,11 +164,16 @@ class MiniConfig:
             raise ValueError("init_vision_from needs stage 1, which init_from skips: give one")
         if self.init_projector and self.init_decoder_from is None:
             raise ValueError("init_projector starts the projector from init_decoder_from: set it")
-        unknown = sorted(set(self.oversample) - set(RENDERED))
-        if unknown:
+        if not self.dense_pos_weight_cap > 0:
             raise ValueError(
-                f"config field 'oversample': unknown concepts {unknown}; known: {list(RENDERED)}"
+                f"config field 'dense_pos_weight_cap' must be > 0, got {self.dense_pos_weight_cap}"
             )
+        for name in ("oversample", "vision_oversample"):
+            unknown = sorted(set(getattr(self, name)) - set(RENDERED))
+            if unknown:
+                raise ValueError(
+                    f"config field '{name}': unknown concepts {unknown}; known: {list(RENDERED)}"
+                )
 
 
 def vision_config(cfg: MiniConfig) -> Dinov2Config:

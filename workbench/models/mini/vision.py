@@ -11,7 +11,8 @@ dropped: exactly what the projector sees):
 
 Both heads are discarded from the model (the saved checkpoint is MAIRA-2's architecture
 only) but kept beside it for the stage-1 gate (:mod:`workbench.models.mini.probe`).
-Training is resumable: batch ``i`` depends only on (seed, i), and a checkpoint is written
+Training is resumable: batch ``i`` depends only on (seed, i) (drawn uniformly, or with images
+positive for ``vision_oversample`` concepts weighted up), and a checkpoint is written
 atomically every ``checkpoint_every`` steps.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -76,6 +78,53 @@ def stage1_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def oversample_weights(
+    examples: Sequence[VisionExample], concepts: Sequence[str], factor: int
+) -> torch.Tensor | None:
+    """Stage-1 sampling weight per example: ``factor`` when positive for any of ``concepts``
+    (names of ``RENDERED``), else 1; None when nothing is up-weighted (uniform draws)."""
+    columns = [RENDERED.index(c) for c in concepts]
+    if not columns or factor == 1 or not examples:
+        return None
+    boosted_N = torch.stack([e.concepts for e in examples])[:, columns].amax(1) > 0
+    if not boosted_N.any():
+        return None
+    return 1.0 + (factor - 1) * boosted_N.double()
+
+
+def stage1_batch(
+    n: int, batch: int, seed: int, step: int, weights: torch.Tensor | None = None
+) -> list[int]:
+    """Example indices of stage-1 step ``step``, a function of (seed, step) only.
+
+    Uniform (``randint``) without ``weights``; else drawn with replacement in proportion to
+    ``weights`` (one per example) from the same seeded generator.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    if weights is None:
+        return torch.randint(0, n, (batch,), generator=gen).tolist()
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} sampling weights for {n} examples")
+    return torch.multinomial(weights, batch, replacement=True, generator=gen).tolist()
+
+
+def stage1_sampling(cfg, examples: Sequence[VisionExample]) -> torch.Tensor | None:
+    """``cfg``'s stage-1 sampling weights (see :func:`oversample_weights`), logged once."""
+    if not cfg.vision_oversample or cfg.vision_oversample_factor == 1:
+        return None
+    concepts, factor = list(cfg.vision_oversample), cfg.vision_oversample_factor
+    weights = oversample_weights(examples, concepts, factor)
+    if weights is None:
+        log.warning("stage 1: no image is positive for %s; batches are drawn uniformly", concepts)
+        return None
+    boosted = int((weights > 1).sum())
+    log.info(
+        "stage 1 oversamples %d of %d images (positive for %s) x%d: %.1f %% of draws",
+        boosted, len(examples), concepts, factor, 100 * factor * boosted / float(weights.sum()),
+    )  # fmt: skip
+    return weights
+
+
 def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample], work: Path):
     """Train ``tower`` + heads for ``cfg.vision_steps`` steps; returns (heads, stats).
 
@@ -92,7 +141,8 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
         heads.load_state_dict(state["heads"])
         log.info("stage 1 (vision) already done: loaded %s", final)
         return heads, state["stats"]
-    pos_weight = channel_pos_weight(examples)
+    pos_weight = channel_pos_weight(examples, cap=cfg.dense_pos_weight_cap)
+    weights = stage1_sampling(cfg, examples)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
     ckpt = work / STAGE1_CKPT
@@ -102,8 +152,7 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     tower.train()
     t0, dense_log, image_log = time.perf_counter(), [], []
     while step < cfg.vision_steps:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(examples), (cfg.vision_batch,), generator=gen).tolist()
+        idx = stage1_batch(len(examples), cfg.vision_batch, cfg.seed, step, weights)
         pixels, cover, concepts = stack([examples[i] for i in idx])
         for group in optimizer.param_groups:
             group["lr"] = stage1_lr(step, cfg.vision_steps, cfg.vision_lr)

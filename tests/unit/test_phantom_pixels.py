@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from workbench.cxr.phantom.cohort import rng_for, sample_params, sample_subject, subject_studies
+from workbench.cxr.phantom import lesions
+from workbench.cxr.phantom.anatomy import frontal_geometry
+from workbench.cxr.phantom.cohort import (
+    ZONE_SPAN,
+    rng_for,
+    sample_params,
+    sample_subject,
+    subject_studies,
+)
+from workbench.cxr.phantom.draw import Frame
 from workbench.cxr.phantom.render import render_study
 
 SIZE = 160
@@ -202,3 +211,107 @@ def test_rib_fracture_steps_off_the_distal_fragment():
         np.testing.assert_allclose(distal - pts[k + 2 :], [[0.0, FRACTURE_STEP[displaced]]] * 8)
         assert callus.max() > 0.3 and callus[0, 0] < 1e-6  # bright at the break only
     assert FRACTURE_STEP[True] > FRACTURE_STEP[False]
+
+
+def _nodule_with(blocker: str, bp: dict, side: str, zone: str, u: float, v: float) -> dict:
+    study = base_study()
+    study["findings"][blocker] = bp
+    study["findings"]["nodule"] = dict(side=side, zone=zone, u=u, v=v, size_mm=20.0, contrast=0.8)
+    return study
+
+
+def _sampled_px(study: dict) -> tuple[int, int]:
+    p = study["findings"]["nodule"]
+    x, y = frontal_geometry(study).lung_point(p["side"], p["u"], p["v"])
+    ((px, py),) = Frame(SIZE).to_px([(x, y)])
+    return int(py), int(px)
+
+
+@pytest.mark.parametrize(
+    "blocker, bp, side, zone, u, v",
+    [
+        ("pleural_effusion", {"side": "left", "severity": 0.8}, "left", "lower", 0.6, 0.8),
+        ("pneumothorax", {"side": "left", "severity": 0.6}, "left", "upper", 0.7, 0.2),
+        ("pneumothorax", {"side": "right", "severity": 0.8}, "right", "middle", 0.85, 0.5),
+        ("consolidation", {"side": "left", "zone": "middle", "u": 0.5, "severity": 1.0},
+         "left", "middle", 0.5, 0.5),
+        ("atelectasis", {"side": "right", "kind": "basal", "severity": 1.0},
+         "right", "lower", 0.3, 0.8),
+    ],
+)  # fmt: skip
+def test_nodule_is_moved_off_hiding_findings_within_its_zone(blocker, bp, side, zone, u, v):
+    study = _nodule_with(blocker, bp, side, zone, u, v)
+    out = render(study)
+    nod, hide, lung = out.masks["nodule"], out.masks[blocker], out.masks[f"{side}_lung"]
+    assert hide[_sampled_px(study)], "the sampled place must be under the finding"
+    assert nod.sum() > 50
+    assert not (nod & hide).any()
+    assert not (nod & ~lung).any()  # wholly over its own lung, off the heart
+    assert out.measured["nodule_free_frac"] == 1.0
+    # still in the zone the report names: between the height fractions of its band
+    g = frontal_geometry(study)
+    lo, hi = lesions.zone_band(zone)
+    us = np.linspace(0.05, 0.95, 19)
+    top = min(g.lung_point(side, a, lo)[1] for a in us) * SIZE
+    bottom = max(g.lung_point(side, a, hi)[1] for a in us) * SIZE
+    assert top <= np.nonzero(nod)[0].mean() <= bottom
+    # and visible: the nodule brightens the film where its mask says
+    plain = copy.deepcopy(study)
+    del plain["findings"]["nodule"]
+    diff = out.frontal.astype(float) - render(plain).frontal.astype(float)
+    assert diff[nod].mean() > 10
+
+
+def test_without_free_lung_the_nodule_takes_the_least_hidden_place():
+    # a large pneumothorax leaves no upper-zone lung wide enough for a 2 cm nodule
+    ptx_params = {"side": "left", "severity": 0.9}
+    study = _nodule_with("pneumothorax", ptx_params, "left", "upper", 0.7, 0.2)
+    out = render(study)
+    nod, ptx, lung = out.masks["nodule"], out.masks["pneumothorax"], out.masks["left_lung"]
+    row, col = _sampled_px(study)
+    assert ptx[row, col]
+    free = (nod & lung & ~ptx).sum() / nod.sum()
+    assert out.measured["nodule_free_frac"] == pytest.approx(free, abs=1e-3)
+    rows, cols = np.ogrid[:SIZE, :SIZE]
+    disc = np.hypot(rows - row, cols - col) <= 10.0 / 380.0 * SIZE  # at the sampled place
+    assert (disc & lung & ~ptx).sum() / disc.sum() + 0.1 < free < 1.0
+    middle = frontal_geometry(study).lung_point("left", 0.5, 0.4)[1] * SIZE
+    assert np.nonzero(nod)[0].mean() < middle  # still in the upper zone
+
+
+def test_a_nodule_changes_nothing_but_its_own_pixels_and_masks():
+    """Drawing the nodule last must not alter the other findings: their masks, the random
+    draws of the opacities and every pixel away from the nodule are the same with and
+    without it, so a study without a nodule renders as it did before the nodule moved
+    after the effusion and pneumothorax (a wrong draw order or a finding that read the
+    nodule's density would change pixels or masks here)."""
+    study = base_study()
+    study["findings"].update(
+        consolidation={"side": "left", "zone": "lower", "u": 0.5, "severity": 0.7},
+        atelectasis={"side": "bilateral", "kind": "plate", "severity": 0.5},
+        edema={"severity": 0.6, "grade": "moderate"},
+        pleural_effusion={"side": "bilateral", "severity": 0.5},
+        pneumothorax={"side": "right", "severity": 0.5},
+        rib_fracture={"side": "left", "rib": 6, "position": 0.5, "displaced": True},
+    )
+    plain = copy.deepcopy(study)
+    study["findings"]["nodule"] = dict(
+        side="right", zone="middle", u=0.7, v=0.5, size_mm=18.0, contrast=0.9
+    )
+    a, b = render(plain), render(study)
+    nod = b.masks["nodule"]
+    assert nod.any() and b.measured["nodule_free_frac"] == 1.0
+    for name, mask in a.masks.items():
+        np.testing.assert_array_equal(mask, b.masks[name], err_msg=name)
+    assert set(b.masks) - set(a.masks) == {"nodule"} | {f"nodule_annotator_{i}" for i in range(4)}
+    away = ~ndimage.binary_dilation(nod, iterations=4)
+    np.testing.assert_array_equal(a.frontal[away], b.frontal[away])
+    assert (a.frontal[nod] != b.frontal[nod]).mean() > 0.8
+    assert {k: v for k, v in b.measured.items() if k != "nodule_free_frac"} == a.measured
+
+
+def test_zone_bands_contain_their_spans_and_do_not_overlap():
+    bands = [lesions.zone_band(z) for z in ZONE_SPAN]
+    for (lo, hi), (slo, shi) in zip(bands, ZONE_SPAN.values()):
+        assert lo <= slo < shi <= hi
+    assert all(bands[i][1] <= bands[i + 1][0] for i in range(len(bands) - 1))

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from workbench.cxr.phantom.anatomy import MM_PER_UNIT, SIGN, Geometry, lung_field
+from workbench.cxr.phantom.cohort import ZONE_SPAN
 from workbench.cxr.phantom.draw import Canvas, Frame, ellipse_field, smooth, smooth_noise
 
 ZONE_V = MappingProxyType({"upper": 0.24, "middle": 0.5, "lower": 0.76})
@@ -169,37 +170,130 @@ def edema(
 
 
 def nodule(
-    g: Geometry, fr: Frame, lay: Layers, lungs: dict, p: dict, rng: np.random.Generator
+    g: Geometry,
+    fr: Frame,
+    lay: Layers,
+    lungs: dict,
+    p: dict,
+    rng: np.random.Generator,
+    occupied: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A round, slightly lobulated nodule; returns its mask and the soft profile.
 
-    The nodule sits in aerated lung: if the heart covers its nominal place (a large heart
-    over a medial base), it moves laterally until it is over the lung field.
+    The nodule sits in free aerated lung of its side and zone (see :func:`place_nodule`):
+    off the heart and off ``occupied``, the masks of the findings that hide the lung under
+    them (consolidation, atelectasis, pleural effusion, pneumothorax). Edema is a diffuse
+    bilateral haze that a nodule still shows through, so it does not count as occupied.
     """
     r = p["size_mm"] / 2 / MM_PER_UNIT * g.magnification
-    cx, cy = _in_lung(g, fr, lungs[f"{p['side']}_lung"], p["side"], p["u"], p["v"], r)
-    theta = np.arctan2(fr.Y - cy, fr.X - cx)
     ph = rng.uniform(0, 2 * math.pi, size=2)
-    radius = r * (1 + 0.07 * np.sin(3 * theta + ph[0]) + 0.04 * np.sin(5 * theta + ph[1]))
-    rho = np.hypot(fr.X - cx, fr.Y - cy) / radius
+    if occupied is None:
+        occupied = np.zeros_like(lungs["left_lung"])
+    cx, cy, _, _ = place_nodule(g, fr, lungs[f"{p['side']}_lung"], occupied, p, r, ph)
+    window = _window(fr, cx, cy, 1.12 * r)
+    rho = np.full((fr.size, fr.size), np.inf, dtype=np.float32)
+    rho[window] = _nodule_rho(fr, cx, cy, r, ph, window)  # as place_nodule judged it
     profile = np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)).astype(np.float32)
     lay.extra += (0.1 + 0.18 * p["contrast"]) * profile
     return rho <= 1.0, profile
 
 
-def _in_lung(g: Geometry, fr: Frame, lung: np.ndarray, side: str, u: float, v: float, r: float):
-    """``g.lung_point(side, u, v)``, moved laterally in steps until a disc of radius ``r``
-    around it has lung on both sides (so it is not hidden by the heart)."""
+def _nodule_rho(fr: Frame, cx: float, cy: float, r: float, ph: np.ndarray, window=None):
+    """Distance from the centre over the local radius of the lobulated outline (<= 1 inside),
+    on the whole grid or on ``window`` (a pair of slices)."""
+    X, Y = (fr.X, fr.Y) if window is None else (fr.X[window], fr.Y[window])
+    theta = np.arctan2(Y - cy, X - cx)
+    radius = r * (1 + 0.07 * np.sin(3 * theta + ph[0]) + 0.04 * np.sin(5 * theta + ph[1]))
+    return np.hypot(X - cx, Y - cy) / radius
+
+
+def place_nodule(
+    g: Geometry,
+    fr: Frame,
+    lung: np.ndarray,
+    occupied: np.ndarray,
+    p: dict,
+    r: float,
+    ph: np.ndarray,
+) -> tuple[float, float, float, float]:
+    """Centre ``(x, y, u, v)`` of a nodule of radius ``r`` in free lung of its side and zone.
+
+    First the sampled ``g.lung_point(side, u, v)`` and lateral steps of 0.06 in ``u`` (the
+    first generator's search, to clear the heart): the first whose centre and the two ends
+    of its horizontal diameter lie in ``lung`` (the side's lung field minus the heart) and
+    whose lobulated outline touches no ``occupied`` pixel is taken, so a nodule that was
+    already free stays where it was. Then a grid over the zone's band (:func:`zone_band`,
+    ``u`` 0.05-0.95), nearest to the sampled point first: the first whose outline lies
+    wholly in free lung (``lung`` and not ``occupied``). When none is free (a large effusion
+    over the whole lower zone, a large pneumothorax over the apex), the candidate with the
+    fewest outline pixels outside free lung is taken: the nodule is then partly or wholly
+    hidden, as it would be on a real film (``measured['nodule_free_frac']`` says how much).
+    """
+    lateral, grid = _candidates(g, p)
+    best, best_hidden = None, None
+    for legacy, (u, v) in [(True, c) for c in lateral] + [(False, c) for c in grid]:
+        x, y = g.lung_point(p["side"], u, v)
+        window = _window(fr, x, y, 1.12 * r)
+        if window is None:
+            continue
+        inside = _nodule_rho(fr, x, y, r, ph, window) <= 1.0
+        hidden = int((inside & ~(lung[window] & ~occupied[window])).sum())
+        if hidden == 0 or (
+            legacy and _straddles_lung(fr, lung, x, y, r) and not (inside & occupied[window]).any()
+        ):
+            return x, y, u, v
+        if best_hidden is None or hidden < best_hidden:
+            best, best_hidden = (x, y, u, v), hidden
+    if best is None:
+        raise ValueError(f"nodule {dict(p)}: no candidate position inside the image")
+    return best
+
+
+def zone_band(zone: str) -> tuple[float, float]:
+    """Height fractions a nodule of ``zone`` may take: the zone's sampling span
+    (``cohort.ZONE_SPAN``) widened halfway into the gaps to its neighbours, and to 0.05 / 0.97
+    at the apex / base, so a moved nodule is still nearer its own zone than any other."""
+    spans = list(ZONE_SPAN.values())  # apex to base
+    k = list(ZONE_SPAN).index(zone)
+    lo = 0.05 if k == 0 else (spans[k - 1][1] + spans[k][0]) / 2
+    hi = 0.97 if k == len(spans) - 1 else (spans[k][1] + spans[k + 1][0]) / 2
+    return lo, hi
+
+
+def _candidates(g: Geometry, p: dict) -> tuple[list, list]:
+    """(u, v) positions to try: the sampled one and its lateral steps; the zone grid."""
+    u0, v0 = p["u"], p["v"]
+    lateral = [(u0, v0)]
+    for _ in range(11):  # summed step by step, as before, so the same points come out
+        lateral.append((min(lateral[-1][0] + 0.06, 0.9), v0))
+    lo, hi = zone_band(p["zone"])
+    n = max(2, int(round((hi - lo) / 0.015)))
+    vs = lo + (np.arange(n) + 0.5) * (hi - lo) / n  # cell centres: never on a band edge
+    grid = [(round(float(u), 3), float(v)) for v in vs for u in np.arange(0.05, 0.951, 0.025)]
+    start = g.lung_point(p["side"], u0, v0)
+    grid.sort(key=lambda uv: math.dist(g.lung_point(p["side"], *uv), start))
+    return list(dict.fromkeys(lateral)), grid
+
+
+def _window(fr: Frame, x: float, y: float, reach: float):
+    """Slices of the pixels within ``reach`` (units) of ``(x, y)``; None if it is off-image."""
+    ((px, py),) = fr.to_px([(x, y)])
+    h = reach * fr.size + 2
+    x0, x1 = max(0, int(px - h)), min(fr.size, int(px + h) + 1)
+    y0, y1 = max(0, int(py - h)), min(fr.size, int(py + h) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _straddles_lung(fr: Frame, lung: np.ndarray, x: float, y: float, r: float) -> bool:
+    """Whether the centre and both ends of the horizontal diameter are in ``lung`` (the test
+    the first generator used to keep nodules off the heart)."""
     reach = max(1, int(r * fr.size))
-    for _ in range(12):
-        x, y = g.lung_point(side, u, v)
-        ((px, py),) = fr.to_px([(x, y)])
-        col, row = int(px), int(py)
-        cols = np.clip([col - reach, col, col + reach], 0, fr.size - 1)
-        if 0 <= row < fr.size and lung[row, cols].all():
-            break
-        u = min(u + 0.06, 0.9)
-    return x, y
+    ((px, py),) = fr.to_px([(x, y)])
+    col, row = int(px), int(py)
+    cols = np.clip([col - reach, col, col + reach], 0, fr.size - 1)
+    return bool(0 <= row < fr.size and lung[row, cols].all())
 
 
 def annotators(

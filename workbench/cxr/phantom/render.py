@@ -29,6 +29,10 @@ from workbench.cxr.phantom.devices import draw_devices
 from workbench.cxr.phantom.draw import Frame, smooth, smooth_noise
 from workbench.cxr.phantom.lateral import render_lateral
 
+# findings whose mask hides the lung under it: a nodule is placed off them (edema, a diffuse
+# haze that a nodule still shows through, is not one)
+HIDING = ("consolidation", "atelectasis", "pleural_effusion", "pneumothorax")
+
 
 class Rendered(NamedTuple):
     frontal: np.ndarray  # uint8 [S, S]
@@ -55,7 +59,14 @@ def to_grey(density: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndar
 
 
 def _apply_findings(study, g, frame, lay, masks, rng) -> None:
-    """Draw each present finding into ``lay`` and add its mask to ``masks``."""
+    """Draw each present finding into ``lay`` and add its mask to ``masks``.
+
+    The nodule comes after every finding that hides lung (consolidation, atelectasis,
+    effusion, pneumothorax), so it can be placed where none of them covers it: a nodule
+    under an effusion would be labelled yet invisible. Only the opacities and the nodule
+    draw from ``rng``, in the same order as before, and the rest only read the layers the
+    nodule does not write, so studies without a nodule render as they did.
+    """
     f = study["findings"]
     lungs = {k: masks[k] for k in ("left_lung", "right_lung")}
     if "cardiomegaly" in f:
@@ -67,10 +78,6 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
     ):
         if name in f:
             masks[name] = fn(g, frame, lay, lungs, f[name], rng)
-    if "nodule" in f:
-        masks["nodule"], profile = lesions.nodule(g, frame, lay, lungs, f["nodule"], rng)
-        for i, m in enumerate(lesions.annotators(profile, f["nodule"]["contrast"], frame, rng)):
-            masks[f"nodule_annotator_{i}"] = m
     if "pleural_effusion" in f:
         supine = study["acquisition"]["position"] == "supine"
         masks["pleural_effusion"] = lesions.effusion(
@@ -78,8 +85,32 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
         )
     if "pneumothorax" in f:
         masks["pneumothorax"] = lesions.pneumothorax(g, frame, lay, lungs, f["pneumothorax"])
+    if "nodule" in f:
+        occupied = hiding_mask(masks)
+        masks["nodule"], profile = lesions.nodule(g, frame, lay, lungs, f["nodule"], rng, occupied)
+        for i, m in enumerate(lesions.annotators(profile, f["nodule"]["contrast"], frame, rng)):
+            masks[f"nodule_annotator_{i}"] = m
     if "rib_fracture" in f:
         masks["rib_fracture"] = lesions.fracture_mask(g, frame, f["rib_fracture"])
+
+
+def hiding_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Union of the masks of the present findings that hide the lung under them."""
+    occupied = np.zeros_like(masks["heart"])
+    for name in HIDING:
+        if name in masks:
+            occupied |= masks[name]
+    return occupied
+
+
+def nodule_free_frac(study: dict, masks: dict[str, np.ndarray]) -> float:
+    """Share of the nodule mask over free lung: its side's lung (minus the heart) not
+    covered by a hiding finding. Below 1.0 where no free place was left in its zone, or
+    where a place the first generator's heart test accepted (it looks at one row) has part
+    of the nodule over the heart or past the lung edge."""
+    lung = masks[f"{study['findings']['nodule']['side']}_lung"] & ~hiding_mask(masks)
+    nod = masks["nodule"]
+    return round(float((nod & lung).sum() / max(int(nod.sum()), 1)), 3)
 
 
 def render_frontal(study: dict, size: int, rng: np.random.Generator):
@@ -128,6 +159,8 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         "heart_width_px": heart_width_px(heart),
         "ctr_measured": round(heart_width_px(heart) / max(thorax, 1), 4),
     }
+    if "nodule" in masks:
+        measured["nodule_free_frac"] = nodule_free_frac(study, masks)
     return to_grey(density, acq, noise_rng), masks, measured, g
 
 

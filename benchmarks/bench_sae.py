@@ -76,6 +76,14 @@ def flattened(curve: list[dict], key: str, window: int, tol: float) -> bool:
     return abs(then - now) <= tol * max(abs(now), 1e-12)
 
 
+def converged(curve: list[dict], args) -> bool:
+    """``--until-flat``'s stop rule: the BatchTopK FVU is flat and the inference threshold has
+    settled, so that the inference row of a stopped peer is a converged figure too."""
+    return flattened(curve, "fvu_batchtopk", args.flat_window, args.flat_tol) and flattened(
+        curve, "threshold", args.flat_window, args.thr_tol
+    )
+
+
 def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
     """The interleaved loop: per-step times, eval curves, and who stopped when."""
     limit = limit_fn(shape, args.device, args.dtype)
@@ -99,9 +107,10 @@ def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
             if active[p.name]:
                 row = {"step": step + 1, "tokens": (step + 1) * shape.batch}
                 curves[p.name].append({**row, **p.evaluate(held_out)})
-                if args.until_flat and flattened(
-                    curves[p.name], "fvu_batchtopk", args.flat_window, args.flat_tol
-                ):
+                # one line per eval on stderr, so a long run's curve survives an interruption
+                print(json.dumps({"peer": p.name, **curves[p.name][-1]}), file=sys.stderr,
+                      flush=True)  # fmt: skip
+                if args.until_flat and converged(curves[p.name], args):
                     active[p.name] = False
         if not any(active.values()):
             break
@@ -208,7 +217,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=40, help="steps (unless --tokens)")
     p.add_argument("--tokens", type=float, default=0, help="token budget, e.g. 20e6")
-    p.add_argument("--until-flat", action="store_true", help="stop each peer once converged")
+    p.add_argument(
+        "--until-flat",
+        action="store_true",
+        help="stop each peer once its FVU is flat and its threshold settled",
+    )
     p.add_argument("--eval-every", type=int, default=20, help="steps between held-out evals")
     p.add_argument("--flat-window", type=int, default=3, help="evals the FVU must be flat for")
     p.add_argument("--flat-tol", type=float, default=0.01, help="relative FVU change = flat")

@@ -32,7 +32,8 @@ def test_bench_sae_runs_interleaved_with_every_section(tmp_path):
     argv = ["--d-in", "32", "--d-sae", "256", "--k", "4", "--batch", "256", "--steps", "6",
             "--eval-every", "2", "--threads", "1", "--shard-tokens", "1024", "--held-out", "512",
             "--peers", "ours,saelens-default,saelens-best", "--profile", "2", "--json", str(out),
-            "--until-flat", "--flat-window", "1", "--flat-tol", "10"]  # fmt: skip
+            "--until-flat", "--flat-window", "1", "--flat-tol", "10",
+            "--thr-tol", "10"]  # fmt: skip
     assert _script("bench_sae").main(argv) == 0
     fig = json.loads(out.read_text())
     sp, q = fig["speed"], fig["quality"]
@@ -46,6 +47,18 @@ def test_bench_sae_runs_interleaved_with_every_section(tmp_path):
                             rel_tol=1e-4)  # fmt: skip
     assert "sae.select" in fig["profile"]["stages"]
     assert fig["best_settings"]["decoder_init_norm"].startswith("1.0")
+
+
+def test_bench_sae_until_flat_waits_for_the_threshold_too():
+    bench = _script("bench_sae")
+    args = bench.parse(["--until-flat", "--flat-window", "2", "--flat-tol", "0.01",
+                        "--thr-tol", "0.02"])  # fmt: skip
+    fvu_flat = [{"fvu_batchtopk": 0.37, "threshold": t} for t in (0.9, 0.8, 0.7)]
+    assert not bench.converged(fvu_flat, args)  # FVU flat, threshold still falling
+    settled = [{"fvu_batchtopk": 0.37, "threshold": t} for t in (0.700, 0.699, 0.698)]
+    assert bench.converged(settled, args)
+    falling = [{"fvu_batchtopk": f, "threshold": 0.7} for f in (0.50, 0.45, 0.40)]
+    assert not bench.converged(falling, args)  # threshold flat, FVU still falling
 
 
 def test_bench_sae_estimate_projects_the_whole_run(tmp_path):

@@ -129,6 +129,10 @@ def test_labels_and_masks_match_ground_truth(dataset):
             assert int(row[concept]) == int(present)
             assert (concept in names) == present, (concept, rec["study_id"])
         assert ({f"nodule_annotator_{i}" for i in range(4)} <= names) == ("nodule" in names)
+        drawn = {"nodule_drawn_u", "nodule_drawn_v", "nodule_free_frac"} & set(rec["measured"])
+        assert bool(drawn) == ("nodule" in names) and len(drawn) in (0, 3)
+        if drawn:
+            assert all(0 < rec["measured"][k] <= 1 for k in drawn)
         for change in ("new", "resolved", "increased", "decreased", "unchanged"):
             assert int(row[f"change_{change}"]) == int(change in rec["changes"].values())
 

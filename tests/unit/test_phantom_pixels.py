@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from workbench.cxr.phantom import lesions
+from workbench.cxr.phantom import lateral, lesions
 from workbench.cxr.phantom.anatomy import frontal_geometry
 from workbench.cxr.phantom.cohort import (
     ZONE_SPAN,
@@ -22,6 +22,7 @@ from workbench.cxr.phantom.cohort import (
     subject_studies,
 )
 from workbench.cxr.phantom.draw import Frame
+from workbench.cxr.phantom.lateral import render_lateral
 from workbench.cxr.phantom.render import render_study
 
 SIZE = 160
@@ -307,7 +308,8 @@ def test_a_nodule_changes_nothing_but_its_own_pixels_and_masks():
     away = ~ndimage.binary_dilation(nod, iterations=4)
     np.testing.assert_array_equal(a.frontal[away], b.frontal[away])
     assert (a.frontal[nod] != b.frontal[nod]).mean() > 0.8
-    assert {k: v for k, v in b.measured.items() if k != "nodule_free_frac"} == a.measured
+    nodule_keys = {"nodule_free_frac", "nodule_drawn_u", "nodule_drawn_v"}
+    assert {k: v for k, v in b.measured.items() if k not in nodule_keys} == a.measured
 
 
 def test_zone_bands_contain_their_spans_and_do_not_overlap():
@@ -315,3 +317,53 @@ def test_zone_bands_contain_their_spans_and_do_not_overlap():
     for (lo, hi), (slo, shi) in zip(bands, ZONE_SPAN.values()):
         assert lo <= slo < shi <= hi
     assert all(bands[i][1] <= bands[i + 1][0] for i in range(len(bands) - 1))
+
+
+@pytest.mark.parametrize(
+    "blocker, bp, side, zone, u, v",
+    [
+        ("pleural_effusion", {"side": "left", "severity": 0.8}, "left", "lower", 0.6, 0.8),
+        ("pneumothorax", {"side": "left", "severity": 0.6}, "left", "upper", 0.7, 0.2),
+        ("pneumothorax", {"side": "right", "severity": 0.8}, "right", "middle", 0.85, 0.5),
+    ],
+)  # fmt: skip
+def test_moved_nodule_is_recorded_and_drawn_at_its_frontal_height_on_the_lateral(
+    blocker, bp, side, zone, u, v
+):
+    """A nodule moved off a hiding finding: the record's measured dict holds where the
+    frontal view drew it, and the lateral view draws it at that height, not the sampled one."""
+    study = _nodule_with(blocker, bp, side, zone, u, v)
+    out = render(study)
+    du, dv = out.measured["nodule_drawn_u"], out.measured["nodule_drawn_v"]
+    assert abs(dv - v) > 0.05, "the case must move the nodule up or down"
+    assert study["findings"]["nodule"]["v"] == v  # the sampled values stay in the findings
+    # the frontal nodule mask is centred on the recorded drawn place
+    g = frontal_geometry(study)
+    ((px, py),) = Frame(SIZE).to_px([g.lung_point(side, du, dv)])
+    rows, cols = np.nonzero(out.masks["nodule"])
+    assert abs(rows.mean() - py) < 1.5 and abs(cols.mean() - px) < 1.5
+    # lateral: the nodule is what brightens the film against the same study without it
+    plain = copy.deepcopy(study)
+    del plain["findings"]["nodule"]
+    diff = out.lateral.astype(float) - render(plain).lateral.astype(float)
+    bright = diff > 0.5 * diff.max()
+    assert bright.sum() > 20
+    lat_u = 0.35 if zone == "upper" else 0.65
+    drawn_row = lateral._point(g, lat_u, dv)[1] * SIZE
+    sampled_row = lateral._point(g, lat_u, v)[1] * SIZE
+    assert abs(drawn_row - sampled_row) > 5
+    assert abs(np.nonzero(bright)[0].mean() - drawn_row) < 2.0
+
+
+def test_unmoved_nodule_keeps_its_sampled_place_in_the_record_and_on_the_lateral():
+    study = base_study()
+    study["findings"]["nodule"] = dict(
+        side="right", zone="middle", u=0.7, v=0.5, size_mm=18.0, contrast=0.9
+    )
+    out = render(study)
+    assert (out.measured["nodule_drawn_u"], out.measured["nodule_drawn_v"]) == (0.7, 0.5)
+    density = render_lateral(study, frontal_geometry(study), SIZE, rng_for(0, 1), None)
+    again = render_lateral(study, frontal_geometry(study), SIZE, rng_for(0, 1), 0.5)
+    moved = render_lateral(study, frontal_geometry(study), SIZE, rng_for(0, 1), 0.3)
+    np.testing.assert_array_equal(density, again)
+    assert not np.array_equal(density, moved)

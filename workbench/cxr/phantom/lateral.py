@@ -75,8 +75,13 @@ def _anatomy(g: Geometry, fr: Frame, study: dict) -> tuple[np.ndarray, np.ndarra
     return body + bone, air
 
 
-def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.ndarray:
-    """Density added by findings (the heart counts as one) and air given back by fluid."""
+def _findings(
+    g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng, nodule_v: float | None = None
+) -> np.ndarray:
+    """Density added by findings (the heart counts as one) and air given back by fluid.
+
+    The nodule sits at height fraction ``nodule_v`` (where the frontal view drew it) when
+    given, else at its sampled ``v``."""
     f = study["findings"]
     lung = _lung(g, fr)
     scale = study["ctr"] / 0.42
@@ -96,7 +101,8 @@ def _findings(g: Geometry, fr: Frame, study: dict, air: np.ndarray, rng) -> np.n
         if name in f:
             p = f[name]
             u = 0.35 if p["zone"] == "upper" else 0.65
-            c = _point(g, u, p.get("v", ZONE_V[p["zone"]]))
+            v = nodule_v if name == "nodule" and nodule_v is not None else p.get("v")
+            c = _point(g, u, ZONE_V[p["zone"]] if v is None else v)
             r = p["size_mm"] / 2 / MM_PER_UNIT if name == "nodule" else 0.05 + 0.04 * p["severity"]
             e = ellipse_field(fr, c, r, r) + (
                 0.3 * smooth_noise(fr, rng, 6) if name != "nodule" else 0
@@ -163,11 +169,18 @@ def _devices(g: Geometry, fr: Frame, devices: dict) -> np.ndarray:
     return cv.array()
 
 
-def render_lateral(study: dict, g: Geometry, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Density map of the lateral view (grey conversion is the caller's)."""
+def render_lateral(
+    study: dict,
+    g: Geometry,
+    size: int,
+    rng: np.random.Generator,
+    nodule_v: float | None = None,
+) -> np.ndarray:
+    """Density map of the lateral view (grey conversion is the caller's); ``nodule_v``: the
+    height fraction the frontal view drew the nodule at (None: the sampled ``v``)."""
     fr = Frame(size, 0.0)
     base, air = _anatomy(g, fr, study)
-    extra = _findings(g, fr, study, air, rng)
+    extra = _findings(g, fr, study, air, rng, nodule_v)
     metal = _devices(g, fr, study["devices"])
     tex = smooth_noise(fr, rng, max(2.0, size / 64))
     return base - AIR * 0.85 * air + 0.02 * tex * air + extra + 0.75 * metal

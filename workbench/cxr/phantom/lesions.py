@@ -177,8 +177,9 @@ def nodule(
     p: dict,
     rng: np.random.Generator,
     occupied: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A round, slightly lobulated nodule; returns its mask and the soft profile.
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """A round, slightly lobulated nodule; returns its mask, the soft profile and the
+    ``(u, v)`` it was drawn at (the sampled ``p['u'], p['v']`` unless it had to move).
 
     The nodule sits in free aerated lung of its side and zone (see :func:`place_nodule`):
     off the heart and off ``occupied``, the masks of the findings that hide the lung under
@@ -189,13 +190,13 @@ def nodule(
     ph = rng.uniform(0, 2 * math.pi, size=2)
     if occupied is None:
         occupied = np.zeros_like(lungs["left_lung"])
-    cx, cy, _, _ = place_nodule(g, fr, lungs[f"{p['side']}_lung"], occupied, p, r, ph)
+    cx, cy, u, v = place_nodule(g, fr, lungs[f"{p['side']}_lung"], occupied, p, r, ph)
     window = _window(fr, cx, cy, 1.12 * r)
     rho = np.full((fr.size, fr.size), np.inf, dtype=np.float32)
     rho[window] = _nodule_rho(fr, cx, cy, r, ph, window)  # as place_nodule judged it
     profile = np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)).astype(np.float32)
     lay.extra += (0.1 + 0.18 * p["contrast"]) * profile
-    return rho <= 1.0, profile
+    return rho <= 1.0, profile, (u, v)
 
 
 def _nodule_rho(fr: Frame, cx: float, cy: float, r: float, ph: np.ndarray, window=None):

@@ -58,8 +58,9 @@ def to_grey(density: np.ndarray, acq: dict, rng: np.random.Generator) -> np.ndar
     return np.round(np.clip(img, 0.0, 1.0) ** gamma * 255.0).astype(np.uint8)
 
 
-def _apply_findings(study, g, frame, lay, masks, rng) -> None:
-    """Draw each present finding into ``lay`` and add its mask to ``masks``.
+def _apply_findings(study, g, frame, lay, masks, rng) -> tuple[float, float] | None:
+    """Draw each present finding into ``lay`` and add its mask to ``masks``; return the
+    ``(u, v)`` the nodule was drawn at (None without a nodule).
 
     The nodule comes after every finding that hides lung (consolidation, atelectasis,
     effusion, pneumothorax), so it can be placed where none of them covers it: a nodule
@@ -68,6 +69,7 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
     nodule does not write, so studies without a nodule render as they did.
     """
     f = study["findings"]
+    drawn = None
     lungs = {k: masks[k] for k in ("left_lung", "right_lung")}
     if "cardiomegaly" in f:
         masks["cardiomegaly"] = masks["heart"].copy()
@@ -87,11 +89,14 @@ def _apply_findings(study, g, frame, lay, masks, rng) -> None:
         masks["pneumothorax"] = lesions.pneumothorax(g, frame, lay, lungs, f["pneumothorax"])
     if "nodule" in f:
         occupied = hiding_mask(masks)
-        masks["nodule"], profile = lesions.nodule(g, frame, lay, lungs, f["nodule"], rng, occupied)
+        masks["nodule"], profile, drawn = lesions.nodule(
+            g, frame, lay, lungs, f["nodule"], rng, occupied
+        )
         for i, m in enumerate(lesions.annotators(profile, f["nodule"]["contrast"], frame, rng)):
             masks[f"nodule_annotator_{i}"] = m
     if "rib_fracture" in f:
         masks["rib_fracture"] = lesions.fracture_mask(g, frame, f["rib_fracture"])
+    return drawn
 
 
 def hiding_mask(masks: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,7 +119,8 @@ def nodule_free_frac(study: dict, masks: dict[str, np.ndarray]) -> float:
 
 
 def render_frontal(study: dict, size: int, rng: np.random.Generator):
-    """Frontal image, masks and measurements of one study."""
+    """Frontal image, masks, measurements, geometry and the nodule's drawn ``(u, v)`` (None
+    without a nodule) of one study."""
     acq, hab = study["acquisition"], study["subject"]["habitus"]
     # independent streams: adding a finding never changes the anatomy or the noise
     anatomy_rng, findings_rng, noise_rng = rng.spawn(3)
@@ -140,7 +146,7 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         extra=np.zeros_like(air),
         metal=np.zeros_like(air),
     )
-    _apply_findings(study, g, frame, lay, masks, findings_rng)
+    nodule_uv = _apply_findings(study, g, frame, lay, masks, findings_rng)
     lay.metal, device_masks = draw_devices(g, frame, study["devices"])
     masks.update(device_masks)
     mottle = smooth_noise(frame, anatomy_rng, max(2.0, size / 16)) * np.clip(lay.body, 0.0, 0.3)
@@ -159,17 +165,25 @@ def render_frontal(study: dict, size: int, rng: np.random.Generator):
         "heart_width_px": heart_width_px(heart),
         "ctr_measured": round(heart_width_px(heart) / max(thorax, 1), 4),
     }
-    if "nodule" in masks:
+    if nodule_uv is not None:
         measured["nodule_free_frac"] = nodule_free_frac(study, masks)
-    return to_grey(density, acq, noise_rng), masks, measured, g
+        # where it was drawn; the record's findings keep the sampled u, v
+        measured["nodule_drawn_u"], measured["nodule_drawn_v"] = (round(c, 4) for c in nodule_uv)
+    return to_grey(density, acq, noise_rng), masks, measured, g, nodule_uv
 
 
 def render_study(study: dict, size: int, rng: np.random.Generator) -> Rendered:
-    """Frontal + optional lateral view of one study, with the frontal masks."""
+    """Frontal + optional lateral view of one study, with the frontal masks.
+
+    The frontal view is rendered first; the lateral draws the nodule at the height the
+    frontal drew it (it may have moved off a hiding finding), not the sampled one.
+    """
     frontal_rng, lateral_rng = rng.spawn(2)
-    frontal, masks, measured, g = render_frontal(study, size, frontal_rng)
+    frontal, masks, measured, g, nodule_uv = render_frontal(study, size, frontal_rng)
     lateral = None
     if study["acquisition"]["lateral"]:
         lat_rng, lat_noise = lateral_rng.spawn(2)
-        lateral = to_grey(render_lateral(study, g, size, lat_rng), study["acquisition"], lat_noise)
+        nodule_v = None if nodule_uv is None else nodule_uv[1]
+        density = render_lateral(study, g, size, lat_rng, nodule_v)
+        lateral = to_grey(density, study["acquisition"], lat_noise)
     return Rendered(frontal, lateral, masks, measured)

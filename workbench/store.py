@@ -21,14 +21,16 @@ so the work a crash can lose is bounded in tokens and in time. ``row`` is global
 Under ``accelerate launch`` each process writes ``<dir>/rank<r>``; :class:`ActivationStore`
 reads the parts as one store. ``record --layers`` writes one store per hook in
 ``<dir>/<hook name>/``, listed in ``hooks.json`` (:func:`hook_stores`).
-:meth:`ActivationStore.read_rows` reads chosen rows of a shard without the rest.
+:meth:`ActivationStore.read_rows` reads chosen rows of a shard without the rest;
+:func:`iter_study_sums` sums chosen rows per study (and slot) shard by shard.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -173,3 +175,64 @@ class ActivationStore:
     def iter_shards(self) -> Iterator[tuple[torch.Tensor, pa.Table]]:
         for i in range(self.num_shards):
             yield self.shard(i), self.metadata(i)
+
+
+class StudySums(NamedTuple):
+    """One shard's kept rows summed per study and slot (:func:`iter_study_sums`)."""
+
+    study_ids: np.ndarray
+    """The distinct studies of the shard's kept rows, ascending ``[U]``."""
+    sums: torch.Tensor
+    """float32 ``[U, n_slots, W]``: the sum of each study's kept rows in each slot."""
+    counts: np.ndarray
+    """int64 ``[U, n_slots]``: the rows each sum adds (0 where a study has none in a slot)."""
+
+
+RowSelect = Callable[[pa.Table], tuple[np.ndarray, np.ndarray | None]]
+"""Shard metadata -> ``(keep_N, slot_M)``: the bool mask of the rows to sum and, for the M
+kept rows in order, each one's slot in ``0..n_slots-1`` (None: every kept row in slot 0)."""
+
+
+def iter_study_sums(
+    store: ActivationStore,
+    select: RowSelect,
+    n_slots: int = 1,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[StudySums]:
+    """Per shard, in order: the rows ``select`` keeps, summed per study and slot.
+
+    A slot subdivides a study (a (section, patch) of its image, say); with ``n_slots=1``
+    each study gets one sum. ``transform`` maps the kept rows ``[M, D]`` (as float32) to what
+    is summed ``[M, W]`` (default: the rows themselves). A shard with no kept row yields
+    nothing. Blocks are per shard: a caller wanting totals adds up a study's blocks (a writer
+    stores whole studies, so a study is in one shard unless the store was written otherwise).
+    """
+    for acts_ND, meta in store.iter_shards():
+        keep_N, slot_M = select(meta)
+        keep_N = np.asarray(keep_N, dtype=bool)
+        if not keep_N.any():
+            continue
+        sid_M = np.asarray(meta.column("study_id").to_numpy(zero_copy_only=False))[keep_N]
+        x_MW = acts_ND[torch.from_numpy(keep_N)].float()
+        x_MW = transform(x_MW) if transform is not None else x_MW
+        study_U, inverse_M = np.unique(sid_M, return_inverse=True)
+        group_M = inverse_M.reshape(-1).astype(np.int64) * n_slots
+        if slot_M is not None:
+            slot_M = np.asarray(slot_M, dtype=np.int64)
+            if slot_M.shape != group_M.shape:
+                raise StoreError(f"{store.path}: {slot_M.shape} slots for {len(group_M)} kept rows")
+            if slot_M.min() < 0 or slot_M.max() >= n_slots:
+                raise StoreError(
+                    f"{store.path}: slots {slot_M.min()}..{slot_M.max()} outside 0..{n_slots - 1}"
+                )
+            group_M += slot_M
+        n_groups = len(study_U) * n_slots
+        sums_GW = torch.zeros(n_groups, x_MW.shape[1]).index_add_(
+            0, torch.from_numpy(group_M), x_MW
+        )
+        counts_G = np.bincount(group_M, minlength=n_groups)
+        yield StudySums(
+            study_U,
+            sums_GW.view(len(study_U), n_slots, -1),
+            counts_G.reshape(len(study_U), n_slots),
+        )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from workbench.store import ActivationStore, StoreError, StoreWriter
+from workbench.store import ActivationStore, StoreError, StoreWriter, iter_study_sums
 
 HEADER = dict(model="tiny", layer=1, hook_name="blocks.1.hook_resid_post", d_model=4)
 
@@ -97,3 +98,41 @@ def test_manifest_disagreeing_with_shard_is_caught(tmp_path):
         ActivationStore(tmp_path / "s").shard(0)
     with pytest.raises(StoreError, match="disagrees"):
         ActivationStore(tmp_path / "s").read_rows(0, [0])
+
+
+def test_study_sums_group_kept_rows_by_study_and_slot(tmp_path):
+    w = StoreWriter(tmp_path / "s", shard_tokens=6, **HEADER)
+    kinds = {7: ["report", "image", "report", "report"], 3: ["report"] * 3, 5: ["image"] * 2}
+    acts = {}
+    for sid, ks in kinds.items():  # 7 and 3 fill shard 0 (7 tokens >= 6); 5 is shard 1
+        acts[sid] = torch.arange(len(ks) * 4, dtype=torch.float32).view(-1, 4) ** 2 + sid
+        w.add(sid, acts[sid], [{"position": p, "kind": k} for p, k in enumerate(ks)])
+    w.close()
+    store = ActivationStore(tmp_path / "s")
+
+    def reports_by_parity(meta):
+        keep_N = np.array([k == "report" for k in meta.column("kind").to_pylist()])
+        return keep_N, np.asarray(meta.column("position").to_pylist())[keep_N] % 2
+
+    blocks = list(iter_study_sums(store, reports_by_parity, n_slots=2))
+    assert len(blocks) == 1  # shard 1 holds no report token: nothing is yielded for it
+    (block,) = blocks
+    assert block.study_ids.tolist() == [3, 7]  # ascending, not in stored order
+    assert block.counts.tolist() == [[2, 1], [2, 1]]  # 7: positions 0, 2 even; 3 odd
+    expected_USW = torch.stack(
+        [
+            torch.stack([acts[3][[0, 2]].sum(0), acts[3][1]]),
+            torch.stack([acts[7][[0, 2]].sum(0), acts[7][3]]),
+        ]
+    )
+    torch.testing.assert_close(block.sums, expected_USW, rtol=0, atol=0)
+
+    def everything(meta):
+        return np.ones(meta.num_rows, dtype=bool), None
+
+    one_slot = list(iter_study_sums(store, everything, transform=lambda x: 2 * x[:, :1]))
+    assert [b.study_ids.tolist() for b in one_slot] == [[3, 7], [5]]
+    assert one_slot[1].counts.tolist() == [[2]]
+    torch.testing.assert_close(one_slot[0].sums[1, 0], 2 * acts[7][:, :1].sum(0))
+    with pytest.raises(StoreError, match=r"slots 0\.\.1 outside 0\.\.0"):
+        list(iter_study_sums(store, reports_by_parity, n_slots=1))

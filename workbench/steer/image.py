@@ -39,7 +39,7 @@ import torch
 
 from workbench.models.hooks import VISION_PROJECTOR
 from workbench.steer.hook import SteeringError
-from workbench.store import ActivationStore
+from workbench.store import ActivationStore, iter_study_sums
 
 IMAGE_HOOK = VISION_PROJECTOR
 """The hook image-side steering acts at: the projector output = image-token embeddings."""
@@ -95,32 +95,38 @@ def sae_map(latent_map: Mapping[str, torch.Tensor], sae, features: Sequence[int]
 
 
 def _accumulate(store: ActivationStore, rows_of: Mapping[int, int], sections, transform, grid):
-    """Per section: X^T Y ``[S, P, W]`` summed per study (study row ``rows_of[sid]``), and the
-    tokens seen per (study, section)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[tuple[int, str], int] = {}
-    for acts_ND, meta in store.iter_shards():
+    """Per section: the sum of each study's tokens at each patch, ``[S * P, W]`` (study row
+    ``rows_of[sid]``, patch ``patch_row * grid + patch_col``), and the tokens seen per
+    (study, section)."""
+    n_patches = grid * grid
+    slot_of = {section: k * n_patches for k, section in enumerate(sections)}
+
+    def select(meta):
         sid_N = np.asarray(meta.column("study_id").to_numpy(zero_copy_only=False))
         sec_N = np.asarray(meta.column("section").to_pylist(), dtype=object)
         keep_N = np.isin(sec_N, list(sections)) & np.isin(sid_N, list(rows_of))
-        if not keep_N.any():
-            continue
-        rows_N = np.array([rows_of[int(s)] for s in sid_N[keep_N]], dtype=np.int64)
-        r_N = np.asarray(meta.column("patch_row").to_pylist(), dtype=object)[keep_N]
-        c_N = np.asarray(meta.column("patch_col").to_pylist(), dtype=object)[keep_N]
-        patch_N = torch.from_numpy((r_N * grid + c_N).astype(np.int64))
-        y_NW = acts_ND[torch.from_numpy(keep_N)].float()
-        y_NW = transform(y_NW) if transform is not None else y_NW
-        for section in sections:
-            sel = torch.from_numpy(sec_N[keep_N] == section)
-            if not sel.any():
+        r_M = np.asarray(meta.column("patch_row").to_pylist(), dtype=object)[keep_N]
+        c_M = np.asarray(meta.column("patch_col").to_pylist(), dtype=object)[keep_N]
+        base_M = np.array([slot_of[s] for s in sec_N[keep_N]], dtype=np.int64)
+        return keep_N, base_M + (r_M * grid + c_M).astype(np.int64)
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[tuple[int, str], int] = {}
+    for block in iter_study_sums(store, select, len(sections) * n_patches, transform):
+        rows_U = torch.tensor([rows_of[int(s)] for s in block.study_ids], dtype=torch.long)
+        for section, first in slot_of.items():
+            n_U = block.counts[:, first : first + n_patches].sum(1)
+            seen_U = n_U > 0
+            if not seen_U.any():
                 continue
-            flat = torch.from_numpy(rows_N)[sel] * grid * grid + patch_N[sel]
             if section not in sums:
-                sums[section] = torch.zeros(len(rows_of) * grid * grid, y_NW.shape[1])
-            sums[section].index_add_(0, flat, y_NW[sel])
-            uniq, n_U = np.unique(sid_N[keep_N][sel.numpy()], return_counts=True)
-            for sid, n in zip(uniq.tolist(), n_U.tolist(), strict=True):
+                sums[section] = torch.zeros(len(rows_of) * n_patches, block.sums.shape[2])
+            sums[section].view(len(rows_of), n_patches, -1).index_add_(
+                0,
+                rows_U[torch.from_numpy(seen_U)],
+                block.sums[torch.from_numpy(seen_U), first : first + n_patches],
+            )
+            for sid, n in zip(block.study_ids[seen_U].tolist(), n_U[seen_U].tolist()):
                 counts[(int(sid), section)] = counts.get((int(sid), section), 0) + int(n)
     return sums, counts
 

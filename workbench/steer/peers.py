@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from workbench.steer.intervene import SteeringError
-from workbench.store import KINDS, ActivationStore
+from workbench.store import KINDS, ActivationStore, iter_study_sums
 
 _PATIENT = re.compile(r"^\s*(\d+-year-old (?:man|woman))")
 
@@ -59,22 +59,15 @@ def study_means(store: str | Path, kinds: Iterable[str] = KINDS) -> StudyMeans:
     acts = ActivationStore(store)
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
-    for acts_ND, meta in acts.iter_shards():
-        sid_N = np.asarray(meta.column("study_id").to_numpy(zero_copy_only=False))
-        kind_N = np.asarray(meta.column("kind").to_pylist(), dtype=object)
-        keep_N = np.isin(kind_N, kinds)
-        if not keep_N.any():
-            continue
-        x_ND = acts_ND[torch.from_numpy(keep_N)].float()
-        sid_N = sid_N[keep_N]
-        uniq, inverse = np.unique(sid_N, return_inverse=True)
-        block_UD = torch.zeros(len(uniq), x_ND.shape[1]).index_add_(
-            0, torch.from_numpy(inverse.astype(np.int64)), x_ND
-        )
-        n_U = np.bincount(inverse, minlength=len(uniq))
-        for u, sid in enumerate(uniq.tolist()):
-            sums[sid] = sums[sid] + block_UD[u] if sid in sums else block_UD[u]
-            counts[sid] = counts.get(sid, 0) + int(n_U[u])
+
+    def select(meta):
+        return np.isin(np.asarray(meta.column("kind").to_pylist(), dtype=object), kinds), None
+
+    for block in iter_study_sums(acts, select):
+        for u, sid in enumerate(block.study_ids.tolist()):
+            sum_D = block.sums[u, 0]
+            sums[sid] = sums[sid] + sum_D if sid in sums else sum_D
+            counts[sid] = counts.get(sid, 0) + int(block.counts[u, 0])
     if not sums:
         raise SteeringError(f"{store}: no stored tokens of kinds {kinds}")
     ids = np.array(sorted(sums), dtype=np.int64)

@@ -23,10 +23,22 @@ from segmentation.perturb import PERTURBATIONS  # noqa: E402
 IDENTITY = {name: p.identity for name, p in PERTURBATIONS.items()} | {"scanner": 0.0}
 
 
+def _yerr(rows: list[dict]) -> list[list[float]]:
+    """Matplotlib's ``yerr`` of rows with an interval: [below, above] each ``value``."""
+    return [[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]]
+
+
 def _errorbar(ax, xs, rows, label, **kw):
     ys = [r["value"] for r in rows]
-    err = [[r["value"] - r["low"] for r in rows], [r["high"] - r["value"] for r in rows]]
-    ax.errorbar(xs, ys, yerr=err, label=label, capsize=3, marker="o", ms=4, **kw)
+    ax.errorbar(xs, ys, yerr=_yerr(rows), label=label, capsize=3, marker="o", ms=4, **kw)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    """Lay out ``fig``, write it to ``path`` and free it; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def plot_fractions(rows: list[dict], path: Path) -> Path | None:
@@ -42,10 +54,7 @@ def plot_fractions(rows: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("Dice (test)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def plot_robustness(rows: list[dict], path: Path) -> Path | None:
@@ -78,10 +87,7 @@ def plot_robustness(rows: list[dict], path: Path) -> Path | None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supylabel("Dice")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_subgroups(rows: list[dict], path: Path) -> Path | None:
@@ -96,17 +102,13 @@ def plot_subgroups(rows: list[dict], path: Path) -> Path | None:
         by = {r["subgroup"]: r for r in subs if (r["model"], r["train_set"], r["fraction"]) == run}
         xs = [i + k * width for i, g in enumerate(groups) if g in by]
         rs = [by[g] for g in groups if g in by]
-        err = [[r["value"] - r["low"] for r in rs], [r["high"] - r["value"] for r in rs]]
         label = f"{run[0]} {run[1]} f={run[2]:g}"
-        ax.bar(xs, [r["value"] for r in rs], width, yerr=err, label=label, capsize=2)
+        ax.bar(xs, [r["value"] for r in rs], width, yerr=_yerr(rs), label=label, capsize=2)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=45)
     ax.set_ylabel("Dice (test)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def write_plots(tables: dict, out: Path) -> list[Path]:

@@ -44,22 +44,24 @@ class CheckpointError(ValueError):
     """A checkpoint directory does not match the model: missing/unexpected keys, bad shapes."""
 
 
+def _rename_vision_key(key: str, pairs: Iterable[tuple[str, str]]) -> str:
+    """``key`` with the first ``(old, new)`` fragment of ``pairs`` it holds replaced once;
+    only inside a Dinov2 layer key, else ``key`` unchanged."""
+    if key.startswith(_VISION_LAYER_PREFIX):
+        for old, new in pairs:
+            if old in key:
+                return key.replace(old, new, 1)
+    return key
+
+
 def hub_to_module_key(key: str) -> str:
     """Map a checkpoint (hub) key to our state-dict key; identity outside Dinov2 attention."""
-    if key.startswith(_VISION_LAYER_PREFIX):
-        for hub, module in _VISION_RENAMES:
-            if hub in key:
-                return key.replace(hub, module, 1)
-    return key
+    return _rename_vision_key(key, _VISION_RENAMES)
 
 
 def module_to_hub_key(key: str) -> str:
     """Inverse of :func:`hub_to_module_key`."""
-    if key.startswith(_VISION_LAYER_PREFIX):
-        for hub, module in _VISION_RENAMES:
-            if module in key:
-                return key.replace(module, hub, 1)
-    return key
+    return _rename_vision_key(key, ((module, hub) for hub, module in _VISION_RENAMES))
 
 
 def resolve_checkpoint_dir(path_or_repo: str | Path, cache_dir: str | Path | None = None) -> Path:

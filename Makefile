@@ -23,4 +23,5 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check workbench segmentation tests benchmarks app.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

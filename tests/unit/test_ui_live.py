@@ -125,9 +125,8 @@ def test_feature_choices_and_sweep(ctx, run, tmp_path):
     assert choices and choices[0][1] == 0 and choices[0][0].startswith("0 · ")
     assert sw.sweep_rows(ctx) == []
     hook = sw.recorded_hook(ctx)
-    assert (
-        hook and hook.endswith("hook_resid_post") and f"<code>{hook}</code>" in sw.site_note(hook)
-    )
+    assert hook and hook.endswith("hook_resid_post")
+    assert f"<code>{hook}</code>" in hs.site_controls(ctx, "recorded block").note
     assert "No stored steering sweep" in sw.sweep_chart(sw.sweep_rows(ctx), 0)
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

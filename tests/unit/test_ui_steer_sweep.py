@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workbench.ui import handlers_steer_image as si
 from workbench.ui import steer_sweep as sw
 
 
@@ -51,8 +52,12 @@ def test_many_arms_are_capped_in_the_chart_not_the_table():
     assert chart.count("<td>image embeddings</td>") == sw.MAX_BARS + 5
 
 
-def test_the_site_note_names_the_live_and_the_offline_site():
-    note = sw.site_note("blocks.4.hook_resid_post")
+def test_the_site_note_names_the_site_and_why_the_image_site_is_off():
+    note = si.site_note(si.BLOCK_SITE, "blocks.4.hook_resid_post")
     assert "<code>blocks.4.hook_resid_post</code>" in note and "recorded block" in note
-    assert "--site image" in note and "image embeddings" in note
-    assert "the SAE&#x27;s hook" in sw.site_note(None) or "the SAE's hook" in sw.site_note(None)
+    assert "image-token site" in note and "wb-warn" not in note
+    assert "the SAE's hook" in si.site_note(si.BLOCK_SITE, None)
+    off = si.site_note(si.BLOCK_SITE, None, "Steering at the image tokens needs runs/x")
+    assert "wb-warn" in off and "needs runs/x" in off
+    image = si.site_note(si.IMAGE_SITE, None)
+    assert "vision.hook_projector_out" in image and "recorded block only" in image

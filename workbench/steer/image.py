@@ -67,18 +67,23 @@ class PatchRegression(NamedTuple):
     n_pos: dict[str, dict[str, int]]
     """Section -> concept -> studies with the concept in the fit."""
 
-    def concept_map(self, concept: str) -> dict[str, torch.Tensor]:
-        """Section -> ``[P, W]`` map of ``concept``."""
+    def concept_map(self, concept: str, skip_unseen: bool = False) -> dict[str, torch.Tensor]:
+        """Section -> ``[P, W]`` map of ``concept``. A section where no training study has the
+        concept is an error, or with ``skip_unseen`` left out (that image is not steered)."""
         if concept not in self.concepts:
             raise SteeringError(f"{concept}: not among the regression's concepts")
         c = self.concepts.index(concept)
         out = {}
         for section, coef in self.coef.items():
             if self.n_pos[section][concept] == 0:
+                if skip_unseen:
+                    continue
                 raise SteeringError(
                     f"{concept}: no training study with it has a {section} image in the store"
                 )
             out[section] = coef[c]
+        if not out:
+            raise SteeringError(f"{concept}: no training study with it has an image in the store")
         return out
 
 
@@ -92,6 +97,52 @@ def sae_map(latent_map: Mapping[str, torch.Tensor], sae, features: Sequence[int]
     index = torch.tensor(list(features), dtype=torch.long, device=sae.W_dec_FD.device)
     dirs_KD = sae.W_dec_FD[index].detach().float().cpu()
     return {s: m.float() @ dirs_KD for s, m in latent_map.items()}
+
+
+def latent_transform(sae, features: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``[N, D]`` tokens -> ``[N, K]`` activations of ``features`` (a :func:`patch_regression`
+    transform: the SAE features' adjusted maps, in ``features`` order)."""
+    device = sae.W_dec_FD.device
+    index = torch.tensor(list(features), dtype=torch.long, device=device)
+
+    def encode(y_ND: torch.Tensor) -> torch.Tensor:
+        return sae.encode(y_ND.to(device))[:, index].cpu()
+
+    return encode
+
+
+def feature_maps(
+    store: str | ActivationStore,
+    sae,
+    concept_of: Mapping[int, str],
+    labels: Mapping[int, Mapping[str, int]],
+    covariates: Sequence[str],
+    exclude: set[int] | frozenset[int] = frozenset(),
+    sections: Sequence[str] = CURRENT_SECTIONS,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Feature -> section -> ``[P, D]``: each SAE feature's adjusted map of its concept
+    (``concept_of``; one per-patch fit over ``covariates``), decoded (:func:`sae_map`).
+    Strength 1 of a feature's map moves its activation by the concept's adjusted gap; a section
+    where no training study has the concept gets no map (that image is left as it is)."""
+    features = sorted(concept_of)
+    concepts = list(dict.fromkeys([*covariates, *concept_of.values()]))
+    with torch.no_grad():
+        reg = patch_regression(store, labels, concepts, exclude, sections,
+                               transform=latent_transform(sae, features))  # fmt: skip
+    out = {}
+    for k, f in enumerate(features):
+        latent = reg.concept_map(concept_of[f], skip_unseen=True)
+        out[f] = sae_map({s: m[:, [k]] for s, m in latent.items()}, sae, [f])
+    return out
+
+
+def summed_steering(parts: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> ImageSteering:
+    """``sum_i s_i x map_i`` per section over ``(map, s)`` pairs (several features at once)."""
+    total: dict[str, torch.Tensor] = {}
+    for maps, strength in parts:
+        for section, m in image_steering(maps, strength).maps.items():
+            total[section] = total[section] + m if section in total else m
+    return ImageSteering(total)
 
 
 def _accumulate(store: ActivationStore, rows_of: Mapping[int, int], sections, transform, grid):

@@ -37,7 +37,7 @@ from workbench.steer.evaluate import (
     pick_cases,
     write_rows,
 )
-from workbench.steer.image import IMAGE_HOOK, patch_regression, sae_map
+from workbench.steer.image import IMAGE_HOOK, latent_transform, patch_regression, sae_map
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.peers import Direction, dim_direction, study_means
 from workbench.steer.report import format_report, format_sweep, load_rows
@@ -81,7 +81,7 @@ def _records(cfg: SteerConfig, data: Path) -> tuple[list, dict | None]:
     return records, phantom
 
 
-def _training_labels(con, concept: str, split: str | None) -> dict[int, int]:
+def training_labels(con, concept: str, split: str | None) -> dict[int, int]:
     """Stored studies' 0/1 labels of ``concept``, outside the held-out split."""
     sql = (
         "SELECT l.study_id, l.value FROM study_labels l LEFT JOIN studies s USING (study_id) "
@@ -117,7 +117,7 @@ def make_plan(cfg: SteerConfig, data: Path) -> Plan:
         covariates = tuple(dict.fromkeys([*cand.default_concepts(con),
                                           *(c.concept for c in chosen)]))  # fmt: skip
         wanted = covariates if cfg.site == "image" else [c.concept for c in chosen]
-        labels = {c: _training_labels(con, c, cfg.split) for c in wanted}
+        labels = {c: training_labels(con, c, cfg.split) for c in wanted}
         done = set() if cfg.overwrite else existing_keys(con)
     finally:
         con.close()
@@ -178,17 +178,13 @@ def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str]]:
         out |= _maps_of(fit(), plan, "dim", lambda c, m: m, notes)
     if "sae" in cfg.methods:
         union = sorted({f for c in plan.candidates for f in c.features})
-        index = torch.tensor(union, dtype=torch.long)
-
-        def encode(y_ND):
-            return sae.encode(y_ND.to(sae.W_dec_FD.device))[:, index.to(sae.W_dec_FD.device)].cpu()
 
         def decode(c, latent):
             cols = [union.index(f) for f in c.features]
             return sae_map({s: m[:, cols] for s, m in latent.items()}, sae, c.features)
 
         with torch.no_grad():
-            out |= _maps_of(fit(transform=encode), plan, "sae", decode, notes)
+            out |= _maps_of(fit(transform=latent_transform(sae, union)), plan, "sae", decode, notes)
     return out, notes
 
 

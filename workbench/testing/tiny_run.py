@@ -110,9 +110,13 @@ def study_tokens(root: Path, rec: StudyRecord, grid: int = 4) -> tuple[torch.Ten
     return torch.from_numpy(np.stack(rows)), meta
 
 
-def write_model(path: Path, seed: int = 0) -> Path:
+def write_model(path: Path, seed: int = 0, decoder_gain: float | None = None) -> Path:
     """A random tiny MAIRA-2 whose residual stream is ``D`` wide, so the planted SAE (layer
-    ``LAYER``) fits it: the live tabs (steering, try a study) can run on the tiny run."""
+    ``LAYER``) fits it: the live tabs (steering, try a study) can run on the tiny run.
+
+    ``decoder_gain`` redraws the decoder's linear weights at ``gain / sqrt(fan_in)``: at the
+    default init (std 0.02) the text hardly reads the image tokens (logits move by ~0.002
+    when they are moved by 100), so image-side steering needs a decoder drawn this way."""
     from workbench.models.processor import Maira2Processor
     from workbench.models.tiny import tiny_maira2, tiny_tokenizer
 
@@ -125,16 +129,25 @@ def write_model(path: Path, seed: int = 0) -> Path:
         for module in model.multi_modal_projector.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.normal_(0.0, 1.5 / module.in_features**0.5)
+        for module in model.language_model.modules() if decoder_gain else ():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, decoder_gain / module.in_features**0.5)
     model.save_pretrained(path)
     Maira2Processor.for_model(model.config, tokenizer).save_pretrained(path)
     return path
 
 
 def build(
-    run: str | Path, n_studies: int = 24, size: int = 128, seed: int = 0, model: bool = False
+    run: str | Path,
+    n_studies: int = 24,
+    size: int = 128,
+    seed: int = 0,
+    model: bool = False,
+    decoder_gain: float | None = None,
 ) -> Path:
     """Phantom, store, SAE and ``analyse`` under ``run`` (each skipped when done); with
-    ``model``, also a random tiny model of the store's width in ``<run>/model``."""
+    ``model``, also a random tiny model of the store's width in ``<run>/model`` (its decoder
+    drawn at ``decoder_gain``, :func:`write_model`)."""
     from workbench.cxr.phantom.run import PhantomConfig, generate
 
     layout = RunLayout(Path(run))
@@ -144,5 +157,27 @@ def build(
     records = {rec.study_id: rec for rec in studies(root)}
     spec = PlantedSpec(tuple(records), lambda sid: study_tokens(root, records[sid]), d=D, k=4)
     if model:
-        write_model(layout.model, seed)
+        write_model(layout.model, seed, decoder_gain)
     return planted.build(run, spec)
+
+
+def build_image_tokens(run: str | Path) -> Path:
+    """``<run>/image-tokens`` as the demo's step "image-token SAE" makes it, on the tiny run's
+    model (``build(..., model=True)`` first): the projector output recorded over the phantom
+    (every patch), a signed-identity SAE in place of a trained one, and ``analyse``."""
+    from workbench.analyse.run import AnalyseConfig, analyse
+    from workbench.models.hooks import VISION_PROJECTOR
+    from workbench.record.run import RecordConfig, record
+    from workbench.sae.io import save_sae
+    from workbench.sae.synthetic import signed_identity_sae
+
+    layout = RunLayout(Path(run))
+    nested = RunLayout(layout.image_tokens)
+    if not (nested.activations / "manifest.json").is_file():
+        record(RecordConfig(model=str(layout.model), data=layout.phantom, hook=VISION_PROJECTOR,
+                            out=nested.activations, image_tokens="all",
+                            progress=False))  # fmt: skip
+    save_sae(signed_identity_sae(D, k=4, hook_name=VISION_PROJECTOR), nested.sae)
+    analyse(AnalyseConfig(run=nested.root, data=layout.phantom, device="cpu", top_k=8,
+                          per_quantile=2))  # fmt: skip
+    return nested.root

@@ -1,6 +1,8 @@
 """The Steering tab's handlers: pure functions from the user's choices to HTML.
 
-The generation itself is a :data:`workbench.ui.live.Work` (:func:`steer_work`) run by a
+The generation itself is a :data:`workbench.ui.live.Work` (:func:`steer_work` at the recorded
+block, :func:`workbench.ui.handlers_steer_image.image_work` at the image tokens; the site is
+chosen per request, :func:`site_controls` gives each site's controls) run by a
 :class:`workbench.ui.live.Job`; everything else here reads the database or formats text. No
 Gradio import, so it is tested without a browser.
 """
@@ -20,7 +22,9 @@ from workbench.steer.intervene import (
     parse_positions,
 )
 from workbench.steer.metrics import JUDGED, readings
+from workbench.ui import handlers_steer_image as si
 from workbench.ui import pictures, queries, render
+from workbench.ui import steer_sweep as sw
 from workbench.ui.context import AppContext
 from workbench.ui.live import LiveModel, ModelUnavailableError, Progress, progress_html, stream
 
@@ -46,6 +50,35 @@ class SteerView(NamedTuple):
     baseline: str
     steered: str
     verdicts: str
+
+
+class SiteControls(NamedTuple):
+    """What the tab shows for a site: its notice, its feature list and slider unit."""
+
+    note: str
+    """HTML: where the tab steers (and why the image site is off, when it is)."""
+    block_controls: bool
+    """Whether positions and add/clamp apply (the recorded block only)."""
+    strength_label: str
+    """The sliders' label (their unit)."""
+    choices: list[tuple[str, int]]
+    """The features of the site's SAE, as dropdown choices."""
+
+
+def site_controls(ctx: AppContext, site: str) -> SiteControls:
+    """The controls for ``site``; the recorded block's when the image site is unavailable."""
+    problem = si.image_site_problem(ctx.run_dir)
+    if site == si.IMAGE_SITE and problem is None:
+        nested = si.image_context(ctx)
+        try:
+            choices = feature_choices(nested) if nested.con else []
+        finally:
+            nested.close()
+        note = si.site_note(si.IMAGE_SITE, None)
+        return SiteControls(note, False, si.STRENGTH_LABEL[si.IMAGE_SITE], choices)
+    note = si.site_note(si.BLOCK_SITE, sw.recorded_hook(ctx), problem)
+    choices = feature_choices(ctx) if ctx.con else []
+    return SiteControls(note, True, si.STRENGTH_LABEL[si.BLOCK_SITE], choices)
 
 
 def feature_choices(ctx: AppContext, limit: int = 5000) -> list[tuple[str, int]]:
@@ -233,25 +266,37 @@ def updates(
     mode: str,
     max_new_tokens: int,
     cache: dict | None,
+    site: str = si.BLOCK_SITE,
 ) -> Iterator[tuple]:
     """The Generate button: (progress, baseline, steered, verdicts, cache) per update.
 
-    ``None`` leaves a panel as it is. ``cache`` holds the last baseline findings so that moving
-    a slider on the same study regenerates only the steered findings.
+    ``site`` is one of :data:`~workbench.ui.handlers_steer_image.SITES` (at the image site,
+    ``positions`` and ``mode`` are ignored). ``None`` leaves a panel as it is. ``cache`` holds
+    the last baseline findings so that moving a slider on the same study regenerates only the
+    steered findings (the baseline is unsteered, the same at both sites).
     """
     problem = live.problem()
+    if site == si.IMAGE_SITE and not problem:
+        problem = si.image_site_problem(ctx.run_dir)
     if problem:
         yield (render.message(problem, "error"), None, None, None, None)
+        return
+    if site not in si.SITES:
+        yield (render.message(f"Site must be one of {si.SITES}.", "warn"), None, None, None, None)
         return
     try:
         req = request(study, features, strengths, positions, mode, max_new_tokens)
         record = study_input(ctx, live, req.study_id)
+        plan = si.image_plan(ctx, list(req.strengths)) if site == si.IMAGE_SITE else None
     except (ValueError, ModelUnavailableError) as exc:
         yield (render.message(str(exc), "warn"), None, None, None, None)
         return
     key = [req.study_id, req.max_new_tokens]
     baseline = (cache or {}).get("text") if (cache or {}).get("key") == key else None
-    work = steer_work(record, req, typical(ctx, list(req.strengths)), baseline)
+    if plan is None:
+        work = steer_work(record, req, typical(ctx, list(req.strengths)), baseline)
+    else:
+        work = si.image_work(live, record, req.strengths, plan, req.max_new_tokens, baseline)
 
     def show(p: Progress) -> tuple:
         if not p.done.is_set():

@@ -57,6 +57,8 @@ class LiveModel:
         self._load_lock = threading.Lock()
         self._loaded: tuple[Any, Any] | None = None
         self._records: dict[int, Any] | None = None
+        self._memo: dict[Any, Any] = {}
+        self._memo_lock = threading.Lock()
 
     def problem(self) -> str | None:
         return model_problem(self.run_dir, self.model_spec)
@@ -74,6 +76,14 @@ class LiveModel:
                     raise ModelUnavailableError(problem)
                 self._loaded = self._load()
             return self._loaded
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` once per ``key`` while the app runs (the image site's SAE and patch maps:
+        moving a slider does not refit them)."""
+        with self._memo_lock:
+            if key not in self._memo:
+                self._memo[key] = make()
+            return self._memo[key]
 
     def study(self, study_id: int, frontal: Path | None = None) -> Any:
         """What the model reads for a stored study: the dataset's record (images, indication,

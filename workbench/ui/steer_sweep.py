@@ -4,13 +4,13 @@
 steered with: the run itself at ``--site layer`` (the recorded block) and the nested
 image-token run ``<run>/image-tokens`` at ``--site image`` (the default: the image-token
 embeddings). :func:`sweep_rows` reads both into plain dicts, each tagged with its site;
-:func:`sweep_chart` and :func:`site_note` are pure functions of plain data.
+:func:`sweep_chart` is a pure function of plain data (the tab's site notice is
+:func:`workbench.ui.handlers_steer_image.site_note`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from html import escape
 from typing import Any
 
 import duckdb
@@ -155,7 +155,8 @@ def sweep_chart(rows: Sequence[Mapping[str, Any]], feature: int | None) -> str:
 
 
 def recorded_hook(ctx: AppContext) -> str | None:
-    """The hook the run's SAE reads (the latest analyse row), where live steering acts."""
+    """The hook the run's SAE reads (the latest analyse row), where the recorded-block site
+    steers."""
     if ctx.con is None or not ctx.has("runs"):
         return None
     rows = ctx.rows(
@@ -163,16 +164,3 @@ def recorded_hook(ctx: AppContext) -> str | None:
         "ORDER BY finished_at DESC LIMIT 1"
     )
     return rows[0]["hook_name"] if rows else None
-
-
-def site_note(hook: str | None) -> str:
-    """Where the live tab steers, and that ``steer``'s default site is another one."""
-    where = f"<code>{escape(hook)}</code>" if hook else "the SAE's hook"
-    return (
-        '<div class="wb-msg wb-info">This tab steers at the '
-        f"<b>{SITES['layer']}</b> ({where}) with the run's SAE, at the positions chosen below. "
-        "The offline evaluation <code>python -m workbench steer</code> acts at the "
-        f"<b>{SITES['image']}</b> by default (<code>--site image</code>: patch maps of the "
-        "image-token SAE in <code>&lt;run&gt;/image-tokens</code>); its stored results are "
-        "in the sweep panel, labelled by site. docs/steering.md explains why.</div>"
-    )

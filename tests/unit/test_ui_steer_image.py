@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from tests.unit.test_ui_live import first_study, last
 from workbench.ui import handlers_steer as hs
 from workbench.ui import handlers_steer_image as si
 from workbench.ui.context import open_context
@@ -35,16 +36,6 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live(run):
     return LiveModel(run)
-
-
-def last(updates) -> tuple:
-    out = list(updates)
-    assert out
-    return out[-1]
-
-
-def first_study(ctx) -> int:
-    return ctx.rows("SELECT min(study_id) AS s FROM studies")[0]["s"]
 
 
 def image_feature(ctx) -> int:

@@ -220,14 +220,15 @@ def generate(
     inp: PreparedInputs,
     *,
     max_new_tokens: int = 120,
-    steering: Steering | None = None,
+    steering: Steering | ImageSteering | None = None,
     sae: MatryoshkaSAE | None = None,
     hook_name: str | None = None,
     monitor: GenerationMonitor | None = None,
 ) -> str:
     """Greedy findings for prepared inputs, steered when ``steering`` is given (one row of
-    :func:`generate_many`)."""
-    if steering is not None and sae is None and not hook_name:
+    :func:`generate_many`; a residual :class:`Steering` needs the SAE or ``hook_name`` for its
+    site, an image steering acts at the image-token embeddings)."""
+    if isinstance(steering, Steering) and sae is None and not hook_name:
         raise SteeringError("steering needs the SAE or an explicit hook_name")
     return generate_many(adapter, [inp], [steering], max_new_tokens=max_new_tokens, sae=sae,
                          hook_name=hook_name, monitor=monitor)[0]  # fmt: skip

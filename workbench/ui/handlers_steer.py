@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 from workbench.steer.intervene import (
     SteerOutput,
     feature_steering,
-    generate,
     parse_positions,
 )
 from workbench.steer.metrics import JUDGED, readings
@@ -26,7 +25,14 @@ from workbench.ui import handlers_steer_image as si
 from workbench.ui import pictures, queries, render
 from workbench.ui import steer_sweep as sw
 from workbench.ui.context import AppContext
-from workbench.ui.live import LiveModel, ModelUnavailableError, Progress, progress_html, stream
+from workbench.ui.live import (
+    LiveModel,
+    ModelUnavailableError,
+    Progress,
+    baseline_and_steered,
+    progress_html,
+    stream,
+)
 
 MAX_SLOTS = 4
 POSITIONS = ("all", "image", "prompt", "generated", "image+generated")
@@ -171,15 +177,9 @@ def steer_work(
             sae, req.strengths, mode=req.mode, unit="max_act", typical=unit_of,
             positions=req.positions,
         )  # fmt: skip
-        inp = adapter.prepare(study)
-        base = baseline
-        if base is None:
-            monitor = monitor_for("writing the baseline findings", req.max_new_tokens)
-            base = generate(adapter, inp, max_new_tokens=req.max_new_tokens, monitor=monitor)
-        monitor = monitor_for("writing the steered findings", req.max_new_tokens)
-        steered = generate(adapter, inp, max_new_tokens=req.max_new_tokens, steering=steering,
-                           sae=sae, monitor=monitor)  # fmt: skip
-        return SteerOutput(base, steered)
+        return baseline_and_steered(adapter, study, steering, monitor_for,
+                                    max_new_tokens=req.max_new_tokens, baseline=baseline,
+                                    sae=sae)  # fmt: skip
 
     return work
 

@@ -27,10 +27,10 @@ from workbench.run import RunLayout
 from workbench.sae import load_sae
 from workbench.steer.candidates import default_concepts
 from workbench.steer.image import feature_maps, summed_steering
-from workbench.steer.intervene import SteerOutput, generate, generate_many
+from workbench.steer.intervene import SteerOutput
 from workbench.steer.run import training_labels
 from workbench.ui.context import AppContext, open_context
-from workbench.ui.live import LiveModel
+from workbench.ui.live import LiveModel, baseline_and_steered
 
 IMAGE_SITE = "image tokens (embeddings)"
 BLOCK_SITE = "recorded block"
@@ -170,14 +170,7 @@ def image_work(
         maps = live.memo(key, lambda: feature_maps(nested.activations, sae, plan.concept_of,
                                                    plan.labels, plan.covariates))  # fmt: skip
         steering = summed_steering([(maps[f], s) for f, s in strengths.items()])
-        inp = adapter.prepare(study)
-        base = baseline
-        if base is None:
-            monitor = monitor_for("writing the baseline findings", max_new_tokens)
-            base = generate(adapter, inp, max_new_tokens=max_new_tokens, monitor=monitor)
-        monitor = monitor_for("writing the steered findings", max_new_tokens)
-        steered = generate_many(adapter, [inp], [steering], max_new_tokens=max_new_tokens,
-                                monitor=monitor)[0]  # fmt: skip
-        return SteerOutput(base, steered)
+        return baseline_and_steered(adapter, study, steering, monitor_for,
+                                    max_new_tokens=max_new_tokens, baseline=baseline)  # fmt: skip
 
     return work

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from workbench.run import RunLayout
-from workbench.steer.intervene import GenerationCancelledError, GenerationMonitor
+from workbench.steer.intervene import (
+    GenerationCancelledError,
+    GenerationMonitor,
+    SteerOutput,
+    generate,
+)
 
 log = logging.getLogger("workbench.ui")
 
@@ -141,6 +146,29 @@ class Progress:
 Work = Callable[[Any, Any, Callable[[str, int], GenerationMonitor]], Any]
 """``work(adapter, sae, monitor_for)``: ``monitor_for(stage, total)`` makes the monitor of one
 generation (it updates the progress and carries the cancel event)."""
+
+
+def baseline_and_steered(
+    adapter: Any,
+    study: Any,
+    steering: Any,
+    monitor_for: Callable[[str, int], GenerationMonitor],
+    *,
+    max_new_tokens: int,
+    baseline: str | None = None,
+    sae: Any = None,
+) -> SteerOutput:
+    """A steering job's generations for one study, each its own progress stage: the baseline
+    findings (unless ``baseline`` already holds them, e.g. the same study before a slider
+    moved) and the findings under ``steering`` (residual, with ``sae``, or image-token)."""
+    inp = adapter.prepare(study)
+    if baseline is None:
+        monitor = monitor_for("writing the baseline findings", max_new_tokens)
+        baseline = generate(adapter, inp, max_new_tokens=max_new_tokens, monitor=monitor)
+    monitor = monitor_for("writing the steered findings", max_new_tokens)
+    steered = generate(adapter, inp, max_new_tokens=max_new_tokens, steering=steering, sae=sae,
+                       monitor=monitor)  # fmt: skip
+    return SteerOutput(baseline, steered)
 
 
 class Job:

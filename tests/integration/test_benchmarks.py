@@ -1,4 +1,4 @@
-"""The SAE benchmark and the GPU-scale script run end to end at tiny sizes (CPU)."""
+"""The SAE and analyse benchmarks and the GPU-scale script run end to end at tiny sizes (CPU)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench import db
+from workbench.analyse.run import AnalyseConfig, analyse
 from workbench.sae import load_sae
 from workbench.store import ActivationStore
 
@@ -74,6 +76,31 @@ def test_bench_sae_estimate_projects_the_whole_run(tmp_path):
     per_step = sum(est["median_step_s"].values())
     want = (est["steps_planned"] * per_step + est["steps_planned"] // 100 * est["eval_s"]) / 3600
     assert est["projected_hours"] == pytest.approx(want) and est["projected_hours"] > 0
+
+
+def test_bench_analyse_tiny_times_every_stage(tmp_path):
+    """The tiny shape: a recorded store, and every analysis stage writes rows and is timed."""
+    bench = _script("bench_analyse")
+    result = bench.bench("tiny", tmp_path)
+    assert result["tokens"] > 5000 and result["bare_encoding_cpu_s"] > 0
+    assert 4 <= result["l0"] <= 12  # the SAE's thresholds give about k = 8 per token
+    rows = result["stage_rows"]
+    assert set(rows) == {"mentions", "assertion_selectivity", "feature_localisation",
+                         "concept_probes", "sae_quality_ce"}  # fmt: skip
+    assert all(n > 0 for n in rows.values()), rows
+    steps = result["steps_cpu_s"]
+    for step in ("encode pass", "mentions", "localisation", "probes", "SAE quality"):
+        assert steps[step] > 0, (step, steps)
+    assert result["analyse_cpu_s"] >= sum(steps.values()) - 0.1
+    # the check sees a skipped stage: the same run analysed with the meaning stages off
+    run = tmp_path / "tiny"
+    analyse(AnalyseConfig(run=run, device="cpu", mention_scores=False, localise=False,
+                          probe_folds=0, quality_studies=0))  # fmt: skip
+    con = db.connect(run)
+    try:
+        assert set(bench.stage_rows(con).values()) == {0}
+    finally:
+        con.close()
 
 
 def test_gpu_scale_tiny_runs_every_stage(tmp_path):

@@ -7,6 +7,9 @@ notes what it skipped.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from workbench.analyse.localise import write_localisation
@@ -19,16 +22,32 @@ if TYPE_CHECKING:
     from workbench.analyse.inputs import Inputs
 
 
-def write_meaning(con, inp: Inputs, cfg: AnalyseConfig, labels: LabelMatrix, sinks) -> None:
+def _untimed(name: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def write_meaning(
+    con,
+    inp: Inputs,
+    cfg: AnalyseConfig,
+    labels: LabelMatrix,
+    sinks,
+    timed: Callable[[str], AbstractContextManager] = _untimed,
+) -> None:
     """``mentions``, ``feature_mentions``, ``feature_localisation`` and ``concept_probes``.
 
-    ``sinks`` = (the sparse activations Parquet being written, the run's notes list).
+    ``sinks`` = (the sparse activations Parquet being written, the run's notes list);
+    ``timed(name)`` wraps each part ("mentions", "localisation", "probes"), e.g. to time it.
     """
     path, notes = sinks
     acts = "read_parquet('" + str(path).replace("'", "''") + "')"
     if cfg.mention_scores:
-        write_feature_mentions(con, acts, inp.sae.d_sae, notes)
+        with timed("mentions"):
+            write_feature_mentions(con, acts, inp.sae.d_sae, notes)
     if cfg.localise:
-        write_localisation(con, acts, inp.data_root, cfg.loc_min_image, cfg.loc_dilation, notes)
+        with timed("localisation"):
+            loc = (cfg.loc_min_image, cfg.loc_dilation)
+            write_localisation(con, acts, inp.data_root, *loc, notes)
     if cfg.probe_folds:
-        write_probes(con, inp.store, acts, inp.sae.d_sae, labels, cfg, notes)
+        with timed("probes"):
+            write_probes(con, inp.store, acts, inp.sae.d_sae, labels, cfg, notes)

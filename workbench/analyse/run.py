@@ -211,8 +211,7 @@ def _build(con, inp: Inputs, cfg: AnalyseConfig, sinks: tuple[Path, list, dict])
         labels = write_studies_and_labels(con, inp.data_root, notes, inp.user_labels, recorded)
         write_feature_concepts(con, labels, inp.sae.d_sae, cfg.block, notes)
         write_recovery(con, cfg.recovery_threshold)
-    with _timed(timings, "mentions, localisation, probes"):
-        write_meaning(con, inp, cfg, labels, (acts, notes))
+    write_meaning(con, inp, cfg, labels, (acts, notes), lambda name: _timed(timings, name))
     with _timed(timings, "SAE quality"):
         write_quality(con, inp.quality, inp.sae, inp.store, sample, notes)
     with _timed(timings, "token concepts"):
@@ -241,7 +240,8 @@ def analyse(cfg: AnalyseConfig, timings: dict[str, float] | None = None) -> Path
             return path
         log.warning("reuse=True but the previous analysis is incomplete (%s): recomputing", why)
     notes: list[str] = []
-    inp = open_inputs(cfg, notes)
+    with _timed(timings, "inputs (SAE, model, quality plan)"):
+        inp = open_inputs(cfg, notes)
     started = db.utc_now()
     fingerprint = sae_fingerprint(inp.sae)
     run_id = uuid.uuid4().hex

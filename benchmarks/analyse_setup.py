@@ -111,6 +111,7 @@ def make_sae(path: Path, store: ActivationStore, shape: Shape, seed: int = 0) ->
     stored token's centred activation plus as much noise (the data-initialised dictionaries
     of the SAE literature), ``b_dec`` is the mean activation, and each latent's threshold lets
     it fire on ``k / d_sae`` of the tokens: ``k`` per token on average, on tokens like its seed.
+    Its reconstructions are poor (it is not trained), but what fires where is like a real SAE.
     """
     g = torch.Generator().manual_seed(seed)
     sae = MatryoshkaSAE(
@@ -125,7 +126,7 @@ def make_sae(path: Path, store: ActivationStore, shape: Shape, seed: int = 0) ->
     dirs /= dirs.norm(dim=1, keepdim=True)
     with torch.no_grad():
         sae.W_dec_FD.copy_(dirs)
-        sae.W_enc_DF.copy_(dirs.T)
+        sae.W_enc_DF.copy_(dirs.T / shape.k)  # ~k latents share a token: FVU near 1, not k^2
         sae.b_enc_F.zero_()
         sae.b_dec_D.copy_(mean)
         pre = sae.pre_acts(sample)  # [tokens, d_sae]

@@ -21,10 +21,10 @@ It prints the ratio analysis / bare encoding in CPU seconds of the process (all 
 DuckDB's included: ``time.process_time``), which stays meaningful on a shared, busy machine
 where wall time mostly measures the neighbours; wall times are printed too, with each
 stage's CPU seconds and the rows each meaning stage wrote. The issue's target is a ratio of
-at most 1.5. The CE part runs the model ``3 + groups`` times over each quality study (its
-residual, clean, zero-ablated and one splice per Matryoshka prefix): a fixed cost of the
-model's size and ``quality_studies``, not of the store's, which bare encoding of a small
-store does not amortise.
+at most 1.5. The CE part runs the model ``2 + groups`` times over each quality study (clean,
+zero-ablated and one splice per Matryoshka prefix): a fixed cost of the model's size and
+``quality_studies``, not of the store's, which bare encoding of a small store does not
+amortise (benchmarks/RESULTS.md, "With every analysis stage").
 
 Shapes: ``demo`` is the phantom demo (maira2-mini's architecture: d_model 256, 6 blocks,
 block 2 recorded; 4x SAE, k 16; 300 studies); ``maira2-small`` and ``maira2-64k`` have

@@ -136,3 +136,38 @@ def test_all_prefixes_in_one_pass_equal_separate_calls(lm):
         assert together[n].clean == pytest.approx(alone.clean, rel=1e-6)
         assert together[n].zero_ablated == pytest.approx(alone.zero_ablated, rel=1e-6)
     assert together[2].spliced == pytest.approx(together[None].spliced, rel=1e-6)
+
+
+def test_one_encode_per_batch_and_its_clean_activation_to_on_clean(lm, monkeypatch):
+    """2 + prefixes forwards per batch, one SAE encode per batch (shared by every prefix), and
+    ``on_clean`` gets exactly the activation a capture at the hook sees, with its code."""
+    from workbench.models.hooks import capture
+
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    encodes, forwards, seen = [], [], []
+    real_encode = sae.encode
+    monkeypatch.setattr(sae, "encode", lambda x: encodes.append(1) or real_encode(x))
+    handle = model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        got = splice_losses_by_prefix(
+            model, sae, iter(_batches(tok)), prefixes=(1, 2),
+            on_clean=lambda batch, x, lat: seen.append((batch, x, lat)),
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(encodes) == 2 and len(forwards) == 2 * (2 + 2) and len(seen) == 2
+    for batch, x_BTD, lat_BTF in seen:
+        with torch.no_grad(), capture(model, HOOK) as cap:
+            model(**batch)
+        assert torch.equal(x_BTD, cap.acts)
+        assert torch.equal(lat_BTF, real_encode(cap.acts))
+    monkeypatch.undo()
+    from workbench.models.hooks import intervene
+
+    for n in (1, 2):  # the shared code splices what encoding inside each spliced run would
+        total = 0.0
+        with torch.no_grad(), intervene(model, {HOOK: lambda h, n=n: sae.decode(sae.encode(h), n)}):
+            for b in _batches(tok):
+                total += next_token_ce(model(**b).logits, b["input_ids"])[0]
+        assert got[n].spliced == pytest.approx(total / got[n].n_tokens, rel=1e-6)

@@ -236,20 +236,25 @@ def plan_quality(n: int, seed: int, store, adapter, device: torch.device, notes:
 
 
 def model_quality(plan: QualityPlan, sae, store, notes: list[str]):
-    """Run the plan's items through the model: the accumulator and the losses per prefix."""
+    """Run the plan's items through the model: the accumulator and the losses per prefix.
+
+    FVU, L0, dead and dense fractions are measured on the activations the clean run of the
+    CE loss meets at the recorded hook (and on the SAE's code of them, computed there once):
+    no forward pass of their own.
+    """
     adapter, (extra, _) = plan.adapter, _recorded(store)
     sae = sae.to(adapter.device)
     acc = QualityAccumulator(sae)
+    kept_kinds = (extra.get("image_tokens", "all"), extra.get("prompt_tokens", "all"))
 
     def batches():
         for item in plan.items:
             try:
-                prepared, keep, x = _kept_residual(adapter, item, store, extra)
+                prepared = prepare_item(adapter, item)
             except (CXRDataError, OSError) as exc:
                 notes.append(f"SAE quality: study {item.study_id} skipped ({exc})")
                 continue
-            acc.update(sae, x)
-            acc.n_studies += 1
+            keep = keep_mask(prepared.tokens, *kept_kinds)
             report = [t["kind"] == "report" for t in prepared.tokens]
             yield {
                 **adapter.device_inputs(prepared),
@@ -257,9 +262,16 @@ def model_quality(plan: QualityPlan, sae, store, notes: list[str]):
                 SPLICE_MASK: torch.tensor([keep]),
             }
 
+    def measure(batch, x_BTD: torch.Tensor, lat_BTF: torch.Tensor) -> None:
+        kept = batch[SPLICE_MASK][0]  # the positions the store keeps, as recorded
+        acc.update(sae, x_BTD[0][kept.to(x_BTD.device)], lat_BTF[0][kept.to(lat_BTF.device)])
+        acc.n_studies += 1
+
     prefixes = tuple(range(1, len(sae.group_sizes) + 1))
     try:
-        losses = splice_losses_by_prefix(adapter.model, sae, batches(), store.hook_name, prefixes)
+        losses = splice_losses_by_prefix(
+            adapter.model, sae, batches(), store.hook_name, prefixes, on_clean=measure
+        )
     except ValueError as exc:  # no report token to predict
         notes.append(f"CE loss recovered not computed: {exc}")
         losses = None

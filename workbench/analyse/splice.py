@@ -15,9 +15,10 @@ of the positions replaced (both by the reconstruction and by zeros; the others k
 clean activation): an SAE trained on a store that kept only some token positions is then
 spliced in where it was trained, as analyse's SAE-quality step does.
 :func:`splice_losses_by_prefix` gets every Matryoshka prefix from one clean and one ablated
-forward per batch. Losses are the mean next-token cross
-entropy over every predicted token of every sequence (positions 1..T-1 predicted from
-0..T-2, padding excluded), the same averaging as TransformerLens' ``return_type="loss"``.
+forward per batch, and encodes the activation the clean forward meets at the hook once for all
+prefixes. Losses are the mean next-token cross entropy over every predicted token of every
+sequence (positions 1..T-1 predicted from 0..T-2, padding excluded), the same averaging as
+TransformerLens' ``return_type="loss"``.
 
 Splicing uses the workbench's own forward hooks (:func:`workbench.models.hooks.intervene`),
 so it works for MAIRA-2, LLaVA and text-only causal LMs alike; ``tests`` check it against
@@ -27,7 +28,7 @@ SAELens' ``HookedSAETransformer`` on the same tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -81,14 +82,6 @@ def next_token_ce(
     return float(ce.sum()), int(keep.sum())
 
 
-def _reconstruct(sae: MatryoshkaSAE, n_groups: int | None):
-    def fn(hidden: torch.Tensor) -> torch.Tensor:
-        x = hidden.to(sae.W_enc_DF.device)
-        return sae.decode(sae.encode(x), n_groups).to(hidden.device, hidden.dtype)
-
-    return fn
-
-
 def _zero(hidden: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(hidden)
 
@@ -125,6 +118,32 @@ def splice_losses(
     return splice_losses_by_prefix(model, sae, batches, hook_name, (n_groups,))[n_groups]
 
 
+def _keep_copy(into: list[torch.Tensor]):
+    def fn(hidden: torch.Tensor) -> None:  # None: the activation goes on unchanged
+        into.append(hidden.clone())
+
+    return fn
+
+
+def _replace_with(new: torch.Tensor):
+    def fn(hidden: torch.Tensor) -> torch.Tensor:
+        return new
+
+    return fn
+
+
+def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
+    """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks."""
+    with intervene(model, edit):
+        logits = model(**inputs).logits
+    return next_token_ce(
+        logits, inputs["input_ids"], inputs.get("attention_mask"), batch.get(LOSS_MASK)
+    )
+
+
+OnClean = Callable[[Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], None]
+
+
 @torch.no_grad()
 def splice_losses_by_prefix(
     model: nn.Module,
@@ -132,11 +151,17 @@ def splice_losses_by_prefix(
     batches: Iterable[Mapping[str, torch.Tensor]],
     hook_name: str | None = None,
     prefixes: Sequence[int | None] = (None,),
+    on_clean: OnClean | None = None,
 ) -> dict[int | None, SpliceLosses]:
     """:func:`splice_losses` for several ``n_groups`` at once: prefix -> :class:`SpliceLosses`.
 
     Per batch the model runs once clean, once zero-ablated and once per prefix, so the
-    batches are read once (they may be a generator) and the shared runs are not repeated.
+    batches are read once (they may be a generator) and the shared runs are not repeated. The
+    clean run captures the activation at the hook and the SAE encodes it once: every run
+    meets that same activation at the hook (nothing before it is edited), so each prefix's
+    run splices in a decoding of that one code. ``on_clean(batch, acts_BTD, latents_BTF)``,
+    if given, receives the clean activation and its code (analyse's SAE quality measures
+    FVU and L0 on them instead of running the model once more).
     """
     hook = hook_name or sae.hook_name
     if hook is None:
@@ -144,22 +169,25 @@ def splice_losses_by_prefix(
     for n_groups in prefixes:
         if n_groups is not None and not 1 <= n_groups <= len(sae.group_sizes):
             raise ValueError(f"n_groups={n_groups} outside 1..{len(sae.group_sizes)}")
-    variants = {"clean": None, "zero": _zero}
-    variants.update({("spliced", n): _reconstruct(sae, n) for n in prefixes})
-    totals = dict.fromkeys(variants, 0.0)
+    totals = {"clean": 0.0, "zero": 0.0, **{("spliced", n): 0.0 for n in prefixes}}
     count = 0
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k not in _MASKS}
         if "input_ids" not in inputs:
             raise ValueError(f"a batch has no input_ids (keys: {sorted(batch)})")
-        for name, fn in variants.items():
-            edit = {} if fn is None else {hook: _only_at(fn, batch.get(SPLICE_MASK))}
-            with intervene(model, edit):
-                logits = model(**inputs).logits
-            total, n = next_token_ce(
-                logits, inputs["input_ids"], inputs.get("attention_mask"), batch.get(LOSS_MASK)
-            )
-            totals[name] += total
+        seen: list[torch.Tensor] = []
+        total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)})
+        totals["clean"] += total
+        x = seen[0]
+        lat = sae.encode(x.to(sae.W_enc_DF.device))
+        recon = {m: sae.decode(lat, m).to(x.device, x.dtype) for m in prefixes}
+        if on_clean is not None:
+            on_clean(batch, x, lat)
+        del lat  # the reconstructions are all the spliced runs need
+        mask = batch.get(SPLICE_MASK)
+        edits = {"zero": _zero, **{("spliced", m): _replace_with(r) for m, r in recon.items()}}
+        for name, fn in edits.items():
+            totals[name] += _ce_of_run(model, batch, inputs, {hook: _only_at(fn, mask)})[0]
         count += n
     if count == 0:
         raise ValueError("no predicted tokens in the batches (empty or fully masked)")

@@ -22,6 +22,13 @@ process that only draws batches; peak CUDA memory on a GPU). ``--profile N`` run
 our steps under ``torch.profiler`` and splits a step into its stages. ``--estimate N`` times
 N interleaved steps of the run asked for and prints its projected wall time instead of
 running it (decide before committing hours to a ``--tokens 20e6`` run).
+
+``--checkpoint DIR`` makes a long run resumable: every ``--checkpoint-every`` steps (default:
+every eval) and at the end, the loop (step, curves, who stopped, per-step times) and every
+peer's whole training state go to ``DIR/bench_state.pt`` (atomically); the same command
+started again resumes from it and continues to the result of an uninterrupted run. It refuses
+a checkpoint made with other arguments, naming them (``sae_checkpoint.py`` says what each
+peer saves and which arguments count). ``--stop-after N`` stops after N steps, as if killed.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from sae_checkpoint import BenchCheckpoint, Loop  # noqa: E402
 from sae_measure import memory_report, profile_ours  # noqa: E402
 from sae_peers import BEST_SETTINGS, PEERS, Shape, StreamSource, make_peers  # noqa: E402
 
@@ -84,37 +92,52 @@ def converged(curve: list[dict], args) -> bool:
     )
 
 
-def train(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
-    """The interleaved loop: per-step times, eval curves, and who stopped when."""
+def train(peers: list, shape: Shape, held_out: torch.Tensor, args,
+          ckpt: BenchCheckpoint | None = None, stop_after: int = 0) -> dict:  # fmt: skip
+    """The interleaved loop: per-step times, eval curves, and who stopped when. With ``ckpt``:
+    resumed from its checkpoint if there is one, saved every ``ckpt.every`` steps and at the
+    end; ``stop_after``: return after that many steps, as if killed (``finished`` False)."""
     limit = limit_fn(shape, args.device, args.dtype)
-    names = [p.name for p in peers] + ["limit"]
-    times: dict[str, dict[int, tuple[float, float]]] = {n: {} for n in names}
-    curves: dict[str, list[dict]] = {p.name: [] for p in peers}
-    active = {p.name: True for p in peers}
-    ours = peers[0]
-    for step in range(args.max_steps):
-        x = ours.batch(step)  # drawn before timing: every peer gets it ready
-        jobs = [(p.name, lambda p=p, x=x: p.step(x)) for p in peers if active[p.name]]
-        if active["ours"]:
-            jobs.append(("limit", limit))
-        shift = step % len(jobs)
-        for name, fn in jobs[shift:] + jobs[:shift]:
-            times[name][step] = timed(fn, args.device)
-        last = step + 1 == args.max_steps
-        if (step + 1) % args.eval_every and not last:
-            continue
-        for p in peers:
-            if active[p.name]:
-                row = {"step": step + 1, "tokens": (step + 1) * shape.batch}
-                curves[p.name].append({**row, **p.evaluate(held_out)})
-                # one line per eval on stderr, so a long run's curve survives an interruption
-                print(json.dumps({"peer": p.name, **curves[p.name][-1]}), file=sys.stderr,
-                      flush=True)  # fmt: skip
-                if args.until_flat and converged(curves[p.name], args):
-                    active[p.name] = False
-        if not any(active.values()):
-            break
-    return {"times": times, "curves": curves}
+    loop = (ckpt.resume(peers) if ckpt else None) or Loop.fresh([p.name for p in peers])
+    ran = 0
+    while loop.step < args.max_steps and not loop.done and not 0 < stop_after <= ran:
+        run_step(peers, loop, limit, args)
+        ran += 1
+        if loop.step % args.eval_every == 0 or loop.step == args.max_steps:
+            evaluate(peers, loop, shape, held_out, args)
+        if ckpt and ckpt.due(loop):
+            ckpt.save(loop, peers)
+    if ckpt:
+        ckpt.save(loop, peers)
+    finished = loop.step >= args.max_steps or loop.done
+    return {"times": loop.times, "curves": loop.curves, "finished": finished}
+
+
+def run_step(peers: list, loop: Loop, limit, args) -> None:
+    """Step ``loop.step``: every active peer and the limit (while ours runs), timed, in an
+    order that rotates."""
+    step, ours = loop.step, peers[0]
+    x = ours.batch(step)  # drawn before timing: every peer gets it ready
+    jobs = [(p.name, lambda p=p, x=x: p.step(x)) for p in peers if loop.active[p.name]]
+    if loop.active["ours"]:
+        jobs.append(("limit", limit))
+    shift = step % len(jobs)
+    for name, fn in jobs[shift:] + jobs[:shift]:
+        loop.times[name][step] = timed(fn, args.device)
+    loop.step += 1
+
+
+def evaluate(peers: list, loop: Loop, shape: Shape, held_out: torch.Tensor, args) -> None:
+    """Held-out eval of every active peer; ``--until-flat`` stops those that converged."""
+    for p in peers:
+        if loop.active[p.name]:
+            curve = loop.curves[p.name]
+            row = {"step": loop.step, "tokens": loop.step * shape.batch}
+            curve.append({**row, **p.evaluate(held_out)})
+            # one line per eval on stderr, so a long run's curve survives an interruption
+            print(json.dumps({"peer": p.name, **curve[-1]}), file=sys.stderr, flush=True)
+            if args.until_flat and converged(curve, args):
+                loop.active[p.name] = False
 
 
 def estimate(peers: list, shape: Shape, held_out: torch.Tensor, args) -> dict:
@@ -243,8 +266,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--estimate", type=int, default=0,
                    help="time this many steps, print the projected run time of the run asked "
                    "for (--tokens/--steps, an upper bound with --until-flat) and stop")  # fmt: skip
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory: resume from it, save to it (sae_checkpoint.py)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="steps between checkpoints (default: every eval) and at the end",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop after this many steps of this invocation, as if killed (tests)",
+    )
+    args = p.parse_args(argv)  # fmt: skip
     args.max_steps = int(args.tokens) // args.batch if args.tokens else args.steps
+    args.checkpoint_every = args.checkpoint_every or args.eval_every
     return args
 
 
@@ -268,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             f"({est['tokens_planned']:,} tokens per peer, load {os.getloadavg()[0]:.1f})"
         )
         return 0
-    run = train(peers, shape, held_out, args)
+    every = args.checkpoint_every
+    ckpt = BenchCheckpoint(args.checkpoint, args, source.seed, every) if args.checkpoint else None
+    run = train(peers, shape, held_out, args, ckpt, args.stop_after)
+    if not run["finished"]:
+        print(f"stopped after --stop-after {args.stop_after} steps; checkpoint: {args.checkpoint}")
+        return 0
     figures = {
         "shape": vars(shape), "threads": args.threads, "device": args.device, "lr": args.lr,
         "peers": names, "best_settings": BEST_SETTINGS,

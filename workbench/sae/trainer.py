@@ -110,14 +110,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.dist.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            state = {
-                "step": self.step,
-                "sae": self.sae.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "since_fired": self.since_fired,
-                "norm_factor": self.norm_factor,
-                "fingerprint": self._fingerprint(),
-            }
+            state = {**self.state(), "fingerprint": self._fingerprint()}
             path = self.ckpt_dir / f"step_{self.step:08d}.pt"
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
@@ -136,11 +129,27 @@ class Trainer:
                 f"{found[-1]}: checkpoint was made with other settings; use another --out or "
                 "--no-resume (which starts over and overwrites it)"
             )
+        self.load_state(state)
+        return True
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs: weights and threshold, Adam, dead-latent counters, step,
+        normalisation factor (the batch of a step is a function of the step; ``cut_hint``
+        only saves time)."""
+        return {
+            "step": self.step,
+            "sae": self.sae.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "since_fired": self.since_fired,
+            "norm_factor": self.norm_factor,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (the norm factor is the saved one, not re-estimated)."""
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["optimizer"])
         self.since_fired.copy_(state["since_fired"])
         self.step, self.norm_factor = int(state["step"]), float(state["norm_factor"])
-        return True
 
     def initialise(self) -> None:
         """Normalisation factor and b_dec at the geometric median of the first batch."""

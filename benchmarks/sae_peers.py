@@ -113,7 +113,10 @@ class Ours:
             out=out, d_sae=shape.d_sae, k=shape.k,
             group_sizes=shape.group_sizes, batch_size=shape.batch, tokens=steps * shape.batch,
             lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=kw.get("norm_batches", 5),
-            threshold_start_step=0, progress=False,
+            # the inference threshold as SAELens keeps it: an EMA of each step's smallest
+            # kept activation from step 0 at rate 0.01 (its topk_threshold_lr default); the
+            # trainer's own default (0.999 from step 1000) is for long runs
+            threshold_start_step=0, threshold_beta=0.99, progress=False,
             buffer_tokens=getattr(source, "shard_tokens", TrainSAEConfig.buffer_tokens),
             device=device, checkpoint_every=0, resume=False, scan_store=False,
             sparse_threads=kw.get("sparse_threads", TrainSAEConfig.sparse_threads),

@@ -6,6 +6,10 @@
 ``python benchmarks/bench_mini_vision.py gate [--model data/maira2-mini]``
     the linear-probe AUROC and pointing-game table (:mod:`workbench.models.mini.probe`) of the
     model's frozen encoder on the phantom test split (probe fitted on the train split).
+``python benchmarks/bench_mini_vision.py capacity --towers 128x4 192x6 --steps 2000``
+    capacity at equal steps: each tower (hidden x layers) trained from scratch by stage 1's
+    own code on the same corpus (a stage-1 phantom + the evaluation train split) for the same
+    steps and schedule, then its gate table; with the images/s and parameters of each.
 """
 
 from __future__ import annotations
@@ -76,6 +80,44 @@ def gate(args) -> None:
     print(gate_markdown(gate_table(tower, heads, train, test)))
 
 
+def capacity(args) -> None:
+    from transformers import Dinov2Backbone
+
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.config import MiniConfig, vision_config
+    from workbench.models.mini.dense import encode_frontals
+    from workbench.models.mini.eval import read_phantom_labels
+    from workbench.models.mini.probe import gate_markdown, gate_table
+    from workbench.models.mini.vision import pretrain_encoder
+    from workbench.models.registry import load_model
+
+    processor = load_model(str(args.model)).processor  # the shipped input geometry
+    truth = read_phantom_labels(args.phantom)
+    split = {s: list(iter_studies(args.phantom, split=s)) for s in ("train", "test")}
+    train = encode_frontals(processor, args.phantom, split["train"], truth)
+    test = encode_frontals(processor, args.phantom, split["test"], truth)
+    pre = args.corpus
+    corpus = encode_frontals(processor, pre, list(iter_studies(pre)), read_phantom_labels(pre))
+    for spec in args.towers:
+        hidden, layers = (int(v) for v in spec.split("x"))
+        cfg = MiniConfig(
+            vision_hidden=hidden, vision_layers=layers, vision_steps=args.steps,
+            vision_lr=args.lr, threads=args.threads, seed=0,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        tower = Dinov2Backbone(vision_config(cfg))
+        t0 = time.perf_counter()
+        heads, stats = pretrain_encoder(cfg, tower, corpus + train, args.out / spec)
+        n_params = sum(p.numel() for p in tower.parameters())
+        ips = args.steps * cfg.vision_batch / max(1e-9, stats["vision_seconds"])
+        print(
+            f"\n#### tower {spec}: {n_params:,} parameters, {args.steps} steps in "
+            f"{time.perf_counter() - t0:.0f} s ({ips:.0f} images/s); final dense / image loss "
+            f"{stats['vision_final_dense_loss']:.4f} / {stats['vision_final_image_loss']:.4f}\n"
+        )
+        print(gate_markdown(gate_table(tower, heads, train, test)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,10 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("gate")
     g.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
     g.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
+    c = sub.add_parser("capacity")
+    c.add_argument("--towers", nargs="+", default=["128x4", "192x6"], help="hidden x layers")
+    c.add_argument("--steps", type=int, default=2000)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
+    c.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
+    c.add_argument("--corpus", type=Path, default=ROOT / "runs" / "mini-train" / "pretrain13")
+    c.add_argument("--out", type=Path, default=ROOT / "runs" / "capacity")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    speed(args) if args.cmd == "speed" else gate(args)
+    {"speed": speed, "gate": gate, "capacity": capacity}[args.cmd](args)
     return 0
 
 

@@ -196,3 +196,91 @@ def test_continuation_options_that_contradict_are_refused(tmp_path):
         MiniConfig(init_from=tmp_path, init_vision_from=tmp_path).validate()
     with pytest.raises(ValueError, match="init_projector"):
         MiniConfig(init_projector=True).validate()
+
+
+def test_float16_storage_halves_the_file_and_loads_the_rounded_float32_model(
+    phantom, tmp_path, monkeypatch
+):
+    import json
+
+    from workbench.models import registry
+    from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+    full = mini_train.train(tiny_cfg(phantom, tmp_path / "fp32", eval_studies=0))
+    half = mini_train.train(tiny_cfg(phantom, tmp_path / "fp16", save_dtype="float16"))
+    (w32,), (w16,) = full.glob("model-*.safetensors"), half.glob("model-*.safetensors")
+    assert 0.45 < w16.stat().st_size / w32.stat().st_size < 0.55
+    a, b = load_file(w32), load_file(w16)
+    assert a.keys() == b.keys() and {t.dtype for t in b.values()} == {torch.float16}
+    for key in a:  # the same run, its weights rounded to float16 and nothing else
+        assert torch.equal(a[key].half(), b[key]), key
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float32"
+    heads = load_file(half / "stage1-heads.safetensors")
+    assert {t.dtype for t in heads.values()} == {torch.float32}
+    stats = (half / "train-stats.json").read_text()
+    assert "validate_macro_f1" in stats  # generated with the model before saving
+
+    native = Maira2ForConditionalGeneration.from_pretrained(half)
+    assert {p.dtype for p in native.parameters()} == {torch.float32}
+    rounded = Maira2ForConditionalGeneration.from_pretrained(full)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.half().float())
+    adapter = load_model(str(half))
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}
+    from workbench.cxr.studies import iter_studies
+
+    study = next(iter(iter_studies(phantom, split="validate")))
+    inp = adapter.prepare(study)
+    with torch.no_grad():
+        logits = adapter.model(**adapter.device_inputs(inp)).logits
+        expected = rounded(**adapter.device_inputs(inp)).logits
+        unrounded = Maira2ForConditionalGeneration.from_pretrained(full)(
+            **adapter.device_inputs(inp)
+        ).logits
+    assert torch.equal(logits, expected) and not torch.equal(logits, unrounded)
+    assert isinstance(adapter.generate(inp, max_new_tokens=5), str)
+
+    # a GPU's half-precision default does not apply to a maira2-mini, only to other models
+    monkeypatch.setattr(registry, "default_dtype", lambda device: torch.bfloat16)
+    assert load_model(str(half)).model.dtype == torch.float32
+    other = tmp_path / "not-mini"
+    other.mkdir()
+    for f in half.iterdir():
+        if f.is_file() and f.name != "train-cfg.json":
+            (other / f.name).write_bytes(f.read_bytes())
+    assert load_model(str(other)).model.dtype == torch.bfloat16
+
+
+def test_device_auto_trains_on_the_cpu_here_and_resumes_to_the_same_weights(
+    phantom, tmp_path, monkeypatch
+):
+    from workbench.models.mini.config import resolve_device
+
+    assert resolve_device(MiniConfig(device="auto")) == torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if torch.cuda.is_available():
+        pytest.skip("device 'auto' picks the GPU on this machine")
+    reference = mini_train.train(tiny_cfg(phantom, tmp_path / "ref", eval_studies=0))
+    real = mini_train.collate
+    calls = {"n": 0}
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mini_train, "collate", dies_on_third_batch)
+    cfg = tiny_cfg(phantom, tmp_path / "auto", eval_studies=0, checkpoint_every=1, device="auto")
+    with pytest.raises(KeyboardInterrupt):
+        mini_train.train(cfg)
+    monkeypatch.setattr(mini_train, "collate", real)
+    resumed = mini_train.train(cfg)
+    log_text = (resumed / "train.log").read_text()
+    assert "training on cpu" in log_text and "resuming from step 2" in log_text
+    a = load_file(next(reference.glob("*.safetensors")))
+    b = load_file(next(resumed.glob("*.safetensors")))
+    for key in a:  # the device switch changes nothing on the CPU
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -237,12 +237,28 @@ class Maira2ForConditionalGeneration(nn.Module):
         )
         return torch.cat([input_ids, new_ids.to(input_ids.device)], dim=1)
 
-    def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) -> Path:
-        """Write ``config.json`` and hub-layout safetensors shards (+ index) to ``directory``."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        max_shard_bytes: int = 2 * 1024**3,
+        storage_dtype: torch.dtype | None = None,
+    ) -> Path:
+        """Write ``config.json`` and hub-layout safetensors shards (+ index) to ``directory``.
+
+        ``storage_dtype`` (e.g. float16) rounds the floating tensors to that precision in the
+        files only: ``config.json`` then declares the model's own dtype (``dtype``), so
+        :meth:`from_pretrained` and transformers' ``dtype="auto"`` load it back in that dtype.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        if storage_dtype is not None:
+            self.config.dtype = self.dtype
+            state = {
+                k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()
+            }
         self.config.save_pretrained(directory)
-        save_checkpoint(self.state_dict(), directory, max_shard_bytes=max_shard_bytes)
+        save_checkpoint(state, directory, max_shard_bytes=max_shard_bytes)
         return directory
 
     @classmethod
@@ -259,12 +275,19 @@ class Maira2ForConditionalGeneration(nn.Module):
         anything else raises :class:`workbench.models.checkpoint.CheckpointError`. Parameters
         are created on the meta device and replaced by the loaded tensors, so peak memory is
         one copy of the weights in ``dtype`` (bf16 halves the float32 checkpoint).
+
+        ``dtype`` None follows transformers 5's default ``dtype="auto"``: the dtype that
+        ``config.json`` declares (``dtype``, or the older ``torch_dtype``), else the stored
+        tensors' own. A checkpoint stored in float16 whose config declares float32 therefore
+        loads as a float32 model.
         """
         directory = resolve_checkpoint_dir(path_or_repo, cache_dir=cache_dir)
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found")
         config = Maira2Config.from_pretrained(directory)
+        if dtype is None and isinstance(config.dtype, torch.dtype):
+            dtype = config.dtype
         with init_empty_weights(include_buffers=False):
             model = cls(config)
         shapes = {k: v.shape for k, v in model.state_dict().items()}

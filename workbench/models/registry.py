@@ -42,6 +42,7 @@ from workbench.models.processor import (
 from workbench.models.prompts import Prompt, Segment, section_text
 
 MINI_NAME = "maira2-mini"
+MINI_TRAIN_CONFIG = "train-cfg.json"  # written beside every trained maira2-mini
 POINTER_FILE = "pointer.txt"  # a run's model/ dir may hold this: one line, the model's path
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -298,6 +299,12 @@ def resolve_model_dir(spec: str | Path, cache_dir: str | Path | None = None) -> 
     return resolve_checkpoint_dir(spec, cache_dir=cache_dir)
 
 
+def is_mini_dir(spec: str | Path, directory: Path) -> bool:
+    """True for a maira2-mini: the name, or a directory its training wrote (it holds the
+    training config ``MINI_TRAIN_CONFIG`` beside the weights)."""
+    return str(spec) == MINI_NAME or (directory / MINI_TRAIN_CONFIG).is_file()
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """float32 on CPU; bf16 on a GPU that supports it, else fp16."""
     if torch.device(device).type != "cuda":
@@ -311,7 +318,11 @@ def load_model(
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
 ) -> ModelAdapter:
-    """Load the model ``spec`` names; its type comes from ``config.json``'s ``model_type``."""
+    """Load the model ``spec`` names; its type comes from ``config.json``'s ``model_type``.
+
+    ``dtype`` None: float32 for a maira2-mini (:func:`is_mini_dir`; also when its safetensors
+    are stored in float16), else :func:`default_dtype` of ``device``.
+    """
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
     from workbench.models.maira2 import Maira2ForConditionalGeneration
@@ -321,6 +332,8 @@ def load_model(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found")
     config = json.loads(config_path.read_text())
+    if dtype is None and is_mini_dir(spec, directory):
+        dtype = torch.float32  # its own precision on every device, however its files store it
     dtype = dtype or default_dtype(device)
     name = str(spec)
     model_type = config.get("model_type")

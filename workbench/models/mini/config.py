@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from transformers import Dinov2Config, LlamaConfig, PreTrainedTokenizerBase
 
+from workbench.config import ConfigError
 from workbench.cxr.findings import RENDERED
 from workbench.models.maira2 import Maira2Config, Maira2ForConditionalGeneration
 
+DEVICES = ("cpu", "cuda", "auto")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = PROJECT_ROOT / "data" / "maira2-mini"
 
@@ -134,6 +138,15 @@ class MiniConfig:
     """How many times per epoch a study positive for an ``oversample`` concept is seen."""
     threads: int = 2
     """torch CPU threads (1 is faster when other jobs share the cores)."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where both stages train: ``cpu``, ``cuda`` (an error when torch sees no GPU) or ``auto``
+    (cuda when available, else cpu). Checkpoints hold CPU tensors, so a run killed on one kind
+    of machine resumes on the other (same batches; the arithmetic, hence the weights, differ
+    slightly between devices)."""
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Precision of the saved model's safetensors. ``config.json`` still declares float32, so
+    loaders upcast on reading and return the float32 model with its weights rounded to this
+    precision (float16 halves the file; the stage-1 heads are always saved in float32)."""
     checkpoint_every: int = 25
     """Steps between resumable checkpoints (a killed run continues from the last one)."""
     max_minutes: float = 0.0
@@ -168,12 +181,39 @@ class MiniConfig:
             raise ValueError(
                 f"config field 'dense_pos_weight_cap' must be > 0, got {self.dense_pos_weight_cap}"
             )
+        for name, choices in (("device", DEVICES), ("save_dtype", SAVE_DTYPES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"config field '{name}' must be one of {choices}, got {getattr(self, name)!r}"
+                )
         for name in ("oversample", "vision_oversample"):
             unknown = sorted(set(getattr(self, name)) - set(RENDERED))
             if unknown:
                 raise ValueError(
                     f"config field '{name}': unknown concepts {unknown}; known: {list(RENDERED)}"
                 )
+
+
+def resolve_device(cfg: MiniConfig):
+    """The torch device ``cfg.device`` names (``auto``: cuda when available, else cpu)."""
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "config field 'device' is 'cuda' but torch sees no CUDA device "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+            "use 'cpu' or 'auto'"
+        )
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def storage_dtype(cfg: MiniConfig):
+    """The torch dtype of ``cfg.save_dtype``."""
+    import torch
+
+    return getattr(torch, cfg.save_dtype)
 
 
 def vision_config(cfg: MiniConfig) -> Dinov2Config:

@@ -52,6 +52,10 @@ class Batch(NamedTuple):
         names = ("input_ids", "attention_mask", "labels", "pixel_values")
         return {k: getattr(self, k) for k in names}
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on ``device`` (no copy when already there)."""
+        return Batch(*(t.to(device) for t in self))
+
 
 def prompt_corpus(records: Iterable[StudyRecord]) -> Iterator[str]:
     """The rendered prompt + findings of every study, image placeholders removed.

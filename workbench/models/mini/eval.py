@@ -145,6 +145,7 @@ def generate_findings(
     comparison and prior report to N/A (:func:`~workbench.models.mini.data.prompt_sections`).
     """
     tok = processor.tokenizer
+    device = next(model.parameters()).device
     out: dict[int, str] = {}
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
@@ -154,7 +155,7 @@ def generate_findings(
             )
             for j, rec in enumerate(chunk)
         ]
-        batch = _left_pad(encs, tok.pad_token_id)
+        batch = {k: v.to(device) for k, v in _left_pad(encs, tok.pad_token_id).items()}
         ids = model.generate(
             **batch, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,

@@ -13,7 +13,10 @@ discarded after training. AdamW with linear warm-up and cosine decay, gradient
 clipping at 1. A checkpoint (model, optimiser, step) is written atomically every
 ``checkpoint_every`` steps to ``<out>/.train/``; rerunning the same command continues from it.
 Batch order depends only on (seed, epoch), so a resumed run takes the same steps as an
-uninterrupted one. The log goes to ``<out>/train.log`` as well as to the console.
+uninterrupted one. Both stages run on ``cfg.device`` (cpu, cuda, or auto); checkpoints hold CPU
+tensors, so a run may move between a GPU machine and a CPU one. The model is saved in float32,
+or with its weights rounded to ``cfg.save_dtype`` in the safetensors while ``config.json`` keeps
+declaring float32. The log goes to ``<out>/train.log`` as well as to the console.
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ import torch
 
 from workbench.config import save_config
 from workbench.cxr.studies import iter_studies
-from workbench.models.mini.config import MiniConfig, build_mini, is_trained
+from workbench.models.mini.config import (
+    MiniConfig,
+    build_mini,
+    is_trained,
+    resolve_device,
+    storage_dtype,
+)
 from workbench.models.mini.data import (
     collate,
     encode_all,
@@ -43,6 +52,7 @@ from workbench.models.mini.eval import read_phantom_labels
 from workbench.models.mini.state import restore_state, save_state
 from workbench.models.mini.tokenizer import check_layout, save_tokenizer, train_tokenizer
 from workbench.models.processor import Maira2Processor
+from workbench.models.registry import MINI_TRAIN_CONFIG
 
 log = logging.getLogger("workbench.models.mini")
 CHECKPOINT = "checkpoint.pt"
@@ -114,6 +124,13 @@ def run_tokenizer(cfg: MiniConfig, records, work: Path):
     return model_tokenizer(source)
 
 
+def keep_prefixes(cfg: MiniConfig) -> tuple[str, ...]:
+    """State-dict prefixes taken from ``init_decoder_from``: the language model and LM head,
+    and the projector with ``init_projector``."""
+    keep = ("language_model.", "lm_head.")
+    return keep + (("multi_modal_projector.",) if cfg.init_projector else ())
+
+
 def initial_model(cfg: MiniConfig, tokenizer):
     """A fresh maira2-mini, or one starting from ``init_from`` (all weights), from
     ``init_decoder_from`` (the language model and LM head, and the projector with
@@ -129,8 +146,7 @@ def initial_model(cfg: MiniConfig, tokenizer):
         return model
     if cfg.init_decoder_from is not None:
         start = Maira2ForConditionalGeneration.from_pretrained(cfg.init_decoder_from).state_dict()
-        keep = ("language_model.", "lm_head.")
-        keep += ("multi_modal_projector.",) if cfg.init_projector else ()
+        keep = keep_prefixes(cfg)
         part = {k: v for k, v in start.items() if k.startswith(keep)}
         missing = model.load_state_dict(part, strict=False).missing_keys
         if any(k.startswith(keep) for k in missing):
@@ -152,6 +168,7 @@ def train(cfg: MiniConfig) -> Path:
     if is_trained(cfg.out):
         log.info("%s already holds a trained maira2-mini; nothing to do", cfg.out)
         return cfg.out
+    device = resolve_device(cfg)
     handler = _log_to_file(cfg.out)
     try:
         torch.set_num_threads(cfg.threads)
@@ -168,8 +185,9 @@ def train(cfg: MiniConfig) -> Path:
             processor, records, read_phantom_labels(cfg.phantom), cfg.image_only_prob > 0
         )
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
-        model = initial_model(cfg, tokenizer)
-        log.info("maira2-mini: %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+        model = initial_model(cfg, tokenizer).to(device)
+        n_params = sum(p.numel() for p in model.parameters()) / 1e6
+        log.info("maira2-mini: %.2f M parameters, training on %s", n_params, device)
         vision_stats = {}
         if cfg.vision_steps and cfg.init_from is None:
             vision_stats = stage1(cfg, model, processor, records, work)
@@ -281,7 +299,9 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
     ``variants[i]`` holds study ``i``'s prompt variants (full, then image-only); each step
     draws the image-only one with probability ``cfg.image_only_prob``.
     """
+    device = next(model.parameters()).device
     probe = AuxProbe(model.config.text_config.hidden_size, len(variants[0][0].concepts))
+    probe.to(device)
     ckpt_path = work / CHECKPOINT
     if cfg.freeze_vision:
         model.vision_tower.requires_grad_(False)
@@ -304,7 +324,7 @@ def run_steps(cfg: MiniConfig, model, variants, pad_id: int, work: Path) -> dict
         slots = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)[index]
         batch_ids = [studies[s] for s in slots]
         chosen = pick_variants(variants, batch_ids, cfg.image_only_prob, cfg.seed, step)
-        batch = collate(chosen, pad_id)
+        batch = collate(chosen, pad_id).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, cfg)
         lm, aux = train_step(model, probe, trainable, optimizer, batch, cfg.aux_weight)
@@ -344,9 +364,10 @@ def finish(cfg: MiniConfig, model, processor: Maira2Processor, stats: dict, work
     """Save model + processor to a staging directory, move it into place, drop checkpoints."""
     staging = cfg.out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    half = None if cfg.save_dtype == "float32" else storage_dtype(cfg)
+    model.save_pretrained(staging, storage_dtype=half)  # config.json still declares float32
     processor.save_pretrained(staging)
-    save_config(cfg, staging / "train-cfg.json")
+    save_config(cfg, staging / MINI_TRAIN_CONFIG)
     from workbench.models.mini.vision import HEADS_FILE
 
     heads = [work / HEADS_FILE] + ([Path(cfg.init_from) / HEADS_FILE] if cfg.init_from else [])

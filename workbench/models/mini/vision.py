@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from workbench.cxr.findings import RENDERED
 from workbench.io import atomic_path
 from workbench.models.mini.dense import DENSE_CHANNELS, VisionExample, channel_pos_weight, stack
-from workbench.models.mini.state import restore_state, save_state
+from workbench.models.mini.state import load_state_file, restore_state, save_state
 
 log = logging.getLogger("workbench.models.mini")
 STAGE1_FINAL = "vision.pt"
@@ -129,19 +129,22 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     """Train ``tower`` + heads for ``cfg.vision_steps`` steps; returns (heads, stats).
 
     ``cfg`` is a :class:`~workbench.models.mini.MiniConfig` (vision_* fields, seed, threads
-    already set). A finished stage (``work/vision.pt``) is loaded instead of retrained.
+    already set). Heads and batches go to the tower's device. A finished stage
+    (``work/vision.pt``) is loaded instead of retrained.
     """
+    device = next(tower.parameters()).device
     heads = VisionHeads(tower.config.hidden_size)
     if cfg.init_vision_from is not None:
         heads.load_state_dict(load_heads(cfg.init_vision_from).state_dict())
+    heads.to(device)
     final = work / STAGE1_FINAL
     if final.is_file():
-        state = torch.load(final, weights_only=True)
+        state = load_state_file(final)
         tower.load_state_dict(state["tower"])
         heads.load_state_dict(state["heads"])
         log.info("stage 1 (vision) already done: loaded %s", final)
         return heads, state["stats"]
-    pos_weight = channel_pos_weight(examples, cap=cfg.dense_pos_weight_cap)
+    pos_weight = channel_pos_weight(examples, cap=cfg.dense_pos_weight_cap).to(device)
     weights = stage1_sampling(cfg, examples)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.05)
@@ -153,7 +156,7 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     t0, dense_log, image_log = time.perf_counter(), [], []
     while step < cfg.vision_steps:
         idx = stage1_batch(len(examples), cfg.vision_batch, cfg.seed, step, weights)
-        pixels, cover, concepts = stack([examples[i] for i in idx])
+        pixels, cover, concepts = (t.to(device) for t in stack([examples[i] for i in idx]))
         for group in optimizer.param_groups:
             group["lr"] = stage1_lr(step, cfg.vision_steps, cfg.vision_lr)
         loss, dense, image = stage1_loss(
@@ -200,7 +203,7 @@ def save_heads(heads: VisionHeads, path: Path) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(tmp))
+        save_file({k: v.contiguous().cpu() for k, v in heads.state_dict().items()}, str(tmp))
 
 
 def load_heads(model_dir: str | Path) -> VisionHeads:

@@ -1,15 +1,60 @@
-"""maira2-mini: device choice, device-independent checkpoints, reduced-precision saves."""
+"""maira2-mini presets, device choice, device-independent checkpoints, reduced-precision saves."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.config import ConfigError, parse_config
-from workbench.models.mini.config import MiniConfig, build_mini, resolve_device
+from workbench.config import ConfigError, load_config, parse_config
+from workbench.models.mini.config import (
+    SHIPPED,
+    MiniConfig,
+    build_mini,
+    resolve_device,
+    vision_config,
+)
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["mini.toml", "mini-wide.toml"])
+def test_mini_presets_parse_and_validate(name):
+    from_file = load_config(MiniConfig, CONFIGS / name)
+    from_cli = parse_config(MiniConfig, ["--preset", str(CONFIGS / name)])
+    assert from_file == from_cli
+
+
+def test_wide_preset_is_the_wide_tower_from_scratch_on_the_shipped_decoder():
+    from workbench.models.mini.train import keep_prefixes
+    from workbench.models.registry import model_tokenizer
+
+    cfg = load_config(MiniConfig, CONFIGS / "mini-wide.toml")
+    shipped = load_config(MiniConfig, CONFIGS / "mini.toml")
+    heads = vision_config(cfg).num_attention_heads
+    assert (cfg.vision_hidden, cfg.vision_layers, heads) == (192, 6, 3)
+    assert cfg.init_vision_from is None and cfg.init_from is None and not cfg.init_projector
+    assert cfg.init_decoder_from == Path("runs/mini-train/ship-mini")
+    assert (cfg.vision_phantom, cfg.vision_phantom_seed) == (Path("runs/mini-train/pretrain13"), 13)
+    assert (cfg.vision_steps, cfg.vision_lr, cfg.threads) == (8000, 1e-3, 2)
+    assert cfg.save_dtype == "float16" and cfg.vision_oversample == ()
+    assert cfg.epochs == 2 and cfg.oversample == ("nodule", "rib_fracture")
+    assert cfg.oversample_factor == 3 and cfg.device == "cpu"
+    same = ("image_size", "patch_size", "text_hidden", "text_layers", "text_intermediate")
+    assert all(getattr(cfg, f) == getattr(shipped, f) for f in same)
+    # the model it builds: its decoder takes the shipped weights, its float16 file fits the cap
+    model = build_mini(cfg, model_tokenizer(SHIPPED))
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 4 * n_params > 25e6 > 2 * n_params  # float32 over the 25 MB cap, float16 under it
+    decoder = {
+        k: v for k, v in load_file(next(SHIPPED.glob("model-*.safetensors"))).items()
+        if k.startswith(keep_prefixes(cfg))
+    }  # fmt: skip
+    missing = model.load_state_dict(decoder, strict=False).missing_keys
+    assert decoder and not any(k.startswith(keep_prefixes(cfg)) for k in missing)
 
 
 def test_device_values_and_a_missing_gpu_are_config_errors(monkeypatch):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from workbench import db
 from workbench.analyse.run import AnalyseConfig, analyse
@@ -139,3 +140,23 @@ def test_semgan_estimate_plays_the_cpu_preset_through_two_workers():
     per_worker = robust + 2 * plain + 3 * 400 * 0.05
     assert est["worker_busy_s"] == [round(per_worker)] * 2
     assert est["total_wall_s"] == round(per_worker + 2500 * 0.01 / 2)
+
+
+def test_bench_mini_vision_capacity_trains_and_gates_each_tower(tmp_path, capsys):
+    """Two tiny towers from scratch on one corpus: each trained the steps asked, each gated."""
+    from workbench.cxr.phantom.run import PhantomConfig, generate
+
+    phantom = tmp_path / "phantom"
+    generate(PhantomConfig(out=phantom, studies=120, size=256, seed=3))
+    argv = ["--threads", "1", "capacity", "--towers", "64x1", "64x2", "--steps", "2"]
+    argv += ["--phantom", str(phantom), "--corpus", str(phantom), "--out", str(tmp_path / "o")]
+    assert _script("bench_mini_vision").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tower 64x1: " in out and "tower 64x2: " in out
+    assert out.count("| **passing** |") == 2  # one gate table per tower
+    for spec in ("64x1", "64x2"):  # stage 1's own final state, with the steps asked
+        state = torch.load(tmp_path / "o" / spec / "vision.pt", weights_only=True)
+        assert state["stats"]["vision_steps_done"] == 2
+    one = torch.load(tmp_path / "o" / "64x1" / "vision.pt", weights_only=True)["tower"]
+    two = torch.load(tmp_path / "o" / "64x2" / "vision.pt", weights_only=True)["tower"]
+    assert sum(v.numel() for v in two.values()) > sum(v.numel() for v in one.values())

@@ -63,20 +63,27 @@ def speed(args) -> None:
         print(f"| {spec} | {tokens} | {ips:.0f} | {base / ips:.2f}x |")
 
 
-def gate(args) -> None:
+def gate_splits(processor, phantom: Path) -> tuple[list, list]:
+    """The gate's frontal images with their targets: the phantom's train and test splits."""
     from workbench.cxr.studies import iter_studies
     from workbench.models.mini.dense import encode_frontals
     from workbench.models.mini.eval import read_phantom_labels
+
+    truth = read_phantom_labels(phantom)
+    return tuple(
+        encode_frontals(processor, phantom, list(iter_studies(phantom, split=s)), truth)
+        for s in ("train", "test")
+    )
+
+
+def gate(args) -> None:
     from workbench.models.mini.probe import gate_markdown, gate_table
     from workbench.models.mini.vision import load_heads
     from workbench.models.registry import load_model
 
     adapter = load_model(str(args.model))
     tower, heads = adapter.model.vision_tower, load_heads(args.model)
-    truth = read_phantom_labels(args.phantom)
-    split = {s: list(iter_studies(args.phantom, split=s)) for s in ("train", "test")}
-    train = encode_frontals(adapter.processor, args.phantom, split["train"], truth)
-    test = encode_frontals(adapter.processor, args.phantom, split["test"], truth)
+    train, test = gate_splits(adapter.processor, args.phantom)
     print(gate_markdown(gate_table(tower, heads, train, test)))
 
 
@@ -92,10 +99,7 @@ def capacity(args) -> None:
     from workbench.models.registry import load_model
 
     processor = load_model(str(args.model)).processor  # the shipped input geometry
-    truth = read_phantom_labels(args.phantom)
-    split = {s: list(iter_studies(args.phantom, split=s)) for s in ("train", "test")}
-    train = encode_frontals(processor, args.phantom, split["train"], truth)
-    test = encode_frontals(processor, args.phantom, split["test"], truth)
+    train, test = gate_splits(processor, args.phantom)
     pre = args.corpus
     corpus = encode_frontals(processor, pre, list(iter_studies(pre)), read_phantom_labels(pre))
     for spec in args.towers:

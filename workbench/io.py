@@ -3,7 +3,9 @@
 - Atomic writes (:func:`atomic_path`, :func:`write_text`, :func:`write_bytes`,
   :func:`write_json`): the file is written beside its destination as ``<name>.tmp`` and
   ``os.replace``-d over it, so a reader (or a resumed run) never sees a torn file; on an error
-  the partial file is removed and the old one stays.
+  the partial file is removed and the old one stays. The finished file gets the mode a plain
+  ``open()`` would give it (``0o666`` less the umask): some writers (safetensors) create private
+  ``0o600`` files, which a team's shared run directory could not read.
 - :func:`torch_threads`: run a block on a given number of torch intra-op threads and restore
   the previous count, whatever happens inside.
 - :func:`lazy_exports`: a package's public names, imported from their submodules on first use
@@ -40,7 +42,21 @@ def atomic_path(path: str | Path, mkdir: bool = True) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where Linux exposes it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set-and-restore, the only portable read
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | Path, data: bytes, mkdir: bool = True) -> Path:

@@ -51,3 +51,21 @@ def test_lazy_exports_resolve_on_use_and_reject_unknown_names():
     assert pkg.AnalyseConfig.__module__ == "workbench.analyse.config"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pkg.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_files_get_the_umask_mode_whatever_the_writer(tmp_path, mask):
+    """safetensors creates 0o600 files; the finished file has the mode open() would give."""
+    import os
+
+    from safetensors.torch import save_file
+
+    before = os.umask(mask)
+    try:
+        path = tmp_path / "w.safetensors"
+        with io.atomic_path(path) as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        assert io._umask() == mask
+    finally:
+        os.umask(before)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -171,3 +171,52 @@ def test_one_encode_per_batch_and_its_clean_activation_to_on_clean(lm, monkeypat
             for b in _batches(tok):
                 total += next_token_ce(model(**b).logits, b["input_ids"])[0]
         assert got[n].spliced == pytest.approx(total / got[n].n_tokens, rel=1e-6)
+
+
+def _count_calls(modules) -> tuple[list[int], list]:
+    counts = [0] * len(modules)
+
+    def hook(i):
+        def fn(module, args, output):
+            counts[i] += 1
+
+        return fn
+
+    return counts, [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+
+
+def test_edited_runs_replay_vision_and_blocks_up_to_the_hook(monkeypatch):
+    """Vision tower, projector and blocks 0..L run once per study; the losses are unchanged."""
+    from workbench.analyse import splice
+    from workbench.models.tiny import tiny_maira2
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = tiny_maira2(tok, n_layers=3)
+    image = model.config.image_token_index
+    n_img = model.config.image_seq_length
+    ids = tok(["The heart size is normal.", "Lungs are clear."])["input_ids"]
+    batches = [
+        {
+            "input_ids": torch.tensor([[image] * n_img + x]),
+            "pixel_values": torch.randn(1, 3, 56, 56),
+        }
+        for x in ids
+    ]
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)  # block 1 of 3
+    sae.threshold.fill_(-1.0)  # exact with every group, partial with the first only
+    layers = model.language_model.model.layers
+    projector_in = model.multi_modal_projector.layers[0]  # children: a replayed module's own
+    watched = [model.vision_tower.embeddings, projector_in, *(b.mlp for b in layers)]  # hooks run
+    counts, handles = _count_calls(watched)
+    fast = splice_losses_by_prefix(model, sae, batches, prefixes=(1, 2, None))
+    for handle in handles:
+        handle.remove()
+    runs = 1 + 1 + 3  # clean, zero-ablated, three prefixes
+    assert counts == [2, 2, 2, 2, 2 * runs]  # per study: once up to the hook, every run after
+    monkeypatch.setattr(splice, "modules_up_to", lambda model, hook: [])
+    slow = splice_losses_by_prefix(model, sae, batches, prefixes=(1, 2, None))
+    assert fast == slow  # bit for bit: the blocks after the hook see the same inputs
+    assert fast[None].spliced == pytest.approx(fast[None].clean, abs=1e-5)
+    assert fast[1].spliced != pytest.approx(fast[None].spliced, abs=1e-4)  # runs differ
+    assert "forward" not in layers[0].__dict__  # the class's forward is back

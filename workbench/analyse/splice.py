@@ -28,14 +28,15 @@ SAELens' ``HookedSAETransformer`` on the same tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.models.hooks import intervene
+from workbench.models.hooks import intervene, modules_up_to
 from workbench.sae.matryoshka import MatryoshkaSAE
 
 LOSS_MASK = "loss_mask"
@@ -132,10 +133,61 @@ def _replace_with(new: torch.Tensor):
     return fn
 
 
+@contextmanager
+def _recording(modules: Sequence[nn.Module]) -> Iterator[list[list]]:
+    """Collect each module's forward outputs (one per call, in order) during the block."""
+    outputs: list[list] = [[] for _ in modules]
+
+    def keep(calls: list):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            calls.append(output)
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(calls)) for m, calls in zip(modules, outputs)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _replaying(modules: Sequence[nn.Module], outputs: list[list]) -> Iterator[None]:
+    """Each module returns its recorded outputs in turn instead of computing them.
+
+    Forward hooks still run on the replayed output. The editing hooks of :func:`_ce_of_run`
+    return new tensors, never edit in place, so the recordings serve every edited run.
+    """
+    own = [m.__dict__.get("forward") for m in modules]  # a wrapper someone else installed
+
+    def replay(calls: list):
+        turn = iter(range(len(calls)))
+
+        def forward(*args, **kwargs):
+            i = next(turn, None)
+            if i is None:
+                raise RuntimeError("a replayed module ran more often than in the clean run")
+            return calls[i]
+
+        return forward
+
+    try:
+        for module, calls in zip(modules, outputs, strict=True):
+            module.forward = replay(calls)  # an instance attribute shadows the class's
+        yield
+    finally:
+        for module, previous in zip(modules, own):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+
 def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
     """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks."""
     with intervene(model, edit):
-        logits = model(**inputs).logits
+        logits = model(**inputs, use_cache=False).logits
     return next_token_ce(
         logits, inputs["input_ids"], inputs.get("attention_mask"), batch.get(LOSS_MASK)
     )
@@ -155,7 +207,8 @@ def splice_losses_by_prefix(
 ) -> dict[int | None, SpliceLosses]:
     """:func:`splice_losses` for several ``n_groups`` at once: prefix -> :class:`SpliceLosses`.
 
-    Per batch the model runs once clean, once zero-ablated and once per prefix, so the
+    Per batch the model runs once clean, once zero-ablated and once per prefix (the edited
+    runs from the hook on, replaying the clean run's outputs up to it), so the
     batches are read once (they may be a generator) and the shared runs are not repeated. The
     clean run captures the activation at the hook and the SAE encodes it once: every run
     meets that same activation at the hook (nothing before it is edited), so each prefix's
@@ -166,6 +219,7 @@ def splice_losses_by_prefix(
     hook = hook_name or sae.hook_name
     if hook is None:
         raise ValueError("the SAE records no hook name; pass hook_name='blocks.L.hook_resid_post'")
+    upstream = modules_up_to(model, hook)
     for n_groups in prefixes:
         if n_groups is not None and not 1 <= n_groups <= len(sae.group_sizes):
             raise ValueError(f"n_groups={n_groups} outside 1..{len(sae.group_sizes)}")
@@ -176,7 +230,8 @@ def splice_losses_by_prefix(
         if "input_ids" not in inputs:
             raise ValueError(f"a batch has no input_ids (keys: {sorted(batch)})")
         seen: list[torch.Tensor] = []
-        total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)})
+        with _recording(upstream) as recorded:
+            total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)})
         totals["clean"] += total
         x = seen[0]
         lat = sae.encode(x.to(sae.W_enc_DF.device))
@@ -187,7 +242,9 @@ def splice_losses_by_prefix(
         mask = batch.get(SPLICE_MASK)
         edits = {"zero": _zero, **{("spliced", m): _replace_with(r) for m, r in recon.items()}}
         for name, fn in edits.items():
-            totals[name] += _ce_of_run(model, batch, inputs, {hook: _only_at(fn, mask)})[0]
+            with _replaying(upstream, recorded):
+                totals[name] += _ce_of_run(model, batch, inputs, {hook: _only_at(fn, mask)})[0]
+        del recorded
         count += n
     if count == 0:
         raise ValueError("no predicted tokens in the batches (empty or fully masked)")

@@ -73,6 +73,7 @@ _VISION_LAYER_PATHS = (
     "vision_tower.vision_model.encoder.layers",
 )
 _PROJECTOR_PATHS = ("multi_modal_projector", "model.multi_modal_projector")
+_VISION_TOWER_PATHS = ("vision_tower", "model.vision_tower")
 
 InterventionFn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -214,6 +215,28 @@ def resolve_module(model: nn.Module, hook_name: str) -> nn.Module:
             f"{hook_name}: model has {len(layers)} {what} layers (0..{len(layers) - 1})"
         )
     return layers[layer]
+
+
+def modules_up_to(model: nn.Module, hook_name: str) -> list[nn.Module]:
+    """The modules whose outputs alone decide the activation at a decoder hook, in order.
+
+    For ``blocks.{L}.hook_resid_post``: the vision tower and projector (when the model has
+    them) and decoder blocks 0..L. A forward that edits nothing before the hook computes the
+    same outputs there on the same inputs, so a caller may compute them once and replay them
+    (CE loss recovered: one clean run, then the edited runs from the hook on). Other hooks:
+    an empty list (nothing is replayed).
+    """
+    if not is_language_residual(hook_name):
+        return []
+    vision = []
+    for paths in (_VISION_TOWER_PATHS, _PROJECTOR_PATHS):  # the first path found of each
+        found = [m for m in (_get_path(model, p) for p in paths) if isinstance(m, nn.Module)]
+        vision += found[:1]
+    layers = decoder_layers(model)
+    layer = parse_hook_name(hook_name)
+    if layer >= len(layers):
+        raise ValueError(f"{hook_name}: model has {len(layers)} decoder layers")
+    return [*vision, *layers[: layer + 1]]
 
 
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:

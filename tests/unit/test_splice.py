@@ -185,29 +185,29 @@ def _count_calls(modules) -> tuple[list[int], list]:
     return counts, [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
 
 
-def test_edited_runs_replay_vision_and_blocks_up_to_the_hook(monkeypatch):
+@pytest.mark.parametrize("build", ["tiny_maira2", "tiny_llava"])
+def test_edited_runs_replay_vision_and_blocks_up_to_the_hook(monkeypatch, build):
     """Vision tower, projector and blocks 0..L run once per study; the losses are unchanged."""
     from workbench.analyse import splice
-    from workbench.models.tiny import tiny_maira2
+    from workbench.models import tiny
+    from workbench.models.hooks import decoder_layers, projector, vision_layers
 
     torch.manual_seed(0)
     tok = tiny_tokenizer()
-    model = tiny_maira2(tok, n_layers=3)
-    image = model.config.image_token_index
-    n_img = model.config.image_seq_length
+    model = getattr(tiny, build)(tok, n_layers=3)
+    image, n_img = model.config.image_token_index, model.config.image_seq_length
     ids = tok(["The heart size is normal.", "Lungs are clear."])["input_ids"]
+    pixels = [torch.randn(1, 3, 56, 56) for _ in ids]
     batches = [
-        {
-            "input_ids": torch.tensor([[image] * n_img + x]),
-            "pixel_values": torch.randn(1, 3, 56, 56),
-        }
-        for x in ids
+        {"input_ids": torch.tensor([[image] * n_img + x]), "pixel_values": px}
+        for x, px in zip(ids, pixels)
     ]
     sae = signed_identity_sae(48, k=4, hook_name=HOOK)  # block 1 of 3
     sae.threshold.fill_(-1.0)  # exact with every group, partial with the first only
-    layers = model.language_model.model.layers
-    projector_in = model.multi_modal_projector.layers[0]  # children: a replayed module's own
-    watched = [model.vision_tower.embeddings, projector_in, *(b.mlp for b in layers)]  # hooks run
+    layers = decoder_layers(model)
+    # children: a replayed module's own forward hooks still run, its children do not
+    first_linear = next(m for m in projector(model).modules() if isinstance(m, torch.nn.Linear))
+    watched = [vision_layers(model)[0], first_linear, *(b.mlp for b in layers)]
     counts, handles = _count_calls(watched)
     fast = splice_losses_by_prefix(model, sae, batches, prefixes=(1, 2, None))
     for handle in handles:

@@ -255,6 +255,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam lr for every peer")
     p.add_argument("--sparse-threads", type=int, default=1, help="ours: sparse_threads")
+    p.add_argument("--ours-schedule", default="shared", choices=["shared", "trainer"],
+                   help="ours' lr: 'shared' = every peer's constant --lr; 'trainer' = train_sae's "
+                   "defaults (its lr rule, warm-up, decay over the last fifth)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="ours' encoder product (SAELens: bf16 autocast), the limit's")  # fmt: skip
@@ -298,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     source = StreamSource(shape, args.max_steps * args.batch, args.shard_tokens)
     held_out = source.held_out(args.held_out)
     names = args.peers.split(",")
-    kw = {"sparse_threads": args.sparse_threads, "dtype": args.dtype}
+    kw = {
+        "sparse_threads": args.sparse_threads,
+        "dtype": args.dtype,
+        "schedule": args.ours_schedule,
+    }
     peers = make_peers(names, shape, source, args.max_steps, args.lr, args.device, **kw)
     if args.estimate:
         est = estimate(peers, shape, held_out, args)
@@ -318,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     figures = {
         "shape": vars(shape), "threads": args.threads, "device": args.device, "lr": args.lr,
+        "ours_schedule": args.ours_schedule,
         "peers": names, "best_settings": BEST_SETTINGS,
         "load_average": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "speed": speed(run["times"], shape),

@@ -37,7 +37,10 @@ STATE_FILE = "bench_state.pt"
 FINGERPRINT = (
     "d_in", "d_sae", "k", "batch", "tokens", "lr", "seed", "peers", "dtype", "device",
     "shard_tokens", "held_out", "eval_every", "until_flat", "flat_window", "flat_tol", "thr_tol",
+    "ours_schedule",
 )  # fmt: skip
+# arguments added after checkpoints existed: their value in a checkpoint that predates them
+ADDED_LATER = {"ours_schedule": "shared"}
 # the SAETrainer attributes its save_trainer_state saves besides optimizer and schedulers
 SAELENS_COUNTERS = (
     "n_training_samples", "n_training_steps", "act_freq_scores",
@@ -156,10 +159,11 @@ class BenchCheckpoint:
 
     def check(self, saved: dict[str, Any]) -> None:
         """Refuse a checkpoint made with other arguments, naming each that differs."""
+        saved = {name: saved.get(name, ADDED_LATER.get(name)) for name in self.fingerprint}
         diff = [
-            f"{name} (checkpoint {saved.get(name)!r}, now {now!r})"
+            f"{name} (checkpoint {saved[name]!r}, now {now!r})"
             for name, now in self.fingerprint.items()
-            if saved.get(name) != now
+            if saved[name] != now
         ]
         if diff:
             raise SystemExit(

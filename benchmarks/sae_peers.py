@@ -102,6 +102,17 @@ def fvu(x_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
     return float(err / (x_ND - x_ND.mean(0)).float().pow(2).sum(1).mean())
 
 
+def ours_schedule(lr: float, schedule: str) -> dict:
+    """Ours' learning-rate settings: ``shared`` (the peers' constant ``lr``, no warm-up or
+    decay: both trainers on one schedule) or ``trainer`` (:class:`TrainSAEConfig`'s defaults:
+    lr 2e-4 / sqrt(d_sae / 2^14), warm-up, linear decay over the last fifth of the budget)."""
+    if schedule == "shared":
+        return {"lr": lr, "warmup_steps": 0, "decay_start": 1.0}
+    if schedule == "trainer":
+        return {}
+    raise ValueError(f"ours' schedule must be 'shared' or 'trainer', not {schedule!r}")
+
+
 class Ours:
     """Our trainer, driven step by step over ``source`` (steps = the token budget)."""
 
@@ -112,7 +123,8 @@ class Ours:
         self.cfg = TrainSAEConfig(
             out=out, d_sae=shape.d_sae, k=shape.k,
             group_sizes=shape.group_sizes, batch_size=shape.batch, tokens=steps * shape.batch,
-            lr=lr, warmup_steps=0, decay_start=1.0, norm_batches=kw.get("norm_batches", 5),
+            **ours_schedule(lr, kw.get("schedule", "shared")),
+            norm_batches=kw.get("norm_batches", 5),
             # the inference threshold as SAELens keeps it: an EMA of each step's smallest
             # kept activation from step 0 at rate 0.01 (its topk_threshold_lr default); the
             # trainer's own default (0.999 from step 1000) is for long runs

@@ -138,3 +138,24 @@ def test_the_saelens_state_covers_what_saelens_itself_checkpoints(tmp_path):
     ours = sae_checkpoint.peer_state(peer)
     assert set(theirs) <= set(ours), set(theirs) - set(ours)
     assert {"topk_threshold", "W_enc", "W_dec", "b_enc", "b_dec"} <= set(ours["sae"])
+
+
+def test_ours_schedule_is_part_of_the_fingerprint_and_old_checkpoints_mean_shared(tmp_path):
+    bench = _bench()
+    import sae_checkpoint
+    import sae_peers
+
+    assert _run(bench, tmp_path / "ck", "--stop-after", "3") is None
+    path = tmp_path / "ck" / sae_checkpoint.STATE_FILE
+    state = sae_checkpoint.read(path)
+    del state["fingerprint"]["ours_schedule"]  # as written before the flag existed
+    torch.save(state, path)
+    with pytest.raises(SystemExit, match=r"ours_schedule \(checkpoint 'shared', now 'trainer'\)"):
+        _run(bench, tmp_path / "ck", "--ours-schedule", "trainer")
+    assert _run(bench, tmp_path / "ck") is not None
+    shape = sae_peers.Shape(32, 128, 4, 256)
+    source = sae_peers.StreamSource(shape, 256 * 12, 1024)
+    own = sae_peers.Ours(shape, source, 12, 1e-3, "cpu", schedule="trainer", out=tmp_path / "o")
+    assert (own.cfg.lr, own.cfg.decay_start) == (0.0, 0.8)  # 0: the trainer's lr rule
+    with pytest.raises(ValueError, match="'shared' or 'trainer'"):
+        sae_peers.ours_schedule(1e-3, "cosine")

@@ -22,7 +22,8 @@ DuckDB's included: ``time.process_time``), which stays meaningful on a shared, b
 where wall time mostly measures the neighbours; wall times are printed too, with each
 stage's CPU seconds and the rows each meaning stage wrote. The issue's target is a ratio of
 at most 1.5. The CE part runs the model ``2 + groups`` times over each quality study (clean,
-zero-ablated and one splice per Matryoshka prefix): a fixed cost of the model's size and
+zero-ablated and one splice per Matryoshka prefix; all but the clean run from the recorded
+block on, replaying the clean run up to it): a fixed cost of the model's size and
 ``quality_studies``, not of the store's, which bare encoding of a small store does not
 amortise (benchmarks/RESULTS.md, "With every analysis stage").
 

@@ -10,6 +10,11 @@
     capacity at equal steps: each tower (hidden x layers) trained from scratch by stage 1's
     own code on the same corpus (a stage-1 phantom + the evaluation train split) for the same
     steps and schedule, then its gate table; with the images/s and parameters of each.
+``python benchmarks/bench_mini_vision.py nodules [--model data/maira2-mini]``
+    every test nodule with its size, its area and local contrast-to-noise in the processor's
+    input, and whether the gate's probe finds it (score above the 95th percentile of
+    nodule-free images), then the share found per size and per contrast: where the
+    encoder's nodule misses come from.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +128,83 @@ def capacity(args) -> None:
         print(gate_markdown(gate_table(tower, heads, train, test)), flush=True)
 
 
+def input_mask(mask_HW: np.ndarray, size: int) -> np.ndarray:
+    """A square phantom mask at the processor's ``size`` (area resampling, > half covered)."""
+    from PIL import Image
+
+    if mask_HW.shape[0] != mask_HW.shape[1]:
+        raise ValueError(f"expected a square phantom mask, got {mask_HW.shape}")
+    img = Image.fromarray(mask_HW.astype(np.uint8) * 255).resize((size, size), Image.BOX)
+    return np.asarray(img) > 127
+
+
+def local_cnr(pixels_HW: np.ndarray, mask_HW: np.ndarray) -> float:
+    """How far a lesion stands out of its surroundings: (mean inside - mean of the ring around
+    it) / the ring's standard deviation. The ring runs from one pixel outside the lesion to
+    twice its radius beyond; negative when the surroundings (heart, diaphragm) are denser."""
+    from scipy import ndimage
+
+    if not mask_HW.any():
+        raise ValueError("empty lesion mask")
+    radius = max(2, int(np.sqrt(mask_HW.sum() / np.pi)))
+    near = ndimage.binary_dilation(mask_HW, iterations=1)
+    ring = ndimage.binary_dilation(mask_HW, iterations=2 * radius) & ~near
+    around = pixels_HW[ring]
+    return float((pixels_HW[mask_HW].mean() - around.mean()) / (around.std() + 1e-6))
+
+
+def _nodule_rows(args) -> list[tuple]:
+    """(found, size mm, area px, CNR, zone) of every test nodule (see the module docstring)."""
+    import json
+
+    from workbench.cxr.findings import RENDERED
+    from workbench.cxr.layout import mask_dir
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.dense import read_mask
+    from workbench.models.mini.probe import fit_logistic, frozen_outputs
+    from workbench.models.mini.vision import load_heads
+    from workbench.models.registry import load_model
+
+    adapter = load_model(str(args.model))
+    tower, heads = adapter.model.vision_tower.eval(), load_heads(args.model).eval()
+    train, test = gate_splits(adapter.processor, args.phantom)
+    probe = fit_logistic(
+        frozen_outputs(tower, heads, train)[0], torch.stack([e.concepts for e in train])
+    )
+    k = RENDERED.index("nodule")
+    with torch.no_grad():
+        score = probe(frozen_outputs(tower, heads, test)[0])[:, k].numpy()
+    has = np.array([bool(e.concepts[k]) for e in test])
+    cut = np.percentile(score[~has], 95)
+    with open(args.phantom / "phantom-studies.jsonl") as f:
+        drawn = {r["study_id"]: r["findings"].get("nodule") for r in map(json.loads, f)}
+    recs = {r.study_id: r for r in iter_studies(args.phantom, split="test")}
+    rows = []
+    for i in np.flatnonzero(has):
+        e, rec = test[i], recs[test[i].study_id]
+        folder = mask_dir(args.phantom, rec.subject_id, rec.study_id, rec.frontal_path.stem)
+        mask = input_mask(read_mask(folder / "nodule.png"), e.pixels.shape[-1])
+        cnr = local_cnr(e.pixels.float().numpy(), mask)
+        nod = drawn[e.study_id]
+        rows.append((bool(score[i] >= cut), nod["size_mm"], int(mask.sum()), cnr, nod["zone"]))
+    return rows
+
+
+def nodules(args) -> None:
+    rows = sorted(_nodule_rows(args), key=lambda r: (r[1], r[3]))
+    print("| found | size mm | area px at the input | local CNR | zone |\n|---|---|---|---|---|")
+    for found, size, area, cnr, zone in rows:
+        print(f"| {'yes' if found else '**no**'} | {size:.1f} | {area} | {cnr:.2f} | {zone} |")
+    print("\n| nodules | found |\n|---|---|")
+    for name, keep in (
+        ("< 14 mm", lambda r: r[1] < 14), (">= 14 mm", lambda r: r[1] >= 14),
+        (">= 14 mm, CNR < 0.5", lambda r: r[1] >= 14 and r[3] < 0.5),
+        (">= 14 mm, CNR >= 0.5", lambda r: r[1] >= 14 and r[3] >= 0.5),
+    ):  # fmt: skip
+        sel = [r for r in rows if keep(r)]
+        print(f"| {name} | {sum(r[0] for r in sel)} of {len(sel)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -139,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
     c.add_argument("--corpus", type=Path, default=ROOT / "runs" / "mini-train" / "pretrain13")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "capacity")
+    n = sub.add_parser("nodules")
+    n.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
+    n.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"speed": speed, "gate": gate, "capacity": capacity}[args.cmd](args)
+    {"speed": speed, "gate": gate, "capacity": capacity, "nodules": nodules}[args.cmd](args)
     return 0
 
 

@@ -160,3 +160,22 @@ def test_bench_mini_vision_capacity_trains_and_gates_each_tower(tmp_path, capsys
     one = torch.load(tmp_path / "o" / "64x1" / "vision.pt", weights_only=True)["tower"]
     two = torch.load(tmp_path / "o" / "64x2" / "vision.pt", weights_only=True)["tower"]
     assert sum(v.numel() for v in two.values()) > sum(v.numel() for v in one.values())
+
+
+def test_bench_mini_vision_nodule_contrast_reads_the_surroundings():
+    """A bright disc on flat ground stands out; the same disc beside a brighter organ does not;
+    masks keep their area under the processor's resize."""
+    bench = _script("bench_mini_vision")
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 16).numpy()
+    rng = torch.Generator().manual_seed(0)
+    ground = 0.05 * torch.randn(64, 64, generator=rng).numpy()
+    assert bench.local_cnr(ground + 0.5 * disc, disc) > 5
+    organ = (xx >= 37).numpy() * 3.0  # much denser than the disc, right beside it
+    assert bench.local_cnr(ground + 0.5 * disc + organ, disc) < 0
+    big = bench.input_mask(disc.repeat(2, 0).repeat(2, 1), 64)  # 128 px mask -> 64 px input
+    assert abs(int(big.sum()) - int(disc.sum())) <= 4
+    with pytest.raises(ValueError, match="square"):
+        bench.input_mask(disc[:, :32], 16)
+    with pytest.raises(ValueError, match="empty"):
+        bench.local_cnr(ground, disc & False)

@@ -102,9 +102,10 @@ def capacity(args) -> None:
     from workbench.models.mini.eval import read_phantom_labels
     from workbench.models.mini.probe import gate_markdown, gate_table
     from workbench.models.mini.vision import pretrain_encoder
-    from workbench.models.registry import load_model
+    from workbench.models.processor import Maira2Processor
 
-    processor = load_model(str(args.model)).processor  # the shipped input geometry
+    size = {"image_size": args.image_size} if args.image_size else {}
+    processor = Maira2Processor.from_pretrained(args.model, **size)  # or the model's own
     train, test = gate_splits(processor, args.phantom)
     pre = args.corpus
     corpus = encode_frontals(processor, pre, list(iter_studies(pre)), read_phantom_labels(pre))
@@ -112,7 +113,8 @@ def capacity(args) -> None:
         hidden, layers = (int(v) for v in spec.split("x"))
         cfg = MiniConfig(
             vision_hidden=hidden, vision_layers=layers, vision_steps=args.steps,
-            vision_lr=args.lr, threads=args.threads, seed=0,
+            vision_lr=args.lr, threads=args.threads, seed=0, image_size=processor.image_size,
+            patch_size=processor.patch_size,
         )  # fmt: skip
         torch.manual_seed(0)
         tower = Dinov2Backbone(vision_config(cfg))
@@ -126,6 +128,7 @@ def capacity(args) -> None:
             f"{stats['vision_final_dense_loss']:.4f} / {stats['vision_final_image_loss']:.4f}\n"
         )
         print(gate_markdown(gate_table(tower, heads, train, test)), flush=True)
+        print(nodule_summary(nodule_rows(tower, heads, train, test, args.phantom)), flush=True)
 
 
 def input_mask(mask_HW: np.ndarray, size: int) -> np.ndarray:
@@ -153,7 +156,7 @@ def local_cnr(pixels_HW: np.ndarray, mask_HW: np.ndarray) -> float:
     return float((pixels_HW[mask_HW].mean() - around.mean()) / (around.std() + 1e-6))
 
 
-def _nodule_rows(args) -> list[tuple]:
+def nodule_rows(tower, heads, train: list, test: list, phantom: Path) -> list[tuple]:
     """(found, size mm, area px, CNR, zone) of every test nodule (see the module docstring)."""
     import json
 
@@ -162,27 +165,22 @@ def _nodule_rows(args) -> list[tuple]:
     from workbench.cxr.studies import iter_studies
     from workbench.models.mini.dense import read_mask
     from workbench.models.mini.probe import fit_logistic, frozen_outputs
-    from workbench.models.mini.vision import load_heads
-    from workbench.models.registry import load_model
 
-    adapter = load_model(str(args.model))
-    tower, heads = adapter.model.vision_tower.eval(), load_heads(args.model).eval()
-    train, test = gate_splits(adapter.processor, args.phantom)
-    probe = fit_logistic(
-        frozen_outputs(tower, heads, train)[0], torch.stack([e.concepts for e in train])
-    )
+    tower.eval(), heads.eval()
+    concepts = torch.stack([e.concepts for e in train])
+    probe = fit_logistic(frozen_outputs(tower, heads, train)[0], concepts)
     k = RENDERED.index("nodule")
     with torch.no_grad():
         score = probe(frozen_outputs(tower, heads, test)[0])[:, k].numpy()
     has = np.array([bool(e.concepts[k]) for e in test])
     cut = np.percentile(score[~has], 95)
-    with open(args.phantom / "phantom-studies.jsonl") as f:
+    with open(phantom / "phantom-studies.jsonl") as f:
         drawn = {r["study_id"]: r["findings"].get("nodule") for r in map(json.loads, f)}
-    recs = {r.study_id: r for r in iter_studies(args.phantom, split="test")}
+    recs = {r.study_id: r for r in iter_studies(phantom, split="test")}
     rows = []
     for i in np.flatnonzero(has):
         e, rec = test[i], recs[test[i].study_id]
-        folder = mask_dir(args.phantom, rec.subject_id, rec.study_id, rec.frontal_path.stem)
+        folder = mask_dir(phantom, rec.subject_id, rec.study_id, rec.frontal_path.stem)
         mask = input_mask(read_mask(folder / "nodule.png"), e.pixels.shape[-1])
         cnr = local_cnr(e.pixels.float().numpy(), mask)
         nod = drawn[e.study_id]
@@ -190,19 +188,31 @@ def _nodule_rows(args) -> list[tuple]:
     return rows
 
 
-def nodules(args) -> None:
-    rows = sorted(_nodule_rows(args), key=lambda r: (r[1], r[3]))
-    print("| found | size mm | area px at the input | local CNR | zone |\n|---|---|---|---|---|")
-    for found, size, area, cnr, zone in rows:
-        print(f"| {'yes' if found else '**no**'} | {size:.1f} | {area} | {cnr:.2f} | {zone} |")
-    print("\n| nodules | found |\n|---|---|")
+def nodule_summary(rows: list[tuple]) -> str:
+    """Nodules found per size and local contrast, as a markdown table."""
+    lines = ["| nodules | found |", "|---|---|"]
     for name, keep in (
         ("< 14 mm", lambda r: r[1] < 14), (">= 14 mm", lambda r: r[1] >= 14),
         (">= 14 mm, CNR < 0.5", lambda r: r[1] >= 14 and r[3] < 0.5),
         (">= 14 mm, CNR >= 0.5", lambda r: r[1] >= 14 and r[3] >= 0.5),
     ):  # fmt: skip
         sel = [r for r in rows if keep(r)]
-        print(f"| {name} | {sum(r[0] for r in sel)} of {len(sel)} |")
+        lines.append(f"| {name} | {sum(r[0] for r in sel)} of {len(sel)} |")
+    return "\n".join(lines)
+
+
+def nodules(args) -> None:
+    from workbench.models.mini.vision import load_heads
+    from workbench.models.registry import load_model
+
+    adapter = load_model(str(args.model))
+    train, test = gate_splits(adapter.processor, args.phantom)
+    tower, heads = adapter.model.vision_tower, load_heads(args.model)
+    rows = sorted(nodule_rows(tower, heads, train, test, args.phantom), key=lambda r: (r[1], r[3]))
+    print("| found | size mm | area px at the input | local CNR | zone |\n|---|---|---|---|---|")
+    for found, size, area, cnr, zone in rows:
+        print(f"| {'yes' if found else '**no**'} | {size:.1f} | {area} | {cnr:.2f} | {zone} |")
+    print("\n" + nodule_summary(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
     c.add_argument("--corpus", type=Path, default=ROOT / "runs" / "mini-train" / "pretrain13")
     c.add_argument("--out", type=Path, default=ROOT / "runs" / "capacity")
+    c.add_argument("--image-size", type=int, default=0, help="input side (0: the model's)")
     n = sub.add_parser("nodules")
     n.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
     n.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")

@@ -150,16 +150,19 @@ def test_bench_mini_vision_capacity_trains_and_gates_each_tower(tmp_path, capsys
     generate(PhantomConfig(out=phantom, studies=120, size=256, seed=3))
     argv = ["--threads", "1", "capacity", "--towers", "64x1", "64x2", "--steps", "2"]
     argv += ["--phantom", str(phantom), "--corpus", str(phantom), "--out", str(tmp_path / "o")]
+    argv += ["--image-size", "128"]  # not the shipped 192: 8 x 8 patches of 16
     assert _script("bench_mini_vision").main(argv) == 0
     out = capsys.readouterr().out
     assert "tower 64x1: " in out and "tower 64x2: " in out
     assert out.count("| **passing** |") == 2  # one gate table per tower
+    assert out.count("| >= 14 mm, CNR < 0.5 |") == 2  # and one nodule breakdown
     for spec in ("64x1", "64x2"):  # stage 1's own final state, with the steps asked
         state = torch.load(tmp_path / "o" / spec / "vision.pt", weights_only=True)
         assert state["stats"]["vision_steps_done"] == 2
     one = torch.load(tmp_path / "o" / "64x1" / "vision.pt", weights_only=True)["tower"]
     two = torch.load(tmp_path / "o" / "64x2" / "vision.pt", weights_only=True)["tower"]
     assert sum(v.numel() for v in two.values()) > sum(v.numel() for v in one.values())
+    assert one["embeddings.position_embeddings"].shape[1] == 1 + 8 * 8  # --image-size 128
 
 
 def test_bench_mini_vision_nodule_contrast_reads_the_surroundings():

@@ -166,7 +166,8 @@ def nodule_rows(tower, heads, train: list, test: list, phantom: Path) -> list[tu
     from workbench.models.mini.dense import read_mask
     from workbench.models.mini.probe import fit_logistic, frozen_outputs
 
-    tower.eval(), heads.eval()
+    tower.eval()
+    heads.eval()
     concepts = torch.stack([e.concepts for e in train])
     probe = fit_logistic(frozen_outputs(tower, heads, train)[0], concepts)
     k = RENDERED.index("nodule")

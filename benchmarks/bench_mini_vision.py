@@ -164,15 +164,10 @@ def nodule_rows(tower, heads, train: list, test: list, phantom: Path) -> list[tu
     from workbench.cxr.layout import mask_dir
     from workbench.cxr.studies import iter_studies
     from workbench.models.mini.dense import read_mask
-    from workbench.models.mini.probe import fit_logistic, frozen_outputs
+    from workbench.models.mini.probe import probe_scores
 
-    tower.eval()
-    heads.eval()
-    concepts = torch.stack([e.concepts for e in train])
-    probe = fit_logistic(frozen_outputs(tower, heads, train)[0], concepts)
     k = RENDERED.index("nodule")
-    with torch.no_grad():
-        score = probe(frozen_outputs(tower, heads, test)[0])[:, k].numpy()
+    score = probe_scores(tower, heads, train, test)[0][:, k].numpy()
     has = np.array([bool(e.concepts[k]) for e in test])
     cut = np.percentile(score[~has], 95)
     with open(phantom / "phantom-studies.jsonl") as f:

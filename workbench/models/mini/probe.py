@@ -93,6 +93,21 @@ def pointing_game(
     return float(hits.float().mean()), int(has_mask.sum())
 
 
+def probe_scores(
+    tower: torch.nn.Module,
+    heads: VisionHeads,
+    train: Sequence[VisionExample],
+    test: Sequence[VisionExample],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate's linear probe, fitted on ``train``'s pooled features: its logits [N, C] on
+    ``test``, with ``test``'s dense-head logits [N, P, K]."""
+    x_train, _ = frozen_outputs(tower, heads, train)
+    x_test, dense_test = frozen_outputs(tower, heads, test)
+    probe = fit_logistic(x_train, torch.stack([e.concepts for e in train]))
+    with torch.no_grad():
+        return probe(x_test), dense_test
+
+
 def gate_table(
     tower: torch.nn.Module,
     heads: VisionHeads,
@@ -100,14 +115,9 @@ def gate_table(
     test: Sequence[VisionExample],
 ) -> list[GateRow]:
     """Probe AUROC and pointing game of every rendered concept (see the module docstring)."""
-    x_train, _ = frozen_outputs(tower, heads, train)
-    x_test, dense_test = frozen_outputs(tower, heads, test)
-    y_train = torch.stack([e.concepts for e in train])
+    scores, dense_test = probe_scores(tower, heads, train, test)
     y_test = torch.stack([e.concepts for e in test])
     cover_test = torch.stack([e.cover for e in test]).float()
-    probe = fit_logistic(x_train, y_train)
-    with torch.no_grad():
-        scores = probe(x_test)
     rows = []
     for k, concept in enumerate(RENDERED):
         truth = y_test[:, k].int().tolist()

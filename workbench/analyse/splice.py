@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.models.hooks import intervene, modules_up_to
+from workbench.models.hooks import decoder_layers, intervene, modules_up_to, parse_hook_name
 from workbench.sae.matryoshka import MatryoshkaSAE
 
 LOSS_MASK = "loss_mask"
 SPLICE_MASK = "splice_mask"
 _MASKS = (LOSS_MASK, SPLICE_MASK)
+_SPENT = object()  # a replayed module's recordings are used up
 
 
 class SpliceLosses(NamedTuple):
@@ -162,13 +163,13 @@ def _replaying(modules: Sequence[nn.Module], outputs: list[list]) -> Iterator[No
     own = [m.__dict__.get("forward") for m in modules]  # a wrapper someone else installed
 
     def replay(calls: list):
-        turn = iter(range(len(calls)))
+        turn = iter(calls)
 
         def forward(*args, **kwargs):
-            i = next(turn, None)
-            if i is None:
+            output = next(turn, _SPENT)
+            if output is _SPENT:
                 raise RuntimeError("a replayed module ran more often than in the clean run")
-            return calls[i]
+            return output
 
         return forward
 
@@ -182,6 +183,18 @@ def _replaying(modules: Sequence[nn.Module], outputs: list[list]) -> Iterator[No
                 module.__dict__.pop("forward", None)
             else:
                 module.forward = previous
+
+
+def _replay_plan(model: nn.Module, hook: str) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(the modules up to the hook whose outputs the clean run records, the blocks before the
+    hook's block). What those blocks return feeds only replayed blocks and is never read, so
+    they replay block L's recording (of the right type and shape) and keep no copy of their
+    own: at MAIRA-2's layer 15 that is 15 residual streams fewer held per study."""
+    upstream = modules_up_to(model, hook)
+    if not upstream:
+        return [], []
+    before = {id(b) for b in decoder_layers(model)[: parse_hook_name(hook)]}
+    return [m for m in upstream if id(m) not in before], [m for m in upstream if id(m) in before]
 
 
 def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
@@ -219,7 +232,8 @@ def splice_losses_by_prefix(
     hook = hook_name or sae.hook_name
     if hook is None:
         raise ValueError("the SAE records no hook name; pass hook_name='blocks.L.hook_resid_post'")
-    upstream = modules_up_to(model, hook)
+    recorded_modules, stand_ins = _replay_plan(model, hook)
+    replayed = [*recorded_modules, *stand_ins]
     for n_groups in prefixes:
         if n_groups is not None and not 1 <= n_groups <= len(sae.group_sizes):
             raise ValueError(f"n_groups={n_groups} outside 1..{len(sae.group_sizes)}")
@@ -230,8 +244,9 @@ def splice_losses_by_prefix(
         if "input_ids" not in inputs:
             raise ValueError(f"a batch has no input_ids (keys: {sorted(batch)})")
         seen: list[torch.Tensor] = []
-        with _recording(upstream) as recorded:
+        with _recording(recorded_modules) as recorded:
             total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)})
+        recorded += recorded[-1:] * len(stand_ins)  # block L's outputs, for the blocks before
         totals["clean"] += total
         x = seen[0]
         lat = sae.encode(x.to(sae.W_enc_DF.device))
@@ -242,7 +257,7 @@ def splice_losses_by_prefix(
         mask = batch.get(SPLICE_MASK)
         edits = {"zero": _zero, **{("spliced", m): _replace_with(r) for m, r in recon.items()}}
         for name, fn in edits.items():
-            with _replaying(upstream, recorded):
+            with _replaying(replayed, recorded):
                 totals[name] += _ce_of_run(model, batch, inputs, {hook: _only_at(fn, mask)})[0]
         del recorded
         count += n

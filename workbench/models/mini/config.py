@@ -119,7 +119,8 @@ class MiniConfig:
     init_vision_from: Path | None = None
     """Start stage 1 from this maira2-mini's vision tower and stage-1 heads and pretrain
     ``vision_steps`` more steps with a fresh schedule (continued pretraining, e.g. after the
-    phantom's rendering of a finding changed)."""
+    phantom's rendering of a finding changed). A tower pretrained at another ``image_size``
+    starts with its position embeddings resampled to this grid (same patch size)."""
     aux_weight: float = 1.0
     """Weight of the stage-2 auxiliary loss: a linear probe on the pooled projector output of
     the current frontal image predicts the phantom's ground-truth concepts. It gives the

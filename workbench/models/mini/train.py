@@ -156,8 +156,13 @@ def initial_model(cfg: MiniConfig, tokenizer):
         what = "decoder and projector" if cfg.init_projector else "decoder"
         log.info("%s initialised from %s", what, cfg.init_decoder_from)
     if cfg.init_vision_from is not None:
+        from workbench.models.mini.vision import resized_tower_state
+
         vision = Maira2ForConditionalGeneration.from_pretrained(cfg.init_vision_from)
-        model.vision_tower.load_state_dict(vision.vision_tower.state_dict())
+        grid = cfg.image_size // cfg.patch_size
+        model.vision_tower.load_state_dict(
+            resized_tower_state(vision.vision_tower.state_dict(), grid)
+        )
         log.info("vision tower initialised from %s", cfg.init_vision_from)
     return model
 

@@ -195,6 +195,29 @@ def pretrain_encoder(cfg, tower: torch.nn.Module, examples: list[VisionExample],
     return heads, stats
 
 
+def resized_tower_state(state: dict[str, torch.Tensor], grid: int) -> dict[str, torch.Tensor]:
+    """A Dinov2 tower's state dict with its position embeddings resampled to ``grid`` x ``grid``
+    patches, so a tower pretrained at one input size continues at another (DINOv2 section 4,
+    "adapting the resolution": a short final phase at a higher resolution).
+
+    The resampling is the one Dinov2 applies on the fly to an input of another size (bicubic,
+    ``align_corners=False``, CLS position kept), so the resized tower computes exactly what
+    the original computes on that input before any further training.
+    """
+    key = "embeddings.position_embeddings"
+    pos_1NV = state[key]
+    old = math.isqrt(pos_1NV.shape[1] - 1)
+    if old * old != pos_1NV.shape[1] - 1:
+        raise ValueError(f"{key}: {pos_1NV.shape[1] - 1} patch positions are not a square grid")
+    if old == grid:
+        return state
+    patch_1VGG = pos_1NV[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    patch_1VGG = F.interpolate(patch_1VGG, size=(grid, grid), mode="bicubic", align_corners=False)
+    patch_1PV = patch_1VGG.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_1NV.dtype)
+    log.info("vision tower position embeddings resampled from %dx%d to %dx%d", old, old, grid, grid)
+    return {**state, key: torch.cat([pos_1NV[:, :1], patch_1PV], dim=1)}
+
+
 HEADS_FILE = "stage1-heads.safetensors"
 
 

@@ -10,6 +10,7 @@ from workbench.steer.report import (
     Limits,
     admissible,
     format_report,
+    format_side_effects,
     format_sweep,
     operating_points,
     summarise,
@@ -121,6 +122,24 @@ def test_summaries_and_the_operating_point():
     assert "difference of means for 1 of 1" in table  # 50 % >= none
     sweep = format_sweep(summaries).splitlines()
     assert sweep[0].split()[:3] == ["method", "concept", "dir"] and len(sweep) == 6
+
+
+def test_side_effects_by_concept_are_shares_of_each_methods_reports():
+    rows = [
+        row("sae", 1.0, True, side=["nodule", "edema"]),
+        row("sae", 2.0, True, side=["nodule"]),
+        row("sae", 3.0, False),
+        row("sae", 4.0, False),
+        row("counterfactual", 1.0, True, side=["edema"]),
+        row("counterfactual", 1.0, True, study_id=2),
+    ]
+    lines = format_side_effects(rows).splitlines()
+    assert lines[1].split() == ["flipped", "concept", "sae", "counterfactual"]
+    assert lines[2].split() == ["reports", "4", "2"]
+    table = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    assert table == {"nodule": ["50%", "0%"], "edema": ["25%", "50%"]}
+    assert list(table) == ["edema", "nodule"]  # most frequent over all methods first
+    assert "no other concept flipped" in format_side_effects([row("sae", 1.0, True)])
 
 
 def test_ties_go_to_the_weaker_strength():

@@ -219,6 +219,32 @@ def _comparison(summaries, points, with_counterfactual: bool = False) -> str:
 METHODS_COMPARED = ("sae", "dim", "prompt")
 
 
+def format_side_effects(rows: Sequence[dict], top: int = 8) -> str:
+    """Which concepts flip as side effects: per method, the share of its steered reports
+    (every concept, direction and strength) in which each other concept's stated/not-stated
+    reading changed. The counterfactual column (the concept drawn into the image for real) is
+    the floor a steering method cannot be expected to beat: what the model rereads whenever its
+    image changes. The ``top`` most frequent concepts over all methods are shown."""
+    n: dict[str, int] = defaultdict(int)
+    hits: dict[tuple[str, str], int] = defaultdict(int)
+    for r in rows:
+        n[r["method"]] += 1
+        for c in r["side_effects"] or ():
+            hits[(r["method"], c)] += 1
+    if not hits:
+        return "side effects: no other concept flipped in any steered report"
+    methods = [m for m in (*METHODS_COMPARED, "counterfactual") if n.get(m)]
+    methods += sorted(set(n) - set(methods))
+    rate = {k: v / n[k[0]] for k, v in hits.items()}
+    totals: dict[str, float] = defaultdict(float)
+    for (_, c), v in rate.items():
+        totals[c] += v
+    concepts = sorted(totals, key=lambda c: (-totals[c], c))[:top]
+    cells = [["flipped concept", *methods], ["reports", *(str(n[m]) for m in methods)]]
+    cells += [[c, *(_pct(rate.get((m, c), 0.0)) for m in methods)] for c in concepts]
+    return "side effects by concept (share of each method's steered reports)\n" + _table(cells)
+
+
 def _success(p: Summary | None) -> float:
     return (p.success or 0.0) if p is not None else 0.0
 

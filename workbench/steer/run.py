@@ -40,7 +40,7 @@ from workbench.steer.evaluate import (
 from workbench.steer.image import IMAGE_HOOK, latent_transform, patch_regression, sae_map
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.peers import Direction, dim_direction, study_means
-from workbench.steer.report import format_report, format_sweep, load_rows
+from workbench.steer.report import format_report, format_side_effects, format_sweep, load_rows
 from workbench.steer.report import summarise as summarise_rows
 from workbench.store import KINDS, ActivationStore
 
@@ -312,7 +312,15 @@ def summary_text(
     if not rows:
         return "no steering results stored yet"
     summaries = summarise_rows(rows)
-    return "\n".join([format_sweep(summaries), "", format_report(summaries, cfg.limits)])
+    return "\n".join(
+        [
+            format_sweep(summaries),
+            "",
+            format_report(summaries, cfg.limits),
+            "",
+            format_side_effects(rows),
+        ]
+    )
 
 
 def _same_settings(cfg: SteerConfig, r: dict) -> bool:

@@ -21,7 +21,7 @@ from workbench.models.mini.config import (
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["mini.toml", "mini-wide.toml"])
+@pytest.mark.parametrize("name", ["mini.toml", "mini-wide.toml", "mini-256.toml"])
 def test_mini_presets_parse_and_validate(name):
     from_file = load_config(MiniConfig, CONFIGS / name)
     from_cli = parse_config(MiniConfig, ["--preset", str(CONFIGS / name)])
@@ -55,6 +55,36 @@ def test_wide_preset_is_the_wide_tower_from_scratch_on_the_shipped_decoder():
     }  # fmt: skip
     missing = model.load_state_dict(decoder, strict=False).missing_keys
     assert decoder and not any(k.startswith(keep_prefixes(cfg)) for k in missing)
+
+
+def test_256_preset_continues_every_part_of_the_shipped_model_at_256_px():
+    from workbench.models.mini.train import keep_prefixes
+    from workbench.models.mini.vision import resized_tower_state
+    from workbench.models.registry import model_tokenizer
+
+    cfg = load_config(MiniConfig, CONFIGS / "mini-256.toml")
+    cfg.validate()
+    assert (cfg.image_size, cfg.patch_size, cfg.vision_hidden, cfg.vision_layers) == (
+        256,
+        16,
+        128,
+        4,
+    )
+    ship = Path("runs/mini-train/ship-mini")
+    assert cfg.init_vision_from == cfg.init_decoder_from == ship and cfg.init_projector
+    assert (cfg.vision_phantom, cfg.vision_phantom_seed) == (Path("runs/mini-train/pretrain14"), 14)
+    assert cfg.save_dtype == "float32" and cfg.oversample == ("nodule", "rib_fracture")
+    model = build_mini(cfg, model_tokenizer(SHIPPED))
+    assert 4 * sum(p.numel() for p in model.parameters()) < 25e6  # float32 under the cap
+    shipped = load_file(next(SHIPPED.glob("model-*.safetensors")))
+    part = {k: v for k, v in shipped.items() if k.startswith(keep_prefixes(cfg))}
+    missing = model.load_state_dict(part, strict=False).missing_keys
+    assert part and not any(k.startswith(keep_prefixes(cfg)) for k in missing)
+    from workbench.models.maira2 import Maira2ForConditionalGeneration
+
+    tower = Maira2ForConditionalGeneration.from_pretrained(SHIPPED).vision_tower.state_dict()
+    model.vision_tower.load_state_dict(resized_tower_state(tower, grid=16))
+    assert model.vision_tower.embeddings.position_embeddings.shape == (1, 257, 128)
 
 
 def test_device_values_and_a_missing_gpu_are_config_errors(monkeypatch):

@@ -253,7 +253,7 @@ def bone_density(g: Geometry, frame: Frame, bone: float, fracture: dict | None) 
     return (ribs + spine) * bone
 
 
-# A rib fracture must be visible at the model's input size (192 px for maira2-mini, 518 px for
+# A rib fracture must be visible at the model's input size (256 px for maira2-mini, 518 px for
 # MAIRA-2). The first phantom drew only a 3-point gap in a rib of density 0.11, which the
 # thick rib strokes and the overlapping anterior ribs hid: at 192 px no crop showed a break and
 # a trained encoder separated fractured from intact images at AUROC 0.47. Fractures are now

@@ -138,7 +138,7 @@ def stack(examples: Sequence[VisionExample]) -> tuple[torch.Tensor, torch.Tensor
 def channel_pos_weight(examples: Sequence[VisionExample], cap: float = 50.0) -> torch.Tensor:
     """Per-channel BCE positive weight: uncovered over covered patch area, in [1, cap].
 
-    Small lesions (a nodule covers ~1 of 144 patches) would otherwise add almost nothing to
+    Small lesions (a nodule covers ~1 of 256 patches) would otherwise add almost nothing to
     the dense loss, which is what kept them unlearned in the unweighted runs.
     """
     total_K = torch.zeros(len(DENSE_CHANNELS))

@@ -100,7 +100,7 @@ def capacity(args) -> None:
     from workbench.models.mini.config import MiniConfig, vision_config
     from workbench.models.mini.dense import encode_frontals
     from workbench.models.mini.eval import read_phantom_labels
-    from workbench.models.mini.probe import gate_markdown, gate_table
+    from workbench.models.mini.probe import gate_markdown, gate_rows, probe_scores
     from workbench.models.mini.vision import pretrain_encoder
     from workbench.models.processor import Maira2Processor
 
@@ -127,8 +127,9 @@ def capacity(args) -> None:
             f"{time.perf_counter() - t0:.0f} s ({ips:.0f} images/s); final dense / image loss "
             f"{stats['vision_final_dense_loss']:.4f} / {stats['vision_final_image_loss']:.4f}\n"
         )
-        print(gate_markdown(gate_table(tower, heads, train, test)), flush=True)
-        print(nodule_summary(nodule_rows(tower, heads, train, test, args.phantom)), flush=True)
+        scores, dense = probe_scores(tower, heads, train, test)  # one probe fit for both
+        print(gate_markdown(gate_rows(scores, dense, test)), flush=True)
+        print(nodule_summary(nodule_rows(scores, test, args.phantom)), flush=True)
 
 
 def input_mask(mask_HW: np.ndarray, size: int) -> np.ndarray:
@@ -156,18 +157,18 @@ def local_cnr(pixels_HW: np.ndarray, mask_HW: np.ndarray) -> float:
     return float((pixels_HW[mask_HW].mean() - around.mean()) / (around.std() + 1e-6))
 
 
-def nodule_rows(tower, heads, train: list, test: list, phantom: Path) -> list[tuple]:
-    """(found, size mm, area px, CNR, zone) of every test nodule (see the module docstring)."""
+def nodule_rows(scores: torch.Tensor, test: list, phantom: Path) -> list[tuple]:
+    """(found, size mm, area px, CNR, zone) of every test nodule (see the module docstring),
+    from the gate probe's logits on ``test`` (:func:`probe_scores`)."""
     import json
 
     from workbench.cxr.findings import RENDERED
     from workbench.cxr.layout import mask_dir
     from workbench.cxr.studies import iter_studies
     from workbench.models.mini.dense import read_mask
-    from workbench.models.mini.probe import probe_scores
 
     k = RENDERED.index("nodule")
-    score = probe_scores(tower, heads, train, test)[0][:, k].numpy()
+    score = scores[:, k].numpy()
     has = np.array([bool(e.concepts[k]) for e in test])
     cut = np.percentile(score[~has], 95)
     with open(phantom / "phantom-studies.jsonl") as f:
@@ -198,13 +199,14 @@ def nodule_summary(rows: list[tuple]) -> str:
 
 
 def nodules(args) -> None:
+    from workbench.models.mini.probe import probe_scores
     from workbench.models.mini.vision import load_heads
     from workbench.models.registry import load_model
 
     adapter = load_model(str(args.model))
     train, test = gate_splits(adapter.processor, args.phantom)
-    tower, heads = adapter.model.vision_tower, load_heads(args.model)
-    rows = sorted(nodule_rows(tower, heads, train, test, args.phantom), key=lambda r: (r[1], r[3]))
+    scores, _ = probe_scores(adapter.model.vision_tower, load_heads(args.model), train, test)
+    rows = sorted(nodule_rows(scores, test, args.phantom), key=lambda r: (r[1], r[3]))
     print("| found | size mm | area px at the input | local CNR | zone |\n|---|---|---|---|---|")
     for found, size, area, cnr, zone in rows:
         print(f"| {'yes' if found else '**no**'} | {size:.1f} | {area} | {cnr:.2f} | {zone} |")

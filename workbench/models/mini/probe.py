@@ -115,7 +115,14 @@ def gate_table(
     test: Sequence[VisionExample],
 ) -> list[GateRow]:
     """Probe AUROC and pointing game of every rendered concept (see the module docstring)."""
-    scores, dense_test = probe_scores(tower, heads, train, test)
+    return gate_rows(*probe_scores(tower, heads, train, test), test)
+
+
+def gate_rows(
+    scores: torch.Tensor, dense_test: torch.Tensor, test: Sequence[VisionExample]
+) -> list[GateRow]:
+    """The gate's rows from :func:`probe_scores`' outputs on ``test`` (for callers that read
+    the same scores for more than the table)."""
     y_test = torch.stack([e.concepts for e in test])
     cover_test = torch.stack([e.cover for e in test]).float()
     rows = []

@@ -284,3 +284,19 @@ def test_device_auto_trains_on_the_cpu_here_and_resumes_to_the_same_weights(
     b = load_file(next(resumed.glob("*.safetensors")))
     for key in a:  # the device switch changes nothing on the CPU
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_refit_rewrites_the_dense_head_only(phantom, tmp_path):
+    from workbench.models.mini.refit import RefitConfig, refit
+    from workbench.models.mini.vision import load_heads
+
+    model = mini_train.train(tiny_cfg(phantom, tmp_path / "m"))
+    weights = {p.name: p.read_bytes() for p in model.glob("model*.safetensors")}
+    before = load_heads(model)
+    out = refit(RefitConfig(model=model, corpus=phantom, phantom=phantom, out=tmp_path / "r",
+                            epochs=2, batch=4, threads=1))  # fmt: skip
+    after = load_heads(out.parent)
+    assert torch.equal(after.image.weight, before.image.weight)  # the image head is kept
+    assert not torch.equal(after.dense.weight, before.dense.weight)
+    assert {p.name: p.read_bytes() for p in model.glob("model*.safetensors")} == weights
+    assert load_heads(model).dense.weight.equal(before.dense.weight)  # model dir untouched

@@ -136,15 +136,21 @@ def stack(examples: Sequence[VisionExample]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def channel_pos_weight(examples: Sequence[VisionExample], cap: float = 50.0) -> torch.Tensor:
-    """Per-channel BCE positive weight: uncovered over covered patch area, in [1, cap].
-
-    Small lesions (a nodule covers ~1 of 256 patches) would otherwise add almost nothing to
-    the dense loss, which is what kept them unlearned in the unweighted runs.
-    """
+    """Per-channel BCE positive weight of a corpus: see :func:`coverage_pos_weight`."""
     total_K = torch.zeros(len(DENSE_CHANNELS))
     n = 0
     for e in examples:
         total_K += e.cover.float().sum(0)
         n += e.cover.shape[0]
-    pos = total_K.clamp_min(1e-6)
-    return ((n - total_K) / pos).clamp(1.0, cap)
+    return coverage_pos_weight(total_K, n, cap)
+
+
+def coverage_pos_weight(covered_K: torch.Tensor, patches: int, cap: float = 50.0) -> torch.Tensor:
+    """Uncovered over covered patch area per channel, clamped to [1, cap], given the summed
+    coverage ``covered_K`` over ``patches`` patches.
+
+    Small lesions (a nodule covers ~1 of 256 patches) would otherwise add almost nothing to
+    the dense loss, which is what kept them unlearned in the unweighted runs.
+    """
+    pos = covered_K.clamp_min(1e-6)
+    return ((patches - covered_K) / pos).clamp(1.0, cap)

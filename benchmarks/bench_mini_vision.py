@@ -3,9 +3,11 @@
 ``python benchmarks/bench_mini_vision.py speed [--sizes 128/16 192/16 256/16]``
     times stage-1 steps (encoder forward + backward + heads, batch 32) at each
     image_size/patch_size and prints images/s and the relative cost.
-``python benchmarks/bench_mini_vision.py gate [--model data/maira2-mini]``
+``python benchmarks/bench_mini_vision.py gate [--model data/maira2-mini] [--heads DIR]``
     the linear-probe AUROC and pointing-game table (:mod:`workbench.models.mini.probe`) of the
-    model's frozen encoder on the phantom test split (probe fitted on the train split).
+    model's frozen encoder on the phantom test split (``--split validate``: the validation
+    split; probe fitted on the train split), with the stage-1 heads of ``--heads`` (e.g. a
+    refit by ``python -m workbench.models.mini.refit --out DIR``) or the model's own.
 ``python benchmarks/bench_mini_vision.py capacity --towers 128x4 192x6 --steps 2000``
     capacity at equal steps: each tower (hidden x layers) trained from scratch by stage 1's
     own code on the same corpus (a stage-1 phantom + the evaluation train split) for the same
@@ -69,8 +71,8 @@ def speed(args) -> None:
         print(f"| {spec} | {tokens} | {ips:.0f} | {base / ips:.2f}x |")
 
 
-def gate_splits(processor, phantom: Path) -> tuple[list, list]:
-    """The gate's frontal images with their targets: the phantom's train and test splits."""
+def gate_splits(processor, phantom: Path, split: str = "test") -> tuple[list, list]:
+    """The gate's frontal images with their targets: the phantom's train split and ``split``."""
     from workbench.cxr.studies import iter_studies
     from workbench.models.mini.dense import encode_frontals
     from workbench.models.mini.eval import read_phantom_labels
@@ -78,7 +80,7 @@ def gate_splits(processor, phantom: Path) -> tuple[list, list]:
     truth = read_phantom_labels(phantom)
     return tuple(
         encode_frontals(processor, phantom, list(iter_studies(phantom, split=s)), truth)
-        for s in ("train", "test")
+        for s in ("train", split)
     )
 
 
@@ -88,8 +90,8 @@ def gate(args) -> None:
     from workbench.models.registry import load_model
 
     adapter = load_model(str(args.model))
-    tower, heads = adapter.model.vision_tower, load_heads(args.model)
-    train, test = gate_splits(adapter.processor, args.phantom)
+    tower, heads = adapter.model.vision_tower, load_heads(args.heads or args.model)
+    train, test = gate_splits(adapter.processor, args.phantom, args.split)
     print(gate_markdown(gate_table(tower, heads, train, test)))
 
 
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("gate")
     g.add_argument("--model", type=Path, default=ROOT / "data" / "maira2-mini")
     g.add_argument("--phantom", type=Path, default=ROOT / "runs" / "mini-train" / "phantom")
+    g.add_argument("--heads", type=Path, default=None, help="stage-1 heads dir (default: model)")
+    g.add_argument("--split", choices=("test", "validate"), default="test")
     c = sub.add_parser("capacity")
     c.add_argument("--towers", nargs="+", default=["128x4", "192x6"], help="hidden x layers")
     c.add_argument("--steps", type=int, default=2000)

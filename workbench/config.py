@@ -129,7 +129,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(v, Path):
             v = str(v)
         elif isinstance(v, tuple):
-            v = list(v)
+            v = [str(x) if isinstance(x, Path) else x for x in v]
         out[f.name] = v
     return out
 

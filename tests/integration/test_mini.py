@@ -300,3 +300,17 @@ def test_refit_rewrites_the_dense_head_only(phantom, tmp_path):
     assert not torch.equal(after.dense.weight, before.dense.weight)
     assert {p.name: p.read_bytes() for p in model.glob("model*.safetensors")} == weights
     assert load_heads(model).dense.weight.equal(before.dense.weight)  # model dir untouched
+
+
+def test_report_phantoms_join_stage_two_and_the_evaluation_phantom_is_refused(phantom, tmp_path):
+    from workbench.cxr.studies import iter_studies
+
+    extra = make_phantom(tmp_path / "extra", studies=6, seed=9, masks=True)
+    out = mini_train.train(tiny_cfg(phantom, tmp_path / "m", vision_steps=0, epochs=1,
+                                    report_phantoms=(extra,)))  # fmt: skip
+    stats = (out / "train-stats.json").read_text()
+    n_train = len(list(iter_studies(phantom, split="train")))
+    n_extra = len(list(iter_studies(extra)))
+    assert f'"train_studies": {n_train + n_extra}' in stats
+    with pytest.raises(ValueError, match="report_phantoms"):
+        tiny_cfg(phantom, tmp_path / "n", report_phantoms=(phantom,)).validate()

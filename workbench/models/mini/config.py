@@ -137,6 +137,11 @@ class MiniConfig:
     under-calls it (high precision, low recall); repeating its studies moves that prior."""
     oversample_factor: int = 1
     """How many times per epoch a study positive for an ``oversample`` concept is seen."""
+    report_phantoms: tuple[Path, ...] = ()
+    """Stage 2: further phantom benchmarks (other seeds, other subjects) whose studies, all
+    splits, join the evaluation phantom's train split (MAIRA-2 trains on several report
+    datasets). More reports of the rare findings teach the decoder to read them instead of
+    memorising the few training images; the evaluation phantom itself is refused here."""
     threads: int = 2
     """torch CPU threads (1 is faster when other jobs share the cores)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -187,6 +192,11 @@ class MiniConfig:
                 raise ConfigError(
                     f"config field '{name}' must be one of {choices}, got {getattr(self, name)!r}"
                 )
+        if any(p.resolve() == self.phantom.resolve() for p in self.report_phantoms):
+            raise ValueError(
+                f"config field 'report_phantoms' names the evaluation phantom {self.phantom}: "
+                "its validate and test splits would leak into training"
+            )
         for name in ("oversample", "vision_oversample"):
             unknown = sorted(set(getattr(self, name)) - set(RENDERED))
             if unknown:

@@ -189,6 +189,12 @@ def train(cfg: MiniConfig) -> Path:
         examples = encode_all(
             processor, records, read_phantom_labels(cfg.phantom), cfg.image_only_prob > 0
         )
+        for extra in cfg.report_phantoms:
+            more = list(iter_studies(extra))
+            examples += encode_all(
+                processor, more, read_phantom_labels(extra), cfg.image_only_prob > 0
+            )
+            log.info("stage 2: %d studies of %s join the training set", len(more), extra)
         log.info("encoded %d studies in %.0f s", len(examples), time.perf_counter() - t0)
         model = initial_model(cfg, tokenizer).to(device)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6

@@ -67,6 +67,19 @@ def test_pointing_game_counts_hits_only_on_images_with_a_mask():
     assert pointing_game(dense, torch.zeros(3, 4, 1), 0) == (None, 0)
 
 
+def test_pointing_game_tolerance_is_one_patch_of_the_grid_in_eight_directions():
+    cover = torch.zeros(4, 16, 1)  # a 4 x 4 grid; each image's mask is patch (1, 1) = 5
+    cover[:, 5, 0] = 1.0
+    dense = torch.zeros(4, 16, 1)
+    dense[0, 5, 0] = 1.0  # on the mask
+    dense[1, 10, 0] = 1.0  # (2, 2): diagonal neighbour
+    dense[2, 4, 0] = 1.0  # (1, 0): side neighbour
+    dense[3, 15, 0] = 1.0  # (3, 3): two patches away
+    assert pointing_game(dense, cover, 0) == (0.25, 4)
+    assert pointing_game(dense, cover, 0, tolerance=1) == (0.75, 4)
+    assert pointing_game(dense, cover, 0, tolerance=2) == (1.0, 4)
+
+
 def test_logistic_probe_separates_a_linearly_separable_concept_on_raw_features():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, 5, generator=gen) * torch.tensor([1.0, 100.0, 1.0, 1.0, 1.0]) + 50.0

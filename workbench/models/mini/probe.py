@@ -8,17 +8,21 @@
   w", which is what an attention head of the decoder can read; this column can.
 - **Pointing game** (Zhang et al., 2016): for each test image where the concept is present
   and has a mask, the patch with the highest dense-head logit for that concept must overlap
-  the mask. The score is the hit rate.
+  the mask. The score is the hit rate. The strict column counts a hit only on a patch the mask
+  covers; the tolerant one on the mask dilated by one patch (8-neighbourhood), which is the
+  paper's 15-pixel tolerance at this 16-pixel patch grid and ``analyse``'s pointing game.
 
 The gate of issue 11 is AUROC >= 0.95 and pointing game >= 0.8 for each of the 13 concepts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from workbench.cxr.findings import RENDERED
 from workbench.models.mini.dense import VisionExample, stack
@@ -35,6 +39,7 @@ class GateRow(NamedTuple):
     dense_auroc: float | None  # AUROC of max over patches of the dense logit
     pointing: float | None  # None when no positive test image has a mask
     pointed: int  # positive test images with a mask (the pointing game's denominator)
+    pointing_near: float | None  # the same with the mask dilated by one patch
 
 
 @torch.no_grad()
@@ -82,14 +87,21 @@ def fit_logistic(
 
 
 def pointing_game(
-    dense_NPK: torch.Tensor, cover_NPK: torch.Tensor, k: int
+    dense_NPK: torch.Tensor, cover_NPK: torch.Tensor, k: int, tolerance: int = 0
 ) -> tuple[float | None, int]:
-    """Hit rate of channel ``k``'s top patch on the images whose ``k`` mask is non-empty."""
+    """Hit rate of channel ``k``'s top patch on the images whose ``k`` mask is non-empty; with
+    ``tolerance`` t, a hit is a top patch within t patches (8-neighbourhood) of the mask."""
     has_mask = cover_NPK[:, :, k].sum(1) > 0
     if not has_mask.any():
         return None, 0
+    inside_NP = cover_NPK[has_mask, :, k] > 0
+    if tolerance:
+        grid = math.isqrt(inside_NP.shape[1])
+        inside_N1GG = inside_NP.float().reshape(-1, 1, grid, grid)
+        size = 2 * tolerance + 1
+        inside_NP = F.max_pool2d(inside_N1GG, size, stride=1, padding=tolerance).flatten(1) > 0
     top_N = dense_NPK[has_mask, :, k].argmax(1)
-    hits = cover_NPK[has_mask, :, k].gather(1, top_N[:, None]).squeeze(1) > 0
+    hits = inside_NP.gather(1, top_N[:, None]).squeeze(1)
     return float(hits.float().mean()), int(has_mask.sum())
 
 
@@ -129,28 +141,32 @@ def gate_rows(
     for k, concept in enumerate(RENDERED):
         truth = y_test[:, k].int().tolist()
         point, n = pointing_game(dense_test, cover_test, k)
+        near, _ = pointing_game(dense_test, cover_test, k, tolerance=1)
         peak = dense_test[:, :, k].amax(1).tolist()
         probe_auroc = auroc(truth, scores[:, k].tolist())
-        rows.append(GateRow(concept, sum(truth), probe_auroc, auroc(truth, peak), point, n))
+        rows.append(GateRow(concept, sum(truth), probe_auroc, auroc(truth, peak), point, n, near))
     return rows
 
 
 def gate_markdown(rows: Sequence[GateRow]) -> str:
     """The gate as a Markdown table, with the pass count of each criterion."""
     lines = [
-        "| concept | test positives | probe AUROC | dense-max AUROC | pointing game (n) |",
-        "|---|---|---|---|---|",
+        "| concept | test positives | probe AUROC | dense-max AUROC | pointing game (n) "
+        "| pointing, 1-patch tolerance |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         au = "-" if r.auroc is None else f"{r.auroc:.3f}"
         dm = "-" if r.dense_auroc is None else f"{r.dense_auroc:.3f}"
         pt = "-" if r.pointing is None else f"{r.pointing:.2f} ({r.pointed})"
-        lines.append(f"| {r.concept} | {r.positives} | {au} | {dm} | {pt} |")
+        near = "-" if r.pointing_near is None else f"{r.pointing_near:.2f}"
+        lines.append(f"| {r.concept} | {r.positives} | {au} | {dm} | {pt} | {near} |")
     n_auroc = sum(1 for r in rows if r.auroc is not None and r.auroc >= 0.95)
     n_point = sum(1 for r in rows if r.pointing is not None and r.pointing >= 0.8)
     n_dense = sum(1 for r in rows if r.dense_auroc is not None and r.dense_auroc >= 0.95)
+    n_near = sum(1 for r in rows if r.pointing_near is not None and r.pointing_near >= 0.8)
     lines.append(
         f"| **passing** | | {n_auroc} of {len(rows)} >= 0.95 | {n_dense} of {len(rows)} >= 0.95 "
-        f"| {n_point} of {len(rows)} >= 0.8 |"
+        f"| {n_point} of {len(rows)} >= 0.8 | {n_near} of {len(rows)} >= 0.8 |"
     )
     return "\n".join(lines)

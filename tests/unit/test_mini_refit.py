@@ -79,3 +79,8 @@ def test_refit_is_deterministic_for_a_seed():
 def test_refit_config_names_the_bad_field(field, value):
     with pytest.raises(ConfigError, match=field):
         RefitConfig(**{field: value}).validate()
+
+
+def test_refit_never_writes_over_the_models_own_heads(tmp_path):
+    with pytest.raises(ConfigError, match="'out'"):
+        RefitConfig(model=tmp_path, out=tmp_path).validate()

@@ -12,8 +12,10 @@ channel's logits and the mask's coverage normalised to sum to one. The BCE calib
 against patches of other images; the localisation term ranks the patches within one image,
 which is the question the pointing game and an image heatmap ask.
 
-``python -m workbench.models.mini.refit --model data/maira2-mini`` rewrites the model's
-``stage1-heads.safetensors`` (the image head is kept); the model's weights are not touched.
+``python -m workbench.models.mini.refit --model data/maira2-mini --out DIR`` writes the refitted
+``stage1-heads.safetensors`` (the image head kept) to ``DIR``, never over the model's own;
+``benchmarks/bench_mini_vision.py gate --heads DIR`` scores it. On the shipped weights it pointed
+worse than the stage-1 head (benchmarks/RESULTS.md), so the shipped heads are stage 1's.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class RefitConfig:
     """Stage-1 phantom (all its splits) the head is fitted on (never the evaluation test split)."""
     phantom: Path = Path("runs/mini-train/phantom")
     """Evaluation phantom: its train split joins the corpus, as in stage 1."""
-    out: Path | None = None
-    """Directory that receives the refitted ``stage1-heads.safetensors`` (default: ``model``)."""
+    out: Path = Path("runs/mini-train/refit")
+    """Directory that receives the refitted ``stage1-heads.safetensors`` (not the model's own)."""
     epochs: int = 8
     """Passes over the corpus's cached tokens."""
     batch: int = 64
@@ -67,6 +69,8 @@ class RefitConfig:
         for name in ("epochs", "batch", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.out.resolve() == self.model.resolve():
+            raise ConfigError(f"field 'out' is the model directory {self.model}: give another")
         if self.lr <= 0 or self.localisation_weight < 0 or self.pos_weight_cap < 1:
             raise ConfigError("fields 'lr' > 0, 'localisation_weight' >= 0, 'pos_weight_cap' >= 1")
 
@@ -164,7 +168,7 @@ def refit(cfg: RefitConfig) -> Path:
     log.info("refit: %d images read and encoded in %.0f s", len(examples), time.perf_counter() - t0)
     with torch.enable_grad():
         refit_dense(heads.dense, tokens_NPV, cover_NPK, cfg)
-    out = Path(cfg.out or cfg.model) / HEADS_FILE
+    out = cfg.out / HEADS_FILE
     save_heads(heads, out)
     log.info("refit: wrote %s (%.1f min in all)", out, (time.perf_counter() - t0) / 60)
     return out

@@ -74,7 +74,14 @@ def test_refit_is_deterministic_for_a_seed():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("epochs", 0), ("batch", 0), ("lr", 0.0), ("pos_weight_cap", 0.5)]
+    "field, value",
+    [
+        ("epochs", 0),
+        ("batch", 0),
+        ("lr", 0.0),
+        ("localisation_weight", -1.0),
+        ("pos_weight_cap", 0.5),
+    ],
 )
 def test_refit_config_names_the_bad_field(field, value):
     with pytest.raises(ConfigError, match=field):

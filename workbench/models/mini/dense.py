@@ -126,6 +126,20 @@ def encode_frontals(
     return examples
 
 
+def frontal_corpus(
+    processor: Maira2Processor, corpus: Path, phantom: Path, train_records: Sequence[StudyRecord]
+) -> list[VisionExample]:
+    """Stage 1's images: every frontal of the ``corpus`` phantom (all splits), then those of
+    ``train_records`` from the evaluation ``phantom`` (never its validate or test studies)."""
+    from workbench.cxr.studies import iter_studies
+    from workbench.models.mini.eval import read_phantom_labels
+
+    out = encode_frontals(
+        processor, corpus, list(iter_studies(corpus)), read_phantom_labels(corpus)
+    )
+    return out + encode_frontals(processor, phantom, train_records, read_phantom_labels(phantom))
+
+
 def stack(examples: Sequence[VisionExample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch tensors: pixels [B, 3, S, S] float32, coverage [B, P, K], concepts [B, C]."""
     grey_BHW = torch.stack([e.pixels for e in examples]).float()

@@ -31,7 +31,12 @@ import torch.nn.functional as F
 
 from workbench.config import ConfigError, parse_config
 from workbench.models.mini.config import SHIPPED
-from workbench.models.mini.dense import VisionExample, coverage_pos_weight, stack
+from workbench.models.mini.dense import (
+    VisionExample,
+    coverage_pos_weight,
+    frontal_corpus,
+    stack,
+)
 from workbench.models.mini.vision import HEADS_FILE, encoder_tokens, load_heads, save_heads
 
 log = logging.getLogger(__name__)
@@ -71,8 +76,15 @@ class RefitConfig:
                 raise ConfigError(f"field '{name}' must be >= 1, got {getattr(self, name)}")
         if self.out.resolve() == self.model.resolve():
             raise ConfigError(f"field 'out' is the model directory {self.model}: give another")
-        if self.lr <= 0 or self.localisation_weight < 0 or self.pos_weight_cap < 1:
-            raise ConfigError("fields 'lr' > 0, 'localisation_weight' >= 0, 'pos_weight_cap' >= 1")
+        for name, least, strict in (
+            ("lr", 0.0, True),
+            ("localisation_weight", 0.0, False),
+            ("pos_weight_cap", 1.0, False),
+        ):
+            value = getattr(self, name)
+            if value < least or (strict and value == least):
+                bound = f"> {least:g}" if strict else f">= {least:g}"
+                raise ConfigError(f"field '{name}' must be {bound}, got {value}")
 
 
 @torch.no_grad()
@@ -142,8 +154,6 @@ def refit(cfg: RefitConfig) -> Path:
     """Encode the stage-1 corpus with the model's frozen tower, refit the dense head, save the
     heads (atomically) into ``cfg.out``; returns the heads file."""
     from workbench.cxr.studies import iter_studies
-    from workbench.models.mini.dense import encode_frontals
-    from workbench.models.mini.eval import read_phantom_labels
     from workbench.models.registry import load_model
 
     cfg.validate()
@@ -151,18 +161,8 @@ def refit(cfg: RefitConfig) -> Path:
     adapter = load_model(str(cfg.model))
     heads = load_heads(cfg.model)
     t0 = time.perf_counter()
-    examples = encode_frontals(
-        adapter.processor,
-        cfg.corpus,
-        list(iter_studies(cfg.corpus)),
-        read_phantom_labels(cfg.corpus),
-    )
-    examples += encode_frontals(
-        adapter.processor,
-        cfg.phantom,
-        list(iter_studies(cfg.phantom, split="train")),
-        read_phantom_labels(cfg.phantom),
-    )
+    train = list(iter_studies(cfg.phantom, split="train"))
+    examples = frontal_corpus(adapter.processor, cfg.corpus, cfg.phantom, train)
     tokens_NPV = frozen_tokens(adapter.model.vision_tower, examples)
     cover_NPK = torch.stack([e.cover for e in examples])
     log.info("refit: %d images read and encoded in %.0f s", len(examples), time.perf_counter() - t0)

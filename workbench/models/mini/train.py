@@ -242,14 +242,11 @@ def step_loss(model, probe: AuxProbe, batch, aux_weight: float) -> tuple[torch.T
 
 def stage1_corpus(cfg: MiniConfig, processor: Maira2Processor, train_records) -> list:
     """Frontal images of the stage-1 phantom (all splits) and of the evaluation train split."""
-    from workbench.models.mini.dense import encode_frontals
+    from workbench.models.mini.dense import frontal_corpus
 
     t0 = time.perf_counter()
     root = ensure_phantom(cfg.vision_phantom, cfg.vision_studies, cfg.size, cfg.vision_phantom_seed)
-    corpus = encode_frontals(processor, root, list(iter_studies(root)), read_phantom_labels(root))
-    corpus += encode_frontals(
-        processor, cfg.phantom, train_records, read_phantom_labels(cfg.phantom)
-    )
+    corpus = frontal_corpus(processor, root, cfg.phantom, train_records)
     log.info("stage 1: %d frontal images encoded in %.0f s", len(corpus), time.perf_counter() - t0)
     return corpus
 

@@ -240,7 +240,7 @@ def test_steering_at_the_image_tokens(run, capsys):
     sae_row = next(r for r in rows if r["method"] == "sae")
     assert sae_row["features"] == [0]  # the analysis' only pacemaker candidate
     plan = make_plan(cfg, run / "phantom")
-    maps, notes = image_maps_for(cfg, plan, load_sae(run / "image-tokens" / "sae"))
+    maps, notes, _ = image_maps_for(cfg, plan, load_sae(run / "image-tokens" / "sae"))
     assert notes == [] and set(maps) == {("sae", "pacemaker"), ("dim", "pacemaker")}
     for m in maps.values():  # one [patches, d_model] map of the frontal image, fitted
         assert set(m) == {"current_frontal"} and m["current_frontal"].shape == (16, 48)
@@ -252,6 +252,37 @@ def test_steering_at_the_image_tokens(run, capsys):
     assert "no image-token run" in capsys.readouterr().out
     assert main(["--run", str(run), "--mode", "clamp"]) == 1
     assert "need --site layer" in capsys.readouterr().out
+
+
+def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
+    from workbench.sae import load_sae
+    from workbench.steer.gap import gap_shares
+    from workbench.steer.image import latent_transform, patch_regression
+    from workbench.steer.run import image_maps_for, make_plan
+
+    cfg = config(run, site="image", positions="image", sae=None, store=None,
+                 methods=("sae",), n_candidates=3, candidate_rule="gap")  # fmt: skip
+    out = run_steer(cfg)
+    assert "candidate rule (gap)" in out and "by gap share" in out
+    features = {tuple(r["features"]) for r in stored(run / "image-tokens")}
+    plan = make_plan(cfg, run / "phantom")
+    sae = load_sae(run / "image-tokens" / "sae")
+    _, _, chosen = image_maps_for(cfg, plan, sae)
+    assert features == {chosen[0].features} and len(chosen[0].features) <= 3
+    studies = {}
+    for concept, by_study in plan.labels.items():
+        for sid, value in by_study.items():
+            studies.setdefault(sid, {})[concept] = value
+    held = {c.study_id for cases in plan.cases.values() for c in cases}
+    fit = [run / "image-tokens" / "activations", studies, plan.covariates, held]
+    every = latent_transform(sae, range(sae.W_dec_FD.shape[0]))
+    shares = gap_shares(patch_regression(*fit), patch_regression(*fit, transform=every),
+                        sae.W_dec_FD, "pacemaker")  # fmt: skip
+    top = torch.argsort(shares, descending=True)[: len(chosen[0].features)].tolist()
+    assert list(chosen[0].features) == top and shares[top[-1]] > 0
+    assert chosen[0].gap_share == pytest.approx(float(shares[top].sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="candidate_rule gap needs site image"):
+        config(run, candidate_rule="gap").validate()
 
 
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):

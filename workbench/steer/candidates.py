@@ -42,6 +42,9 @@ class Candidate(NamedTuple):
     selectivity: float | None
     pointing: float | None
     means_it: bool
+    gap_share: float | None = None
+    """Share of the concept's adjusted image gap the features carry (the gap rule,
+    :mod:`workbench.steer.gap`); None under the meaning rule."""
 
 
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -139,7 +142,9 @@ def describe(candidates: Sequence[Candidate]) -> str:
     for c in candidates:
         feats = ",".join(map(str, c.features))
         tag = "means it" if c.means_it else "by AUROC"
-        if c.auroc != c.auroc:  # NaN: given with --feature
+        if c.gap_share is not None:
+            tag = f"by gap share: {c.gap_share:.2f} of the concept's adjusted gap"
+        elif c.auroc != c.auroc:  # NaN: given with --feature
             tag = "given with --feature"
         lines.append(
             f"  {c.concept:<20} feature {feats:<10} AUROC {fmt(c.auroc)}  selectivity "

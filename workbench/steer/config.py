@@ -35,6 +35,10 @@ class SteerConfig:
     """Candidate features per concept, steered together (see the printed candidate rule)."""
     min_auroc: float = 0.75
     """A candidate feature's least study-level AUROC for its concept."""
+    candidate_rule: Literal["meaning", "gap"] = "meaning"
+    """How candidates are chosen. meaning: from the analysis (AUROC >= --min-auroc, features
+    that mean the concept first, then by AUROC). gap (site image only): the features carrying
+    the largest share of the concept's adjusted image gap (docs/steering.md)."""
     methods: tuple[str, ...] = METHODS
     """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION),
     counterfactual (the concept drawn into the phantom image: a phantom run's reference)."""
@@ -106,6 +110,8 @@ class SteerConfig:
         if self.feature and len(self.concepts) != 1:
             raise ValueError("--feature steers one concept: give exactly one --concepts")
         parse_positions(self.positions)
+        if self.candidate_rule == "gap" and (self.site != "image" or self.feature):
+            raise ValueError("candidate_rule gap needs site image and no --feature")
         if self.site == "image":
             if self.mode != "add" or positions_name(self.positions) != "image":
                 raise ValueError(

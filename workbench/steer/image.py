@@ -145,41 +145,41 @@ def summed_steering(parts: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -
     return ImageSteering(total)
 
 
-def _accumulate(store: ActivationStore, rows_of: Mapping[int, int], sections, transform, grid):
-    """Per section: the sum of each study's tokens at each patch, ``[S * P, W]`` (study row
-    ``rows_of[sid]``, patch ``patch_row * grid + patch_col``), and the tokens seen per
-    (study, section)."""
+def _accumulate(
+    store: ActivationStore, x_of: Mapping[int, torch.Tensor], sections, transform, grid
+):
+    """Per section: ``X^T Y`` as ``[C + 1, P, W]`` (each study's covariate row ``x_of[sid]``
+    times the sum of its tokens at each patch ``patch_row * grid + patch_col``), and the tokens
+    seen per (study, section). Memory is ``C x P x W`` per section, whatever the number of
+    studies (a MIMIC-size store fits)."""
     n_patches = grid * grid
     slot_of = {section: k * n_patches for k, section in enumerate(sections)}
 
     def select(meta):
         sid_N = np.asarray(meta.column("study_id").to_numpy(zero_copy_only=False))
         sec_N = np.asarray(meta.column("section").to_pylist(), dtype=object)
-        keep_N = np.isin(sec_N, list(sections)) & np.isin(sid_N, list(rows_of))
+        keep_N = np.isin(sec_N, list(sections)) & np.isin(sid_N, list(x_of))
         r_M = np.asarray(meta.column("patch_row").to_pylist(), dtype=object)[keep_N]
         c_M = np.asarray(meta.column("patch_col").to_pylist(), dtype=object)[keep_N]
         base_M = np.array([slot_of[s] for s in sec_N[keep_N]], dtype=np.int64)
         return keep_N, base_M + (r_M * grid + c_M).astype(np.int64)
 
-    sums: dict[str, torch.Tensor] = {}
+    xty: dict[str, torch.Tensor] = {}
     counts: dict[tuple[int, str], int] = {}
     for block in iter_study_sums(store, select, len(sections) * n_patches, transform):
-        rows_U = torch.tensor([rows_of[int(s)] for s in block.study_ids], dtype=torch.long)
+        x_UC = torch.stack([x_of[int(s)] for s in block.study_ids])
         for section, first in slot_of.items():
             n_U = block.counts[:, first : first + n_patches].sum(1)
-            seen_U = n_U > 0
+            seen_U = torch.from_numpy(n_U > 0)
             if not seen_U.any():
                 continue
-            if section not in sums:
-                sums[section] = torch.zeros(len(rows_of) * n_patches, block.sums.shape[2])
-            sums[section].view(len(rows_of), n_patches, -1).index_add_(
-                0,
-                rows_U[torch.from_numpy(seen_U)],
-                block.sums[torch.from_numpy(seen_U), first : first + n_patches],
+            part = torch.einsum(
+                "uc,upw->cpw", x_UC[seen_U], block.sums[seen_U, first : first + n_patches]
             )
-            for sid, n in zip(block.study_ids[seen_U].tolist(), n_U[seen_U].tolist()):
+            xty[section] = xty[section] + part if section in xty else part
+            for sid, n in zip(block.study_ids[n_U > 0].tolist(), n_U[n_U > 0].tolist()):
                 counts[(int(sid), section)] = counts.get((int(sid), section), 0) + int(n)
-    return sums, counts
+    return xty, counts
 
 
 def patch_regression(
@@ -197,31 +197,29 @@ def patch_regression(
     out; a missing concept reads 0); ``transform`` maps ``[N, D]`` tokens to what is regressed
     (SAE feature activations), default the tokens themselves; ``ridge`` is added to the
     diagonal of the concept block of ``X^T X`` (not the intercept), which keeps a concept
-    with few studies solvable and shrinks it towards 0.
+    with few studies solvable and shrinks it towards 0. The fit streams the store once and
+    keeps only the normal equations (``X^T X``, ``X^T Y``), not the studies' tokens.
     """
     acts = store if isinstance(store, ActivationStore) else ActivationStore(store)
     ids = sorted(s for s in labels if s not in exclude)
     if not ids:
         raise SteeringError(f"{acts.path}: no labelled study outside the held-out set")
     grid = _grid(acts)
-    rows_of = {sid: i for i, sid in enumerate(ids)}
-    x_SC = torch.tensor([[1.0] + [float(labels[s].get(c) == 1) for c in concepts] for s in ids])
-    sums, counts = _accumulate(acts, rows_of, sections, transform, grid)
+    x_of = {s: torch.tensor([1.0] + [float(labels[s].get(c) == 1) for c in concepts]) for s in ids}
+    xty, counts = _accumulate(acts, x_of, sections, transform, grid)
     coef, n_studies, n_pos = {}, {}, {}
     n_patches = grid * grid
-    for section, flat in sums.items():
-        seen = [rows_of[sid] for (sid, sec), n in counts.items() if sec == section]
-        partial = [sid for (sid, sec), n in counts.items() if sec == section and n != n_patches]
+    penalty = ridge * torch.diag(torch.tensor([0.0] + [1.0] * len(concepts)))
+    for section, xty_CPW in xty.items():
+        seen = sorted(sid for (sid, sec) in counts if sec == section)
+        partial = [sid for sid in seen if counts[(sid, section)] != n_patches]
         if partial:
             raise SteeringError(
                 f"{acts.path}: study {partial[0]} has {counts[(partial[0], section)]} of "
                 f"{n_patches} {section} patches; record with --image-tokens all"
             )
-        x = x_SC[seen]
-        y_SPW = flat.view(len(ids), n_patches, -1)[seen]
-        gram = x.T @ x + ridge * torch.diag(torch.tensor([0.0] + [1.0] * len(concepts)))
-        xty = torch.einsum("sc,spw->cpw", x, y_SPW)
-        solved = torch.linalg.solve(gram, xty.reshape(len(concepts) + 1, -1))
+        x = torch.stack([x_of[sid] for sid in seen])
+        solved = torch.linalg.solve(x.T @ x + penalty, xty_CPW.reshape(len(concepts) + 1, -1))
         coef[section] = solved[1:].reshape(len(concepts), n_patches, -1)
         n_studies[section] = len(seen)
         n_pos[section] = {c: int(x[:, 1 + i].sum()) for i, c in enumerate(concepts)}

@@ -28,7 +28,7 @@ GROUP = ("method", "concept", "direction", "features", "unit", "mode", "position
 _ROW_SQL = (
     "SELECT method, concept, direction, features, unit, mode, positions, "
     "json_extract_string(details, '$.variant') AS variant, strength, study_id, eligible, "
-    "success, side_effects, baseline_ppl, steered_ppl, repeat_rate, parses "
+    "success, side_effects, baseline_ppl, steered_ppl, repeat_rate, parses, created_at "
     "FROM steering_results WHERE method IS NOT NULL"
 )
 
@@ -68,6 +68,26 @@ def load_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
     cur = con.execute(_ROW_SQL)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def latest_feature_sets(rows: Sequence[dict]) -> tuple[list[dict], int]:
+    """The rows with, for SAE features, only the feature set stored last for each (concept,
+    direction), and how many SAE rows were left out. Sets chosen by another ``n_candidates``
+    or candidate rule are other arms; their rates would otherwise mix into one operating
+    point (the best strength of either)."""
+    last: dict[tuple[str, str], tuple] = {}
+    for r in rows:
+        if r["method"] == "sae":
+            key, stamp = (r["concept"], r["direction"]), r.get("created_at")
+            if key not in last or (stamp is not None and stamp > last[key][0]):
+                last[key] = (stamp, tuple(r["features"] or ()))
+    kept = [
+        r
+        for r in rows
+        if r["method"] != "sae"
+        or tuple(r["features"] or ()) == last[(r["concept"], r["direction"])][1]
+    ]
+    return kept, len(rows) - len(kept)
 
 
 def _geo_mean(values: Iterable[float]) -> float | None:

@@ -26,6 +26,7 @@ from workbench import db
 from workbench.config import ConfigError, parse_config, save_config
 from workbench.run import RunLayout
 from workbench.steer import candidates as cand
+from workbench.steer import gap
 from workbench.steer.config import SteerConfig
 from workbench.steer.counterfactual import Counterfactuals
 from workbench.steer.evaluate import (
@@ -40,7 +41,13 @@ from workbench.steer.evaluate import (
 from workbench.steer.image import IMAGE_HOOK, latent_transform, patch_regression, sae_map
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.peers import Direction, dim_direction, study_means
-from workbench.steer.report import format_report, format_side_effects, format_sweep, load_rows
+from workbench.steer.report import (
+    format_report,
+    format_side_effects,
+    format_sweep,
+    latest_feature_sets,
+    load_rows,
+)
 from workbench.steer.report import summarise as summarise_rows
 from workbench.store import KINDS, ActivationStore
 
@@ -159,11 +166,12 @@ def directions_for(
     return out, notes
 
 
-def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str]]:
+def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str], list]:
     """Site image: (method, concept) -> section -> ``[P, D]`` patch map, fitted on the stored
-    studies outside the held-out split and cases (``image.patch_regression``)."""
+    studies outside the held-out split and cases (``image.patch_regression``), the notes, and
+    the SAE candidates steered (the gap rule re-chooses them from the same fits)."""
     if cfg.site != "image" or not plan.candidates:
-        return {}, []
+        return {}, [], plan.candidates
     store = ActivationStore(cfg.store or RunLayout(cfg.site_run).activations)
     if store.hook_name != IMAGE_HOOK:
         raise SteeringError(f"{store.path} holds {store.hook_name}; site image needs {IMAGE_HOOK}")
@@ -173,24 +181,31 @@ def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str]]:
         for sid, value in by_study.items():
             studies.setdefault(sid, {})[concept] = value
     fit = partial(patch_regression, store, studies, plan.covariates, held_out, cfg.image_sections)
-    out, notes = {}, []
+    by_gap = cfg.candidate_rule == "gap"
+    out, notes, candidates = {}, [], plan.candidates
+    dim = fit() if "dim" in cfg.methods or by_gap else None
     if "dim" in cfg.methods:
-        out |= _maps_of(fit(), plan, "dim", lambda c, m: m, notes)
+        out |= _maps_of(dim, candidates, "dim", lambda c, m: m, notes)
     if "sae" in cfg.methods:
-        union = sorted({f for c in plan.candidates for f in c.features})
+        every = range(sae.W_dec_FD.shape[0])
+        union = list(every) if by_gap else sorted({f for c in candidates for f in c.features})
 
         def decode(c, latent):
             cols = [union.index(f) for f in c.features]
             return sae_map({s: m[:, cols] for s, m in latent.items()}, sae, c.features)
 
         with torch.no_grad():
-            out |= _maps_of(fit(transform=latent_transform(sae, union)), plan, "sae", decode, notes)
-    return out, notes
+            latent = fit(transform=latent_transform(sae, union))
+        if by_gap:
+            concepts = [c.concept for c in candidates]
+            candidates = gap.choose_by_gap(dim, latent, sae.W_dec_FD, concepts, cfg.n_candidates)
+        out |= _maps_of(latent, candidates, "sae", decode, notes)
+    return out, notes, candidates
 
 
-def _maps_of(reg, plan: Plan, method: str, make, notes: list[str]) -> dict:
+def _maps_of(reg, candidates, method: str, make, notes: list[str]) -> dict:
     out = {}
-    for c in plan.candidates:
+    for c in candidates:
         try:
             out[(method, c.concept)] = make(c, reg.concept_map(c.concept))
         except SteeringError as err:
@@ -248,7 +263,8 @@ def run_steer(cfg: SteerConfig) -> str:
     plan = make_plan(cfg, data)
     save_config(cfg, RunLayout.cfg(RunLayout(cfg.site_run).steering))
     adapter, sae = _load(cfg) if plan.candidates else (None, None)
-    maps, map_notes = image_maps_for(cfg, plan, sae)
+    maps, map_notes, candidates = image_maps_for(cfg, plan, sae)
+    plan = plan._replace(candidates=candidates)
     if cfg.site == "image":
         directions = {concept: None for method, concept in maps if method == "dim"}
         dim_notes = map_notes
@@ -279,8 +295,9 @@ def run_steer(cfg: SteerConfig) -> str:
             notes.append(f"{concept} ({direction}): no held-out study in split {cfg.split}")
     with db.rewrite(cfg.site_run) as con:
         db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
-    rule = cand.RULE.format(min_auroc=cfg.min_auroc, min_selectivity=0.9, min_pointing=0.8,
-                            n=cfg.n_candidates)  # fmt: skip
+    rule = (gap.RULE if cfg.candidate_rule == "gap" else cand.RULE).format(
+        min_auroc=cfg.min_auroc, min_selectivity=0.9, min_pointing=0.8, n=cfg.n_candidates
+    )
     head = [rule, cand.describe(plan.candidates), *(f"note: {n}" for n in notes)]
     studies = {key: {c.study_id for c in cases} for key, cases in plan.cases.items()}
     return "\n".join([*head, "", summary_text(cfg, todo, studies)])
@@ -300,6 +317,7 @@ def summary_text(
         rows = load_rows(con)
     finally:
         con.close()
+    older = 0
     if todo is not None:
         wanted = {(a.method, a.concept, a.direction, a.features, a.unit, a.mode, a.positions,
                    a.variant, float(a.strength)) for a in todo}  # fmt: skip
@@ -308,12 +326,14 @@ def summary_text(
             held = {(c, d, sid) for (c, d), ids in studies.items() for sid in ids}
             rows = [r for r in rows if (r["concept"], r["direction"], r["study_id"]) in held]
     else:
-        rows = [r for r in rows if _same_settings(cfg, r)]
+        rows, older = latest_feature_sets([r for r in rows if _same_settings(cfg, r)])
     if not rows:
         return "no steering results stored yet"
     summaries = summarise_rows(rows)
+    head = [f"left out: {older} rows of SAE feature sets stored before the last"] if older else []
     return "\n".join(
         [
+            *head,
             format_sweep(summaries),
             "",
             format_report(summaries, cfg.limits),

@@ -1,0 +1,73 @@
+"""The gap-share candidate rule and the report's one feature set per concept."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import torch
+
+from tests.unit.test_steer_image import GRID, WIDTH, write_store
+from workbench.steer.gap import choose_by_gap, gap_shares
+from workbench.steer.image import PatchRegression, patch_regression
+from workbench.steer.report import latest_feature_sets
+
+pytestmark = pytest.mark.usefixtures("single_threaded")
+
+
+def regression(coef_CPW: torch.Tensor, concepts=("a", "b")) -> PatchRegression:
+    n_pos = {c: 5 for c in concepts}
+    return PatchRegression(tuple(concepts), {"current_frontal": coef_CPW}, {"current_frontal": 9},
+                           {"current_frontal": n_pos})  # fmt: skip
+
+
+def test_shares_split_the_gap_over_the_features():
+    W_FD = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    # concept a: feature 0 rises by 2 at patch 0, feature 3 falls by 1 at patch 1 (its absence
+    # is part of the concept), feature 2 rises a little at patch 1
+    b_PF = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, -1.0]])
+    latent = regression(torch.stack([b_PF, torch.zeros(2, 4)]))
+    dim = regression(torch.stack([b_PF @ W_FD, torch.ones(2, 3)]))
+    shares = gap_shares(dim, latent, W_FD, "a")
+    assert shares.sum().item() == pytest.approx(1.0)  # the reconstruction carries all of D
+    # |D|^2 = |(2,0,0)|^2 + |(-1,-1,0.5)|^2 = 4 + 2.25
+    torch.testing.assert_close(shares, torch.tensor([4.0, 0.0, 0.25, 2.0]) / 6.25)
+    got = choose_by_gap(dim, latent, W_FD, ["a", "b"], n=2)
+    assert [c.concept for c in got] == ["a"]  # b's features have no gap: no candidate
+    assert got[0].features == (0, 3) and got[0].gap_share == pytest.approx(6.0 / 6.25)
+    assert choose_by_gap(dim, latent, W_FD, ["a"], n=9)[0].features == (0, 3, 2)  # > 0 only
+
+
+def test_shares_from_fits_on_a_store_of_exact_reconstructions(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    W_FD = torch.randn(3, WIDTH, generator=gen)  # 3 features spanning the 3-wide residual
+    labels, acts = {}, {}
+    for i in range(24):
+        a, b = int(i % 2 == 0), int(i % 3 == 0)
+        z_PF = torch.rand(GRID * GRID, 3, generator=gen)
+        z_PF[:, 1] += 2.0 * a  # feature 1 carries concept a
+        z_PF[:, 2] += 1.0 * b
+        labels[200 + i] = {"a": a, "b": b}
+        acts[200 + i] = z_PF @ W_FD
+    write_store(tmp_path / "s", acts)
+    dim = patch_regression(tmp_path / "s", labels, ["a", "b"])
+    latent = patch_regression(tmp_path / "s", labels, ["a", "b"],
+                              transform=lambda y: y @ torch.linalg.pinv(W_FD))  # fmt: skip
+    shares = gap_shares(dim, latent, W_FD, "a")
+    assert shares.sum().item() == pytest.approx(1.0, abs=1e-4)
+    assert shares.argmax().item() == 1 and shares[1] > 0.9
+
+
+def row(method, features, at, concept="edema", direction="add"):
+    stamp = dt.datetime(2026, 12, 7, at)
+    return {"method": method, "features": features, "concept": concept,
+            "direction": direction, "created_at": stamp}  # fmt: skip
+
+
+def test_the_report_takes_the_feature_set_stored_last():
+    rows = [row("sae", [1, 2], 9), row("sae", [1, 2], 10), row("sae", [7], 11),
+            row("dim", [], 8), row("sae", [1, 2], 12, direction="remove")]  # fmt: skip
+    kept, left_out = latest_feature_sets(rows)
+    assert left_out == 2
+    assert [(r["method"], r["features"], r["direction"]) for r in kept] == [
+        ("sae", [7], "add"), ("dim", [], "add"), ("sae", [1, 2], "remove")]  # fmt: skip

@@ -217,7 +217,8 @@ def test_demo_step_steers_recovered_concepts(run):
 
 def test_steering_at_the_image_tokens(run, capsys):
     from workbench.sae import load_sae
-    from workbench.steer.run import image_maps_for, make_plan
+    from workbench.steer.maps import image_maps_for
+    from workbench.steer.run import make_plan
 
     cfg = config(run, site="image", positions="image", sae=None, store=None,
                  methods=("sae", "dim", "prompt", "counterfactual"), n_candidates=2)  # fmt: skip
@@ -258,7 +259,8 @@ def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
     from workbench.sae import load_sae
     from workbench.steer.gap import gap_shares
     from workbench.steer.image import latent_transform, patch_regression
-    from workbench.steer.run import image_maps_for, make_plan
+    from workbench.steer.maps import image_maps_for, projection
+    from workbench.steer.run import make_plan
 
     cfg = config(run, site="image", positions="image", sae=None, store=None,
                  methods=("sae",), n_candidates=3, candidate_rule="gap")  # fmt: skip
@@ -283,6 +285,16 @@ def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
     assert chosen[0].gap_share == pytest.approx(float(shares[top].sum()), rel=1e-5)
     with pytest.raises(ValueError, match="candidate_rule gap needs site image"):
         config(run, candidate_rule="gap").validate()
+    along = config(run, site="image", positions="image", sae=None, store=None, methods=("sae",),
+                   n_candidates=3, image_unit="along_dim")  # fmt: skip
+    run_steer(along)
+    units = {(r["unit"], "candidates=gap" in r["details"]) for r in stored(run / "image-tokens")}
+    assert units == {("adjusted_map", True), ("along_dim", False)}  # two arms, both kept
+    maps, _, _ = image_maps_for(along, plan, sae)
+    dim_maps = patch_regression(*fit).concept_map("pacemaker", skip_unseen=True)
+    assert projection(maps[("sae", "pacemaker")], dim_maps) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="image_unit applies at site image"):
+        config(run, image_unit="along_dim").validate()
 
 
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):

@@ -71,3 +71,19 @@ def test_the_report_takes_the_feature_set_stored_last():
     assert left_out == 2
     assert [(r["method"], r["features"], r["direction"]) for r in kept] == [
         ("sae", [7], "add"), ("dim", [], "add"), ("sae", [1, 2], "remove")]  # fmt: skip
+
+
+def test_along_dim_pushes_as_far_along_the_concept_as_dim():
+    from workbench.steer.intervene import SteeringError
+    from workbench.steer.maps import along, projection
+
+    gen = torch.Generator().manual_seed(5)
+    dim = {"current_frontal": torch.randn(4, 3, generator=gen), "current_lateral": torch.ones(4, 3)}
+    sae = {"current_frontal": 0.2 * dim["current_frontal"] + torch.randn(4, 3, generator=gen)}
+    share = projection(sae, dim)
+    rescaled = along(sae, dim, "edema")
+    assert projection(rescaled, dim) == pytest.approx(1.0)
+    torch.testing.assert_close(rescaled["current_frontal"], sae["current_frontal"] / share)
+    assert projection(dim, dim) == pytest.approx(1.0) and projection(dim, {}) == 0.0
+    with pytest.raises(SteeringError, match="edema: the features' map does not point along"):
+        along({"current_frontal": -dim["current_frontal"]}, dim, "edema")

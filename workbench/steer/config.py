@@ -47,6 +47,10 @@ class SteerConfig:
     strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
     """Strength magnitudes swept (remove uses them negated). site image: in adjusted gaps (the
     patch map); site layer: sae in --unit, dim in mean differences."""
+    image_unit: Literal["adjusted_map", "along_dim"] = "adjusted_map"
+    """site image: unit of SAE strengths. adjusted_map: 1 moves each feature by its own
+    adjusted gap; along_dim: that map rescaled to push as far along the concept's
+    difference-of-means map as dim's strength 1 (equal push; workbench/steer/maps.py)."""
     unit: Literal["max_act", "mean_act", "raw"] = "max_act"
     """site layer: unit of SAE strengths: the feature's largest or mean (when firing)
     activation, or raw."""
@@ -112,6 +116,8 @@ class SteerConfig:
         parse_positions(self.positions)
         if self.candidate_rule == "gap" and (self.site != "image" or self.feature):
             raise ValueError("candidate_rule gap needs site image and no --feature")
+        if self.image_unit != "adjusted_map" and self.site != "image":
+            raise ValueError("image_unit applies at site image (site layer: --unit)")
         if self.site == "image":
             if self.mode != "add" or positions_name(self.positions) != "image":
                 raise ValueError(
@@ -133,6 +139,19 @@ class SteerConfig:
             return (f"max_new_tokens={self.max_new_tokens};site={IMAGE_HOOK};"
                     f"sections={'+'.join(self.image_sections)}")  # fmt: skip
         return f"max_new_tokens={self.max_new_tokens}"
+
+    @property
+    def sae_variant(self) -> str:
+        """The variant of SAE arms: ``variant`` and, under the gap rule, the rule (its feature
+        sets are other arms than the meaning rule's, even where the features coincide)."""
+        if self.candidate_rule == "gap":
+            return f"{self.variant};candidates=gap"
+        return self.variant
+
+    @property
+    def sae_unit(self) -> str:
+        """The unit column of SAE arms."""
+        return self.image_unit if self.site == "image" else self.unit
 
     @property
     def site_run(self) -> Path:

@@ -35,7 +35,9 @@ log = logging.getLogger("workbench.steer")
 METHODS = ("sae", "dim", "prompt", "counterfactual")
 DIRECTIONS = ("add", "remove")
 IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff"}
-"""The unit of an image-site arm (:mod:`workbench.steer.image`): strength x patch map."""
+"""The default unit of an image-site arm (:mod:`workbench.steer.image`): strength x patch map."""
+IMAGE_ARM_UNITS = {"sae": ("adjusted_map", "along_dim"), "dim": ("adjusted_diff",)}
+"""Every unit of an image-site arm (``along_dim``: :mod:`workbench.steer.maps`)."""
 
 
 class Case(NamedTuple):
@@ -136,7 +138,7 @@ class Evaluator:
 
     def steering(self, arm: Arm) -> Steering | ImageSteering:
         """The intervention of an SAE or difference-of-means arm."""
-        if arm.unit == IMAGE_UNITS.get(arm.method):
+        if arm.unit in IMAGE_ARM_UNITS.get(arm.method, ()):
             maps = self.image_maps.get((arm.method, arm.concept))
             if maps is None:
                 raise SteeringError(f"no {arm.method} patch map for {arm.concept}")

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
-
-import torch
 
 from workbench import db
 from workbench.config import ConfigError, parse_config, save_config
@@ -38,8 +35,8 @@ from workbench.steer.evaluate import (
     pick_cases,
     write_rows,
 )
-from workbench.steer.image import IMAGE_HOOK, latent_transform, patch_regression, sae_map
 from workbench.steer.intervene import SteeringError, positions_name
+from workbench.steer.maps import image_maps_for
 from workbench.steer.peers import Direction, dim_direction, study_means
 from workbench.steer.report import (
     format_report,
@@ -49,7 +46,7 @@ from workbench.steer.report import (
     load_rows,
 )
 from workbench.steer.report import summarise as summarise_rows
-from workbench.store import KINDS, ActivationStore
+from workbench.store import KINDS
 
 log = logging.getLogger("workbench.steer")
 
@@ -166,59 +163,12 @@ def directions_for(
     return out, notes
 
 
-def image_maps_for(cfg: SteerConfig, plan: Plan, sae) -> tuple[dict, list[str], list]:
-    """Site image: (method, concept) -> section -> ``[P, D]`` patch map, fitted on the stored
-    studies outside the held-out split and cases (``image.patch_regression``), the notes, and
-    the SAE candidates steered (the gap rule re-chooses them from the same fits)."""
-    if cfg.site != "image" or not plan.candidates:
-        return {}, [], plan.candidates
-    store = ActivationStore(cfg.store or RunLayout(cfg.site_run).activations)
-    if store.hook_name != IMAGE_HOOK:
-        raise SteeringError(f"{store.path} holds {store.hook_name}; site image needs {IMAGE_HOOK}")
-    held_out = {case.study_id for cases in plan.cases.values() for case in cases}
-    studies: dict[int, dict[str, int]] = {}
-    for concept, by_study in plan.labels.items():
-        for sid, value in by_study.items():
-            studies.setdefault(sid, {})[concept] = value
-    fit = partial(patch_regression, store, studies, plan.covariates, held_out, cfg.image_sections)
-    by_gap = cfg.candidate_rule == "gap"
-    out, notes, candidates = {}, [], plan.candidates
-    dim = fit() if "dim" in cfg.methods or by_gap else None
-    if "dim" in cfg.methods:
-        out |= _maps_of(dim, candidates, "dim", lambda c, m: m, notes)
-    if "sae" in cfg.methods:
-        every = range(sae.W_dec_FD.shape[0])
-        union = list(every) if by_gap else sorted({f for c in candidates for f in c.features})
-
-        def decode(c, latent):
-            cols = [union.index(f) for f in c.features]
-            return sae_map({s: m[:, cols] for s, m in latent.items()}, sae, c.features)
-
-        with torch.no_grad():
-            latent = fit(transform=latent_transform(sae, union))
-        if by_gap:
-            concepts = [c.concept for c in candidates]
-            candidates = gap.choose_by_gap(dim, latent, sae.W_dec_FD, concepts, cfg.n_candidates)
-        out |= _maps_of(latent, candidates, "sae", decode, notes)
-    return out, notes, candidates
-
-
-def _maps_of(reg, candidates, method: str, make, notes: list[str]) -> dict:
-    out = {}
-    for c in candidates:
-        try:
-            out[(method, c.concept)] = make(c, reg.concept_map(c.concept))
-        except SteeringError as err:
-            notes.append(f"{method}: {err}")
-    return out
-
-
 def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list[Arm]:
     """Every arm of the evaluation, concept by concept (site image: ``directions`` holds the
     concepts that have a difference-of-means patch map)."""
     where = positions_name(cfg.positions)
     image = cfg.site == "image"
-    sae_unit = IMAGE_UNITS["sae"] if image else cfg.unit
+    sae_unit = cfg.sae_unit
     dim_unit = IMAGE_UNITS["dim"] if image else "mean_diff"
     out = []
     for c in plan.candidates:
@@ -229,7 +179,17 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
                 strengths.insert(0, 0.0)  # clamp to zero: ablation
             if "sae" in cfg.methods:
                 out += [
-                    Arm("sae", c.concept, d, c.features, s, sae_unit, cfg.mode, where, cfg.variant)
+                    Arm(
+                        "sae",
+                        c.concept,
+                        d,
+                        c.features,
+                        s,
+                        sae_unit,
+                        cfg.mode,
+                        where,
+                        cfg.sae_variant,
+                    )
                     for s in strengths
                 ]
             if "dim" in cfg.methods and c.concept in directions:
@@ -352,9 +312,8 @@ def _same_settings(cfg: SteerConfig, r: dict) -> bool:
     where = positions_name(cfg.positions)
     if r["method"] == "sae":
         feats_ok = not cfg.feature or tuple(r["features"] or ()) == tuple(cfg.feature)
-        unit = IMAGE_UNITS["sae"] if cfg.site == "image" else cfg.unit
         return feats_ok and (r["unit"], r["mode"], r["positions"], r["variant"]) == (
-            unit, cfg.mode, where, cfg.variant)  # fmt: skip
+            cfg.sae_unit, cfg.mode, where, cfg.sae_variant)  # fmt: skip
     if r["method"] == "dim":
         return (r["positions"], r["variant"]) == (where, cfg.dim_variant)
     return r["variant"] == cfg.variant

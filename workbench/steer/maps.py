@@ -1,0 +1,99 @@
+"""The patch maps a site-image evaluation steers with, fitted once per run.
+
+Both methods' maps come from one estimator (:func:`workbench.steer.image.patch_regression`)
+on the stored studies outside the evaluated ones: the difference of means regresses the
+residual, the SAE method its candidate features' activations, decoded. Two SAE strength units:
+
+- ``adjusted_map``: strength 1 moves each candidate feature by its own adjusted gap, so the
+  map carries only the part of the concept's gap the candidates span (their *share*,
+  :mod:`workbench.steer.gap`; 0.18-0.59 for the 32 best by AUROC on the shipped demo);
+- ``along_dim``: the same map divided by that share, so strength 1 moves the image tokens as
+  far along the difference-of-means map ``D`` as dim's strength 1 does:
+  ``<s x map, D> / |D|^2 = s``. The two methods then push equally hard along the concept and
+  differ only in the direction the push takes (equal push, a fair comparison of bases).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from workbench.run import RunLayout
+from workbench.steer import gap
+from workbench.steer.image import IMAGE_HOOK, latent_transform, patch_regression, sae_map
+from workbench.steer.intervene import SteeringError
+from workbench.store import ActivationStore
+
+
+def projection(maps: dict[str, torch.Tensor], onto: dict[str, torch.Tensor]) -> float:
+    """``<maps, onto> / |onto|^2`` over the sections both have (0 when ``onto`` is zero)."""
+    norm2 = sum(float((m.float() ** 2).sum()) for m in onto.values())
+    dot = sum(float((maps[s].float() * m.float()).sum()) for s, m in onto.items() if s in maps)
+    return dot / norm2 if norm2 > 0 else 0.0
+
+
+def along(maps: dict[str, torch.Tensor], dim_maps: dict[str, torch.Tensor], concept: str) -> dict:
+    """``maps`` rescaled so that their projection on ``dim_maps`` is 1 (unit ``along_dim``)."""
+    share = projection(maps, dim_maps)
+    if share <= 0:
+        raise SteeringError(
+            f"{concept}: the features' map does not point along the concept's gap "
+            f"(share {share:.3g}); no along_dim map"
+        )
+    return {s: m / share for s, m in maps.items()}
+
+
+def _fits(cfg, plan):
+    """``fit(transform=None)``: the per-patch regression of the run's image-token store on the
+    studies outside every evaluated case."""
+    store = ActivationStore(cfg.store or RunLayout(cfg.site_run).activations)
+    if store.hook_name != IMAGE_HOOK:
+        raise SteeringError(f"{store.path} holds {store.hook_name}; site image needs {IMAGE_HOOK}")
+    held_out = {case.study_id for cases in plan.cases.values() for case in cases}
+    studies: dict[int, dict[str, int]] = {}
+    for concept, by_study in plan.labels.items():
+        for sid, value in by_study.items():
+            studies.setdefault(sid, {})[concept] = value
+    return partial(patch_regression, store, studies, plan.covariates, held_out, cfg.image_sections)
+
+
+def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
+    """Site image: (method, concept) -> section -> ``[P, D]`` patch map, the notes, and the SAE
+    candidates steered (the gap rule re-chooses them from the same fits)."""
+    if cfg.site != "image" or not plan.candidates:
+        return {}, [], plan.candidates
+    fit = _fits(cfg, plan)
+    by_gap, along_dim = cfg.candidate_rule == "gap", cfg.image_unit == "along_dim"
+    out, notes, candidates = {}, [], plan.candidates
+    dim = fit() if "dim" in cfg.methods or by_gap or along_dim else None
+    if "dim" in cfg.methods:
+        out |= _maps_of(dim, candidates, "dim", lambda c, m: m, notes)
+    if "sae" in cfg.methods:
+        every = range(sae.W_dec_FD.shape[0])
+        union = list(every) if by_gap else sorted({f for c in candidates for f in c.features})
+
+        def decode(c, latent):
+            cols = [union.index(f) for f in c.features]
+            maps = sae_map({s: m[:, cols] for s, m in latent.items()}, sae, c.features)
+            if not along_dim:
+                return maps
+            return along(maps, dim.concept_map(c.concept, skip_unseen=True), c.concept)
+
+        with torch.no_grad():
+            latent = fit(transform=latent_transform(sae, union))
+        if by_gap:
+            concepts = [c.concept for c in candidates]
+            candidates = gap.choose_by_gap(dim, latent, sae.W_dec_FD, concepts, cfg.n_candidates)
+        out |= _maps_of(latent, candidates, "sae", decode, notes)
+    return out, notes, candidates
+
+
+def _maps_of(reg, candidates, method: str, make, notes: list[str]) -> dict:
+    out = {}
+    for c in candidates:
+        try:
+            out[(method, c.concept)] = make(c, reg.concept_map(c.concept))
+        except SteeringError as err:
+            notes.append(f"{method}: {err}")
+    return out

@@ -9,7 +9,9 @@ of ``<run>/phantom`` (``--split``) and times, each ``--repeats`` times after one
 - the unsteered greedy findings (the peer: plain ``generate``);
 - ``add`` at every position (one vector added per forward);
 - ``add`` at generated positions only (a position mask per cached step);
-- ``clamp`` at every position (an SAE encode per forward: the dearest intervention).
+- ``clamp`` at every position (an SAE encode per forward: the dearest intervention);
+- a patch map added to the image-token embeddings (site image, the evaluation's and the app's
+  default; one addition per image when the prompt is encoded).
 
 Steered texts differ in length from the unsteered one, so the ratio is reported both per
 generation and per generated token (each forward is one token; the steering monitor counts
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from workbench.steer.image import ImageSteering, image_sections
 from workbench.steer.intervene import GenerationMonitor, feature_steering, generate
 
 
@@ -55,8 +58,13 @@ def _timed(adapter, inp, max_new_tokens: int, repeats: int, **kw) -> tuple[float
 def measure(adapter, sae, study: Any, max_new_tokens: int, repeats: int, feature: int = 0):
     """Timings of the unsteered generation and of each intervention on ``study``."""
     inp = adapter.prepare(study)
+    n_patches = adapter.model.config.image_tokens_per_image
+    gen = torch.Generator().manual_seed(0)
+    maps = {s: 0.05 * torch.randn(n_patches, adapter.d_model, generator=gen)
+            for s in image_sections(inp.tokens)}  # fmt: skip
     cases = {
         "unsteered": None,
+        "patch maps, image tokens (site image)": ImageSteering(maps),
         "add, all positions": feature_steering(sae, {feature: 4.0}),
         "add, generated only": feature_steering(sae, {feature: 4.0}, positions="generated"),
         "clamp, all positions": feature_steering(sae, {feature: 4.0}, mode="clamp"),

@@ -87,3 +87,11 @@ def test_along_dim_pushes_as_far_along_the_concept_as_dim():
     assert projection(dim, dim) == pytest.approx(1.0) and projection(dim, {}) == 0.0
     with pytest.raises(SteeringError, match="edema: the features' map does not point along"):
         along({"current_frontal": -dim["current_frontal"]}, dim, "edema")
+
+
+def test_a_latent_fit_of_other_features_is_refused():
+    W_FD = torch.eye(3)
+    latent = regression(torch.zeros(2, 2, 2))  # two columns: a fit of a feature subset
+    dim = regression(torch.zeros(2, 2, 3))
+    with pytest.raises(ValueError, match=r"\[2\] columns for the SAE's 3 features"):
+        gap_shares(dim, latent, W_FD, "a")

@@ -50,8 +50,12 @@ def gap_shares(
     d_maps = dim.concept_map(concept, skip_unseen=True)
     b_maps = latent.concept_map(concept, skip_unseen=True)
     W = W_dec_FD.detach().float().cpu()
-    if any(b.shape[-1] != W.shape[0] for b in b_maps.values()):
-        raise ValueError(f"latent regression has {b_maps} columns for {W.shape[0]} features")
+    widths = {b.shape[-1] for b in b_maps.values()}
+    if widths != {W.shape[0]}:
+        raise ValueError(
+            f"the latent regression has {sorted(widths)} columns for the SAE's {W.shape[0]} "
+            "features (fit it with every feature, in feature order)"
+        )
     norm2 = sum(float((d.float() ** 2).sum()) for d in d_maps.values())
     if norm2 == 0.0:
         return torch.zeros(W.shape[0])

@@ -258,7 +258,8 @@ def test_the_steering_benchmark_measures_every_intervention(adapter, sae):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     timings = bench.measure(adapter, sae, study(), max_new_tokens=3, repeats=1)
-    assert [t.name for t in timings][0] == "unsteered" and len(timings) == 4
+    names = [t.name for t in timings]
+    assert names[0] == "unsteered" and len(timings) == 5 and "site image" in names[1]
     assert all(t.seconds > 0 and 1 <= t.tokens <= 3 for t in timings)
     lines = bench.table(timings).splitlines()
-    assert len(lines) == 6 and lines[2].startswith("| unsteered |") and "| 1.00 |" in lines[2]
+    assert len(lines) == 7 and lines[2].startswith("| unsteered |") and "| 1.00 |" in lines[2]

@@ -23,6 +23,7 @@ def test_rows_of_both_sites_are_shown_and_labelled():
     assert chart.index("site: image embeddings") < chart.index("site: recorded block")
     assert "<td>recorded block</td>" in chart and "<td>image embeddings</td>" in chart
     assert "<td>40,41</td>" in chart and "prompt pacemaker add +1" in chart
+    assert "<td>adjusted_map</td>" in chart  # the unit tells the SAE variants apart
 
 
 def test_a_feature_narrows_the_recorded_block_only():

@@ -112,6 +112,7 @@ def _site_card(site: str, rows: Sequence[Mapping[str, Any]], feature: int | None
                 "concept": r["concept"],
                 "direction": r["direction"],
                 "strength": f"{float(r['strength']):+g}",
+                "unit": r.get("unit") or "—",
                 "features": ",".join(map(str, r["features"])) or "—",
                 "studies": int(r["n"]),
                 "success": f"{float(r['success']):.2f}",

@@ -261,14 +261,15 @@ TABLES: tuple[Table, ...] = (
             model, steered indication (prompt), edit (counterfactual), readings.
         created_at TIMESTAMP | UTC time written.
         method VARCHAR | 'sae' (SAE features), 'dim' (difference of means), 'prompt' (concept
-            named in the INDICATION) or 'counterfactual' (the concept drawn into the phantom
-            image); NULL in rows of older versions.
+            named in the INDICATION), 'counterfactual' (the concept drawn into the phantom
+            image) or 'random' (null control: a random patch map of dim's norm at every patch);
+            NULL in rows of older versions.
         direction VARCHAR | 'add' (studies without the concept) or 'remove' (studies with it).
         features INTEGER[] | SAE features steered together (empty for the other methods).
         unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the
-            whole with-minus-without difference) at site layer; adjusted_map (sae) or
-            adjusted_diff (dim: 1 = one adjusted gap per patch) at site image; prompt; image
-            (counterfactual).
+            whole with-minus-without difference) at site layer; adjusted_map or along_dim (sae),
+            adjusted_diff (dim: 1 = one adjusted gap per patch) or matched_norm (random) at site
+            image; prompt; image (counterfactual).
         mode VARCHAR | add or clamp (sae), add (dim), prompt, render (counterfactual).
         positions VARCHAR | Steered positions: all, image, prompt, generated, or kinds joined
             by '+'; prompt for the prompt method; image at site image and for the

@@ -295,6 +295,18 @@ def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
     assert projection(maps[("sae", "pacemaker")], dim_maps) == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="image_unit applies at site image"):
         config(run, image_unit="along_dim").validate()
+    null = config(run, site="image", positions="image", sae=None, store=None,
+                  methods=("random",), strengths=(1.0,))  # fmt: skip
+    text = run_steer(null)
+    rows = stored(run / "image-tokens", "method = 'random'")
+    assert {(r["unit"], r["direction"], r["strength"]) for r in rows} == {
+        ("matched_norm", "add", 1.0), ("matched_norm", "remove", -1.0)}  # fmt: skip
+    assert "null control" in text
+    maps, _, _ = image_maps_for(null, plan, sae)
+    rand = maps[("random", "pacemaker")]["current_frontal"]
+    torch.testing.assert_close(rand.norm(dim=-1), dim_maps["current_frontal"].norm(dim=-1))
+    with pytest.raises(ValueError, match="method random is a site-image control"):
+        config(run, methods=("random",)).validate()
 
 
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):

@@ -95,3 +95,38 @@ def test_a_latent_fit_of_other_features_is_refused():
     dim = regression(torch.zeros(2, 2, 3))
     with pytest.raises(ValueError, match=r"\[2\] columns for the SAE's 3 features"):
         gap_shares(dim, latent, W_FD, "a")
+
+
+def test_the_null_control_has_the_norm_of_dim_at_every_patch_and_a_random_direction():
+    from workbench.steer.maps import random_like
+
+    gen = torch.Generator().manual_seed(2)
+    dim = {
+        "current_frontal": torch.randn(6, 8, generator=gen),
+        "current_lateral": torch.zeros(6, 8),
+    }
+    dim["current_lateral"][0, 0] = 3.0
+    null = random_like(dim, seed=11)
+    for section, m in dim.items():
+        torch.testing.assert_close(null[section].norm(dim=-1), m.norm(dim=-1))
+    cos = torch.nn.functional.cosine_similarity(null["current_frontal"], dim["current_frontal"])
+    assert cos.abs().max() < 0.95  # not the concept's direction
+    torch.testing.assert_close(
+        random_like(dim, seed=11)["current_frontal"], null["current_frontal"]
+    )
+    assert not torch.equal(random_like(dim, seed=12)["current_frontal"], null["current_frontal"])
+    assert null["current_lateral"][1:].abs().sum() == 0  # zero where dim is zero
+
+
+def test_the_null_table_lists_side_effects_by_strength():
+    from workbench.steer.report import Summary, format_null
+
+    def summ(method, strength, side):
+        return Summary(method, "edema", "add", (), "matched_norm", "add", "image", "v", strength,
+                       20, 20, 0.05, side, 1.1, 0.0, 1.0, 0.0)  # fmt: skip
+
+    text = format_null([summ("random", 1.0, 0.15), summ("random", 3.0, 0.4), summ("dim", 1.0, 0.9)])
+    assert text.startswith("null control")
+    line = text.splitlines()[-1].split()
+    assert line == ["edema", "add", "15%", "(5%)", "40%", "(5%)"]
+    assert format_null([summ("dim", 1.0, 0.9)]) == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.run import RunLayout
-from workbench.steer.evaluate import DIRECTIONS, METHODS
+from workbench.steer.evaluate import DEFAULT_METHODS, DIRECTIONS, METHODS
 from workbench.steer.image import CURRENT_SECTIONS, IMAGE_HOOK, IMAGE_SECTIONS
 from workbench.steer.intervene import parse_positions, positions_name
 from workbench.steer.report import Limits
@@ -39,9 +39,11 @@ class SteerConfig:
     """How candidates are chosen. meaning: from the analysis (AUROC >= --min-auroc, features
     that mean the concept first, then by AUROC). gap (site image only): the features carrying
     the largest share of the concept's adjusted image gap (docs/steering.md)."""
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION),
-    counterfactual (the concept drawn into the phantom image: a phantom run's reference)."""
+    counterfactual (the concept drawn into the phantom image: a phantom run's reference),
+    random (site image: a random patch map of dim's norm at every patch, the null control that
+    measures how often any push of that size flips other concepts)."""
     directions: tuple[str, ...] = DIRECTIONS
     """add: studies without the concept, make it appear; remove: studies with it, remove it."""
     strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -116,6 +118,8 @@ class SteerConfig:
         parse_positions(self.positions)
         if self.candidate_rule == "gap" and (self.site != "image" or self.feature):
             raise ValueError("candidate_rule gap needs site image and no --feature")
+        if "random" in self.methods and self.site != "image":
+            raise ValueError("method random is a site-image control (random patch maps)")
         if self.image_unit != "adjusted_map" and self.site != "image":
             raise ValueError("image_unit applies at site image (site layer: --unit)")
         if self.site == "image":

@@ -32,11 +32,18 @@ from workbench.steer.peers import Direction, prompt_indication, with_indication
 
 log = logging.getLogger("workbench.steer")
 
-METHODS = ("sae", "dim", "prompt", "counterfactual")
+METHODS = ("sae", "dim", "prompt", "counterfactual", "random")
+"""Every method; ``random`` (site image) is the null control: a random patch map with the
+difference of means' norm at every patch (:func:`workbench.steer.maps.random_like`)."""
+DEFAULT_METHODS = ("sae", "dim", "prompt", "counterfactual")
 DIRECTIONS = ("add", "remove")
-IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff"}
+IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff", "random": "matched_norm"}
 """The default unit of an image-site arm (:mod:`workbench.steer.image`): strength x patch map."""
-IMAGE_ARM_UNITS = {"sae": ("adjusted_map", "along_dim"), "dim": ("adjusted_diff",)}
+IMAGE_ARM_UNITS = {
+    "sae": ("adjusted_map", "along_dim"),
+    "dim": ("adjusted_diff",),
+    "random": ("matched_norm",),
+}
 """Every unit of an image-site arm (``along_dim``: :mod:`workbench.steer.maps`)."""
 
 

@@ -15,6 +15,7 @@ residual, the SAE method its candidate features' activations, decoded. Two SAE s
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 
 import torch
@@ -44,6 +45,18 @@ def along(maps: dict[str, torch.Tensor], dim_maps: dict[str, torch.Tensor], conc
     return {s: m / share for s, m in maps.items()}
 
 
+def random_like(maps: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A random map with the norm of ``maps`` at every patch (the null control ``random``):
+    each patch's vector a Gaussian direction, scaled to that patch's norm in ``maps``."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for section in sorted(maps):
+        m = maps[section].float()
+        r = torch.randn(m.shape, generator=gen)
+        out[section] = r * (m.norm(dim=-1, keepdim=True) / r.norm(dim=-1, keepdim=True))
+    return out
+
+
 def _fits(cfg, plan):
     """``fit(transform=None)``: the per-patch regression of the run's image-token store on the
     studies outside every evaluated case."""
@@ -66,9 +79,13 @@ def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
     fit = _fits(cfg, plan)
     by_gap, along_dim = cfg.candidate_rule == "gap", cfg.image_unit == "along_dim"
     out, notes, candidates = {}, [], plan.candidates
-    dim = fit() if "dim" in cfg.methods or by_gap or along_dim else None
+    null = "random" in cfg.methods
+    dim = fit() if "dim" in cfg.methods or by_gap or along_dim or null else None
     if "dim" in cfg.methods:
         out |= _maps_of(dim, candidates, "dim", lambda c, m: m, notes)
+    if null:  # seeded by the concept's name: the same control on every rerun
+        seeded = lambda c, m: random_like(m, zlib.crc32(c.concept.encode()))  # noqa: E731
+        out |= _maps_of(dim, candidates, "random", seeded, notes)
     if "sae" in cfg.methods:
         every = range(sae.W_dec_FD.shape[0])
         union = list(every) if by_gap else sorted({f for c in candidates for f in c.features})

@@ -236,6 +236,29 @@ def _comparison(summaries, points, with_counterfactual: bool = False) -> str:
     return _table(cells)
 
 
+def format_null(summaries: Sequence[Summary]) -> str:
+    """The null control's rates (method ``random``: a random patch map with the difference of
+    means' norm at every patch): side effects (success) per concept, direction and strength,
+    the floor of side effects that any push of that size brings on this model; '' without
+    it."""
+    null = [s for s in summaries if s.method == "random"]
+    if not null:
+        return ""
+    strengths = sorted({abs(s.strength) for s in null})
+    rates: dict[tuple[str, str], dict[float, Summary]] = defaultdict(dict)
+    for s in null:
+        rates[(s.concept, s.direction)][abs(s.strength)] = s
+    cells = [["concept", "dir", *(f"{x:g}" for x in strengths)]]
+    for (concept, direction), by in sorted(rates.items()):
+        row = [concept, direction]
+        for x in strengths:
+            s = by.get(x)
+            row.append("-" if s is None else f"{_pct(s.side_effects)} ({_pct(s.success)})")
+        cells.append(row)
+    title = "null control (random map of dim's norm per patch): side effects (success) by strength"
+    return title + "\n" + _table(cells)
+
+
 METHODS_COMPARED = ("sae", "dim", "prompt")
 
 

@@ -39,6 +39,7 @@ from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.maps import image_maps_for
 from workbench.steer.peers import Direction, dim_direction, study_means
 from workbench.steer.report import (
+    format_null,
     format_report,
     format_side_effects,
     format_sweep,
@@ -198,6 +199,12 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
                         cfg.dim_variant)
                     for s in cfg.strengths
                 ]  # fmt: skip
+            if "random" in cfg.methods and c.concept in directions:
+                out += [
+                    Arm("random", c.concept, d, (), sign * s, IMAGE_UNITS["random"], "add",
+                        where, cfg.variant)
+                    for s in cfg.strengths
+                ]  # fmt: skip
             if "prompt" in cfg.methods:
                 out.append(Arm("prompt", c.concept, d, (), sign, "prompt", "prompt", "prompt",
                                cfg.variant))  # fmt: skip
@@ -226,7 +233,7 @@ def run_steer(cfg: SteerConfig) -> str:
     maps, map_notes, candidates = image_maps_for(cfg, plan, sae)
     plan = plan._replace(candidates=candidates)
     if cfg.site == "image":
-        directions = {concept: None for method, concept in maps if method == "dim"}
+        directions = {concept: None for method, concept in maps if method in ("dim", "random")}
         dim_notes = map_notes
     else:
         directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
@@ -290,17 +297,11 @@ def summary_text(
     if not rows:
         return "no steering results stored yet"
     summaries = summarise_rows(rows)
-    head = [f"left out: {older} rows of SAE feature sets stored before the last"] if older else []
-    return "\n".join(
-        [
-            *head,
-            format_sweep(summaries),
-            "",
-            format_report(summaries, cfg.limits),
-            "",
-            format_side_effects(rows),
-        ]
-    )
+    parts = [f"left out: {older} rows of SAE feature sets stored before the last"] if older else []
+    parts += [format_sweep(summaries), "", format_report(summaries, cfg.limits)]
+    null = format_null(summaries)
+    parts += ["", null] if null else []
+    return "\n".join([*parts, "", format_side_effects(rows)])
 
 
 def _same_settings(cfg: SteerConfig, r: dict) -> bool:

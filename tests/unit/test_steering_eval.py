@@ -236,6 +236,7 @@ def test_the_preset_loads():
     from workbench.steer.config import SteerConfig
 
     cfg = load_config(SteerConfig, Path(__file__).parents[2] / "configs" / "steer.toml")
-    assert cfg.methods == ("sae", "dim", "prompt", "counterfactual") and cfg.n_studies == 20
+    assert cfg.methods == ("sae", "dim", "prompt", "counterfactual", "random")
+    assert cfg.n_studies == 20
     assert cfg.site == "image" and cfg.site_run == Path("runs/demo/image-tokens")
     assert "site=vision.hook_projector_out" in cfg.variant

@@ -17,7 +17,7 @@ import torch
 
 from workbench import db
 from workbench.steer.config import SteerConfig
-from workbench.steer.run import main, run_steer
+from workbench.steer.run import main, run_steer, summary_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_threaded")]
 SAE_DIR, STORE_DIR = "sae-steer", "store-steer"
@@ -307,6 +307,19 @@ def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
     torch.testing.assert_close(rand.norm(dim=-1), dim_maps["current_frontal"].norm(dim=-1))
     with pytest.raises(ValueError, match="method random is a site-image control"):
         config(run, methods=("random",)).validate()
+    both = config(run, site="image", positions="image", sae=None, store=None,
+                  methods=("sae", "random"), strengths=(1.0,), n_candidates=2)  # fmt: skip
+    run_steer(both)  # the SAE arms are stored: only the null of the SAE map is new
+    matched = stored(run / "image-tokens", "method = 'random' AND len(features) > 0")
+    sae_rows = stored(run / "image-tokens", "method = 'sae' AND unit = 'adjusted_map'")
+    assert matched and {tuple(r["features"]) for r in matched} <= {
+        tuple(r["features"]) for r in sae_rows}  # fmt: skip
+    assert all("null_of=adjusted_map" in json.loads(r["details"])["variant"] for r in matched)
+    maps, _, _ = image_maps_for(both, plan, sae)
+    key = next(k for k in maps if k[0] == "random" and len(k) == 3)
+    sae_map_ = maps[("sae", "pacemaker")]["current_frontal"]
+    torch.testing.assert_close(maps[key]["current_frontal"].norm(dim=-1), sae_map_.norm(dim=-1))
+    assert "null control" in summary_text(both)
 
 
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):

@@ -130,3 +130,27 @@ def test_the_null_table_lists_side_effects_by_strength():
     line = text.splitlines()[-1].split()
     assert line == ["edema", "add", "15%", "(5%)", "40%", "(5%)"]
     assert format_null([summ("dim", 1.0, 0.9)]) == ""
+
+
+def test_side_effects_above_the_null_control():
+    from workbench.steer.report import Limits, Summary, above_null, operating_points
+
+    def summ(method, strength, success, side, features=()):
+        return Summary(method, "edema", "add", features, "u", "add", "image", "v", strength,
+                       20, 20, success, side, 1.1, 0.0, 1.0, 0.0)  # fmt: skip
+
+    rows = [summ("dim", 1.0, 0.9, 0.30), summ("random", 1.0, 0.0, 0.25),
+            summ("dim", 2.0, 1.0, 0.50), summ("random", 2.0, 0.1, 0.30),
+            summ("sae", 1.0, 0.8, 0.11, (4, 5)), summ("random", 1.0, 0.0, 0.02, (4, 5)),
+            summ("prompt", 1.0, 0.5, 0.2)]  # fmt: skip
+    net = {(s.method, s.strength, s.features): s.side_effects for s in above_null(rows)}
+    assert net[("dim", 1.0, ())] == pytest.approx(0.05) and net[("dim", 2.0, ())] == pytest.approx(
+        0.2
+    )
+    assert net[("sae", 1.0, (4, 5))] == pytest.approx(0.09)  # against its own norm's null
+    assert net[("prompt", 1.0, ())] == 0.2  # no control of its kind: unchanged
+    raw = operating_points(rows, Limits())
+    assert raw[("dim", "edema", "add")] is None and raw[("sae", "edema", "add")] is None
+    over = operating_points(rows, Limits(over_null=True))
+    assert over[("dim", "edema", "add")].strength == 1.0
+    assert over[("sae", "edema", "add")].success == 0.8

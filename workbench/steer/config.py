@@ -97,6 +97,9 @@ class SteerConfig:
     """Operating point: largest steered/baseline perplexity ratio (unsteered model)."""
     max_degenerate: float = 0.0
     """Operating point: largest share of reports that repeat themselves or stop parsing."""
+    side_effects_over_null: bool = False
+    """Operating point: count SAE and dim side effects above those of the null control (method
+    random: a random map of the same norm and strength), where it was run."""
 
     def validate(self) -> None:
         if min(self.n_studies, self.max_new_tokens, self.n_candidates, self.batch_size) <= 0:
@@ -134,7 +137,8 @@ class SteerConfig:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_side_effects, self.max_ppl_ratio, self.max_degenerate)
+        return Limits(self.max_side_effects, self.max_ppl_ratio, self.max_degenerate,
+                      self.side_effects_over_null)  # fmt: skip
 
     @property
     def variant(self) -> str:

@@ -146,7 +146,9 @@ class Evaluator:
     def steering(self, arm: Arm) -> Steering | ImageSteering:
         """The intervention of an SAE or difference-of-means arm."""
         if arm.unit in IMAGE_ARM_UNITS.get(arm.method, ()):
-            maps = self.image_maps.get((arm.method, arm.concept))
+            key = (arm.method, arm.concept)
+            maps = self.image_maps.get((*key, arm.features) if arm.method == "random" and
+                                       arm.features else key)  # fmt: skip
             if maps is None:
                 raise SteeringError(f"no {arm.method} patch map for {arm.concept}")
             return image_steering(maps, arm.strength)

@@ -73,7 +73,9 @@ def _fits(cfg, plan):
 
 def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
     """Site image: (method, concept) -> section -> ``[P, D]`` patch map, the notes, and the SAE
-    candidates steered (the gap rule re-chooses them from the same fits)."""
+    candidates steered (the gap rule re-chooses them from the same fits). The null control
+    has one map matched to dim's, ``("random", concept)``, and one to the SAE map's norm,
+    ``("random", concept, features)``."""
     if cfg.site != "image" or not plan.candidates:
         return {}, [], plan.candidates
     fit = _fits(cfg, plan)
@@ -103,6 +105,10 @@ def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
             concepts = [c.concept for c in candidates]
             candidates = gap.choose_by_gap(dim, latent, sae.W_dec_FD, concepts, cfg.n_candidates)
         out |= _maps_of(latent, candidates, "sae", decode, notes)
+        for c in candidates if null else ():  # the SAE maps' own null: their norm per patch
+            if ("sae", c.concept) in out:
+                seed = zlib.crc32(c.concept.encode()) + 1
+                out[("random", c.concept, c.features)] = random_like(out[("sae", c.concept)], seed)
     return out, notes, candidates
 
 

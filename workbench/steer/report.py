@@ -39,6 +39,9 @@ class Limits(NamedTuple):
     max_side_effects: float = 0.10
     max_ppl_ratio: float = 1.5
     max_degenerate: float = 0.0
+    over_null: bool = False
+    """Count an SAE or dim arm's side effects above its null control's (method random, the
+    same map norm and strength), where the control was run."""
 
 
 class Summary(NamedTuple):
@@ -139,12 +142,28 @@ def admissible(s: Summary, limits: Limits) -> bool:
     )
 
 
+def above_null(summaries: Sequence[Summary]) -> list[Summary]:
+    """The summaries with each SAE and dim arm's side-effect rate less its null control's
+    (method random with the same concept, direction, strength and features: the map of the
+    same norm in a random direction), floored at 0; arms without a control are unchanged."""
+    null = {(s.concept, s.direction, abs(s.strength), s.features): s.side_effects
+            for s in summaries if s.method == "random"}  # fmt: skip
+    out = []
+    for s in summaries:
+        floor = null.get((s.concept, s.direction, abs(s.strength), s.features))
+        if s.method in ("sae", "dim") and floor is not None:
+            s = s._replace(side_effects=max(0.0, s.side_effects - floor))
+        out.append(s)
+    return out
+
+
 def operating_points(
     summaries: Sequence[Summary], limits: Limits
 ) -> dict[tuple[str, str, str], Summary | None]:
-    """(method, concept, direction) -> the best admissible summary, or None."""
+    """(method, concept, direction) -> the best admissible summary, or None (side effects
+    above the null control's with ``limits.over_null``)."""
     best: dict[tuple[str, str, str], Summary | None] = {}
-    for s in summaries:
+    for s in above_null(summaries) if limits.over_null else summaries:
         key = (s.method, s.concept, s.direction)
         best.setdefault(key, None)
         if not admissible(s, limits):
@@ -197,8 +216,10 @@ def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
     on the unsteered findings only).
     """
     points = operating_points(summaries, limits)
+    above = " above the null control's" if limits.over_null else ""
     rule = (
-        f"operating point: best success with side effects <= {_pct(limits.max_side_effects)}, "
+        f"operating point: best success with side effects{above} <= "
+        f"{_pct(limits.max_side_effects)}, "
         f"perplexity <= {limits.max_ppl_ratio:g}x baseline, degenerate reports <= "
         f"{_pct(limits.max_degenerate)} ('-': no strength meets the limits)"
     )

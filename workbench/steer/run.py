@@ -200,11 +200,7 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
                     for s in cfg.strengths
                 ]  # fmt: skip
             if "random" in cfg.methods and c.concept in directions:
-                out += [
-                    Arm("random", c.concept, d, (), sign * s, IMAGE_UNITS["random"], "add",
-                        where, cfg.variant)
-                    for s in cfg.strengths
-                ]  # fmt: skip
+                out += _null_arms(cfg, c, d, where)
             if "prompt" in cfg.methods:
                 out.append(Arm("prompt", c.concept, d, (), sign, "prompt", "prompt", "prompt",
                                cfg.variant))  # fmt: skip
@@ -212,6 +208,23 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
                 out.append(Arm("counterfactual", c.concept, d, (), sign, "image", "render",
                                "image", cfg.variant))  # fmt: skip
     return out
+
+
+def _null_arms(cfg: SteerConfig, c: cand.Candidate, d: str, where: str) -> list[Arm]:
+    """The null control's arms: a random map of dim's norm (no features) and, with the SAE
+    method, one of the SAE map's norm (its features; variant ``null_of=<sae unit>``)."""
+    sign, unit = (1.0 if d == "add" else -1.0), IMAGE_UNITS["random"]
+    out = [Arm("random", c.concept, d, (), sign * s, unit, "add", where, cfg.variant)
+           for s in cfg.strengths]  # fmt: skip
+    if "sae" in cfg.methods:
+        out += [Arm("random", c.concept, d, c.features, sign * s, unit, "add", where,
+                    null_variant(cfg)) for s in cfg.strengths]  # fmt: skip
+    return out
+
+
+def null_variant(cfg: SteerConfig) -> str:
+    """The variant of the null arms matched to the SAE maps (their unit changes their norm)."""
+    return f"{cfg.sae_variant};null_of={cfg.sae_unit}"
 
 
 def _load(cfg: SteerConfig):
@@ -233,7 +246,7 @@ def run_steer(cfg: SteerConfig) -> str:
     maps, map_notes, candidates = image_maps_for(cfg, plan, sae)
     plan = plan._replace(candidates=candidates)
     if cfg.site == "image":
-        directions = {concept: None for method, concept in maps if method in ("dim", "random")}
+        directions = {key[1]: None for key in maps if key[0] in ("dim", "random")}
         dim_notes = map_notes
     else:
         directions, dim_notes = directions_for(cfg, plan, adapter.d_model if adapter else None)
@@ -317,6 +330,8 @@ def _same_settings(cfg: SteerConfig, r: dict) -> bool:
             cfg.sae_unit, cfg.mode, where, cfg.sae_variant)  # fmt: skip
     if r["method"] == "dim":
         return (r["positions"], r["variant"]) == (where, cfg.dim_variant)
+    if r["method"] == "random" and r["features"]:
+        return r["variant"] == null_variant(cfg)
     return r["variant"] == cfg.variant
 
 

@@ -121,14 +121,17 @@ def test_the_null_control_has_the_norm_of_dim_at_every_patch_and_a_random_direct
 def test_the_null_table_lists_side_effects_by_strength():
     from workbench.steer.report import Summary, format_null
 
-    def summ(method, strength, side):
-        return Summary(method, "edema", "add", (), "matched_norm", "add", "image", "v", strength,
-                       20, 20, 0.05, side, 1.1, 0.0, 1.0, 0.0)  # fmt: skip
+    def summ(method, strength, side, features=()):
+        return Summary(method, "edema", "add", features, "matched_norm", "add", "image", "v",
+                       strength, 20, 20, 0.05, side, 1.1, 0.0, 1.0, 0.0)  # fmt: skip
 
-    text = format_null([summ("random", 1.0, 0.15), summ("random", 3.0, 0.4), summ("dim", 1.0, 0.9)])
+    rows = [summ("random", 1.0, 0.15), summ("random", 3.0, 0.4), summ("dim", 1.0, 0.9),
+            summ("random", 1.0, 0.05, (7, 8))]  # fmt: skip
+    text = format_null(rows)
     assert text.startswith("null control")
-    line = text.splitlines()[-1].split()
-    assert line == ["edema", "add", "15%", "(5%)", "40%", "(5%)"]
+    lines = [line.split() for line in text.splitlines()[2:]]
+    assert lines == [["edema", "add", "dim", "15%", "(5%)", "40%", "(5%)"],
+                     ["edema", "add", "sae", "5%", "(5%)", "-"]]  # fmt: skip
     assert format_null([summ("dim", 1.0, 0.9)]) == ""
 
 

@@ -258,26 +258,26 @@ def _comparison(summaries, points, with_counterfactual: bool = False) -> str:
 
 
 def format_null(summaries: Sequence[Summary]) -> str:
-    """The null control's rates (method ``random``: a random patch map with the difference of
-    means' norm at every patch): side effects (success) per concept, direction and strength,
-    the floor of side effects that any push of that size brings on this model; '' without
-    it."""
+    """The null control's rates (method ``random``: a random patch map with the norm of dim's
+    map, or of the SAE map, at every patch): side effects (success) per concept, direction,
+    matched map and strength, the floor of side effects that any push of that size brings on
+    this model; '' without it."""
     null = [s for s in summaries if s.method == "random"]
     if not null:
         return ""
     strengths = sorted({abs(s.strength) for s in null})
-    rates: dict[tuple[str, str], dict[float, Summary]] = defaultdict(dict)
+    rates: dict[tuple[str, str, str], dict[float, Summary]] = defaultdict(dict)
     for s in null:
-        rates[(s.concept, s.direction)][abs(s.strength)] = s
-    cells = [["concept", "dir", *(f"{x:g}" for x in strengths)]]
-    for (concept, direction), by in sorted(rates.items()):
-        row = [concept, direction]
+        rates[(s.concept, s.direction, "sae" if s.features else "dim")][abs(s.strength)] = s
+    cells = [["concept", "dir", "norm of", *(f"{x:g}" for x in strengths)]]
+    for key, by in sorted(rates.items()):
+        row = list(key)
         for x in strengths:
             s = by.get(x)
             row.append("-" if s is None else f"{_pct(s.side_effects)} ({_pct(s.success)})")
         cells.append(row)
-    title = "null control (random map of dim's norm per patch): side effects (success) by strength"
-    return title + "\n" + _table(cells)
+    title = "null control (random map of the method's norm per patch): side effects (success)"
+    return f"{title} by strength\n{_table(cells)}"
 
 
 METHODS_COMPARED = ("sae", "dim", "prompt")

@@ -42,8 +42,8 @@ class SteerConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION),
     counterfactual (the concept drawn into the phantom image: a phantom run's reference),
-    random (site image: a random patch map of dim's norm at every patch, the null control that
-    measures how often any push of that size flips other concepts)."""
+    random (site image: random patch maps of dim's and of the SAE map's norm at every patch,
+    the null control that measures how often any push of that size flips other concepts)."""
     directions: tuple[str, ...] = DIRECTIONS
     """add: studies without the concept, make it appear; remove: studies with it, remove it."""
     strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)

@@ -34,7 +34,7 @@ log = logging.getLogger("workbench.steer")
 
 METHODS = ("sae", "dim", "prompt", "counterfactual", "random")
 """Every method; ``random`` (site image) is the null control: a random patch map with the
-difference of means' norm at every patch (:func:`workbench.steer.maps.random_like`)."""
+norm of dim's map, or of the SAE map, at every patch (:func:`workbench.steer.maps.random_like`)."""
 DEFAULT_METHODS = ("sae", "dim", "prompt", "counterfactual")
 DIRECTIONS = ("add", "remove")
 IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff", "random": "matched_norm"}

@@ -11,6 +11,9 @@ residual, the SAE method its candidate features' activations, decoded. Two SAE s
   far along the difference-of-means map ``D`` as dim's strength 1 does:
   ``<s x map, D> / |D|^2 = s``. The two methods then push equally hard along the concept and
   differ only in the direction the push takes (equal push, a fair comparison of bases).
+
+The null control ``random`` (:func:`random_like`) has, per concept, one map with dim's norm
+at every patch and one with the SAE map's: random directions, the same size of push.
 """
 
 from __future__ import annotations

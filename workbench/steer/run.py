@@ -179,20 +179,9 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
             if d == "remove" and cfg.mode == "clamp" and 0.0 not in strengths:
                 strengths.insert(0, 0.0)  # clamp to zero: ablation
             if "sae" in cfg.methods:
-                out += [
-                    Arm(
-                        "sae",
-                        c.concept,
-                        d,
-                        c.features,
-                        s,
-                        sae_unit,
-                        cfg.mode,
-                        where,
-                        cfg.sae_variant,
-                    )
-                    for s in strengths
-                ]
+                arm = Arm("sae", c.concept, d, c.features, 0.0, sae_unit, cfg.mode, where,
+                          cfg.sae_variant)  # fmt: skip
+                out += [arm._replace(strength=s) for s in strengths]
             if "dim" in cfg.methods and c.concept in directions:
                 out += [
                     Arm("dim", c.concept, d, (), sign * s, dim_unit, "add", where,

@@ -59,7 +59,7 @@ def test_shares_from_fits_on_a_store_of_exact_reconstructions(tmp_path):
 
 
 def row(method, features, at, concept="edema", direction="add"):
-    stamp = dt.datetime(2026, 12, 7, at)
+    stamp = None if at is None else dt.datetime(2026, 12, 7, at)
     return {"method": method, "features": features, "concept": concept,
             "direction": direction, "created_at": stamp}  # fmt: skip
 
@@ -71,6 +71,12 @@ def test_the_report_takes_the_feature_set_stored_last():
     assert left_out == 2
     assert [(r["method"], r["features"], r["direction"]) for r in kept] == [
         ("sae", [7], "add"), ("dim", [], "add"), ("sae", [1, 2], "remove")]  # fmt: skip
+    # the null control matched to the SAE maps follows its own last set; an untimed row is
+    # the oldest
+    nulls = [row("random", [1, 2], 9), row("random", [7], 11), row("random", [], 9),
+             row("random", [3], None)]  # fmt: skip
+    kept, left_out = latest_feature_sets(nulls)
+    assert left_out == 2 and [r["features"] for r in kept] == [[7], []]
 
 
 def test_along_dim_pushes_as_far_along_the_concept_as_dim():

@@ -60,6 +60,11 @@ def random_like(maps: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Ten
     return out
 
 
+def _seed(concept: str, offset: int = 0) -> int:
+    """The null control's seed: from the concept's name, so a rerun draws the same maps."""
+    return zlib.crc32(concept.encode()) + offset
+
+
 def _fits(cfg, plan):
     """``fit(transform=None)``: the per-patch regression of the run's image-token store on the
     studies outside every evaluated case."""
@@ -88,8 +93,8 @@ def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
     dim = fit() if "dim" in cfg.methods or by_gap or along_dim or null else None
     if "dim" in cfg.methods:
         out |= _maps_of(dim, candidates, "dim", lambda c, m: m, notes)
-    if null:  # seeded by the concept's name: the same control on every rerun
-        seeded = lambda c, m: random_like(m, zlib.crc32(c.concept.encode()))  # noqa: E731
+    if null:
+        seeded = lambda c, m: random_like(m, _seed(c.concept))  # noqa: E731
         out |= _maps_of(dim, candidates, "random", seeded, notes)
     if "sae" in cfg.methods:
         every = range(sae.W_dec_FD.shape[0])
@@ -110,8 +115,8 @@ def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
         out |= _maps_of(latent, candidates, "sae", decode, notes)
         for c in candidates if null else ():  # the SAE maps' own null: their norm per patch
             if ("sae", c.concept) in out:
-                seed = zlib.crc32(c.concept.encode()) + 1
-                out[("random", c.concept, c.features)] = random_like(out[("sae", c.concept)], seed)
+                sae_maps = out[("sae", c.concept)]
+                out[("random", c.concept, c.features)] = random_like(sae_maps, _seed(c.concept, 1))
     return out, notes, candidates
 
 

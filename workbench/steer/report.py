@@ -74,21 +74,23 @@ def load_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
 
 
 def latest_feature_sets(rows: Sequence[dict]) -> tuple[list[dict], int]:
-    """The rows with, for SAE features, only the feature set stored last for each (concept,
-    direction), and how many SAE rows were left out. Sets chosen by another ``n_candidates``
-    or candidate rule are other arms; their rates would otherwise mix into one operating
-    point (the best strength of either)."""
-    last: dict[tuple[str, str], tuple] = {}
+    """The rows with, for every arm that steers SAE features (the SAE method and the null
+    control matched to its maps), only the feature set stored last for each (method, concept,
+    direction), and how many rows were left out. Sets chosen by another ``n_candidates`` or
+    candidate rule are other arms; their rates would otherwise mix into one operating point
+    (the best strength of either). Rows without a time count as the oldest."""
+    last: dict[tuple[str, str, str], tuple] = {}
     for r in rows:
-        if r["method"] == "sae":
-            key, stamp = (r["concept"], r["direction"]), r.get("created_at")
-            if key not in last or (stamp is not None and stamp > last[key][0]):
-                last[key] = (stamp, tuple(r["features"] or ()))
+        if r["features"]:
+            key = (r["method"], r["concept"], r["direction"])
+            stamp = (r.get("created_at") is not None, r.get("created_at"))
+            if key not in last or stamp > last[key][0]:
+                last[key] = (stamp, tuple(r["features"]))
     kept = [
         r
         for r in rows
-        if r["method"] != "sae"
-        or tuple(r["features"] or ()) == last[(r["concept"], r["direction"])][1]
+        if not r["features"]
+        or tuple(r["features"]) == last[(r["method"], r["concept"], r["direction"])][1]
     ]
     return kept, len(rows) - len(kept)
 

@@ -65,6 +65,16 @@ def _seed(concept: str, offset: int = 0) -> int:
     return zlib.crc32(concept.encode()) + offset
 
 
+def labels_by_study(by_concept: dict[str, dict[int, int]]) -> dict[int, dict[str, int]]:
+    """concept -> study -> label, turned into study -> concept -> label (the patch regression's
+    input: each study's covariates)."""
+    out: dict[int, dict[str, int]] = {}
+    for concept, values in by_concept.items():
+        for sid, value in values.items():
+            out.setdefault(sid, {})[concept] = value
+    return out
+
+
 def _fits(cfg, plan):
     """``fit(transform=None)``: the per-patch regression of the run's image-token store on the
     studies outside every evaluated case."""
@@ -72,10 +82,7 @@ def _fits(cfg, plan):
     if store.hook_name != IMAGE_HOOK:
         raise SteeringError(f"{store.path} holds {store.hook_name}; site image needs {IMAGE_HOOK}")
     held_out = {case.study_id for cases in plan.cases.values() for case in cases}
-    studies: dict[int, dict[str, int]] = {}
-    for concept, by_study in plan.labels.items():
-        for sid, value in by_study.items():
-            studies.setdefault(sid, {})[concept] = value
+    studies = labels_by_study(plan.labels)
     return partial(patch_regression, store, studies, plan.covariates, held_out, cfg.image_sections)
 
 

@@ -28,6 +28,7 @@ from workbench.sae import load_sae
 from workbench.steer.candidates import default_concepts
 from workbench.steer.image import feature_maps, summed_steering
 from workbench.steer.intervene import SteerOutput
+from workbench.steer.maps import labels_by_study
 from workbench.steer.run import training_labels
 from workbench.ui.context import AppContext, open_context
 from workbench.ui.live import LiveModel, baseline_and_steered
@@ -145,11 +146,7 @@ def image_plan(ctx: AppContext, features: Sequence[int]) -> ImagePlan:
                 f"{list(covariates)} in {db.db_path(nested)} (feature_concepts), so it has no "
                 "patch map."
             )
-    labels: dict[int, dict[str, int]] = {}
-    for concept, values in by_concept.items():
-        for sid, value in values.items():
-            labels.setdefault(sid, {})[concept] = value
-    return ImagePlan(concept_of, covariates, labels)
+    return ImagePlan(concept_of, covariates, labels_by_study(by_concept))
 
 
 def image_work(

@@ -262,8 +262,9 @@ TABLES: tuple[Table, ...] = (
         created_at TIMESTAMP | UTC time written.
         method VARCHAR | 'sae' (SAE features), 'dim' (difference of means), 'prompt' (concept
             named in the INDICATION), 'counterfactual' (the concept drawn into the phantom
-            image) or 'random' (null control: a random patch map of dim's norm at every patch);
-            NULL in rows of older versions.
+            image) or 'random' (null control: a random patch map with the norm of dim's map at
+            every patch, or of the SAE map's where features is set); NULL in rows of older
+            versions.
         direction VARCHAR | 'add' (studies without the concept) or 'remove' (studies with it).
         features INTEGER[] | SAE features steered together (empty for the other methods).
         unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the

@@ -120,10 +120,12 @@ def image_maps_for(cfg, plan, sae) -> tuple[dict, list[str], list]:
             concepts = [c.concept for c in candidates]
             candidates = gap.choose_by_gap(dim, latent, sae.W_dec_FD, concepts, cfg.n_candidates)
         out |= _maps_of(latent, candidates, "sae", decode, notes)
-        for c in candidates if null else ():  # the SAE maps' own null: their norm per patch
-            if ("sae", c.concept) in out:
-                sae_maps = out[("sae", c.concept)]
-                out[("random", c.concept, c.features)] = random_like(sae_maps, _seed(c.concept, 1))
+        if null:  # the SAE maps' own null: their norm at every patch
+            for c in candidates:
+                if ("sae", c.concept) in out:
+                    sae_maps = out[("sae", c.concept)]
+                    seed = _seed(c.concept, 1)
+                    out[("random", c.concept, c.features)] = random_like(sae_maps, seed)
     return out, notes, candidates
 
 

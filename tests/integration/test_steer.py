@@ -322,6 +322,59 @@ def test_the_gap_rule_steers_the_features_carrying_the_gap(run):
     assert "null control" in summary_text(both)
 
 
+def test_orthogonal_maps_move_no_other_concepts_gap(run):
+    from workbench.sae import load_sae
+    from workbench.steer.image import patch_regression
+    from workbench.steer.maps import image_maps_for, labels_by_study, projection
+    from workbench.steer.run import make_plan
+
+    cfg = config(run, site="image", positions="image", sae=None, store=None, orthogonal=True,
+                 methods=("sae", "dim", "random"), strengths=(1.0,), n_candidates=2)  # fmt: skip
+    plan = make_plan(cfg, run / "phantom")
+    maps, _, chosen = image_maps_for(cfg, plan, sae := load_sae(run / "image-tokens" / "sae"))
+    held = {c.study_id for cases in plan.cases.values() for c in cases}
+    dim = patch_regression(run / "image-tokens" / "activations", labels_by_study(plan.labels),
+                           plan.covariates, held)  # fmt: skip
+    others = [dim.concept_map(c, skip_unseen=True) for c in plan.covariates if c != "pacemaker"
+              and any(n[c] for n in dim.n_pos.values())]  # fmt: skip
+    plain, _, _ = image_maps_for(config(run, site="image", positions="image", sae=None,
+                                        store=None, methods=("sae", "dim"), n_candidates=2),
+                                 plan, sae)  # fmt: skip
+    assert others
+    for method in ("sae", "dim"):
+        m = maps[(method, "pacemaker")]
+        assert all(abs(projection(m, o)) < 1e-4 for o in others)
+        assert max(abs(projection(plain[(method, "pacemaker")], o)) for o in others) > 1e-3
+    null = maps[("random", "pacemaker")]["current_frontal"]
+    dim_map = maps[("dim", "pacemaker")]["current_frontal"]
+    torch.testing.assert_close(null.norm(dim=-1), dim_map.norm(dim=-1))
+    run_steer(cfg)
+    variants = {r["method"]: json.loads(r["details"])["variant"]
+                for r in stored(run / "image-tokens")}  # fmt: skip
+    assert {m for m, v in variants.items() if "maps=orthogonal" in v} == {"sae", "dim", "random"}
+    assert chosen and "null control" in summary_text(cfg)
+    with pytest.raises(ValueError, match="orthogonal applies to site image"):
+        config(run, orthogonal=True).validate()
+
+
+def test_clamp_at_the_image_tokens_scales_the_candidates(run):
+    cfg = config(run, site="image", positions="image", sae=None, store=None, mode="clamp",
+                 methods=("sae",), strengths=(1.0, 2.0), n_candidates=2)  # fmt: skip
+    text = run_steer(cfg)
+    rows = stored(run / "image-tokens")
+    assert {(r["unit"], r["mode"], r["direction"], r["strength"]) for r in rows} == {
+        ("own_act", "clamp", "add", 1.0), ("own_act", "clamp", "add", 2.0),
+        ("own_act", "clamp", "remove", -1.0), ("own_act", "clamp", "remove", -2.0)}  # fmt: skip
+    assert all(json.loads(r["details"])["sections"] for r in rows) and "operating point" in text
+    ablated = [r for r in rows if r["strength"] == -1.0]
+    assert ablated and any(r["steered_text"] != r["baseline_text"] for r in rows)
+    with pytest.raises(ValueError, match="mode clamp has its own unit"):
+        config(run, site="image", positions="image", mode="clamp",
+               image_unit="along_dim").validate()  # fmt: skip
+    with pytest.raises(ValueError, match="positions must be image"):
+        config(run, site="image", positions="all").validate()
+
+
 def test_an_interrupted_run_keeps_its_rows_and_resumes(run, monkeypatch):
     from workbench.steer import evaluate
 

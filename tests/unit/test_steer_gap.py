@@ -163,3 +163,40 @@ def test_side_effects_above_the_null_control():
     over = operating_points(rows, Limits(over_null=True))
     assert over[("dim", "edema", "add")].strength == 1.0
     assert over[("sae", "edema", "add")].success == 0.8
+
+
+def test_the_orthogonal_map_has_no_part_along_the_other_maps():
+    from workbench.steer.maps import orthogonal_to, projection
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (6, 8)
+    a = {"current_frontal": torch.randn(shape, generator=gen),
+         "current_lateral": torch.randn(shape, generator=gen)}  # fmt: skip
+    b = {"current_frontal": torch.randn(shape, generator=gen)}  # no lateral: zero there
+    c = {"current_frontal": a["current_frontal"] + torch.randn(shape, generator=gen),
+         "current_lateral": torch.randn(shape, generator=gen)}  # fmt: skip
+    out = orthogonal_to(a, [b, c])
+    assert set(out) == set(a) and out["current_lateral"].shape == shape
+    for other in (b, c):
+        assert abs(projection(out, other)) < 1e-5
+    # what was taken away lies in the span of b and c: a second pass changes nothing
+    again = orthogonal_to(out, [b, c])
+    for s in a:
+        torch.testing.assert_close(again[s], out[s], atol=1e-5, rtol=1e-5)
+    # a map already orthogonal to the others is returned as it is
+    lateral_only = {"current_lateral": torch.randn(shape, generator=gen)}
+    kept = orthogonal_to(lateral_only, [b])
+    torch.testing.assert_close(kept["current_lateral"], lateral_only["current_lateral"])
+    assert orthogonal_to(a, [])["current_frontal"].equal(a["current_frontal"])
+
+
+def test_each_concept_is_made_orthogonal_to_the_others_it_has_a_map_of():
+    from workbench.steer.maps import _orthogonal, projection
+
+    gen = torch.Generator().manual_seed(4)
+    coef = torch.randn(3, 4, 5, generator=gen)
+    reg = regression(coef, concepts=("a", "b", "c"))
+    reg.n_pos["current_frontal"]["c"] = 0  # no study with c: c has no map to avoid
+    out = _orthogonal(reg, "a", reg.concept_map("a"))
+    assert abs(projection(out, reg.concept_map("b"))) < 1e-5
+    assert abs(projection(out, {"current_frontal": coef[2]})) > 1e-3  # c left alone

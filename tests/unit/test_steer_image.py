@@ -175,3 +175,45 @@ def test_an_sae_map_is_the_latent_map_through_the_decoder():
     got = sae_map(latent, sae, [4, 1])
     want = torch.stack([sae.W_dec_FD[4], 2 * sae.W_dec_FD[1]]).detach()
     torch.testing.assert_close(got["current_frontal"], want)
+
+
+@pytest.mark.parametrize("per_latent", [False, True])
+def test_feature_scaling_rescales_only_the_chosen_features_code(per_latent):
+    from workbench.steer.image import FeatureScaling, image_scaling
+
+    gen = torch.Generator().manual_seed(6)
+    sae = MatryoshkaSAE(WIDTH, 8, k=3)
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(torch.randn(WIDTH, 8, generator=gen))
+        sae.b_enc_F.copy_(0.1 * torch.randn(8, generator=gen))
+        if per_latent:  # a per-latent threshold, as trained SAEs have
+            sae.threshold = torch.linspace(0.0, 0.7, 8)
+    x_PD = torch.randn(5, WIDTH, generator=gen)
+    z_PF = sae.encode(x_PD).detach()
+    chosen = (1, 4, 6)
+    assert z_PF[:, list(chosen)].abs().sum() > 0  # the chosen features fire somewhere
+    for factor in (0.0, -1.0, 2.5):
+        scaled = z_PF.clone()
+        scaled[:, list(chosen)] *= factor
+        want = (sae.decode(scaled) - sae.decode(z_PF)).detach()
+        got = FeatureScaling(sae, chosen, factor).delta(x_PD).detach()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert FeatureScaling(sae, chosen, 1.0).delta(x_PD).abs().max() == 0  # unchanged: no-op
+    steering = image_scaling(sae, chosen, ["current_frontal"], -1.0)  # remove 1 = ablate
+    assert set(steering.maps) == {"current_frontal"}
+    assert steering.maps["current_frontal"].factor == 0.0
+
+
+def test_the_hook_scales_features_on_the_images_it_is_given():
+    from workbench.steer.image import FeatureScaling
+
+    gen = torch.Generator().manual_seed(8)
+    sae = MatryoshkaSAE(WIDTH, 8, k=3)
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(torch.randn(WIDTH, 8, generator=gen))
+    acts_NPD = torch.randn(2, 4, WIDTH, generator=gen)
+    scaling = FeatureScaling(sae, (0, 3), 0.0)
+    out = ImageSteeringHook([None, scaling])(acts_NPD)
+    assert torch.equal(out[0], acts_NPD[0])  # an image it does not steer: bit for bit
+    torch.testing.assert_close(out[1], acts_NPD[1] + scaling.delta(acts_NPD[1]))
+    assert ImageSteeringHook([None, FeatureScaling(sae, (0, 3), 1.0)])(acts_NPD).equal(acts_NPD)

@@ -204,6 +204,21 @@ def test_candidates_follow_the_rule(tmp_path):
     con.close()
 
 
+def test_the_exclusive_rule_keeps_features_that_score_best_on_their_concept(tmp_path):
+    candidate_db(tmp_path, meaning=False).close()
+    with db.rewrite(tmp_path) as con:
+        con.execute("INSERT INTO feature_concepts (feature, concept, auroc) VALUES (1, 'nodule', "
+                    "0.95), (0, 'change_new', 1.0), (0, 'Cardiomegaly', 1.0)")  # fmt: skip
+    con = db.connect(tmp_path)
+    chosen, _ = cand.choose(con, ["pacemaker", "nodule"], n=3)
+    assert [c.features for c in chosen] == [(0, 1), (1, 3)]  # feature 1 is in both
+    chosen, notes = cand.choose(con, ["pacemaker", "nodule", "edema"], n=3, exclusive=True)
+    # feature 1 scores best on nodule; 0 stays pacemaker's (concepts not judged don't count)
+    assert [(c.concept, c.features) for c in chosen] == [("pacemaker", (0,)), ("nodule", (1, 3))]
+    assert notes == ["edema: no live feature of its own with AUROC >= 0.75; skipped"]
+    con.close()
+
+
 def test_difference_of_means_from_the_store(tmp_path):
     writer = StoreWriter(tmp_path, model="m", layer=1, hook_name=resid_post_name(1), d_model=3,
                          shard_tokens=4)  # fmt: skip

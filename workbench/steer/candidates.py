@@ -11,6 +11,11 @@ The rule (:data:`RULE`, printed by ``steer``):
 3. Then by AUROC (higher first), then by feature number (lower first).
 4. The first ``n`` candidates are steered together (one is the default).
 
+The ``exclusive`` rule keeps, of those, only the features whose AUROC is highest for C among
+the 13 judged findings and devices: a feature that fires for several concepts (a generic
+"tube" feature of every device) steers none of them, so ablating C's features leaves the
+others' alone.
+
 Target concepts are the phantom findings and devices scored in ``concepts`` (or the CheXpert
 labels on a run without phantom ground truth), limited to those the report labeller reads.
 """
@@ -30,6 +35,10 @@ RULE = (
     "concept first (assertion selectivity >= {min_selectivity:g} or pointing game >= "
     "{min_pointing:g}, where analysed), then by AUROC, then by number; the first {n} steered "
     "together"
+)
+EXCLUSIVE = (
+    "; exclusive: only features whose AUROC is highest for this concept among the judged "
+    "findings and devices"
 )
 
 
@@ -87,14 +96,21 @@ def ranked(
     min_auroc: float,
     min_selectivity: float = 0.9,
     min_pointing: float = 0.8,
+    exclusive: bool = False,
 ) -> list[tuple[int, float, float | None, float | None, bool]]:
-    """(feature, auroc, selectivity, pointing, means_it) for ``concept``, best first."""
+    """(feature, auroc, selectivity, pointing, means_it) for ``concept``, best first;
+    ``exclusive``: only features with no higher AUROC for another judged concept."""
     cols, joins = _meaning_join(con)
     n_params = joins.count("?")
+    only = ""
+    if exclusive:
+        judged = ", ".join(f"'{c}'" for c in JUDGED)
+        only = (" AND c.auroc >= (SELECT max(o.auroc) FROM feature_concepts o WHERE "
+                f"o.feature = c.feature AND o.concept IN ({judged}))")  # fmt: skip
     rows = con.execute(
         f"SELECT c.feature, c.auroc, {cols} FROM feature_concepts c "
         f"JOIN feature_stats s ON s.feature = c.feature {joins} "
-        "WHERE c.concept = ? AND c.auroc >= ? AND NOT s.dead AND s.max_act > 0",
+        f"WHERE c.concept = ? AND c.auroc >= ? AND NOT s.dead AND s.max_act > 0{only}",
         [concept] * n_params + [concept, min_auroc],
     ).fetchall()
     out = []
@@ -114,16 +130,19 @@ def choose(
     min_auroc: float = 0.75,
     min_selectivity: float = 0.9,
     min_pointing: float = 0.8,
+    exclusive: bool = False,
 ) -> tuple[list[Candidate], list[str]]:
-    """The candidates of each concept and a note for every concept left without one."""
+    """The candidates of each concept and a note for every concept left without one
+    (``exclusive``: :func:`ranked`'s)."""
     chosen, notes = [], []
     for concept in concepts:
         if concept not in READABLE:
             notes.append(f"{concept}: the report labeller cannot read it from text; skipped")
             continue
-        best = ranked(con, concept, min_auroc, min_selectivity, min_pointing)[:n]
+        best = ranked(con, concept, min_auroc, min_selectivity, min_pointing, exclusive)[:n]
         if not best:
-            notes.append(f"{concept}: no live feature with AUROC >= {min_auroc:g}; skipped")
+            which = "no live feature" + (" of its own" if exclusive else "")
+            notes.append(f"{concept}: {which} with AUROC >= {min_auroc:g}; skipped")
             continue
         head = best[0]
         chosen.append(

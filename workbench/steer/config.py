@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from workbench.run import RunLayout
-from workbench.steer.evaluate import DEFAULT_METHODS, DIRECTIONS, METHODS
+from workbench.steer.evaluate import DEFAULT_METHODS, DIRECTIONS, METHODS, SCALE_UNIT
 from workbench.steer.image import CURRENT_SECTIONS, IMAGE_HOOK, IMAGE_SECTIONS
 from workbench.steer.intervene import parse_positions, positions_name
 from workbench.steer.report import Limits
@@ -35,10 +35,12 @@ class SteerConfig:
     """Candidate features per concept, steered together (see the printed candidate rule)."""
     min_auroc: float = 0.75
     """A candidate feature's least study-level AUROC for its concept."""
-    candidate_rule: Literal["meaning", "gap"] = "meaning"
+    candidate_rule: Literal["meaning", "exclusive", "gap"] = "meaning"
     """How candidates are chosen. meaning: from the analysis (AUROC >= --min-auroc, features
-    that mean the concept first, then by AUROC). gap (site image only): the features carrying
-    the largest share of the concept's adjusted image gap (docs/steering.md)."""
+    that mean the concept first, then by AUROC). exclusive: the same, keeping only features
+    whose AUROC is highest for this concept among the judged findings and devices. gap (site
+    image only): the features carrying the largest share of the concept's adjusted image gap
+    (docs/steering.md)."""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """sae (SAE features), dim (difference of means), prompt (concept named in INDICATION),
     counterfactual (the concept drawn into the phantom image: a phantom run's reference),
@@ -53,12 +55,19 @@ class SteerConfig:
     """site image: unit of SAE strengths. adjusted_map: 1 moves each feature by its own
     adjusted gap; along_dim: that map rescaled to push as far along the concept's
     difference-of-means map as dim's strength 1 (equal push; workbench/steer/maps.py)."""
+    orthogonal: bool = False
+    """site image: steer along the part of each concept's map (dim, SAE and their null
+    control) orthogonal to every other concept's difference-of-means map, the steered images'
+    patches taken as one vector: the push then moves no other concept's mean gap
+    (workbench/steer/maps.py)."""
     unit: Literal["max_act", "mean_act", "raw"] = "max_act"
     """site layer: unit of SAE strengths: the feature's largest or mean (when firing)
     activation, or raw."""
     mode: Literal["add", "clamp"] = "add"
     """SAE method: add strength x unit x W_dec[f], or clamp the feature to strength x unit
-    (remove then also tries 0: ablation); site image: add only."""
+    (remove then also tries 0: ablation). site image: add the SAE map, or clamp: scale each
+    candidate feature's own activation at every image token by 1 + strength (remove: 1
+    ablates, above 1 reverses; unit own_act)."""
     positions: str = "image"
     """site layer: steered positions: all, image, prompt, generated, or kinds joined by '+'
     (site image: the image tokens of --image-sections)."""
@@ -125,12 +134,16 @@ class SteerConfig:
             raise ValueError("method random is a site-image control (random patch maps)")
         if self.image_unit != "adjusted_map" and self.site != "image":
             raise ValueError("image_unit applies at site image (site layer: --unit)")
+        if self.orthogonal and self.site != "image":
+            raise ValueError("orthogonal applies to site image's patch maps")
         if self.site == "image":
-            if self.mode != "add" or positions_name(self.positions) != "image":
+            if positions_name(self.positions) != "image":
                 raise ValueError(
-                    "site image adds patch maps at the image tokens: mode must be add and "
-                    "positions image (clamping and other positions need --site layer)"
+                    "site image steers the image tokens: positions must be image (other "
+                    "positions need --site layer)"
                 )
+            if self.mode == "clamp" and self.image_unit != "adjusted_map":
+                raise ValueError("site image, mode clamp has its own unit (own_act): no image_unit")
             bad = [s for s in self.image_sections if s not in IMAGE_SECTIONS]
             if bad or not self.image_sections:
                 raise ValueError(f"image_sections: {bad or '(none)'} not in {IMAGE_SECTIONS}")
@@ -149,17 +162,26 @@ class SteerConfig:
         return f"max_new_tokens={self.max_new_tokens}"
 
     @property
+    def map_variant(self) -> str:
+        """The variant of arms that steer with patch maps (sae, dim, random): ``variant`` and,
+        with ``orthogonal``, ``maps=orthogonal`` (other maps, other arms)."""
+        return f"{self.variant};maps=orthogonal" if self.orthogonal else self.variant
+
+    @property
     def sae_variant(self) -> str:
-        """The variant of SAE arms: ``variant`` and, under the gap rule, the rule (its feature
-        sets are other arms than the meaning rule's, even where the features coincide)."""
+        """The variant of SAE arms: ``map_variant`` and, under the gap rule, the rule (its
+        feature sets are other arms than the meaning rule's, even where the features
+        coincide)."""
         if self.candidate_rule == "gap":
-            return f"{self.variant};candidates=gap"
-        return self.variant
+            return f"{self.map_variant};candidates=gap"
+        return self.map_variant
 
     @property
     def sae_unit(self) -> str:
         """The unit column of SAE arms."""
-        return self.image_unit if self.site == "image" else self.unit
+        if self.site == "image":
+            return SCALE_UNIT if self.mode == "clamp" else self.image_unit
+        return self.unit
 
     @property
     def site_run(self) -> Path:
@@ -169,5 +191,5 @@ class SteerConfig:
     @property
     def dim_variant(self) -> str:
         if self.site == "image":
-            return self.variant
+            return self.map_variant
         return f"{self.variant};dim_tokens={'+'.join(self.dim_tokens) or 'all'}"

@@ -20,7 +20,13 @@ import duckdb
 from workbench import db
 from workbench.cxr.findings import CHEXPERT_LABELS
 from workbench.steer import metrics
-from workbench.steer.image import IMAGE_HOOK, ImageSteering, image_steering
+from workbench.steer.image import (
+    CURRENT_SECTIONS,
+    IMAGE_HOOK,
+    ImageSteering,
+    image_scaling,
+    image_steering,
+)
 from workbench.steer.intervene import (
     Steering,
     SteeringError,
@@ -39,8 +45,11 @@ DEFAULT_METHODS = ("sae", "dim", "prompt", "counterfactual")
 DIRECTIONS = ("add", "remove")
 IMAGE_UNITS = {"sae": "adjusted_map", "dim": "adjusted_diff", "random": "matched_norm"}
 """The default unit of an image-site arm (:mod:`workbench.steer.image`): strength x patch map."""
+SCALE_UNIT = "own_act"
+"""The unit of an image-site SAE arm in mode clamp: strength s scales every candidate
+feature's own activation at each image token by ``1 + s`` (:class:`FeatureScaling`)."""
 IMAGE_ARM_UNITS = {
-    "sae": ("adjusted_map", "along_dim"),
+    "sae": ("adjusted_map", "along_dim", SCALE_UNIT),
     "dim": ("adjusted_diff",),
     "random": ("matched_norm",),
 }
@@ -127,6 +136,7 @@ class Evaluator:
         batch_size: int = 32,
         image_maps: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
         counterfactuals=None,
+        image_sections: Sequence[str] = CURRENT_SECTIONS,
     ):
         self.adapter, self.sae, self.max_new_tokens = adapter, sae, max_new_tokens
         self.typical, self.judge, self.batch_size = typical, judge, max(1, batch_size)
@@ -135,6 +145,8 @@ class Evaluator:
         """(method, concept) -> section -> [P, D] patch map of the image-site arms."""
         self.counterfactuals = counterfactuals
         """:class:`~workbench.steer.counterfactual.Counterfactuals` of a phantom run, or None."""
+        self.image_sections = tuple(image_sections)
+        """The images an image-site arm in mode clamp scales its features on."""
         self.baselines: dict[int, Baseline] = {}
 
     def baseline(self, case: Case) -> Baseline:
@@ -145,6 +157,8 @@ class Evaluator:
 
     def steering(self, arm: Arm) -> Steering | ImageSteering:
         """The intervention of an SAE or difference-of-means arm."""
+        if arm.method == "sae" and arm.unit == SCALE_UNIT:
+            return image_scaling(self.sae, arm.features, self.image_sections, arm.strength)
         if arm.unit in IMAGE_ARM_UNITS.get(arm.method, ()):
             key = (arm.method, arm.concept)
             maps = self.image_maps.get((*key, arm.features) if arm.method == "random" and

@@ -32,7 +32,7 @@ row's images are returned bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,10 +49,31 @@ IMAGE_SECTIONS = (*CURRENT_SECTIONS, "prior_frontal")
 """Every image section of the reporting prompt."""
 
 
-class ImageSteering(NamedTuple):
-    """One row's image-side intervention: section -> ``[P, D]`` added to that image's tokens."""
+class FeatureScaling(NamedTuple):
+    """SAE features' activations scaled by ``factor`` at every token of an image (0: ablated,
+    below 0: reversed), through the SAE's decoder: ``x' = x + (factor - 1) z_F W_dec[F]``.
+    What the SAE does not reconstruct, and every other feature, is left as it is; a feature
+    that does not fire on a patch does not move it (site image, mode clamp)."""
 
-    maps: Mapping[str, torch.Tensor]
+    sae: Any
+    features: tuple[int, ...]
+    factor: float
+
+    def delta(self, acts_PD: torch.Tensor) -> torch.Tensor:
+        """What is added to ``[P, D]`` image tokens (the features' code, rescaled, decoded)."""
+        sae, cols = self.sae, list(self.features)
+        x_PD = acts_PD.to(sae.W_enc_DF.dtype) - sae.b_dec_D
+        pre_PF = torch.addmm(sae.b_enc_F[cols], x_PD, sae.W_enc_DF[:, cols])
+        threshold = sae.threshold[cols] if sae.threshold.ndim else sae.threshold
+        z_PF = pre_PF.relu() * (pre_PF > threshold.to(pre_PF.dtype))
+        return ((self.factor - 1.0) * z_PF) @ sae.W_dec_FD[cols]
+
+
+class ImageSteering(NamedTuple):
+    """One row's image-side intervention: section -> ``[P, D]`` added to that image's tokens,
+    or the :class:`FeatureScaling` that computes it from them."""
+
+    maps: Mapping[str, torch.Tensor | FeatureScaling]
 
 
 class PatchRegression(NamedTuple):
@@ -90,6 +111,13 @@ class PatchRegression(NamedTuple):
 def image_steering(maps: Mapping[str, torch.Tensor], strength: float) -> ImageSteering:
     """``strength x map`` for every section of ``maps`` (float32)."""
     return ImageSteering({s: float(strength) * m.detach().float() for s, m in maps.items()})
+
+
+def image_scaling(sae, features: Sequence[int], sections: Sequence[str], strength: float):
+    """Every candidate feature's activation times ``1 + strength`` at each image of
+    ``sections`` (remove: strength -1 ablates, below -1 reverses; add: amplifies)."""
+    scaling = FeatureScaling(sae, tuple(int(f) for f in features), 1.0 + float(strength))
+    return ImageSteering(dict.fromkeys(sections, scaling))
 
 
 def sae_map(latent_map: Mapping[str, torch.Tensor], sae, features: Sequence[int]) -> dict:
@@ -253,7 +281,7 @@ def image_sections(tokens: Sequence[Mapping]) -> list[str]:
 
 def image_deltas(
     inps: Sequence, steerings: Sequence[ImageSteering | None]
-) -> list[torch.Tensor | None]:
+) -> list[torch.Tensor | FeatureScaling | None]:
     """One entry per image of the batch, row-major: what is added to it (None: nothing)."""
     out: list[torch.Tensor | None] = []
     for inp, steer in zip(inps, steerings, strict=True):
@@ -269,7 +297,7 @@ def image_deltas(
 class ImageSteeringHook:
     """Intervention at the projector output ``[n_images, P, D]``: image i gets ``deltas[i]``."""
 
-    def __init__(self, deltas: Sequence[torch.Tensor | None]):
+    def __init__(self, deltas: Sequence[torch.Tensor | FeatureScaling | None]):
         self.deltas = list(deltas)
 
     @torch.no_grad()
@@ -284,6 +312,8 @@ class ImageSteeringHook:
         for i, delta in enumerate(self.deltas):
             if delta is None:
                 continue
+            if isinstance(delta, FeatureScaling):
+                delta = delta.delta(acts_NPD[i])
             if tuple(delta.shape) != tuple(acts_NPD.shape[1:]):
                 raise SteeringError(
                     f"patch map of shape {tuple(delta.shape)} for images of "

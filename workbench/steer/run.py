@@ -73,7 +73,8 @@ def _candidates(con, cfg: SteerConfig) -> tuple[list[cand.Candidate], list[str]]
     if cfg.feature:
         (concept,) = concepts
         return [cand.Candidate(concept, tuple(cfg.feature), float("nan"), None, None, False)], []
-    return cand.choose(con, concepts, cfg.n_candidates, cfg.min_auroc)
+    exclusive = cfg.candidate_rule == "exclusive"
+    return cand.choose(con, concepts, cfg.n_candidates, cfg.min_auroc, exclusive=exclusive)
 
 
 def _records(cfg: SteerConfig, data: Path) -> tuple[list, dict | None]:
@@ -176,7 +177,8 @@ def arms(cfg: SteerConfig, plan: Plan, directions: dict[str, Direction]) -> list
         for d in cfg.directions:
             sign = 1.0 if d == "add" else -1.0
             strengths = [sign * s for s in cfg.strengths]
-            if d == "remove" and cfg.mode == "clamp" and 0.0 not in strengths:
+            ablation = cfg.mode == "clamp" and cfg.site == "layer"  # image: strength 1 ablates
+            if d == "remove" and ablation and 0.0 not in strengths:
                 strengths.insert(0, 0.0)  # clamp to zero: ablation
             if "sae" in cfg.methods:
                 arm = Arm("sae", c.concept, d, c.features, 0.0, sae_unit, cfg.mode, where,
@@ -203,7 +205,7 @@ def _null_arms(cfg: SteerConfig, c: cand.Candidate, d: str, where: str) -> list[
     """The null control's arms: a random map of dim's norm (no features) and, with the SAE
     method, one of the SAE map's norm (its features; variant ``null_of=<sae unit>``)."""
     sign, unit = (1.0 if d == "add" else -1.0), IMAGE_UNITS["random"]
-    out = [Arm("random", c.concept, d, (), sign * s, unit, "add", where, cfg.variant)
+    out = [Arm("random", c.concept, d, (), sign * s, unit, "add", where, cfg.map_variant)
            for s in cfg.strengths]  # fmt: skip
     if "sae" in cfg.methods:
         out += [Arm("random", c.concept, d, c.features, sign * s, unit, "add", where,
@@ -243,7 +245,8 @@ def run_steer(cfg: SteerConfig) -> str:
     todo = arms(cfg, plan, directions)
     evaluator = Evaluator(adapter, sae, cfg.max_new_tokens, plan.typical, directions,
                           batch_size=cfg.batch_size, image_maps=maps,
-                          counterfactuals=plan.counterfactuals)  # fmt: skip
+                          counterfactuals=plan.counterfactuals,
+                          image_sections=cfg.image_sections)  # fmt: skip
     pairs = [(arm, case) for arm in todo for case in plan.cases[(arm.concept, arm.direction)]
              if arm.key(case.study_id) not in plan.done]  # fmt: skip
     chunks = evaluator.chunks(pairs)
@@ -266,7 +269,7 @@ def run_steer(cfg: SteerConfig) -> str:
         db.insert_run_row(con, db.run_row("steer", started, cfg, notes))
     rule = (gap.RULE if cfg.candidate_rule == "gap" else cand.RULE).format(
         min_auroc=cfg.min_auroc, min_selectivity=0.9, min_pointing=0.8, n=cfg.n_candidates
-    )
+    ) + (cand.EXCLUSIVE if cfg.candidate_rule == "exclusive" else "")
     head = [rule, cand.describe(plan.candidates), *(f"note: {n}" for n in notes)]
     studies = {key: {c.study_id for c in cases} for key, cases in plan.cases.items()}
     return "\n".join([*head, "", summary_text(cfg, todo, studies)])
@@ -319,8 +322,8 @@ def _same_settings(cfg: SteerConfig, r: dict) -> bool:
             cfg.sae_unit, cfg.mode, where, cfg.sae_variant)  # fmt: skip
     if r["method"] == "dim":
         return (r["positions"], r["variant"]) == (where, cfg.dim_variant)
-    if r["method"] == "random" and r["features"]:
-        return r["variant"] == null_variant(cfg)
+    if r["method"] == "random":
+        return r["variant"] == (null_variant(cfg) if r["features"] else cfg.map_variant)
     return r["variant"] == cfg.variant
 
 

@@ -251,7 +251,7 @@ def test_steering_at_the_image_tokens(run, capsys):
     shutil.rmtree(run / "image-tokens")
     assert main(["--run", str(run), "--concepts", "pacemaker"]) == 1
     assert "no image-token run" in capsys.readouterr().out
-    assert main(["--run", str(run), "--mode", "clamp"]) == 1
+    assert main(["--run", str(run), "--positions", "all"]) == 1
     assert "need --site layer" in capsys.readouterr().out
 
 

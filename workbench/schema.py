@@ -269,8 +269,9 @@ TABLES: tuple[Table, ...] = (
         features INTEGER[] | SAE features steered together (empty for the other methods).
         unit VARCHAR | Strength unit: max_act, mean_act or raw (sae), mean_diff (dim: 1 = the
             whole with-minus-without difference) at site layer; adjusted_map or along_dim (sae),
-            adjusted_diff (dim: 1 = one adjusted gap per patch) or matched_norm (random) at site
-            image; prompt; image (counterfactual).
+            own_act (sae, mode clamp: each feature's activation times 1 + strength), adjusted_diff
+            (dim: 1 = one adjusted gap per patch) or matched_norm (random) at site image; prompt;
+            image (counterfactual).
         mode VARCHAR | add or clamp (sae), add (dim), prompt, render (counterfactual).
         positions VARCHAR | Steered positions: all, image, prompt, generated, or kinds joined
             by '+'; prompt for the prompt method; image at site image and for the

@@ -200,3 +200,16 @@ def test_each_concept_is_made_orthogonal_to_the_others_it_has_a_map_of():
     out = _orthogonal(reg, "a", reg.concept_map("a"))
     assert abs(projection(out, reg.concept_map("b"))) < 1e-5
     assert abs(projection(out, {"current_frontal": coef[2]})) > 1e-3  # c left alone
+
+
+def test_a_zero_or_repeated_other_map_takes_nothing_more_away():
+    from workbench.steer.maps import orthogonal_to
+
+    gen = torch.Generator().manual_seed(9)
+    a = {"current_frontal": torch.randn(4, 3, generator=gen)}
+    b = {"current_frontal": torch.randn(4, 3, generator=gen)}
+    zero = {"current_frontal": torch.zeros(4, 3)}
+    once = orthogonal_to(a, [b])["current_frontal"]
+    for others in ([b, zero], [b, b], [zero, b, {"current_frontal": 2 * b["current_frontal"]}]):
+        torch.testing.assert_close(orthogonal_to(a, others)["current_frontal"], once)
+    torch.testing.assert_close(orthogonal_to(a, [zero])["current_frontal"], a["current_frontal"])

@@ -283,7 +283,7 @@ def image_deltas(
     inps: Sequence, steerings: Sequence[ImageSteering | None]
 ) -> list[torch.Tensor | FeatureScaling | None]:
     """One entry per image of the batch, row-major: what is added to it (None: nothing)."""
-    out: list[torch.Tensor | None] = []
+    out: list[torch.Tensor | FeatureScaling | None] = []
     for inp, steer in zip(inps, steerings, strict=True):
         pixels = inp.model_inputs.get("pixel_values")
         n_images = 0 if pixels is None else int(pixels.shape[0])

@@ -359,9 +359,11 @@ def test_orthogonal_maps_move_no_other_concepts_gap(run):
 
 def test_clamp_at_the_image_tokens_scales_the_candidates(run):
     cfg = config(run, site="image", positions="image", sae=None, store=None, mode="clamp",
-                 methods=("sae",), strengths=(1.0, 2.0), n_candidates=2)  # fmt: skip
+                 methods=("sae", "random"), strengths=(1.0, 2.0), n_candidates=2)  # fmt: skip
     text = run_steer(cfg)
-    rows = stored(run / "image-tokens")
+    nulls = stored(run / "image-tokens", "method = 'random'")
+    assert nulls and not any(r["features"] for r in nulls)  # only dim's null: no SAE map here
+    rows = stored(run / "image-tokens", "method = 'sae'")
     assert {(r["unit"], r["mode"], r["direction"], r["strength"]) for r in rows} == {
         ("own_act", "clamp", "add", 1.0), ("own_act", "clamp", "add", 2.0),
         ("own_act", "clamp", "remove", -1.0), ("own_act", "clamp", "remove", -2.0)}  # fmt: skip

@@ -62,10 +62,7 @@ class FeatureScaling(NamedTuple):
     def delta(self, acts_PD: torch.Tensor) -> torch.Tensor:
         """What is added to ``[P, D]`` image tokens (the features' code, rescaled, decoded)."""
         sae, cols = self.sae, list(self.features)
-        x_PD = acts_PD.to(sae.W_enc_DF.device, sae.W_enc_DF.dtype) - sae.b_dec_D
-        pre_PF = torch.addmm(sae.b_enc_F[cols], x_PD, sae.W_enc_DF[:, cols])
-        threshold = sae.threshold[cols] if sae.threshold.ndim else sae.threshold
-        z_PF = pre_PF.relu() * (pre_PF > threshold.to(pre_PF.dtype))
+        z_PF = sae.encode(acts_PD.to(sae.W_enc_DF.device))[:, cols]  # the SAE's own encoder
         return ((self.factor - 1.0) * z_PF) @ sae.W_dec_FD[cols]
 
 

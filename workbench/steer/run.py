@@ -207,7 +207,7 @@ def _null_arms(cfg: SteerConfig, c: cand.Candidate, d: str, where: str) -> list[
     sign, unit = (1.0 if d == "add" else -1.0), IMAGE_UNITS["random"]
     out = [Arm("random", c.concept, d, (), sign * s, unit, "add", where, cfg.map_variant)
            for s in cfg.strengths]  # fmt: skip
-    if "sae" in cfg.methods:
+    if "sae" in cfg.methods and cfg.mode == "add":  # clamp at site image has no SAE map
         out += [Arm("random", c.concept, d, c.features, sign * s, unit, "add", where,
                     null_variant(cfg)) for s in cfg.strengths]  # fmt: skip
     return out

@@ -79,6 +79,21 @@ SPECS: tuple[str, ...] = (
             report mean'.
         n_folds INTEGER | Cross-validation folds.
     """,
+    """concept_sparse_probes | analyse | -
+        How many SAE features a concept takes: a k-sparse probe (Gurnee et al. 2023; SAEBench's
+        sparse probing), a logistic regression on the concept's k best features, each read
+        through its best pooling, with the probe's folds and L2 grid
+        (`workbench.analyse.sparse_probe`). A concept the SAE splits over a few latents
+        reaches the probe at k = 2 or 5 where its best single feature does not.
+        concept VARCHAR | Label name (the concepts of `concept_probes` that were probed).
+        source VARCHAR | 'phantom', 'chexpert' or 'user'.
+        k INTEGER | Features the probe reads (1, 2 or 5).
+        auroc DOUBLE | Out-of-fold AUROC; on each training fold the k features are the best
+            by AUROC there, among the 32 best on all probed studies.
+        ratio DOUBLE | auroc / the concept's probe_auroc in `concept_probes`.
+        features INTEGER[] | The k features best on all probed studies, best first.
+        poolings VARCHAR[] | Their poolings, as in `concept_probes.pooling`.
+    """,
     """sae_quality | analyse | -
         How well the SAE reconstructs the residual stream, per Matryoshka prefix, on a sample
         of `quality_studies` studies (`workbench.analyse.quality`): held-out studies of the

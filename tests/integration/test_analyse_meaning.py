@@ -112,6 +112,25 @@ def test_probe_ceiling_against_the_best_feature(con):
     assert rows[("nodule", "phantom")][3:6] == (None, None, None)  # nor a best feature
 
 
+def test_sparse_probes_of_every_probed_concept(con):
+    rows = con.execute(
+        "SELECT s.concept, s.k, s.auroc, s.ratio, s.features, s.poolings, p.probe_auroc "
+        "FROM concept_sparse_probes s JOIN concept_probes p USING (concept, source) "
+        "ORDER BY s.concept, s.k"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        (c, k) for c in ("pacemaker", "pleural_effusion") for k in (1, 2, 5)
+    ]
+    for _, k, auc, ratio, feats, pools, probe in rows:
+        assert 1 <= len(feats) <= k and len(pools) == len(feats)
+        assert ratio == pytest.approx(auc / probe)
+    by = {(r[0], r[1]): r for r in rows}
+    # the best single feature on all studies heads every list; one planted feature reads it
+    assert by[("pleural_effusion", 1)][4:6] == ([w.SEMANTIC], ["report max"])
+    assert by[("pleural_effusion", 5)][4][0] == w.SEMANTIC
+    assert by[("pleural_effusion", 1)][2] == 1.0 and by[("pacemaker", 1)][2] >= 0.95
+
+
 def test_report_prints_meaning_and_probe_tables(run, capsys):
     assert main(["--run", str(run), "--reuse", "--report"]) == 0
     out = capsys.readouterr().out
@@ -120,11 +139,15 @@ def test_report_prints_meaning_and_probe_tables(run, capsys):
     assert rows["pleural_effusion"][2:] == [str(w.SEMANTIC), "1.000", "1.000", "-"]
     assert rows["pacemaker"][2:] == [str(w.PACER_IMAGE), "1.000", "-", "1.000"]
     assert "with meaning: 1 of the 1 most common findings, 1 of 1 devices" in meaning
-    probes, quality = out.split("probe ceiling", 1)[1].split("\n\n", 1)
+    probes, sparse, quality = out.split("probe ceiling", 1)[1].split("\n\n", 2)
     assert [ln.split()[0] for ln in probes.splitlines()[2:-1]] == ["pacemaker", "pleural_effusion"]
     effusion = next(ln for ln in probes.splitlines() if ln.startswith("pleural_effusion"))
     assert effusion.split()[2:7] == ["20", "20", str(w.SEMANTIC), "report", "max"]
     assert "best feature >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in probes
+    assert sparse.startswith("k-sparse probes")
+    effusion = next(ln for ln in sparse.splitlines() if ln.startswith("pleural_effusion"))
+    assert effusion.split()[1:5] == ["phantom", "1.000", "1.000", "1.000"]
+    assert "5 features >= 0.95 x probe: 1 of 1 concepts with >= 20 positives" in sparse
     assert quality.startswith("SAE quality on 8 stored (not held-out) studies")
     assert "CE loss recovered by the whole SAE: not measured (no model)" in quality
 

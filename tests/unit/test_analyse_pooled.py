@@ -146,3 +146,38 @@ def test_report_of_an_older_database_asks_for_a_rerun():
     con = duckdb.connect()
     con.execute("CREATE TABLE concept_probes (concept VARCHAR, feature_auroc DOUBLE)")
     assert "rerun analyse (without --reuse)" in probe_table(con)
+
+
+def test_shortlist_ranks_every_candidate_and_carries_its_pooled_values(world):
+    """With room for every feature, the shortlist is the reference AUROCs sorted (ties: lower
+    feature, earlier pooling), each feature once under its best pooling, and its values are
+    the probe's pooled columns."""
+    con, acts, store, y = world
+    ids = np.arange(100, 100 + S)
+    x, names = pool_store(store, ids)  # column p * F + f: pooling p of feature f
+    known = np.where(np.isin(y, (0.0, 1.0)), y, np.nan)
+    for block in (1, 2, 1024):  # the running merge across feature blocks changes nothing
+        short = best_pooled_features(con, acts, ids, y, F, names, block=block, top=6).shortlist
+        assert short.feature.shape == (3, 6) and short.values.shape == (S, 3, 6)
+        for c in range(3):
+            ref = auroc_columns(x, np.repeat(known[:, [c]], x.shape[1], 1))
+            fired = [p * F + f for p in range(4) for f in range(F) if x[:, p * F + f].any()]
+            ranked = sorted(fired, key=lambda col: (-ref[col], col % F, col // F))
+            order = [col for i, col in enumerate(ranked)  # each feature under its best pooling
+                     if col % F not in {o % F for o in ranked[:i]}]  # fmt: skip
+            n = len(order)
+            got = [int(p) * F + int(f) for f, p in zip(short.feature[c], short.pooling[c])]
+            assert got[:n] == order and (short.feature[c, n:] == -1).all()
+            np.testing.assert_allclose(short.auroc[c, :n], ref[order])
+            np.testing.assert_allclose(short.values[:, c, :n], x[:, order], rtol=1e-6)
+
+
+def test_shortlist_pads_past_the_features_that_fire(world):
+    con, acts, store, y = world
+    ids = np.arange(100, 100 + S)
+    short = best_pooled_features(con, acts, ids, y, F, ["report max"], top=8).shortlist
+    # features 0, 2 and 3 fire on report tokens; 1 (image, prompt) and 4 never do
+    assert [sorted(r) for r in short.feature[:, :3].tolist()] == [[0, 2, 3]] * 3
+    assert (short.feature[:, 3:] == -1).all() and np.isneginf(short.auroc[:, 3:]).all()
+    assert not short.values[:, :, 3:].any()
+    assert best_pooled_features(con, acts, ids, y, F, ["report max"]).shortlist is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workbench.analyse.probes import fit_logistic, probe_aurocs, row_space, subject_folds
+from workbench.analyse.logistic import fit_logistic, probe_aurocs, row_space, subject_folds
 
 
 def test_folds_keep_a_subject_together_and_are_balanced():

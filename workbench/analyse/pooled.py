@@ -30,12 +30,23 @@ POOL_KINDS: dict[str, tuple[str, ...]] = {"image": ("image",), "report": ("repor
 STATS: tuple[str, ...] = ("max", "mean")  # per token group; names such as 'image max'
 
 
+class Shortlist(NamedTuple):
+    """Per concept the ``M`` best features by AUROC, each under its best pooling, best first,
+    and their pooled values."""
+
+    auroc: np.ndarray  # [C, M] (-inf past the last candidate)
+    feature: np.ndarray  # int64 [C, M] (-1 past the last candidate)
+    pooling: np.ndarray  # int64 [C, M]: index into the pooling names
+    values: np.ndarray  # float32 [S, C, M]: each candidate's pooled value per study (0: silent)
+
+
 class BestFeature(NamedTuple):
     """Per concept: the best feature under the probe's poolings (NaN / -1 where none)."""
 
     auroc: np.ndarray  # [C]
     feature: np.ndarray  # int64 [C]
     pooling: list[str | None]  # [C]
+    shortlist: Shortlist | None = None  # with ``top`` > 0
 
 
 def _stage_pooled(con, acts: str, study_ids: np.ndarray) -> None:
@@ -58,10 +69,13 @@ def _stage_pooled(con, acts: str, study_ids: np.ndarray) -> None:
 
 
 def best_pooled_features(con, acts: str, study_ids: np.ndarray, y: np.ndarray, d_sae: int,
-                         names: list[str], block: int = 1024) -> BestFeature:  # fmt: skip
+                         names: list[str], block: int = 1024,
+                         top: int = 0) -> BestFeature:  # fmt: skip
     """The best (feature, pooling) per concept by AUROC on ``study_ids`` (labels ``y`` [S, C],
     1 / 0, anything else left out) over the poolings ``names`` (the probe's, e.g.
-    'report mean'). Ties go to the lower feature, then to the earlier pooling in ``names``."""
+    'report mean'). Ties go to the lower feature, then to the earlier pooling in ``names``.
+    With ``top`` > 0 it also returns each concept's :class:`Shortlist` of ``top`` candidates
+    and their pooled values (for the k-sparse probes), from the same scan."""
     bad = [n for n in names if len(n.split(" ")) != 2 or n.split(" ")[0] not in POOL_KINDS
            or n.split(" ")[1] not in STATS]  # fmt: skip
     if bad:
@@ -74,6 +88,8 @@ def best_pooled_features(con, acts: str, study_ids: np.ndarray, y: np.ndarray, d
     order = np.argsort(study_ids)
     sorted_ids = np.asarray(study_ids)[order]
     labels = np.where(np.isnan(y), -1.0, y)  # auroc_sparse leaves out all but 1 / 0
+    empty = np.full((C, 0), -1, np.int64)
+    ranks = (np.full((C, 0), -np.inf), empty, empty.copy())  # (auroc, feature, pooling) [C, M]
     try:
         # up to one row per token group for each (study, feature): half the block budget
         for f0, n in feature_blocks(con, d_sae, block, MAX_BLOCK_ENTRIES // len(POOL_KINDS)):
@@ -88,12 +104,18 @@ def best_pooled_features(con, acts: str, study_ids: np.ndarray, y: np.ndarray, d
                 p, stat = name.split(" ")
                 m = pool == p
                 vals = np.asarray(got["mx" if stat == "max" else "mean"])[m]
-                auc = auroc_sparse(np.asarray(got["feature"])[m], s_idx[m], vals, labels, f0, n)
-                _update(best, np.nan_to_num(auc, nan=-np.inf), f0, p_i, names)
+                feats = np.asarray(got["feature"])[m]
+                auc = np.nan_to_num(auroc_sparse(feats, s_idx[m], vals, labels, f0, n), nan=-np.inf)
+                _update(best, auc, f0, p_i, names)
+                if top:  # a feature silent under this pooling is no candidate
+                    silent = np.ones(n, bool)
+                    silent[feats - f0] = False
+                    ranks = _merge(ranks, np.where(silent[:, None], -np.inf, auc), f0, p_i, top)
+        short = _shortlist(con, ranks, names, order, sorted_ids) if top else None
     finally:
         con.execute("DROP TABLE IF EXISTS _pooled")
     auroc = np.where(np.isfinite(best.auroc), best.auroc, np.nan)
-    return BestFeature(auroc, best.feature, best.pooling)
+    return BestFeature(auroc, best.feature, best.pooling, short)
 
 
 def _update(best: BestFeature, auc: np.ndarray, f0: int, p_i: int, names: list[str]) -> None:
@@ -106,3 +128,47 @@ def _update(best: BestFeature, auc: np.ndarray, f0: int, p_i: int, names: list[s
         mine = (-val[c], f0 + int(top[c]), p_i)
         if old is None or mine < (-best.auroc[c], best.feature[c], names.index(old)):
             best.auroc[c], best.feature[c], best.pooling[c] = val[c], mine[1], names[p_i]
+
+
+def _merge(ranks: tuple, auc: np.ndarray, f0: int, p_i: int, top: int) -> tuple:
+    """The running ``top`` (auroc, feature, pooling) per concept with one block's AUROCs
+    [n, C] under pooling ``p_i`` folded in: each feature once, under its best pooling; order:
+    higher AUROC, lower feature, earlier pooling."""
+    n, C = auc.shape
+    a = np.concatenate([ranks[0], auc.T], 1)
+    f = np.concatenate([ranks[1], np.broadcast_to(np.arange(f0, f0 + n), (C, n))], 1)
+    p = np.concatenate([ranks[2], np.full((C, n), p_i, np.int64)], 1)
+    keep = np.full((C, top), -1, np.int64)
+    for c in range(C):
+        order = np.lexsort((p[c], f[c], -a[c]))
+        order = order[np.isfinite(a[c, order])]
+        _, first = np.unique(f[c, order], return_index=True)  # a feature's best pooling
+        best = order[np.sort(first)][:top]
+        keep[c, : len(best)] = best
+    pad = keep < 0
+    take = np.where(pad, 0, keep)
+    a, f, p = (np.take_along_axis(x, take, 1) for x in (a, f, p))
+    return np.where(pad, -np.inf, a), np.where(pad, -1, f), np.where(pad, 0, p)
+
+
+def _shortlist(con, ranks: tuple, names: list[str], order, sorted_ids) -> Shortlist:
+    """The :class:`Shortlist` of ``ranks``: each candidate's pooled value per study, read from
+    the staged ``_pooled`` table (0 where the feature is silent in the study)."""
+    a, f, p = ranks
+    C, M = f.shape
+    values = np.zeros((len(order), C, M), np.float32)
+    c_i, j_i = np.nonzero(f >= 0)
+    if len(c_i):
+        pool = [names[i].split(" ") for i in p[c_i, j_i]]
+        con.register("_short", pa.table({
+            "c": c_i, "j": j_i, "feature": f[c_i, j_i].astype(np.int32),
+            "pool": [q for q, _ in pool], "stat": [st for _, st in pool],
+        }))  # fmt: skip
+        got = con.execute(
+            "SELECT k.c, k.j, p.study_id, CASE WHEN k.stat = 'max' THEN p.mx ELSE p.mean END "
+            "AS v FROM _pooled p JOIN _short k USING (feature, pool)"
+        ).fetchnumpy()
+        con.unregister("_short")
+        s_idx = order[np.searchsorted(sorted_ids, np.asarray(got["study_id"]))]
+        values[s_idx, np.asarray(got["c"]), np.asarray(got["j"])] = np.asarray(got["v"])
+    return Shortlist(a, f, p, values)

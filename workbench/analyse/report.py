@@ -106,6 +106,40 @@ def probe_table(con, min_pos: int = 20, target: float = 0.95) -> str:
     return "\n".join(lines)
 
 
+SPARSE_SQL = """
+    SELECT s.concept, s.source, p.n_pos, s.k, s.auroc, s.ratio, s.features
+    FROM concept_sparse_probes s JOIN concept_probes p USING (concept, source)
+    ORDER BY s.source DESC, s.concept, s.k"""
+
+
+def sparse_table(con, min_pos: int = 20, target: float = 0.95) -> str:
+    """The k-sparse probes per concept (AUROC at each k, ratio to the probe at the largest k)
+    and the count of concepts with ``min_pos`` positives whose largest k reaches ``target``."""
+    by: dict[tuple, dict] = {}
+    for concept, source, n_pos, k, auc, ratio, feats in con.execute(SPARSE_SQL).fetchall():
+        by.setdefault((concept, source, n_pos), {})[k] = (auc, ratio, feats)
+    if not by:
+        return ("k-sparse probes: none stored (no concept was probed, or the run was analysed "
+                "before they existed: rerun analyse without --reuse)")  # fmt: skip
+    ks = sorted({k for got in by.values() for k in got})
+    top = ks[-1]
+    lines = [
+        "k-sparse probes (logistic probe on the concept's k best features, out of fold; "
+        f"ratio to the probe at k = {top}):",
+        f"{'concept':<26} {'source':<8} " + " ".join(f"{f'k={k}':>6}" for k in ks)
+        + f" {'ratio':>6}  features (k = {top})",
+    ]  # fmt: skip
+    for (concept, source, _), got in by.items():
+        aucs = " ".join(f"{_fmt(got.get(k, (None,))[0]):>6}" for k in ks)
+        auc, ratio, feats = got.get(top, (None, None, None))
+        lines.append(f"{concept[:26]:<26} {source:<8} {aucs} {_fmt(ratio):>6}  {feats or '-'}")
+    big = [got[top][1] for (_, _, n), got in by.items() if n >= min_pos and top in got]
+    hits = sum(1 for r in big if r is not None and r >= target)
+    lines.append(f"{top} features >= {target:g} x probe: {hits} of {len(big)} concepts with >= "
+                 f"{min_pos} positives")  # fmt: skip
+    return "\n".join(lines)
+
+
 def quality_report(con, target: float = 0.9) -> str:
     """The SAE quality per Matryoshka prefix and the whole SAE's CE loss recovered."""
     rows = con.execute(
@@ -133,11 +167,12 @@ def quality_report(con, target: float = 0.9) -> str:
 
 
 def meaning_report(run: Path) -> str:
-    """The meaning, probe and SAE-quality tables for ``analyse --report``."""
+    """The meaning, probe, k-sparse probe and SAE-quality tables for ``analyse --report``."""
     from workbench import db
 
     con = db.connect(run)
     try:
-        return "\n\n".join((meaning_table(con), probe_table(con), quality_report(con)))
+        parts = (meaning_table(con), probe_table(con), sparse_table(con), quality_report(con))
+        return "\n\n".join(parts)
     finally:
         con.close()

@@ -7,14 +7,17 @@ AUROC, out of fold with folds split by subject (no patient in both), is the ceil
 SAE feature is compared with, that feature read through the same four poolings
 (:mod:`workbench.analyse.pooled`): ``ratio`` = the best (feature, pooling) AUROC / probe
 AUROC. The best study maximum over all tokens (``feature_concepts``) is stored beside it for
-reference only: it reads the prompt too, which the probe does not.
+reference only: it reads the prompt too, which the probe does not. Between the two, the
+k-sparse probes (:mod:`workbench.analyse.sparse_probe`, ``concept_sparse_probes``) read each
+concept's 1, 2 and 5 best features, from the shortlist the same scan of the features returns.
 
-All concepts are fitted jointly (independent weights, one L-BFGS problem per fold) in the
-row space of the pooled matrix: with an L2 penalty the optimal weights are combinations of
-the training rows, so projecting onto the SVD of all probed studies changes no prediction
-and makes a 16k-wide MAIRA-2 pooling as cheap as its number of studies. The L2 strength is
-the best of a small grid by out-of-fold AUROC (a slightly optimistic ceiling, as a ceiling
-should be). At most ``max_studies`` studies are pooled (a seeded sample) to bound memory.
+All concepts are fitted jointly (independent weights, one L-BFGS problem per fold;
+:mod:`workbench.analyse.logistic`) in the row space of the pooled matrix: with an L2 penalty
+the optimal weights are combinations of the training rows, so projecting onto the SVD of all
+probed studies changes no prediction and makes a 16k-wide MAIRA-2 pooling as cheap as its
+number of studies. The L2 strength is the best of a small grid by out-of-fold AUROC (a
+slightly optimistic ceiling, as a ceiling should be). At most ``max_studies`` studies are
+pooled (a seeded sample) to bound memory.
 """
 
 from __future__ import annotations

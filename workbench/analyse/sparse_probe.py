@@ -70,11 +70,13 @@ def chosen(short: Shortlist, c: int, k: int, names: list[str]) -> tuple[list[int
     return [int(short.feature[c, i]) for i in j], [names[short.pooling[c, i]] for i in j]
 
 
-def write_sparse_probes(con, short: Shortlist, y, fold, probed, labels: LabelMatrix, probe_auc,
-                  pools: list[str]) -> None:  # fmt: skip
-    """``concept_sparse_probes``: the k-sparse probes of every probed concept."""
+def write_sparse_probes(
+    con, short: Shortlist | None, y, fold, probed, labels: LabelMatrix, probe_auc, pools: list[str]
+) -> None:
+    """``concept_sparse_probes``: the k-sparse probes of every probed concept (``probed`` [C]
+    bool; ``y`` [S, C] 1 / 0 / NaN, ``fold`` [S] and ``probe_auc`` [C] as the probe's)."""
     cs = np.flatnonzero(probed)
-    if not len(cs):
+    if short is None or not len(cs):
         return
     auc = sparse_aurocs(short.values[:, cs], y[:, cs], fold, SPARSE_K)
     rows = []

@@ -54,3 +54,15 @@ def test_unknown_labels_are_left_out_and_match_the_dense_probe_when_k_is_all():
     dense, _ = probe_aurocs((values[:, 0] - values[:, 0].mean(0)) / values[:, 0].std(0),
                             y[:, :1], folds)  # fmt: skip
     assert abs(auc[0] - dense[0]) < 0.01  # all candidates: the probe on those columns
+
+
+def test_padding_is_never_chosen_before_a_real_candidate():
+    """A candidate worse than chance on the training folds still ranks before the padding of
+    a short shortlist (an all-zero column, AUROC 0.5)."""
+    values, y, _ = _world(3)
+    values[:, :, 2:] = 0.0
+    values[:, 0, 1] = 1.0 - y[:, 0] + 0.1  # below chance for U
+    valid = np.zeros((2, M), bool)
+    valid[:, :2] = True
+    assert _ranked(values, y)[0, 1] != 1  # without the mask a pad outranks it...
+    assert _ranked(values, y, valid)[0, :2].tolist() == [0, 1]  # ...with it, it is second

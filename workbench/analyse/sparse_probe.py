@@ -29,11 +29,15 @@ SPARSE_K = (1, 2, 5)  # features per probe
 SHORTLIST = 32  # candidates per concept they are chosen among
 
 
-def _ranked(values_SCM: np.ndarray, y_SC: np.ndarray) -> np.ndarray:
-    """[C, M] candidate indices per concept, best AUROC on these studies first (NaN last)."""
+def _ranked(values_SCM: np.ndarray, y_SC: np.ndarray, valid_CM: np.ndarray | None = None):
+    """[C, M] candidate indices per concept, best AUROC on these studies first; NaN and the
+    shortlist's padding (``valid_CM`` false) last."""
     M = values_SCM.shape[2]
     auc = np.stack([auroc_columns(values_SCM[:, :, j], y_SC) for j in range(M)], 1)
-    return np.argsort(-np.nan_to_num(auc, nan=-np.inf), axis=1, kind="stable")
+    auc = np.nan_to_num(auc, nan=-np.inf)
+    if valid_CM is not None:
+        auc = np.where(valid_CM, auc, -np.inf)
+    return np.argsort(-auc, axis=1, kind="stable")
 
 
 def _standardised(z_SCK: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -42,13 +46,16 @@ def _standardised(z_SCK: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 def sparse_aurocs(
-    values_SCM: np.ndarray, y_SC: np.ndarray, folds: np.ndarray, ks=SPARSE_K
+    values_SCM: np.ndarray, y_SC: np.ndarray, folds: np.ndarray, ks=SPARSE_K, valid_CM=None
 ) -> np.ndarray:
     """Out-of-fold AUROC [len(ks), C] of a logistic probe on each concept's k best candidates
-    (chosen on the training folds), the best over :data:`L2_GRID` per (k, concept)."""
+    (chosen on the training folds; ``valid_CM`` false: padding, never chosen before a real
+    candidate), the best over :data:`L2_GRID` per (k, concept)."""
     C = y_SC.shape[1]
     best = np.full((len(ks), C), np.nan)
-    ranks = {f: _ranked(values_SCM[folds != f], y_SC[folds != f]) for f in np.unique(folds)}
+    ranks = {
+        f: _ranked(values_SCM[folds != f], y_SC[folds != f], valid_CM) for f in np.unique(folds)
+    }
     for l2 in L2_GRID:
         scores = np.zeros((len(ks), *y_SC.shape))
         for f, rank in ranks.items():
@@ -78,7 +85,7 @@ def write_sparse_probes(
     cs = np.flatnonzero(probed)
     if short is None or not len(cs):
         return
-    auc = sparse_aurocs(short.values[:, cs], y[:, cs], fold, SPARSE_K)
+    auc = sparse_aurocs(short.values[:, cs], y[:, cs], fold, SPARSE_K, short.feature[cs] >= 0)
     rows = []
     for i, k in enumerate(SPARSE_K):
         for n, c in enumerate(cs):

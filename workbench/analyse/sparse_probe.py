@@ -4,16 +4,16 @@ Between the probe ceiling (:mod:`workbench.analyse.probes`: the whole residual s
 best single feature (:mod:`workbench.analyse.pooled`) sits the *k-sparse probe* of Gurnee et
 al. (2023, "Finding Neurons in a Haystack"), the sparse probing of SAEBench (Karvonen et al.,
 2025): a logistic regression on the k features that separate the concept best, each read
-through its best pooling. A concept the SAE splits over several latents (Support Devices: any
-of five devices; a new finding written "new" or "interval placement") then shows as a low
-k = 1 and a k = 2 or 5 near the probe, where a concept it lacks stays low at every k.
+through its best pooling. A concept the SAE splits over several latents (on the demo: nodule,
+written with many sizes, lobes and changes) shows as a low k = 1 and a k = 2 or 5 near the
+probe; a concept it lacks (on the demo: the union Support Devices) stays low at every k.
 
 Out of fold, with the probe's folds and L2 grid (the best out-of-fold AUROC, as the probe's):
 on each training fold the k features are the best by AUROC there, among a shortlist of the
 ``SHORTLIST`` best on all probed studies (it bounds the work to that many values per study and
-concept; a feature outside it would have to top the training fold while ranking below
-as many others on all studies). SAEBench ranks by the difference of class means; AUROC
-is the score the rest of the analysis ranks features by.
+concept; a feature outside it would have to top a training fold while ranking below 32 others
+on all studies). SAEBench ranks by the difference of class means; AUROC is the score the rest
+of the analysis ranks features by.
 """
 
 from __future__ import annotations

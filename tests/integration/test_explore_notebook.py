@@ -54,6 +54,8 @@ def test_notebook_runs_on_the_tiny_run(tmp_path, monkeypatch):
     text = "\n".join(outputs)
     assert "sae_quality" in outputs[0] and "feature_acts" not in outputs[0]  # tables, not views
     assert "pneumothorax" in text and "endotracheal_tube" in text  # the recovery table
+    probes = next(o for o in outputs if "k5_ratio" in o)  # probe ceiling vs k-sparse probes
+    assert "best_feature" in probes and "phantom" in probes  # rows, not only the header
     assert "[[" in text  # examples in context
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the heatmap and the histograms

@@ -148,6 +148,20 @@ def test_report_of_an_older_database_asks_for_a_rerun():
     assert "rerun analyse (without --reuse)" in probe_table(con)
 
 
+def test_report_without_sparse_probes_asks_for_a_rerun_and_never_fails():
+    """A features.duckdb of an analyse before the k-sparse probes has no such table."""
+    from workbench.analyse.report import sparse_table
+
+    con = duckdb.connect()
+    assert "predates them; rerun analyse (without --reuse)" in sparse_table(con)
+    con.execute("CREATE TABLE concept_probes (concept VARCHAR, source VARCHAR, n_pos INTEGER)")
+    con.execute(
+        "CREATE TABLE concept_sparse_probes (concept VARCHAR, source VARCHAR, k INTEGER, "
+        "auroc DOUBLE, ratio DOUBLE, features INTEGER[], poolings VARCHAR[])"
+    )
+    assert sparse_table(con).startswith("k-sparse probes: none")
+
+
 def test_shortlist_ranks_every_candidate_and_carries_its_pooled_values(world):
     """With room for every feature, the shortlist is the reference AUROCs sorted (ties: lower
     feature, earlier pooling), each feature once under its best pooling, and its values are

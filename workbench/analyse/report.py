@@ -115,12 +115,17 @@ SPARSE_SQL = """
 def sparse_table(con, min_pos: int = 20, target: float = 0.95) -> str:
     """The k-sparse probes per concept (AUROC at each k, ratio to the probe at the largest k)
     and the count of concepts with ``min_pos`` positives whose largest k reaches ``target``."""
+    tables = {
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
+    if "concept_sparse_probes" not in tables:
+        return ("k-sparse probes: this features.duckdb predates them; rerun analyse (without "
+                "--reuse)")  # fmt: skip
     by: dict[tuple, dict] = {}
     for concept, source, n_pos, k, auc, ratio, feats in con.execute(SPARSE_SQL).fetchall():
         by.setdefault((concept, source, n_pos), {})[k] = (auc, ratio, feats)
     if not by:
-        return ("k-sparse probes: none stored (no concept was probed, or the run was analysed "
-                "before they existed: rerun analyse without --reuse)")  # fmt: skip
+        return "k-sparse probes: none (no concept had both classes to probe)"
     ks = sorted({k for got in by.values() for k in got})
     top = ks[-1]
     lines = [

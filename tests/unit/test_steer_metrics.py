@@ -11,6 +11,7 @@ from workbench.steer.report import (
     admissible,
     format_report,
     format_side_effects,
+    format_side_effects_by_study,
     format_sweep,
     operating_points,
     summarise,
@@ -140,6 +141,19 @@ def test_side_effects_by_concept_are_shares_of_each_methods_reports():
     assert table == {"nodule": ["50%", "0%"], "edema": ["25%", "50%"]}
     assert list(table) == ["edema", "nodule"]  # most frequent over all methods first
     assert "no other concept flipped" in format_side_effects([row("sae", 1.0, True)])
+
+
+def test_side_effects_by_study_tell_a_fragile_study_from_a_general_push():
+    fragile = [row("sae", s, True, side=["nodule"], study_id=1) for s in (1.0, 2.0, 3.0)]
+    calm = [row("sae", 1.0, True, study_id=i) for i in (2, 3, 4, 5)]
+    everywhere = [row("dim", 1.0, True, side=["edema"], study_id=i) for i in (1, 2, 3, 4)]
+    lines = format_side_effects_by_study(fragile + calm + everywhere, top=1).splitlines()
+    assert lines[1].split() == ["method", "reports", "studies", "side", "top", "1", "share",
+                                "side", "without", "them"]  # fmt: skip
+    table = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert table["sae"] == ["7", "5", "43%", "100%", "0%"]  # one study carries every flip
+    assert table["dim"] == ["4", "4", "100%", "25%", "100%"]  # the push flips everywhere
+    assert list(table) == ["sae", "dim"]
 
 
 def test_ties_go_to_the_weaker_strength():

@@ -311,6 +311,30 @@ def format_side_effects(rows: Sequence[dict], top: int = 8) -> str:
     return "side effects by concept (share of each method's steered reports)\n" + _table(cells)
 
 
+def format_side_effects_by_study(rows: Sequence[dict], top: int = 10) -> str:
+    """Where the side effects come from: per method, the share of its steered reports with a
+    side effect that its ``top`` most affected studies carry, and the rate over the other
+    studies. A study whose unsteered report sits at a finding's decision boundary flips under
+    any push (RESULTS.md, "Where the side effects come from"); this tells such a floor from a
+    steering direction that moves other findings everywhere."""
+    per: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for r in rows:
+        got = per[r["method"]][r["study_id"]]
+        got[0] += 1
+        got[1] += bool(r["side_effects"])
+    cells = [["method", "reports", "studies", "side", f"top {top} share", "side without them"]]
+    for m in [m for m in (*METHODS_COMPARED, "counterfactual") if m in per] + sorted(
+        set(per) - {*METHODS_COMPARED, "counterfactual"}
+    ):
+        studies = sorted(per[m].values(), key=lambda v: -v[1])
+        n, side = sum(v[0] for v in studies), sum(v[1] for v in studies)
+        top_n, top_side = sum(v[0] for v in studies[:top]), sum(v[1] for v in studies[:top])
+        rest = (side - top_side) / (n - top_n) if n > top_n else None
+        share = top_side / side if side else None
+        cells.append([m, str(n), str(len(studies)), _pct(side / n), _pct(share), _pct(rest)])
+    return "side effects by study (the most affected studies of each method)\n" + _table(cells)
+
+
 def _success(p: Summary | None) -> float:
     return (p.success or 0.0) if p is not None else 0.0
 

@@ -42,6 +42,7 @@ from workbench.steer.report import (
     format_null,
     format_report,
     format_side_effects,
+    format_side_effects_by_study,
     format_sweep,
     latest_feature_sets,
     load_rows,
@@ -306,7 +307,8 @@ def summary_text(
     parts += [format_sweep(summaries), "", format_report(summaries, cfg.limits)]
     null = format_null(summaries)
     parts += ["", null] if null else []
-    return "\n".join([*parts, "", format_side_effects(rows)])
+    by_study = format_side_effects_by_study(rows)
+    return "\n".join([*parts, "", format_side_effects(rows), "", by_study])
 
 
 def _same_settings(cfg: SteerConfig, r: dict) -> bool:

@@ -235,6 +235,12 @@ def insert_run_row(con, row: RunRow, provenance: Provenance | None = None) -> No
     )
 
 
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the connected database has table ``name`` (an older run may lack a newer one)."""
+    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
+    return row.fetchall()[0][0] > 0
+
+
 def require_tables(con, names: tuple[str, ...], run) -> None:
     """A clear error when ``analyse`` has not written the tables a stage reads."""
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}

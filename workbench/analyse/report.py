@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench import db
+
 MEANING_SQL = """
 WITH sel AS (SELECT feature, concept, selectivity FROM feature_mentions),
 loc AS (SELECT feature, concept, pointing_game FROM feature_localisation),
@@ -115,10 +117,7 @@ SPARSE_SQL = """
 def sparse_table(con, min_pos: int = 20, target: float = 0.95) -> str:
     """The k-sparse probes per concept (AUROC at each k, ratio to the probe at the largest k)
     and the count of concepts with ``min_pos`` positives whose largest k reaches ``target``."""
-    tables = {
-        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-    }
-    if "concept_sparse_probes" not in tables:
+    if not db.has_table(con, "concept_sparse_probes"):
         return ("k-sparse probes: this features.duckdb predates them; rerun analyse (without "
                 "--reuse)")  # fmt: skip
     by: dict[tuple, dict] = {}
@@ -173,8 +172,6 @@ def quality_report(con, target: float = 0.9) -> str:
 
 def meaning_report(run: Path) -> str:
     """The meaning, probe, k-sparse probe and SAE-quality tables for ``analyse --report``."""
-    from workbench import db
-
     con = db.connect(run)
     try:
         parts = (meaning_table(con), probe_table(con), sparse_table(con), quality_report(con))

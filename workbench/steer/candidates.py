@@ -28,6 +28,7 @@ from typing import NamedTuple
 import duckdb
 
 from workbench.cxr.findings import CHEXPERT_LABELS
+from workbench.db import has_table
 from workbench.steer.metrics import JUDGED, READABLE
 
 RULE = (
@@ -54,12 +55,6 @@ class Candidate(NamedTuple):
     gap_share: float | None = None
     """Share of the concept's adjusted image gap the features carry (the gap rule,
     :mod:`workbench.steer.gap`); None under the meaning rule."""
-
-
-def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether the connected database has table ``name``."""
-    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
-    return row.fetchone()[0] > 0
 
 
 def default_concepts(con: duckdb.DuckDBPyConnection) -> list[str]:

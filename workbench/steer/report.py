@@ -285,6 +285,13 @@ def format_null(summaries: Sequence[Summary]) -> str:
 METHODS_COMPARED = ("sae", "dim", "prompt")
 
 
+def _method_order(present) -> list[str]:
+    """The methods in ``present`` (any container of names): the compared ones and the
+    counterfactual first, in that order, then the rest (e.g. random) by name."""
+    known = [m for m in (*METHODS_COMPARED, "counterfactual") if m in present]
+    return known + sorted(set(present) - set(known))
+
+
 def format_side_effects(rows: Sequence[dict], top: int = 8) -> str:
     """Which concepts flip as side effects: per method, the share of its steered reports
     (every concept, direction and strength) in which each other concept's stated/not-stated
@@ -299,8 +306,7 @@ def format_side_effects(rows: Sequence[dict], top: int = 8) -> str:
             hits[(r["method"], c)] += 1
     if not hits:
         return "side effects: no other concept flipped in any steered report"
-    methods = [m for m in (*METHODS_COMPARED, "counterfactual") if n.get(m)]
-    methods += sorted(set(n) - set(methods))
+    methods = _method_order(n)
     rate = {k: v / n[k[0]] for k, v in hits.items()}
     totals: dict[str, float] = defaultdict(float)
     for (_, c), v in rate.items():
@@ -323,9 +329,7 @@ def format_side_effects_by_study(rows: Sequence[dict], top: int = 10) -> str:
         got[0] += 1
         got[1] += bool(r["side_effects"])
     cells = [["method", "reports", "studies", "side", f"top {top} share", "side without them"]]
-    for m in [m for m in (*METHODS_COMPARED, "counterfactual") if m in per] + sorted(
-        set(per) - {*METHODS_COMPARED, "counterfactual"}
-    ):
+    for m in _method_order(per):
         studies = sorted(per[m].values(), key=lambda v: -v[1])
         n, side = sum(v[0] for v in studies), sum(v[1] for v in studies)
         top_n, top_side = sum(v[0] for v in studies[:top]), sum(v[1] for v in studies[:top])

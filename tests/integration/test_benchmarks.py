@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 import torch
 
@@ -182,3 +183,31 @@ def test_bench_mini_vision_nodule_contrast_reads_the_surroundings():
         bench.input_mask(disc[:, :32], 16)
     with pytest.raises(ValueError, match="empty"):
         bench.local_cnr(ground, disc & False)
+
+
+def test_steer_side_effects_reads_concentration_and_truth(tmp_path, capsys, monkeypatch):
+    """Study 1 flips nodule in every SAE report (its baseline missed the true nodule), the
+    others never: the top study carries every flip, and each flip moves toward the truth."""
+    script = _script("steer_side_effects")
+    con = duckdb.connect(str(tmp_path / "f.duckdb"))
+    con.execute(
+        "CREATE TABLE steering_results (method VARCHAR, direction VARCHAR, study_id BIGINT, "
+        "side_effects VARCHAR[], details VARCHAR, eligible BOOLEAN, mode VARCHAR, "
+        "strength DOUBLE)"
+    )
+    flip = json.dumps({"baseline_readings": {"nodule": 0}, "steered_readings": {"nodule": 1}})
+    same = json.dumps({"baseline_readings": {}, "steered_readings": {}})
+    rows = [("sae", "add", 1, ["nodule"], flip, True, "add", s) for s in (1.0, 2.0)]
+    rows += [("sae", "add", sid, [], same, True, "add", 1.0) for sid in (2, 3)]
+    rows += [("sae", "add", 1, ["nodule"], flip, True, "add", 8.0)]  # outside --strengths
+    con.executemany("INSERT INTO steering_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.close()
+    labels = tmp_path / "phantom-labels.csv"
+    labels.write_text("subject_id,study_id,nodule\n1,1,1\n2,2,0\n3,3,0\n")
+    argv = ["x", "--db", str(tmp_path / "f.duckdb"), "--labels", str(labels), "--top", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    out = capsys.readouterr().out
+    assert "sae: 3 studies, 4 reports, side effects 0.500; top 1 carry 1.00; " in out
+    assert "rate without them 0.000" in out
+    assert "sae add: 2 flips, toward truth 1.00" in out

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from workbench.analyse.splice import (
+    LOSS_MASK,
     SPLICE_MASK,
     SpliceLosses,
     next_token_ce,
+    predicting_positions,
     splice_losses,
     splice_losses_by_prefix,
 )
@@ -81,6 +83,44 @@ def test_masks_choose_the_counted_targets():
     full = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none")
     assert n_m == 2 and total_m == pytest.approx(float(full[2:].sum()), rel=1e-6)
     assert total == pytest.approx(float(full.sum()), rel=1e-6)
+
+
+def test_logits_of_the_predicting_positions_give_the_same_ce():
+    logits = torch.randn(2, 6, 7)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]])
+    loss = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 1]])
+    pos = predicting_positions(ids, loss_mask_BT=loss)
+    assert pos.tolist() == [1, 2, 3, 4]  # t - 1 for every counted t of either row
+    assert next_token_ce(logits[:, pos], ids, None, loss, pos) == pytest.approx(
+        next_token_ce(logits, ids, None, loss)
+    )
+    with pytest.raises(ValueError, match="leaves out"):
+        next_token_ce(logits[:, pos[1:]], ids, None, loss, pos[1:])
+
+
+def test_a_loss_mask_runs_the_output_head_on_its_positions_only(lm):
+    """The same losses as from every position's logits; the head sees the counted ones."""
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    plain = _batches(tok)
+    masked = [{**b, LOSS_MASK: torch.arange(b["input_ids"].shape[1])[None] >= 3} for b in plain]
+    widths: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: widths.append(args[0].shape[1])
+    )
+    try:
+        out = splice_losses(model, sae, masked)
+    finally:
+        handle.remove()
+    lengths = [b["input_ids"].shape[1] for b in plain]
+    assert widths == [n - 3 for n in lengths for _ in range(3)]  # clean, spliced, zero
+    clean = 0.0
+    with torch.no_grad():
+        for b in plain:
+            logits = model(**b).logits[0, 2:-1]
+            clean += float(F.cross_entropy(logits, b["input_ids"][0, 3:], reduction="sum"))
+    assert out.n_tokens == sum(n - 3 for n in lengths)
+    assert out.clean == pytest.approx(clean / out.n_tokens, rel=1e-5)
 
 
 def test_bad_inputs_are_refused(lm):

@@ -60,27 +60,59 @@ class SpliceLosses(NamedTuple):
         return (self.zero_ablated - self.spliced) / gap if gap != 0 else math.nan
 
 
+def _counted(
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor | None,
+    loss_mask_BT: torch.Tensor | None,
+) -> torch.Tensor:
+    """[B, T - 1] bool: whether the target at ``t + 1`` (predicted from ``t``) counts."""
+    keep = torch.ones_like(input_ids_BT[:, 1:], dtype=torch.bool)
+    if attention_mask_BT is not None:
+        mask = attention_mask_BT.to(keep.device).bool()
+        keep &= mask[:, 1:] & mask[:, :-1]
+    if loss_mask_BT is not None:
+        keep &= loss_mask_BT.to(keep.device).bool()[:, 1:]
+    return keep
+
+
+def predicting_positions(
+    input_ids_BT: torch.Tensor,
+    attention_mask_BT: torch.Tensor | None = None,
+    loss_mask_BT: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The positions (shared by the batch) whose logits predict a target that counts."""
+    keep = _counted(input_ids_BT, attention_mask_BT, loss_mask_BT)
+    return torch.nonzero(keep.any(0)).flatten()
+
+
 def next_token_ce(
     logits_BTV: torch.Tensor,
     input_ids_BT: torch.Tensor,
     attention_mask_BT: torch.Tensor | None = None,
     loss_mask_BT: torch.Tensor | None = None,
+    positions_K: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Summed next-token cross entropy and the number of predicted tokens.
 
     Target ``t`` (predicted from position ``t - 1``) counts when both positions are real
-    tokens (``attention_mask``) and, if given, ``loss_mask[t]`` is true.
+    tokens (``attention_mask``) and, if given, ``loss_mask[t]`` is true. With ``positions_K``
+    the logits are only those positions' ([B, K, V], e.g. from the model's
+    ``logits_to_keep``) and K must cover every position whose target counts.
     """
-    logits = logits_BTV[:, :-1].float()
-    targets = input_ids_BT[:, 1:].to(logits.device)
-    keep = torch.ones_like(targets, dtype=torch.bool)
-    if attention_mask_BT is not None:
-        mask = attention_mask_BT.to(logits.device).bool()
-        keep &= mask[:, 1:] & mask[:, :-1]
-    if loss_mask_BT is not None:
-        keep &= loss_mask_BT.to(logits.device).bool()[:, 1:]
+    keep = _counted(input_ids_BT, attention_mask_BT, loss_mask_BT)
+    targets = input_ids_BT[:, 1:]
+    if positions_K is None:
+        logits_BTV = logits_BTV[:, :-1]
+    else:
+        positions_K = positions_K.to(keep.device)
+        if int(keep.sum()) != int(keep[:, positions_K].sum()):
+            raise ValueError("positions_K leaves out a position whose target counts")
+        keep, targets = keep[:, positions_K], targets[:, positions_K]
+    logits = logits_BTV.float()
+    targets = targets.to(logits.device)
     flat = logits.reshape(-1, logits.shape[-1])
-    ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none").view_as(targets)[keep]
+    ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none").view_as(targets)
+    ce = ce[keep.to(logits.device)]
     return float(ce.sum()), int(keep.sum())
 
 
@@ -198,12 +230,21 @@ def _replay_plan(model: nn.Module, hook: str) -> tuple[list[nn.Module], list[nn.
 
 
 def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
-    """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks."""
+    """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks.
+
+    With a ``loss_mask`` the model computes logits only where a counted target is predicted
+    (``logits_to_keep``): the output head and softmax over the vocabulary then run on the
+    report tokens, not on every image and prompt token.
+    """
+    ids, attention = inputs["input_ids"], inputs.get("attention_mask")
+    loss_mask = batch.get(LOSS_MASK)
+    positions, extra = None, {}
+    if loss_mask is not None:
+        positions = predicting_positions(ids, attention, loss_mask).to(ids.device)
+        extra["logits_to_keep"] = positions
     with intervene(model, edit):
-        logits = model(**inputs, use_cache=False).logits
-    return next_token_ce(
-        logits, inputs["input_ids"], inputs.get("attention_mask"), batch.get(LOSS_MASK)
-    )
+        logits = model(**inputs, use_cache=False, **extra).logits
+    return next_token_ce(logits, ids, attention, loss_mask, positions)
 
 
 OnClean = Callable[[Mapping[str, torch.Tensor], torch.Tensor, torch.Tensor], None]

@@ -103,12 +103,13 @@ def _store_complete(path: Path) -> bool:
 def step_sae(cfg: DemoConfig) -> str:
     """Train the Matryoshka BatchTopK SAE with the demo preset (resumes from checkpoints)."""
     layout = RunLayout(cfg.run)
-    sae = _train_demo_sae(layout.activations, layout.sae, cfg.seed)
+    sae = _train_demo_sae(layout.activations, layout.sae, cfg.seed, "sae-demo.toml")
     return f"SAE {sae.d_in} -> {sae.d_sae} latents, k={sae.k}, groups {list(sae.group_sizes)}"
 
 
-def _train_demo_sae(store: Path, out: Path, seed: int):
-    """Train the demo preset's SAE on ``store`` into ``out`` unless a whole save is there."""
+def _train_demo_sae(store: Path, out: Path, seed: int, preset_name: str):
+    """Train the SAE of ``configs/<preset_name>`` on ``store`` into ``out`` unless a whole
+    save is there."""
     from workbench.config import from_dict, load_config, to_dict
     from workbench.sae import load_sae
     from workbench.sae.config import TrainSAEConfig
@@ -116,7 +117,7 @@ def _train_demo_sae(store: Path, out: Path, seed: int):
     from workbench.sae.trainer import train
 
     if sae_incomplete(out) is not None:  # a whole save, not just a weights file
-        preset = to_dict(load_config(TrainSAEConfig, CONFIGS / "sae-demo.toml"))
+        preset = to_dict(load_config(TrainSAEConfig, CONFIGS / preset_name))
         preset.update(store=store, out=out, seed=seed, progress=False)
         train(from_dict(TrainSAEConfig, preset))
     return load_sae(out)
@@ -150,7 +151,7 @@ def step_image_tokens(cfg: DemoConfig) -> str:
             record(RecordConfig(model=str(layout.model), data=layout.phantom,
                                 hook=VISION_PROJECTOR, out=nested.activations,
                                 image_tokens="all", progress=False))  # fmt: skip
-    _train_demo_sae(nested.activations, nested.sae, cfg.seed)
+    _train_demo_sae(nested.activations, nested.sae, cfg.seed, "sae-image-tokens.toml")
     if incomplete(nested.root) is not None:
         with torch_threads(1):
             analyse(AnalyseConfig(run=nested.root, data=layout.phantom, seed=cfg.seed))

@@ -16,8 +16,9 @@ from workbench.analyse.splice import (
     predicting_positions,
     splice_losses,
     splice_losses_by_prefix,
+    takes_logits_to_keep,
 )
-from workbench.models.tiny import tiny_llama, tiny_tokenizer
+from workbench.models.tiny import tiny_llama, tiny_llava, tiny_maira2, tiny_tokenizer
 from workbench.sae.synthetic import signed_identity_sae
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -121,6 +122,39 @@ def test_a_loss_mask_runs_the_output_head_on_its_positions_only(lm):
             clean += float(F.cross_entropy(logits, b["input_ids"][0, 3:], reduction="sum"))
     assert out.n_tokens == sum(n - 3 for n in lengths)
     assert out.clean == pytest.approx(clean / out.n_tokens, rel=1e-5)
+
+
+def test_models_without_logits_to_keep_give_the_same_losses(lm, monkeypatch):
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    plain = _batches(tok)
+    masked = [{**b, LOSS_MASK: torch.arange(b["input_ids"].shape[1])[None] >= 3} for b in plain]
+    kept = splice_losses(model, sae, masked)
+    original = model.forward
+
+    def forward(input_ids, attention_mask=None, use_cache=False):  # an older or custom class
+        return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    monkeypatch.setattr(model, "forward", forward)
+    assert not takes_logits_to_keep(model)
+    widths: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: widths.append(args[0].shape[1])
+    )
+    try:
+        every = splice_losses(model, sae, masked)
+    finally:
+        handle.remove()
+    assert widths == [b["input_ids"].shape[1] for b in plain for _ in range(3)]
+    assert every.n_tokens == kept.n_tokens
+    assert every.clean == pytest.approx(kept.clean, rel=1e-6)
+    assert every.zero_ablated == pytest.approx(kept.zero_ablated, rel=1e-6)
+
+
+def test_vision_language_models_take_logits_to_keep():
+    tok = tiny_tokenizer()
+    assert takes_logits_to_keep(tiny_maira2(tok, n_layers=1))  # through its language_model
+    assert takes_logits_to_keep(tiny_llava(tok, n_layers=1))
 
 
 def test_bad_inputs_are_refused(lm):

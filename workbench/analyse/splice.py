@@ -27,6 +27,7 @@ SAELens' ``HookedSAETransformer`` on the same tokens.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -229,17 +230,27 @@ def _replay_plan(model: nn.Module, hook: str) -> tuple[list[nn.Module], list[nn.
     return [m for m in upstream if id(m) not in before], [m for m in upstream if id(m) in before]
 
 
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model``'s forward (or, for a wrapper that passes its keywords on, its
+    ``language_model``'s) accepts transformers' ``logits_to_keep``."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return True
+    inner = getattr(model, "language_model", None)
+    return isinstance(inner, nn.Module) and takes_logits_to_keep(inner)
+
+
 def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
     """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks.
 
-    With a ``loss_mask`` the model computes logits only where a counted target is predicted
-    (``logits_to_keep``): the output head and softmax over the vocabulary then run on the
-    report tokens, not on every image and prompt token.
+    With a ``loss_mask`` a model that takes ``logits_to_keep`` (transformers' causal LMs,
+    LLaVA, MAIRA-2) computes logits only where a counted target is predicted: the output head
+    and softmax over the vocabulary then run on the report tokens, not on every image and
+    prompt token. Other models give every position's logits, with the same losses.
     """
     ids, attention = inputs["input_ids"], inputs.get("attention_mask")
     loss_mask = batch.get(LOSS_MASK)
     positions, extra = None, {}
-    if loss_mask is not None:
+    if loss_mask is not None and takes_logits_to_keep(model):
         positions = predicting_positions(ids, attention, loss_mask).to(ids.device)
         extra["logits_to_keep"] = positions
     with intervene(model, edit):

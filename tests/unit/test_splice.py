@@ -99,20 +99,29 @@ def test_logits_of_the_predicting_positions_give_the_same_ce():
         next_token_ce(logits[:, pos[1:]], ids, None, loss, pos[1:])
 
 
-def test_a_loss_mask_runs_the_output_head_on_its_positions_only(lm):
-    """The same losses as from every position's logits; the head sees the counted ones."""
-    model, tok = lm
-    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
-    plain = _batches(tok)
-    masked = [{**b, LOSS_MASK: torch.arange(b["input_ids"].shape[1])[None] >= 3} for b in plain]
+def _masked_from_3(plain: list[dict]) -> list[dict]:
+    """``plain`` with a loss mask counting the targets from position 3 on."""
+    return [{**b, LOSS_MASK: torch.arange(b["input_ids"].shape[1])[None] >= 3} for b in plain]
+
+
+def _losses_and_head_widths(model, sae, batches) -> tuple[SpliceLosses, list[int]]:
+    """``splice_losses`` and the number of positions the output head saw in each forward."""
     widths: list[int] = []
     handle = model.get_output_embeddings().register_forward_hook(
         lambda module, args, out: widths.append(args[0].shape[1])
     )
     try:
-        out = splice_losses(model, sae, masked)
+        return splice_losses(model, sae, batches), widths
     finally:
         handle.remove()
+
+
+def test_a_loss_mask_runs_the_output_head_on_its_positions_only(lm):
+    """The same losses as from every position's logits; the head sees the counted ones."""
+    model, tok = lm
+    sae = signed_identity_sae(48, k=4, hook_name=HOOK)
+    plain = _batches(tok)
+    out, widths = _losses_and_head_widths(model, sae, _masked_from_3(plain))
     lengths = [b["input_ids"].shape[1] for b in plain]
     assert widths == [n - 3 for n in lengths for _ in range(3)]  # clean, spliced, zero
     clean = 0.0
@@ -128,8 +137,7 @@ def test_models_without_logits_to_keep_give_the_same_losses(lm, monkeypatch):
     model, tok = lm
     sae = signed_identity_sae(48, k=4, hook_name=HOOK)
     plain = _batches(tok)
-    masked = [{**b, LOSS_MASK: torch.arange(b["input_ids"].shape[1])[None] >= 3} for b in plain]
-    kept = splice_losses(model, sae, masked)
+    kept = splice_losses(model, sae, _masked_from_3(plain))
     original = model.forward
 
     def forward(input_ids, attention_mask=None, use_cache=False):  # an older or custom class
@@ -137,14 +145,7 @@ def test_models_without_logits_to_keep_give_the_same_losses(lm, monkeypatch):
 
     monkeypatch.setattr(model, "forward", forward)
     assert not takes_logits_to_keep(model)
-    widths: list[int] = []
-    handle = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, out: widths.append(args[0].shape[1])
-    )
-    try:
-        every = splice_losses(model, sae, masked)
-    finally:
-        handle.remove()
+    every, widths = _losses_and_head_widths(model, sae, _masked_from_3(plain))
     assert widths == [b["input_ids"].shape[1] for b in plain for _ in range(3)]
     assert every.n_tokens == kept.n_tokens
     assert every.clean == pytest.approx(kept.clean, rel=1e-6)

@@ -100,21 +100,29 @@ def _geo_mean(values: Iterable[float]) -> float | None:
     return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
 
 
+def arm_key(r: dict) -> tuple:
+    """A stored row's arm and strength: the first nine fields of its :class:`Summary`."""
+    key = tuple(tuple(r[g] or ()) if g == "features" else r[g] for g in GROUP)
+    return (*key, float(r["strength"]))
+
+
+def is_degenerate(r: dict) -> bool:
+    """Whether a stored steered report repeats itself or no longer parses."""
+    return (r["repeat_rate"] or 0) > DEGENERATE_REPEAT or not r["parses"]
+
+
 def summarise(rows: Iterable[dict]) -> list[Summary]:
     """One summary per arm (group columns + strength), ordered by arm then strength."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        key = tuple(tuple(r[g] or ()) if g == "features" else r[g] for g in GROUP)
-        groups[(*key, float(r["strength"]))].append(r)
+        groups[arm_key(r)].append(r)
     out = []
     for key, rs in sorted(groups.items(), key=lambda kv: (tuple(map(str, kv[0][:-1])), kv[0][-1])):
         n = len(rs)
         eligible = [r for r in rs if r["eligible"]]
         base = _geo_mean(r["baseline_ppl"] for r in rs)
         steered = _geo_mean(r["steered_ppl"] for r in rs)
-        degenerate = sum(
-            1 for r in rs if (r["repeat_rate"] or 0) > DEGENERATE_REPEAT or not r["parses"]
-        )
+        degenerate = sum(map(is_degenerate, rs))
         out.append(
             Summary(
                 *key,
@@ -176,7 +184,8 @@ def operating_points(
     return best
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A rate as a whole percentage ('-' when there is none)."""
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
@@ -190,13 +199,14 @@ def format_sweep(summaries: Sequence[Summary]) -> str:
         ppl = "-" if s.ppl_ratio is None else f"{s.ppl_ratio:.2f}"
         cells.append(
             [s.method, s.concept, s.direction, feats, f"{s.strength:g}", str(s.n),
-             str(s.n_eligible), _pct(s.success), _pct(s.side_effects), ppl,
-             f"{s.repeat:.2f}", _pct(s.parse_rate)]
+             str(s.n_eligible), pct(s.success), pct(s.side_effects), ppl,
+             f"{s.repeat:.2f}", pct(s.parse_rate)]
         )  # fmt: skip
-    return _table(cells)
+    return text_table(cells)
 
 
-def _table(cells: list[list[str]]) -> str:
+def text_table(cells: list[list[str]]) -> str:
+    """Rows of cells as right-aligned columns (the first row is the header)."""
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
 
@@ -206,7 +216,7 @@ def _point(p: Summary | None, with_strength: bool = True) -> list[str]:
         return ["-", "-", "-", "-"] if with_strength else ["-", "-", "-"]
     ppl = "-" if p.ppl_ratio is None else f"{p.ppl_ratio:.2f}"
     head = [f"{p.strength:g}"] if with_strength else []
-    return head + [_pct(p.success), _pct(p.side_effects), ppl]
+    return head + [pct(p.success), pct(p.side_effects), ppl]
 
 
 def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
@@ -221,9 +231,9 @@ def format_report(summaries: Sequence[Summary], limits: Limits) -> str:
     above = " above the null control's" if limits.over_null else ""
     rule = (
         f"operating point: best success with side effects{above} <= "
-        f"{_pct(limits.max_side_effects)}, "
+        f"{pct(limits.max_side_effects)}, "
         f"perplexity <= {limits.max_ppl_ratio:g}x baseline, degenerate reports <= "
-        f"{_pct(limits.max_degenerate)} ('-': no strength meets the limits)"
+        f"{pct(limits.max_degenerate)} ('-': no strength meets the limits)"
     )
     out = [rule, _comparison(summaries, points), *verdicts(points)]
     loose = limits._replace(max_side_effects=1.0)
@@ -256,7 +266,7 @@ def _comparison(summaries, points, with_counterfactual: bool = False) -> str:
             + _point(points.get(("prompt", concept, direction)), with_strength=False)
             + (_point(drawn.get((concept, direction)), False) if with_counterfactual else [])
         )
-    return _table(cells)
+    return text_table(cells)
 
 
 def format_null(summaries: Sequence[Summary]) -> str:
@@ -276,10 +286,10 @@ def format_null(summaries: Sequence[Summary]) -> str:
         row = list(key)
         for x in strengths:
             s = by.get(x)
-            row.append("-" if s is None else f"{_pct(s.side_effects)} ({_pct(s.success)})")
+            row.append("-" if s is None else f"{pct(s.side_effects)} ({pct(s.success)})")
         cells.append(row)
     title = "null control (random map of the method's norm per patch): side effects (success)"
-    return f"{title} by strength\n{_table(cells)}"
+    return f"{title} by strength\n{text_table(cells)}"
 
 
 METHODS_COMPARED = ("sae", "dim", "prompt")
@@ -313,8 +323,8 @@ def format_side_effects(rows: Sequence[dict], top: int = 8) -> str:
         totals[c] += v
     concepts = sorted(totals, key=lambda c: (-totals[c], c))[:top]
     cells = [["flipped concept", *methods], ["reports", *(str(n[m]) for m in methods)]]
-    cells += [[c, *(_pct(rate.get((m, c), 0.0)) for m in methods)] for c in concepts]
-    return "side effects by concept (share of each method's steered reports)\n" + _table(cells)
+    cells += [[c, *(pct(rate.get((m, c), 0.0)) for m in methods)] for c in concepts]
+    return "side effects by concept (share of each method's steered reports)\n" + text_table(cells)
 
 
 def format_side_effects_by_study(rows: Sequence[dict], top: int = 10) -> str:
@@ -335,8 +345,8 @@ def format_side_effects_by_study(rows: Sequence[dict], top: int = 10) -> str:
         top_n, top_side = sum(v[0] for v in studies[:top]), sum(v[1] for v in studies[:top])
         rest = (side - top_side) / (n - top_n) if n > top_n else None
         share = top_side / side if side else None
-        cells.append([m, str(n), str(len(studies)), _pct(side / n), _pct(share), _pct(rest)])
-    return "side effects by study (the most affected studies of each method)\n" + _table(cells)
+        cells.append([m, str(n), str(len(studies)), pct(side / n), pct(share), pct(rest)])
+    return "side effects by study (the most affected studies of each method)\n" + text_table(cells)
 
 
 def _success(p: Summary | None) -> float:

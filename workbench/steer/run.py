@@ -35,6 +35,7 @@ from workbench.steer.evaluate import (
     pick_cases,
     write_rows,
 )
+from workbench.steer.held import format_held_back
 from workbench.steer.intervene import SteeringError, positions_name
 from workbench.steer.maps import image_maps_for
 from workbench.steer.peers import Direction, dim_direction, study_means
@@ -305,6 +306,8 @@ def summary_text(
     summaries = summarise_rows(rows)
     parts = [f"left out: {older} rows of SAE feature sets stored before the last"] if older else []
     parts += [format_sweep(summaries), "", format_report(summaries, cfg.limits)]
+    held = format_held_back(rows, summaries, cfg.limits)
+    parts += ["", held] if held else []
     null = format_null(summaries)
     parts += ["", null] if null else []
     by_study = format_side_effects_by_study(rows)

@@ -239,18 +239,21 @@ def takes_logits_to_keep(model: nn.Module) -> bool:
     return isinstance(inner, nn.Module) and takes_logits_to_keep(inner)
 
 
-def _ce_of_run(model: nn.Module, batch: Mapping, inputs: dict, edit: dict) -> tuple[float, int]:
+def _ce_of_run(
+    model: nn.Module, batch: Mapping, inputs: dict, edit: dict, keep_logits: bool
+) -> tuple[float, int]:
     """Summed next-token CE of one forward of ``inputs`` with ``edit`` at its hooks.
 
-    With a ``loss_mask`` a model that takes ``logits_to_keep`` (transformers' causal LMs,
-    LLaVA, MAIRA-2) computes logits only where a counted target is predicted: the output head
-    and softmax over the vocabulary then run on the report tokens, not on every image and
-    prompt token. Other models give every position's logits, with the same losses.
+    With a ``loss_mask`` and ``keep_logits`` (the model takes ``logits_to_keep``:
+    transformers' causal LMs, LLaVA, MAIRA-2) the model computes logits only where a counted
+    target is predicted: the output head and softmax over the vocabulary then run on the
+    report tokens, not on every image and prompt token. Otherwise every position's logits,
+    with the same losses.
     """
     ids, attention = inputs["input_ids"], inputs.get("attention_mask")
     loss_mask = batch.get(LOSS_MASK)
     positions, extra = None, {}
-    if loss_mask is not None and takes_logits_to_keep(model):
+    if loss_mask is not None and keep_logits:
         positions = predicting_positions(ids, attention, loss_mask).to(ids.device)
         extra["logits_to_keep"] = positions
     with intervene(model, edit):
@@ -286,6 +289,7 @@ def splice_losses_by_prefix(
         raise ValueError("the SAE records no hook name; pass hook_name='blocks.L.hook_resid_post'")
     recorded_modules, stand_ins = _replay_plan(model, hook)
     replayed = [*recorded_modules, *stand_ins]
+    keep_logits = takes_logits_to_keep(model)
     for n_groups in prefixes:
         if n_groups is not None and not 1 <= n_groups <= len(sae.group_sizes):
             raise ValueError(f"n_groups={n_groups} outside 1..{len(sae.group_sizes)}")
@@ -297,7 +301,7 @@ def splice_losses_by_prefix(
             raise ValueError(f"a batch has no input_ids (keys: {sorted(batch)})")
         seen: list[torch.Tensor] = []
         with _recording(recorded_modules) as recorded:
-            total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)})
+            total, n = _ce_of_run(model, batch, inputs, {hook: _keep_copy(seen)}, keep_logits)
         recorded += recorded[-1:] * len(stand_ins)  # block L's outputs, for the blocks before
         totals["clean"] += total
         x = seen[0]
@@ -310,7 +314,8 @@ def splice_losses_by_prefix(
         edits = {"zero": _zero, **{("spliced", m): _replace_with(r) for m, r in recon.items()}}
         for name, fn in edits.items():
             with _replaying(replayed, recorded):
-                totals[name] += _ce_of_run(model, batch, inputs, {hook: _only_at(fn, mask)})[0]
+                edit = {hook: _only_at(fn, mask)}
+                totals[name] += _ce_of_run(model, batch, inputs, edit, keep_logits)[0]
         del recorded
         count += n
     if count == 0:

@@ -21,6 +21,7 @@ from workbench.steer.report import (
     Summary,
     above_null,
     arm_key,
+    breaches,
     is_degenerate,
     operating_points,
     pct,
@@ -52,18 +53,20 @@ def degenerate_studies(rows: Sequence[dict]) -> dict[tuple, list[int]]:
 
 
 def broken_limits(s: Summary, limits: Limits, degenerate: Sequence[int] = ()) -> tuple[str, ...]:
-    """Each limit ``s`` breaks, with its value and the limit's (empty: admissible)."""
+    """Each limit ``s`` breaks (:func:`breaches`), with its value and the bound, in words."""
     above = " above null" if limits.over_null else ""
     out = []
-    if s.side_effects > limits.max_side_effects:
-        out.append(f"side effects{above} {pct(s.side_effects)} > {pct(limits.max_side_effects)}")
-    if s.ppl_ratio is None or s.ppl_ratio > limits.max_ppl_ratio:
-        ppl = "unknown" if s.ppl_ratio is None else f"{s.ppl_ratio:.2f}x"
-        out.append(f"perplexity {ppl} > {limits.max_ppl_ratio:g}x")
-    if s.degenerate > limits.max_degenerate:
-        n = round(s.degenerate * s.n)
-        ids = ", ".join(map(str, sorted(degenerate)[:3])) + (", ..." if len(degenerate) > 3 else "")
-        out.append(f"degenerate {n} of {s.n}" + (f" (study {ids})" if ids else ""))
+    for b in breaches(s, limits):
+        if b.limit == "side_effects":
+            out.append(f"side effects{above} {pct(b.value)} > {pct(b.bound)}")
+        elif b.limit == "ppl_ratio":
+            ppl = "unknown" if b.value is None else f"{b.value:.2f}x"
+            out.append(f"perplexity {ppl} > {b.bound:g}x")
+        else:
+            shown = ", ".join(map(str, sorted(degenerate)[:3]))
+            shown += ", ..." if len(degenerate) > 3 else ""
+            named = f" (study {shown})" if shown else ""
+            out.append(f"degenerate {round(s.degenerate * s.n)} of {s.n}{named}")
     return tuple(out)
 
 

@@ -141,15 +141,30 @@ def summarise(rows: Iterable[dict]) -> list[Summary]:
     return out
 
 
+class Breach(NamedTuple):
+    """One limit an arm breaks: which, the arm's value (None: not measured) and the bound."""
+
+    limit: str
+    value: float | None
+    bound: float
+
+
+def breaches(s: Summary, limits: Limits) -> list[Breach]:
+    """The side-effect, fluency and degeneracy limits ``s`` breaks (empty: it meets them)."""
+    out = []
+    if s.side_effects > limits.max_side_effects:
+        out.append(Breach("side_effects", s.side_effects, limits.max_side_effects))
+    if s.ppl_ratio is None or s.ppl_ratio > limits.max_ppl_ratio:
+        out.append(Breach("ppl_ratio", s.ppl_ratio, limits.max_ppl_ratio))
+    if s.degenerate > limits.max_degenerate:
+        out.append(Breach("degenerate", s.degenerate, limits.max_degenerate))
+    return out
+
+
 def admissible(s: Summary, limits: Limits) -> bool:
-    """Whether an arm meets the side-effect, fluency and degeneracy limits."""
-    return (
-        s.success is not None
-        and s.side_effects <= limits.max_side_effects
-        and s.ppl_ratio is not None
-        and s.ppl_ratio <= limits.max_ppl_ratio
-        and s.degenerate <= limits.max_degenerate
-    )
+    """Whether an arm has a success rate and meets the side-effect, fluency and degeneracy
+    limits."""
+    return s.success is not None and not breaches(s, limits)
 
 
 def above_null(summaries: Sequence[Summary]) -> list[Summary]:
